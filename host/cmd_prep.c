@@ -1,0 +1,639 @@
+/* cmd_prep.c: `anatomy prep`: text files (or JSON Lines) -> token shards.
+ *
+ * Each input file, or each JSON Lines record, is one document; with a
+ * tokenizer that has an end-of-text token, every document is preceded by it
+ * (GPT-2's convention, as in llm.c), so documents are separated and the stream
+ * starts on a document boundary. The first --val-tokens tokens of the stream
+ * become PREFIX_val_000000.bin, the rest PREFIX_train_000000.bin, _000001, ...
+ *
+ * Work is cut into items of about --chunk-bytes of text and tokenized by a
+ * pool of threads, a batch of items at a time, then written in input order,
+ * so the shards do not depend on --threads. A long document is cut only after
+ * a lone '\n' between two printable ASCII characters: GPT-2's pre-tokenizer
+ * always makes such a '\n' a piece of its own, so a cut there changes no token. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli.h"
+#include "../data/errbuf.h"
+#include "../data/json.h"
+#include "../data/shard.h"
+#include "../data/tokenizer.h"
+
+#define PREP_DEFAULT_SHARD 100000000LL
+#define PREP_VAL_FRACTION 10        /* default val: 1/10 of the tokens... */
+#define PREP_VAL_CAP 1000000        /* ...but at most this many */
+#define PREP_PROGRESS_BYTES (64LL << 20)
+
+struct prep_opts {
+    const char *kind, *vocab_dir, *out, *field;
+    const char **inputs;
+    int ninputs;
+    long long val_tokens;           /* -1: the default rule */
+    long long shard_tokens;
+    int threads;
+    size_t chunk;
+};
+
+/* One span of an item's text; eot: a document starts here. */
+struct piece {
+    size_t off, len;
+    int eot;
+};
+
+/* A unit of work: text pieces in, token ids out. */
+struct item {
+    char *text;
+    size_t len, cap;
+    struct piece *pc;
+    int npc, pccap;
+    int32_t *ids;
+    size_t nids, idcap;
+    int failed;
+    char err[ERRBUF];
+};
+
+/* Reads the inputs in order and cuts them into items. */
+struct source {
+    const struct prep_opts *o;
+    int next;                       /* next input to open */
+    const char *path;               /* the open input, or NULL */
+    int fd;                         /* plain text */
+    FILE *fp;                       /* JSON Lines */
+    int eof, doc_pending;
+    char *carry;                    /* plain text read but not yet given out */
+    size_t clen, ccap, scanned;
+    char *line;
+    size_t linecap;
+    long lineno;
+    unsigned long long bytes, docs;
+};
+
+/* Accumulates tokens and writes the shards. */
+struct sink {
+    const char *prefix;
+    uint16_t *buf;
+    size_t n, cap;
+    long long val_req;
+    int val_done, shard, vocab;
+    size_t shard_tokens;
+    unsigned long long total, val, train;
+    int tty;
+};
+
+struct progress {
+    int on, tty, printed;
+    double t0, last;
+    unsigned long long total_bytes;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: anatomy prep --tokenizer bytes|gpt2 --input FILE... --out PREFIX [options]\n"
+        "\n"
+        "Tokenizes text into shards: PREFIX_val_000000.bin (the first tokens) and\n"
+        "PREFIX_train_000000.bin, _000001, ... (the rest). Each input file, or each\n"
+        "JSON Lines record, is one document, preceded by <|endoftext|> with gpt2.\n"
+        "\n"
+        "  --tokenizer KIND     bytes (256 ids) or gpt2 (50257 ids)\n"
+        "  --input FILE...      text files (several after one --input, or repeat it)\n"
+        "  --out PREFIX         output prefix, e.g. data/tiny/shakespeare\n"
+        "  --val-tokens N       tokens for the validation shard (default: 10%% of the\n"
+        "                       tokens, at most 1000000; 0 writes no validation shard)\n"
+        "  --shard-tokens N     tokens per training shard (default 100000000)\n"
+        "  --jsonl-field NAME   inputs are JSON Lines; each record's string field NAME\n"
+        "                       is a document\n"
+        "  --vocab DIR          gpt2 vocabulary (encoder.json + vocab.bpe, or vocab.json\n"
+        "                       + merges.txt); default: the build cache\n"
+        "  --threads N          tokenizer threads (default 1; output is the same)\n"
+        "  --chunk-bytes N      text per unit of work (default 1048576)\n"
+        "  --help               this text\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Grows *p (elements of size sz, capacity *cap) to hold at least want. */
+static void grow(void *p, size_t *cap, size_t want, size_t sz)
+{
+    if (want <= *cap)
+        return;
+    size_t c = *cap ? *cap : 256;
+    while (c < want)
+        c *= 2;
+    void *q = realloc(*(void **)p, c * sz);
+    if (!q)
+        cli_die("prep: out of memory (%zu bytes)", c * sz);
+    *(void **)p = q;
+    *cap = c;
+}
+
+static void item_clear(struct item *it)
+{
+    it->len = 0;
+    it->npc = 0;
+    it->nids = 0;
+    it->failed = 0;
+}
+
+static void item_add(struct item *it, const char *text, size_t len, int eot)
+{
+    size_t cap = (size_t)it->pccap;
+    grow(&it->pc, &cap, (size_t)it->npc + 1, sizeof *it->pc);
+    it->pccap = (int)cap;
+    grow(&it->text, &it->cap, it->len + len + 1, 1);     /* + 1: text is never NULL */
+    if (len)
+        memcpy(it->text + it->len, text, len);
+    it->pc[it->npc++] = (struct piece){ it->len, len, eot };
+    it->len += len;
+}
+
+static void item_free(struct item *it)
+{
+    free(it->text);
+    free(it->pc);
+    free(it->ids);
+}
+
+static int is_graph_ascii(char c)
+{
+    return c > ' ' && c < 0x7f;
+}
+
+/* The first safe cut >= need in carry (see the file comment), or 0. Resumes
+ * its scan where the last unsuccessful one stopped. */
+static size_t find_cut(struct source *s, size_t need)
+{
+    size_t i = need > 1 ? need - 1 : 1;
+    if (i < s->scanned)
+        i = s->scanned;
+    while (i + 1 < s->clen) {
+        const char *nl = memchr(s->carry + i, '\n', s->clen - 1 - i);
+        if (!nl)
+            break;
+        i = (size_t)(nl - s->carry);
+        if (is_graph_ascii(s->carry[i - 1]) && is_graph_ascii(s->carry[i + 1]))
+            return i + 1;
+        i++;
+    }
+    s->scanned = s->clen > 0 ? s->clen - 1 : 0;
+    return 0;
+}
+
+static void source_close(struct source *s)
+{
+    if (s->fp)
+        fclose(s->fp);
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fp = NULL;
+    s->fd = -1;
+    s->path = NULL;
+}
+
+static void source_open_next(struct source *s)
+{
+    s->path = s->o->inputs[s->next++];
+    s->eof = 0;
+    s->clen = 0;
+    s->scanned = 0;
+    s->lineno = 0;
+    if (s->o->field) {
+        s->fp = fopen(s->path, "rb");
+        if (!s->fp)
+            cli_die("%s: %s", s->path, strerror(errno));
+        return;
+    }
+    s->fd = open(s->path, O_RDONLY);
+    if (s->fd < 0)
+        cli_die("%s: %s", s->path, strerror(errno));
+    s->doc_pending = 1;
+    s->docs++;
+}
+
+/* Reads more of the open plain file into carry; sets eof at its end. */
+static void source_read(struct source *s)
+{
+    size_t want = s->clen + (s->clen > s->o->chunk ? s->clen : s->o->chunk);
+    grow(&s->carry, &s->ccap, want, 1);
+    ssize_t k;
+    do
+        k = read(s->fd, s->carry + s->clen, s->ccap - s->clen);
+    while (k < 0 && errno == EINTR);
+    if (k < 0)
+        cli_die("%s: %s", s->path, strerror(errno));
+    if (k == 0)
+        s->eof = 1;
+    s->clen += (size_t)k;
+    s->bytes += (unsigned long long)k;
+}
+
+/* Moves plain text from the open file into it until it is full or the file ends. */
+static void fill_plain(struct source *s, struct item *it)
+{
+    while (it->len < s->o->chunk) {
+        size_t need = s->o->chunk - it->len, cut;
+        for (;;) {
+            cut = find_cut(s, need);
+            if (cut)
+                break;
+            if (s->eof) {
+                cut = s->clen;
+                break;
+            }
+            source_read(s);
+        }
+        if (cut > 0 || s->doc_pending)
+            item_add(it, s->carry, cut, s->doc_pending);
+        s->doc_pending = 0;
+        memmove(s->carry, s->carry + cut, s->clen - cut);
+        s->clen -= cut;
+        s->scanned = 0;
+        if (s->eof && s->clen == 0) {
+            source_close(s);
+            return;
+        }
+    }
+}
+
+static int is_blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+            return 0;
+    return 1;
+}
+
+/* Moves JSON Lines records from the open file into it until it is full or
+ * the file ends. Blank lines are skipped; any other line must be an object
+ * with a string member named --jsonl-field. */
+static void fill_jsonl(struct source *s, struct item *it)
+{
+    const char *field = s->o->field;
+    while (it->len < s->o->chunk) {
+        errno = 0;
+        ssize_t k = getline(&s->line, &s->linecap, s->fp);
+        if (k < 0) {
+            if (ferror(s->fp))
+                cli_die("%s: %s", s->path, strerror(errno ? errno : EIO));
+            source_close(s);
+            return;
+        }
+        s->lineno++;
+        s->bytes += (unsigned long long)k;
+        if (is_blank(s->line, (size_t)k))
+            continue;
+        char name[ERRBUF], err[ERRBUF];
+        snprintf(name, sizeof name, "%s:%ld", s->path, s->lineno);
+        json_doc *doc = json_parse(s->line, (size_t)k, name, err);
+        if (!doc)
+            cli_die("%s", err);
+        const json_value *root = json_root(doc);
+        if (json_typeof(root) != JSON_OBJECT)
+            cli_die("%s: expected a JSON object", name);
+        const json_value *v = json_get(root, field);
+        if (!v)
+            cli_die("%s: no field \"%s\"", name, field);
+        if (json_typeof(v) != JSON_STRING)
+            cli_die("%s: field \"%s\" is not a string", name, field);
+        item_add(it, json_str(v), json_len(v), 1);
+        s->docs++;
+        json_free(doc);
+    }
+}
+
+/* Fills it with the next pieces of input. Returns 0 when all input is used up. */
+static int source_fill(struct source *s, struct item *it)
+{
+    item_clear(it);
+    while (it->len < s->o->chunk) {
+        if (!s->path) {
+            if (s->next == s->o->ninputs)
+                break;
+            source_open_next(s);
+        }
+        if (s->o->field)
+            fill_jsonl(s, it);
+        else
+            fill_plain(s, it);
+    }
+    return it->npc > 0;
+}
+
+/* Tokenizes one item (called from the worker threads). */
+static void item_encode(tokenizer *tk, struct item *it)
+{
+    int eot = tokenizer_eot(tk);
+    it->nids = 0;
+    for (int i = 0; i < it->npc; i++) {
+        const struct piece *p = &it->pc[i];
+        if (p->eot && eot >= 0) {
+            if (it->nids == it->idcap) {
+                size_t c = it->idcap ? 2 * it->idcap : 1024;
+                int32_t *q = realloc(it->ids, c * sizeof *q);
+                if (!q) {
+                    it->failed = 1;
+                    snprintf(it->err, sizeof it->err, "prep: out of memory");
+                    return;
+                }
+                it->ids = q;
+                it->idcap = c;
+            }
+            it->ids[it->nids++] = eot;
+        }
+        if (tokenizer_encode(tk, it->text + p->off, p->len, 0, &it->ids, &it->nids, &it->idcap,
+                             it->err) < 0) {
+            it->failed = 1;
+            return;
+        }
+    }
+}
+
+static void progress_clear(struct progress *pg)
+{
+    if (pg->tty && pg->printed) {
+        fputs("\r\033[K", stderr);
+        pg->printed = 0;
+    }
+}
+
+/* At most 4 lines a second on a terminal (rewritten in place), one every
+ * 5 s otherwise, and only when asked for (terminal or large input). */
+static void progress_report(struct progress *pg, const struct source *s, const struct sink *k,
+                            int final)
+{
+    if (!pg->on)
+        return;
+    double t = now_s();
+    if (!final && t - pg->last < (pg->tty ? 0.25 : 5.0))
+        return;
+    pg->last = t;
+    double el = t - pg->t0 > 1e-9 ? t - pg->t0 : 1e-9;
+    double mb = (double)s->bytes / 1e6, rate = mb / el;
+    fprintf(stderr, "%sprep: %.1f MB", pg->tty ? "\r\033[K" : "", mb);
+    if (pg->total_bytes) {
+        double left = (double)pg->total_bytes / 1e6 - mb;
+        fprintf(stderr, " of %.1f MB", (double)pg->total_bytes / 1e6);
+        if (!final && rate > 0 && left > 0)
+            fprintf(stderr, ", ETA %.0f s", left / rate);
+    }
+    fprintf(stderr, ", %.1f MB/s, %llu tokens%s", rate, k->total, pg->tty && !final ? "" : "\n");
+    pg->printed = pg->tty && !final;
+}
+
+/* Writes buf[0..n) as the shard `kind` index, then drops it from the buffer. */
+static void sink_write(struct sink *k, const char *kind, int index, size_t n,
+                       struct progress *pg)
+{
+    char path[4096], err[ERRBUF];
+    if (snprintf(path, sizeof path, "%s_%s_%06d.bin", k->prefix, kind, index) >=
+        (int)sizeof path)
+        cli_die("--out %s: path too long", k->prefix);
+    if (shard_write(path, k->buf, n, err) < 0)
+        cli_die("%s", err);
+    progress_clear(pg);
+    printf("%s: %zu tokens\n", path, n);
+    fflush(stdout);
+    memmove(k->buf, k->buf + n, (k->n - n) * sizeof *k->buf);
+    k->n -= n;
+}
+
+/* Writes what is ready: the val shard once its size is known and at least
+ * one training token follows it, then every full training shard; at the end
+ * (final) the remainder too. */
+static void sink_flush(struct sink *k, int final, struct progress *pg)
+{
+    if (!k->val_done) {
+        size_t val;
+        if (k->val_req >= 0) {
+            val = (size_t)k->val_req;
+        } else {
+            /* 10% of the total is known to reach the cap once 10x the cap is seen */
+            size_t seen_enough = (size_t)PREP_VAL_CAP * PREP_VAL_FRACTION;
+            if (!final && k->n < seen_enough)
+                return;
+            val = final && k->n < seen_enough ? k->n / PREP_VAL_FRACTION : PREP_VAL_CAP;
+        }
+        if (k->n <= val) {
+            if (!final)
+                return;
+            if (k->n == 0)
+                cli_die("prep: the input holds no tokens");
+            cli_die("--val-tokens %zu: the input holds only %zu tokens, none left for training",
+                    val, k->n);
+        }
+        if (val > 0)
+            sink_write(k, "val", 0, val, pg);
+        k->val = val;
+        k->val_done = 1;
+    }
+    while (k->n >= k->shard_tokens || (final && k->n > 0)) {
+        size_t n = k->n < k->shard_tokens ? k->n : k->shard_tokens;
+        k->train += n;
+        sink_write(k, "train", k->shard++, n, pg);
+    }
+}
+
+static void sink_push(struct sink *k, const int32_t *ids, size_t n, struct progress *pg)
+{
+    grow(&k->buf, &k->cap, k->n + n, sizeof *k->buf);
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= k->vocab)
+            cli_die("prep: tokenizer produced id %d outside its vocabulary of %d", ids[i],
+                    k->vocab);
+        k->buf[k->n + i] = (uint16_t)ids[i];
+    }
+    k->n += n;
+    k->total += n;
+    sink_flush(k, 0, pg);
+}
+
+/* Warns about shards of an earlier, longer run that this run did not
+ * overwrite: a loader glob would silently pick them up. */
+static void warn_stale(const struct sink *k)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s_train_%06d.bin", k->prefix, k->shard);
+    if (stat(path, &st) == 0)
+        fprintf(stderr, "anatomy: warning: %s (and maybe later ones) is left from an earlier "
+                        "run; remove it before training\n", path);
+    snprintf(path, sizeof path, "%s_val_%06d.bin", k->prefix, 0);
+    if (k->val == 0 && stat(path, &st) == 0)
+        fprintf(stderr, "anatomy: warning: %s is left from an earlier run; remove it\n", path);
+}
+
+static void parse_args(int argc, char **argv, struct prep_opts *o)
+{
+    static const struct option longopts[] = {
+        { "tokenizer", required_argument, NULL, 'k' },
+        { "input", required_argument, NULL, 'i' },
+        { "out", required_argument, NULL, 'o' },
+        { "val-tokens", required_argument, NULL, 'v' },
+        { "shard-tokens", required_argument, NULL, 's' },
+        { "jsonl-field", required_argument, NULL, 'f' },
+        { "vocab", required_argument, NULL, 'V' },
+        { "threads", required_argument, NULL, 'j' },
+        { "chunk-bytes", required_argument, NULL, 'c' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    *o = (struct prep_opts){ .val_tokens = -1, .shard_tokens = PREP_DEFAULT_SHARD,
+                             .threads = 1, .chunk = 1 << 20 };
+    o->inputs = calloc((size_t)argc + 1, sizeof *o->inputs);
+    if (!o->inputs)
+        cli_die("prep: out of memory");
+    optind = 0;     /* full reset: cmd_prep may run more than once in a process */
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'k': o->kind = optarg; break;
+        case 'i': o->inputs[o->ninputs++] = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'v': o->val_tokens = cli_int("--val-tokens", optarg, 0, INT32_MAX); break;
+        case 's': o->shard_tokens = cli_int("--shard-tokens", optarg, 1, INT32_MAX); break;
+        case 'f': o->field = optarg; break;
+        case 'V': o->vocab_dir = optarg; break;
+        case 'j': o->threads = (int)cli_int("--threads", optarg, 1, 1024); break;
+        case 'c': o->chunk = (size_t)cli_int("--chunk-bytes", optarg, 1, 1LL << 30); break;
+        case 'h': usage(stdout); exit(0);
+        case ':': cli_die("prep: %s needs a value", argv[optind - 1]);
+        default: cli_die("prep: unknown option '%s' (see anatomy prep --help)", argv[optind - 1]);
+        }
+    }
+    for (int i = optind; i < argc; i++)     /* `--input a b c`: the rest are inputs too */
+        o->inputs[o->ninputs++] = argv[i];
+    if (!o->kind)
+        cli_die("prep: --tokenizer is required (bytes or gpt2)");
+    if (o->ninputs == 0)
+        cli_die("prep: --input is required");
+    if (!o->out || !*o->out)
+        cli_die("prep: --out is required");
+}
+
+/* Fails early, before any work, on inputs that cannot be read and on an
+ * output folder that does not exist. Returns the total input size (bytes of
+ * regular files; 0 when some input's size is unknown). */
+static unsigned long long check_paths(const struct prep_opts *o)
+{
+    unsigned long long total = 0;
+    int known = 1;
+    for (int i = 0; i < o->ninputs; i++) {
+        struct stat st;
+        int fd = open(o->inputs[i], O_RDONLY);
+        if (fd < 0)
+            cli_die("%s: %s", o->inputs[i], strerror(errno));
+        if (fstat(fd, &st) < 0)
+            cli_die("%s: %s", o->inputs[i], strerror(errno));
+        close(fd);
+        if (S_ISDIR(st.st_mode))
+            cli_die("%s: is a directory", o->inputs[i]);
+        if (S_ISREG(st.st_mode))
+            total += (unsigned long long)st.st_size;
+        else
+            known = 0;
+    }
+    char dir[4096];
+    const char *slash = strrchr(o->out, '/');
+    if (slash && slash != o->out)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - o->out), o->out);
+    else
+        snprintf(dir, sizeof dir, "%s", slash ? "/" : ".");
+    if (access(dir, W_OK) < 0)
+        cli_die("--out %s: %s: %s", o->out, dir, strerror(errno));
+    return known ? total : 0;
+}
+
+int cmd_prep(int argc, char **argv)
+{
+    struct prep_opts o;
+    parse_args(argc, argv, &o);
+    unsigned long long total_bytes = check_paths(&o);
+
+    char err[ERRBUF];
+    tokenizer **tks = calloc((size_t)o.threads, sizeof *tks);
+    if (!tks)
+        cli_die("prep: out of memory");
+    /* one tokenizer per thread: tokenizer.h does not promise a shared one is thread-safe */
+    for (int t = 0; t < o.threads; t++) {
+        tks[t] = tokenizer_open(o.kind, o.vocab_dir, err);
+        if (!tks[t])
+            cli_die("--tokenizer %s: %s", o.kind, err);
+    }
+    int vocab = tokenizer_vocab_size(tks[0]);
+    if (vocab > 65536)
+        cli_die("--tokenizer %s: vocabulary of %d ids does not fit the shards' uint16 tokens",
+                o.kind, vocab);
+
+    int nbatch = 2 * o.threads;
+    struct item *items = calloc((size_t)nbatch, sizeof *items);
+    if (!items)
+        cli_die("prep: out of memory");
+    struct source src = { .o = &o, .fd = -1 };
+    struct sink sk = { .prefix = o.out, .val_req = o.val_tokens, .vocab = vocab,
+                       .shard_tokens = (size_t)o.shard_tokens };
+    struct progress pg = { .tty = isatty(2), .total_bytes = total_bytes };
+    pg.on = pg.tty || total_bytes > (unsigned long long)PREP_PROGRESS_BYTES;
+    pg.t0 = pg.last = now_s();
+
+    for (;;) {
+        int n = 0;
+        while (n < nbatch && source_fill(&src, &items[n]))
+            n++;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(o.threads) schedule(dynamic, 1)
+#endif
+        for (int i = 0; i < n; i++) {
+#ifdef _OPENMP
+            int t = omp_get_thread_num();
+#else
+            int t = 0;
+#endif
+            item_encode(tks[t], &items[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            if (items[i].failed)
+                cli_die("%s", items[i].err);
+            sink_push(&sk, items[i].ids, items[i].nids, &pg);
+        }
+        progress_report(&pg, &src, &sk, 0);
+        if (n < nbatch)
+            break;
+    }
+    sink_flush(&sk, 1, &pg);
+    progress_clear(&pg);
+    if (pg.on)
+        progress_report(&pg, &src, &sk, 1);
+    printf("prep: %llu document(s), %llu bytes -> %llu tokens: %llu val, %llu train in %d "
+           "shard(s), vocab %d\n", src.docs, src.bytes, sk.total, sk.val, sk.train, sk.shard,
+           vocab);
+    warn_stale(&sk);
+
+    for (int i = 0; i < nbatch; i++)
+        item_free(&items[i]);
+    free(items);
+    for (int t = 0; t < o.threads; t++)
+        tokenizer_close(tks[t]);
+    free(tks);
+    free(sk.buf);
+    free(src.carry);
+    free(src.line);
+    free(o.inputs);
+    return 0;
+}

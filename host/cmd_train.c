@@ -1,0 +1,238 @@
+/* cmd_train.c: `anatomy train`: options -> model + train_opts -> train_run. */
+#include <dirent.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/errbuf.h"
+#include "cli.h"
+#include "setup.h"
+#include "train.h"
+
+static const char usage[] =
+    "usage: anatomy train (--preset NAME | --init PATH | --resume PATH) --data GLOB [options]\n"
+    "\n"
+    "Trains a GPT-2 by minimising next-token cross-entropy with AdamW.\n"
+    "\n"
+    "model:\n"
+    "  --preset NAME        random init: gpt2-124m gpt2-350m gpt2-774m gpt2-1558m d2 d4 d6 d12\n"
+    "  --vocab-size N       with --preset: vocabulary size (default 50257; 256 for bytes)\n"
+    "  --max-seq N          with --preset: context length (default 1024)\n"
+    "  --init PATH          start from weights: Hugging Face GPT-2 directory, llm.c .bin,\n"
+    "                       or an anatomy checkpoint (optimizer state is not taken)\n"
+    "  --resume PATH        continue a run exactly: a checkpoint file, or a run directory\n"
+    "                       (its latest step_NNNNNN.safetensors)\n"
+    "data:\n"
+    "  --data GLOB          training token shards (llm.c layout), e.g. 'data/x_train_*.bin'\n"
+    "  --val-data GLOB      validation shards\n"
+    "  --batch B            micro-batch sequences (default 8)\n"
+    "  --seq T              sequence length (default: the model's context, at most 1024)\n"
+    "  --total-batch N      tokens per optimizer step, a multiple of B*T (default B*T):\n"
+    "                       gradients accumulate over N/(B*T) micro-batches\n"
+    "  --shuffle            visit the stream's B*T chunks in a seeded random order\n"
+    "optimisation:\n"
+    "  --steps N            optimizer steps (default 1000)\n"
+    "  --lr X               peak learning rate (default 6e-4)\n"
+    "  --warmup N           linear warmup steps (default 0)\n"
+    "  --schedule S         cosine (default: warmup, then cosine to lr*lr-min-frac) or constant\n"
+    "  --lr-min-frac F      cosine floor as a fraction of --lr (default 0.1)\n"
+    "  --weight-decay X     AdamW decoupled decay on 2-D parameters (default 0.1)\n"
+    "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
+    "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
+    "run:\n"
+    "  --out DIR            write log.jsonl and checkpoints here\n"
+    "  --ckpt-every N       checkpoint every N steps (default: only at the end)\n"
+    "  --val-every N        validation loss every N steps (default: only at the end)\n"
+    "  --val-batches N      micro-batches per validation (default 20)\n"
+    "  --sample-every N     print a sample every N steps (default 0: never)\n"
+    "  --sample-tokens N    tokens per sample (default 64)\n"
+    "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
+    "  --device D           cpu or cuda (default cpu)\n"
+    "  --threads N          CPU threads (default: all cores)\n"
+    "  --config FILE        read options from 'key = value' lines; the command line wins\n"
+    "  --help               this text\n";
+
+enum {
+    O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
+    O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
+    O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_THREADS,
+    O_HELP
+};
+
+static const struct option longopts[] = {
+    { "preset", 1, 0, O_PRESET },       { "vocab-size", 1, 0, O_VOCAB },
+    { "max-seq", 1, 0, O_MAXSEQ },      { "init", 1, 0, O_INIT },
+    { "resume", 1, 0, O_RESUME },       { "data", 1, 0, O_DATA },
+    { "val-data", 1, 0, O_VAL },        { "batch", 1, 0, O_BATCH },
+    { "seq", 1, 0, O_SEQ },             { "total-batch", 1, 0, O_TOTAL },
+    { "shuffle", 0, 0, O_SHUFFLE },     { "steps", 1, 0, O_STEPS },
+    { "lr", 1, 0, O_LR },               { "warmup", 1, 0, O_WARMUP },
+    { "schedule", 1, 0, O_SCHED },      { "lr-min-frac", 1, 0, O_LRMIN },
+    { "weight-decay", 1, 0, O_WD },     { "grad-clip", 1, 0, O_CLIP },
+    { "seed", 1, 0, O_SEED },           { "out", 1, 0, O_OUT },
+    { "ckpt-every", 1, 0, O_CKPT },     { "val-every", 1, 0, O_VALEVERY },
+    { "val-batches", 1, 0, O_VALB },    { "sample-every", 1, 0, O_SAMPLE },
+    { "sample-tokens", 1, 0, O_SAMPLETOK }, { "tokenizer", 1, 0, O_TOK },
+    { "device", 1, 0, O_DEVICE },       { "threads", 1, 0, O_THREADS },
+    { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
+};
+
+/* The latest step_NNNNNN.safetensors in dir, or dir itself when it is a file. */
+static char *resolve_resume(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    char best[256] = "";
+    char *out;
+    if (!d)
+        return strdup(path);
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "step_", 5) == 0 && n > 17 &&
+            strcmp(e->d_name + n - 12, ".safetensors") == 0 && n < sizeof best &&
+            strcmp(e->d_name, best) > 0)
+            strcpy(best, e->d_name);
+    }
+    closedir(d);
+    if (!*best)
+        cli_die("--resume %s: no step_NNNNNN.safetensors checkpoint in this directory", path);
+    out = malloc(strlen(path) + strlen(best) + 2);
+    if (!out)
+        cli_die("out of memory");
+    sprintf(out, "%s/%s", path, best);
+    return out;
+}
+
+/* A resumed run must read the same data in the same order. */
+static void check_resume_matches(const ckpt_meta *md, const char *path, const train_opts *o)
+{
+    struct { const char *key; long long want; const char *opt; } k[] = {
+        { "batch", o->B, "--batch" },       { "seq", o->T, "--seq" },
+        { "total_batch", o->total_batch, "--total-batch" },
+        { "world", o->world, "ranks" },     { "shuffle", o->shuffle, "--shuffle" },
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        const char *v = ckpt_meta_get(md, k[i].key);
+        if (v && strtoll(v, NULL, 10) != k[i].want)
+            cli_die("--resume %s: %s is %lld but the checkpoint was trained with %s; resuming "
+                    "needs the same batch layout", path, k[i].opt, k[i].want, v);
+    }
+    const char *seed = ckpt_meta_get(md, "seed");
+    if (seed && o->shuffle && strtoull(seed, NULL, 10) != o->seed)
+        cli_die("--resume %s: --seed %llu differs from the checkpoint's %s, which fixes the "
+                "shuffled order", path, (unsigned long long)o->seed, seed);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    model_source src = { 0 };
+    train_opts o = { 0 };
+    train_state st = { 0 };
+    const char *device = "cpu", *resume = NULL, *tok_kind = NULL, *sched = "cosine";
+    int threads = 0, c, seq = 0;
+    char err[ERRBUF];
+    ckpt_meta md = { 0 };
+
+    o.B = 8;
+    o.steps = 1000;
+    o.lr = 6e-4;
+    o.lr_min_frac = 0.1;
+    o.weight_decay = 0.1;
+    o.grad_clip = 1.0;
+    o.val_batches = 20;
+    o.sample_tokens = 64;
+    o.seed = 1337;
+    o.world = 1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_PRESET: src.preset = optarg; break;
+        case O_VOCAB: src.vocab_size = (int)cli_int("--vocab-size", optarg, 2, 1 << 24); break;
+        case O_MAXSEQ: src.max_seq = (int)cli_int("--max-seq", optarg, 1, 1 << 20); break;
+        case O_INIT: src.init = optarg; break;
+        case O_RESUME: resume = optarg; break;
+        case O_DATA: o.data = optarg; break;
+        case O_VAL: o.val_data = optarg; break;
+        case O_BATCH: o.B = (int)cli_int("--batch", optarg, 1, 1 << 20); break;
+        case O_SEQ: seq = (int)cli_int("--seq", optarg, 1, 1 << 20); break;
+        case O_TOTAL: o.total_batch = cli_int("--total-batch", optarg, 1, 1LL << 40); break;
+        case O_SHUFFLE: o.shuffle = 1; break;
+        case O_STEPS: o.steps = (int)cli_int("--steps", optarg, 1, 100000000); break;
+        case O_LR: o.lr = cli_float("--lr", optarg, 0, 10); break;
+        case O_WARMUP: o.warmup = (int)cli_int("--warmup", optarg, 0, 100000000); break;
+        case O_SCHED: sched = optarg; break;
+        case O_LRMIN: o.lr_min_frac = cli_float("--lr-min-frac", optarg, 0, 1); break;
+        case O_WD: o.weight_decay = cli_float("--weight-decay", optarg, 0, 10); break;
+        case O_CLIP: o.grad_clip = cli_float("--grad-clip", optarg, 0, 1e30); break;
+        case O_SEED: o.seed = (uint64_t)cli_int("--seed", optarg, 0, (1LL << 62)); break;
+        case O_OUT: o.out = optarg; break;
+        case O_CKPT: o.ckpt_every = (int)cli_int("--ckpt-every", optarg, 0, 100000000); break;
+        case O_VALEVERY: o.val_every = (int)cli_int("--val-every", optarg, 0, 100000000); break;
+        case O_VALB: o.val_batches = (int)cli_int("--val-batches", optarg, 1, 1000000); break;
+        case O_SAMPLE: o.sample_every = (int)cli_int("--sample-every", optarg, 0, 100000000); break;
+        case O_SAMPLETOK: o.sample_tokens = (int)cli_int("--sample-tokens", optarg, 1, 1000000); break;
+        case O_TOK: tok_kind = optarg; break;
+        case O_DEVICE: device = optarg; break;
+        case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
+        case O_HELP: fputs(usage, stdout); return 0;
+        default: cli_die("train: bad option (see 'anatomy train --help')");
+        }
+    }
+    if (optind < argc)
+        cli_die("train: unexpected argument '%s' (see 'anatomy train --help')", argv[optind]);
+    if (!!src.preset + !!src.init + !!resume != 1)
+        cli_die("train: give exactly one of --preset, --init or --resume");
+    if (!o.data)
+        cli_die("--data: required (a glob of token shards; 'anatomy prep' makes them)");
+    if (strcmp(sched, "constant") == 0)
+        o.constant = 1;
+    else if (strcmp(sched, "cosine") != 0)
+        cli_die("--schedule: unknown schedule '%s' (expected cosine or constant)", sched);
+    if ((src.vocab_size || src.max_seq) && !src.preset)
+        cli_die("--vocab-size/--max-seq: only with --preset (other sources carry their config)");
+
+    char *resume_path = resume ? resolve_resume(resume) : NULL;
+    if (resume_path)
+        src.init = resume_path;
+    src.seed = o.seed;
+    backend *be = setup_backend(device, threads);
+    model *m = setup_model(be, &src, &md);
+    if (resume_path && !ckpt_meta_get(&md, "step"))
+        cli_die("--resume %s: not a training checkpoint (use --init to start from weights)",
+                resume_path);
+    o.T = seq ? seq : (m->maxT < 1024 ? m->maxT : 1024);
+    if (o.T > m->maxT)
+        cli_die("--seq: %d is longer than the model's context length %d", o.T, m->maxT);
+    if (!o.total_batch)
+        o.total_batch = (long long)o.B * o.T * o.world;
+    if (resume_path) {
+        check_resume_matches(&md, resume_path, &o);
+        if (train_restore(m, resume_path, &md, &st, err))
+            cli_die("%s", err);
+        if (st.step >= o.steps)
+            cli_die("--steps: the checkpoint is already at step %d of %d", st.step, o.steps);
+    } else {
+        rng_seed(&st.rng, o.seed ^ 0x5a4d504c45ULL);
+    }
+    if (!tok_kind)
+        tok_kind = ckpt_meta_get(&md, "tokenizer");
+    if (!tok_kind)
+        tok_kind = m->V == 256 ? "bytes" : m->V == 50257 ? "gpt2" : NULL;
+    o.tokenizer_kind = tok_kind;
+    if (o.sample_every && tok_kind) {
+        o.tok = tokenizer_open(tok_kind, NULL, err);
+        if (!o.tok)
+            cli_die("--tokenizer %s: %s", tok_kind, err);
+    }
+    if (!o.out)
+        fprintf(stderr, "anatomy: note: no --out: no log file or checkpoint will be written\n");
+    if (train_run(m, &o, &st, err))
+        cli_die("%s", err);
+    if (o.tok)
+        tokenizer_close(o.tok);
+    m->destroy(m);
+    be->destroy(be);
+    free(resume_path);
+    return 0;
+}

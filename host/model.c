@@ -1,0 +1,107 @@
+/* model.c: what every model family shares: its buffers (parameters, gradients,
+ * AdamW state), and moving parameters between host fp32 and the backend. */
+#include "model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/errbuf.h"
+
+static int build_segments(model *m)
+{
+    m->segs = calloc((size_t)m->nviews, sizeof *m->segs);
+    if (!m->segs)
+        return -1;
+    m->nsegs = 0;
+    for (int i = 0; i < m->nviews; i++) {
+        const param_view *v = &m->views[i];
+        param_segment *last = m->nsegs ? &m->segs[m->nsegs - 1] : NULL;
+        if (last && last->decay == v->decay && last->offset + last->count == v->offset) {
+            last->count += v->count;
+            continue;
+        }
+        m->segs[m->nsegs++] = (param_segment){ v->offset, v->count, v->decay };
+    }
+    return 0;
+}
+
+int model_alloc(model *m, char *err)
+{
+    backend *be = m->be;
+    size_t n = m->nparams;
+    size_t act = n * dtype_size(be->act), opt = n * dtype_size(be->opt);
+
+    if (build_segments(m))
+        return errf(err, "out of memory");
+    m->params = be->alloc(be, act);
+    m->grads = be->alloc(be, act);
+    m->m = be->alloc(be, opt);
+    m->v = be->alloc(be, opt);
+    m->master = be->act != be->opt ? be->alloc(be, opt) : NULL;
+    if (!m->params || !m->grads || !m->m || !m->v || (be->act != be->opt && !m->master)) {
+        double gib = (2.0 * act + 3.0 * opt) / (1 << 30);
+        model_free_buffers(m);
+        return errf(err, "%s model: %zu parameters need %.2f GiB on %s for weights, "
+                         "gradients and AdamW state, which could not be allocated",
+                    m->family, m->nparams, gib, be->name);
+    }
+    model_zero_grad(m);
+    be->fill(be, m->m, be->opt, 0.0, n);
+    be->fill(be, m->v, be->opt, 0.0, n);
+    return 0;
+}
+
+void model_free_buffers(model *m)
+{
+    backend *be = m->be;
+    void **bufs[] = { &m->params, &m->grads, &m->master, &m->m, &m->v };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (*bufs[i])
+            be->free(be, *bufs[i]);
+        *bufs[i] = NULL;
+    }
+}
+
+void model_zero_grad(model *m)
+{
+    m->be->fill(m->be, m->grads, m->be->act, 0.0, m->nparams);
+}
+
+void model_set_params(model *m, const float *host)
+{
+    backend *be = m->be;
+    be->upload(be, m->params, be->act, host, DT_F32, m->nparams);
+    if (m->master)
+        be->upload(be, m->master, be->opt, host, DT_F32, m->nparams);
+}
+
+void model_get_params(model *m, float *host)
+{
+    backend *be = m->be;
+    if (m->master)
+        be->download(be, host, DT_F32, m->master, be->opt, m->nparams);
+    else
+        be->download(be, host, DT_F32, m->params, be->act, m->nparams);
+}
+
+void model_set_moments(model *m, const float *mh, const float *vh)
+{
+    backend *be = m->be;
+    be->upload(be, m->m, be->opt, mh, DT_F32, m->nparams);
+    be->upload(be, m->v, be->opt, vh, DT_F32, m->nparams);
+}
+
+void model_get_moments(model *m, float *mh, float *vh)
+{
+    backend *be = m->be;
+    be->download(be, mh, DT_F32, m->m, be->opt, m->nparams);
+    be->download(be, vh, DT_F32, m->v, be->opt, m->nparams);
+}
+
+const param_view *model_find_view(const model *m, const char *name)
+{
+    for (int i = 0; i < m->nviews; i++)
+        if (strcmp(m->views[i].name, name) == 0)
+            return &m->views[i];
+    return NULL;
+}

@@ -1,0 +1,434 @@
+/* train.c: the training loop.
+ *
+ *   for each step: for each micro-batch (gradient accumulation):
+ *       loader -> host batch -> model.forward (loss) -> model.backward (grads +=)
+ *   global grad norm -> clip coefficient -> AdamW (one call over all segments)
+ *   -> one log line (stdout) and one JSON line (<out>/log.jsonl)
+ *   every --val-every: validation loss; every --sample-every: a sample;
+ *   every --ckpt-every and at the end: a checkpoint.
+ * Everything a step needs (batches, host copies for checkpoints) is allocated
+ * before the first step. */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "../data/errbuf.h"
+#include "../data/shard.h"
+#include "setup.h"
+
+double train_lr(const train_opts *o, int step)
+{
+    if (step < o->warmup)
+        return o->lr * (step + 1) / o->warmup;
+    if (o->constant || o->steps <= o->warmup)
+        return o->lr;
+    double progress = (double)(step - o->warmup) / (double)(o->steps - o->warmup);
+    if (progress > 1.0)
+        progress = 1.0;
+    double min_lr = o->lr * o->lr_min_frac;
+    return min_lr + 0.5 * (o->lr - min_lr) * (1.0 + cos(M_PI * progress));
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void format_eta(char *buf, size_t n, double seconds)
+{
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(buf, n, "%ldh%02ldm", s / 3600, s / 60 % 60);
+    else if (s >= 60)
+        snprintf(buf, n, "%ldm%02lds", s / 60, s % 60);
+    else
+        snprintf(buf, n, "%lds", s);
+}
+
+/* Index of a draw from softmax(logits / temperature) restricted to the top k. */
+static int sample_token(float *logits, int V, double temperature, int top_k, rng_state *rng)
+{
+    float threshold = -INFINITY, maxv = -INFINITY;
+    double sum = 0.0, r;
+    int i;
+
+    for (i = 0; i < V; i++)
+        if (logits[i] > maxv)
+            maxv = logits[i];
+    if (temperature <= 0.0) { /* greedy */
+        for (i = 0; i < V; i++)
+            if (logits[i] == maxv)
+                return i;
+    }
+    if (top_k > 0 && top_k < V) {
+        /* the k-th largest by counting bisection on the value range */
+        float lo = -INFINITY, hi = maxv;
+        for (i = 0; i < V; i++)
+            if (logits[i] < hi && (lo == -INFINITY || logits[i] < lo))
+                lo = logits[i];
+        for (int it = 0; it < 60 && lo < hi; it++) {
+            float mid = lo + (hi - lo) / 2;
+            int count = 0;
+            for (i = 0; i < V; i++)
+                count += logits[i] >= mid;
+            if (count >= top_k)
+                lo = mid;
+            else
+                hi = mid;
+            if (mid == lo && mid == hi)
+                break;
+        }
+        threshold = lo;
+    }
+    for (i = 0; i < V; i++) {
+        double p = logits[i] >= threshold ? exp((logits[i] - maxv) / temperature) : 0.0;
+        logits[i] = (float)p;
+        sum += p;
+    }
+    r = rng_uniform(rng) * sum;
+    for (i = 0; i < V; i++) {
+        r -= logits[i];
+        if (r < 0 && logits[i] > 0)
+            return i;
+    }
+    for (i = V - 1; i > 0 && logits[i] == 0; i--)
+        ;
+    return i;
+}
+
+int train_generate(model *m, int32_t *tokens, int len, int n, double temperature, int top_k,
+                   rng_state *rng)
+{
+    int B = m->B, T = m->T;
+    int32_t *ctx = calloc((size_t)B * T, sizeof *ctx);
+    float *logits = malloc((size_t)m->V * sizeof *logits);
+
+    if (!ctx || !logits) {
+        free(ctx);
+        free(logits);
+        return len;
+    }
+    for (int i = 0; i < n; i++) {
+        int start = len > T ? len - T : 0, w = len - start;
+        memcpy(ctx, tokens + start, (size_t)w * sizeof *ctx);
+        m->forward(m, ctx, NULL, 0.0f);
+        m->logits(m, 0, w - 1, logits);
+        tokens[len++] = sample_token(logits, m->V, temperature, top_k, rng);
+    }
+    free(ctx);
+    free(logits);
+    return len;
+}
+
+static void print_tokens(FILE *f, tokenizer *tok, const int32_t *t, int n)
+{
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        const char *s = tok ? tokenizer_decode(tok, t[i], &len) : NULL;
+        if (s)
+            fwrite(s, 1, len, f);
+        else
+            fprintf(f, "%s%d", i ? " " : "", t[i]);
+    }
+    fputc('\n', f);
+}
+
+static void train_sample(model *m, const train_opts *o, train_state *st, int step)
+{
+    int n = o->sample_tokens;
+    int32_t *toks = malloc(((size_t)n + 1) * sizeof *toks);
+    if (!toks)
+        return;
+    /* start from the end-of-text token where the tokenizer has one */
+    toks[0] = o->tok && tokenizer_eot(o->tok) >= 0 ? tokenizer_eot(o->tok) : 0;
+    if (toks[0] >= m->V)
+        toks[0] = 0;
+    int len = train_generate(m, toks, 1, n, 1.0, 0, &st->rng);
+    printf("sample at step %d:\n---\n", step);
+    print_tokens(stdout, o->tok, toks + 1, len - 1);
+    printf("---\n");
+    fflush(stdout);
+    free(toks);
+}
+
+/* Mean loss over the first `batches` micro-batches of the validation stream. */
+static double val_loss(model *m, loader *ld, int batches, int32_t *in, int32_t *tg, char *err)
+{
+    double sum = 0.0;
+    loader_seek(ld, 0);
+    for (int i = 0; i < batches; i++) {
+        if (loader_next(ld, in, tg, err))
+            return NAN;
+        sum += m->forward(m, in, tg, 0.0f);
+    }
+    return sum / batches;
+}
+
+static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
+{
+    ckpt_meta_set(md, "step", "%d", st->step);
+    ckpt_meta_set(md, "data_pos", "%llu", (unsigned long long)st->data_pos);
+    ckpt_meta_set(md, "rng", "%016llx%016llx%016llx%016llx",
+                  (unsigned long long)st->rng.s[0], (unsigned long long)st->rng.s[1],
+                  (unsigned long long)st->rng.s[2], (unsigned long long)st->rng.s[3]);
+    ckpt_meta_set(md, "seed", "%llu", (unsigned long long)o->seed);
+    ckpt_meta_set(md, "batch", "%d", o->B);
+    ckpt_meta_set(md, "seq", "%d", o->T);
+    ckpt_meta_set(md, "total_batch", "%lld", o->total_batch);
+    ckpt_meta_set(md, "world", "%d", o->world);
+    ckpt_meta_set(md, "shuffle", "%d", o->shuffle);
+    if (o->tokenizer_kind)
+        ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
+}
+
+int train_save(model *m, const train_opts *o, const train_state *st, const char *path, char *err)
+{
+    size_t n = m->nparams;
+    float *p = malloc(n * sizeof *p), *mm = malloc(n * sizeof *mm), *vv = malloc(n * sizeof *vv);
+    ckpt_meta md = { 0 };
+    int rc;
+
+    if (!p || !mm || !vv) {
+        free(p);
+        free(mm);
+        free(vv);
+        return errf(err, "%s: out of memory for the checkpoint copy", path);
+    }
+    model_get_params(m, p);
+    model_get_moments(m, mm, vv);
+    setup_meta_put_config(&md, gpt2_config_of(m));
+    put_state(&md, o, st);
+    rc = ckpt_save(path, m->views, m->nviews, n, p, mm, vv, &md, err);
+    free(p);
+    free(mm);
+    free(vv);
+    return rc;
+}
+
+static int meta_u64(const ckpt_meta *md, const char *path, const char *key, uint64_t *v, char *err)
+{
+    const char *s = ckpt_meta_get(md, key);
+    char *end;
+    if (!s)
+        return errf(err, "%s: not a training checkpoint (no '%s' in its metadata)", path, key);
+    errno = 0;
+    *v = strtoull(s, &end, 10);
+    if (end == s || *end || errno)
+        return errf(err, "%s: metadata '%s' = '%s' is not a number", path, key, s);
+    return 0;
+}
+
+int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *st, char *err)
+{
+    size_t n = m->nparams;
+    uint64_t step, pos;
+    const char *r = ckpt_meta_get(md, "rng");
+    float *p, *mm, *vv;
+    int has = 0, rc;
+
+    if (meta_u64(md, path, "step", &step, err) || meta_u64(md, path, "data_pos", &pos, err))
+        return -1;
+    if (!r || strlen(r) != 64 || strspn(r, "0123456789abcdef") != 64)
+        return errf(err, "%s: metadata 'rng' is missing or malformed", path);
+    for (int i = 0; i < 4; i++) {
+        char word[17];
+        memcpy(word, r + 16 * i, 16);
+        word[16] = 0;
+        st->rng.s[i] = strtoull(word, NULL, 16);
+    }
+    if (step > 100000000)
+        return errf(err, "%s: metadata 'step' = %llu is out of range", path,
+                    (unsigned long long)step);
+    st->step = (int)step;
+    st->data_pos = pos;
+    p = malloc(n * sizeof *p);
+    mm = malloc(n * sizeof *mm);
+    vv = malloc(n * sizeof *vv);
+    if (!p || !mm || !vv) {
+        rc = errf(err, "%s: out of memory", path);
+        goto done;
+    }
+    rc = ckpt_load(path, m->views, m->nviews, n, p, mm, vv, &has, err);
+    if (!rc && !has)
+        rc = errf(err, "%s: holds weights only (no AdamW moments); use --init to start "
+                       "a new run from it", path);
+    if (!rc)
+        model_set_moments(m, mm, vv);
+done:
+    free(p);
+    free(mm);
+    free(vv);
+    return rc;
+}
+
+static int mkdir_p(const char *dir, char *err)
+{
+    char tmp[4096];
+    size_t len = strlen(dir);
+    if (len >= sizeof tmp)
+        return errf(err, "--out %s: path too long", dir);
+    memcpy(tmp, dir, len + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0777) && errno != EEXIST)
+            return errf(err, "--out %s: %s: %s", dir, tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0777) && errno != EEXIST)
+        return errf(err, "--out %s: %s", dir, strerror(errno));
+    return 0;
+}
+
+static int save_step(model *m, const train_opts *o, const train_state *st, char *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/step_%06d.safetensors", o->out, st->step);
+    if (train_save(m, o, st, path, err))
+        return -1;
+    printf("checkpoint %s\n", path);
+    fflush(stdout);
+    return 0;
+}
+
+int train_run(model *m, const train_opts *o, train_state *st, char *err)
+{
+    backend *be = m->be;
+    int B = o->B, T = o->T, rc = -1;
+    long long per_micro = (long long)B * T * o->world;
+    int accum = (int)(o->total_batch / per_micro);
+    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
+    loader *ld = NULL, *vld = NULL;
+    FILE *log = NULL;
+    double t_total = 0.0;
+    int timed = 0;
+
+    if (!in || !tg) {
+        errf(err, "out of memory");
+        goto done;
+    }
+    if (accum < 1 || o->total_batch % per_micro) {
+        errf(err, "--total-batch: %lld tokens is not a positive multiple of batch x seq x "
+                  "ranks = %lld", o->total_batch, per_micro);
+        goto done;
+    }
+    if (m->plan(m, B, T, err))
+        goto done;
+    ld = loader_open(o->data, B, T, o->rank, o->world, o->shuffle, o->seed, m->V, err);
+    if (!ld)
+        goto done;
+    loader_seek(ld, st->data_pos);
+    if (o->val_data) {
+        vld = loader_open(o->val_data, B, T, 0, 1, 0, 0, m->V, err);
+        if (!vld)
+            goto done;
+    }
+    if (o->out) {
+        char path[4200];
+        if (mkdir_p(o->out, err))
+            goto done;
+        snprintf(path, sizeof path, "%s/log.jsonl", o->out);
+        log = fopen(path, st->step ? "a" : "w");
+        if (!log) {
+            errf(err, "%s: %s", path, strerror(errno));
+            goto done;
+        }
+    }
+    if (o->rank == 0)
+        printf("training %s: %zu parameters, %d steps of %lld tokens (%d x %d x %d ranks x %d "
+               "accumulation), %s\n", m->family, m->nparams_real, o->steps, o->total_batch, B,
+               T, o->world, accum, be->name);
+
+    while (st->step < o->steps) {
+        int step = st->step;
+        double t0 = now_ms(), loss = 0.0, lr = train_lr(o, step);
+
+        model_zero_grad(m);
+        for (int a = 0; a < accum; a++) {
+            int valid = 0;
+            if (loader_next(ld, in, tg, err))
+                goto done;
+            for (int i = 0; i < B * T; i++)
+                valid += tg[i] >= 0;
+            float scale = valid ? 1.0f / ((float)valid * accum) : 0.0f;
+            loss += m->forward(m, in, tg, scale) / accum;
+            m->backward(m);
+        }
+        st->data_pos = loader_position(ld);
+        if (!isfinite(loss)) {
+            errf(err, "step %d: the loss is %g; training diverged (lower --lr?)", step + 1, loss);
+            goto done;
+        }
+        double norm = sqrt(be->sumsq(be, m->grads, m->nparams));
+        float gscale = 1.0f;
+        if (o->grad_clip > 0) {
+            double coef = o->grad_clip / (norm + 1e-6);
+            if (coef < 1.0)
+                gscale = (float)coef;
+        }
+        adamw_params hp = { (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, step + 1,
+                            gscale };
+        be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+        be->sync(be);
+        double ms = now_ms() - t0;
+        st->step++;
+        if (step > 0 || o->steps == 1) { /* the first step warms caches */
+            t_total += ms;
+            timed++;
+        }
+        double avg = timed ? t_total / timed : ms, tps = o->total_batch / (ms / 1e3);
+        char eta[32];
+        format_eta(eta, sizeof eta, avg * (o->steps - st->step) / 1e3);
+        if (o->rank == 0) {
+            printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | "
+                   "eta %s\n", st->step, o->steps, loss, norm, lr, ms, tps, eta);
+            fflush(stdout);
+            if (log) {
+                fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"norm\": %.6f, \"lr\": %.6e, "
+                             "\"ms\": %.3f, \"tokens_per_s\": %.1f}\n",
+                        st->step, loss, norm, lr, ms, tps);
+                fflush(log);
+            }
+        }
+        int last = st->step == o->steps;
+        if (vld && ((o->val_every > 0 && st->step % o->val_every == 0) || last)) {
+            double vl = val_loss(m, vld, o->val_batches, in, tg, err);
+            if (isnan(vl))
+                goto done;
+            if (o->rank == 0) {
+                printf("val   %5d/%d | loss %.6f\n", st->step, o->steps, vl);
+                if (log)
+                    fprintf(log, "{\"step\": %d, \"val_loss\": %.6f}\n", st->step, vl);
+            }
+        }
+        if (o->sample_every > 0 && (st->step % o->sample_every == 0 || last) && o->rank == 0)
+            train_sample(m, o, st, st->step);
+        if (o->out && o->rank == 0 &&
+            ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last))
+            if (save_step(m, o, st, err))
+                goto done;
+    }
+    if (o->rank == 0 && timed)
+        printf("done: %d steps, %.1f ms/step average, %.0f tokens/s\n", st->step,
+               t_total / timed, o->total_batch / (t_total / timed / 1e3));
+    rc = 0;
+done:
+    if (log)
+        fclose(log);
+    if (ld)
+        loader_close(ld);
+    if (vld)
+        loader_close(vld);
+    free(in);
+    free(tg);
+    return rc;
+}

@@ -1,0 +1,60 @@
+/* train.h: the one training loop, for every model family. */
+#ifndef ANATOMY_TRAIN_H
+#define ANATOMY_TRAIN_H
+
+#include <stdint.h>
+
+#include "../data/rng.h"
+#include "../data/tokenizer.h"
+#include "ckpt.h"
+#include "model.h"
+
+typedef struct {
+    const char *data;       /* glob of training shards */
+    const char *val_data;   /* glob of validation shards, or NULL */
+    int B, T;               /* micro-batch */
+    long long total_batch;  /* tokens per optimizer step (multiple of B*T*world) */
+    int steps;              /* optimizer steps in all (a resumed run counts from 0) */
+    double lr, lr_min_frac; /* peak rate; cosine decays to lr * lr_min_frac */
+    int warmup;             /* linear warmup steps */
+    int constant;           /* --schedule constant: lr throughout (after warmup) */
+    double weight_decay, grad_clip;
+    int val_every, val_batches;
+    int sample_every, sample_tokens;
+    int ckpt_every;
+    const char *out;        /* run directory: log.jsonl, step_NNNNNN.safetensors */
+    uint64_t seed;
+    int shuffle;
+    int rank, world;
+    tokenizer *tok;         /* for samples; NULL prints token ids */
+    const char *tokenizer_kind;
+} train_opts;
+
+/* Training state that a checkpoint carries beside the weights. */
+typedef struct {
+    int step;               /* optimizer steps done */
+    uint64_t data_pos;      /* loader position (micro-batches consumed by this rank) */
+    rng_state rng;          /* sampling */
+} train_state;
+
+/* Learning rate at 0-based step `step`. */
+double train_lr(const train_opts *o, int step);
+
+/* Runs steps st->step .. o->steps-1. Returns 0, or -1 with err filled. */
+int train_run(model *m, const train_opts *o, train_state *st, char *err);
+
+/* Writes <out>/step_NNNNNN.safetensors with parameters, moments and state. */
+int train_save(model *m, const train_opts *o, const train_state *st, const char *path,
+               char *err);
+/* Restores moments and state from a checkpoint written by train_save (the
+ * parameters were loaded when the model was built). */
+int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *st,
+                  char *err);
+
+/* Draws `n` tokens after the first `len` tokens of tokens[] (capacity len+n)
+ * with temperature and top-k (0: all); the model is re-planned by nobody: it
+ * uses row 0 of the current plan. Returns the new length. */
+int train_generate(model *m, int32_t *tokens, int len, int n, double temperature, int top_k,
+                   rng_state *rng);
+
+#endif

@@ -1,0 +1,812 @@
+/* backend_cpu.c: the CPU backend, the reference every other backend is checked
+ * against. OpenMP over rows, heads and elements; OpenBLAS for the matmuls.
+ *
+ * The Makefile compiles this file twice. As is, `real` is float and the
+ * constructor is backend_cpu_create ("cpu"). With -DCPU_REAL_DOUBLE, `real` is
+ * double and the constructor is backend_cpu64_create ("cpu-fp64"), the oracle
+ * of the gradient checks. Everything else is static, so the two objects link
+ * side by side.
+ *
+ * Determinism: every output element is written by one thread, with an order
+ * of operations fixed at compile time, so results are bit-identical run to
+ * run. Sums over rows (parameter gradients, dk/dv in attention) are split
+ * across threads by column, owner or head, never by row, which makes them
+ * independent even of the thread count. Only the matmuls (OpenBLAS) and
+ * sumsq depend on the thread count.
+ */
+/* The default -ftrapping-math forbids if-converting a float compare (it might
+ * raise an exception flag nobody reads), which keeps every loop with a clamp
+ * or a select from vectorising. Turning it off changes no result: it allows
+ * no reassociation and no value rewrite. (-fno-math-errno would also
+ * vectorise AdamW's sqrt, but GCC ignores it in this pragma.) */
+#pragma GCC optimize("no-trapping-math")
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+#include "../ops.h"
+
+#ifdef CPU_REAL_DOUBLE
+typedef double real;
+#define REAL_DT DT_F64
+#define CPU_NAME "cpu-fp64"
+#define CPU_CREATE backend_cpu64_create
+#define GEMM cblas_dgemm
+#else
+typedef float real;
+#define REAL_DT DT_F32
+#define CPU_NAME "cpu"
+#define CPU_CREATE backend_cpu_create
+#define GEMM cblas_sgemm
+#endif
+
+#define ALIGN 64
+#define ATT_TILE 128   /* keys per softmax tile: bounds the stack, fits L1 */
+#define COL_BLOCK 64   /* columns per task in the column-split row sums */
+
+typedef struct {
+    backend be; /* first, so a backend * is a cpu_backend * */
+    int threads; /* <= 0: OpenMP's default at each call */
+} cpu_backend;
+
+static int nthreads(const backend *be)
+{
+    int t = ((const cpu_backend *)be)->threads;
+    return t > 0 ? t : omp_get_max_threads();
+}
+
+/* ---- scalar math ---------------------------------------------------------
+ * The fp32 build uses its own exp (and tanh on top of it) because glibc's
+ * expf does not vectorise without -ffast-math; this one does, inside the
+ * `omp simd` loops below, and stays within a few ulp. The fp64 build, the
+ * oracle, uses libm. */
+
+#ifdef CPU_REAL_DOUBLE
+static inline real exp_r(real x) { return exp(x); }
+static inline real tanh_r(real x) { return tanh(x); }
+static inline real sqrt_r(real x) { return sqrt(x); }
+#else
+/* exp(x) = 2^n exp(r), n = round(x log2 e), |r| <= ln2/2, exp(r) by its Taylor
+ * series to degree 7 (truncation 5e-9): a few ulp. 0 below -87 (the true
+ * value is under 2e-38), +inf above 88 (no caller gets near), NaN stays NaN.
+ * Written with selects, not branches, so that it vectorises. */
+static inline float exp_r(float x)
+{
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float xc = x < -87.0f ? -87.0f : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    float t = xc * 1.44269504f + shifter;
+    float n = t - shifter;
+    float r = xc - n * 0.693145751953125f; /* ln2 split hi + lo: n*hi is exact */
+    r = r - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    uint32_t tb, bits;
+    memcpy(&tb, &t, sizeof(tb)); /* low mantissa bits of t hold n */
+    bits = (tb - 0x4b400000u + 127u) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    float y = p * scale;
+    y = x < -87.0f ? 0.0f : y;
+    return x > 88.0f ? INFINITY : y;
+}
+
+/* tanh(x) = (e^2x - 1) / (e^2x + 1); |tanh(9)| rounds to 1 in float. Near 0
+ * the absolute error is ~1e-7, which is all GELU (1 + tanh) needs. */
+static inline float tanh_r(float x)
+{
+    float xc = x < -9.0f ? -9.0f : (x > 9.0f ? 9.0f : x);
+    float e = exp_r(2.0f * xc);
+    return (e - 1.0f) / (e + 1.0f);
+}
+
+static inline float sqrt_r(float x) { return sqrtf(x); }
+#endif
+
+/* Dot product of n reals. The simd reduction splits the sum into lanes in an
+ * order fixed at compile time: vectorised yet deterministic. */
+static inline real dot(const real *a, const real *b, int n)
+{
+    real s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* y[i] += a * x[i] */
+static inline void axpy(real *restrict y, real a, const real *restrict x, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+/* ---- memory -------------------------------------------------------------- */
+
+static void *cpu_alloc(backend *be, size_t bytes)
+{
+    (void)be;
+    if (bytes > SIZE_MAX - ALIGN)
+        return NULL;
+    size_t n = (bytes + ALIGN - 1) / ALIGN * ALIGN; /* aligned_alloc wants a multiple */
+    return aligned_alloc(ALIGN, n ? n : ALIGN);
+}
+
+static void cpu_free(backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static float bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* Round to nearest even, as the GPU converts; NaN stays a (quiet) NaN. */
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+static double load_elem(const void *p, dtype t, size_t i)
+{
+    switch (t) {
+    case DT_F32: return ((const float *)p)[i];
+    case DT_F64: return ((const double *)p)[i];
+    case DT_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return ((const int32_t *)p)[i];
+    }
+}
+
+/* Integers saturate and truncate toward zero; NaN becomes 0. */
+static void store_elem(void *p, dtype t, size_t i, double x)
+{
+    switch (t) {
+    case DT_F32: ((float *)p)[i] = (float)x; break;
+    case DT_F64: ((double *)p)[i] = x; break;
+    case DT_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)x); break;
+    default:
+        if (!(x == x))
+            x = 0;
+        x = x < INT32_MIN ? INT32_MIN : (x > INT32_MAX ? INT32_MAX : x);
+        ((int32_t *)p)[i] = (int32_t)x;
+    }
+}
+
+/* Copies n elements converting src type st to dst type dt. Every pair is
+ * served (int32 pairs with the float types by value), so a caller's type
+ * mistake gives wrong numbers, never a crash. The usual pairs get loops the
+ * compiler can vectorise; the rest go through double, which holds every
+ * float, bf16 and int32 value exactly. */
+static void convert(backend *be, void *dst, dtype dt, const void *src, dtype st, size_t n)
+{
+    if (!n || !dst || !src)
+        return;
+    int nt = nthreads(be);
+    if (dt == st) {
+        memmove(dst, src, n * dtype_size(dt));
+    } else if (dt == DT_F32 && st == DT_F64) {
+        float *d = dst;
+        const double *s = src;
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+        for (size_t i = 0; i < n; i++)
+            d[i] = (float)s[i];
+    } else if (dt == DT_F64 && st == DT_F32) {
+        double *d = dst;
+        const float *s = src;
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+        for (size_t i = 0; i < n; i++)
+            d[i] = s[i];
+    } else {
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (size_t i = 0; i < n; i++)
+            store_elem(dst, dt, i, load_elem(src, st, i));
+    }
+}
+
+static void cpu_upload(backend *be, void *dst, dtype dt, const void *src, dtype ht, size_t n)
+{
+    convert(be, dst, dt, src, ht, n);
+}
+
+static void cpu_download(backend *be, void *dst, dtype ht, const void *src, dtype dt, size_t n)
+{
+    convert(be, dst, ht, src, dt, n);
+}
+
+static void cpu_fill(backend *be, void *dst, dtype t, double value, size_t n)
+{
+    if (!n || !dst)
+        return;
+    if (value == 0.0 && !signbit(value)) { /* all-zero bytes for every type */
+        memset(dst, 0, n * dtype_size(t));
+        return;
+    }
+    int nt = nthreads(be);
+    if (t == DT_F32 || t == DT_F64) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (size_t i = 0; i < n; i++)
+            store_elem(dst, t, i, value);
+        return;
+    }
+    store_elem(dst, t, 0, value); /* bf16 and int32: convert once, copy bits */
+    size_t es = dtype_size(t);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (size_t i = 1; i < n; i++)
+        memcpy((char *)dst + i * es, dst, es);
+}
+
+static void cpu_sync(backend *be) { (void)be; }
+
+static void cpu_destroy(backend *be) { free(be); }
+
+/* ---- encoder ------------------------------------------------------------- */
+
+/* Token ids must lie in [0, Vp); a negative id (never a row of wte) adds
+ * nothing, so a stray -1 cannot read or write outside the buffers. */
+static void cpu_encoder_forward(backend *be, void *out_, const int32_t *tok, const void *wte_,
+                                const void *wpe_, int B, int T, int C)
+{
+    real *out = out_;
+    const real *wte = wte_, *wpe = wpe_;
+    long BT = (long)B * T;
+#pragma omp parallel for schedule(static) num_threads(nthreads(be))
+    for (long bt = 0; bt < BT; bt++) {
+        real *o = out + bt * C;
+        const real *p = wpe + (bt % T) * C;
+        if (tok[bt] < 0) {
+            memcpy(o, p, (size_t)C * sizeof(real));
+            continue;
+        }
+        const real *e = wte + (size_t)tok[bt] * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            o[c] = e[c] + p[c];
+    }
+}
+
+/* dwte rows are owned by thread (token mod nthreads); each owner walks all
+ * positions in order, so every row's sum has a fixed order and no two
+ * threads write the same row. dwpe is split by position. */
+static void cpu_encoder_backward(backend *be, void *dwte_, void *dwpe_, const void *dout_,
+                                 const int32_t *tok, int B, int T, int C)
+{
+    real *dwte = dwte_, *dwpe = dwpe_;
+    const real *dout = dout_;
+    long BT = (long)B * T;
+#pragma omp parallel num_threads(nthreads(be))
+    {
+        unsigned me = (unsigned)omp_get_thread_num(), all = (unsigned)omp_get_num_threads();
+        for (long bt = 0; dwte && bt < BT; bt++) {
+            if (tok[bt] < 0 || (unsigned)tok[bt] % all != me)
+                continue;
+            axpy(dwte + (size_t)tok[bt] * C, 1, dout + bt * C, C);
+        }
+        if (dwpe) {
+#pragma omp for schedule(static)
+            for (int t = 0; t < T; t++)
+                for (int b = 0; b < B; b++)
+                    axpy(dwpe + (size_t)t * C, 1, dout + ((long)b * T + t) * C, C);
+        }
+    }
+}
+
+/* ---- layernorm ----------------------------------------------------------- */
+
+static void cpu_layernorm_forward(backend *be, void *out_, void *mean_, void *rstd_,
+                                  const void *inp_, const void *weight_, const void *bias_,
+                                  int N, int C)
+{
+    real *out = out_, *mean = mean_, *rstd = rstd_;
+    const real *inp = inp_, *w = weight_, *b = bias_;
+#pragma omp parallel for schedule(static) num_threads(nthreads(be))
+    for (int i = 0; i < N; i++) {
+        const real *x = inp + (size_t)i * C;
+        real *y = out + (size_t)i * C;
+        real m = 0, v = 0;
+#pragma omp simd reduction(+ : m)
+        for (int c = 0; c < C; c++)
+            m += x[c];
+        m /= C;
+#pragma omp simd reduction(+ : v)
+        for (int c = 0; c < C; c++)
+            v += (x[c] - m) * (x[c] - m); /* two passes: no cancellation */
+        real s = 1 / sqrt_r(v / C + (real)1e-5);
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - m) * s * w[c] + b[c];
+        if (mean)
+            mean[i] = m;
+        if (rstd)
+            rstd[i] = s;
+    }
+}
+
+/* Adds sum over rows of f(row) into acc[c0, c1) for a column block; the two
+ * parameter-gradient sums below. Rows are visited in order. */
+static void ln_param_grads(real *dw, real *db, const real *dout, const real *inp,
+                           const real *mean, const real *rstd, int N, int C, int c0, int c1)
+{
+    real aw[COL_BLOCK] = { 0 }, ab[COL_BLOCK] = { 0 };
+    int n = c1 - c0;
+    for (int i = 0; i < N; i++) {
+        const real *dy = dout + (size_t)i * C + c0, *x = inp + (size_t)i * C + c0;
+        real m = mean[i], s = rstd[i];
+#pragma omp simd
+        for (int c = 0; c < n; c++) {
+            aw[c] += dy[c] * ((x[c] - m) * s);
+            ab[c] += dy[c];
+        }
+    }
+    for (int c = 0; c < n; c++) {
+        if (dw)
+            dw[c0 + c] += aw[c];
+        if (db)
+            db[c0 + c] += ab[c];
+    }
+}
+
+static void cpu_layernorm_backward(backend *be, void *dinp_, void *dweight_, void *dbias_,
+                                   const void *dout_, const void *inp_, const void *weight_,
+                                   const void *mean_, const void *rstd_, int N, int C)
+{
+    real *dinp = dinp_, *dw = dweight_, *db = dbias_;
+    const real *dout = dout_, *inp = inp_, *w = weight_, *mean = mean_, *rstd = rstd_;
+    int nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel num_threads(nthreads(be))
+    {
+        if (dw || db) {
+#pragma omp for schedule(static) nowait
+            for (int k = 0; k < nblocks; k++) {
+                int c0 = k * COL_BLOCK, c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+                ln_param_grads(dw, db, dout, inp, mean, rstd, N, C, c0, c1);
+            }
+        }
+        if (dinp) {
+#pragma omp for schedule(static)
+            for (int i = 0; i < N; i++) {
+                const real *dy = dout + (size_t)i * C, *x = inp + (size_t)i * C;
+                real *dx = dinp + (size_t)i * C;
+                real m = mean[i], s = rstd[i], a = 0, g = 0;
+#pragma omp simd reduction(+ : a, g)
+                for (int c = 0; c < C; c++) {
+                    real dyw = dy[c] * w[c];
+                    a += dyw;
+                    g += dyw * ((x[c] - m) * s);
+                }
+                a /= C;
+                g /= C;
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dx[c] += s * (dy[c] * w[c] - a - (x[c] - m) * s * g);
+            }
+        }
+    }
+}
+
+/* ---- matmul -------------------------------------------------------------- */
+
+/* C[M,N] = alpha A B + beta C, row-major, opA/opB select transposes; skips
+ * the degenerate shapes OpenBLAS rejects (a zero leading dimension). */
+static void gemm(int ta, int tb, int M, int N, int K, const real *A, int lda, const real *B,
+                 int ldb, real beta, real *Cm, int ldc)
+{
+    if (M <= 0 || N <= 0 || K <= 0)
+        return;
+    GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
+         1, A, lda, B, ldb, beta, Cm, ldc);
+}
+
+static void cpu_matmul_forward(backend *be, void *out_, const void *inp, const void *weight,
+                               const void *bias_, int N, int IC, int OC)
+{
+    real *out = out_;
+    const real *bias = bias_;
+    if (N <= 0 || OC <= 0)
+        return;
+#pragma omp parallel for schedule(static) num_threads(nthreads(be))
+    for (int n = 0; n < N; n++) {
+        real *o = out + (size_t)n * OC;
+        if (bias)
+            memcpy(o, bias, (size_t)OC * sizeof(real));
+        else
+            memset(o, 0, (size_t)OC * sizeof(real));
+    }
+    gemm(0, 1, N, OC, IC, inp, IC, weight, IC, 1, out, OC);
+}
+
+static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias_,
+                                const void *dout_, const void *inp, const void *weight, int N,
+                                int IC, int OC)
+{
+    const real *dout = dout_;
+    real *dbias = dbias_;
+    if (dinp)
+        gemm(0, 0, N, IC, OC, dout, OC, weight, IC, 1, dinp, IC);
+    if (dweight)
+        gemm(1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC);
+    if (!dbias || N <= 0)
+        return;
+    int nblocks = (OC + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads(be))
+    for (int k = 0; k < nblocks; k++) {
+        int c0 = k * COL_BLOCK, n = OC - c0 < COL_BLOCK ? OC - c0 : COL_BLOCK;
+        real acc[COL_BLOCK] = { 0 };
+        for (int i = 0; i < N; i++) {
+            const real *dy = dout + (size_t)i * OC + c0;
+#pragma omp simd
+            for (int c = 0; c < n; c++)
+                acc[c] += dy[c];
+        }
+        for (int c = 0; c < n; c++)
+            dbias[c0 + c] += acc[c];
+    }
+}
+
+/* ---- attention ------------------------------------------------------------
+ * Forward: one query row at a time, keys in tiles with an online softmax
+ * (running max and sum, rescaled when the max grows), so the stack holds one
+ * tile of scores whatever T is. Backward: one (b, h) per task, walking rows
+ * in order; dk and dv sum over rows, and one task owns all of them. */
+
+static void att_row_forward(real *o, real *lse, const real *q, const real *kbase,
+                            const real *vbase, size_t stride, int nk, int hs, real scale)
+{
+    real acc[hs], s[ATT_TILE];
+    real m = -INFINITY, l = 0;
+    for (int c = 0; c < hs; c++)
+        acc[c] = 0;
+    for (int j0 = 0; j0 < nk; j0 += ATT_TILE) {
+        int n = nk - j0 < ATT_TILE ? nk - j0 : ATT_TILE;
+        real tm = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            s[j] = dot(q, kbase + (j0 + j) * stride, hs) * scale;
+            tm = s[j] > tm ? s[j] : tm;
+        }
+        if (tm > m) { /* rescale what was summed against the old max */
+            real corr = exp_r(m - tm);
+            l *= corr;
+            for (int c = 0; c < hs; c++)
+                acc[c] *= corr;
+            m = tm;
+        }
+        real ts = 0;
+#pragma omp simd reduction(+ : ts)
+        for (int j = 0; j < n; j++) {
+            s[j] = exp_r(s[j] - m);
+            ts += s[j];
+        }
+        l += ts;
+        for (int j = 0; j < n; j++)
+            axpy(acc, s[j], vbase + (j0 + j) * stride, hs);
+    }
+    real inv = 1 / l;
+    for (int c = 0; c < hs; c++)
+        o[c] = acc[c] * inv;
+    *lse = m + log(l);
+}
+
+static void cpu_attention_forward(backend *be, void *out_, void *lse_, const void *qkv_, int B,
+                                  int T, int C, int NH, int causal)
+{
+    real *out = out_, *lse = lse_;
+    const real *qkv = qkv_;
+    int hs = C / NH;
+    size_t C3 = 3 * (size_t)C;
+    real scale = (real)(1 / sqrt((double)hs));
+    long rows = (long)B * NH * T;
+    /* Rows are independent; dealing them out one at a time balances the
+     * causal triangle across threads. */
+#pragma omp parallel for schedule(static, 1) num_threads(nthreads(be))
+    for (long r = 0; r < rows; r++) {
+        int i = (int)(r % T), h = (int)(r / T % NH), b = (int)(r / T / NH);
+        const real *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
+        att_row_forward(out + ((size_t)b * T + i) * C + (size_t)h * hs, lse + r,
+                        base + i * C3, base + C, base + 2 * (size_t)C, C3,
+                        causal ? i + 1 : T, hs, scale);
+    }
+}
+
+/* Rows i of one (b, h): q, k, v, dq, dk, dv point at that head's columns of
+ * row 0 and advance by `stride`. */
+static void att_head_backward(real *dq, real *dk, real *dv, const real *q, const real *k,
+                              const real *v, const real *dout, const real *out,
+                              const real *lse, size_t stride, size_t ostride, int T, int hs,
+                              real scale, int causal)
+{
+    real dqi[hs], s[ATT_TILE], dp[ATT_TILE];
+    for (int i = 0; i < T; i++) {
+        const real *qi = q + i * stride, *doi = dout + i * ostride;
+        real D = dot(doi, out + i * ostride, hs), L = lse[i];
+        int nk = causal ? i + 1 : T;
+        for (int c = 0; c < hs; c++)
+            dqi[c] = 0;
+        for (int j0 = 0; j0 < nk; j0 += ATT_TILE) {
+            int n = nk - j0 < ATT_TILE ? nk - j0 : ATT_TILE;
+            for (int j = 0; j < n; j++) {
+                s[j] = dot(qi, k + (j0 + j) * stride, hs) * scale;
+                dp[j] = dot(doi, v + (j0 + j) * stride, hs);
+            }
+#pragma omp simd
+            for (int j = 0; j < n; j++) {
+                real p = exp_r(s[j] - L);
+                s[j] = p;                        /* p_ij */
+                dp[j] = p * (dp[j] - D) * scale; /* ds_ij / sqrt(hs) */
+            }
+            for (int j = 0; j < n; j++) {
+                size_t o = (j0 + j) * stride;
+                axpy(dv + o, s[j], doi, hs);
+                axpy(dk + o, dp[j], qi, hs);
+                axpy(dqi, dp[j], k + o, hs);
+            }
+        }
+        axpy(dq + i * stride, 1, dqi, hs);
+    }
+}
+
+static void cpu_attention_backward(backend *be, void *dqkv_, const void *dout_,
+                                   const void *qkv_, const void *out_, const void *lse_, int B,
+                                   int T, int C, int NH, int causal)
+{
+    real *dqkv = dqkv_;
+    const real *dout = dout_, *qkv = qkv_, *out = out_, *lse = lse_;
+    int hs = C / NH;
+    size_t C3 = 3 * (size_t)C;
+    real scale = (real)(1 / sqrt((double)hs));
+    int heads = B * NH;
+#pragma omp parallel for schedule(static) num_threads(nthreads(be))
+    for (int bh = 0; bh < heads; bh++) {
+        int b = bh / NH, h = bh % NH;
+        size_t qo = (size_t)b * T * C3 + (size_t)h * hs, oo = (size_t)b * T * C + (size_t)h * hs;
+        att_head_backward(dqkv + qo, dqkv + qo + C, dqkv + qo + 2 * (size_t)C, qkv + qo,
+                          qkv + qo + C, qkv + qo + 2 * (size_t)C, dout + oo, out + oo,
+                          lse + (size_t)bh * T, C3, (size_t)C, T, hs, scale, causal);
+    }
+}
+
+/* ---- elementwise --------------------------------------------------------- */
+
+#define GELU_K ((real)0.7978845608028654) /* sqrt(2/pi) */
+#define GELU_A ((real)0.044715)
+
+static void cpu_gelu_forward(backend *be, void *out_, const void *inp_, size_t N)
+{
+    real *y = out_;
+    const real *x = inp_;
+#pragma omp parallel for simd schedule(static) num_threads(nthreads(be))
+    for (size_t i = 0; i < N; i++) {
+        real u = GELU_K * (x[i] + GELU_A * x[i] * x[i] * x[i]);
+        y[i] = (real)0.5 * x[i] * (1 + tanh_r(u));
+    }
+}
+
+static void cpu_gelu_backward(backend *be, void *dinp_, const void *inp_, const void *dout_,
+                              size_t N)
+{
+    real *dx = dinp_;
+    const real *x = inp_, *dy = dout_;
+#pragma omp parallel for simd schedule(static) num_threads(nthreads(be))
+    for (size_t i = 0; i < N; i++) {
+        real xi = x[i], x2 = xi * xi;
+        real t = tanh_r(GELU_K * (xi + GELU_A * x2 * xi));
+        real du = GELU_K * (1 + 3 * GELU_A * x2);
+        dx[i] += dy[i] * ((real)0.5 * (1 + t) + (real)0.5 * xi * (1 - t * t) * du);
+    }
+}
+
+static void cpu_residual_forward(backend *be, void *out_, const void *a_, const void *b_,
+                                 size_t N)
+{
+    real *out = out_;
+    const real *a = a_, *b = b_;
+#pragma omp parallel for simd schedule(static) num_threads(nthreads(be))
+    for (size_t i = 0; i < N; i++)
+        out[i] = a[i] + b[i];
+}
+
+static void cpu_accumulate(backend *be, void *dst_, const void *src_, size_t N)
+{
+    real *dst = dst_;
+    const real *src = src_;
+#pragma omp parallel for simd schedule(static) num_threads(nthreads(be))
+    for (size_t i = 0; i < N; i++)
+        dst[i] += src[i];
+}
+
+/* ---- crossentropy ---------------------------------------------------------
+ * Per row: max, then exp(x - max) written straight into dlogits (reading
+ * each logit before its own slot is overwritten, so aliasing is safe), then
+ * one scaling pass. A target outside [0, V) other than -1 is a caller bug:
+ * its loss is NaN, so it shows, and its gradient row is 0. */
+
+static void cpu_crossentropy(backend *be, void *losses_, void *dlogits_, const void *logits_,
+                             const int32_t *targets, int N, int V, int Vp, float scale_)
+{
+    real *losses = losses_, *dlogits = dlogits_;
+    const real *logits = logits_;
+    real scale = scale_;
+#pragma omp parallel for schedule(static) num_threads(nthreads(be))
+    for (int n = 0; n < N; n++) {
+        const real *x = logits + (size_t)n * Vp;
+        real *dx = dlogits ? dlogits + (size_t)n * Vp : NULL;
+        int tg = targets[n];
+        if (tg < 0 || tg >= V) {
+            losses[n] = tg == -1 ? 0 : (real)NAN;
+            if (dx)
+                memset(dx, 0, (size_t)Vp * sizeof(real));
+            continue;
+        }
+        real m = -INFINITY, sum = 0, xt = x[tg];
+#pragma omp simd reduction(max : m)
+        for (int v = 0; v < V; v++)
+            m = x[v] > m ? x[v] : m;
+        if (dx) {
+#pragma omp simd reduction(+ : sum)
+            for (int v = 0; v < V; v++) {
+                real e = exp_r(x[v] - m);
+                dx[v] = e;
+                sum += e;
+            }
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int v = 0; v < V; v++)
+                sum += exp_r(x[v] - m);
+        }
+        losses[n] = m + (real)log(sum) - xt;
+        if (!dx)
+            continue;
+        real f = scale / sum;
+#pragma omp simd
+        for (int v = 0; v < V; v++)
+            dx[v] *= f;
+        dx[tg] -= scale;
+        for (int v = V; v < Vp; v++)
+            dx[v] = 0;
+    }
+}
+
+/* ---- optimiser ----------------------------------------------------------- */
+
+/* The part [lo, hi) of n items that thread `me` of `all` takes: contiguous,
+ * sizes differing by at most one. */
+static void thread_range(size_t n, int me, int all, size_t *lo, size_t *hi)
+{
+    size_t q = n / all, r = n % all, u = (size_t)me;
+    *lo = q * u + (u < r ? u : r);
+    *hi = *lo + q + (u < r);
+}
+
+/* Each thread sums a fixed contiguous range in double; the partial sums are
+ * added in thread order. Deterministic for a given thread count. */
+static double cpu_sumsq(backend *be, const void *grads, size_t n)
+{
+    const real *g = grads;
+    int nt = nthreads(be), used = 1;
+    double part[nt];
+#pragma omp parallel num_threads(nt)
+    {
+        int me = omp_get_thread_num(), all = omp_get_num_threads();
+        size_t lo, hi;
+        thread_range(n, me, all, &lo, &hi);
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (size_t i = lo; i < hi; i++)
+            s += (double)g[i] * g[i];
+        part[me] = s;
+        if (me == 0)
+            used = all;
+    }
+    double s = 0;
+    for (int t = 0; t < used; t++)
+        s += part[t];
+    return s;
+}
+
+typedef struct {
+    real b1, b2, eps, gs, step, bc2s, keep;
+} adamw_consts;
+
+/* AdamW on elements [lo, hi); w is master or params, and params gets w. */
+static void adamw_range(real *params, real *w, const real *grads, real *m, real *v, size_t lo,
+                        size_t hi, const adamw_consts *k)
+{
+    real b1 = k->b1, b2 = k->b2, eps = k->eps, gs = k->gs, step = k->step, bc2s = k->bc2s;
+    real keep = k->keep;
+#pragma omp simd
+    for (size_t i = lo; i < hi; i++) {
+        real g = gs * grads[i];
+        m[i] = b1 * m[i] + (1 - b1) * g;
+        v[i] = b2 * v[i] + (1 - b2) * g * g;
+        real wi = w[i] * keep - step * (m[i] / (sqrt_r(v[i]) / bc2s + eps));
+        w[i] = wi;
+        params[i] = wi; /* the same store when master is NULL */
+    }
+}
+
+/* torch.optim.AdamW's order of operations: decay, moments, then the step
+ * lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps). Steps below 1 count as 1 (no
+ * division by a zero bias correction). Segments must not overlap. */
+static void cpu_adamw(backend *be, void *params_, void *master_, const void *grads, void *m,
+                      void *v, const param_segment *segs, int nsegs, const adamw_params *hp)
+{
+    real *params = params_, *w = master_ ? (real *)master_ : params;
+    int t = hp->step < 1 ? 1 : hp->step;
+    double bc1 = 1 - pow(hp->beta1, t), bc2 = 1 - pow(hp->beta2, t);
+    adamw_consts on = { hp->beta1, hp->beta2, hp->eps, hp->grad_scale, (real)(hp->lr / bc1),
+                        (real)sqrt(bc2), (real)(1 - (double)hp->lr * hp->weight_decay) };
+    adamw_consts off = on;
+    off.keep = 1;
+#pragma omp parallel num_threads(nthreads(be))
+    {
+        int me = omp_get_thread_num(), all = omp_get_num_threads();
+        for (int k = 0; k < nsegs; k++) {
+            size_t lo, hi, o = segs[k].offset;
+            thread_range(segs[k].count, me, all, &lo, &hi);
+            adamw_range(params, w, grads, m, v, o + lo, o + hi, segs[k].decay ? &on : &off);
+        }
+    }
+}
+
+/* ---- constructor --------------------------------------------------------- */
+
+backend *CPU_CREATE(int threads, char *err)
+{
+    cpu_backend *cb = calloc(1, sizeof(*cb));
+    if (!cb) {
+        if (err)
+            snprintf(err, 256, "%s backend: out of memory", CPU_NAME);
+        return NULL;
+    }
+    cb->threads = threads;
+    if (threads > 0)
+        openblas_set_num_threads(threads);
+    backend *be = &cb->be;
+    be->name = CPU_NAME;
+    be->act = be->stat = be->opt = REAL_DT;
+    be->ctx = cb;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_upload;
+    be->download = cpu_download;
+    be->fill = cpu_fill;
+    be->sync = cpu_sync;
+    be->destroy = cpu_destroy;
+    be->encoder_forward = cpu_encoder_forward;
+    be->encoder_backward = cpu_encoder_backward;
+    be->layernorm_forward = cpu_layernorm_forward;
+    be->layernorm_backward = cpu_layernorm_backward;
+    be->matmul_forward = cpu_matmul_forward;
+    be->matmul_backward = cpu_matmul_backward;
+    be->attention_forward = cpu_attention_forward;
+    be->attention_backward = cpu_attention_backward;
+    be->gelu_forward = cpu_gelu_forward;
+    be->gelu_backward = cpu_gelu_backward;
+    be->residual_forward = cpu_residual_forward;
+    be->accumulate = cpu_accumulate;
+    be->crossentropy = cpu_crossentropy;
+    be->sumsq = cpu_sumsq;
+    be->adamw = cpu_adamw;
+    return be;
+}

@@ -1,0 +1,168 @@
+/* ops.h: the op table. A backend is a struct of function pointers plus a
+ * context; model code calls only these entries and never touches tensor memory.
+ *
+ * Conventions shared by every op:
+ *  - Buffers are opaque device pointers. Their element type is one of the
+ *    backend's three dtypes: `act` (parameters as used by forward, gradients,
+ *    activations), `stat` (layernorm mean/rstd, attention log-sum-exp,
+ *    per-position losses) and `opt` (master weights, AdamW moments).
+ *    The CPU backend uses one real type for all three (fp32, or fp64 for the
+ *    gradient checks); the CUDA backend uses bf16 or fp32 for `act` and fp32
+ *    for the others.
+ *  - Token ids and targets are int32 device buffers.
+ *  - Every backward op ACCUMULATES (+=) into every gradient it writes, inputs
+ *    and parameters alike, so residual branches and micro-batches simply add.
+ *  - Row-major shapes; [N, C] means N rows of C contiguous elements.
+ *  - Ops are asynchronous with respect to the host where the backend allows;
+ *    `download` and the scalar-returning ops synchronise.
+ */
+#ifndef ANATOMY_OPS_H
+#define ANATOMY_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_I32 = 3 } dtype;
+
+static inline size_t dtype_size(dtype t)
+{
+    switch (t) {
+    case DT_F64: return 8;
+    case DT_BF16: return 2;
+    default: return 4;
+    }
+}
+
+static inline const char *dtype_name(dtype t)
+{
+    switch (t) {
+    case DT_F32: return "fp32";
+    case DT_F64: return "fp64";
+    case DT_BF16: return "bf16";
+    default: return "int32";
+    }
+}
+
+/* Byte address of element `i` of a buffer of type `t`; the only pointer
+ * arithmetic model code does on device buffers. */
+static inline void *buf_at(void *base, size_t i, dtype t)
+{
+    return base ? (char *)base + i * dtype_size(t) : NULL;
+}
+
+/* A contiguous run of parameters that share AdamW's weight-decay setting. */
+typedef struct {
+    size_t offset, count;
+    int decay; /* 1: decoupled weight decay applies (tensors of 2+ dims) */
+} param_segment;
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    int step;          /* 1-based, for bias correction */
+    float grad_scale;  /* gradients are multiplied by this first (clipping) */
+} adamw_params;
+
+typedef struct backend backend;
+struct backend {
+    const char *name;   /* "cpu", "cpu-fp64", "cuda" */
+    dtype act, stat, opt;
+    void *ctx;
+
+    /* ---- memory ---- */
+    /* Returns NULL when `bytes` cannot be allocated. Memory is uninitialised. */
+    void *(*alloc)(backend *be, size_t bytes);
+    void (*free)(backend *be, void *p);
+    /* Copies n elements host -> device / device -> host, converting between
+     * the host type `ht` and the device type `dt` (int32 only to int32). */
+    void (*upload)(backend *be, void *dst, dtype dt, const void *src, dtype ht, size_t n);
+    void (*download)(backend *be, void *dst, dtype ht, const void *src, dtype dt, size_t n);
+    /* dst[i] = value for n elements of type t. */
+    void (*fill)(backend *be, void *dst, dtype t, double value, size_t n);
+    /* Waits for all queued work. */
+    void (*sync)(backend *be);
+    void (*destroy)(backend *be);
+
+    /* ---- ops (types: act unless stated) ---- */
+
+    /* encoder: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:].
+     * out: [B,T,C]; tok: int32 [B,T]; wte: [Vp,C]; wpe: [maxT,C]. Saves nothing. */
+    void (*encoder_forward)(backend *be, void *out, const int32_t *tok, const void *wte,
+                            const void *wpe, int B, int T, int C);
+    /* dwte[tok[b,t],:] += dout[b,t,:];  dwpe[t,:] += sum_b dout[b,t,:]. */
+    void (*encoder_backward)(backend *be, void *dwte, void *dwpe, const void *dout,
+                             const int32_t *tok, int B, int T, int C);
+
+    /* layernorm: y[i,:] = (x[i,:] - mean_i) * rstd_i * g + b, rstd_i = 1/sqrt(var_i + 1e-5)
+     * (biased variance). x, y: [N,C]. Saves mean, rstd: stat [N]. */
+    void (*layernorm_forward)(backend *be, void *out, void *mean, void *rstd, const void *inp,
+                              const void *weight, const void *bias, int N, int C);
+    /* xhat = (x-mean)*rstd;  dg += sum_i dy*xhat;  db += sum_i dy;
+     * dx += rstd * (dy*g - mean_c(dy*g) - xhat * mean_c(dy*g*xhat)). */
+    void (*layernorm_backward)(backend *be, void *dinp, void *dweight, void *dbias,
+                               const void *dout, const void *inp, const void *weight,
+                               const void *mean, const void *rstd, int N, int C);
+
+    /* matmul: out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be NULL).
+     * Saves nothing (backward needs inp and weight). */
+    void (*matmul_forward)(backend *be, void *out, const void *inp, const void *weight,
+                           const void *bias, int N, int IC, int OC);
+    /* dinp += dout @ weight;  dweight += dout^T @ inp;  dbias += sum_n dout.
+     * dinp or dbias may be NULL when not wanted. */
+    void (*matmul_backward)(backend *be, void *dinp, void *dweight, void *dbias,
+                            const void *dout, const void *inp, const void *weight,
+                            int N, int IC, int OC);
+
+    /* attention: multi-head scaled dot-product attention.
+     * qkv: [B,T,3C] holding q, k, v for NH heads of size hs = C/NH each
+     * (q of head h at columns [h*hs, (h+1)*hs), k at C + that, v at 2C + that).
+     * s_ij = q_i.k_j / sqrt(hs) (j <= i when causal); p = softmax_j(s);
+     * out[b,i,h*hs:] = sum_j p_ij v_j.  out: [B,T,C].
+     * Saves lse: stat [B,NH,T], the log-sum-exp of each score row, so the
+     * backward recomputes p without storing the [T,T] matrix. */
+    void (*attention_forward)(backend *be, void *out, void *lse, const void *qkv,
+                              int B, int T, int C, int NH, int causal);
+    /* D_i = dout_i.out_i;  dp_ij = dout_i.v_j;  ds_ij = p_ij (dp_ij - D_i);
+     * dq_i += sum_j ds_ij k_j / sqrt(hs);  dk_j += sum_i ds_ij q_i / sqrt(hs);
+     * dv_j += sum_i p_ij dout_i.  dqkv: [B,T,3C]. */
+    void (*attention_backward)(backend *be, void *dqkv, const void *dout, const void *qkv,
+                               const void *out, const void *lse, int B, int T, int C, int NH,
+                               int causal);
+
+    /* gelu (tanh approximation, as GPT-2):
+     * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y: [N]. */
+    void (*gelu_forward)(backend *be, void *out, const void *inp, size_t N);
+    /* dx += dy * gelu'(x). */
+    void (*gelu_backward)(backend *be, void *dinp, const void *inp, const void *dout, size_t N);
+
+    /* residual: out = a + b, [N]. Its backward is `accumulate` into each input. */
+    void (*residual_forward)(backend *be, void *out, const void *a, const void *b, size_t N);
+    /* dst += src, [N]. */
+    void (*accumulate)(backend *be, void *dst, const void *src, size_t N);
+
+    /* crossentropy: fused softmax + cross-entropy over the first V of Vp columns.
+     * logits: [N,Vp]; targets: int32 [N], -1 means "ignore this position".
+     * losses[n] (stat) = logsumexp(logits[n,:V]) - logits[n,target] (0 if ignored).
+     * If dlogits is not NULL: dlogits[n,v] = scale * (softmax(logits[n,:V])_v - [v == target])
+     * for v < V, 0 for padded columns and ignored rows. dlogits may alias logits
+     * (the usual case: the logits are overwritten by their gradient). */
+    void (*crossentropy)(backend *be, void *losses, void *dlogits, const void *logits,
+                         const int32_t *targets, int N, int V, int Vp, float scale);
+
+    /* Sum of squares of n gradient elements, as a host double (synchronises). */
+    double (*sumsq)(backend *be, const void *grads, size_t n);
+
+    /* AdamW (decoupled weight decay, as torch.optim.AdamW), per element in each segment:
+     *   g = grad_scale * grad;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+     *   w -= lr * (wd*decay * w + (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)).
+     * w is `master` (opt) when not NULL, and `params` (act) is then set from it;
+     * with master NULL the update happens in `params` directly (act == opt).
+     * m, v, master: opt. */
+    void (*adamw)(backend *be, void *params, void *master, const void *grads, void *m, void *v,
+                  const param_segment *segs, int nsegs, const adamw_params *hp);
+};
+
+/* Backends. Each returns NULL and fills err (256 bytes) when unavailable. */
+backend *backend_cpu_create(int threads, char *err);
+backend *backend_cpu64_create(int threads, char *err); /* fp64 oracle for the gradient checks */
+
+#endif

@@ -1,0 +1,288 @@
+/* test_gpt2.c: the whole GPT-2 model on the CPU backends.
+ *  - every parameter's gradient against central finite differences, in fp64
+ *  - the fp32 backend against the fp64 oracle (loss and gradients)
+ *  - it learns: one batch overfits below 0.1 loss
+ *  - presets, padded vocabulary rows, config and plan errors */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/errbuf.h"
+#include "../data/rng.h"
+#include "../host/models/gpt2.h"
+
+static const gpt2_config tiny = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8 };
+
+/* Random parameters with every kind of tensor far from its init values, so no
+ * gradient is trivially zero (padded vocabulary rows included). */
+static void random_params(double *p, size_t n, uint64_t seed)
+{
+    rng_state r;
+    rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0.3 * rng_normal(&r);
+}
+
+static void random_batch(int32_t *in, int32_t *tg, int n, int V, uint64_t seed)
+{
+    rng_state r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) {
+        in[i] = (int32_t)rng_below(&r, (uint64_t)V);
+        tg[i] = rng_below(&r, 5) == 0 ? -1 : (int32_t)rng_below(&r, (uint64_t)V);
+    }
+    tg[0] = 1; /* at least one counted position */
+}
+
+static int count_valid(const int32_t *tg, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++)
+        v += tg[i] >= 0;
+    return v;
+}
+
+static double rel_l2(const double *a, const double *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-300));
+}
+
+/* Loss and analytic gradient at params p (fp64 backend). */
+static double loss_grad(model *m, const double *p, const int32_t *in, const int32_t *tg,
+                        double *grad)
+{
+    backend *be = m->be;
+    int n = m->B * m->T;
+    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
+    model_zero_grad(m);
+    double loss = m->forward(m, in, tg, grad ? 1.0f / count_valid(tg, n) : 0.0f);
+    if (grad) {
+        m->backward(m);
+        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
+    }
+    return loss;
+}
+
+START_TEST(test_model_gradcheck_fp64)
+{
+    char err[ERRBUF];
+    backend *be = backend_cpu64_create(1, err);
+    ck_assert_msg(be != NULL, "%s", err);
+    model *m = gpt2_create(be, &tiny, err);
+    ck_assert_msg(m != NULL, "%s", err);
+    int B = 2, T = 5;
+    ck_assert_int_eq(m->plan(m, B, T, err), 0);
+    size_t n = m->nparams;
+    double *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g), *fd = malloc(n * sizeof *fd);
+    int32_t in[10], tg[10];
+    random_params(p, n, 11 + (uint64_t)_i);
+    random_batch(in, tg, B * T, tiny.V, 12 + (uint64_t)_i);
+    loss_grad(m, p, in, tg, g);
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        double keep = p[i];
+        p[i] = keep + h;
+        double lp = loss_grad(m, p, in, tg, NULL);
+        p[i] = keep - h;
+        double lm = loss_grad(m, p, in, tg, NULL);
+        p[i] = keep;
+        fd[i] = (lp - lm) / (2 * h);
+    }
+    double e = rel_l2(g, fd, n);
+    ck_assert_msg(e < 1e-7, "model gradient vs finite differences: rel L2 %g", e);
+    /* padded vocabulary rows (V..Vp) get exactly zero gradient */
+    const param_view *wte = model_find_view(m, "wte.weight");
+    for (size_t i = (size_t)tiny.V * tiny.C; i < wte->count; i++)
+        ck_assert(g[wte->offset + i] == 0.0);
+    free(p);
+    free(g);
+    free(fd);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+/* backward accumulates: two forward+backward passes give twice the gradient */
+START_TEST(test_model_grads_accumulate)
+{
+    char err[ERRBUF];
+    backend *be = backend_cpu64_create(1, err);
+    model *m = gpt2_create(be, &tiny, err);
+    ck_assert_int_eq(m->plan(m, 2, 6, err), 0);
+    size_t n = m->nparams;
+    double *p = malloc(n * sizeof *p), *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
+    int32_t in[12], tg[12];
+    random_params(p, n, 21);
+    random_batch(in, tg, 12, tiny.V, 22);
+    loss_grad(m, p, in, tg, g1);
+    m->forward(m, in, tg, 1.0f / count_valid(tg, 12));
+    m->backward(m);
+    be->download(be, g2, DT_F64, m->grads, be->act, n);
+    for (size_t i = 0; i < n; i++)
+        g1[i] *= 2;
+    ck_assert_double_lt(rel_l2(g2, g1, n), 1e-12);
+    free(p);
+    free(g1);
+    free(g2);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+START_TEST(test_fp32_matches_fp64)
+{
+    char err[ERRBUF];
+    gpt2_config cfg = { .V = 300, .maxT = 32, .L = 2, .NH = 4, .C = 32 };
+    backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
+    model *m64 = gpt2_create(b64, &cfg, err), *m32 = gpt2_create(b32, &cfg, err);
+    int B = 3, T = 17, n = B * T;
+    ck_assert_int_eq(m64->plan(m64, B, T, err), 0);
+    ck_assert_int_eq(m32->plan(m32, B, T, err), 0);
+    size_t np = m64->nparams;
+    float *pf = malloc(np * sizeof *pf);
+    double *g64 = malloc(np * sizeof *g64), *g32 = malloc(np * sizeof *g32);
+    int32_t *in = malloc(n * sizeof *in), *tg = malloc(n * sizeof *tg);
+    gpt2_init_params(&cfg, pf, 31);
+    random_batch(in, tg, n, cfg.V, 32);
+    model_set_params(m64, pf); /* the same fp32 values in both */
+    model_set_params(m32, pf);
+    float scale = 1.0f / count_valid(tg, n);
+    double l64 = m64->forward(m64, in, tg, scale), l32 = m32->forward(m32, in, tg, scale);
+    m64->backward(m64);
+    m32->backward(m32);
+    b64->download(b64, g64, DT_F64, m64->grads, b64->act, np);
+    b32->download(b32, g32, DT_F64, m32->grads, b32->act, np);
+    ck_assert_msg(fabs(l32 - l64) / fabs(l64) < 1e-5, "loss fp32 %.9f fp64 %.9f", l32, l64);
+    double e = rel_l2(g32, g64, np);
+    ck_assert_msg(e < 1e-5, "gradients fp32 vs fp64: rel L2 %g", e);
+    free(pf);
+    free(g64);
+    free(g32);
+    free(in);
+    free(tg);
+    m64->destroy(m64);
+    m32->destroy(m32);
+    b64->destroy(b64);
+    b32->destroy(b32);
+}
+END_TEST
+
+/* It learns: AdamW on one fixed batch drives the loss below 0.1, and the
+ * padded vocabulary rows stay exactly zero throughout. */
+START_TEST(test_overfit_one_batch)
+{
+    char err[ERRBUF];
+    gpt2_config cfg = { .V = 64, .maxT = 32, .L = 2, .NH = 2, .C = 32 };
+    backend *be = backend_cpu_create(0, err);
+    model *m = gpt2_create(be, &cfg, err);
+    int B = 4, T = 16, n = B * T;
+    ck_assert_int_eq(m->plan(m, B, T, err), 0);
+    float *p = malloc(m->nparams * sizeof *p);
+    int32_t in[64], tg[64];
+    rng_state r;
+    rng_seed(&r, 41);
+    for (int i = 0; i < n; i++) {
+        in[i] = (int32_t)rng_below(&r, 64);
+        tg[i] = (int32_t)rng_below(&r, 64);
+    }
+    gpt2_init_params(&cfg, p, 42);
+    model_set_params(m, p);
+    double loss = 0, first = 0;
+    int step;
+    for (step = 1; step <= 500; step++) {
+        model_zero_grad(m);
+        loss = m->forward(m, in, tg, 1.0f / n);
+        if (step == 1)
+            first = loss;
+        if (loss < 0.1)
+            break;
+        m->backward(m);
+        adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f };
+        be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+    }
+    ck_assert_msg(first > 3.5, "initial loss %g should be near ln(64) = 4.16", first);
+    ck_assert_msg(loss < 0.1, "loss %g after %d steps", loss, step);
+    model_get_params(m, p);
+    const param_view *wte = model_find_view(m, "wte.weight");
+    for (size_t i = (size_t)cfg.V * cfg.C; i < wte->count; i++)
+        ck_assert(p[wte->offset + i] == 0.0f);
+    free(p);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+START_TEST(test_presets)
+{
+    static const struct { const char *name; size_t params; } want[] = {
+        { "gpt2-124m", 124439808 }, { "gpt2-350m", 354823168 },
+        { "gpt2-774m", 774030080 }, { "gpt2-1558m", 1557611200 },
+    };
+    char err[ERRBUF];
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        gpt2_config c;
+        param_view *v;
+        int nv;
+        ck_assert_int_eq(gpt2_preset(want[i].name, &c, err), 0);
+        size_t total = gpt2_layout(&c, &v, &nv);
+        size_t real = total - (size_t)(gpt2_padded_vocab(c.V) - c.V) * c.C;
+        ck_assert_msg(real == want[i].params, "%s: %zu parameters", want[i].name, real);
+        ck_assert_int_eq(nv, 4 + 12 * c.L);
+        free(v);
+    }
+    gpt2_config c;
+    ck_assert_int_eq(gpt2_preset("gpt2-9000m", &c, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "gpt2-9000m"));
+}
+END_TEST
+
+START_TEST(test_bad_config_and_plan)
+{
+    char err[ERRBUF];
+    backend *be = backend_cpu_create(1, err);
+    gpt2_config c = tiny;
+    c.NH = 3; /* does not divide C = 8 */
+    ck_assert_ptr_null(gpt2_create(be, &c, err));
+    ck_assert_ptr_nonnull(strstr(err, "heads 3"));
+    c = tiny;
+    c.V = 0;
+    ck_assert_ptr_null(gpt2_create(be, &c, err));
+    ck_assert_ptr_nonnull(strstr(err, "vocabulary"));
+    model *m = gpt2_create(be, &tiny, err);
+    ck_assert_int_eq(m->plan(m, 2, tiny.maxT + 1, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--seq"));
+    ck_assert_int_eq(m->plan(m, 0, 4, err), -1);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+static Suite *gpt2_suite(void)
+{
+    Suite *s = suite_create("gpt2");
+    TCase *tc = tcase_create("model");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 2);
+    tcase_add_test(tc, test_model_grads_accumulate);
+    tcase_add_test(tc, test_fp32_matches_fp64);
+    tcase_add_test(tc, test_overfit_one_batch);
+    tcase_add_test(tc, test_presets);
+    tcase_add_test(tc, test_bad_config_and_plan);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(gpt2_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
