@@ -13,8 +13,8 @@
  *     tie), with a min-heap of candidate pairs and a linked list of symbols.
  *     A pair's rank is the rank of its concatenated bytes, whichever two
  *     tokens make it: tiktoken's rule, which can differ from GPT-2's original
- *     code (that only merges pairs listed in vocab.bpe). So the pair table
- *     holds every split of every mergeable token into two tokens.
+ *     code (that only merges pairs listed in vocab.bpe). So a pair's rank is
+ *     looked up by the bytes it spans, in the token hash table.
  * A token's rank is its id; the loader checks that merge results have ids
  * increasing in merge order, which makes id order the merge order.
  *
@@ -184,6 +184,15 @@ struct worker {
     size_t cap;                 /* symbols the scratch holds */
 };
 
+/* A token hash table entry holds the first bytes of its token, so that most
+ * lookups touch one cache line. */
+#define TOK_INLINE 10
+struct tok_ent {
+    uint32_t id1;               /* id + 1; 0: empty */
+    uint16_t len;
+    char head[TOK_INLINE];      /* the token's first min(len, TOK_INLINE) bytes */
+};
+
 struct bpe {
     int vocab;                  /* ids 0..vocab-1 */
     int eot;
@@ -191,11 +200,8 @@ struct bpe {
     uint32_t *off;              /* token id's bytes: bytes[off[id] .. off[id+1]) */
     uint8_t *mergeable;         /* 1: a byte or a merge result, usable by merging */
     int32_t byte_id[256];
-    uint32_t *tok_tab;          /* bytes -> id + 1 (0 empty), every token */
+    struct tok_ent *tok_tab;    /* bytes -> id, every token; open addressing */
     uint32_t tok_mask;
-    uint64_t *pair_key;         /* (left << 32 | right) -> merged id; UINT64_MAX empty */
-    uint32_t *pair_val;
-    uint32_t pair_mask;
     int n_merges;
     uint64_t fingerprint;
     struct worker workers[N_WORKERS];
@@ -225,32 +231,19 @@ static inline uint64_t hash_bytes(const unsigned char *p, size_t n)
     return mix64(h ^ w);
 }
 
-static inline uint32_t hash_pair(uint64_t key)
-{
-    return (uint32_t)mix64(key);
-}
-
-/* The id of token bytes p[0..n), or -1. */
+/* The id of token bytes p[0..n) (h = hash_bytes(p, n)), or -1. */
 static inline int32_t tok_find(const bpe *b, const unsigned char *p, size_t n, uint64_t h)
 {
+    size_t head = n < TOK_INLINE ? n : TOK_INLINE;
     for (uint32_t i = (uint32_t)h & b->tok_mask;; i = (i + 1) & b->tok_mask) {
-        uint32_t e = b->tok_tab[i];
-        if (!e)
+        const struct tok_ent *e = &b->tok_tab[i];
+        if (!e->id1)
             return -1;
-        uint32_t id = e - 1;
-        if (b->off[id + 1] - b->off[id] == n && memcmp(b->bytes + b->off[id], p, n) == 0)
+        if (e->len != n || memcmp(e->head, p, head) != 0)
+            continue;
+        uint32_t id = e->id1 - 1;
+        if (n <= TOK_INLINE || memcmp(b->bytes + b->off[id] + head, p + head, n - head) == 0)
             return (int32_t)id;
-    }
-}
-
-static inline int32_t pair_find(const bpe *b, uint32_t left, uint32_t right)
-{
-    uint64_t key = (uint64_t)left << 32 | right;
-    for (uint32_t i = hash_pair(key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
-        if (b->pair_key[i] == key)
-            return (int32_t)b->pair_val[i];
-        if (b->pair_key[i] == UINT64_MAX)
-            return -1;
     }
 }
 
@@ -598,9 +591,11 @@ static int build_tokens(bpe *b, const char *path, struct vocab_list *v, char *er
         if (tok_find(b, p, len, h) >= 0)
             return errf(err, "%s: token %u repeats token %d", path, id, tok_find(b, p, len, h));
         uint32_t i = (uint32_t)h & b->tok_mask;
-        while (b->tok_tab[i])
+        while (b->tok_tab[i].id1)
             i = (i + 1) & b->tok_mask;
-        b->tok_tab[i] = id + 1;
+        b->tok_tab[i].id1 = id + 1;
+        b->tok_tab[i].len = (uint16_t)len;
+        memcpy(b->tok_tab[i].head, p, len < TOK_INLINE ? len : TOK_INLINE);
         if (len == 1) {
             b->byte_id[*p] = (int32_t)id;
             b->mergeable[id] = 1;
@@ -666,43 +661,6 @@ static int parse_merges(bpe *b, const char *path, char *s, size_t n, char *err)
     return 0;
 }
 
-/* The pair table: every way to cut each mergeable token into two mergeable
- * tokens maps (left, right) to it. */
-static int build_pairs(bpe *b, const char *path, char *err)
-{
-    size_t total = 0;
-    for (int id = 0; id < b->vocab; id++)
-        if (b->mergeable[id])
-            total += b->off[id + 1] - b->off[id] - 1;
-    b->pair_mask = pow2_above(total) - 1;
-    b->pair_key = malloc(((size_t)b->pair_mask + 1) * sizeof *b->pair_key);
-    b->pair_val = malloc(((size_t)b->pair_mask + 1) * sizeof *b->pair_val);
-    if (!b->pair_key || !b->pair_val)
-        return errf(err, "%s: out of memory", path);
-    memset(b->pair_key, 0xFF, ((size_t)b->pair_mask + 1) * sizeof *b->pair_key);
-    for (int id = 0; id < b->vocab; id++) {
-        if (!b->mergeable[id])
-            continue;
-        const unsigned char *p = (const unsigned char *)b->bytes + b->off[id];
-        size_t len = b->off[id + 1] - b->off[id];
-        for (size_t k = 1; k < len; k++) {
-            int32_t l = tok_find(b, p, k, hash_bytes(p, k));
-            if (l < 0 || !b->mergeable[l])
-                continue;
-            int32_t r = tok_find(b, p + k, len - k, hash_bytes(p + k, len - k));
-            if (r < 0 || !b->mergeable[r])
-                continue;
-            uint64_t key = (uint64_t)l << 32 | (uint32_t)r;
-            uint32_t i = hash_pair(key) & b->pair_mask;
-            while (b->pair_key[i] != UINT64_MAX)
-                i = (i + 1) & b->pair_mask;
-            b->pair_key[i] = key;
-            b->pair_val[i] = (uint32_t)id;
-        }
-    }
-    return 0;
-}
-
 bpe *bpe_load_files(const char *vocab_path, const char *merges_path, char *err)
 {
     pthread_once(&g_class_once, class_init);
@@ -719,7 +677,7 @@ bpe *bpe_load_files(const char *vocab_path, const char *merges_path, char *err)
         goto fail;
     if (parse_vocab_json(vocab_path, js, jn, &v, err) < 0 || build_tokens(b, vocab_path, &v, err) < 0)
         goto fail;
-    if (parse_merges(b, merges_path, ms, mn, err) < 0 || build_pairs(b, merges_path, err) < 0)
+    if (parse_merges(b, merges_path, ms, mn, err) < 0)
         goto fail;
     const unsigned char *eot = (const unsigned char *)BPE_EOT_TEXT;
     b->eot = tok_find(b, eot, strlen(BPE_EOT_TEXT), hash_bytes(eot, strlen(BPE_EOT_TEXT)));
@@ -782,8 +740,6 @@ void bpe_free(bpe *b)
     free(b->off);
     free(b->mergeable);
     free(b->tok_tab);
-    free(b->pair_key);
-    free(b->pair_val);
     free(b);
 }
 
@@ -860,15 +816,18 @@ static inline struct heap_ent heap_pop(struct heap_ent *h, size_t *n)
     return top;
 }
 
-/* Pushes the pair starting at symbol i (if it has a right neighbour that
- * merges with it). The symbol index is its byte position: leftmost = least. */
-static inline void push_pair(const bpe *b, struct worker *w, size_t *hn, int32_t i)
+/* Pushes the pair starting at symbol i, if it has a right neighbour and
+ * their concatenation, the bytes p[i .. end of the neighbour), is a mergeable
+ * token. The symbol index is its byte position: leftmost = least. */
+static inline void push_pair(const bpe *b, struct worker *w, const unsigned char *p, size_t n,
+                             size_t *hn, int32_t i)
 {
-    int32_t j = w->next[i];
-    if (i < 0 || j < 0)
+    if (i < 0 || w->next[i] < 0)
         return;
-    int32_t m = pair_find(b, w->sym[i], w->sym[j]);
-    if (m < 0)
+    int32_t j = w->next[i];
+    size_t end = w->next[j] >= 0 ? (size_t)w->next[j] : n;
+    int32_t m = tok_find(b, p + i, end - (size_t)i, hash_bytes(p + i, end - (size_t)i));
+    if (m < 0 || !b->mergeable[m])
         return;
     struct heap_ent e = {(uint64_t)(uint32_t)m << 32 | (uint32_t)i, w->sym[i], w->sym[j]};
     heap_push(w->heap, hn, e);
@@ -888,7 +847,7 @@ static long merge_piece(const bpe *b, struct worker *w, const unsigned char *p, 
     }
     size_t hn = 0;
     for (size_t i = 0; i + 1 < n; i++)
-        push_pair(b, w, &hn, (int32_t)i);
+        push_pair(b, w, p, n, &hn, (int32_t)i);
     while (hn) {
         struct heap_ent e = heap_pop(w->heap, &hn);
         int32_t i = (int32_t)(uint32_t)e.key, j = w->next[i];
@@ -901,8 +860,8 @@ static long merge_piece(const bpe *b, struct worker *w, const unsigned char *p, 
         w->next[i] = w->next[j];
         if (w->next[j] >= 0)
             w->prev[w->next[j]] = i;
-        push_pair(b, w, &hn, w->prev[i]);
-        push_pair(b, w, &hn, i);
+        push_pair(b, w, p, n, &hn, w->prev[i]);
+        push_pair(b, w, p, n, &hn, i);
     }
     long k = 0;
     for (int32_t i = 0; i >= 0; i = w->next[i])

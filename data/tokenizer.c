@@ -14,6 +14,11 @@
 
 enum { TK_BYTES, TK_GPT2 };
 
+/* bpe_fingerprint of GPT-2's vocabulary (encoder.json sha256 196139...,
+ * vocab.bpe sha256 1ce166...; vocab.json + merges.txt give the same). */
+#define GPT2_FINGERPRINT 0x3109c20961343d5full
+#define GPT2_VOCAB 50257
+
 struct tokenizer {
     int kind;
     bpe *bpe;
@@ -116,6 +121,15 @@ tokenizer *tokenizer_open(const char *kind, const char *vocab_dir, char *err)
     tk->bpe = bpe_load(vocab_dir, err);
     if (!tk->bpe) {
         free(tk);
+        return NULL;
+    }
+    if (bpe_fingerprint(tk->bpe) != GPT2_FINGERPRINT || bpe_vocab_size(tk->bpe) != GPT2_VOCAB ||
+        bpe_eot(tk->bpe) != GPT2_VOCAB - 1) {
+        errf(err, "%s: not GPT-2's vocabulary (%d tokens, fingerprint %016llx, expected %d, "
+                  "%016llx)", vocab_dir, bpe_vocab_size(tk->bpe),
+             (unsigned long long)bpe_fingerprint(tk->bpe), GPT2_VOCAB,
+             (unsigned long long)GPT2_FINGERPRINT);
+        tokenizer_close(tk);
         return NULL;
     }
     return tk;

@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -135,4 +136,12 @@ char **cli_expand_config(int *argc, char **argv)
     free(rest);
     *argc = n;
     return out;
+}
+
+_Noreturn void cli_bad_option(const char *cmd, int c, char **argv)
+{
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':')
+        cli_die("%s: option '%s' needs a value", cmd, arg);
+    cli_die("%s: unknown option '%s' (see 'anatomy %s --help')", cmd, arg, cmd);
 }

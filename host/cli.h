@@ -12,6 +12,10 @@ _Noreturn void cli_die(const char *fmt, ...);
 long long cli_int(const char *opt, const char *s, long long lo, long long hi);
 double cli_float(const char *opt, const char *s, double lo, double hi);
 
+/* Ends the program for getopt_long's '?' (unknown option) or ':' (missing
+ * value) result; subcommands parse with optstring ":" and opterr = 0. */
+_Noreturn void cli_bad_option(const char *cmd, int c, char **argv);
+
 /* --config FILE support: reads "key = value" lines (# comments, blank lines)
  * and returns a new argv with "--key=value" entries inserted before the
  * command-line arguments, so the command line wins. Keys must be long options

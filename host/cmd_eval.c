@@ -47,7 +47,7 @@ int cmd_eval(int argc, char **argv)
 
     src.seed = 1337;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case O_INIT: src.init = optarg; break;
         case O_PRESET: src.preset = optarg; break;
@@ -59,7 +59,7 @@ int cmd_eval(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_HELP: fputs(usage, stdout); return 0;
-        default: cli_die("eval: bad option (see 'anatomy eval --help')");
+        default: cli_bad_option("eval", c, argv);
         }
     }
     if (optind < argc)

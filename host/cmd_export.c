@@ -34,13 +34,13 @@ int cmd_export(int argc, char **argv)
     char err[ERRBUF];
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case O_INIT: src.init = optarg; break;
         case O_OUT: out = optarg; break;
         case O_FORMAT: format = optarg; break;
         case O_HELP: fputs(usage, stdout); return 0;
-        default: cli_die("export: bad option (see 'anatomy export --help')");
+        default: cli_bad_option("export", c, argv);
         }
     }
     if (optind < argc)

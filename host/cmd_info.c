@@ -43,7 +43,7 @@ int cmd_info(int argc, char **argv)
     param_view *v;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case O_PRESET: src.preset = optarg; break;
         case O_INIT: src.init = optarg; break;
@@ -51,7 +51,7 @@ int cmd_info(int argc, char **argv)
         case O_MAXSEQ: src.max_seq = (int)cli_int("--max-seq", optarg, 1, 1 << 20); break;
         case O_VIEWS: views = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
-        default: cli_die("info: bad option (see 'anatomy info --help')");
+        default: cli_bad_option("info", c, argv);
         }
     }
     if (optind < argc)

@@ -145,7 +145,7 @@ int cmd_train(int argc, char **argv)
     o.seed = 1337;
     o.world = 1;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case O_PRESET: src.preset = optarg; break;
         case O_VOCAB: src.vocab_size = (int)cli_int("--vocab-size", optarg, 2, 1 << 24); break;
@@ -176,7 +176,7 @@ int cmd_train(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_HELP: fputs(usage, stdout); return 0;
-        default: cli_die("train: bad option (see 'anatomy train --help')");
+        default: cli_bad_option("train", c, argv);
         }
     }
     if (optind < argc)
@@ -225,8 +225,6 @@ int cmd_train(int argc, char **argv)
         if (!o.tok)
             cli_die("--tokenizer %s: %s", tok_kind, err);
     }
-    if (!o.out)
-        fprintf(stderr, "anatomy: note: no --out: no log file or checkpoint will be written\n");
     if (train_run(m, &o, &st, err))
         cli_die("%s", err);
     if (o.tok)

@@ -1,4 +1,5 @@
 /* main.c: `anatomy <command> [options]`: dispatches to host/cmd_*.c. */
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -40,6 +41,7 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    opterr = 0; /* bad options are reported by cli_bad_option, in one line */
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].name) == 0) {
             int n = argc - 1;

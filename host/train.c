@@ -345,8 +345,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     if (o->rank == 0)
         printf("training %s: %zu parameters, %d steps of %lld tokens (%d x %d x %d ranks x %d "
-               "accumulation), %s\n", m->family, m->nparams_real, o->steps, o->total_batch, B,
-               T, o->world, accum, be->name);
+               "accumulation), %s%s\n", m->family, m->nparams_real, o->steps, o->total_batch,
+               B, T, o->world, accum, be->name, o->out ? "" : "; no --out: nothing is saved");
 
     while (st->step < o->steps) {
         int step = st->step;

@@ -24,8 +24,8 @@ def run(binary):
     """run(*args) -> (returncode, stdout, stderr), never raising."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
 
-    def _run(*args, timeout=300, cwd=None):
-        p = subprocess.run([binary] + [str(a) for a in args], capture_output=True, text=True,
+    def _run(*args, timeout=300, cwd=None, text=True):
+        p = subprocess.run([binary] + [str(a) for a in args], capture_output=True, text=text,
                            env=env, timeout=timeout, cwd=cwd)
         return p.returncode, p.stdout, p.stderr
     return _run

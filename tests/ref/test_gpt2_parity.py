@@ -90,6 +90,8 @@ def hf_model(d):
     fails if any weight was missing from the files (transformers would
     otherwise initialise it randomly and only warn)."""
     from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
     m, info = GPT2LMHeadModel.from_pretrained(d, dtype=torch.float64, attn_implementation="eager",
                                               output_loading_info=True)
     missing = [k for k in info["missing_keys"] if k != "lm_head.weight"]
