@@ -46,10 +46,14 @@
 #define CACHE_KEY 22
 #define CACHE_IDS 8
 
-/* ---- character classes ---- */
+/* ---- character classes, and the byte-to-unicode table ---- */
 
 static uint8_t g_class[0x110000];
 static uint8_t g_ascii[128];
+/* GPT-2's byte-to-unicode table, inverted: the byte a code point stands for,
+ * or -1. Printable Latin-1 bytes stand for themselves; the other 68 bytes, in
+ * order, are U+0100..U+0143. */
+static int16_t g_unbyte[324];
 static pthread_once_t g_class_once = PTHREAD_ONCE_INIT;
 
 static void class_init(void)
@@ -59,6 +63,14 @@ static void class_init(void)
                bpe_uranges[r].hi - bpe_uranges[r].lo + 1);
     for (int c = 0; c < 128; c++)
         g_ascii[c] = g_class[c];
+    int n = 0;
+    for (int c = 0; c < 324; c++)
+        g_unbyte[c] = -1;
+    for (int byte = 0; byte < 256; byte++) {
+        int printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) ||
+                        byte >= 0xAE;
+        g_unbyte[printable ? byte : 256 + n++] = (int16_t)byte;
+    }
 }
 
 /* Decodes one well-formed UTF-8 character at s[0..n): its length in bytes, or
@@ -247,27 +259,10 @@ static inline int32_t tok_find(const bpe *b, const unsigned char *p, size_t n, u
     }
 }
 
-/* GPT-2's byte-to-unicode table, inverted: the byte a code point stands for,
- * or -1. Printable Latin-1 bytes stand for themselves; the other 68 bytes, in
- * order, are U+0100..U+0143. */
+/* The byte code point cp stands for in the vocabulary files, or -1. */
 static int unicode_to_byte(uint32_t cp)
 {
-    static int16_t inv[324];
-    static atomic_int ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        int16_t t[324];
-        int n = 0;
-        for (int c = 0; c < 324; c++)
-            t[c] = -1;
-        for (int byte = 0; byte < 256; byte++) {
-            int printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) ||
-                            (byte >= 0xAE && byte <= 0xFF);
-            t[printable ? byte : 256 + n++] = (int16_t)byte;
-        }
-        memcpy(inv, t, sizeof t);   /* every thread writes the same values */
-        atomic_store_explicit(&ready, 1, memory_order_release);
-    }
-    return cp < 324 ? inv[cp] : -1;
+    return cp < 324 ? g_unbyte[cp] : -1;
 }
 
 /* Turns a token as written in the files (UTF-8 of byte-to-unicode
@@ -587,12 +582,13 @@ static int build_tokens(bpe *b, const char *path, struct vocab_list *v, char *er
     for (uint32_t id = 0; id < v->n; id++) {
         const unsigned char *p = (const unsigned char *)b->bytes + b->off[id];
         size_t len = b->off[id + 1] - b->off[id];
-        uint64_t h = hash_bytes(p, len);
-        if (tok_find(b, p, len, h) >= 0)
-            return errf(err, "%s: token %u repeats token %d", path, id, tok_find(b, p, len, h));
-        uint32_t i = (uint32_t)h & b->tok_mask;
-        while (b->tok_tab[i].id1)
-            i = (i + 1) & b->tok_mask;
+        uint32_t i = (uint32_t)hash_bytes(p, len) & b->tok_mask;
+        for (; b->tok_tab[i].id1; i = (i + 1) & b->tok_mask) {
+            uint32_t other = b->tok_tab[i].id1 - 1;
+            if (b->off[other + 1] - b->off[other] == len &&
+                memcmp(b->bytes + b->off[other], p, len) == 0)
+                return errf(err, "%s: token %u repeats token %u", path, id, other);
+        }
         b->tok_tab[i].id1 = id + 1;
         b->tok_tab[i].len = (uint16_t)len;
         memcpy(b->tok_tab[i].head, p, len < TOK_INLINE ? len : TOK_INLINE);

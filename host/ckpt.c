@@ -91,7 +91,7 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
     int per = mom_m ? 3 : 1, nt = nviews * per, nmeta = 0, rc;
     st_out_tensor *t = calloc((size_t)nt + 1, sizeof(*t));
     char (*names)[80] = calloc((size_t)nt + 1, sizeof(*names));
-    const char *(*meta)[2] = calloc(CKPT_MAXMETA + 2, sizeof(*meta));
+    const char **meta = calloc(2 * (CKPT_MAXMETA + 2), sizeof(*meta));
     if (!t || !names || !meta) {
         rc = errf(err, "%s: out of memory", path);
         goto out;
@@ -111,18 +111,18 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
             o->data = src[j] + views[i].offset;
         }
     }
-    meta[nmeta][0] = "format";
-    meta[nmeta++][1] = CKPT_FORMAT;
-    meta[nmeta][0] = "version";
-    meta[nmeta++][1] = CKPT_VERSION;
+    meta[2 * nmeta] = "format";
+    meta[2 * nmeta++ + 1] = CKPT_FORMAT;
+    meta[2 * nmeta] = "version";
+    meta[2 * nmeta++ + 1] = CKPT_VERSION;
     for (int i = 0; md && i < md->n && i < CKPT_MAXMETA; i++) {
         int dup = !strcmp(md->key[i], "format") || !strcmp(md->key[i], "version");
         for (int j = 0; j < i && !dup; j++)
             dup = !strcmp(md->key[i], md->key[j]);
         if (dup)
             continue;
-        meta[nmeta][0] = md->key[i];
-        meta[nmeta++][1] = md->val[i];
+        meta[2 * nmeta] = md->key[i];
+        meta[2 * nmeta++ + 1] = md->val[i];
     }
     rc = st_write(path, t, nt, meta, nmeta, err);
 out:
@@ -562,7 +562,7 @@ int hf_gpt2_export(const char *dir, const gpt2_config *cfg, const float *params,
             t[i].transpose = 1;
         }
     }
-    static const char *const meta[1][2] = { { "format", "pt" } };
+    static const char *const meta[2] = { "format", "pt" };
     rc = st_write(path, t, nviews, meta, 1, err);
     if (!rc)
         rc = hf_write_config(dir, cfg, err);

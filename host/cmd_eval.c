@@ -23,24 +23,26 @@ static const char usage[] =
     "  --batches N     micro-batches to average (default: all that fit in the shards)\n"
     "  --seed S        with --preset: initialisation seed (default 1337)\n"
     "  --device D      cpu or cuda (default cpu)\n"
+    "  --precision P   fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N     CPU threads (default: all cores)\n"
     "  --config FILE   read options from 'key = value' lines\n"
     "  --help          this text\n";
 
 int cmd_eval(int argc, char **argv)
 {
-    enum { O_INIT = 256, O_PRESET, O_DATA, O_BATCH, O_SEQ, O_BATCHES, O_SEED, O_DEVICE,
+    enum { O_INIT = 256, O_PRESET, O_DATA, O_BATCH, O_SEQ, O_BATCHES, O_SEED, O_DEVICE, O_PRECISION,
            O_THREADS, O_HELP };
     static const struct option longopts[] = {
         { "init", 1, 0, O_INIT },       { "preset", 1, 0, O_PRESET },
         { "data", 1, 0, O_DATA },       { "batch", 1, 0, O_BATCH },
         { "seq", 1, 0, O_SEQ },         { "batches", 1, 0, O_BATCHES },
         { "seed", 1, 0, O_SEED },       { "device", 1, 0, O_DEVICE },
+        { "precision", 1, 0, O_PRECISION },
         { "threads", 1, 0, O_THREADS }, { "help", 0, 0, O_HELP },
         { 0, 0, 0, 0 },
     };
     model_source src = { 0 };
-    const char *data = NULL, *device = "cpu";
+    const char *data = NULL, *device = "cpu", *precision = NULL;
     int B = 8, T = 0, threads = 0, c;
     long long batches = 0;
     char err[ERRBUF];
@@ -57,6 +59,7 @@ int cmd_eval(int argc, char **argv)
         case O_BATCHES: batches = cli_int("--batches", optarg, 1, 1LL << 40); break;
         case O_SEED: src.seed = (uint64_t)cli_int("--seed", optarg, 0, 1LL << 62); break;
         case O_DEVICE: device = optarg; break;
+        case O_PRECISION: precision = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("eval", c, argv);
@@ -69,7 +72,7 @@ int cmd_eval(int argc, char **argv)
     if (!data)
         cli_die("--data: required (a glob of token shards)");
 
-    backend *be = setup_backend(device, threads);
+    backend *be = setup_backend(device, threads, precision);
     model *m = setup_model(be, &src, NULL);
     if (!T)
         T = m->maxT < 1024 ? m->maxT : 1024;

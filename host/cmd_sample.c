@@ -22,24 +22,26 @@ static const char usage[] =
     "  --tokenizer KIND   bytes or gpt2 (default: from the checkpoint or the vocabulary)\n"
     "  --vocab DIR        GPT-2 vocabulary folder (encoder.json + vocab.bpe)\n"
     "  --device D         cpu or cuda (default cpu)\n"
+    "  --precision P      fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --help             this text\n";
 
 int cmd_sample(int argc, char **argv)
 {
     enum { O_INIT = 256, O_PRESET, O_PROMPT, O_TOKENS, O_TEMP, O_TOPK, O_SEED, O_TOK, O_VOCAB,
-           O_DEVICE, O_THREADS, O_HELP };
+           O_DEVICE, O_PRECISION, O_THREADS, O_HELP };
     static const struct option longopts[] = {
         { "init", 1, 0, O_INIT },         { "preset", 1, 0, O_PRESET },
         { "prompt", 1, 0, O_PROMPT },     { "tokens", 1, 0, O_TOKENS },
         { "temperature", 1, 0, O_TEMP },  { "top-k", 1, 0, O_TOPK },
         { "seed", 1, 0, O_SEED },         { "tokenizer", 1, 0, O_TOK },
         { "vocab", 1, 0, O_VOCAB },       { "device", 1, 0, O_DEVICE },
+        { "precision", 1, 0, O_PRECISION },
         { "threads", 1, 0, O_THREADS },   { "help", 0, 0, O_HELP },
         { 0, 0, 0, 0 },
     };
     model_source src = { 0 };
-    const char *prompt = NULL, *kind = NULL, *vocab = NULL, *device = "cpu";
+    const char *prompt = NULL, *kind = NULL, *vocab = NULL, *device = "cpu", *precision = NULL;
     int ntok = 256, top_k = 0, threads = 0, c;
     double temp = 1.0;
     uint64_t seed = 1337;
@@ -59,6 +61,7 @@ int cmd_sample(int argc, char **argv)
         case O_TOK: kind = optarg; break;
         case O_VOCAB: vocab = optarg; break;
         case O_DEVICE: device = optarg; break;
+        case O_PRECISION: precision = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("sample", c, argv);
@@ -70,7 +73,7 @@ int cmd_sample(int argc, char **argv)
         cli_die("sample: give exactly one of --init or --preset");
     src.seed = seed;
 
-    backend *be = setup_backend(device, threads);
+    backend *be = setup_backend(device, threads, precision);
     model *m = setup_model(be, &src, &md);
     if (!kind)
         kind = ckpt_meta_get(&md, "tokenizer");

@@ -89,11 +89,15 @@ static int is_space(char c)
     return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
 }
 
-/* Parses whitespace-separated ids from s[0..len) and writes their bytes. */
+/* Parses whitespace-separated ids from s[0..len), all of them before writing
+ * anything (bad input leaves no partial output), then writes their bytes. */
 static void decode(const tokenizer *tk, const char *s, size_t len)
 {
     int vocab = tokenizer_vocab_size(tk);
-    size_t i = 0;
+    int32_t *ids = malloc((len / 2 + 1) * sizeof *ids);
+    size_t n = 0, i = 0;
+    if (!ids)
+        cli_die("tokenize: out of memory");
     while (i < len) {
         if (is_space(s[i])) {
             i++;
@@ -106,22 +110,25 @@ static void decode(const tokenizer *tk, const char *s, size_t len)
         while (i < len && s[i] >= '0' && s[i] <= '9')
             i++;
         if (i == start || (i < len && !is_space(s[i]))) {
-            size_t e = i;
+            size_t e = start;
             while (e < len && !is_space(s[e]) && e - start < 32)
                 e++;
             cli_die("tokenize --decode: byte %zu: '%.*s' is not a token id", start,
-                    (int)(e - start > 0 ? e - start : 1), s + start);
+                    (int)(e - start), s + start);
         }
         if (v >= (uint64_t)vocab)
             cli_die("tokenize --decode: byte %zu: id %.*s out of range [0, %d)", start,
                     (int)(i - start), s + start, vocab);
-        size_t n;
-        const char *p = tokenizer_decode(tk, (int32_t)v, &n);
-        if (!p)
-            cli_die("tokenize --decode: byte %zu: id %llu has no bytes", start,
-                    (unsigned long long)v);
-        write_all(p, n);
+        ids[n++] = (int32_t)v;
     }
+    for (size_t k = 0; k < n; k++) {
+        size_t nb;
+        const char *p = tokenizer_decode(tk, ids[k], &nb);
+        if (!p)
+            cli_die("tokenize --decode: id %d has no bytes", ids[k]);
+        write_all(p, nb);
+    }
+    free(ids);
 }
 
 int cmd_tokenize(int argc, char **argv)
@@ -153,6 +160,8 @@ int cmd_tokenize(int argc, char **argv)
         cli_die("--tokenizer: '%s' is not gpt2 or bytes", kind);
     if (vocab && strcmp(kind, "gpt2") != 0)
         cli_die("--vocab: only the gpt2 tokenizer has a vocabulary");
+    if (allow_special && strcmp(kind, "gpt2") != 0)
+        cli_die("--allow-special: the bytes tokenizer has no special tokens");
     tokenizer *tk = tokenizer_open(kind, vocab, err);
     if (!tk)
         cli_die("%s", err);

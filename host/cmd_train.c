@@ -49,6 +49,7 @@ static const char usage[] =
     "  --sample-tokens N    tokens per sample (default 64)\n"
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
     "  --device D           cpu or cuda (default cpu)\n"
+    "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N          CPU threads (default: all cores)\n"
     "  --config FILE        read options from 'key = value' lines; the command line wins\n"
     "  --help               this text\n";
@@ -56,7 +57,7 @@ static const char usage[] =
 enum {
     O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
-    O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_THREADS,
+    O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_HELP
 };
 
@@ -74,7 +75,8 @@ static const struct option longopts[] = {
     { "ckpt-every", 1, 0, O_CKPT },     { "val-every", 1, 0, O_VALEVERY },
     { "val-batches", 1, 0, O_VALB },    { "sample-every", 1, 0, O_SAMPLE },
     { "sample-tokens", 1, 0, O_SAMPLETOK }, { "tokenizer", 1, 0, O_TOK },
-    { "device", 1, 0, O_DEVICE },       { "threads", 1, 0, O_THREADS },
+    { "device", 1, 0, O_DEVICE },       { "precision", 1, 0, O_PRECISION },
+    { "threads", 1, 0, O_THREADS },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
 
@@ -129,7 +131,7 @@ int cmd_train(int argc, char **argv)
     model_source src = { 0 };
     train_opts o = { 0 };
     train_state st = { 0 };
-    const char *device = "cpu", *resume = NULL, *tok_kind = NULL, *sched = "cosine";
+    const char *device = "cpu", *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
     int threads = 0, c, seq = 0;
     char err[ERRBUF];
     ckpt_meta md = { 0 };
@@ -174,6 +176,7 @@ int cmd_train(int argc, char **argv)
         case O_SAMPLETOK: o.sample_tokens = (int)cli_int("--sample-tokens", optarg, 1, 1000000); break;
         case O_TOK: tok_kind = optarg; break;
         case O_DEVICE: device = optarg; break;
+        case O_PRECISION: precision = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("train", c, argv);
@@ -196,7 +199,7 @@ int cmd_train(int argc, char **argv)
     if (resume_path)
         src.init = resume_path;
     src.seed = o.seed;
-    backend *be = setup_backend(device, threads);
+    backend *be = setup_backend(device, threads, precision);
     model *m = setup_model(be, &src, &md);
     if (resume_path && !ckpt_meta_get(&md, "step"))
         cli_die("--resume %s: not a training checkpoint (use --init to start from weights)",

@@ -643,7 +643,7 @@ static int check_out(const char *path, const st_out_tensor *t, int n, uint64_t *
 
 /* Builds the header JSON, padded with spaces to a multiple of 8 bytes. */
 static int build_header(json_out *h, const st_out_tensor *t, int n, const uint64_t *sizes,
-                        const char *const (*meta)[2], int nmeta)
+                        const char *const *meta, int nmeta)
 {
     json_out_raw(h, "{", 1);
     if (nmeta > 0) {
@@ -651,9 +651,9 @@ static int build_header(json_out *h, const st_out_tensor *t, int n, const uint64
         for (int i = 0; i < nmeta; i++) {
             if (i)
                 json_out_raw(h, ",", 1);
-            json_out_str(h, meta[i][0]);
+            json_out_str(h, meta[2 * i]);
             json_out_raw(h, ":", 1);
-            json_out_str(h, meta[i][1]);
+            json_out_str(h, meta[2 * i + 1]);
         }
         json_out_raw(h, "}", 1);
     }
@@ -676,12 +676,12 @@ static int build_header(json_out *h, const st_out_tensor *t, int n, const uint64
 }
 
 int st_write(const char *path, const st_out_tensor *t, int n,
-             const char *const (*meta)[2], int nmeta, char *err)
+             const char *const *meta, int nmeta, char *err)
 {
     if (n < 0 || nmeta < 0)
         return errf(err, "%s: bad tensor count", path);
     for (int i = 0; i < nmeta; i++)
-        if (!meta[i][0] || !meta[i][1])
+        if (!meta[2 * i] || !meta[2 * i + 1])
             return errf(err, "%s: metadata entry %d is NULL", path, i);
     uint64_t *sizes = malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
     if (!sizes)

@@ -87,11 +87,12 @@ typedef struct {
 } st_out_tensor;
 
 /* Writes tensors in the given order (header in that order too) and nmeta
- * (key, value) string pairs as __metadata__ (meta may be NULL when nmeta is 0).
+ * string pairs meta[2i] (key), meta[2i+1] (value) as __metadata__ (meta may
+ * be NULL when nmeta is 0).
  * The header is padded with spaces so that data starts 8-byte aligned.
  * Atomic; on failure an existing file at path is left untouched. */
 int st_write(const char *path, const st_out_tensor *t, int n,
-             const char *const (*meta)[2], int nmeta, char *err);
+             const char *const *meta, int nmeta, char *err);
 
 /* Atomic replacement of one file: open writes a temporary file beside path;
  * commit fsyncs, renames over path and fsyncs the folder; abort removes the

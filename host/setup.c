@@ -12,16 +12,31 @@
 #include "../data/errbuf.h"
 #include "cli.h"
 
-backend *setup_backend(const char *device, int threads)
+backend *setup_backend(const char *device, int threads, const char *precision)
 {
     char err[ERRBUF];
     backend *be;
-    if (strcmp(device, "cpu") == 0)
-        be = backend_cpu_create(threads, err);
-    else if (strcmp(device, "cuda") == 0)
-        cli_die("--device cuda: this build has no CUDA backend; use --device cpu");
+    dtype act;
+    if (!precision)
+        precision = strcmp(device, "cuda") == 0 ? "bf16" : "fp32";
+    if (strcmp(precision, "bf16") == 0)
+        act = DT_BF16;
+    else if (strcmp(precision, "fp32") == 0)
+        act = DT_F32;
     else
+        cli_die("--precision: unknown precision '%s' (expected bf16 or fp32)", precision);
+    if (strcmp(device, "cpu") == 0) {
+        if (act != DT_F32)
+            cli_die("--precision %s: the CPU backend computes in fp32 only", precision);
+        be = backend_cpu_create(threads, err);
+    } else if (strcmp(device, "cuda") == 0) {
+        if (!backend_cuda_create)
+            cli_die("--device cuda: this build has no CUDA backend (built without nvcc); "
+                    "use --device cpu");
+        be = backend_cuda_create(0, act, err);
+    } else {
         cli_die("--device: unknown device '%s' (expected cpu or cuda)", device);
+    }
     if (!be)
         cli_die("--device %s: %s", device, err);
     return be;

@@ -161,8 +161,12 @@ struct backend {
                   const param_segment *segs, int nsegs, const adamw_params *hp);
 };
 
-/* Backends. Each returns NULL and fills err (256 bytes) when unavailable. */
+/* Backends. Each returns NULL and fills err (ERRBUF bytes) when unavailable. */
 backend *backend_cpu_create(int threads, char *err);
 backend *backend_cpu64_create(int threads, char *err); /* fp64 oracle for the gradient checks */
+/* The CUDA backend (kernels/cuda/), linked only into builds that have it: its
+ * symbol is weak here so that callers can test for it (NULL: not built in).
+ * device: GPU index; act: DT_BF16 (mixed precision) or DT_F32 (verification). */
+__attribute__((weak)) backend *backend_cuda_create(int device, dtype act, char *err);
 
 #endif

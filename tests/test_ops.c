@@ -68,6 +68,13 @@ static void round_f32(double *x, size_t n)
         x[i] = (float)x[i];
 }
 
+/* ANATOMY_TEST_VERBOSE=1 prints every measured error. */
+static void report(const char *what, const char *name, int k, double err)
+{
+    if (getenv("ANATOMY_TEST_VERBOSE"))
+        fprintf(stderr, "%-12s %-20s %d  %.3g\n", what, name, k, err);
+}
+
 static double rel_l2(const double *a, const double *ref, size_t n)
 {
     double num = 0, den = 0;
@@ -152,6 +159,7 @@ struct op_case {
     double *R; /* objective weights, nout */
     void (*fwd)(backend *be, op_case *c, double *out, double *aux);
     void (*bwd)(backend *be, op_case *c, double **g);
+    void (*ref)(const op_case *c, double *out, double *aux); /* plain double forward */
 };
 
 /* Uploads random values as a gradient buffer's prior content. */
@@ -373,6 +381,113 @@ static void ce_bwd(backend *be, op_case *c, double **g)
     be->free(be, lg), be->free(be, tg), be->free(be, loss), be->free(be, dl);
 }
 
+/* ---- reference forwards: the ops' comments in ops.h, written plainly ---- */
+
+static void enc_ref(const op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    for (int b = 0; b < c->B; b++)
+        for (int t = 0; t < c->T; t++)
+            for (int i = 0; i < c->C; i++)
+                out[((size_t)b * c->T + t) * c->C + i] =
+                    c->in[0][(size_t)c->ints[b * c->T + t] * c->C + i] +
+                    c->in[1][(size_t)t * c->C + i];
+}
+
+static void ln_ref(const op_case *c, double *out, double *aux)
+{
+    for (int n = 0; n < c->N; n++) {
+        const double *x = c->in[0] + (size_t)n * c->C;
+        double m = 0, v = 0;
+        for (int i = 0; i < c->C; i++)
+            m += x[i] / c->C;
+        for (int i = 0; i < c->C; i++)
+            v += (x[i] - m) * (x[i] - m) / c->C;
+        double r = 1 / sqrt(v + 1e-5);
+        for (int i = 0; i < c->C; i++)
+            out[(size_t)n * c->C + i] = (x[i] - m) * r * c->in[1][i] + c->in[2][i];
+        aux[n] = m;
+        aux[c->N + n] = r;
+    }
+}
+
+static void mm_ref(const op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->OC; o++) {
+            double s = c->no_bias ? 0 : c->in[2][o];
+            for (int i = 0; i < c->IC; i++)
+                s += c->in[0][(size_t)n * c->IC + i] * c->in[1][(size_t)o * c->IC + i];
+            out[(size_t)n * c->OC + o] = s;
+        }
+}
+
+static void att_ref(const op_case *c, double *out, double *aux)
+{
+    int T = c->T, C = c->C, NH = c->NH, hs = C / NH;
+    double *p = malloc((size_t)T * sizeof(double));
+    ck_assert_ptr_nonnull(p);
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int i = 0; i < T; i++) {
+                const double *q = c->in[0] + ((size_t)b * T + i) * 3 * C + h * hs;
+                int nj = c->causal ? i + 1 : T;
+                double m = -INFINITY, z = 0;
+                for (int j = 0; j < nj; j++) {
+                    const double *k = c->in[0] + ((size_t)b * T + j) * 3 * C + C + h * hs;
+                    p[j] = dotv(q, k, hs) / sqrt(hs);
+                    m = p[j] > m ? p[j] : m;
+                }
+                for (int j = 0; j < nj; j++)
+                    z += exp(p[j] - m);
+                aux[((size_t)b * NH + h) * T + i] = m + log(z);
+                double *o = out + ((size_t)b * T + i) * C + h * hs;
+                for (int d = 0; d < hs; d++) {
+                    double s = 0;
+                    for (int j = 0; j < nj; j++)
+                        s += exp(p[j] - m) / z *
+                             c->in[0][((size_t)b * T + j) * 3 * C + 2 * C + h * hs + d];
+                    o[d] = s;
+                }
+            }
+    free(p);
+}
+
+static void gelu_ref(const op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    for (size_t i = 0; i < c->nout; i++) {
+        double x = c->in[0][i];
+        out[i] = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+    }
+}
+
+static void res_ref(const op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    for (size_t i = 0; i < c->nout; i++)
+        out[i] = c->in[0][i] + c->in[1][i];
+}
+
+static void ce_ref(const op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    for (int n = 0; n < c->N; n++) {
+        const double *x = c->in[0] + (size_t)n * c->Vp;
+        double m = -INFINITY, z = 0;
+        if (c->ints[n] < 0) {
+            out[n] = 0;
+            continue;
+        }
+        for (int v = 0; v < c->V; v++)
+            m = x[v] > m ? x[v] : m;
+        for (int v = 0; v < c->V; v++)
+            z += exp(x[v] - m);
+        out[n] = m + log(z) - x[c->ints[n]];
+    }
+}
+
 /* ---- building cases ---- */
 
 static void add_input(op_case *c, size_t n, double scale)
@@ -391,7 +506,8 @@ static void set_out(op_case *c, size_t nout, size_t naux)
 static op_case enc_case(int B, int T, int C, int Vp, int maxT)
 {
     op_case c = { .name = "encoder", .B = B, .T = T, .C = C, .Vp = Vp, .maxT = maxT,
-                  .fwd = enc_fwd, .bwd = enc_bwd };
+                  .fwd = enc_fwd, .bwd = enc_bwd,
+                  .ref = enc_ref };
     add_input(&c, (size_t)Vp * C, 1.0);
     add_input(&c, (size_t)maxT * C, 1.0);
     c.ints = malloc((size_t)B * T * sizeof(int32_t));
@@ -406,7 +522,8 @@ static op_case enc_case(int B, int T, int C, int Vp, int maxT)
 
 static op_case ln_case(int N, int C)
 {
-    op_case c = { .name = "layernorm", .N = N, .C = C, .fwd = ln_fwd, .bwd = ln_bwd };
+    op_case c = { .name = "layernorm", .N = N, .C = C, .fwd = ln_fwd, .bwd = ln_bwd,
+                  .ref = ln_ref };
     add_input(&c, (size_t)N * C, 1.0);
     for (size_t i = 0; i < (size_t)N * C; i++)
         c.in[0][i] += 0.5 * (i / C % 3); /* rows with different means */
@@ -419,7 +536,8 @@ static op_case ln_case(int N, int C)
 static op_case mm_case(int N, int IC, int OC, int no_bias, int no_dinp, int no_dbias)
 {
     op_case c = { .name = "matmul", .N = N, .IC = IC, .OC = OC, .no_bias = no_bias,
-                  .no_dinp = no_dinp, .no_dbias = no_dbias, .fwd = mm_fwd, .bwd = mm_bwd };
+                  .no_dinp = no_dinp, .no_dbias = no_dbias, .fwd = mm_fwd, .bwd = mm_bwd,
+                  .ref = mm_ref };
     add_input(&c, (size_t)N * IC, 1.0);
     add_input(&c, (size_t)OC * IC, 1.0);
     add_input(&c, (size_t)OC, 1.0);
@@ -430,7 +548,8 @@ static op_case mm_case(int N, int IC, int OC, int no_bias, int no_dinp, int no_d
 static op_case att_case(int B, int T, int C, int NH, int causal)
 {
     op_case c = { .name = causal ? "attention (causal)" : "attention", .B = B, .T = T, .C = C,
-                  .NH = NH, .causal = causal, .fwd = att_fwd, .bwd = att_bwd };
+                  .NH = NH, .causal = causal, .fwd = att_fwd, .bwd = att_bwd,
+                  .ref = att_ref };
     add_input(&c, (size_t)B * T * 3 * C, 1.0);
     set_out(&c, (size_t)B * T * C, (size_t)B * NH * T);
     return c;
@@ -438,7 +557,8 @@ static op_case att_case(int B, int T, int C, int NH, int causal)
 
 static op_case gelu_case(size_t N)
 {
-    op_case c = { .name = "gelu", .fwd = gelu_fwd, .bwd = gelu_bwd };
+    op_case c = { .name = "gelu", .fwd = gelu_fwd, .bwd = gelu_bwd,
+                  .ref = gelu_ref };
     add_input(&c, N, 2.5);
     set_out(&c, N, 0);
     return c;
@@ -446,7 +566,8 @@ static op_case gelu_case(size_t N)
 
 static op_case res_case(size_t N)
 {
-    op_case c = { .name = "residual", .fwd = res_fwd, .bwd = res_bwd };
+    op_case c = { .name = "residual", .fwd = res_fwd, .bwd = res_bwd,
+                  .ref = res_ref };
     add_input(&c, N, 1.0);
     add_input(&c, N, 1.0);
     set_out(&c, N, 0);
@@ -458,7 +579,8 @@ static op_case res_case(size_t N)
 static op_case ce_case(int N, int V, int Vp, float scale)
 {
     op_case c = { .name = "crossentropy", .N = N, .V = V, .Vp = Vp, .scale = scale,
-                  .fwd = ce_fwd, .bwd = ce_bwd };
+                  .fwd = ce_fwd, .bwd = ce_bwd,
+                  .ref = ce_ref };
     add_input(&c, (size_t)N * Vp, 2.0);
     c.ints = malloc((size_t)N * sizeof(int32_t));
     ck_assert_ptr_nonnull(c.ints);
@@ -517,6 +639,7 @@ static void gradcheck(op_case *c, size_t maxidx)
             ana[s] = g[k][i];
         }
         double err = rel_l2(ana, num, m);
+        report("gradcheck", c->name, k, err);
         ck_assert_msg(err < GRAD_TOL, "%s: gradient of input %d: rel L2 %.3g (B=%d T=%d C=%d N=%d)",
                       c->name, k, err, c->B, c->T, c->C, c->N);
         checked++;
@@ -616,6 +739,43 @@ START_TEST(test_grad_crossentropy)
 }
 END_TEST
 
+/* ---- forward against the plain reference ---- */
+
+static void forward_ref(op_case *c)
+{
+    backend *be = mk(1, 2);
+    double *out = malloc(c->nout * sizeof(double)), *want = malloc(c->nout * sizeof(double));
+    double *aux = malloc((c->naux + 1) * sizeof(double));
+    double *waux = malloc((c->naux + 1) * sizeof(double));
+    ck_assert(out && want && aux && waux);
+    c->fwd(be, c, out, c->naux ? aux : NULL);
+    c->ref(c, want, waux);
+    double e = rel_l2(out, want, c->nout);
+    report("reference", c->name, 0, e);
+    ck_assert_msg(e < 1e-12, "%s: forward vs reference: rel L2 %.3g", c->name, e);
+    if (c->naux) {
+        e = rel_l2(aux, waux, c->naux);
+        report("reference", c->name, 1, e);
+        ck_assert_msg(e < 1e-12, "%s: saved stats vs reference: rel L2 %.3g", c->name, e);
+    }
+    free(out), free(want), free(aux), free(waux);
+    be->destroy(be);
+}
+
+START_TEST(test_forward_reference)
+{
+    seed(150);
+    op_case cs[] = { enc_case(2, 9, 13, 10, 12), ln_case(9, 75), mm_case(7, 19, 70, 0, 0, 0),
+                     mm_case(4, 5, 3, 1, 0, 0), att_case(2, 9, 12, 3, 0),
+                     att_case(2, 9, 12, 3, 1), att_case(1, 140, 8, 2, 1), gelu_case(301),
+                     res_case(77), ce_case(11, 29, 32, 0.5f) };
+    for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+        forward_ref(&cs[i]);
+        free_case(&cs[i]);
+    }
+}
+END_TEST
+
 /* ---- fp32 against fp64 ---- */
 
 /* Runs forward and backward on both builds with the same (float-exact)
@@ -638,15 +798,18 @@ static void parity(op_case *c, double tol)
             rng_state = saved;
     }
     double e = rel_l2(out[0], out[1], c->nout);
+    report("fp32 fwd", c->name, 0, e);
     ck_assert_msg(e < tol, "%s: fp32 forward vs fp64: rel L2 %.3g", c->name, e);
     if (c->naux) {
         e = rel_l2(aux[0], aux[1], c->naux);
+        report("fp32 stats", c->name, 0, e);
         ck_assert_msg(e < tol, "%s: fp32 saved stats vs fp64: rel L2 %.3g", c->name, e);
     }
     for (int k = 0; k < c->nin; k++) {
         if (!g[1][k])
             continue;
         e = rel_l2(g[0][k], g[1][k], c->len[k]);
+        report("fp32 grad", c->name, k, e);
         ck_assert_msg(e < tol, "%s: fp32 gradient %d vs fp64: rel L2 %.3g", c->name, k, e);
         free(g[0][k]), free(g[1][k]);
     }
@@ -860,6 +1023,7 @@ static void adamw_run(int fp64, int with_master)
     for (int i = 0; i < n; i++)
         dref[i] = w[i] - w0[i], dgot[i] = got[i] - w0[i];
     double e = rel_l2(dgot, dref, n);
+    report("adamw", be->name, with_master, e);
     ck_assert_msg(e < tol, "adamw %s master=%d: update rel L2 %.3g", be->name, with_master, e);
     for (int i = 350; i < 360; i++)
         ck_assert_msg(got[i] == w0[i], "adamw touched element %d outside every segment", i);
@@ -1093,6 +1257,7 @@ static Suite *ops_suite(void)
     suite_add_tcase(s, g);
     TCase *p = tcase_create("fp32");
     tcase_set_timeout(p, 60);
+    tcase_add_test(p, test_forward_reference);
     tcase_add_test(p, test_f32_parity);
     suite_add_tcase(s, p);
     TCase *r = tcase_create("rules");

@@ -47,7 +47,6 @@ typedef float real;
 #endif
 
 #define ALIGN 64
-#define ATT_TILE 128   /* keys per softmax tile: bounds the stack, fits L1 */
 #define COL_BLOCK 64   /* columns per task in the column-split row sums */
 
 typedef struct {
@@ -59,6 +58,15 @@ static int nthreads(const backend *be)
 {
     int t = ((const cpu_backend *)be)->threads;
     return t > 0 ? t : omp_get_max_threads();
+}
+
+/* The part [lo, hi) of n items that thread `me` of `all` takes: contiguous,
+ * sizes differing by at most one. */
+static void thread_range(size_t n, int me, int all, size_t *lo, size_t *hi)
+{
+    size_t q = n / all, r = n % all, u = (size_t)me;
+    *lo = q * u + (u < r ? u : r);
+    *hi = *lo + q + (u < r);
 }
 
 /* ---- scalar math ---------------------------------------------------------
@@ -408,15 +416,47 @@ static void cpu_layernorm_backward(backend *be, void *dinp_, void *dweight_, voi
 
 /* ---- matmul -------------------------------------------------------------- */
 
-/* C[M,N] = alpha A B + beta C, row-major, opA/opB select transposes; skips
- * the degenerate shapes OpenBLAS rejects (a zero leading dimension). */
-static void gemm(int ta, int tb, int M, int N, int K, const real *A, int lda, const real *B,
-                 int ldb, real beta, real *Cm, int ldc)
+#define GEMM_UNIT 16 /* block edges at multiples of this many rows/columns */
+
+/* Cm[M,N] = op(A) op(B) + beta Cm, row-major; ta/tb select transposes.
+ * OpenBLAS runs single-threaded (see the constructor): the OpenMP threads
+ * split the larger of M and N into contiguous blocks and each makes one
+ * call on its block. One thread pool for the whole backend, since two pools
+ * spinning against each other cost more than the matmuls on a small
+ * machine; and each element is still summed by one call in a fixed order.
+ * Shapes OpenBLAS would reject (a zero dimension) do nothing. */
+static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A, int lda,
+                 const real *B, int ldb, real beta, real *Cm, int ldc)
 {
     if (M <= 0 || N <= 0 || K <= 0)
         return;
-    GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-         1, A, lda, B, ldb, beta, Cm, ldc);
+    int split_m = M >= N, dim = split_m ? M : N;
+    size_t units = ((size_t)dim + GEMM_UNIT - 1) / GEMM_UNIT;
+    int parts = nthreads(be);
+    if ((double)M * N * K < 65536.0 || units < 2)
+        parts = 1; /* too small to be worth waking the threads */
+    if ((size_t)parts > units)
+        parts = (int)units;
+#pragma omp parallel for schedule(static) num_threads(parts)
+    for (int p = 0; p < parts; p++) {
+        size_t lo, hi;
+        thread_range(units, p, parts, &lo, &hi);
+        size_t end = hi * GEMM_UNIT < (size_t)dim ? hi * GEMM_UNIT : (size_t)dim;
+        int a = (int)(lo * GEMM_UNIT), b = (int)end;
+        if (b <= a)
+            continue;
+        const real *Ab = A, *Bb = B;
+        real *Cb;
+        if (split_m) {
+            Ab = ta ? A + a : A + (size_t)a * lda;
+            Cb = Cm + (size_t)a * ldc;
+        } else {
+            Bb = tb ? B + (size_t)a * ldb : B + a;
+            Cb = Cm + a;
+        }
+        GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+             split_m ? b - a : M, split_m ? N : b - a, K, 1, Ab, lda, Bb, ldb, beta, Cb, ldc);
+    }
 }
 
 static void cpu_matmul_forward(backend *be, void *out_, const void *inp, const void *weight,
@@ -434,7 +474,7 @@ static void cpu_matmul_forward(backend *be, void *out_, const void *inp, const v
         else
             memset(o, 0, (size_t)OC * sizeof(real));
     }
-    gemm(0, 1, N, OC, IC, inp, IC, weight, IC, 1, out, OC);
+    gemm(be, 0, 1, N, OC, IC, inp, IC, weight, IC, 1, out, OC);
 }
 
 static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias_,
@@ -444,9 +484,9 @@ static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *db
     const real *dout = dout_;
     real *dbias = dbias_;
     if (dinp)
-        gemm(0, 0, N, IC, OC, dout, OC, weight, IC, 1, dinp, IC);
+        gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, 1, dinp, IC);
     if (dweight)
-        gemm(1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC);
+        gemm(be, 1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC);
     if (!dbias || N <= 0)
         return;
     int nblocks = (OC + COL_BLOCK - 1) / COL_BLOCK;
@@ -466,46 +506,186 @@ static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *db
 }
 
 /* ---- attention ------------------------------------------------------------
- * Forward: one query row at a time, keys in tiles with an online softmax
- * (running max and sum, rescaled when the max grows), so the stack holds one
- * tile of scores whatever T is. Backward: one (b, h) per task, walking rows
- * in order; dk and dv sum over rows, and one task owns all of them. */
+ * Keys are taken in tiles of KT, copied transposed (Kt[d][t]) so that the KT
+ * scores of a query accumulate as independent vector lanes: no horizontal
+ * sums, and the tile stays in cache for every query that uses it. Queries
+ * go in groups of RB rows, so that each row of V, K, dV or dK loaded serves
+ * RB rows at once (register blocking).
+ * Forward: tasks of QB query rows, online softmax across key tiles (running
+ * max and sum, rescaled when the max grows), so the stack holds a few tiles
+ * whatever T is. Backward: one (b, h) per task, key tiles outer, row groups
+ * inner; the task owns its dk/dv rows and sums into them in a fixed order.
+ * Masked and padded lanes get p = 0 and add exact zeros.
+ * Stack per thread: about (QB + 2) hs + 2 hs KT + 3 RB KT reals. */
 
-static void att_row_forward(real *o, real *lse, const real *q, const real *kbase,
-                            const real *vbase, size_t stride, int nk, int hs, real scale)
+#define KT 64 /* keys per tile */
+#define QB 64 /* query rows per forward task */
+#define RB 4  /* query rows per register block; the code below spells out 4 */
+
+/* Kt[d*KT + t] = row t of the tile at k (rows `stride` apart), for t < n;
+ * zero for t >= n so that the padded lanes stay finite. */
+static void tile_transpose(real *restrict Kt, const real *restrict k, size_t stride, int n,
+                           int hs)
 {
-    real acc[hs], s[ATT_TILE];
-    real m = -INFINITY, l = 0;
-    for (int c = 0; c < hs; c++)
-        acc[c] = 0;
-    for (int j0 = 0; j0 < nk; j0 += ATT_TILE) {
-        int n = nk - j0 < ATT_TILE ? nk - j0 : ATT_TILE;
-        real tm = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            s[j] = dot(q, kbase + (j0 + j) * stride, hs) * scale;
-            tm = s[j] > tm ? s[j] : tm;
-        }
-        if (tm > m) { /* rescale what was summed against the old max */
-            real corr = exp_r(m - tm);
-            l *= corr;
-            for (int c = 0; c < hs; c++)
-                acc[c] *= corr;
-            m = tm;
-        }
-        real ts = 0;
-#pragma omp simd reduction(+ : ts)
-        for (int j = 0; j < n; j++) {
-            s[j] = exp_r(s[j] - m);
-            ts += s[j];
-        }
-        l += ts;
-        for (int j = 0; j < n; j++)
-            axpy(acc, s[j], vbase + (j0 + j) * stride, hs);
+    if (n < KT)
+        memset(Kt, 0, (size_t)hs * KT * sizeof(real));
+    for (int t = 0; t < n; t++)
+        for (int d = 0; d < hs; d++)
+            Kt[(size_t)d * KT + t] = k[t * stride + d];
+}
+
+/* Explicit vectors (GCC/Clang vector extensions, lowered to whatever the
+ * target has) for the three small kernels below, where the accumulators
+ * must stay in registers. vload/vstore take any real-aligned address. */
+typedef real vreal __attribute__((vector_size(32)));
+typedef real vreal_u __attribute__((vector_size(32), aligned(sizeof(real)), may_alias));
+#define VL ((int)(32 / sizeof(real)))
+
+static inline vreal vload(const real *p) { return *(const vreal_u *)p; }
+static inline void vstore(real *p, vreal v) { *(vreal_u *)p = v; }
+
+/* s[t] = sum_d q[d] Kt[d][t] for all KT lanes, summed over d in order. */
+static inline void tile_dots(real *restrict s, const real *restrict q, const real *restrict Kt,
+                             int hs)
+{
+    vreal a[KT / VL];
+    for (int u = 0; u < KT / VL; u++)
+        a[u] = (vreal){ 0 };
+    for (int d = 0; d < hs; d++) {
+        real qd = q[d];
+        const real *kr = Kt + (size_t)d * KT;
+        for (int u = 0; u < KT / VL; u++)
+            a[u] += qd * vload(kr + u * VL);
     }
-    real inv = 1 / l;
-    for (int c = 0; c < hs; c++)
-        o[c] = acc[c] * inv;
-    *lse = m + log(l);
+    for (int u = 0; u < KT / VL; u++)
+        vstore(s + u * VL, a[u]);
+}
+
+/* acc[r][c] += sum_{t<n} W[r][t] x_t[c] for the RB rows, x_t being `stride`
+ * apart: each x_t[c] is loaded once for all rows, and every element gets
+ * the same sequence of additions whichever loop below takes its column.
+ * The acc rows must be distinct unless their W rows are zero. */
+static void block_gemv(real *const acc[RB], const real (*W)[KT], const real *x, size_t stride,
+                       int n, int hs)
+{
+    real *a0 = acc[0], *a1 = acc[1], *a2 = acc[2], *a3 = acc[3];
+    int c = 0;
+    for (; c + 2 * VL <= hs; c += 2 * VL) { /* 8 independent chains */
+        vreal s0 = vload(a0 + c), s1 = vload(a1 + c), s2 = vload(a2 + c), s3 = vload(a3 + c);
+        vreal u0 = vload(a0 + c + VL), u1 = vload(a1 + c + VL);
+        vreal u2 = vload(a2 + c + VL), u3 = vload(a3 + c + VL);
+        for (int t = 0; t < n; t++) {
+            vreal x0 = vload(x + t * stride + c), x1 = vload(x + t * stride + c + VL);
+            s0 += W[0][t] * x0, u0 += W[0][t] * x1;
+            s1 += W[1][t] * x0, u1 += W[1][t] * x1;
+            s2 += W[2][t] * x0, u2 += W[2][t] * x1;
+            s3 += W[3][t] * x0, u3 += W[3][t] * x1;
+        }
+        vstore(a0 + c, s0), vstore(a1 + c, s1), vstore(a2 + c, s2), vstore(a3 + c, s3);
+        vstore(a0 + c + VL, u0), vstore(a1 + c + VL, u1);
+        vstore(a2 + c + VL, u2), vstore(a3 + c + VL, u3);
+    }
+    for (; c + VL <= hs; c += VL) {
+        vreal s0 = vload(a0 + c), s1 = vload(a1 + c), s2 = vload(a2 + c), s3 = vload(a3 + c);
+        for (int t = 0; t < n; t++) {
+            vreal x0 = vload(x + t * stride + c);
+            s0 += W[0][t] * x0, s1 += W[1][t] * x0, s2 += W[2][t] * x0, s3 += W[3][t] * x0;
+        }
+        vstore(a0 + c, s0), vstore(a1 + c, s1), vstore(a2 + c, s2), vstore(a3 + c, s3);
+    }
+    for (; c < hs; c++) {
+        real s0 = a0[c], s1 = a1[c], s2 = a2[c], s3 = a3[c];
+        for (int t = 0; t < n; t++) {
+            real xc = x[t * stride + c];
+            s0 += W[0][t] * xc, s1 += W[1][t] * xc, s2 += W[2][t] * xc, s3 += W[3][t] * xc;
+        }
+        a0[c] = s0, a1[c] = s1, a2[c] = s2, a3[c] = s3;
+    }
+}
+
+/* y_t[c] += sum_r W[r][t] z_r[c] for t < n, y_t being `stride` apart: each
+ * y_t is loaded and stored once for all RB rows. */
+static void block_rank_update(real *y, size_t stride, const real (*W)[KT],
+                              const real *const z[RB], int n, int hs)
+{
+    const real *z0 = z[0], *z1 = z[1], *z2 = z[2], *z3 = z[3];
+    for (int t = 0; t < n; t++) {
+        real *yt = y + t * stride, w0 = W[0][t], w1 = W[1][t], w2 = W[2][t], w3 = W[3][t];
+#pragma omp simd
+        for (int c = 0; c < hs; c++)
+            yt[c] += w0 * z0[c] + w1 * z1[c] + w2 * z2[c] + w3 * z3[c];
+    }
+}
+
+/* One query row against one key tile with n valid keys: P[t] = exp(s_t - m)
+ * (0 for t >= n) after folding the tile into the row's running max m and sum
+ * l, and rescaling its unnormalised output acc when m grows. */
+static void row_tile_softmax(real *restrict P, real *restrict acc, real *m, real *l,
+                             const real *q, const real *Kt, int n, int hs, real scale)
+{
+    real s[KT], tm = -INFINITY;
+    tile_dots(s, q, Kt, hs);
+    for (int t = 0; t < n; t++) {
+        s[t] *= scale;
+        tm = s[t] > tm ? s[t] : tm;
+    }
+    if (tm > *m) { /* rescale what was summed against the old max */
+        real corr = exp_r(*m - tm);
+        *l *= corr;
+#pragma omp simd
+        for (int c = 0; c < hs; c++)
+            acc[c] *= corr;
+        *m = tm;
+    }
+    real ts = 0, mm = *m;
+#pragma omp simd reduction(+ : ts)
+    for (int t = 0; t < KT; t++) {
+        real p = t < n ? exp_r(s[t] - mm) : 0;
+        P[t] = p;
+        ts += p;
+    }
+    *l += ts;
+}
+
+/* Query rows [i0, i1) of one head: q, k, v point at the head's columns of
+ * the batch's row 0 and advance by `stride` per row; out by C. */
+static void att_block_forward(real *out, real *lse, const real *q, const real *k, const real *v,
+                              size_t stride, int C, int T, int i0, int i1, int hs, real scale,
+                              int causal)
+{
+    real Kt[hs * KT], acc[QB * hs], dummy[hs], m[QB], l[QB], P[RB][KT];
+    int rows = i1 - i0, kend = causal ? i1 : T;
+    for (int r = 0; r < rows; r++)
+        m[r] = -INFINITY, l[r] = 0;
+    memset(acc, 0, sizeof(acc));
+    memset(dummy, 0, sizeof(dummy));
+    for (int j0 = 0; j0 < kend; j0 += KT) {
+        int nt = kend - j0 < KT ? kend - j0 : KT;
+        tile_transpose(Kt, k + j0 * stride, stride, nt, hs);
+        for (int g = 0; g < rows; g += RB) {
+            real *accp[RB];
+            int nmax = 0;
+            for (int r = 0; r < RB; r++) {
+                int i = i0 + g + r, n = causal && i + 1 - j0 < nt ? i + 1 - j0 : nt;
+                accp[r] = g + r < rows ? acc + (g + r) * hs : dummy;
+                if (g + r >= rows || n <= 0) {
+                    memset(P[r], 0, sizeof(P[r]));
+                    continue;
+                }
+                row_tile_softmax(P[r], accp[r], &m[g + r], &l[g + r], q + i * stride, Kt, n,
+                                 hs, scale);
+                nmax = n > nmax ? n : nmax;
+            }
+            if (nmax > 0)
+                block_gemv(accp, (const real(*)[KT])P, v + j0 * stride, stride, nmax, hs);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        real inv = 1 / l[r];
+        for (int c = 0; c < hs; c++)
+            out[(size_t)(i0 + r) * C + c] = acc[r * hs + c] * inv;
+        lse[i0 + r] = m[r] + log(l[r]);
+    }
 }
 
 static void cpu_attention_forward(backend *be, void *out_, void *lse_, const void *qkv_, int B,
@@ -513,56 +693,64 @@ static void cpu_attention_forward(backend *be, void *out_, void *lse_, const voi
 {
     real *out = out_, *lse = lse_;
     const real *qkv = qkv_;
-    int hs = C / NH;
+    int hs = C / NH, nblk = (T + QB - 1) / QB;
     size_t C3 = 3 * (size_t)C;
     real scale = (real)(1 / sqrt((double)hs));
-    long rows = (long)B * NH * T;
-    /* Rows are independent; dealing them out one at a time balances the
+    long tasks = (long)B * NH * nblk;
+    /* Blocks are independent; dealing them out one at a time balances the
      * causal triangle across threads. */
 #pragma omp parallel for schedule(static, 1) num_threads(nthreads(be))
-    for (long r = 0; r < rows; r++) {
-        int i = (int)(r % T), h = (int)(r / T % NH), b = (int)(r / T / NH);
+    for (long r = 0; r < tasks; r++) {
+        int blk = (int)(r % nblk), h = (int)(r / nblk % NH), b = (int)(r / nblk / NH);
+        int i0 = blk * QB, i1 = i0 + QB < T ? i0 + QB : T;
         const real *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-        att_row_forward(out + ((size_t)b * T + i) * C + (size_t)h * hs, lse + r,
-                        base + i * C3, base + C, base + 2 * (size_t)C, C3,
-                        causal ? i + 1 : T, hs, scale);
+        att_block_forward(out + (size_t)b * T * C + (size_t)h * hs,
+                          lse + ((size_t)b * NH + h) * T, base, base + C, base + 2 * (size_t)C,
+                          C3, C, T, i0, i1, hs, scale, causal);
     }
 }
 
-/* Rows i of one (b, h): q, k, v, dq, dk, dv point at that head's columns of
- * row 0 and advance by `stride`. */
+/* One (b, h): q, k, v, dq, dk, dv point at the head's columns of row 0 and
+ * advance by `stride`; dout and out by `ostride`. */
 static void att_head_backward(real *dq, real *dk, real *dv, const real *q, const real *k,
                               const real *v, const real *dout, const real *out,
                               const real *lse, size_t stride, size_t ostride, int T, int hs,
                               real scale, int causal)
 {
-    real dqi[hs], s[ATT_TILE], dp[ATT_TILE];
-    for (int i = 0; i < T; i++) {
-        const real *qi = q + i * stride, *doi = dout + i * ostride;
-        real D = dot(doi, out + i * ostride, hs), L = lse[i];
-        int nk = causal ? i + 1 : T;
-        for (int c = 0; c < hs; c++)
-            dqi[c] = 0;
-        for (int j0 = 0; j0 < nk; j0 += ATT_TILE) {
-            int n = nk - j0 < ATT_TILE ? nk - j0 : ATT_TILE;
-            for (int j = 0; j < n; j++) {
-                s[j] = dot(qi, k + (j0 + j) * stride, hs) * scale;
-                dp[j] = dot(doi, v + (j0 + j) * stride, hs);
-            }
+    real Kt[hs * KT], Vt[hs * KT], dummy[hs], s[KT], dp[KT], P[RB][KT], DS[RB][KT];
+    memset(dummy, 0, sizeof(dummy));
+    for (int j0 = 0; j0 < T; j0 += KT) {
+        int nt = T - j0 < KT ? T - j0 : KT;
+        tile_transpose(Kt, k + j0 * stride, stride, nt, hs);
+        tile_transpose(Vt, v + j0 * stride, stride, nt, hs);
+        for (int i0 = causal ? j0 : 0; i0 < T; i0 += RB) {
+            const real *qr[RB], *dor[RB];
+            real *dqr[RB];
+            int nmax = 0;
+            for (int r = 0; r < RB; r++) {
+                int i = i0 + r, n = causal && i + 1 - j0 < nt ? i + 1 - j0 : nt;
+                if (i >= T) { /* past the last row: zero weights, harmless rows */
+                    memset(P[r], 0, sizeof(P[r]));
+                    memset(DS[r], 0, sizeof(DS[r]));
+                    qr[r] = q, dor[r] = dout, dqr[r] = dummy;
+                    continue;
+                }
+                qr[r] = q + i * stride, dor[r] = dout + i * ostride, dqr[r] = dq + i * stride;
+                real D = dot(dor[r], out + i * ostride, hs), L = lse[i];
+                tile_dots(s, qr[r], Kt, hs);
+                tile_dots(dp, dor[r], Vt, hs);
 #pragma omp simd
-            for (int j = 0; j < n; j++) {
-                real p = exp_r(s[j] - L);
-                s[j] = p;                        /* p_ij */
-                dp[j] = p * (dp[j] - D) * scale; /* ds_ij / sqrt(hs) */
+                for (int t = 0; t < KT; t++) {
+                    real p = t < n ? exp_r(s[t] * scale - L) : 0;
+                    P[r][t] = p;                        /* p_ij */
+                    DS[r][t] = p * (dp[t] - D) * scale; /* ds_ij / sqrt(hs) */
+                }
+                nmax = n > nmax ? n : nmax;
             }
-            for (int j = 0; j < n; j++) {
-                size_t o = (j0 + j) * stride;
-                axpy(dv + o, s[j], doi, hs);
-                axpy(dk + o, dp[j], qi, hs);
-                axpy(dqi, dp[j], k + o, hs);
-            }
+            block_rank_update(dv + j0 * stride, stride, (const real(*)[KT])P, dor, nmax, hs);
+            block_rank_update(dk + j0 * stride, stride, (const real(*)[KT])DS, qr, nmax, hs);
+            block_gemv(dqr, (const real(*)[KT])DS, k + j0 * stride, stride, nmax, hs);
         }
-        axpy(dq + i * stride, 1, dqi, hs);
     }
 }
 
@@ -689,15 +877,6 @@ static void cpu_crossentropy(backend *be, void *losses_, void *dlogits_, const v
 
 /* ---- optimiser ----------------------------------------------------------- */
 
-/* The part [lo, hi) of n items that thread `me` of `all` takes: contiguous,
- * sizes differing by at most one. */
-static void thread_range(size_t n, int me, int all, size_t *lo, size_t *hi)
-{
-    size_t q = n / all, r = n % all, u = (size_t)me;
-    *lo = q * u + (u < r ? u : r);
-    *hi = *lo + q + (u < r);
-}
-
 /* Each thread sums a fixed contiguous range in double; the partial sums are
  * added in thread order. Deterministic for a given thread count. */
 static double cpu_sumsq(backend *be, const void *grads, size_t n)
@@ -780,8 +959,9 @@ backend *CPU_CREATE(int threads, char *err)
         return NULL;
     }
     cb->threads = threads;
-    if (threads > 0)
-        openblas_set_num_threads(threads);
+    /* OpenBLAS's own pthreads would spin beside the OpenMP ones; gemm()
+     * splits the work over OpenMP instead. Process-wide, and idempotent. */
+    openblas_set_num_threads(1);
     backend *be = &cb->be;
     be->name = CPU_NAME;
     be->act = be->stat = be->opt = REAL_DT;

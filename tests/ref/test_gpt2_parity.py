@@ -30,12 +30,25 @@ CFG = Config(V=300, maxT=64, L=2, NH=4, C=64)  # V=300 is padded to 384 inside a
 EB, ET, ENB = 4, 64, 3                           # eval: B, T (= maxT), micro-batches
 B, T, STEPS, LR = 4, 32, 10, 3e-3                # training
 
-# Tolerances, relative. fp32 (anatomy) against fp64 (reference). Observed
-# while writing these tests: torch fp32 vs fp64 stays near 1e-7 on the loss
-# after 10 steps, so 1e-5 leaves two orders of margin on either.
+# Tolerances, relative, fp32 (anatomy) against fp64 (reference). Observed
+# while writing these tests over ~70 random seeds of anatomy (and ~100 of
+# torch fp32 against the same fp64 reference, which behaves alike):
+#   eval loss                     <= 6e-8
+#   10-step losses                median 1e-7, worst 1.3e-6 (one chaotic seed)
+#   printed grad norm             <= 8e-5, i.e. its 4-decimal print rounding;
+#                                 worst 2.5e-4 on the chaotic seed
+#   parameters and moments after  median 1e-5, heavy tail to 2.3e-4: elements
+#   10 steps (per-tensor rel L2)  with near-zero gradients, whose Adam step
+#                                 direction is set by fp32 rounding
+# Optimizer bugs planted in a stand-in trainer were all caught: decay on 1-D
+# tensors, beta2 0.999, eps 1e-6, no clipping each move the 10-step losses by
+# 2e-5..1e-4 and some tensor by 2e-3..6e-2; summed instead of averaged
+# accumulation (hidden from the parameters by active clipping) doubles the norm.
+# So the brief's 1e-4 on losses would be too loose; 1e-5 holds.
 EVAL_RTOL = 1e-5
 TRAIN_RTOL = 1e-5
-PARAM_RTOL = 1e-4    # per-tensor rel L2 of parameters/moments after training (torch fp32: ~1e-5)
+NORM_RTOL = 1e-3     # plus 6e-5 absolute for the 4-decimal print
+PARAM_RTOL = 1e-3
 SAME_RTOL = 1e-6     # two anatomy evals of the same fp32 weights
 
 
@@ -217,7 +230,7 @@ def test_train_losses(runs, name):
     # The printed grad norm is the pre-clip global norm (4 decimals printed).
     for k, (a, b) in enumerate(zip(r["norms"], ref["norms"])):
         assert a is not None, f"{name}: step line without '| norm <value>'"
-        assert abs(a - b) <= 1e-4 * abs(b) + 6e-5, \
+        assert abs(a - b) <= NORM_RTOL * abs(b) + 6e-5, \
             f"{name}: step {k} grad norm anatomy {a} vs ref {b} (pre-clip) {seedmsg()}"
 
 

@@ -1,0 +1,155 @@
+"""Tokenizer throughput: build/anatomy's GPT-2 BPE beside tiktoken and Hugging
+Face tokenizers, on one corpus, in one run.
+
+Single thread, vocabulary load included, best of --runs:
+  ours      `anatomy tokenize < corpus > /dev/null` (process start, load,
+            encode, writing the ids as text: the whole command)
+  tiktoken  Encoding built from the local encoder.json + vocab.bpe, then
+            encode_ordinary (in process)
+  hf        tokenizers' BPE from the same two files with the ByteLevel
+            pre-tokenizer, then encode (in process, RAYON_NUM_THREADS=1)
+Then `anatomy prep` on the corpus repeated --prep-repeat times, with 1, 2, 4,
+... threads up to the cores present, to show the scaling.
+
+usage: python3 bench/bench_tokenizer.py --bin build/anatomy --vocab build/.cache/gpt2
+           [--corpus FILE] [--runs 3] [--prep-repeat 8]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = "<|endoftext|>"
+
+
+def byte_to_unicode():
+    printable = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or b >= 0xAE]
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def load_tiktoken(vocab):
+    import tiktoken
+    unbyte = {c: b for b, c in byte_to_unicode().items()}
+    encoder = json.load(open(os.path.join(vocab, "encoder.json"), encoding="utf-8"))
+    ranks = {bytes(unbyte[c] for c in k): v for k, v in encoder.items() if k != EOT}
+    return tiktoken.Encoding("gpt2-local", pat_str=PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT: encoder[EOT]})
+
+
+def load_hf(vocab):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    tok = Tokenizer(models.BPE.from_file(os.path.join(vocab, "encoder.json"),
+                                         os.path.join(vocab, "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def best(fn, runs):
+    times, out = [], None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def ours_ids(binary, path):
+    with open(path, "rb") as f:
+        out = subprocess.run([binary, "tokenize"], stdin=f, capture_output=True, check=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def ours_time(binary, path):
+    with open(path, "rb") as f:
+        subprocess.run([binary, "tokenize"], stdin=f, stdout=subprocess.DEVNULL, check=True)
+
+
+def prep_scaling(binary, corpus, repeat, vocab):
+    tmp = tempfile.mkdtemp(prefix="anatomy_bench_prep_")
+    try:
+        big = os.path.join(tmp, "corpus.txt")
+        data = open(corpus, "rb").read()
+        with open(big, "wb") as f:
+            for _ in range(repeat):
+                f.write(data)
+        mb = len(data) * repeat / 1e6
+        cores = os.cpu_count() or 1
+        threads = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, cores) if t <= cores})
+        print(f"\nprep: {mb:.1f} MB ({repeat} x corpus), gpt2, cores {cores}")
+        print(f"{'threads':>8} {'seconds':>8} {'MB/s':>8} {'speedup':>8}")
+        base = None
+        for t in threads:
+            out = os.path.join(tmp, f"t{t}")
+            cmd = [binary, "prep", "--tokenizer", "gpt2", "--vocab", vocab, "--input", big,
+                   "--out", out, "--threads", str(t)]
+            start = time.perf_counter()
+            p = subprocess.run(cmd, capture_output=True)
+            sec = time.perf_counter() - start
+            if p.returncode != 0:
+                print(f"prep failed: {p.stderr.decode(errors='replace').strip()}")
+                return
+            base = base or sec
+            print(f"{t:>8} {sec:>8.2f} {mb / sec:>8.1f} {base / sec:>8.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--vocab", required=True)
+    ap.add_argument("--corpus", default=os.path.join(os.path.dirname(__file__), "..", "..",
+                                                     "shared", "data", "tinyshakespeare.txt"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prep-repeat", type=int, default=8)
+    a = ap.parse_args()
+    data = open(a.corpus, "rb").read()
+    text = data.decode("utf-8")
+    mb = len(data) / 1e6
+    print(f"corpus: {a.corpus} ({mb:.2f} MB); single thread, vocabulary load included, "
+          f"best of {a.runs}")
+
+    rows = []
+    t, _ = best(lambda: ours_time(a.bin, a.corpus), a.runs)
+    rows.append(("ours (anatomy tokenize)", t))
+    t, tk_ids = best(lambda: load_tiktoken(a.vocab).encode_ordinary(text), a.runs)
+    rows.append(("tiktoken " + __import__("tiktoken").__version__, t))
+    t, hf_ids = best(lambda: load_hf(a.vocab).encode(text).ids, a.runs)
+    rows.append(("HF tokenizers " + __import__("tokenizers").__version__, t))
+
+    ours = rows[0][1]
+    print(f"{'':28} {'seconds':>8} {'MB/s':>8} {'ours is':>10}")
+    for name, sec in rows:
+        ratio = "" if sec is ours else f"{sec / ours:.2f}x"
+        print(f"{name:28} {sec:>8.3f} {mb / sec:>8.2f} {ratio:>10}")
+    ids = ours_ids(a.bin, a.corpus)
+    print(f"ids: ours {len(ids)}, tiktoken {len(tk_ids)}, identical: {ids == tk_ids}; "
+          f"HF identical to tiktoken: {hf_ids == tk_ids}")
+    if ids != tk_ids:
+        sys.exit("ours and tiktoken disagree on this corpus")
+
+    help_text = subprocess.run([a.bin, "prep", "--help"], capture_output=True).stdout.decode()
+    if "--threads" in help_text:
+        prep_scaling(a.bin, a.corpus, a.prep_repeat, a.vocab)
+    else:
+        print("\nprep: `anatomy prep --threads` not available in this build; scaling not measured")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+build-asan/obj/host/cmd_eval.o: host/cmd_eval.c host/../data/errbuf.h \
+ host/../data/shard.h host/cli.h host/setup.h host/ckpt.h host/model.h \
+ host/../kernels/ops.h host/models/gpt2.h host/models/../model.h
+host/../data/errbuf.h:
+host/../data/shard.h:
+host/cli.h:
+host/setup.h:
+host/ckpt.h:
+host/model.h:
+host/../kernels/ops.h:
+host/models/gpt2.h:
+host/models/../model.h:

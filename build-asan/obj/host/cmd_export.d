@@ -1,0 +1,11 @@
+build-asan/obj/host/cmd_export.o: host/cmd_export.c host/../data/errbuf.h \
+ host/cli.h host/setup.h host/ckpt.h host/model.h host/../kernels/ops.h \
+ host/models/gpt2.h host/models/../model.h
+host/../data/errbuf.h:
+host/cli.h:
+host/setup.h:
+host/ckpt.h:
+host/model.h:
+host/../kernels/ops.h:
+host/models/gpt2.h:
+host/models/../model.h:

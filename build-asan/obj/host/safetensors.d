@@ -1,0 +1,5 @@
+build-asan/obj/host/safetensors.o: host/safetensors.c host/safetensors.h \
+ host/../data/errbuf.h host/../data/json.h
+host/safetensors.h:
+host/../data/errbuf.h:
+host/../data/json.h:

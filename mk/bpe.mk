@@ -1,0 +1,55 @@
+# mk/bpe.mk: the GPT-2 tokenizer's build extras.
+#   gpt2-vocab      fills $(BUILD)/.cache/gpt2 (encoder.json, vocab.bpe) from
+#                   $(SHARED)/data/gpt2 or the public source, sha256 checked;
+#                   tokenizer_open("gpt2", NULL) looks there by default
+#   test-fuzz       libFuzzer (clang) targets for the tokenizer and the shard
+#                   reader, FUZZ_TIME seconds each; part of `make test`
+#   test-tokenizer  the tokenizer's C suite and its tiktoken parity test alone
+#   bench-tokenizer encode throughput beside tiktoken and HF tokenizers
+
+GPT2_CACHE := $(BUILD)/.cache/gpt2
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 20
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_DIR   := $(BUILD)/fuzz
+
+.PHONY: gpt2-vocab test-fuzz test-tokenizer bench-tokenizer
+EXTRA_TESTS += test-fuzz
+
+all: gpt2-vocab
+test-c test-ref: gpt2-vocab
+
+# The tokenizer test checks the hand-written pre-tokenizer against PCRE2.
+$(BUILD)/tests/test_bpe: EXTRA_LDLIBS += -lpcre2-8
+
+gpt2-vocab:
+	@sh data/recipes/gpt2_vocab.sh $(GPT2_CACHE) $(SHARED)/data/gpt2
+
+$(FUZZ_DIR)/fuzz_bpe: tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c data/bpe.h \
+		data/bpe_unicode.h data/tokenizer.h data/errbuf.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c -o $@ -lpthread
+
+$(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/shard.h data/rng.h data/errbuf.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_shard.c data/shard.c -o $@ -lm
+
+# Each target runs FUZZ_TIME seconds from its corpus of earlier runs (kept in
+# $(FUZZ_DIR)); a crash leaves the input as $(FUZZ_DIR)/crash-* and fails.
+test-fuzz: $(FUZZ_DIR)/fuzz_bpe $(FUZZ_DIR)/fuzz_shard gpt2-vocab
+	@mkdir -p $(FUZZ_DIR)/corpus_bpe $(FUZZ_DIR)/corpus_shard
+	@cp tests/ref/tokenizer_corpus.txt $(FUZZ_DIR)/corpus_bpe/seed_corpus
+	cd $(FUZZ_DIR) && ANATOMY_GPT2_DIR=$(abspath $(GPT2_CACHE)) ./fuzz_bpe -max_total_time=$(FUZZ_TIME) \
+		-timeout=20 -rss_limit_mb=4096 -max_len=4096 corpus_bpe > fuzz_bpe.log 2>&1 \
+		|| { tail -n 40 fuzz_bpe.log; exit 1; }; grep -E '^Done|^#[0-9]+ *DONE' fuzz_bpe.log | tail -n 1
+	cd $(FUZZ_DIR) && ./fuzz_shard -max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=4096 \
+		-max_len=8192 corpus_shard > fuzz_shard.log 2>&1 \
+		|| { tail -n 40 fuzz_shard.log; exit 1; }; grep -E '^Done|^#[0-9]+ *DONE' fuzz_shard.log | tail -n 1
+
+test-tokenizer: $(BUILD)/tests/test_bpe $(BUILD)/anatomy gpt2-vocab
+	@sh tests/run_c_tests.sh $(BUILD) $(BUILD)/tests/test_bpe
+	$(PYTHON) -m pytest -q tests/ref/test_tokenizer.py
+
+bench-tokenizer: $(BUILD)/anatomy gpt2-vocab
+	sh bench/bench_tokenizer.sh $(BUILD)/anatomy
