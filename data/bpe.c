@@ -54,9 +54,9 @@ static uint8_t g_ascii[128];
  * or -1. Printable Latin-1 bytes stand for themselves; the other 68 bytes, in
  * order, are U+0100..U+0143. */
 static int16_t g_unbyte[324];
-static pthread_once_t g_class_once = PTHREAD_ONCE_INIT;
+static pthread_once_t g_tables_once = PTHREAD_ONCE_INIT;
 
-static void class_init(void)
+static void tables_init(void)
 {
     for (size_t r = 0; r < sizeof bpe_uranges / sizeof bpe_uranges[0]; r++)
         memset(g_class + bpe_uranges[r].lo, bpe_uranges[r].cls,
@@ -159,7 +159,7 @@ static size_t next_piece(const unsigned char *s, size_t n, size_t i)
 int bpe_split(const char *text, size_t len,
               int (*fn)(const char *piece, size_t n, void *ctx), void *ctx)
 {
-    pthread_once(&g_class_once, class_init);
+    pthread_once(&g_tables_once, tables_init);
     const unsigned char *s = (const unsigned char *)text;
     for (size_t i = 0; i < len;) {
         size_t k = next_piece(s, len, i);
@@ -188,7 +188,7 @@ struct cache_slot {
 /* What one encode call needs for itself: a cache of encoded pieces and the
  * merge scratch. Borrowed from the pool for the call's duration. */
 struct worker {
-    atomic_int busy;
+    _Alignas(64) atomic_int busy;   /* own cache line: threads claim workers side by side */
     struct cache_slot *cache;   /* 1 << CACHE_BITS slots, or NULL */
     uint32_t *sym;              /* token id per symbol, UINT32_MAX when merged away */
     int32_t *next, *prev;
@@ -659,7 +659,7 @@ static int parse_merges(bpe *b, const char *path, char *s, size_t n, char *err)
 
 bpe *bpe_load_files(const char *vocab_path, const char *merges_path, char *err)
 {
-    pthread_once(&g_class_once, class_init);
+    pthread_once(&g_tables_once, tables_init);
     struct vocab_list v = {0};
     char *js = NULL, *ms = NULL;
     size_t jn = 0, mn = 0;

@@ -145,3 +145,16 @@ _Noreturn void cli_bad_option(const char *cmd, int c, char **argv)
         cli_die("%s: option '%s' needs a value", cmd, arg);
     cli_die("%s: unknown option '%s' (see 'anatomy %s --help')", cmd, arg, cmd);
 }
+
+void cli_free_config(int argc, char **args, char **orig)
+{
+    /* the "--key=value" strings are ours; the others belong to the caller */
+    for (int i = 1; i < argc; i++) {
+        int theirs = 0;
+        for (char **o = orig; *o && !theirs; o++)
+            theirs = *o == args[i];
+        if (!theirs)
+            free(args[i]);
+    }
+    free(args);
+}

@@ -21,6 +21,8 @@ _Noreturn void cli_bad_option(const char *cmd, int c, char **argv);
  * command-line arguments, so the command line wins. Keys must be long options
  * of the command (checked by getopt later). argv[0] is kept first. */
 char **cli_expand_config(int *argc, char **argv);
+/* Frees what cli_expand_config made (orig: the argv it was given). */
+void cli_free_config(int argc, char **args, char **orig);
 
 /* Subcommands: each parses its own options with getopt_long. */
 int cmd_train(int argc, char **argv);

@@ -46,7 +46,9 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], commands[i].name) == 0) {
             int n = argc - 1;
             char **args = cli_expand_config(&n, argv + 1);
-            return commands[i].run(n, args);
+            int rc = commands[i].run(n, args);
+            cli_free_config(n, args, argv + 1);
+            return rc;
         }
     }
     cli_die("unknown command '%s' (try 'anatomy --help')", argv[1]);

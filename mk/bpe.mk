@@ -18,7 +18,7 @@ FUZZ_DIR   := $(BUILD)/fuzz
 EXTRA_TESTS += test-fuzz
 
 all: gpt2-vocab
-test-c test-ref: gpt2-vocab
+test-c test-py: gpt2-vocab
 
 # The tokenizer test checks the hand-written pre-tokenizer against PCRE2.
 $(BUILD)/tests/test_bpe: EXTRA_LDLIBS += -lpcre2-8
@@ -26,12 +26,17 @@ $(BUILD)/tests/test_bpe: EXTRA_LDLIBS += -lpcre2-8
 gpt2-vocab:
 	@sh data/recipes/gpt2_vocab.sh $(GPT2_CACHE) $(SHARED)/data/gpt2
 
+FUZZ_HAVE_CC = @command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "test-fuzz: $(FUZZ_CC) not \
+	found: the fuzz targets need clang with libFuzzer (apt-get install clang libclang-rt-dev)"; exit 1; }
+
 $(FUZZ_DIR)/fuzz_bpe: tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c data/bpe.h \
 		data/bpe_unicode.h data/tokenizer.h data/errbuf.h
+	$(FUZZ_HAVE_CC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c -o $@ -lpthread
 
 $(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/shard.h data/rng.h data/errbuf.h
+	$(FUZZ_HAVE_CC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_shard.c data/shard.c -o $@ -lm
 
@@ -40,12 +45,13 @@ $(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/shard.h data/r
 test-fuzz: $(FUZZ_DIR)/fuzz_bpe $(FUZZ_DIR)/fuzz_shard gpt2-vocab
 	@mkdir -p $(FUZZ_DIR)/corpus_bpe $(FUZZ_DIR)/corpus_shard
 	@cp tests/ref/tokenizer_corpus.txt $(FUZZ_DIR)/corpus_bpe/seed_corpus
-	cd $(FUZZ_DIR) && ANATOMY_GPT2_DIR=$(abspath $(GPT2_CACHE)) ./fuzz_bpe -max_total_time=$(FUZZ_TIME) \
-		-timeout=20 -rss_limit_mb=4096 -max_len=4096 corpus_bpe > fuzz_bpe.log 2>&1 \
-		|| { tail -n 40 fuzz_bpe.log; exit 1; }; grep -E '^Done|^#[0-9]+ *DONE' fuzz_bpe.log | tail -n 1
-	cd $(FUZZ_DIR) && ./fuzz_shard -max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=4096 \
-		-max_len=8192 corpus_shard > fuzz_shard.log 2>&1 \
-		|| { tail -n 40 fuzz_shard.log; exit 1; }; grep -E '^Done|^#[0-9]+ *DONE' fuzz_shard.log | tail -n 1
+	@for t in bpe shard; do \
+		echo "== fuzz_$$t: $(FUZZ_TIME) s (log: $(FUZZ_DIR)/fuzz_$$t.log)"; \
+		( cd $(FUZZ_DIR) && ANATOMY_GPT2_DIR=$(abspath $(GPT2_CACHE)) ./fuzz_$$t \
+			-max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=4096 -max_len=8192 \
+			corpus_$$t > fuzz_$$t.log 2>&1 ) || { tail -n 40 $(FUZZ_DIR)/fuzz_$$t.log; exit 1; }; \
+		grep -E '^#[0-9]+[[:space:]]+DONE' $(FUZZ_DIR)/fuzz_$$t.log | tail -n 1; \
+	done
 
 test-tokenizer: $(BUILD)/tests/test_bpe $(BUILD)/anatomy gpt2-vocab
 	@sh tests/run_c_tests.sh $(BUILD) $(BUILD)/tests/test_bpe

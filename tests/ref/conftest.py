@@ -32,6 +32,8 @@ def anatomy():
                     "first, or set ANATOMY_BIN", pytrace=False)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
+    # Tiny shapes: spinning OpenMP workers only steal the 2 shared cores.
+    env.setdefault("OMP_WAIT_POLICY", "passive")
 
     def run(*args, timeout=120):
         cmd = [path] + [str(a) for a in args]

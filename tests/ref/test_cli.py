@@ -60,14 +60,11 @@ def eval_args(good, init=None, data=None, seq=32):
             "--batch", 2, "--seq", seq, "--batches", 1]
 
 
-def test_good_inputs_work(good):
+def test_good_inputs_work(anatomy, good):
     """The unbroken files evaluate, HF dir and llm.c file alike (guards the cases below)."""
-    a = parse_eval_loss(subprocess.run([anatomy_bin()] + [str(x) for x in eval_args(good)],
-                                       capture_output=True, text=True).stdout)
-    b = parse_eval_loss(subprocess.run(
-        [anatomy_bin()] + [str(x) for x in eval_args(good, init=good / "model.bin")],
-        capture_output=True, text=True).stdout)
-    assert abs(a - b) <= 1e-6 * abs(a)
+    a = parse_eval_loss(anatomy(*eval_args(good)))
+    b = parse_eval_loss(anatomy(*eval_args(good, init=good / "model.bin")))
+    assert abs(a - b) <= 1e-6 * abs(a), f"HF dir {a} vs llm.c file {b}"
 
 
 def test_truncated_shard(good, tmp_path):

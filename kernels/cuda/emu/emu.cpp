@@ -777,34 +777,57 @@ extern "C" void __asan_report_store_n_noabort(uintptr_t a, uintptr_t n)
 }
 
 /* ---- scheduling ---- */
+/* "threads 0-15 wait at __syncthreads at x.cu:12; thread 16 exited": the
+ * block's threads grouped by what they wait at, for deadlock reports. */
 static void describe_threads(char *buf, size_t n)
 {
-	size_t k = 0;
-	int groups = 0;
-	for (unsigned i = 0; i < S->n && groups < 8;) {
+	std::vector<unsigned> leaders;	/* first thread of each distinct state */
+	std::vector<std::vector<unsigned>> members;
+	for (unsigned i = 0; i < S->n; i++) {
 		emu_thread *t = &S->t[i];
-		unsigned j = i + 1;
-		while (j < S->n && S->t[j].state == t->state && S->t[j].wait_pc == t->wait_pc &&
-		       (t->state != T_WARP || S->t[j].wmask == t->wmask))
-			j++;
+		size_t k = 0;
+		for (; k < leaders.size(); k++) {
+			emu_thread *l = &S->t[leaders[k]];
+			if (l->state == t->state && (t->state == T_EXITED || t->state == T_RUNNABLE ||
+			    (l->wait_pc == t->wait_pc && (t->state != T_WARP || l->wmask == t->wmask))))
+				break;
+		}
+		if (k == leaders.size()) {
+			leaders.push_back(i);
+			members.emplace_back();
+		}
+		members[k].push_back(i);
+	}
+	size_t len = 0;
+	buf[0] = 0;
+	for (size_t k = 0; k < leaders.size() && k < 6 && len < n; k++) {
+		emu_thread *t = &S->t[leaders[k]];
+		std::vector<unsigned> &m = members[k];
+		std::string who;
+		int runs = 0;
+		for (size_t a = 0; a < m.size() && runs < 4; runs++) {
+			size_t b = a;
+			while (b + 1 < m.size() && m[b + 1] == m[b] + 1)
+				b++;
+			who += (runs ? "," : "") + std::to_string(m[a]) + (b > a ? "-" + std::to_string(m[b]) : "");
+			a = b + 1;
+		}
+		if (runs == 4 && m.size() > 0)
+			who += ",...";
 		char loc[512] = "";
-		if (t->state != T_EXITED && t->state != T_RUNNABLE)
+		if (t->state == T_BARRIER || t->state == T_WARP)
 			symbolize(t->wait_pc, loc, sizeof(loc));
-		char rng[32];
-		snprintf(rng, sizeof(rng), j - i > 1 ? "threads %u-%u" : "thread %u", i, j - 1);
+		const char *sep = k ? "; " : "";
+		const char *noun = m.size() > 1 ? "threads" : "thread";
 		if (t->state == T_EXITED)
-			k += snprintf(buf + k, n - k, "%s%s exited", groups ? "; " : "", rng);
+			len += snprintf(buf + len, n - len, "%s%s %s exited", sep, noun, who.c_str());
 		else if (t->state == T_BARRIER)
-			k += snprintf(buf + k, n - k, "%s%s wait at __syncthreads at %s", groups ? "; " : "", rng, loc);
+			len += snprintf(buf + len, n - len, "%s%s %s wait at __syncthreads at %s", sep, noun, who.c_str(), loc);
 		else if (t->state == T_WARP)
-			k += snprintf(buf + k, n - k, "%s%s wait at %s (mask 0x%08x) at %s", groups ? "; " : "", rng,
-				      t->wait_what, t->wmask, loc);
+			len += snprintf(buf + len, n - len, "%s%s %s wait at %s (mask 0x%08x) at %s", sep, noun, who.c_str(),
+					t->wait_what, t->wmask, loc);
 		else
-			k += snprintf(buf + k, n - k, "%s%s runnable", groups ? "; " : "", rng);
-		if (k >= n)
-			break;
-		groups++;
-		i = j;
+			len += snprintf(buf + len, n - len, "%s%s %s runnable", sep, noun, who.c_str());
 	}
 }
 
