@@ -12,7 +12,7 @@ ifeq ($(origin CC),default)
 CC := gcc
 endif
 OPT      ?= -O3 -march=native
-CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -fopenmp -MMD -MP
+CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) -fno-math-errno -Wall -Wextra -fopenmp -MMD -MP
 LDLIBS   += -lopenblas -lm -lpthread
 BUILD    ?= build
 PYTHON   ?= python3

@@ -506,8 +506,7 @@ static void set_out(op_case *c, size_t nout, size_t naux)
 static op_case enc_case(int B, int T, int C, int Vp, int maxT)
 {
     op_case c = { .name = "encoder", .B = B, .T = T, .C = C, .Vp = Vp, .maxT = maxT,
-                  .fwd = enc_fwd, .bwd = enc_bwd,
-                  .ref = enc_ref };
+                  .fwd = enc_fwd, .bwd = enc_bwd, .ref = enc_ref };
     add_input(&c, (size_t)Vp * C, 1.0);
     add_input(&c, (size_t)maxT * C, 1.0);
     c.ints = malloc((size_t)B * T * sizeof(int32_t));
@@ -557,8 +556,7 @@ static op_case att_case(int B, int T, int C, int NH, int causal)
 
 static op_case gelu_case(size_t N)
 {
-    op_case c = { .name = "gelu", .fwd = gelu_fwd, .bwd = gelu_bwd,
-                  .ref = gelu_ref };
+    op_case c = { .name = "gelu", .fwd = gelu_fwd, .bwd = gelu_bwd, .ref = gelu_ref };
     add_input(&c, N, 2.5);
     set_out(&c, N, 0);
     return c;
@@ -566,8 +564,7 @@ static op_case gelu_case(size_t N)
 
 static op_case res_case(size_t N)
 {
-    op_case c = { .name = "residual", .fwd = res_fwd, .bwd = res_bwd,
-                  .ref = res_ref };
+    op_case c = { .name = "residual", .fwd = res_fwd, .bwd = res_bwd, .ref = res_ref };
     add_input(&c, N, 1.0);
     add_input(&c, N, 1.0);
     set_out(&c, N, 0);
@@ -579,8 +576,7 @@ static op_case res_case(size_t N)
 static op_case ce_case(int N, int V, int Vp, float scale)
 {
     op_case c = { .name = "crossentropy", .N = N, .V = V, .Vp = Vp, .scale = scale,
-                  .fwd = ce_fwd, .bwd = ce_bwd,
-                  .ref = ce_ref };
+                  .fwd = ce_fwd, .bwd = ce_bwd, .ref = ce_ref };
     add_input(&c, (size_t)N * Vp, 2.0);
     c.ints = malloc((size_t)N * sizeof(int32_t));
     ck_assert_ptr_nonnull(c.ints);
@@ -696,6 +692,9 @@ START_TEST(test_grad_attention)
         op_case c = att_case(2, 7, 12, 3, causal);
         gradcheck(&c, 1000);
         free_case(&c);
+        c = att_case(2, 9, 22, 2, causal); /* hs = 11: every vector path and a tail */
+        gradcheck(&c, 500);
+        free_case(&c);
         c = att_case(1, 1, 6, 2, causal); /* T = 1 */
         gradcheck(&c, 1000);
         free_case(&c);
@@ -767,7 +766,8 @@ START_TEST(test_forward_reference)
     seed(150);
     op_case cs[] = { enc_case(2, 9, 13, 10, 12), ln_case(9, 75), mm_case(7, 19, 70, 0, 0, 0),
                      mm_case(4, 5, 3, 1, 0, 0), att_case(2, 9, 12, 3, 0),
-                     att_case(2, 9, 12, 3, 1), att_case(1, 140, 8, 2, 1), gelu_case(301),
+                     att_case(2, 9, 12, 3, 1), att_case(1, 140, 8, 2, 1), att_case(1, 70, 40, 2, 0),
+                     gelu_case(301),
                      res_case(77), ce_case(11, 29, 32, 0.5f) };
     for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
         forward_ref(&cs[i]);
