@@ -1,2 +1,0 @@
-build-asan/obj/host/main.o: host/main.c host/cli.h
-host/cli.h:
