@@ -60,7 +60,7 @@ int setup_source_kind(const char *path, source_kind *kind, char *err)
         return errf(err, "%s: %s", path, strerror(errno));
     got = read(fd, head, sizeof head);
     close(fd);
-    if (got >= 4 && head[0] == 0x40 && head[1] == 0x0b && head[2] == 0x35 && head[3] == 0x01) {
+    if (got >= 4 && head[0] == 0xc6 && head[1] == 0xd7 && head[2] == 0x34 && head[3] == 0x01) {
         *kind = SRC_LLMC; /* 20240326 little-endian */
         return 0;
     }

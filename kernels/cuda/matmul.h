@@ -1,0 +1,43 @@
+/* matmul.h: a thin wrapper over cuBLASLt, private to kernels/cuda/.
+ *
+ * One call, mm_gemm, in cuBLAS's column-major terms:
+ *   D[i] = alpha * op(A[i]) op(B[i]) + beta * D[i]  (+ bias broadcast along columns)
+ * for i < batch, with A and B in one dtype (bf16 or fp32), D in bf16 or fp32,
+ * fp32 accumulation and fp32 scaling (never TF32: the fp32 mode is the
+ * verification mode), and D updated in place when beta != 0.
+ *
+ * The context owns one cuBLASLt handle, one workspace and a cache of planned
+ * shapes (descriptors, layouts and the algorithm the heuristic picked), so a
+ * call in a training step allocates nothing and queries nothing.
+ *
+ * Under ANATOMY_EMU there is no cuBLASLt: mm_gemm computes on the CPU with
+ * OpenBLAS's sgemm on the inputs widened exactly from their stored values
+ * (bf16 -> fp32 is exact), then applies alpha, beta, bias and rounds to D's
+ * type once, round to nearest even, as cuBLASLt's epilogue does. */
+#ifndef ANATOMY_CUDA_MATMUL_H
+#define ANATOMY_CUDA_MATMUL_H
+
+#include "cuda_compat.cuh"
+
+extern "C" {
+#include "../ops.h"
+}
+
+typedef struct mm_ctx mm_ctx;
+
+/* Workspace for cuBLASLt (32 MiB: what Hopper's fastest kernels ask for). */
+#define MM_WORKSPACE (32u << 20)
+
+/* Creates the context on `stream`; NULL with err filled (256 bytes) on failure. */
+mm_ctx *mm_create(cudaStream_t stream, char *err);
+void mm_destroy(mm_ctx *c);
+
+/* D = alpha op(A) op(B) + beta D (+ bias[m]), column-major, batched by
+ * strides (elements). ta/tb: 1 = transposed. A is (ta ? k x m : m x k) with
+ * leading dimension lda; B is (tb ? n x k : k x n); D is m x n. ab: dtype of
+ * A and B; dd: dtype of D and bias. Dies on a cuBLASLt error. */
+void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
+	     long long sD, int batch, float alpha, float beta, const void *bias);
+
+#endif
