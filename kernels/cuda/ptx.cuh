@@ -95,8 +95,6 @@ static void ptx_ldmatrix_warp(unsigned mask, void *const in[32], void *const out
 		uint16_t mat[8][8];
 		for (int r = 0; r < 8; r++) {
 			const ptx_ldm_lane *p = (const ptx_ldm_lane *)in[8 * m + r];
-			if ((uintptr_t)p->addr % 16)
-				emu_report_error("ldmatrix: a row address is not 16-byte aligned");
 			emu_lane_load((unsigned)(8 * m + r), mat[r], p->addr, 16, "ldmatrix");
 		}
 		for (int lane = 0; lane < 32; lane++) {

@@ -1204,6 +1204,9 @@ extern "C" void emu_lane_load(unsigned lane, void *dst, const void *src, size_t 
 {
 	emu_thread *u = &S->t[t_self->warp * 32 + lane];
 	char where[160];
+	if ((n == 4 || n == 8 || n == 16) && (uintptr_t)src % n)
+		fail(cudaErrorMisalignedAddress, u->wait_pc, NULL, "%s at @PC0@: lane %u's address %p is not %zu-byte aligned",
+		     what, lane, src, n);
 	if (!is_shared((uintptr_t)src))
 		fail(cudaErrorIllegalAddress, u->wait_pc, NULL, "%s at @PC0@: lane %u's address %p is not in shared memory",
 		     what, lane, src);
@@ -1449,6 +1452,9 @@ static void finish_report(emu_launch_desc *d, const char *body)
 
 extern "C" cudaError_t emu_launch(emu_launch_desc *d)
 {
+	if (t_self)
+		fail(cudaErrorLaunchFailure, __builtin_return_address(0), NULL,
+		     "launch of %s from a kernel at @PC0@: dynamic parallelism is not emulated", d->name);
 	pthread_mutex_lock(&g_lock);
 	env_init();
 	static int svars_done;

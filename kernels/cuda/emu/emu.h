@@ -113,8 +113,10 @@ unsigned emu_vote(unsigned mask, int pred, int op);
 unsigned emu_reduce(unsigned mask, unsigned v, int op);
 unsigned emu_match(unsigned mask, uint64_t v, int all, int *pred);
 
-/* Loads and stores done by the runtime for a lane (ldmatrix, atomics): they
- * go through the race detector and bounds checks as that lane's accesses. */
+/* A load done by a warp collective for one lane (ldmatrix): it must be
+ * shared memory aligned to n (for n of 4, 8, 16) and goes through the race
+ * detector and bounds checks as that lane's access. The raw load/store pair
+ * is for atomics, after emu_atomic_begin has checked the address. */
 void emu_lane_load(unsigned lane, void *dst, const void *src, size_t n, const char *what);
 void emu_atomic_begin(void *p, size_t n);
 void emu_raw_load(void *dst, const void *src, size_t n);

@@ -1,0 +1,390 @@
+/* matmul.cu: the cuBLASLt wrapper (matmul.h) and the matmul ops.
+ *
+ *   matmul_forward:  out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias   (bias epilogue)
+ *   matmul_backward: dinp += dout @ weight;  dweight += dout^T @ inp   (beta = 1)
+ *                    dbias += column sums of dout                      (own kernels)
+ *
+ * Row-major [R, C] is column-major [C x R] with leading dimension C, so each
+ * row-major product becomes one cuBLAS call with the operands swapped.
+ * cuBLASLt's bias-gradient epilogue overwrites instead of adding, and would
+ * need the same matmul to run anyway, so dbias is a deterministic two-pass
+ * column sum here: partial sums over chunks of rows, then one ordered sum per
+ * column (no atomics, same bits every run). */
+#include "cuda_backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- cuBLASLt */
+#ifndef ANATOMY_EMU
+
+#include <cublasLt.h>
+
+#define MM_CACHE 64
+
+/* Everything a cuBLASLt plan depends on, alignment of the pointers included
+ * (an algorithm chosen for 256-byte aligned operands may not run on others). */
+struct mm_key {
+	int ta, tb, m, n, k, lda, ldb, ldd, batch, ab, dd, bias;
+	long long sA, sB, sD;
+	unsigned alA, alB, alD;
+};
+
+struct mm_plan {
+	mm_key key;
+	int valid;
+	cublasLtMatmulDesc_t op;
+	cublasLtMatrixLayout_t a, b, d;
+	cublasLtMatmulAlgo_t algo;
+};
+
+struct mm_ctx {
+	cublasLtHandle_t lt;
+	cudaStream_t stream;
+	void *ws;
+	mm_plan plan[MM_CACHE];
+	int next;	/* round-robin victim when the cache is full */
+};
+
+static void lt_check(cublasStatus_t s, const char *what, const char *file, int line)
+{
+	if (s != CUBLAS_STATUS_SUCCESS)
+		cuda_die(file, line, "%s: %s", what, cublasLtGetStatusString(s));
+}
+#define LT_CHECK(call) lt_check((call), #call, __FILE__, __LINE__)
+
+static cudaDataType_t lt_type(dtype t) { return t == DT_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+/* Largest power of two (<= 256) dividing the address of every matrix of the batch. */
+static unsigned align_of(const void *p, long long stride, size_t esize, int batch)
+{
+	uintptr_t a = (uintptr_t)p;
+	if (batch > 1)
+		a |= (uintptr_t)(stride * (long long)esize);
+	unsigned al = 256;
+	while (al > 1 && a % al)
+		al >>= 1;
+	return al;
+}
+
+static void lt_layout(cublasLtMatrixLayout_t *l, dtype t, int rows, int cols, int ld, int batch,
+		      long long stride)
+{
+	LT_CHECK(cublasLtMatrixLayoutCreate(l, lt_type(t), (uint64_t)rows, (uint64_t)cols, ld));
+	if (batch > 1) {
+		int32_t b = batch;
+		int64_t s = stride;
+		LT_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b, sizeof b));
+		LT_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s,
+							  sizeof s));
+	}
+}
+
+static void plan_release(mm_plan *p)
+{
+	if (!p->valid)
+		return;
+	cublasLtMatrixLayoutDestroy(p->a);
+	cublasLtMatrixLayoutDestroy(p->b);
+	cublasLtMatrixLayoutDestroy(p->d);
+	cublasLtMatmulDescDestroy(p->op);
+	p->valid = 0;
+}
+
+/* Descriptors, layouts and the heuristic's first choice for key k. */
+static void plan_build(mm_ctx *c, mm_plan *p, const mm_key *k)
+{
+	const mm_key *q = k;
+	cublasOperation_t opa = q->ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = q->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+	LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+	LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+	LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+	if (q->bias) {
+		cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+		int32_t bt = lt_type((dtype)q->dd);
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+	}
+	lt_layout(&p->a, (dtype)q->ab, q->ta ? q->k : q->m, q->ta ? q->m : q->k, q->lda, q->batch, q->sA);
+	lt_layout(&p->b, (dtype)q->ab, q->tb ? q->n : q->k, q->tb ? q->k : q->n, q->ldb, q->batch, q->sB);
+	lt_layout(&p->d, (dtype)q->dd, q->m, q->n, q->ldd, q->batch, q->sD);
+
+	cublasLtMatmulPreference_t pref;
+	uint64_t ws = MM_WORKSPACE;
+	LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+	LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+	LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &q->alA,
+						      sizeof q->alA));
+	LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &q->alB,
+						      sizeof q->alB));
+	LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &q->alD,
+						      sizeof q->alD));
+	LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &q->alD,
+						      sizeof q->alD));
+	cublasLtMatmulHeuristicResult_t res;
+	int nres = 0;
+	LT_CHECK(cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &nres));
+	cublasLtMatmulPreferenceDestroy(pref);
+	if (nres < 1)
+		cuda_die(__FILE__, __LINE__,
+			 "cuBLASLt has no algorithm for m=%d n=%d k=%d ta=%d tb=%d batch=%d (%s in, %s out, "
+			 "alignment %u/%u/%u)", q->m, q->n, q->k, q->ta, q->tb, q->batch, dtype_name((dtype)q->ab),
+			 dtype_name((dtype)q->dd), q->alA, q->alB, q->alD);
+	p->algo = res.algo;
+	p->key = *k;
+	p->valid = 1;
+}
+
+static mm_plan *plan_get(mm_ctx *c, const mm_key *k)
+{
+	for (int i = 0; i < MM_CACHE; i++)
+		if (c->plan[i].valid && memcmp(&c->plan[i].key, k, sizeof *k) == 0)
+			return &c->plan[i];
+	mm_plan *p = &c->plan[c->next];
+	c->next = (c->next + 1) % MM_CACHE;
+	plan_release(p);
+	plan_build(c, p, k);
+	return p;
+}
+
+mm_ctx *mm_create(cudaStream_t stream, char *err)
+{
+	mm_ctx *c = (mm_ctx *)calloc(1, sizeof *c);
+	if (!c) {
+		snprintf(err, 256, "out of host memory");
+		return NULL;
+	}
+	c->stream = stream;
+	cublasStatus_t s = cublasLtCreate(&c->lt);
+	if (s != CUBLAS_STATUS_SUCCESS) {
+		snprintf(err, 256, "cublasLtCreate: %s", cublasLtGetStatusString(s));
+		free(c);
+		return NULL;
+	}
+	if (cudaMalloc(&c->ws, MM_WORKSPACE) != cudaSuccess) {
+		cudaGetLastError();
+		snprintf(err, 256, "no device memory for the %u MiB cuBLASLt workspace", MM_WORKSPACE >> 20);
+		cublasLtDestroy(c->lt);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void mm_destroy(mm_ctx *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < MM_CACHE; i++)
+		plan_release(&c->plan[i]);
+	cudaFree(c->ws);
+	cublasLtDestroy(c->lt);
+	free(c);
+}
+
+void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
+	     long long sD, int batch, float alpha, float beta, const void *bias)
+{
+	if (m <= 0 || n <= 0 || batch <= 0)
+		return;
+	if (k <= 0)
+		cuda_die(__FILE__, __LINE__, "matmul with an empty inner dimension (k = %d)", k);
+	mm_key key;
+	memset(&key, 0, sizeof key);	/* padding too: keys are compared with memcmp */
+	key.ta = ta, key.tb = tb, key.m = m, key.n = n, key.k = k;
+	key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.batch = batch;
+	key.ab = ab, key.dd = dd, key.bias = bias != NULL;
+	key.sA = sA, key.sB = sB, key.sD = sD;
+	key.alA = align_of(A, sA, dtype_size(ab), batch);
+	key.alB = align_of(B, sB, dtype_size(ab), batch);
+	key.alD = align_of(D, sD, dtype_size(dd), batch);
+	mm_plan *p = plan_get(c, &key);
+	if (bias)
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+	LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->d, D, p->d, &p->algo,
+				c->ws, MM_WORKSPACE, c->stream));
+}
+
+#else /* ------------------------------------------- emulated: OpenBLAS sgemm */
+
+#include <cblas.h>
+
+struct mm_ctx {
+	float *buf[3];
+	size_t cap[3];
+};
+
+mm_ctx *mm_create(cudaStream_t stream, char *err)
+{
+	(void)stream;
+	mm_ctx *c = (mm_ctx *)calloc(1, sizeof *c);
+	if (!c)
+		snprintf(err, 256, "out of host memory");
+	return c;
+}
+
+void mm_destroy(mm_ctx *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < 3; i++)
+		free(c->buf[i]);
+	free(c);
+}
+
+static float *mm_buf(mm_ctx *c, int i, size_t n)
+{
+	if (n > c->cap[i]) {
+		free(c->buf[i]);
+		c->buf[i] = (float *)malloc(n * sizeof(float));
+		if (!c->buf[i])
+			cuda_die(__FILE__, __LINE__, "emulated matmul: out of host memory (%zu floats)", n);
+		c->cap[i] = n;
+	}
+	return c->buf[i];
+}
+
+static float mm_load(const void *p, dtype t, size_t i)
+{
+	if (t == DT_BF16)
+		return emu_bf2f(((const unsigned short *)p)[i]);
+	return ((const float *)p)[i];
+}
+
+static void mm_store(void *p, dtype t, size_t i, float x)
+{
+	if (t == DT_BF16)
+		((unsigned short *)p)[i] = emu_f2bf_rn(x);
+	else
+		((float *)p)[i] = x;
+}
+
+/* An fp32 view of a column-major rows x cols matrix: the matrix itself when
+ * it is fp32, else an exact widening into buffer slot. */
+static const float *mm_view(mm_ctx *c, int slot, dtype t, const void *p, int rows, int cols, int ld)
+{
+	if (t == DT_F32)
+		return (const float *)p;
+	size_t span = (size_t)(cols - 1) * ld + rows;
+	float *f = mm_buf(c, slot, span);
+	for (size_t i = 0; i < span; i++)
+		f[i] = mm_load(p, t, i);
+	return f;
+}
+
+void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
+	     long long sD, int batch, float alpha, float beta, const void *bias)
+{
+	if (m <= 0 || n <= 0 || batch <= 0)
+		return;
+	if (k <= 0)
+		cuda_die(__FILE__, __LINE__, "matmul with an empty inner dimension (k = %d)", k);
+	size_t ea = dtype_size(ab), ed = dtype_size(dd);
+	for (int i = 0; i < batch; i++) {
+		const void *Ai = (const char *)A + (size_t)(i * sA) * ea;
+		const void *Bi = (const char *)B + (size_t)(i * sB) * ea;
+		void *Di = (char *)D + (size_t)(i * sD) * ed;
+		const float *Af = mm_view(c, 0, ab, Ai, ta ? k : m, ta ? m : k, lda);
+		const float *Bf = mm_view(c, 1, ab, Bi, tb ? n : k, tb ? k : n, ldb);
+		float *acc = mm_buf(c, 2, (size_t)m * n);
+		cblas_sgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+			    k, 1.0f, Af, lda, Bf, ldb, 0.0f, acc, m);
+		/* the epilogue in fp32, one rounding to D's type */
+		for (int j = 0; j < n; j++) {
+			for (int r = 0; r < m; r++) {
+				size_t di = (size_t)j * ldd + r;
+				float x = alpha * acc[(size_t)j * m + r];
+				if (beta != 0.0f)
+					x += beta * mm_load(Di, dd, di);
+				if (bias)
+					x += mm_load(bias, dd, (size_t)r);
+				mm_store(Di, dd, di, x);
+			}
+		}
+	}
+}
+
+#endif /* ANATOMY_EMU */
+
+/* ------------------------------------------------------------ column sums */
+
+#define COLSUM_ROWS 128	/* rows per partial sum */
+#define COLSUM_THREADS 256
+
+/* part[y, c] = sum of x[r, c] for r in row chunk y, in row order. */
+template <class T> __global__ void colsum_partial_kernel(float *part, const T *x, int N, int C)
+{
+	int c = blockIdx.x * blockDim.x + threadIdx.x;
+	int r0 = blockIdx.y * COLSUM_ROWS, r1 = min(r0 + COLSUM_ROWS, N);
+	if (c >= C)
+		return;
+	float s = 0.0f;
+	for (int r = r0; r < r1; r++)
+		s += to_f(x[(size_t)r * C + c]);
+	part[(size_t)blockIdx.y * C + c] = s;
+}
+
+/* out[c] += sum over chunks of part[y, c], in chunk order. */
+template <class T> __global__ void colsum_finish_kernel(T *out, const float *part, int R, int C)
+{
+	int c = blockIdx.x * blockDim.x + threadIdx.x;
+	if (c >= C)
+		return;
+	float s = 0.0f;
+	for (int y = 0; y < R; y++)
+		s += part[(size_t)y * C + c];
+	out[c] = from_f<T>(to_f(out[c]) + s);
+}
+
+template <class T> static void colsum_add(cuda_backend *cb, T *out, const T *x, int N, int C)
+{
+	int R = (int)cdiv((size_t)N, COLSUM_ROWS);
+	if (R > 65535)
+		cuda_die(__FILE__, __LINE__, "column sum over %d rows: more than %d rows", N, 65535 * COLSUM_ROWS);
+	float *part = (float *)cuda_scratch(cb, SCR_COLSUM, (size_t)R * C * sizeof(float));
+	dim3 grid(cdiv((size_t)C, COLSUM_THREADS), (unsigned)R);
+	CUDA_LAUNCH(grid, COLSUM_THREADS, 0, cb->stream, colsum_partial_kernel<T>)(part, x, N, C);
+	LAUNCH_CHECK();
+	CUDA_LAUNCH(cdiv((size_t)C, COLSUM_THREADS), COLSUM_THREADS, 0, cb->stream, colsum_finish_kernel<T>)(
+		out, part, R, C);
+	LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ ops */
+
+void cuda_matmul_forward(backend *be, void *out, const void *inp, const void *weight,
+			 const void *bias, int N, int IC, int OC)
+{
+	NVTX_RANGE("matmul_forward");
+	cuda_backend *cb = cuda_of(be);
+	if (N <= 0 || OC <= 0)
+		return;
+	/* out^T [OC x N] = W^T-view^T [OC x IC] * inp^T [IC x N] */
+	mm_gemm(cb->mm, 1, 0, OC, N, IC, be->act, weight, IC, 0, inp, IC, 0, be->act, out, OC, 0, 1, 1.0f,
+		0.0f, bias);
+}
+
+void cuda_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias, const void *dout,
+			  const void *inp, const void *weight, int N, int IC, int OC)
+{
+	NVTX_RANGE("matmul_backward");
+	cuda_backend *cb = cuda_of(be);
+	if (N <= 0 || IC <= 0 || OC <= 0)
+		return;
+	/* dinp^T [IC x N] += W-view [IC x OC] * dout^T [OC x N] */
+	if (dinp)
+		mm_gemm(cb->mm, 0, 0, IC, N, OC, be->act, weight, IC, 0, dout, OC, 0, be->act, dinp, IC, 0, 1,
+			1.0f, 1.0f, NULL);
+	/* dW^T [IC x OC] += inp^T [IC x N] * dout [N x OC] */
+	if (dweight)
+		mm_gemm(cb->mm, 0, 1, IC, OC, N, be->act, inp, IC, 0, dout, OC, 0, be->act, dweight, IC, 0, 1,
+			1.0f, 1.0f, NULL);
+	if (dbias) {
+		if (be->act == DT_BF16)
+			colsum_add(cb, (__nv_bfloat16 *)dbias, (const __nv_bfloat16 *)dout, N, OC);
+		else
+			colsum_add(cb, (float *)dbias, (const float *)dout, N, OC);
+	}
+}
