@@ -1,5 +1,4 @@
 /* cmd_train.c: `anatomy train`: options -> model + train_opts -> train_run. */
-#include <dirent.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,32 +78,6 @@ static const struct option longopts[] = {
     { "threads", 1, 0, O_THREADS },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
-
-/* The latest step_NNNNNN.safetensors in dir, or dir itself when it is a file. */
-static char *resolve_resume(const char *path)
-{
-    DIR *d = opendir(path);
-    struct dirent *e;
-    char best[256] = "";
-    char *out;
-    if (!d)
-        return strdup(path);
-    while ((e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, "step_", 5) == 0 && n > 17 &&
-            strcmp(e->d_name + n - 12, ".safetensors") == 0 && n < sizeof best &&
-            strcmp(e->d_name, best) > 0)
-            strcpy(best, e->d_name);
-    }
-    closedir(d);
-    if (!*best)
-        cli_die("--resume %s: no step_NNNNNN.safetensors checkpoint in this directory", path);
-    out = malloc(strlen(path) + strlen(best) + 2);
-    if (!out)
-        cli_die("out of memory");
-    sprintf(out, "%s/%s", path, best);
-    return out;
-}
 
 /* A resumed run must read the same data in the same order. */
 static void check_resume_matches(const ckpt_meta *md, const char *path, const train_opts *o)
@@ -195,7 +168,12 @@ int cmd_train(int argc, char **argv)
     if ((src.vocab_size || src.max_seq) && !src.preset)
         cli_die("--vocab-size/--max-seq: only with --preset (other sources carry their config)");
 
-    char *resume_path = resume ? resolve_resume(resume) : NULL;
+    char *resume_path = NULL;
+    if (resume) {
+        resume_path = setup_latest_checkpoint(resume, err);
+        if (!resume_path)
+            cli_die("--resume%s", err);
+    }
     if (resume_path)
         src.init = resume_path;
     src.seed = o.seed;

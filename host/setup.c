@@ -1,6 +1,7 @@
 /* setup.c: backend choice and model construction for the subcommands. */
 #include "setup.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -40,6 +41,43 @@ backend *setup_backend(const char *device, int threads, const char *precision)
     if (!be)
         cli_die("--device %s: %s", device, err);
     return be;
+}
+
+char *setup_latest_checkpoint(const char *path, char *err)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    char best[256] = "";
+    char *out;
+    if (!d)
+        return strdup(path);
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "step_", 5) == 0 && n > 17 && n < sizeof best &&
+            strcmp(e->d_name + n - 12, ".safetensors") == 0 && strcmp(e->d_name, best) > 0)
+            strcpy(best, e->d_name);
+    }
+    closedir(d);
+    if (!*best) {
+        errf(err, ": %s: no step_NNNNNN.safetensors checkpoint in this directory", path);
+        return NULL;
+    }
+    out = malloc(strlen(path) + strlen(best) + 2);
+    if (out)
+        sprintf(out, "%s/%s", path, best);
+    else
+        errf(err, ": out of memory");
+    return out;
+}
+
+/* A directory with config.json is a Hugging Face model; one without is a run
+ * directory, whose latest checkpoint is meant. */
+static int is_run_dir(const char *path)
+{
+    char cfg[4200];
+    struct stat st;
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode) && stat(cfg, &st) != 0;
 }
 
 int setup_source_kind(const char *path, source_kind *kind, char *err)
@@ -141,6 +179,17 @@ int setup_load(const model_source *src, gpt2_config *cfg, float **params, ckpt_m
             return errf(err, "--preset %s: out of memory for %zu parameters", src->preset, total);
         gpt2_init_params(cfg, *params, src->seed);
         return 0;
+    }
+    if (is_run_dir(src->init)) {
+        model_source one = *src;
+        char why[ERRBUF];
+        one.init = setup_latest_checkpoint(src->init, why);
+        if (!one.init)
+            return errf(err, "--init %s: neither a Hugging Face directory (no config.json) nor "
+                             "a run directory (no step_NNNNNN.safetensors)", src->init);
+        int rc = setup_load(&one, cfg, params, md, err);
+        free((char *)one.init);
+        return rc;
     }
     if (setup_source_kind(src->init, &kind, err))
         return -1;

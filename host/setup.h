@@ -28,6 +28,11 @@ typedef enum { SRC_HF_DIR, SRC_LLMC, SRC_CKPT } source_kind;
 /* Classifies a path by its contents; -1 with err when it is none of them. */
 int setup_source_kind(const char *path, source_kind *kind, char *err);
 
+/* A run directory (train --out) names its latest step_NNNNNN.safetensors;
+ * any other path names itself. Returns a malloc'd path, or NULL with err
+ * (starting ": ...") when a directory has neither checkpoints nor config.json. */
+char *setup_latest_checkpoint(const char *path, char *err);
+
 /* Resolves the source into a config and host fp32 parameters (malloc'd,
  * gpt2_layout order). When the source is our checkpoint, its metadata is
  * copied to *md (if md is not NULL); otherwise md->n = 0. */

@@ -15,9 +15,10 @@ NVCC     ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/loc
 EMU_DIR  := $(BUILD)/emu
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo 1)
 
-# Tail calls would hide the kernel line a barrier or shuffle was called from.
+# Tail calls would hide the kernel line a barrier or shuffle was called from;
+# CUDA's #pragma unroll means nothing to g++.
 EMU_CXXFLAGS := -std=c++17 -g -O1 -DANATOMY_EMU -Ikernels/cuda -Itests/emu -Wall -Wextra \
-	-fno-omit-frame-pointer -fno-optimize-sibling-calls
+	-Wno-unknown-pragmas -fno-omit-frame-pointer -fno-optimize-sibling-calls
 # Recoverable ASan reports are how shared-memory accesses reach the race
 # detector (emu.cpp); misaligned vector loads abort as they would on a GPU.
 EMU_SAN := -fsanitize=address -fsanitize-recover=address -fsanitize=alignment \
@@ -59,7 +60,7 @@ $(EMU_DIR)/native/%: tests/emu/%.cu $(EMU_HDRS)
 	$(NVCC) $(NVCC_FLAGS) -arch=sm_90 $< -o $@ $(CHECK_LIBS)
 
 test-kernels:
-	@MAKE="$(MAKE)" NVCC="$(NVCC)" HAVE_GPU="$(HAVE_GPU)" \
+	@MAKE="$(MAKE)" NVCC="$(NVCC)" HAVE_GPU="$(HAVE_GPU)" EMU_HDRS="$(EMU_HDRS)" \
 	EMU_KERNEL_OBJS="$(EMU_KERNEL_OBJS)" EMU_TEST_BINS="$(EMU_TEST_BINS)" \
 	EMU_NVCC_OBJS="$(EMU_NVCC_OBJS)" EMU_NATIVE_BINS="$(EMU_NATIVE_BINS)" \
 	sh tests/emu/run_kernel_tests.sh $(EMU_DIR)

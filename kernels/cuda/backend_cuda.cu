@@ -390,7 +390,7 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 		return NULL;
 	}
 	if (prop.major < 8) {
-		snprintf(err, 256, "CUDA device %d (%s) has compute capability %d.%d; this build needs 8.0 or newer",
+		snprintf(err, 256, "CUDA device %d (%.120s) has compute capability %d.%d; this build needs 8.0 or newer",
 			 device, prop.name, prop.major, prop.minor);
 		return NULL;
 	}

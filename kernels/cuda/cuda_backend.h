@@ -39,6 +39,13 @@ void cuda_check_at(cudaError_t e, const char *what, const char *file, int line);
  * emulator, which runs the launch to completion, every kernel-side fault). */
 #define LAUNCH_CHECK() cuda_check_at(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
+/* Loop unrolling hint: nvcc's pragma, GCC's spelling in the emulated build. */
+#ifdef ANATOMY_EMU
+#define UNROLL _Pragma("GCC unroll 16")
+#else
+#define UNROLL _Pragma("unroll")
+#endif
+
 /* ---- NVTX ranges: one per op, named as in ops.h, for Nsight Systems ---- */
 #if defined(ANATOMY_EMU) || defined(ANATOMY_NO_NVTX)
 struct nvtx_scope {
@@ -143,11 +150,11 @@ template <class T, int V> __device__ __forceinline__ void load_f(float (&f)[V], 
 {
 	if constexpr (V * sizeof(T) == 16) {
 		pack16<T> q = *(const pack16<T> *)p;
-#pragma unroll
+UNROLL
 		for (int i = 0; i < V; i++)
 			f[i] = to_f(q.v[i]);
 	} else {
-#pragma unroll
+UNROLL
 		for (int i = 0; i < V; i++)
 			f[i] = to_f(p[i]);
 	}
@@ -157,12 +164,12 @@ template <class T, int V> __device__ __forceinline__ void store_f(T *p, const fl
 {
 	if constexpr (V * sizeof(T) == 16) {
 		pack16<T> q;
-#pragma unroll
+UNROLL
 		for (int i = 0; i < V; i++)
 			q.v[i] = from_f<T>(f[i]);
 		*(pack16<T> *)p = q;
 	} else {
-#pragma unroll
+UNROLL
 		for (int i = 0; i < V; i++)
 			p[i] = from_f<T>(f[i]);
 	}
@@ -216,6 +223,64 @@ static __device__ __forceinline__ double block_sum_d(double v, double *sh)
 	v = warp_sum_d(v);
 	__syncthreads();
 	return v;
+}
+
+/* ---- elementwise ops: out[i] = Op::apply(out[i], a[i], b[i]) ----
+ * Op has `static const int nin` (1: b unused), `static const bool reads_out`
+ * and `static __device__ float apply(float o, float a, float b)`. V elements
+ * per thread with 16-byte accesses when every pointer is 16-byte aligned; the
+ * last thread finishes a ragged tail one element at a time. */
+template <class T, int V, class Op> __global__ void ew_kernel(T *out, const T *a, const T *b, size_t N)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+	if (i >= N)
+		return;
+	if (i + V <= N) {
+		float o[V], x[V], y[V];
+		if constexpr (Op::reads_out)
+			load_f<T, V>(o, out + i);
+		load_f<T, V>(x, a + i);
+		if constexpr (Op::nin == 2)
+			load_f<T, V>(y, b + i);
+UNROLL
+		for (int k = 0; k < V; k++)
+			o[k] = Op::apply(Op::reads_out ? o[k] : 0.0f, x[k], Op::nin == 2 ? y[k] : 0.0f);
+		store_f<T, V>(out + i, o);
+		return;
+	}
+	for (; i < N; i++) {
+		float o = Op::reads_out ? to_f(out[i]) : 0.0f;
+		out[i] = from_f<T>(Op::apply(o, to_f(a[i]), Op::nin == 2 ? to_f(b[i]) : 0.0f));
+	}
+}
+
+#define EW_THREADS 256
+
+template <class T, int V, class Op>
+static void ew_launch_t(cuda_backend *cb, void *out, const void *a, const void *b, size_t N)
+{
+	CUDA_LAUNCH(cdiv(N, (size_t)V * EW_THREADS), EW_THREADS, 0, cb->stream, ew_kernel<T, V, Op>)(
+		(T *)out, (const T *)a, (const T *)b, N);
+	LAUNCH_CHECK();
+}
+
+template <class Op> static void ew_launch(backend *be, void *out, const void *a, const void *b, size_t N)
+{
+	cuda_backend *cb = cuda_of(be);
+	if (!N)
+		return;
+	int al = aligned16(out) && aligned16(a) && aligned16(b);
+	if (be->act == DT_BF16) {
+		if (al)
+			ew_launch_t<__nv_bfloat16, 8, Op>(cb, out, a, b, N);
+		else
+			ew_launch_t<__nv_bfloat16, 1, Op>(cb, out, a, b, N);
+	} else {
+		if (al)
+			ew_launch_t<float, 4, Op>(cb, out, a, b, N);
+		else
+			ew_launch_t<float, 1, Op>(cb, out, a, b, N);
+	}
 }
 
 /* ---- op entry points (one file per op kind) ---- */

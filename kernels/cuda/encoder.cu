@@ -29,7 +29,7 @@ __global__ void encoder_forward_kernel(T *out, const int32_t *tok, const T *wte,
 	load_f<T, V>(p, wpe + (size_t)t * C + c);
 	if (id >= 0) {
 		load_f<T, V>(e, wte + (size_t)id * C + c);
-#pragma unroll
+UNROLL
 		for (int k = 0; k < V; k++)
 			p[k] += e[k];
 	}
@@ -49,13 +49,13 @@ __global__ void encoder_dwte_kernel(T *dwte, const T *dout, const int32_t *pos, 
 	float acc[V] = {0}, x[V];
 	for (int j = b[1]; j < b[1] + b[2]; j++) {
 		load_f<T, V>(x, dout + (size_t)pos[j] * C + c);
-#pragma unroll
+UNROLL
 		for (int k = 0; k < V; k++)
 			acc[k] += x[k];
 	}
 	T *w = dwte + (size_t)b[0] * C + c;
 	load_f<T, V>(x, w);
-#pragma unroll
+UNROLL
 	for (int k = 0; k < V; k++)
 		x[k] += acc[k];
 	store_f<T, V>(w, x);
@@ -70,12 +70,12 @@ __global__ void encoder_dwpe_kernel(T *dwpe, const T *dout, int B, int T_, int C
 	float acc[V] = {0}, x[V];
 	for (int b = 0; b < B; b++) {
 		load_f<T, V>(x, dout + (size_t)b * T_ * C + i);
-#pragma unroll
+UNROLL
 		for (int k = 0; k < V; k++)
 			acc[k] += x[k];
 	}
 	load_f<T, V>(x, dwpe + i);
-#pragma unroll
+UNROLL
 	for (int k = 0; k < V; k++)
 		x[k] += acc[k];
 	store_f<T, V>(dwpe + i, x);

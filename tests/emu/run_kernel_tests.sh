@@ -19,7 +19,18 @@ fail() { failed=$((failed + 1)); echo "FAIL: $1"; }
 $MAKE --no-print-directory -k $EMU_KERNEL_OBJS $EMU_TEST_BINS $EMU_NVCC_OBJS $EMU_NATIVE_BINS >"$log" 2>&1 ||
 	grep -E "error|Error" "$log" | head -40
 
-built() { $MAKE --no-print-directory -q "$1" >/dev/null 2>&1; }
+# A target is built if it exists and is newer than its source and every
+# header (a failed compile leaves an older one behind, or none).
+built() {
+	[ -f "$1" ] || return 1
+	src=$(echo "$1" | sed -e "s|^$dir/[a-z]*/||" -e 's|\.o$||')
+	rt=
+	case "$1" in
+	"$dir"/tests/*) src=tests/emu/$(basename "$1"); rt=kernels/cuda/emu/emu.cpp ;;
+	"$dir"/native/*) src=tests/emu/$(basename "$1") ;;
+	esac
+	[ -z "$(find "$src.cu" $EMU_HDRS $rt -newer "$1" 2>/dev/null)" ]
+}
 
 for o in $EMU_KERNEL_OBJS; do
 	if built "$o"; then pass; else fail "emulated compile of $o (see $log)"; fi

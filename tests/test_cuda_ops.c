@@ -1,0 +1,916 @@
+/* test_cuda_ops.c: backend parity, the second rung of the test ladder.
+ *
+ * Every op of the CUDA backend against the CPU backend's fp64 build (the
+ * oracle), on fresh random inputs, in both of the backend's modes: fp32 (the
+ * verification mode, no TF32) to 1e-5 relative L2, bf16 to 1e-2. Outputs are
+ * poisoned with NaN first, so every element must be written; gradient
+ * buffers start from random values, so += is checked (what the op added is
+ * compared); inputs are made representable in the mode's type first, so the
+ * comparison measures the op and not the rounding of its inputs. Then the
+ * whole GPT-2: loss, every parameter's gradient, and 10 AdamW steps.
+ *
+ * One source, two builds: linked with the kernels compiled by g++
+ * -DANATOMY_EMU it runs on the device emulator anywhere (small shapes, thread
+ * order shuffled, shared-memory races and out-of-bounds accesses reported);
+ * linked with the nvcc-built kernels it runs on a GPU (mk/cuda.mk).
+ * ANATOMY_TEST_SEED=<n> repeats a run's inputs (the seed is printed);
+ * ANATOMY_TEST_VERBOSE=1 prints every measured error. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../host/model.h"
+#include "../host/models/gpt2.h"
+#include "../kernels/ops.h"
+
+#define TOL_F32 1e-5
+#define TOL_BF16 1e-2
+
+/* ---- random numbers (splitmix64), one stream per test ---- */
+
+static uint64_t seed_base, rng_state;
+
+static void seed(const char *name, int variant)
+{
+    rng_state = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
+    for (const char *p = name; *p; p++)
+        rng_state = rng_state * 131 + (unsigned char)*p;
+}
+
+static uint64_t rnext(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double urand(void) { return (double)(rnext() >> 11) * 0x1.0p-53; }
+
+static int irand(int n) { return (int)(rnext() % (uint64_t)n); }
+
+static double nrand(void)
+{
+    double u = urand(), v = urand();
+    return sqrt(-2 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* The nearest bf16 value (ties to even), written here independently of the
+ * backends' own conversions. */
+static double bf16_round(double x)
+{
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return x;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* n normal values times scale, exactly representable in type t. */
+static double *rnd(size_t n, double scale, dtype t)
+{
+    double *x = xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        x[i] = scale * nrand();
+        x[i] = t == DT_BF16 ? bf16_round(x[i]) : (float)x[i];
+    }
+    return x;
+}
+
+/* ---- backends and buffers ---- */
+
+static dtype mode(int i) { return i ? DT_BF16 : DT_F32; }
+static double tol(dtype act) { return act == DT_BF16 ? TOL_BF16 : TOL_F32; }
+
+static backend *oracle(void)
+{
+    char err[512] = "";
+    backend *be = backend_cpu64_create(0, err);
+    ck_assert_msg(be != NULL, "cpu-fp64 backend: %s", err);
+    return be;
+}
+
+static backend *gpu(dtype act)
+{
+    char err[512] = "";
+    ck_assert_msg(backend_cuda_create != NULL, "this binary was linked without the CUDA backend");
+    backend *be = backend_cuda_create(0, act, err);
+    ck_assert_msg(be != NULL, "cuda backend: %s", err);
+    ck_assert_int_eq(be->act, act);
+    ck_assert_int_eq(be->stat, DT_F32);
+    ck_assert_int_eq(be->opt, DT_F32);
+    return be;
+}
+
+static void *dalloc(backend *be, dtype t, size_t n)
+{
+    void *d = be->alloc(be, (n ? n : 1) * dtype_size(t));
+    ck_assert_ptr_nonnull(d);
+    return d;
+}
+
+static void *up(backend *be, dtype t, const double *h, size_t n)
+{
+    void *d = dalloc(be, t, n);
+    be->upload(be, d, t, h, DT_F64, n);
+    return d;
+}
+
+static void *up_i32(backend *be, const int32_t *h, size_t n)
+{
+    void *d = dalloc(be, DT_I32, n);
+    be->upload(be, d, DT_I32, h, DT_I32, n);
+    return d;
+}
+
+/* n NaNs of type t: an element the op does not write stays NaN and fails. */
+static void *poisoned(backend *be, dtype t, size_t n)
+{
+    void *d = dalloc(be, t, n);
+    be->fill(be, d, t, NAN, n);
+    return d;
+}
+
+/* A gradient buffer starting at prefill (zeros when NULL). */
+static void *grad_buf(backend *be, const double *prefill, size_t n)
+{
+    if (prefill)
+        return up(be, be->act, prefill, n);
+    void *d = dalloc(be, be->act, n);
+    be->fill(be, d, be->act, 0.0, n);
+    return d;
+}
+
+/* out = contents of d (type t) minus prefill (if any); frees d. */
+static void take(backend *be, void *d, dtype t, const double *prefill, size_t n, double *out)
+{
+    be->download(be, out, DT_F64, d, t, n);
+    for (size_t i = 0; prefill && i < n; i++)
+        out[i] -= prefill[i];
+    be->free(be, d);
+}
+
+/* Random starting values for a gradient, about a quarter the size of what
+ * the op adds (ref), so that bf16's rounding of the sum stays small next to
+ * the part under test while a lost += still shows. */
+static double *prefill_for(const double *ref, size_t n, dtype act)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += ref[i] * ref[i];
+    return rnd(n, 0.25 * sqrt(ss / (n ? n : 1)) + 1e-3, act);
+}
+
+static double rel_l2(const double *a, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != a[i])
+            return INFINITY;
+        num += (a[i] - ref[i]) * (a[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void expect_close(const char *what, dtype act, const double *got, const double *ref, size_t n,
+                         double limit)
+{
+    double e = rel_l2(got, ref, n);
+    if (getenv("ANATOMY_TEST_VERBOSE"))
+        printf("  %-5s %-36s rel L2 %.3g (limit %.0e)\n", dtype_name(act), what, e, limit);
+    ck_assert_msg(e <= limit, "%s (%s): relative L2 error %.3g exceeds %.0e", what, dtype_name(act), e,
+                  limit);
+}
+
+/* ---- memory and conversions ---- */
+
+START_TEST(test_transfers)
+{
+    dtype act = mode(_i);
+    backend *g = gpu(act);
+    seed("transfers", _i);
+    size_t n = 1000 + (size_t)irand(100);
+    /* doubles: bf16 needs one correct rounding, fp32 a float cast */
+    double *h = xmalloc(n * sizeof(double)), *back = xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        h[i] = nrand() * pow(2.0, irand(40) - 20);
+    h[0] = 1.0 + 0x1.0p-8;                  /* halfway between two bf16: to even (1.0) */
+    h[1] = 1.0 + 0x1.0p-8 + 0x1.0p-40;      /* just above halfway: up */
+    h[2] = -(1.0 + 3 * 0x1.0p-8);           /* halfway, odd below: away to even */
+    void *d = up(g, act, h, n);
+    g->download(g, back, DT_F64, d, act, n);
+    for (size_t i = 0; i < n; i++) {
+        double want;
+        if (act == DT_F32) {
+            want = (float)h[i];
+        } else { /* the nearest of the two neighbouring bf16 values, ties to even */
+            int e;
+            frexp(h[i], &e);
+            double ulp = ldexp(1.0, e - 8), lo = floor(h[i] / ulp) * ulp, hi = lo + ulp;
+            double dl = h[i] - lo, dh = hi - h[i];
+            want = dl < dh ? lo : dh < dl ? hi : (fmod(lo / ulp, 2.0) == 0 ? lo : hi);
+        }
+        ck_assert_msg(back[i] == want, "element %zu: %.17g became %.17g, want %.17g", i, h[i],
+                      back[i], want);
+    }
+    /* floats through the staging buffer, beyond one staging chunk for int32 */
+    size_t big = (9u << 20) / 4 + 7;
+    int32_t *ih = xmalloc(big * sizeof(int32_t)), *ib = xmalloc(big * sizeof(int32_t));
+    for (size_t i = 0; i < big; i++)
+        ih[i] = (int32_t)rnext();
+    void *di = up_i32(g, ih, big);
+    g->download(g, ib, DT_I32, di, DT_I32, big);
+    ck_assert_int_eq(memcmp(ih, ib, big * sizeof(int32_t)), 0);
+    /* fill: every element, in every type the backend stores */
+    double v = (float)nrand(); /* a float: one rounding to bf16, the same in every spelling */
+    g->fill(g, d, act, v, n);
+    g->download(g, back, DT_F64, d, act, n);
+    double want = act == DT_BF16 ? bf16_round(v) : (float)v;
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(back[i] == want, "fill: element %zu is %g, want %g", i, back[i], want);
+    g->fill(g, di, DT_I32, -7.0, 33);
+    g->download(g, ib, DT_I32, di, DT_I32, 34);
+    for (int i = 0; i < 33; i++)
+        ck_assert_int_eq(ib[i], -7);
+    ck_assert_int_eq(ib[33], ih[33]);
+    g->free(g, d);
+    g->free(g, di);
+    free(h), free(back), free(ih), free(ib);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- encoder ---- */
+
+static void enc_run(backend *be, int B, int T, int C, int Vp, int maxT, const int32_t *tok,
+                    const double *wte, const double *wpe, const double *dout, const double *pw,
+                    const double *pp, double *out, double *dwte, double *dwpe)
+{
+    dtype a = be->act;
+    size_t btc = (size_t)B * T * C;
+    void *dte = up(be, a, wte, (size_t)Vp * C), *dpe = up(be, a, wpe, (size_t)maxT * C);
+    void *dtok = up_i32(be, tok, (size_t)B * T), *o = poisoned(be, a, btc);
+    be->encoder_forward(be, o, dtok, dte, dpe, B, T, C);
+    take(be, o, a, NULL, btc, out);
+    void *dy = up(be, a, dout, btc), *gw = grad_buf(be, pw, (size_t)Vp * C);
+    void *gp = grad_buf(be, pp, (size_t)maxT * C);
+    be->encoder_backward(be, gw, gp, dy, dtok, B, T, C);
+    take(be, gw, a, pw, (size_t)Vp * C, dwte);
+    take(be, gp, a, pp, (size_t)maxT * C, dwpe);
+    be->free(be, dte), be->free(be, dpe), be->free(be, dtok), be->free(be, dy);
+}
+
+START_TEST(test_encoder)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    static const int shapes[][3] = { { 2, 7, 32 }, { 3, 5, 20 } }; /* B, T, C (20: unaligned rows) */
+    seed("encoder", _i);
+    for (int s = 0; s < 2; s++) {
+        int B = shapes[s][0], T = shapes[s][1], C = shapes[s][2], Vp = 24, maxT = T + 3;
+        size_t btc = (size_t)B * T * C, nte = (size_t)Vp * C, npe = (size_t)maxT * C;
+        int32_t tok[64];
+        for (int i = 0; i < B * T; i++)
+            tok[i] = irand(6) ? irand(8) : irand(Vp); /* repeats, so rows of dwte sum */
+        tok[3] = -1;                                  /* no wte row */
+        double *wte = rnd(nte, 1, act), *wpe = rnd(npe, 1, act), *dout = rnd(btc, 1, act);
+        double *o[2], *dw[2], *dp[2];
+        for (int k = 0; k < 2; k++) {
+            o[k] = xmalloc(btc * sizeof(double));
+            dw[k] = xmalloc(nte * sizeof(double));
+            dp[k] = xmalloc(npe * sizeof(double));
+        }
+        enc_run(r, B, T, C, Vp, maxT, tok, wte, wpe, dout, NULL, NULL, o[0], dw[0], dp[0]);
+        double *pw = prefill_for(dw[0], nte, act), *pp = prefill_for(dp[0], npe, act);
+        enc_run(g, B, T, C, Vp, maxT, tok, wte, wpe, dout, pw, pp, o[1], dw[1], dp[1]);
+        expect_close("encoder_forward out", act, o[1], o[0], btc, tol(act));
+        expect_close("encoder_backward dwte", act, dw[1], dw[0], nte, tol(act));
+        expect_close("encoder_backward dwpe", act, dp[1], dp[0], npe, tol(act));
+        for (int k = 0; k < 2; k++)
+            free(o[k]), free(dw[k]), free(dp[k]);
+        free(wte), free(wpe), free(dout), free(pw), free(pp);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- layernorm ---- */
+
+typedef struct {
+    int N, C;
+    double *x, *w, *b, *dy, *mean, *rstd; /* mean, rstd: the oracle's, fed to both backwards */
+} ln_case;
+
+/* Forward (y, mean, rstd) and, with dx/dw/db not NULL, backward from the
+ * case's saved statistics; prefills p[0..2] for dx, dw, db. */
+static void ln_run(backend *be, const ln_case *c, int stats, double *y, double *mean, double *rstd,
+                   double *dx, double *dw, double *db, double *const *p)
+{
+    dtype a = be->act, st = be->stat;
+    size_t nc = (size_t)c->N * c->C;
+    void *x = up(be, a, c->x, nc), *w = up(be, a, c->w, c->C), *b = up(be, a, c->b, c->C);
+    void *o = poisoned(be, a, nc), *m = poisoned(be, st, c->N), *s = poisoned(be, st, c->N);
+    be->layernorm_forward(be, o, stats ? m : NULL, stats ? s : NULL, x, w, b, c->N, c->C);
+    take(be, o, a, NULL, nc, y);
+    take(be, m, st, NULL, c->N, mean);
+    take(be, s, st, NULL, c->N, rstd);
+    if (dx || dw || db) {
+        void *dy = up(be, a, c->dy, nc), *sm = up(be, st, c->mean, c->N), *sr = up(be, st, c->rstd, c->N);
+        void *gx = dx ? grad_buf(be, p[0], nc) : NULL, *gw = dw ? grad_buf(be, p[1], c->C) : NULL;
+        void *gb = db ? grad_buf(be, p[2], c->C) : NULL;
+        be->layernorm_backward(be, gx, gw, gb, dy, x, w, sm, sr, c->N, c->C);
+        if (gx)
+            take(be, gx, a, p[0], nc, dx);
+        if (gw)
+            take(be, gw, a, p[1], c->C, dw);
+        if (gb)
+            take(be, gb, a, p[2], c->C, db);
+        be->free(be, dy), be->free(be, sm), be->free(be, sr);
+    }
+    be->free(be, x), be->free(be, w), be->free(be, b);
+}
+
+START_TEST(test_layernorm)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    static const int shapes[][2] = { { 37, 64 }, { 9, 44 }, { 300, 24 } }; /* N, C */
+    seed("layernorm", _i);
+    for (int s = 0; s < 3; s++) {
+        ln_case c = { .N = shapes[s][0], .C = shapes[s][1] };
+        size_t nc = (size_t)c.N * c.C;
+        c.x = rnd(nc, 1, act);
+        for (size_t i = 0; i < nc; i++) /* rows with a large mean: no cancellation allowed */
+            c.x[i] = act == DT_BF16 ? bf16_round(c.x[i] + 3.0 * (i / c.C % 3)) : c.x[i] + 3.0 * (i / c.C % 3);
+        c.w = rnd(c.C, 1, act), c.b = rnd(c.C, 1, act), c.dy = rnd(nc, 1, act);
+        double *y[2], *mean[2], *rstd[2], *dx[2], *dw[2], *db[2];
+        for (int k = 0; k < 2; k++) {
+            y[k] = xmalloc(nc * 8), dx[k] = xmalloc(nc * 8);
+            mean[k] = xmalloc(c.N * 8), rstd[k] = xmalloc(c.N * 8);
+            dw[k] = xmalloc(c.C * 8), db[k] = xmalloc(c.C * 8);
+        }
+        double *none[3] = { NULL, NULL, NULL };
+        c.mean = mean[0], c.rstd = rstd[0];
+        ln_run(r, &c, 1, y[0], mean[0], rstd[0], NULL, NULL, NULL, none);
+        ln_run(r, &c, 1, y[0], mean[0], rstd[0], dx[0], dw[0], db[0], none);
+        double *p[3] = { prefill_for(dx[0], nc, act), prefill_for(dw[0], c.C, act),
+                         prefill_for(db[0], c.C, act) };
+        ln_run(g, &c, 1, y[1], mean[1], rstd[1], dx[1], dw[1], db[1], p);
+        expect_close("layernorm_forward out", act, y[1], y[0], nc, tol(act));
+        expect_close("layernorm_forward mean", act, mean[1], mean[0], c.N, TOL_F32);
+        expect_close("layernorm_forward rstd", act, rstd[1], rstd[0], c.N, TOL_F32);
+        expect_close("layernorm_backward dinp", act, dx[1], dx[0], nc, tol(act));
+        expect_close("layernorm_backward dweight", act, dw[1], dw[0], c.C, tol(act));
+        expect_close("layernorm_backward dbias", act, db[1], db[0], c.C, tol(act));
+        /* optional outputs: no statistics saved; only dinp; only the parameters */
+        ln_run(g, &c, 0, y[1], mean[1], rstd[1], dx[1], NULL, NULL, p);
+        expect_close("layernorm_forward out (no stats)", act, y[1], y[0], nc, tol(act));
+        expect_close("layernorm_backward dinp alone", act, dx[1], dx[0], nc, tol(act));
+        for (int i = 0; i < c.N; i++)
+            ck_assert_msg(isnan(mean[1][i]) && isnan(rstd[1][i]), "stats written though NULL was passed");
+        ln_run(g, &c, 1, y[1], mean[1], rstd[1], NULL, dw[1], db[1], p);
+        expect_close("layernorm_backward dweight alone", act, dw[1], dw[0], c.C, tol(act));
+        expect_close("layernorm_backward dbias alone", act, db[1], db[0], c.C, tol(act));
+        for (int k = 0; k < 2; k++)
+            free(y[k]), free(dx[k]), free(mean[k]), free(rstd[k]), free(dw[k]), free(db[k]);
+        for (int k = 0; k < 3; k++)
+            free(p[k]);
+        free(c.x), free(c.w), free(c.b), free(c.dy);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- matmul ---- */
+
+typedef struct {
+    int N, IC, OC, bias, dinp, dbias, offset; /* offset: elements, to misalign every buffer */
+    double *inp, *w, *b, *dout;
+} mm_case;
+
+static void *up_off(backend *be, dtype t, const double *h, size_t n, int off, void **base)
+{
+    *base = dalloc(be, t, n + off);
+    void *d = buf_at(*base, off, t);
+    be->upload(be, d, t, h, DT_F64, n);
+    return d;
+}
+
+static void mm_run(backend *be, const mm_case *c, double *out, double *dx, double *dw, double *db,
+                   double *const *p)
+{
+    dtype a = be->act;
+    size_t ni = (size_t)c->N * c->IC, nw = (size_t)c->OC * c->IC, no = (size_t)c->N * c->OC;
+    void *bi, *bw, *bb, *bo, *bd, *bgx, *bgw, *bgb;
+    void *inp = up_off(be, a, c->inp, ni, c->offset, &bi), *w = up_off(be, a, c->w, nw, c->offset, &bw);
+    void *b = up_off(be, a, c->b, c->OC, c->offset, &bb), *dy = up_off(be, a, c->dout, no, c->offset, &bd);
+    bo = poisoned(be, a, no + c->offset);
+    be->matmul_forward(be, buf_at(bo, c->offset, a), inp, w, c->bias ? b : NULL, c->N, c->IC, c->OC);
+    be->download(be, out, DT_F64, buf_at(bo, c->offset, a), a, no);
+    bgx = grad_buf(be, NULL, ni + c->offset), bgw = grad_buf(be, NULL, nw + c->offset);
+    bgb = grad_buf(be, NULL, c->OC + c->offset);
+    void *gx = buf_at(bgx, c->offset, a), *gw = buf_at(bgw, c->offset, a), *gb = buf_at(bgb, c->offset, a);
+    if (p[0]) {
+        be->upload(be, gx, a, p[0], DT_F64, ni);
+        be->upload(be, gw, a, p[1], DT_F64, nw);
+        be->upload(be, gb, a, p[2], DT_F64, c->OC);
+    }
+    be->matmul_backward(be, c->dinp ? gx : NULL, gw, c->dbias ? gb : NULL, dy, inp, w, c->N, c->IC, c->OC);
+    be->download(be, dx, DT_F64, gx, a, ni);
+    be->download(be, dw, DT_F64, gw, a, nw);
+    be->download(be, db, DT_F64, gb, a, c->OC);
+    for (size_t i = 0; p[0] && i < ni; i++)
+        dx[i] -= p[0][i];
+    for (size_t i = 0; p[0] && i < nw; i++)
+        dw[i] -= p[1][i];
+    for (size_t i = 0; p[0] && i < (size_t)c->OC; i++)
+        db[i] -= p[2][i];
+    void *bufs[] = { bi, bw, bb, bd, bo, bgx, bgw, bgb };
+    for (int i = 0; i < 8; i++)
+        be->free(be, bufs[i]);
+}
+
+START_TEST(test_matmul)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    /* N, IC, OC, bias, dinp, dbias, offset */
+    static const int cases[][7] = {
+        { 64, 64, 96, 1, 1, 1, 0 }, { 37, 24, 40, 0, 1, 1, 0 }, { 33, 40, 20, 1, 0, 1, 1 },
+        { 130, 16, 48, 1, 1, 0, 0 }, { 5, 200, 8, 1, 1, 1, 3 },
+    };
+    seed("matmul", _i);
+    for (int s = 0; s < 5; s++) {
+        mm_case c = { cases[s][0], cases[s][1], cases[s][2], cases[s][3], cases[s][4], cases[s][5],
+                      cases[s][6], NULL, NULL, NULL, NULL };
+        size_t ni = (size_t)c.N * c.IC, nw = (size_t)c.OC * c.IC, no = (size_t)c.N * c.OC;
+        c.inp = rnd(ni, 1, act), c.w = rnd(nw, 1, act), c.b = rnd(c.OC, 1, act), c.dout = rnd(no, 1, act);
+        double *o[2], *dx[2], *dw[2], *db[2], *none[3] = { NULL, NULL, NULL };
+        for (int k = 0; k < 2; k++)
+            o[k] = xmalloc(no * 8), dx[k] = xmalloc(ni * 8), dw[k] = xmalloc(nw * 8), db[k] = xmalloc(c.OC * 8);
+        mm_run(r, &c, o[0], dx[0], dw[0], db[0], none);
+        double *p[3] = { prefill_for(dx[0], ni, act), prefill_for(dw[0], nw, act),
+                         prefill_for(db[0], c.OC, act) };
+        mm_run(g, &c, o[1], dx[1], dw[1], db[1], p);
+        char what[96];
+        snprintf(what, sizeof what, "matmul %dx%dx%d%s out", c.N, c.IC, c.OC, c.offset ? " unaligned" : "");
+        expect_close(what, act, o[1], o[0], no, tol(act));
+        snprintf(what, sizeof what, "matmul %dx%dx%d dweight", c.N, c.IC, c.OC);
+        expect_close(what, act, dw[1], dw[0], nw, tol(act));
+        if (c.dinp) {
+            snprintf(what, sizeof what, "matmul %dx%dx%d dinp", c.N, c.IC, c.OC);
+            expect_close(what, act, dx[1], dx[0], ni, tol(act));
+        } else {
+            for (size_t i = 0; i < ni; i++)
+                ck_assert_msg(dx[1][i] == 0.0, "dinp changed though NULL was passed");
+        }
+        if (c.dbias) {
+            snprintf(what, sizeof what, "matmul %dx%dx%d dbias", c.N, c.IC, c.OC);
+            expect_close(what, act, db[1], db[0], c.OC, tol(act));
+        } else {
+            for (int i = 0; i < c.OC; i++)
+                ck_assert_msg(db[1][i] == 0.0, "dbias changed though NULL was passed");
+        }
+        for (int k = 0; k < 2; k++)
+            free(o[k]), free(dx[k]), free(dw[k]), free(db[k]);
+        for (int k = 0; k < 3; k++)
+            free(p[k]);
+        free(c.inp), free(c.w), free(c.b), free(c.dout);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- attention ---- */
+
+static void att_run(backend *be, int B, int T, int C, int NH, int causal, const double *qkv,
+                    const double *dout, const double *out_ref, const double *lse_ref, const double *p,
+                    double *out, double *lse, double *dqkv)
+{
+    dtype a = be->act, st = be->stat;
+    size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C, nl = (size_t)B * NH * T;
+    void *dq = up(be, a, qkv, n3), *o = poisoned(be, a, n1), *l = poisoned(be, st, nl);
+    be->attention_forward(be, o, l, dq, B, T, C, NH, causal);
+    take(be, o, a, NULL, n1, out);
+    take(be, l, st, NULL, nl, lse);
+    if (dqkv) { /* backward from the oracle's out and lse, so both see the same inputs */
+        void *dy = up(be, a, dout, n1), *so = up(be, a, out_ref, n1), *sl = up(be, st, lse_ref, nl);
+        void *gq = grad_buf(be, p, n3);
+        be->attention_backward(be, gq, dy, dq, so, sl, B, T, C, NH, causal);
+        take(be, gq, a, p, n3, dqkv);
+        be->free(be, dy), be->free(be, so), be->free(be, sl);
+    }
+    be->free(be, dq);
+}
+
+START_TEST(test_attention)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    static const int shapes[][4] = { { 2, 13, 32, 2 }, { 1, 33, 24, 3 }, { 2, 8, 64, 4 } }; /* B T C NH */
+    seed("attention", _i);
+    for (int s = 0; s < 3; s++) {
+        for (int causal = 0; causal < 2; causal++) {
+            int B = shapes[s][0], T = shapes[s][1], C = shapes[s][2], NH = shapes[s][3];
+            size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C, nl = (size_t)B * NH * T;
+            double *qkv = rnd(n3, 1, act), *dout = rnd(n1, 1, act);
+            double *o[2], *l[2], *dq[2];
+            for (int k = 0; k < 2; k++)
+                o[k] = xmalloc(n1 * 8), l[k] = xmalloc(nl * 8), dq[k] = xmalloc(n3 * 8);
+            att_run(r, B, T, C, NH, causal, qkv, dout, NULL, NULL, NULL, o[0], l[0], NULL);
+            double *oref = xmalloc(n1 * 8);
+            for (size_t i = 0; i < n1; i++) /* out as the act-typed tensor a backward is given */
+                oref[i] = act == DT_BF16 ? bf16_round(o[0][i]) : (float)o[0][i];
+            att_run(r, B, T, C, NH, causal, qkv, dout, oref, l[0], NULL, o[0], l[0], dq[0]);
+            double *p = prefill_for(dq[0], n3, act);
+            att_run(g, B, T, C, NH, causal, qkv, dout, oref, l[0], p, o[1], l[1], dq[1]);
+            char what[96];
+            snprintf(what, sizeof what, "attention %s B%d T%d C%d NH%d out", causal ? "causal" : "full", B, T, C, NH);
+            expect_close(what, act, o[1], o[0], n1, tol(act));
+            snprintf(what, sizeof what, "attention %s B%d T%d C%d NH%d lse", causal ? "causal" : "full", B, T, C, NH);
+            expect_close(what, act, l[1], l[0], nl, TOL_F32);
+            snprintf(what, sizeof what, "attention %s B%d T%d C%d NH%d dqkv", causal ? "causal" : "full", B, T, C, NH);
+            expect_close(what, act, dq[1], dq[0], n3, tol(act));
+            for (int k = 0; k < 2; k++)
+                free(o[k]), free(l[k]), free(dq[k]);
+            free(qkv), free(dout), free(oref), free(p);
+        }
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- elementwise: gelu, residual, accumulate ---- */
+
+/* op 0: gelu forward, 1: gelu backward, 2: residual, 3: accumulate; at
+ * element offset off (1: every pointer 2 or 4 bytes off 16-byte alignment). */
+static void ew_run(backend *be, int op, size_t n, int off, const double *x, const double *y,
+                   const double *p, double *out)
+{
+    dtype a = be->act;
+    void *bx, *by, *bo;
+    void *dx = up_off(be, a, x, n, off, &bx), *dy = up_off(be, a, y, n, off, &by);
+    bo = p ? dalloc(be, a, n + off) : poisoned(be, a, n + off);
+    void *o = buf_at(bo, off, a);
+    if (p)
+        be->upload(be, o, a, p, DT_F64, n);
+    switch (op) {
+    case 0: be->gelu_forward(be, o, dx, n); break;
+    case 1: be->gelu_backward(be, o, dx, dy, n); break;
+    case 2: be->residual_forward(be, o, dx, dy, n); break;
+    default: be->accumulate(be, o, dx, n);
+    }
+    be->download(be, out, DT_F64, o, a, n);
+    for (size_t i = 0; p && i < n; i++)
+        out[i] -= p[i];
+    be->free(be, bx), be->free(be, by), be->free(be, bo);
+}
+
+START_TEST(test_elementwise)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    static const char *names[] = { "gelu_forward", "gelu_backward", "residual_forward", "accumulate" };
+    seed("elementwise", _i);
+    for (int op = 0; op < 4; op++) {
+        for (int v = 0; v < 3; v++) {
+            size_t n = v == 0 ? 4096 : v == 1 ? 1001 : 515; /* aligned; ragged tail; misaligned */
+            int off = v == 2;
+            double *x = rnd(n, 2, act), *y = rnd(n, 1, act), *o[2];
+            o[0] = xmalloc(n * 8), o[1] = xmalloc(n * 8);
+            int acc = op == 1 || op == 3;
+            ew_run(r, op, n, off, x, y, NULL, o[0]);
+            double *p = acc ? prefill_for(o[0], n, act) : NULL;
+            ew_run(g, op, n, off, x, y, p, o[1]);
+            char what[96];
+            snprintf(what, sizeof what, "%s n=%zu%s", names[op], n, off ? " unaligned" : "");
+            expect_close(what, act, o[1], o[0], n, tol(act));
+            free(x), free(y), free(o[0]), free(o[1]), free(p);
+        }
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- crossentropy ---- */
+
+static void xent_run(backend *be, int N, int V, int Vp, float scale, int alias, int grad,
+                     const double *logits, const int32_t *tg, double *loss, double *dl)
+{
+    dtype a = be->act;
+    size_t nl = (size_t)N * Vp;
+    void *x = up(be, a, logits, nl), *t = up_i32(be, tg, N), *l = poisoned(be, be->stat, N);
+    void *d = grad ? (alias ? x : poisoned(be, a, nl)) : NULL;
+    be->crossentropy(be, l, d, x, t, N, V, Vp, scale);
+    take(be, l, be->stat, NULL, N, loss);
+    if (d)
+        be->download(be, dl, DT_F64, d, a, nl);
+    if (d && d != x)
+        be->free(be, d);
+    be->free(be, x), be->free(be, t);
+}
+
+START_TEST(test_crossentropy)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    static const int shapes[][3] = { { 9, 50, 64 }, { 6, 37, 37 }, { 4, 300, 301 } }; /* N V Vp */
+    seed("crossentropy", _i);
+    for (int s = 0; s < 3; s++) {
+        for (int alias = 0; alias < 2; alias++) {
+            int N = shapes[s][0], V = shapes[s][1], Vp = shapes[s][2];
+            size_t nl = (size_t)N * Vp;
+            double *x = rnd(nl, 3, act), *l[2], *d[2];
+            int32_t tg[16];
+            for (int i = 0; i < N; i++)
+                tg[i] = irand(4) ? irand(V) : -1;
+            tg[0] = V - 1, tg[1] = -1;
+            float scale = (float)(0.5 + urand());
+            for (int k = 0; k < 2; k++)
+                l[k] = xmalloc(N * 8), d[k] = xmalloc(nl * 8);
+            xent_run(r, N, V, Vp, scale, alias, 1, x, tg, l[0], d[0]);
+            xent_run(g, N, V, Vp, scale, alias, 1, x, tg, l[1], d[1]);
+            char what[96];
+            snprintf(what, sizeof what, "crossentropy N%d V%d Vp%d%s losses", N, V, Vp, alias ? " aliased" : "");
+            expect_close(what, act, l[1], l[0], N, TOL_F32);
+            snprintf(what, sizeof what, "crossentropy N%d V%d Vp%d%s dlogits", N, V, Vp, alias ? " aliased" : "");
+            expect_close(what, act, d[1], d[0], nl, tol(act));
+            for (int i = 0; i < N; i++) {
+                for (int v = 0; v < Vp; v++)
+                    if (v >= V || tg[i] < 0)
+                        ck_assert_msg(d[1][(size_t)i * Vp + v] == 0.0, "dlogits[%d,%d] = %g, want 0", i, v,
+                                      d[1][(size_t)i * Vp + v]);
+                if (tg[i] < 0)
+                    ck_assert_msg(l[1][i] == 0.0, "loss of ignored row %d is %g", i, l[1][i]);
+            }
+            /* losses alone: logits untouched */
+            xent_run(g, N, V, Vp, scale, 0, 0, x, tg, l[1], NULL);
+            expect_close("crossentropy losses without dlogits", act, l[1], l[0], N, TOL_F32);
+            for (int k = 0; k < 2; k++)
+                free(l[k]), free(d[k]);
+            free(x);
+        }
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- sumsq ---- */
+
+START_TEST(test_sumsq)
+{
+    dtype act = mode(_i);
+    backend *g = gpu(act);
+    seed("sumsq", _i);
+    static const size_t sizes[] = { 1, 31, 1000, 100003, 3000000 };
+    for (int s = 0; s < 5; s++) {
+        for (int off = 0; off < 2; off++) {
+            size_t n = sizes[s];
+            double *x = rnd(n, 1, act), want = 0;
+            for (size_t i = 0; i < n; i++)
+                want += x[i] * x[i];
+            void *base;
+            void *d = up_off(g, act, x, n, off, &base);
+            double got = g->sumsq(g, d, n), again = g->sumsq(g, d, n);
+            double e = fabs(got - want) / want;
+            if (getenv("ANATOMY_TEST_VERBOSE"))
+                printf("  %-5s sumsq n=%zu off=%d rel err %.3g\n", dtype_name(act), n, off, e);
+            ck_assert_msg(e <= TOL_F32, "sumsq n=%zu: %.17g, want %.17g (rel %.3g)", n, got, want, e);
+            ck_assert_msg(got == again, "sumsq is not deterministic: %.17g then %.17g", got, again);
+            g->free(g, base);
+            free(x);
+        }
+    }
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- adamw ---- */
+
+START_TEST(test_adamw)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("adamw", _i);
+    const size_t n = 3000;
+    /* gaps at [700,750), [1950,2000), [2900,3000) must stay untouched */
+    const param_segment segs[] = { { 0, 700, 1 }, { 750, 1200, 0 }, { 2000, 900, 1 }, { 2900, 0, 1 } };
+    double *w0 = rnd(n, 1, DT_F32), *m0 = rnd(n, 0.01, DT_F32), *v0 = xmalloc(n * 8);
+    for (size_t i = 0; i < n; i++)
+        v0[i] = (float)(1e-4 * urand());
+    int master = act != g->opt;
+    void *rp = up(r, r->act, w0, n), *rm = up(r, r->opt, m0, n), *rv = up(r, r->opt, v0, n);
+    void *gp = up(g, act, w0, n), *gw = master ? up(g, g->opt, w0, n) : NULL;
+    void *gm = up(g, g->opt, m0, n), *gv = up(g, g->opt, v0, n);
+    for (int step = 1; step <= 4; step++) {
+        double *gr = rnd(n, 0.1 * step, act);
+        for (int k = 0; k < 50; k++) /* some exact zeros */
+            gr[irand((int)n)] = 0.0;
+        adamw_params hp = { 1e-2f * step, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f };
+        void *rg = up(r, r->act, gr, n), *gg = up(g, act, gr, n);
+        r->adamw(r, rp, NULL, rg, rm, rv, segs, 4, &hp);
+        g->adamw(g, gp, gw, gg, gm, gv, segs, 4, &hp);
+        r->free(r, rg), g->free(g, gg);
+        free(gr);
+    }
+    double *h[2][4];
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 4; j++)
+            h[k][j] = xmalloc(n * 8);
+    r->download(r, h[0][0], DT_F64, rp, r->act, n);
+    r->download(r, h[0][2], DT_F64, rm, r->opt, n);
+    r->download(r, h[0][3], DT_F64, rv, r->opt, n);
+    g->download(g, h[1][0], DT_F64, master ? gw : gp, g->opt, n);
+    g->download(g, h[1][1], DT_F64, gp, act, n);
+    g->download(g, h[1][2], DT_F64, gm, g->opt, n);
+    g->download(g, h[1][3], DT_F64, gv, g->opt, n);
+    expect_close("adamw weights (fp32 master)", act, h[1][0], h[0][0], n, TOL_F32);
+    expect_close("adamw params", act, h[1][1], h[0][0], n, tol(act));
+    expect_close("adamw m", act, h[1][2], h[0][2], n, TOL_F32);
+    expect_close("adamw v", act, h[1][3], h[0][3], n, TOL_F32);
+    for (size_t i = 0; i < n; i++) {
+        if ((i >= 700 && i < 750) || (i >= 1950 && i < 2000) || i >= 2900) {
+            double want_p = act == DT_BF16 ? bf16_round(w0[i]) : w0[i];
+            ck_assert_msg(h[1][0][i] == w0[i] && h[1][1][i] == want_p && h[1][2][i] == m0[i] &&
+                              h[1][3][i] == v0[i],
+                          "element %zu outside every segment was changed", i);
+        } else if (act == DT_BF16) { /* params are the master weights rounded */
+            ck_assert_msg(h[1][1][i] == bf16_round(h[1][0][i]), "params[%zu] = %.9g is not bf16(%.9g)", i,
+                          h[1][1][i], h[1][0][i]);
+        }
+    }
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 4; j++)
+            free(h[k][j]);
+    r->free(r, rp), r->free(r, rm), r->free(r, rv);
+    g->free(g, gp), g->free(g, gm), g->free(g, gv);
+    if (gw)
+        g->free(g, gw);
+    free(w0), free(m0), free(v0);
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- the whole GPT-2 ---- */
+
+static const gpt2_config tiny = { .V = 100, .maxT = 16, .L = 2, .NH = 2, .C = 32 };
+
+static model *make_model(backend *be, const float *params)
+{
+    char err[512] = "";
+    model *m = gpt2_create(be, &tiny, err);
+    ck_assert_msg(m != NULL, "gpt2_create on %s: %s", be->name, err);
+    ck_assert_msg(m->plan(m, 2, 16, err) == 0, "plan on %s: %s", be->name, err);
+    model_set_params(m, params);
+    return m;
+}
+
+static void batch(int32_t *in, int32_t *tg, int n)
+{
+    for (int i = 0; i < n; i++) {
+        in[i] = irand(tiny.V);
+        tg[i] = irand(6) ? irand(tiny.V) : -1;
+    }
+    tg[0] = 1;
+}
+
+static int valid(const int32_t *tg, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++)
+        v += tg[i] >= 0;
+    return v;
+}
+
+/* One training step as host/train.c takes it (clip at norm 1). Returns the loss. */
+static double train_step(model *m, const int32_t *in, const int32_t *tg, int n, int step)
+{
+    backend *be = m->be;
+    model_zero_grad(m);
+    double loss = m->forward(m, in, tg, 1.0f / valid(tg, n));
+    m->backward(m);
+    double norm = sqrt(be->sumsq(be, m->grads, m->nparams));
+    adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, norm > 1.0 ? (float)(1.0 / norm) : 1.0f };
+    be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+    be->sync(be);
+    return loss;
+}
+
+START_TEST(test_gpt2)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("gpt2", _i);
+    double tol_loss = act == DT_BF16 ? 1e-2 : 1e-5, tol_grad = act == DT_BF16 ? 5e-2 : 1e-4;
+    param_view *views;
+    int nviews, n = 2 * 16;
+    size_t np = gpt2_layout(&tiny, &views, &nviews);
+    float *p0 = xmalloc(np * sizeof(float));
+    gpt2_init_params(&tiny, p0, rnext());
+    model *mr = make_model(r, p0), *mg = make_model(g, p0);
+    ck_assert_int_eq((int)mr->nparams, (int)np);
+    int32_t in[32], tg[32];
+    batch(in, tg, n);
+
+    /* loss and every gradient */
+    model_zero_grad(mr), model_zero_grad(mg);
+    double lr_ = mr->forward(mr, in, tg, 1.0f / valid(tg, n)), lg = mg->forward(mg, in, tg, 1.0f / valid(tg, n));
+    mr->backward(mr), mg->backward(mg);
+    double e = fabs(lg - lr_) / fabs(lr_);
+    if (getenv("ANATOMY_TEST_VERBOSE"))
+        printf("  %-5s gpt2 loss %.9g vs %.9g: rel %.3g\n", dtype_name(act), lg, lr_, e);
+    ck_assert_msg(e <= tol_loss, "gpt2 loss %.9g, oracle %.9g (rel %.3g)", lg, lr_, e);
+    double *gr = xmalloc(np * 8), *gg = xmalloc(np * 8);
+    r->download(r, gr, DT_F64, mr->grads, r->act, np);
+    g->download(g, gg, DT_F64, mg->grads, act, np);
+    for (int v = 0; v < nviews; v++) {
+        const param_view *pv = &views[v];
+        if (strcmp(pv->name, "wte.weight") == 0) { /* padded rows: gradient exactly 0 */
+            size_t real = (size_t)tiny.V * tiny.C;
+            for (size_t i = real; i < pv->count; i++)
+                ck_assert_msg(gg[pv->offset + i] == 0.0, "padded wte row has gradient %g", gg[pv->offset + i]);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "gpt2 grad %s", pv->name);
+        expect_close(what, act, gg + pv->offset, gr + pv->offset, pv->count, tol_grad);
+    }
+    expect_close("gpt2 all gradients", act, gg, gr, np, tol_grad);
+
+    /* 10 AdamW steps on fresh batches: losses along the way, weights at the end */
+    for (int step = 1; step <= 10; step++) {
+        batch(in, tg, n);
+        double a = train_step(mr, in, tg, n, step), b = train_step(mg, in, tg, n, step);
+        double el = fabs(b - a) / fabs(a);
+        if (getenv("ANATOMY_TEST_VERBOSE"))
+            printf("  %-5s gpt2 step %d loss %.9g vs %.9g: rel %.3g\n", dtype_name(act), step, b, a, el);
+        ck_assert_msg(el <= tol_loss, "step %d: loss %.9g, oracle %.9g (rel %.3g)", step, b, a, el);
+    }
+    float *wr = xmalloc(np * sizeof(float)), *wg = xmalloc(np * sizeof(float));
+    model_get_params(mr, wr);
+    model_get_params(mg, wg);
+    for (size_t i = 0; i < np; i++) { /* what the steps changed */
+        gr[i] = (double)wr[i] - p0[i];
+        gg[i] = (double)wg[i] - p0[i];
+    }
+    expect_close("gpt2 weight change over 10 AdamW steps", act, gg, gr, np, act == DT_BF16 ? 0.1 : 1e-3);
+    free(wr), free(wg), free(gr), free(gg), free(p0), free(views);
+    mr->destroy(mr), mg->destroy(mg);
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+static Suite *cuda_suite(void)
+{
+    Suite *s = suite_create("cuda_ops");
+    TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_transfers, 0, 2);
+    tcase_add_loop_test(tc, test_encoder, 0, 2);
+    tcase_add_loop_test(tc, test_layernorm, 0, 2);
+    tcase_add_loop_test(tc, test_matmul, 0, 2);
+    tcase_add_loop_test(tc, test_attention, 0, 2);
+    tcase_add_loop_test(tc, test_elementwise, 0, 2);
+    tcase_add_loop_test(tc, test_crossentropy, 0, 2);
+    tcase_add_loop_test(tc, test_sumsq, 0, 2);
+    tcase_add_loop_test(tc, test_adamw, 0, 2);
+    tcase_add_loop_test(tc, test_gpt2, 0, 2);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    const char *e = getenv("ANATOMY_TEST_SEED");
+    seed_base = e ? strtoull(e, NULL, 0) : (uint64_t)time(NULL);
+    printf("test_cuda_ops: ANATOMY_TEST_SEED=%llu\n", (unsigned long long)seed_base);
+    fflush(stdout);
+    SRunner *sr = srunner_create(cuda_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
