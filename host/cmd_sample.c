@@ -110,18 +110,22 @@ int cmd_sample(int argc, char **argv)
         cli_die("%s", err);
     rng_state rng;
     rng_seed(&rng, seed);
+    sampler sp;
+    if (sampler_init(&sp, m, err))
+        cli_die("%s", err);
     if (prompt)
         fputs(prompt, stdout);
     int len = (int)n;
     for (int i = 0; i < ntok; i++) {
         size_t bl;
-        len = train_generate(m, toks, len, 1, temp, top_k, &rng);
-        const char *s = tokenizer_decode(tk, toks[len - 1], &bl);
+        toks[len] = sampler_next(&sp, toks, len, temp, top_k, &rng);
+        const char *s = tokenizer_decode(tk, toks[len++], &bl);
         if (s)
             fwrite(s, 1, bl, stdout);
         fflush(stdout);
     }
     fputc('\n', stdout);
+    sampler_free(&sp);
     free(ids);
     free(toks);
     tokenizer_close(tk);

@@ -104,28 +104,35 @@ static int sample_token(float *logits, int V, double temperature, int top_k, rng
     return i;
 }
 
-int train_generate(model *m, int32_t *tokens, int len, int n, double temperature, int top_k,
-                   rng_state *rng)
+int sampler_init(sampler *s, model *m, char *err)
 {
-    int B = m->B, T = m->T;
-    int32_t *ctx = calloc((size_t)B * T, sizeof *ctx);
-    float *logits = malloc((size_t)m->V * sizeof *logits);
+    s->m = m;
+    s->ctx = calloc((size_t)m->B * m->T, sizeof *s->ctx);
+    s->probs = malloc((size_t)m->V * sizeof *s->probs);
+    if (!s->ctx || !s->probs) {
+        sampler_free(s);
+        return errf(err, "out of memory for sampling");
+    }
+    return 0;
+}
 
-    if (!ctx || !logits) {
-        free(ctx);
-        free(logits);
-        return len;
-    }
-    for (int i = 0; i < n; i++) {
-        int start = len > T ? len - T : 0, w = len - start;
-        memcpy(ctx, tokens + start, (size_t)w * sizeof *ctx);
-        m->forward(m, ctx, NULL, 0.0f);
-        m->logits(m, 0, w - 1, logits);
-        tokens[len++] = sample_token(logits, m->V, temperature, top_k, rng);
-    }
-    free(ctx);
-    free(logits);
-    return len;
+void sampler_free(sampler *s)
+{
+    free(s->ctx);
+    free(s->probs);
+    s->ctx = NULL;
+    s->probs = NULL;
+}
+
+int32_t sampler_next(sampler *s, const int32_t *tokens, int len, double temperature, int top_k,
+                     rng_state *rng)
+{
+    model *m = s->m;
+    int T = m->T, start = len > T ? len - T : 0, w = len - start;
+    memcpy(s->ctx, tokens + start, (size_t)w * sizeof *s->ctx);
+    m->forward(m, s->ctx, NULL, 0.0f);
+    m->logits(m, 0, w - 1, s->probs);
+    return sample_token(s->probs, m->V, temperature, top_k, rng);
 }
 
 static void print_tokens(FILE *f, tokenizer *tok, const int32_t *t, int n)
@@ -141,22 +148,23 @@ static void print_tokens(FILE *f, tokenizer *tok, const int32_t *t, int n)
     fputc('\n', f);
 }
 
-static void train_sample(model *m, const train_opts *o, train_state *st, int step)
+/* toks: room for 1 + o->sample_tokens ids. */
+static void train_sample(sampler *sp, const train_opts *o, train_state *st, int32_t *toks,
+                         int step)
 {
-    int n = o->sample_tokens;
-    int32_t *toks = malloc(((size_t)n + 1) * sizeof *toks);
-    if (!toks)
-        return;
+    int n = o->sample_tokens, len = 1;
     /* start from the end-of-text token where the tokenizer has one */
     toks[0] = o->tok && tokenizer_eot(o->tok) >= 0 ? tokenizer_eot(o->tok) : 0;
-    if (toks[0] >= m->V)
+    if (toks[0] >= sp->m->V)
         toks[0] = 0;
-    int len = train_generate(m, toks, 1, n, 1.0, 0, &st->rng);
+    while (len < n + 1) {
+        toks[len] = sampler_next(sp, toks, len, 1.0, 0, &st->rng);
+        len++;
+    }
     printf("sample at step %d:\n---\n", step);
     print_tokens(stdout, o->tok, toks + 1, len - 1);
     printf("---\n");
     fflush(stdout);
-    free(toks);
 }
 
 /* Mean loss over the first `batches` micro-batches of the validation stream. */
@@ -309,6 +317,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
     loader *ld = NULL, *vld = NULL;
     FILE *log = NULL;
+    sampler sp = { 0 };
+    int32_t *sample_toks = NULL;
     double t_total = 0.0;
     int timed = 0;
 
@@ -323,6 +333,15 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     if (m->plan(m, B, T, err))
         goto done;
+    if (o->sample_every > 0) {
+        sample_toks = malloc(((size_t)o->sample_tokens + 1) * sizeof *sample_toks);
+        if (!sample_toks) {
+            errf(err, "out of memory for sampling");
+            goto done;
+        }
+        if (sampler_init(&sp, m, err))
+            goto done;
+    }
     ld = loader_open(o->data, B, T, o->rank, o->world, o->shuffle, o->seed, m->V, err);
     if (!ld)
         goto done;
@@ -411,7 +430,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             }
         }
         if (o->sample_every > 0 && (st->step % o->sample_every == 0 || last) && o->rank == 0)
-            train_sample(m, o, st, st->step);
+            train_sample(&sp, o, st, sample_toks, st->step);
         if (o->out && o->rank == 0 &&
             ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last))
             if (save_step(m, o, st, err))
@@ -422,6 +441,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                t_total / timed, o->total_batch / (t_total / timed / 1e3));
     rc = 0;
 done:
+    sampler_free(&sp);
+    free(sample_toks);
     if (log)
         fclose(log);
     if (ld)

@@ -51,10 +51,21 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
 int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *st,
                   char *err);
 
-/* Draws `n` tokens after the first `len` tokens of tokens[] (capacity len+n)
- * with temperature and top-k (0: all); the model is re-planned by nobody: it
- * uses row 0 of the current plan. Returns the new length. */
-int train_generate(model *m, int32_t *tokens, int len, int n, double temperature, int top_k,
-                   rng_state *rng);
+/* Sampling from a model: buffers allocated once, so that generating inside
+ * the training loop allocates nothing. It runs row 0 of the model's current
+ * plan, so the context is the last T tokens. */
+typedef struct {
+    model *m;
+    int32_t *ctx;  /* [B*T] host inputs */
+    float *probs;  /* [V] */
+} sampler;
+
+int sampler_init(sampler *s, model *m, char *err);
+void sampler_free(sampler *s);
+/* Appends one token drawn from softmax(logits / temperature) over the top_k
+ * most likely (0: all; temperature 0: the most likely) after tokens[0..len).
+ * Returns the token. */
+int32_t sampler_next(sampler *s, const int32_t *tokens, int len, double temperature, int top_k,
+                     rng_state *rng);
 
 #endif
