@@ -12,13 +12,19 @@ Single thread, vocabulary load included, best of --runs:
             a lone '\n' between non-space characters, which the pattern makes a
             piece of its own, so they change no token), in process, with
             TOKENIZERS_PARALLELISM=false and RAYON_NUM_THREADS=1
-Then `anatomy prep` on the corpus repeated --prep-repeat times, with 1, 2, 4,
-... threads up to the cores present, to show the scaling.
+Then `anatomy prep` on the corpus repeated --prep-repeat times with --threads
+1, 2, ... up to the cores present (every count up to 8, then powers of two),
+best wall time of --runs each: MB/s, speedup over one thread, CPU use, and
+whether the shards are byte-identical to the one-thread shards. On Linux it
+also prints the CPU seconds other processes took during the best run: on a
+shared machine a run that others slowed shows there, not as poor scaling.
 
 usage: python3 bench/bench_tokenizer.py --bin build/anatomy --vocab build/.cache/gpt2
-           [--corpus FILE] [--repeat 1] [--runs 3] [--prep-repeat 8]
+           [--corpus FILE] [--repeat 1] [--runs 3] [--prep-repeat 8] [--only encode|prep]
 """
 import argparse
+import glob
+import hashlib
 import json
 import os
 import re
@@ -93,7 +99,45 @@ def ours_time(binary, path):
         subprocess.run([binary, "tokenize"], stdin=f, stdout=subprocess.DEVNULL, check=True)
 
 
-def prep_scaling(binary, corpus, repeat, vocab):
+def system_cpu_seconds():
+    """(busy, idle) CPU seconds of the whole machine so far, or None off Linux."""
+    try:
+        f = open("/proc/stat").readline().split()[1:]
+    except OSError:
+        return None
+    v = [int(x) / os.sysconf("SC_CLK_TCK") for x in f]
+    idle = v[3] + v[4]
+    return sum(v[:8]) - idle, idle
+
+
+def shards_digest(prefix):
+    """sha256 over the names (less the prefix) and bytes of prefix's shards."""
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(prefix + "_*.bin")):
+        h.update(path[len(prefix):].encode())
+        h.update(open(path, "rb").read())
+    return h.hexdigest()
+
+
+def prep_once(binary, vocab, corpus, out, threads):
+    """One `anatomy prep` run: (wall s, CPU s, CPU s of other processes or None, digest)."""
+    for old in glob.glob(out + "_*.bin"):
+        os.unlink(old)
+    cmd = [binary, "prep", "--tokenizer", "gpt2", "--vocab", vocab, "--input", corpus,
+           "--out", out, "--threads", str(threads)]
+    s0, r0, t0 = system_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), \
+        time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True)
+    t1, r1, s1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN), \
+        system_cpu_seconds()
+    if p.returncode != 0:
+        sys.exit(f"prep failed: {p.stderr.decode(errors='replace').strip()}")
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    others = max(0.0, s1[0] - s0[0] - cpu) if s0 and s1 else None
+    return t1 - t0, cpu, others, shards_digest(out)
+
+
+def prep_scaling(binary, corpus, repeat, vocab, runs):
     tmp = tempfile.mkdtemp(prefix="anatomy_bench_prep_")
     try:
         big = os.path.join(tmp, "corpus.txt")
@@ -103,22 +147,26 @@ def prep_scaling(binary, corpus, repeat, vocab):
                 f.write(data)
         mb = len(data) * repeat / 1e6
         cores = os.cpu_count() or 1
-        threads = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, cores) if t <= cores})
-        print(f"\nprep: {mb:.1f} MB ({repeat} x corpus), gpt2, cores {cores}")
-        print(f"{'threads':>8} {'seconds':>8} {'MB/s':>8} {'speedup':>8}")
-        base = None
+        threads = sorted({t for t in range(1, cores + 1) if t <= 8 or t & (t - 1) == 0 or
+                          t == cores})
+        print(f"\nprep: {mb:.1f} MB ({repeat} x corpus), gpt2, {cores} cores, "
+              f"best wall of {runs}")
+        print(f"{'threads':>8} {'wall s':>8} {'cpu s':>8} {'cpu %':>6} {'MB/s':>8} "
+              f"{'speedup':>8} {'others':>7}  output")
+        base = ref = None
         for t in threads:
             out = os.path.join(tmp, f"t{t}")
-            cmd = [binary, "prep", "--tokenizer", "gpt2", "--vocab", vocab, "--input", big,
-                   "--out", out, "--threads", str(t)]
-            start = time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True)
-            sec = time.perf_counter() - start
-            if p.returncode != 0:
-                print(f"prep failed: {p.stderr.decode(errors='replace').strip()}")
-                return
-            base = base or sec
-            print(f"{t:>8} {sec:>8.2f} {mb / sec:>8.1f} {base / sec:>8.2f}")
+            best_run = min((prep_once(binary, vocab, big, out, t) for _ in range(runs)),
+                           key=lambda r: r[0])
+            wall, cpu, others, digest = best_run
+            base, ref = base or wall, ref or digest
+            same = "identical to 1 thread" if digest == ref else "DIFFERS from 1 thread"
+            oth = "" if others is None else f"{others:.2f}"
+            print(f"{t:>8} {wall:>8.2f} {cpu:>8.2f} {100 * cpu / wall:>6.0f} {mb / wall:>8.2f} "
+                  f"{base / wall:>8.2f} {oth:>7}  {same}")
+            if digest != ref:
+                sys.exit(f"prep --threads {t} wrote other shards than --threads 1")
+        print("(others: CPU seconds other processes used during the run; cpu %: of one core)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -132,7 +180,11 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="encode the corpus repeated N times")
     ap.add_argument("--prep-repeat", type=int, default=8)
+    ap.add_argument("--only", choices=("encode", "prep"), help="run one part only")
     a = ap.parse_args()
+    if a.only == "prep":
+        prep_part(a)
+        return
     data = open(a.corpus, "rb").read() * a.repeat
     text = data.decode("utf-8")
     mb = len(data) / 1e6
@@ -148,9 +200,19 @@ def main():
           f"best of {a.runs}")
     try:
         encode_bench(a, text, mb)
+        if a.only != "encode":
+            prep_part(a)
     finally:
         if tmp:
             os.unlink(tmp)
+
+
+def prep_part(a):
+    help_text = subprocess.run([a.bin, "prep", "--help"], capture_output=True).stdout.decode()
+    if "--threads" in help_text:
+        prep_scaling(a.bin, a.corpus, a.prep_repeat, a.vocab, a.runs)
+    else:
+        print("\nprep: `anatomy prep --threads` not available in this build; scaling not measured")
 
 
 def encode_bench(a, text, mb):
@@ -179,12 +241,6 @@ def encode_bench(a, text, mb):
           f"HF identical to tiktoken: {hf_ids == tk_ids}")
     if ids != tk_ids:
         sys.exit("ours and tiktoken disagree on this corpus")
-
-    help_text = subprocess.run([a.bin, "prep", "--help"], capture_output=True).stdout.decode()
-    if "--threads" in help_text:
-        prep_scaling(a.bin, a.corpus, a.prep_repeat, a.vocab)
-    else:
-        print("\nprep: `anatomy prep --threads` not available in this build; scaling not measured")
 
 
 if __name__ == "__main__":

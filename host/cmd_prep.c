@@ -6,23 +6,24 @@
  * starts on a document boundary. The first --val-tokens tokens of the stream
  * become PREFIX_val_000000.bin, the rest PREFIX_train_000000.bin, _000001, ...
  *
- * Work is cut into items of about --chunk-bytes of text and tokenized by a
- * pool of threads, a batch of items at a time, then written in input order,
- * so the shards do not depend on --threads. A long document is cut only after
- * a lone '\n' between two printable ASCII characters: GPT-2's pre-tokenizer
- * always makes such a '\n' a piece of its own, so a cut there changes no token. */
+ * Work is cut into items of about --chunk-bytes of text. The main thread
+ * reads the input into items and writes the tokens out, both in input order,
+ * while --threads workers tokenize items as they come: a pipeline with no
+ * barrier between batches, so one slow item stalls no other worker and the
+ * reading and writing overlap the tokenizing. The shards do not depend on
+ * --threads or on the cuts. A long document is cut only after a lone '\n'
+ * between two printable ASCII characters: GPT-2's pre-tokenizer always makes
+ * such a '\n' a piece of its own, so a cut there changes no token. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/stat.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "cli.h"
 #include "../data/errbuf.h"
@@ -34,6 +35,9 @@
 #define PREP_VAL_FRACTION 10        /* default val: 1/10 of the tokens... */
 #define PREP_VAL_CAP 1000000        /* ...but at most this many */
 #define PREP_PROGRESS_BYTES (64LL << 20)
+#define PREP_CHUNK_MAX (1 << 20)    /* default --chunk-bytes... */
+#define PREP_CHUNK_MIN (64 << 10)   /* ...down to this on inputs too small to share */
+#define PREP_ITEMS_PER_THREAD 8     /* at the default, a thread gets this many at least */
 
 struct prep_opts {
     const char *kind, *vocab_dir, *out, *field;
@@ -42,7 +46,7 @@ struct prep_opts {
     long long val_tokens;           /* -1: the default rule */
     long long shard_tokens;
     int threads;
-    size_t chunk;
+    size_t chunk;                   /* 0: not given; chosen from the input size */
 };
 
 /* One span of an item's text; eot: a document starts here. */
@@ -60,6 +64,30 @@ struct item {
     int32_t *ids;
     size_t nids, idcap;
     int failed;
+    int done;                       /* encoded; guarded by the pipeline's lock */
+    char err[ERRBUF];
+};
+
+/* The pipeline: item k of the input lives in ring[k % nring]. The main
+ * thread fills items (filled counts them) and writes them out (written);
+ * workers take filled items in order (taken) and mark them done. So items
+ * [written, taken) are with workers or done, [taken, filled) wait for one,
+ * and the main thread owns every other slot. */
+struct pipeline {
+    pthread_mutex_t mu;
+    pthread_cond_t work;            /* to workers: an item was filled, or quit */
+    pthread_cond_t done;            /* to the main thread: an item was encoded */
+    struct item *ring;
+    size_t nring;
+    unsigned long long filled, taken, written;
+    int quit;
+};
+
+struct worker {
+    pthread_t th;
+    struct pipeline *pl;
+    tokenizer *tk;
+    const struct prep_opts *o;
     char err[ERRBUF];
 };
 
@@ -117,7 +145,8 @@ static void usage(FILE *f)
         "  --vocab DIR          gpt2 vocabulary (encoder.json + vocab.bpe, or vocab.json\n"
         "                       + merges.txt); default: the build cache\n"
         "  --threads N          tokenizer threads (default 1; output is the same)\n"
-        "  --chunk-bytes N      text per unit of work (default 1048576)\n"
+        "  --chunk-bytes N      text per unit of work (default 1048576, less on small\n"
+        "                       inputs so that every thread has work)\n"
         "  --help               this text\n");
 }
 
@@ -364,6 +393,87 @@ static void item_encode(tokenizer *tk, struct item *it)
     }
 }
 
+/* A worker: takes filled items in input order, encodes them, marks them done;
+ * returns once the main thread says quit and no filled item is left. */
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct pipeline *pl = w->pl;
+    pthread_mutex_lock(&pl->mu);
+    for (;;) {
+        while (pl->taken == pl->filled && !pl->quit)
+            pthread_cond_wait(&pl->work, &pl->mu);
+        if (pl->taken == pl->filled)
+            break;
+        struct item *it = &pl->ring[pl->taken++ % pl->nring];
+        pthread_mutex_unlock(&pl->mu);
+        item_encode(w->tk, it);
+        pthread_mutex_lock(&pl->mu);
+        it->done = 1;
+        pthread_cond_signal(&pl->done);
+    }
+    pthread_mutex_unlock(&pl->mu);
+    return NULL;
+}
+
+/* Opens one worker's tokenizer: run on the workers' own threads so that
+ * the vocabulary loads in parallel (a gpt2 load is ~50 ms of JSON). */
+static void *worker_open(void *arg)
+{
+    struct worker *w = arg;
+    w->tk = tokenizer_open(w->o->kind, w->o->vocab_dir, w->err);
+    return NULL;
+}
+
+static void spawn(pthread_t *th, void *(*fn)(void *), void *arg)
+{
+    int rc = pthread_create(th, NULL, fn, arg);
+    if (rc)
+        cli_die("prep: cannot start a thread: %s", strerror(rc));
+}
+
+/* One tokenizer per worker (tokenizer.h does not promise that a shared one is
+ * thread-safe), loaded in parallel; dies naming the first that fails. */
+static struct worker *workers_open(const struct prep_opts *o, struct pipeline *pl)
+{
+    struct worker *ws = calloc((size_t)o->threads, sizeof *ws);
+    if (!ws)
+        cli_die("prep: out of memory");
+    for (int t = 0; t < o->threads; t++) {
+        ws[t] = (struct worker){ .pl = pl, .o = o };
+        if (t > 0)
+            spawn(&ws[t].th, worker_open, &ws[t]);
+    }
+    worker_open(&ws[0]);
+    for (int t = 1; t < o->threads; t++)
+        pthread_join(ws[t].th, NULL);
+    for (int t = 0; t < o->threads; t++)
+        if (!ws[t].tk)
+            cli_die("--tokenizer %s: %s", o->kind, ws[t].err);
+    return ws;
+}
+
+/* Hands the next item to the workers once the main thread has filled it. */
+static void pipeline_publish(struct pipeline *pl, struct item *it)
+{
+    pthread_mutex_lock(&pl->mu);
+    it->done = 0;
+    pl->filled++;
+    pthread_cond_signal(&pl->work);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+/* Waits until the oldest item not yet written is encoded; returns it. */
+static struct item *pipeline_next_done(struct pipeline *pl)
+{
+    struct item *it = &pl->ring[pl->written % pl->nring];
+    pthread_mutex_lock(&pl->mu);
+    while (!it->done)
+        pthread_cond_wait(&pl->done, &pl->mu);
+    pthread_mutex_unlock(&pl->mu);
+    return it;
+}
+
 static void progress_clear(struct progress *pg)
 {
     if (pg->tty && pg->printed) {
@@ -494,7 +604,7 @@ static void parse_args(int argc, char **argv, struct prep_opts *o)
         { NULL, 0, NULL, 0 },
     };
     *o = (struct prep_opts){ .val_tokens = -1, .shard_tokens = PREP_DEFAULT_SHARD,
-                             .threads = 1, .chunk = 1 << 20 };
+                             .threads = 1 };
     o->inputs = calloc((size_t)argc + 1, sizeof *o->inputs);
     if (!o->inputs)
         cli_die("prep: out of memory");
@@ -560,31 +670,66 @@ static unsigned long long check_paths(const struct prep_opts *o)
     return known ? total : 0;
 }
 
+/* The default --chunk-bytes: 1 MiB, or less when the input is too small to
+ * give every thread several items (cuts change no token, so any size will
+ * do; small ones only cost a little overhead per item). */
+static size_t default_chunk(int threads, unsigned long long total_bytes)
+{
+    unsigned long long c = total_bytes / ((unsigned long long)threads * PREP_ITEMS_PER_THREAD);
+    if (threads == 1 || total_bytes == 0 || c >= PREP_CHUNK_MAX)
+        return PREP_CHUNK_MAX;
+    return c > PREP_CHUNK_MIN ? (size_t)c : PREP_CHUNK_MIN;
+}
+
+/* The main thread's part of the pipeline: keeps the ring full of input
+ * and writes out encoded items in order until the input is used up. */
+static void run_pipeline(struct pipeline *pl, struct source *src, struct sink *sk,
+                         struct progress *pg)
+{
+    int more = 1;
+    for (;;) {
+        while (more && pl->filled - pl->written < pl->nring) {
+            struct item *it = &pl->ring[pl->filled % pl->nring];
+            if (!source_fill(src, it))
+                more = 0;
+            else
+                pipeline_publish(pl, it);
+        }
+        if (pl->written == pl->filled)
+            return;
+        struct item *it = pipeline_next_done(pl);
+        if (it->failed)
+            cli_die("%s", it->err);
+        sink_push(sk, it->ids, it->nids, pg);
+        pl->written++;
+        progress_report(pg, src, sk, 0);
+    }
+}
+
 int cmd_prep(int argc, char **argv)
 {
     struct prep_opts o;
     parse_args(argc, argv, &o);
     unsigned long long total_bytes = check_paths(&o);
+    if (!o.chunk)
+        o.chunk = default_chunk(o.threads, total_bytes);
 
-    char err[ERRBUF];
-    tokenizer **tks = calloc((size_t)o.threads, sizeof *tks);
-    if (!tks)
-        cli_die("prep: out of memory");
-    /* one tokenizer per thread: tokenizer.h does not promise a shared one is thread-safe */
-    for (int t = 0; t < o.threads; t++) {
-        tks[t] = tokenizer_open(o.kind, o.vocab_dir, err);
-        if (!tks[t])
-            cli_die("--tokenizer %s: %s", o.kind, err);
-    }
-    int vocab = tokenizer_vocab_size(tks[0]);
+    struct pipeline pl = { .nring = 2 * (size_t)o.threads + 2 };
+    struct worker *ws = workers_open(&o, &pl);
+    int vocab = tokenizer_vocab_size(ws[0].tk);
     if (vocab > 65536)
         cli_die("--tokenizer %s: vocabulary of %d ids does not fit the shards' uint16 tokens",
                 o.kind, vocab);
 
-    int nbatch = 2 * o.threads;
-    struct item *items = calloc((size_t)nbatch, sizeof *items);
-    if (!items)
+    pl.ring = calloc(pl.nring, sizeof *pl.ring);
+    if (!pl.ring)
         cli_die("prep: out of memory");
+    pthread_mutex_init(&pl.mu, NULL);
+    pthread_cond_init(&pl.work, NULL);
+    pthread_cond_init(&pl.done, NULL);
+    for (int t = 0; t < o.threads; t++)
+        spawn(&ws[t].th, worker_main, &ws[t]);
+
     struct source src = { .o = &o, .fd = -1 };
     struct sink sk = { .prefix = o.out, .val_req = o.val_tokens, .vocab = vocab,
                        .shard_tokens = (size_t)o.shard_tokens };
@@ -592,30 +737,14 @@ int cmd_prep(int argc, char **argv)
     pg.on = pg.tty || total_bytes > (unsigned long long)PREP_PROGRESS_BYTES;
     pg.t0 = pg.last = now_s();
 
-    for (;;) {
-        int n = 0;
-        while (n < nbatch && source_fill(&src, &items[n]))
-            n++;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(o.threads) schedule(dynamic, 1)
-#endif
-        for (int i = 0; i < n; i++) {
-#ifdef _OPENMP
-            int t = omp_get_thread_num();
-#else
-            int t = 0;
-#endif
-            item_encode(tks[t], &items[i]);
-        }
-        for (int i = 0; i < n; i++) {
-            if (items[i].failed)
-                cli_die("%s", items[i].err);
-            sink_push(&sk, items[i].ids, items[i].nids, &pg);
-        }
-        progress_report(&pg, &src, &sk, 0);
-        if (n < nbatch)
-            break;
-    }
+    run_pipeline(&pl, &src, &sk, &pg);
+    pthread_mutex_lock(&pl.mu);
+    pl.quit = 1;
+    pthread_cond_broadcast(&pl.work);
+    pthread_mutex_unlock(&pl.mu);
+    for (int t = 0; t < o.threads; t++)
+        pthread_join(ws[t].th, NULL);
+
     sink_flush(&sk, 1, &pg);
     progress_clear(&pg);
     if (pg.on)
@@ -625,12 +754,15 @@ int cmd_prep(int argc, char **argv)
            vocab);
     warn_stale(&sk);
 
-    for (int i = 0; i < nbatch; i++)
-        item_free(&items[i]);
-    free(items);
+    for (size_t i = 0; i < pl.nring; i++)
+        item_free(&pl.ring[i]);
+    free(pl.ring);
+    pthread_cond_destroy(&pl.work);
+    pthread_cond_destroy(&pl.done);
+    pthread_mutex_destroy(&pl.mu);
     for (int t = 0; t < o.threads; t++)
-        tokenizer_close(tks[t]);
-    free(tks);
+        tokenizer_close(ws[t].tk);
+    free(ws);
     free(sk.buf);
     free(src.carry);
     free(src.line);

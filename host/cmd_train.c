@@ -27,8 +27,8 @@ static const char usage[] =
     "  --val-data GLOB      validation shards\n"
     "  --batch B            micro-batch sequences (default 8)\n"
     "  --seq T              sequence length (default: the model's context, at most 1024)\n"
-    "  --total-batch N      tokens per optimizer step, a multiple of B*T (default B*T):\n"
-    "                       gradients accumulate over N/(B*T) micro-batches\n"
+    "  --total-batch N      tokens per optimizer step, a multiple of B*T*ranks (default\n"
+    "                       B*T*ranks): gradients accumulate over N/(B*T*ranks) micro-batches\n"
     "  --shuffle            visit the stream's B*T chunks in a seeded random order\n"
     "optimisation:\n"
     "  --steps N            optimizer steps (default 1000)\n"
@@ -49,7 +49,16 @@ static const char usage[] =
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
     "  --device D           cpu or cuda (default cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
-    "  --threads N          CPU threads (default: all cores)\n"
+    "  --threads N          CPU threads (default: all cores; with several ranks on a\n"
+    "                       node give each its share)\n"
+    "multi-process (data parallel; launched by mpirun, srun or torchrun-style variables):\n"
+    "                       rank/world/local rank from OMPI_COMM_WORLD_*, SLURM_PROCID/\n"
+    "                       SLURM_NTASKS/SLURM_LOCALID or RANK/WORLD_SIZE/LOCAL_RANK;\n"
+    "                       --total-batch stays the global batch (default B*T*ranks)\n"
+    "  --dist-timeout S     end the job when a collective waits longer than S seconds\n"
+    "                       (a dead or hung rank; default 300)\n"
+    "  --dist-info          print this process's rank, world, local rank and their\n"
+    "                       source, then exit (starts nothing)\n"
     "  --config FILE        read options from 'key = value' lines; the command line wins\n"
     "  --help               this text\n";
 
@@ -57,7 +66,7 @@ enum {
     O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
-    O_HELP
+    O_DTIMEOUT, O_DINFO, O_HELP
 };
 
 static const struct option longopts[] = {
@@ -76,16 +85,19 @@ static const struct option longopts[] = {
     { "sample-tokens", 1, 0, O_SAMPLETOK }, { "tokenizer", 1, 0, O_TOK },
     { "device", 1, 0, O_DEVICE },       { "precision", 1, 0, O_PRECISION },
     { "threads", 1, 0, O_THREADS },
+    { "dist-timeout", 1, 0, O_DTIMEOUT }, { "dist-info", 0, 0, O_DINFO },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
 
-/* A resumed run must read the same data in the same order. */
+/* A resumed run must read the same data in the same order. The number of
+ * ranks may differ: without ZeRO the state is replicated on every rank, and
+ * the data position converts exactly (see convert_data_pos). */
 static void check_resume_matches(const ckpt_meta *md, const char *path, const train_opts *o)
 {
     struct { const char *key; long long want; const char *opt; } k[] = {
         { "batch", o->B, "--batch" },       { "seq", o->T, "--seq" },
         { "total_batch", o->total_batch, "--total-batch" },
-        { "world", o->world, "ranks" },     { "shuffle", o->shuffle, "--shuffle" },
+        { "shuffle", o->shuffle, "--shuffle" },
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         const char *v = ckpt_meta_get(md, k[i].key);
@@ -99,13 +111,67 @@ static void check_resume_matches(const ckpt_meta *md, const char *path, const tr
                 "shuffled order", path, (unsigned long long)o->seed, seed);
 }
 
+/* The checkpoint's data position counts micro-batches per rank of its own
+ * world; the stream position is global micro-batch data_pos * world (rank r
+ * reads j*world + r), so on another world it is that over the new world. The
+ * global batch is fixed, so this divides whenever --total-batch is accepted. */
+static void convert_data_pos(const ckpt_meta *md, const char *path, const train_opts *o,
+                             train_state *st)
+{
+    const char *v = ckpt_meta_get(md, "world");
+    long long old = v ? strtoll(v, NULL, 10) : 1;
+    if (old < 1 || old > (1 << 20))
+        cli_die("--resume %s: metadata 'world' = '%s' is out of range", path, v);
+    if (old == o->world)
+        return;
+    unsigned long long global = (unsigned long long)st->data_pos * (unsigned long long)old;
+    if (global % (unsigned long long)o->world)
+        cli_die("--resume %s: the checkpoint consumed %llu micro-batches over %lld ranks, "
+                "which %d ranks cannot split evenly", path, global, old, o->world);
+    st->data_pos = global / (unsigned long long)o->world;
+    if (o->rank == 0)
+        printf("resuming a %lld-rank checkpoint on %d ranks: data position %llu -> %llu "
+               "micro-batches per rank (exact data order; sums reassociate, so not bit for "
+               "bit)\n", old, o->world, global / (unsigned long long)old,
+               (unsigned long long)st->data_pos);
+}
+
+/* With one GPU per rank, rank picks the local_rank-th visible device: the
+ * backend opens device 0, so narrow CUDA_VISIBLE_DEVICES before it starts. */
+static void pick_gpu(const dist_env *e)
+{
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    char buf[64];
+    if (e->world == 1)
+        return;
+    if (vis && *vis) {
+        const char *s = vis;
+        for (int i = 0; i < e->local_rank && s; i++)
+            if ((s = strchr(s, ',')))
+                s++;
+        if (!s || !*s)
+            cli_die("rank %d: local rank %d has no GPU in CUDA_VISIBLE_DEVICES=%s", e->rank,
+                    e->local_rank, vis);
+        size_t n = strcspn(s, ",");
+        if (n >= sizeof buf)
+            cli_die("CUDA_VISIBLE_DEVICES: entry too long");
+        memcpy(buf, s, n);
+        buf[n] = 0;
+    } else {
+        snprintf(buf, sizeof buf, "%d", e->local_rank);
+    }
+    setenv("CUDA_VISIBLE_DEVICES", buf, 1);
+}
+
 int cmd_train(int argc, char **argv)
 {
     model_source src = { 0 };
     train_opts o = { 0 };
     train_state st = { 0 };
     const char *device = "cpu", *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
-    int threads = 0, c, seq = 0;
+    int threads = 0, c, seq = 0, dist_info = 0;
+    double dist_timeout = 300;
+    dist_env denv;
     char err[ERRBUF];
     ckpt_meta md = { 0 };
 
@@ -151,12 +217,25 @@ int cmd_train(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_PRECISION: precision = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
+        case O_DTIMEOUT: dist_timeout = cli_float("--dist-timeout", optarg, 1, 1e7); break;
+        case O_DINFO: dist_info = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("train", c, argv);
         }
     }
     if (optind < argc)
         cli_die("train: unexpected argument '%s' (see 'anatomy train --help')", argv[optind]);
+    if (dist_env_detect(&denv, err))
+        cli_die("%s", err);
+    if (dist_info) {
+        printf("rank %d world %d local_rank %d source %s mpi %s\n", denv.rank, denv.world,
+               denv.local_rank, denv.source, dist_have_mpi() ? "yes" : "no");
+        return 0;
+    }
+    if (denv.world > 1 && !dist_have_mpi())
+        cli_die("the environment (%s) asks for %d ranks but this anatomy was built without "
+                "MPI (mk/dist.mk found no mpicc): install libopenmpi-dev and rebuild, or run "
+                "one process", denv.source, denv.world);
     if (!!src.preset + !!src.init + !!resume != 1)
         cli_die("train: give exactly one of --preset, --init or --resume");
     if (!o.data)
@@ -177,7 +256,15 @@ int cmd_train(int argc, char **argv)
     if (resume_path)
         src.init = resume_path;
     src.seed = o.seed;
+    if (strcmp(device, "cuda") == 0)
+        pick_gpu(&denv);
     backend *be = setup_backend(device, threads, precision);
+    dist *dd = dist_init(&denv, be, dist_timeout, err);
+    if (!dd)
+        cli_die("%s", err);
+    o.dist = dd;
+    o.rank = dd->rank;
+    o.world = dd->world;
     model *m = setup_model(be, &src, &md);
     if (resume_path && !ckpt_meta_get(&md, "step"))
         cli_die("--resume %s: not a training checkpoint (use --init to start from weights)",
@@ -191,6 +278,7 @@ int cmd_train(int argc, char **argv)
         check_resume_matches(&md, resume_path, &o);
         if (train_restore(m, resume_path, &md, &st, err))
             cli_die("%s", err);
+        convert_data_pos(&md, resume_path, &o, &st);
         if (st.step >= o.steps)
             cli_die("--steps: the checkpoint is already at step %d of %d", st.step, o.steps);
     } else {
@@ -206,12 +294,16 @@ int cmd_train(int argc, char **argv)
         if (!o.tok)
             cli_die("--tokenizer %s: %s", tok_kind, err);
     }
-    if (train_run(m, &o, &st, err))
+    if (train_run(m, &o, &st, err)) {
+        if (o.world > 1 && strncmp(err, "rank ", 5))
+            cli_die("rank %d: %s", o.rank, err);
         cli_die("%s", err);
+    }
     if (o.tok)
         tokenizer_close(o.tok);
     m->destroy(m);
     be->destroy(be);
+    dist_finalize(dd);
     free(resume_path);
     return 0;
 }

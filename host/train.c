@@ -167,17 +167,43 @@ static void train_sample(sampler *sp, const train_opts *o, train_state *st, int3
     fflush(stdout);
 }
 
-/* Mean loss over the first `batches` micro-batches of the validation stream. */
-static double val_loss(model *m, loader *ld, int batches, int32_t *in, int32_t *tg, char *err)
+/* Mean loss over the first `batches` micro-batches of the validation stream.
+ * The loader was opened with this rank's place, so rank r evaluates
+ * micro-batches r, r + world, ... below `batches` and the sum is reduced:
+ * the result is the single-process one up to summation order. */
+static double val_loss(model *m, const train_opts *o, loader *ld, int batches, int32_t *in,
+                       int32_t *tg, char *err)
 {
     double sum = 0.0;
     loader_seek(ld, 0);
-    for (int i = 0; i < batches; i++) {
+    for (int i = o->rank; i < batches; i += o->world) {
         if (loader_next(ld, in, tg, err))
             return NAN;
         sum += m->forward(m, in, tg, 0.0f);
     }
+    if (o->dist && dist_allreduce_f64(o->dist, &sum, 1, 0, "validation loss", err))
+        return NAN;
     return sum / batches;
+}
+
+/* Makes every rank start from rank 0's parameters. Initialisation is
+ * deterministic, so this only guards against a rank that loaded different
+ * files; it costs one broadcast of the weights at start. */
+static int sync_params(model *m, const train_opts *o, char *err)
+{
+    float *p;
+    int rc;
+    if (!o->dist || o->world == 1)
+        return 0;
+    p = malloc(m->nparams * sizeof *p);
+    if (!p)
+        return errf(err, "rank %d: out of memory for the parameter broadcast", o->rank);
+    model_get_params(m, p);
+    rc = dist_bcast_f32(o->dist, p, m->nparams, 0, "parameter broadcast", err);
+    if (!rc && o->rank)
+        model_set_params(m, p);
+    free(p);
+    return rc;
 }
 
 static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
@@ -319,7 +345,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     FILE *log = NULL;
     sampler sp = { 0 };
     int32_t *sample_toks = NULL;
-    double t_total = 0.0;
+    double t_total = 0.0, t_comm = 0.0;
     int timed = 0;
 
     if (!in || !tg) {
@@ -347,11 +373,13 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         goto done;
     loader_seek(ld, st->data_pos);
     if (o->val_data) {
-        vld = loader_open(o->val_data, B, T, 0, 1, 0, 0, m->V, err);
+        vld = loader_open(o->val_data, B, T, o->rank, o->world, 0, 0, m->V, err);
         if (!vld)
             goto done;
     }
-    if (o->out) {
+    if (sync_params(m, o, err))
+        goto done;
+    if (o->out && o->rank == 0) {
         char path[4200];
         if (mkdir_p(o->out, err))
             goto done;
@@ -371,6 +399,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         int step = st->step;
         double t0 = now_ms(), loss = 0.0, lr = train_lr(o, step);
 
+        if (o->dist)
+            dist_fault_point(o->dist, step);
         model_zero_grad(m);
         for (int a = 0; a < accum; a++) {
             int valid = 0;
@@ -383,6 +413,18 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             m->backward(m);
         }
         st->data_pos = loader_position(ld);
+        if (o->dist && o->world > 1) {
+            /* One reduction of the whole gradient after the accumulation loop.
+             * Each rank's gradient is already its mean over its micro-batches
+             * (scale 1/(valid*accum)), so the mean over ranks is the gradient
+             * of the global batch. Overlapping buckets with backward belongs to
+             * the CUDA transport (dist_bucket_ready). */
+            double tc = now_ms();
+            if (dist_allreduce_buf(o->dist, m->grads, m->nparams, 1, "gradients", err) ||
+                dist_allreduce_f64(o->dist, &loss, 1, 1, "loss", err))
+                goto done;
+            t_comm += step > 0 || o->steps == 1 ? now_ms() - tc : 0.0;
+        }
         if (!isfinite(loss)) {
             errf(err, "step %d: the loss is %g; training diverged (lower --lr?)", step + 1, loss);
             goto done;
@@ -412,7 +454,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                    "eta %s\n", st->step, o->steps, loss, norm, lr, ms, tps, eta);
             fflush(stdout);
             if (log) {
-                fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"norm\": %.6f, \"lr\": %.6e, "
+                fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"norm\": %.6f, \"lr\": %.6e, "
                              "\"ms\": %.3f, \"tokens_per_s\": %.1f}\n",
                         st->step, loss, norm, lr, ms, tps);
                 fflush(log);
@@ -420,13 +462,13 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         }
         int last = st->step == o->steps;
         if (vld && ((o->val_every > 0 && st->step % o->val_every == 0) || last)) {
-            double vl = val_loss(m, vld, o->val_batches, in, tg, err);
+            double vl = val_loss(m, o, vld, o->val_batches, in, tg, err);
             if (isnan(vl))
                 goto done;
             if (o->rank == 0) {
                 printf("val   %5d/%d | loss %.6f\n", st->step, o->steps, vl);
                 if (log)
-                    fprintf(log, "{\"step\": %d, \"val_loss\": %.6f}\n", st->step, vl);
+                    fprintf(log, "{\"step\": %d, \"val_loss\": %.9g}\n", st->step, vl);
             }
         }
         if (o->sample_every > 0 && (st->step % o->sample_every == 0 || last) && o->rank == 0)
@@ -436,9 +478,14 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             if (save_step(m, o, st, err))
                 goto done;
     }
-    if (o->rank == 0 && timed)
+    if (o->rank == 0 && timed) {
         printf("done: %d steps, %.1f ms/step average, %.0f tokens/s\n", st->step,
                t_total / timed, o->total_batch / (t_total / timed / 1e3));
+        if (o->world > 1)
+            printf("communication: %.1f ms/step average on rank 0 (gradient and loss "
+                   "all-reduce over %s, %d ranks)\n", t_comm / timed, o->dist->transport,
+                   o->world);
+    }
     rc = 0;
 done:
     sampler_free(&sp);

@@ -7,6 +7,7 @@
 #include "../data/rng.h"
 #include "../data/tokenizer.h"
 #include "ckpt.h"
+#include "dist.h"
 #include "model.h"
 
 typedef struct {
@@ -25,7 +26,8 @@ typedef struct {
     const char *out;        /* run directory: log.jsonl, step_NNNNNN.safetensors */
     uint64_t seed;
     int shuffle;
-    int rank, world;
+    int rank, world;        /* from dist (0 and 1 when dist is NULL) */
+    dist *dist;             /* the communicator; NULL: one process */
     tokenizer *tok;         /* for samples; NULL prints token ids */
     const char *tokenizer_kind;
 } train_opts;
@@ -33,14 +35,24 @@ typedef struct {
 /* Training state that a checkpoint carries beside the weights. */
 typedef struct {
     int step;               /* optimizer steps done */
-    uint64_t data_pos;      /* loader position (micro-batches consumed by this rank) */
+    uint64_t data_pos;      /* loader position (micro-batches consumed by this rank;
+                             * every rank consumes the same number, so it is the
+                             * same on every rank) */
     rng_state rng;          /* sampling */
 } train_state;
 
 /* Learning rate at 0-based step `step`. */
 double train_lr(const train_opts *o, int step);
 
-/* Runs steps st->step .. o->steps-1. Returns 0, or -1 with err filled. */
+/* Runs steps st->step .. o->steps-1. Returns 0, or -1 with err filled.
+ * With o->dist of world > 1 (data parallelism): every rank runs this with the
+ * same options; rank r reads global micro-batches j*world + r; gradients are
+ * averaged across ranks after the accumulation loop and the loss for the log
+ * too, so all ranks take the same AdamW step. Rank 0 alone prints, logs,
+ * samples and writes checkpoints; validation is shared (rank r evaluates
+ * validation micro-batches r, r+world, ...) and reduced. Every rank performs
+ * the same collectives in the same order, errors included (a diverged loss
+ * is seen by all ranks at once, after its reduction). */
 int train_run(model *m, const train_opts *o, train_state *st, char *err);
 
 /* Writes <out>/step_NNNNNN.safetensors with parameters, moments and state. */

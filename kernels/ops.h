@@ -22,6 +22,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend is C++ (kernels/cuda/*.cu) */
+#endif
+
 typedef enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_I32 = 3 } dtype;
 
 static inline size_t dtype_size(dtype t)
@@ -168,5 +172,9 @@ backend *backend_cpu64_create(int threads, char *err); /* fp64 oracle for the gr
  * symbol is weak here so that callers can test for it (NULL: not built in).
  * device: GPU index; act: DT_BF16 (mixed precision) or DT_F32 (verification). */
 __attribute__((weak)) backend *backend_cuda_create(int device, dtype act, char *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

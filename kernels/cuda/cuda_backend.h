@@ -23,9 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-extern "C" {
 #include "../ops.h"
-}
 
 #include "matmul.h"
 

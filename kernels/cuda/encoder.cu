@@ -167,12 +167,14 @@ template <class T, int V>
 static void encoder_backward_launch(cuda_backend *cb, void *dwte, void *dwpe, const void *dout,
 				    const int32_t *pos, const int32_t *bk, int nb, int B, int T_, int C)
 {
-	unsigned cx = cdiv((size_t)C / V, ENC_THREADS);
+	/* a bucket's row is C/V threads wide: no more threads than that per block */
+	unsigned tpb = (unsigned)(C / V < ENC_THREADS ? (C / V + 31) / 32 * 32 : ENC_THREADS);
+	unsigned cx = cdiv((size_t)C / V, tpb);
 	if (dwte && nb > 0) {
 		for (int b0 = 0; b0 < nb; b0 += 65535) {	/* grid.y limit */
 			int nbk = nb - b0 < 65535 ? nb - b0 : 65535;
 			dim3 grid(cx, (unsigned)nbk);
-			CUDA_LAUNCH(grid, ENC_THREADS, 0, cb->stream, encoder_dwte_kernel<T, V>)(
+			CUDA_LAUNCH(grid, tpb, 0, cb->stream, encoder_dwte_kernel<T, V>)(
 				(T *)dwte, (const T *)dout, pos, bk + 3 * (size_t)b0, C);
 			LAUNCH_CHECK();
 		}

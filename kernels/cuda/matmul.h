@@ -19,9 +19,7 @@
 
 #include "cuda_compat.cuh"
 
-extern "C" {
 #include "../ops.h"
-}
 
 typedef struct mm_ctx mm_ctx;
 
