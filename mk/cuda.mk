@@ -50,7 +50,7 @@ $(CUDA_EMU_DIR)/rt/%.o: kernels/cuda/emu/%.cpp $(CUDA_HDRS)
 # The backend's constructor is a weak reference in the library, which would
 # not pull it out of an archive: its objects are linked directly.
 $(BUILD)/anatomy-emu: $(BUILD)/obj/host/main.o $(BUILD)/libanatomy.a $(CUDA_EMU_OBJS)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(CUDA_EMU_LIBS)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(EXTRA_LDLIBS) $(CUDA_EMU_LIBS)
 
 $(BUILD)/tests/test_cuda_ops: $(CUDA_EMU_OBJS)
 $(BUILD)/tests/test_cuda_ops: EXTRA_LDLIBS += $(CUDA_EMU_LIBS)
@@ -82,7 +82,7 @@ $(CUDA_DIR)/ptxas.txt: $(CUDA_OBJS)
 	@echo "ptxas: $$(wc -l < $@) kernel builds, $$(grep -cv 'spill-st   0 spill-ld   0' $@) with spills ($@)"
 
 $(BUILD)/anatomy-cuda: $(BUILD)/obj/host/main.o $(BUILD)/libanatomy.a $(CUDA_OBJS)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(CUDA_LIBS)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(EXTRA_LDLIBS) $(CUDA_LIBS)
 
 $(CUDA_DIR)/tests/test_cuda_ops: $(BUILD)/obj/tests/test_cuda_ops.o $(BUILD)/libanatomy.a $(CUDA_OBJS)
 	@mkdir -p $(dir $@)
@@ -108,13 +108,14 @@ cuda-sass: $(CUDA_OBJS)
 
 # Emulated always; natively too when a GPU answers. One summary line.
 EXTRA_TESTS += test-cuda
-test-cuda: $(BUILD)/tests/test_cuda_ops $(if $(CUDA_NVCC),$(CUDA_DIR)/ptxas.txt $(CUDA_DIR)/tests/test_cuda_ops)
+test-cuda: $(BUILD)/tests/test_cuda_ops $(BUILD)/anatomy $(BUILD)/anatomy-emu $(if $(CUDA_NVCC),$(CUDA_DIR)/ptxas.txt $(CUDA_DIR)/tests/test_cuda_ops)
 	@bins=$(BUILD)/tests/test_cuda_ops; \
 	if [ -z "$(CUDA_NVCC)" ]; then echo "nvcc not found: no sm_80/sm_90 compile check, no native run"; \
 	elif nvidia-smi -L >/dev/null 2>&1; then bins="$$bins $(CUDA_DIR)/tests/test_cuda_ops"; \
 	else echo "no GPU (nvidia-smi -L fails): the parity suite runs on the emulator only"; fi; \
 	ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} \
 	sh tests/run_c_tests.sh $(BUILD) $$bins
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/cuda
 
 gpu-check:
 	$(CUDA_NEED_NVCC)
