@@ -20,7 +20,7 @@ also prints the CPU seconds other processes took during the best run: on a
 shared machine a run that others slowed shows there, not as poor scaling.
 
 usage: python3 bench/bench_tokenizer.py --bin build/anatomy --vocab build/.cache/gpt2
-           [--corpus FILE] [--repeat 1] [--runs 3] [--prep-repeat 8] [--only encode|prep]
+           [--corpus FILE] [--repeat 1] [--runs 3] [--prep-repeat 32] [--only encode|prep]
 """
 import argparse
 import glob
@@ -179,7 +179,7 @@ def main():
                                                      "shared", "data", "tinyshakespeare.txt"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="encode the corpus repeated N times")
-    ap.add_argument("--prep-repeat", type=int, default=8)
+    ap.add_argument("--prep-repeat", type=int, default=32)
     ap.add_argument("--only", choices=("encode", "prep"), help="run one part only")
     a = ap.parse_args()
     if a.only == "prep":

@@ -8,16 +8,20 @@
  *
  * Work is cut into items of about --chunk-bytes of text. The main thread
  * reads the input into items and writes the tokens out, both in input order,
- * while --threads workers tokenize items as they come: a pipeline with no
- * barrier between batches, so one slow item stalls no other worker and the
- * reading and writing overlap the tokenizing. The shards do not depend on
- * --threads or on the cuts. A long document is cut only after a lone '\n'
- * between two printable ASCII characters: GPT-2's pre-tokenizer always makes
- * such a '\n' a piece of its own, so a cut there changes no token. */
+ * while --threads workers decode (JSON Lines) and tokenize items as they
+ * come: a pipeline with no barrier between batches, so one slow item stalls
+ * no other worker and the reading and writing overlap the tokenizing (a
+ * barrier per batch of 2 x threads items left cores idle at every batch's
+ * end, and the reading, JSON decoding and writing ran on one core while the
+ * others waited). The shards do not depend on --threads or on the cuts. A
+ * long document is cut only after a lone '\n' between two printable ASCII
+ * characters: GPT-2's pre-tokenizer always makes such a '\n' a piece of its
+ * own, so a cut there changes no token. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,14 +49,18 @@ struct prep_opts {
     int ninputs;
     long long val_tokens;           /* -1: the default rule */
     long long shard_tokens;
-    int threads;
+    int threads;                    /* 0: not given; every core we may run on */
     size_t chunk;                   /* 0: not given; chosen from the input size */
 };
 
-/* One span of an item's text; eot: a document starts here. */
+/* One span of an item's text; eot: a document starts here. A JSON Lines
+ * piece (line > 0) is the record's raw line, decoded by the worker that
+ * encodes it, so that JSON parsing runs on every core too. */
 struct piece {
     size_t off, len;
     int eot;
+    long line;                      /* JSON Lines: the line number in path; else 0 */
+    const char *path;
 };
 
 /* A unit of work: text pieces in, token ids out. */
@@ -144,7 +152,8 @@ static void usage(FILE *f)
         "                       is a document\n"
         "  --vocab DIR          gpt2 vocabulary (encoder.json + vocab.bpe, or vocab.json\n"
         "                       + merges.txt); default: the build cache\n"
-        "  --threads N          tokenizer threads (default 1; output is the same)\n"
+        "  --threads N          tokenizer threads (default: all cores; the output is\n"
+        "                       the same for any N)\n"
         "  --chunk-bytes N      text per unit of work (default 1048576, less on small\n"
         "                       inputs so that every thread has work)\n"
         "  --help               this text\n");
@@ -180,7 +189,8 @@ static void item_clear(struct item *it)
     it->failed = 0;
 }
 
-static void item_add(struct item *it, const char *text, size_t len, int eot)
+static void item_add(struct item *it, const char *text, size_t len, int eot, const char *path,
+                     long line)
 {
     size_t cap = (size_t)it->pccap;
     grow(&it->pc, &cap, (size_t)it->npc + 1, sizeof *it->pc);
@@ -188,7 +198,7 @@ static void item_add(struct item *it, const char *text, size_t len, int eot)
     grow(&it->text, &it->cap, it->len + len + 1, 1);     /* + 1: text is never NULL */
     if (len)
         memcpy(it->text + it->len, text, len);
-    it->pc[it->npc++] = (struct piece){ it->len, len, eot };
+    it->pc[it->npc++] = (struct piece){ it->len, len, eot, line, path };
     it->len += len;
 }
 
@@ -288,7 +298,7 @@ static void fill_plain(struct source *s, struct item *it)
             source_read(s);
         }
         if (cut > 0 || s->doc_pending)
-            item_add(it, s->carry, cut, s->doc_pending);
+            item_add(it, s->carry, cut, s->doc_pending, s->path, 0);
         s->doc_pending = 0;
         memmove(s->carry, s->carry + cut, s->clen - cut);
         s->clen -= cut;
@@ -309,11 +319,10 @@ static int is_blank(const char *p, size_t n)
 }
 
 /* Moves JSON Lines records from the open file into it until it is full or
- * the file ends. Blank lines are skipped; any other line must be an object
- * with a string member named --jsonl-field. */
+ * the file ends. Blank lines are skipped; the others are documents, checked
+ * and decoded by the workers (piece_text). */
 static void fill_jsonl(struct source *s, struct item *it)
 {
-    const char *field = s->o->field;
     while (it->len < s->o->chunk) {
         errno = 0;
         ssize_t k = getline(&s->line, &s->linecap, s->fp);
@@ -327,22 +336,8 @@ static void fill_jsonl(struct source *s, struct item *it)
         s->bytes += (unsigned long long)k;
         if (is_blank(s->line, (size_t)k))
             continue;
-        char name[ERRBUF], err[ERRBUF];
-        snprintf(name, sizeof name, "%s:%ld", s->path, s->lineno);
-        json_doc *doc = json_parse(s->line, (size_t)k, name, err);
-        if (!doc)
-            cli_die("%s", err);
-        const json_value *root = json_root(doc);
-        if (json_typeof(root) != JSON_OBJECT)
-            cli_die("%s: expected a JSON object", name);
-        const json_value *v = json_get(root, field);
-        if (!v)
-            cli_die("%s: no field \"%s\"", name, field);
-        if (json_typeof(v) != JSON_STRING)
-            cli_die("%s: field \"%s\" is not a string", name, field);
-        item_add(it, json_str(v), json_len(v), 1);
+        item_add(it, s->line, (size_t)k, 1, s->path, s->lineno);
         s->docs++;
-        json_free(doc);
     }
 }
 
@@ -364,8 +359,41 @@ static int source_fill(struct source *s, struct item *it)
     return it->npc > 0;
 }
 
-/* Tokenizes one item (called from the worker threads). */
-static void item_encode(tokenizer *tk, struct item *it)
+/* The document text of piece p: the piece itself, or for JSON Lines the
+ * string member `field` of the record in it (*doc then holds the parsed line;
+ * json_free it after use). Returns 0, or -1 with it->err filled. */
+static int piece_text(struct item *it, const struct piece *p, const char *field, json_doc **doc,
+                      const char **text, size_t *len)
+{
+    *doc = NULL;
+    *text = it->text + p->off;
+    *len = p->len;
+    if (!p->line)
+        return 0;
+    char name[ERRBUF];
+    snprintf(name, sizeof name, "%s:%ld", p->path, p->line);
+    *doc = json_parse(*text, *len, name, it->err);
+    if (!*doc)
+        return -1;
+    const json_value *root = json_root(*doc), *v;
+    if (json_typeof(root) != JSON_OBJECT) {
+        errf(it->err, "%s: expected a JSON object", name);
+    } else if (!(v = json_get(root, field))) {
+        errf(it->err, "%s: no field \"%s\"", name, field);
+    } else if (json_typeof(v) != JSON_STRING) {
+        errf(it->err, "%s: field \"%s\" is not a string", name, field);
+    } else {
+        *text = json_str(v);
+        *len = json_len(v);
+        return 0;
+    }
+    json_free(*doc);
+    *doc = NULL;
+    return -1;
+}
+
+/* Tokenizes one item (called from the worker threads); field: --jsonl-field. */
+static void item_encode(tokenizer *tk, struct item *it, const char *field)
 {
     int eot = tokenizer_eot(tk);
     it->nids = 0;
@@ -385,11 +413,16 @@ static void item_encode(tokenizer *tk, struct item *it)
             }
             it->ids[it->nids++] = eot;
         }
-        if (tokenizer_encode(tk, it->text + p->off, p->len, 0, &it->ids, &it->nids, &it->idcap,
-                             it->err) < 0) {
+        json_doc *doc;
+        const char *text;
+        size_t len;
+        if (piece_text(it, p, field, &doc, &text, &len) < 0 ||
+            tokenizer_encode(tk, text, len, 0, &it->ids, &it->nids, &it->idcap, it->err) < 0) {
+            json_free(doc);
             it->failed = 1;
             return;
         }
+        json_free(doc);
     }
 }
 
@@ -407,7 +440,7 @@ static void *worker_main(void *arg)
             break;
         struct item *it = &pl->ring[pl->taken++ % pl->nring];
         pthread_mutex_unlock(&pl->mu);
-        item_encode(w->tk, it);
+        item_encode(w->tk, it, w->o->field);
         pthread_mutex_lock(&pl->mu);
         it->done = 1;
         pthread_cond_signal(&pl->done);
@@ -603,8 +636,7 @@ static void parse_args(int argc, char **argv, struct prep_opts *o)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    *o = (struct prep_opts){ .val_tokens = -1, .shard_tokens = PREP_DEFAULT_SHARD,
-                             .threads = 1 };
+    *o = (struct prep_opts){ .val_tokens = -1, .shard_tokens = PREP_DEFAULT_SHARD };
     o->inputs = calloc((size_t)argc + 1, sizeof *o->inputs);
     if (!o->inputs)
         cli_die("prep: out of memory");
@@ -670,6 +702,19 @@ static unsigned long long check_paths(const struct prep_opts *o)
     return known ? total : 0;
 }
 
+/* The default --threads: the cores in this process's affinity mask (which
+ * taskset and container CPU sets narrow), else the cores online. */
+static int default_threads(void)
+{
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        n = CPU_COUNT(&set);
+    if (n <= 0)
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 1024 ? 1024 : n;
+}
+
 /* The default --chunk-bytes: 1 MiB, or less when the input is too small to
  * give every thread several items (cuts change no token, so any size will
  * do; small ones only cost a little overhead per item). */
@@ -711,6 +756,8 @@ int cmd_prep(int argc, char **argv)
     struct prep_opts o;
     parse_args(argc, argv, &o);
     unsigned long long total_bytes = check_paths(&o);
+    if (!o.threads)
+        o.threads = default_threads();
     if (!o.chunk)
         o.chunk = default_chunk(o.threads, total_bytes);
 
