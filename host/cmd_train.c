@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../data/errbuf.h"
 #include "cli.h"
@@ -49,14 +50,18 @@ static const char usage[] =
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
     "  --device D           cpu or cuda (default cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
-    "  --threads N          CPU threads (default: all cores; with several ranks on a\n"
-    "                       node give each its share)\n"
+    "  --threads N          CPU threads (default: all cores, shared evenly by the ranks\n"
+    "                       on a node when the launcher says how many there are)\n"
     "multi-process (data parallel; launched by mpirun, srun or torchrun-style variables):\n"
     "                       rank/world/local rank from OMPI_COMM_WORLD_*, SLURM_PROCID/\n"
     "                       SLURM_NTASKS/SLURM_LOCALID or RANK/WORLD_SIZE/LOCAL_RANK;\n"
     "                       --total-batch stays the global batch (default B*T*ranks)\n"
-    "  --dist-timeout S     end the job when a collective waits longer than S seconds\n"
-    "                       (a dead or hung rank; default 300)\n"
+    "  --dist-timeout S     end the job when a rank waits in a collective, or reaches\n"
+    "                       none, for S seconds (a dead or hung rank; default 300)\n"
+    "  --zero 1             ZeRO stage 1: each rank keeps and updates 1/ranks of the AdamW\n"
+    "                       state (gradients reduce-scattered, parameters all-gathered);\n"
+    "                       checkpoints gather it into the usual single file (default 0;\n"
+    "                       no effect with one rank)\n"
     "  --dist-info          print this process's rank, world, local rank and their\n"
     "                       source, then exit (starts nothing)\n"
     "  --config FILE        read options from 'key = value' lines; the command line wins\n"
@@ -66,7 +71,7 @@ enum {
     O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
-    O_DTIMEOUT, O_DINFO, O_HELP
+    O_DTIMEOUT, O_DINFO, O_ZERO, O_HELP
 };
 
 static const struct option longopts[] = {
@@ -86,6 +91,7 @@ static const struct option longopts[] = {
     { "device", 1, 0, O_DEVICE },       { "precision", 1, 0, O_PRECISION },
     { "threads", 1, 0, O_THREADS },
     { "dist-timeout", 1, 0, O_DTIMEOUT }, { "dist-info", 0, 0, O_DINFO },
+    { "zero", 1, 0, O_ZERO },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
 
@@ -137,12 +143,13 @@ static void convert_data_pos(const ckpt_meta *md, const char *path, const train_
 }
 
 /* With one GPU per rank, rank picks the local_rank-th visible device: the
- * backend opens device 0, so narrow CUDA_VISIBLE_DEVICES before it starts. */
+ * backend opens device 0, so narrow CUDA_VISIBLE_DEVICES before it starts.
+ * A launcher that already bound one GPU per rank (a single entry) wins. */
 static void pick_gpu(const dist_env *e)
 {
     const char *vis = getenv("CUDA_VISIBLE_DEVICES");
     char buf[64];
-    if (e->world == 1)
+    if (e->world == 1 || (vis && *vis && !strchr(vis, ',')))
         return;
     if (vis && *vis) {
         const char *s = vis;
@@ -161,6 +168,13 @@ static void pick_gpu(const dist_env *e)
         snprintf(buf, sizeof buf, "%d", e->local_rank);
     }
     setenv("CUDA_VISIBLE_DEVICES", buf, 1);
+}
+
+/* Cores per rank when `local` ranks share this node. */
+static int cpu_share(int local)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > local ? (int)(n / local) : 1;
 }
 
 int cmd_train(int argc, char **argv)
@@ -219,6 +233,7 @@ int cmd_train(int argc, char **argv)
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_DTIMEOUT: dist_timeout = cli_float("--dist-timeout", optarg, 1, 1e7); break;
         case O_DINFO: dist_info = 1; break;
+        case O_ZERO: o.zero = (int)cli_int("--zero", optarg, 0, 1); break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("train", c, argv);
         }
@@ -228,8 +243,9 @@ int cmd_train(int argc, char **argv)
     if (dist_env_detect(&denv, err))
         cli_die("%s", err);
     if (dist_info) {
-        printf("rank %d world %d local_rank %d source %s mpi %s\n", denv.rank, denv.world,
-               denv.local_rank, denv.source, dist_have_mpi() ? "yes" : "no");
+        printf("rank %d world %d local_rank %d source %s mpi %s local_world %d\n", denv.rank,
+               denv.world, denv.local_rank, denv.source, dist_have_mpi() ? "yes" : "no",
+               denv.local_world);
         return 0;
     }
     if (denv.world > 1 && !dist_have_mpi())
@@ -258,6 +274,8 @@ int cmd_train(int argc, char **argv)
     src.seed = o.seed;
     if (strcmp(device, "cuda") == 0)
         pick_gpu(&denv);
+    else if (threads == 0 && denv.local_world > 1) /* share the node's cores */
+        threads = cpu_share(denv.local_world);
     backend *be = setup_backend(device, threads, precision);
     dist *dd = dist_init(&denv, be, dist_timeout, err);
     if (!dd)

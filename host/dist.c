@@ -4,11 +4,15 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,26 +76,44 @@ static int env_triple(const char *rank_var, const char *world_var, const char *w
     return 1;
 }
 
+/* Ranks on this node from `name`; Slurm writes "8" or "8(x2)" or "8,7". A
+ * value that does not parse is ignored (it only sizes the thread default). */
+static void env_local_world(dist_env *e, const char *name)
+{
+    const char *s = getenv(name);
+    char *end;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (s && end != s && v >= 1 && v <= DIST_MAXWORLD)
+        e->local_world = (int)v;
+}
+
 int dist_env_detect(dist_env *e, char *err)
 {
     int rc;
     e->rank = 0;
     e->world = 1;
     e->local_rank = 0;
+    e->local_world = 0;
     e->source = "none";
     rc = env_triple("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", NULL,
                     "OMPI_COMM_WORLD_LOCAL_RANK", e, err);
-    if (rc)
+    if (rc) {
+        env_local_world(e, "OMPI_COMM_WORLD_LOCAL_SIZE");
         return rc < 0 ? -1 : (e->source = "mpirun", 0);
+    }
     /* inside an sbatch script SLURM_NTASKS is the allocation's task count even
      * for the one batch process; srun's step count is the one that matters */
     rc = env_triple("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_LOCALID", e,
                     err);
-    if (rc)
+    if (rc) {
+        env_local_world(e, "SLURM_STEP_TASKS_PER_NODE");
         return rc < 0 ? -1 : (e->source = "slurm", 0);
+    }
     rc = env_triple("RANK", "WORLD_SIZE", NULL, "LOCAL_RANK", e, err);
-    if (rc)
+    if (rc) {
+        env_local_world(e, "LOCAL_WORLD_SIZE");
         return rc < 0 ? -1 : (e->source = "torchrun", 0);
+    }
     return 0;
 }
 
@@ -108,6 +130,7 @@ typedef struct {
     double spent_s;         /* seconds spent inside collectives (for the log) */
     void *stage;            /* host staging buffer for device reductions */
     size_t stage_bytes;
+    int *counts, *displs;   /* [world]: ZeRO shard sizes and offsets for MPI */
 } dist_impl;
 
 #ifdef DIST_HAVE_MPI
@@ -267,6 +290,8 @@ void dist_finalize(dist *d)
         MPI_Finalize();
 #endif
     free(im->stage);
+    free(im->counts);
+    free(im->displs);
     free(im);
     free(d);
 }
@@ -286,7 +311,118 @@ static int mpi_allreduce(void *v, size_t n, MPI_Datatype t, size_t esz)
     }
     return 0;
 }
+
+/* Grows the staging buffer to `bytes` (it is reused by every call). */
+static int stage_reserve(dist *d, size_t bytes, const char *what, char *err)
+{
+    dist_impl *im = d->impl;
+    if (bytes <= im->stage_bytes)
+        return 0;
+    void *p = realloc(im->stage, bytes);
+    if (!p)
+        return errf(err, "rank %d: %s: out of memory for a %zu-byte staging buffer", d->rank,
+                    what, bytes);
+    im->stage = p;
+    im->stage_bytes = bytes;
+    return 0;
+}
 #endif
+
+void dist_shard(const dist *d, int rank, size_t n, size_t *lo, size_t *hi)
+{
+    size_t s = (n + (size_t)d->world - 1) / (size_t)d->world;
+    *lo = (size_t)rank * s < n ? (size_t)rank * s : n;
+    *hi = *lo + s < n ? *lo + s : n;
+}
+
+#ifdef DIST_HAVE_MPI
+/* MPI's per-rank counts and offsets of the partition of n; int-sized. */
+static int shard_counts(dist *d, size_t n, const char *what, char *err)
+{
+    dist_impl *im = d->impl;
+    if (n > (size_t)INT_MAX) /* MPI's counts and offsets are int */
+        return errf(err, "rank %d: %s: %zu elements is more than ZeRO's MPI path shards "
+                         "(%d)", d->rank, what, n, INT_MAX);
+    if (!im->counts) {
+        im->counts = malloc((size_t)d->world * sizeof *im->counts);
+        im->displs = malloc((size_t)d->world * sizeof *im->displs);
+        if (!im->counts || !im->displs)
+            return errf(err, "rank %d: out of memory", d->rank);
+    }
+    for (int r = 0; r < d->world; r++) {
+        size_t lo, hi;
+        dist_shard(d, r, n, &lo, &hi);
+        im->counts[r] = (int)(hi - lo);
+        im->displs[r] = (int)lo;
+    }
+    return 0;
+}
+#endif
+
+int dist_reduce_scatter_buf(dist *d, void *buf, dtype t, size_t n, int mean, const char *what,
+                            char *err)
+{
+    if (d->world == 1)
+        return 0;
+#ifdef DIST_HAVE_MPI
+    dist_impl *im = d->impl;
+    backend *be = d->be;
+    dtype ht = t == DT_F64 ? DT_F64 : DT_F32;
+    size_t esz = dtype_size(ht), lo, hi;
+    dist_shard(d, d->rank, n, &lo, &hi);
+    if (shard_counts(d, n, what, err) || stage_reserve(d, (n + (hi - lo) + 1) * esz, what, err))
+        return -1;
+    char *in = im->stage, *out = in + n * esz;
+    be->download(be, in, ht, buf, t, n);
+    wd_enter(d, what);
+    int rc = MPI_Reduce_scatter(in, out, im->counts, ht == DT_F64 ? MPI_DOUBLE : MPI_FLOAT,
+                                MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS;
+    wd_leave(d);
+    if (rc)
+        return errf(err, "rank %d: MPI_Reduce_scatter of %s failed", d->rank, what);
+    if (mean) {
+        if (ht == DT_F64)
+            for (size_t i = 0; i < hi - lo; i++)
+                ((double *)out)[i] /= d->world;
+        else
+            for (size_t i = 0; i < hi - lo; i++)
+                ((float *)out)[i] *= 1.0f / (float)d->world;
+    }
+    be->upload(be, buf_at(buf, lo, t), t, out, ht, hi - lo);
+    return 0;
+#else
+    (void)buf, (void)t, (void)n, (void)mean;
+    return errf(err, "rank %d: %s: no transport for %d ranks", d->rank, what, d->world);
+#endif
+}
+
+int dist_allgather_buf(dist *d, void *buf, dtype t, size_t n, const char *what, char *err)
+{
+    if (d->world == 1)
+        return 0;
+#ifdef DIST_HAVE_MPI
+    dist_impl *im = d->impl;
+    backend *be = d->be;
+    dtype ht = t == DT_F64 ? DT_F64 : DT_F32;
+    size_t esz = dtype_size(ht), lo, hi;
+    dist_shard(d, d->rank, n, &lo, &hi);
+    if (shard_counts(d, n, what, err) || stage_reserve(d, (n + 1) * esz, what, err))
+        return -1;
+    be->download(be, (char *)im->stage + lo * esz, ht, buf_at(buf, lo, t), t, hi - lo);
+    wd_enter(d, what);
+    int rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, im->stage, im->counts,
+                            im->displs, ht == DT_F64 ? MPI_DOUBLE : MPI_FLOAT,
+                            MPI_COMM_WORLD) != MPI_SUCCESS;
+    wd_leave(d);
+    if (rc)
+        return errf(err, "rank %d: MPI_Allgatherv of %s failed", d->rank, what);
+    be->upload(be, buf, t, im->stage, ht, n);
+    return 0;
+#else
+    (void)buf, (void)t, (void)n;
+    return errf(err, "rank %d: %s: no transport for %d ranks", d->rank, what, d->world);
+#endif
+}
 
 int dist_allreduce_f64(dist *d, double *v, int n, int mean, const char *what, char *err)
 {
@@ -316,15 +452,8 @@ int dist_allreduce_buf(dist *d, void *buf, size_t n, int mean, const char *what,
     dist_impl *im = d->impl;
     backend *be = d->be;
     dtype ht = be->act == DT_F64 ? DT_F64 : DT_F32;
-    size_t bytes = n * dtype_size(ht);
-    if (bytes > im->stage_bytes) {
-        void *p = realloc(im->stage, bytes);
-        if (!p)
-            return errf(err, "rank %d: %s: out of memory for a %zu-byte staging buffer",
-                        d->rank, what, bytes);
-        im->stage = p;
-        im->stage_bytes = bytes;
-    }
+    if (stage_reserve(d, n * dtype_size(ht), what, err))
+        return -1;
     be->download(be, im->stage, ht, buf, be->act, n);
     wd_enter(d, what);
     int rc = mpi_allreduce(im->stage, n, ht == DT_F64 ? MPI_DOUBLE : MPI_FLOAT, dtype_size(ht));
@@ -408,8 +537,212 @@ void dist_fault_point(dist *d, int step)
         exit(3);
     } else if (!strcmp(kind, "kill")) {
         raise(SIGKILL);
+    } else if (!strcmp(kind, "stop")) {
+        raise(SIGSTOP); /* frozen, watchdog included: a peer's must notice */
     } else if (!strcmp(kind, "hang")) {
         for (;;)
             pause();
     }
+}
+
+/* ---- rendezvous (NCCL's unique id without MPI) ---- */
+
+#define RDV_MAGIC 0x414e5244u /* "ANRD" */
+#define RDV_MAXLEN 4096
+
+static double mono_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Reads or writes exactly n bytes on fd before `deadline`; -1 on error,
+ * end of stream or timeout. */
+static int io_full(int fd, void *buf, size_t n, int writing, double deadline)
+{
+    char *p = buf;
+    while (n) {
+        struct pollfd pf = { fd, writing ? POLLOUT : POLLIN, 0 };
+        int ms = (int)((deadline - mono_s()) * 1e3);
+        if (ms <= 0 || poll(&pf, 1, ms) <= 0)
+            return -1;
+        ssize_t k = writing ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int rdv_port(char *port, size_t n, char *err)
+{
+    const char *s = getenv("MASTER_PORT");
+    char *end;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || end == s || *end || v < 1 || v > 65535)
+        return errf(err, "MASTER_PORT: '%s' is not a port number (1-65535)", s ? s : "");
+    snprintf(port, n, "%ld", v);
+    return 0;
+}
+
+/* Rank 0: accept world-1 peers, check each one's hello, send them the blob. */
+static int rdv_tcp_serve(const dist_env *e, const char *port, const void *blob, uint32_t len,
+                         double deadline, char *err)
+{
+    struct addrinfo hints = { 0 }, *ai = NULL;
+    int fd = -1, one = 1, rc = -1, served = 0;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if (getaddrinfo(NULL, port, &hints, &ai))
+        return errf(err, "MASTER_PORT %s: cannot resolve a local address", port);
+    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0)
+            continue;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) || listen(fd, 128)) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    if (fd < 0)
+        return errf(err, "rank 0: cannot listen on MASTER_PORT %s: %s", port, strerror(errno));
+    uint32_t head[2] = { RDV_MAGIC, len };
+    char *seen = calloc((size_t)e->world, 1);
+    if (!seen) {
+        close(fd);
+        return errf(err, "rank 0: out of memory");
+    }
+    while (served < e->world - 1) {
+        struct pollfd pf = { fd, POLLIN, 0 };
+        int ms = (int)((deadline - mono_s()) * 1e3), c;
+        uint32_t hello[2];
+        if (ms <= 0 || poll(&pf, 1, ms) <= 0) {
+            errf(err, "rank 0: only %d of %d ranks connected to port %s in time", served,
+                 e->world - 1, port);
+            goto done;
+        }
+        c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0)
+            continue;
+        /* a stray connection (port scanner, old job) is dropped, not fatal */
+        if (!io_full(c, hello, sizeof hello, 0, deadline) && hello[0] == RDV_MAGIC &&
+            hello[1] > 0 && hello[1] < (uint32_t)e->world &&
+            !io_full(c, head, sizeof head, 1, deadline) &&
+            !io_full(c, (void *)blob, len, 1, deadline) && !seen[hello[1]]) {
+            seen[hello[1]] = 1;
+            served++;
+        }
+        close(c);
+    }
+    rc = 0;
+done:
+    free(seen);
+    close(fd);
+    return rc;
+}
+
+/* Other ranks: connect to MASTER_ADDR:MASTER_PORT until rank 0 answers. */
+static int rdv_tcp_fetch(const dist_env *e, const char *port, void *blob, uint32_t len,
+                         double deadline, char *err)
+{
+    const char *host = getenv("MASTER_ADDR");
+    struct addrinfo hints = { 0 }, *ai = NULL;
+    if (!host || !*host)
+        return errf(err, "MASTER_ADDR: not set (rank 0's host name or address)");
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, port, &hints, &ai))
+        return errf(err, "MASTER_ADDR %s: cannot resolve it", host);
+    int rc = -1;
+    while (rc && mono_s() < deadline) {
+        for (struct addrinfo *a = ai; a && rc; a = a->ai_next) {
+            int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+            uint32_t hello[2] = { RDV_MAGIC, (uint32_t)e->rank }, head[2];
+            if (fd < 0)
+                continue;
+            if (!connect(fd, a->ai_addr, a->ai_addrlen) &&
+                !io_full(fd, hello, sizeof hello, 1, deadline) &&
+                !io_full(fd, head, sizeof head, 0, deadline) && head[0] == RDV_MAGIC &&
+                head[1] == len && !io_full(fd, blob, len, 0, deadline))
+                rc = 0;
+            close(fd);
+        }
+        if (rc)
+            usleep(100 * 1000); /* rank 0 not listening yet */
+    }
+    freeaddrinfo(ai);
+    if (rc)
+        return errf(err, "rank %d: no rendezvous with rank 0 at %s:%s in time", e->rank, host,
+                    port);
+    return 0;
+}
+
+static int rdv_file(const dist_env *e, const char *path, void *blob, uint32_t len,
+                    double deadline, char *err)
+{
+    uint32_t head[2];
+    if (e->rank == 0) {
+        char tmp[4200];
+        int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+        if (n < 0 || (size_t)n >= sizeof tmp)
+            return errf(err, "--dist-init file:%s: path too long", path);
+        FILE *f = fopen(tmp, "wb");
+        head[0] = RDV_MAGIC;
+        head[1] = len;
+        if (!f || fwrite(head, sizeof head, 1, f) != 1 || fwrite(blob, len, 1, f) != 1 ||
+            fflush(f) || fsync(fileno(f))) {
+            if (f)
+                fclose(f);
+            unlink(tmp);
+            return errf(err, "--dist-init file:%s: cannot write: %s", path, strerror(errno));
+        }
+        fclose(f);
+        if (rename(tmp, path)) {
+            unlink(tmp);
+            return errf(err, "--dist-init file:%s: %s", path, strerror(errno));
+        }
+        return 0;
+    }
+    for (;;) {
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            int ok = fread(head, sizeof head, 1, f) == 1 && head[0] == RDV_MAGIC &&
+                     head[1] == len && fread(blob, len, 1, f) == 1 && fgetc(f) == EOF;
+            fclose(f);
+            if (ok)
+                return 0;
+            return errf(err, "--dist-init file:%s: not a rendezvous file of %u bytes", path,
+                        len);
+        }
+        if (mono_s() >= deadline)
+            return errf(err, "rank %d: --dist-init file:%s: rank 0 did not write it in time",
+                        e->rank, path);
+        usleep(50 * 1000);
+    }
+}
+
+int dist_rendezvous(const dist_env *e, const char *spec, void *blob, size_t len,
+                    double timeout_s, char *err)
+{
+    double deadline = mono_s() + (timeout_s > 0 ? timeout_s : 300);
+    char port[16];
+    if (e->world == 1)
+        return 0;
+    if (len == 0 || len > RDV_MAXLEN)
+        return errf(err, "rendezvous: %zu bytes is not in [1, %d]", len, RDV_MAXLEN);
+    if (!strncmp(spec, "file:", 5) && spec[5])
+        return rdv_file(e, spec + 5, blob, (uint32_t)len, deadline, err);
+    if (strcmp(spec, "tcp"))
+        return errf(err, "--dist-init: '%s' is not tcp or file:PATH", spec);
+    if (rdv_port(port, sizeof port, err))
+        return -1;
+    return e->rank == 0 ? rdv_tcp_serve(e, port, blob, (uint32_t)len, deadline, err)
+                        : rdv_tcp_fetch(e, port, blob, (uint32_t)len, deadline, err);
 }

@@ -12,9 +12,10 @@
  * build found it: mk/dist.mk defines DIST_HAVE_MPI). MPI is initialised only
  * when world > 1. A build without MPI refuses world > 1 with a clear error.
  * NCCL for the CUDA backend is meant to plug in as a third transport behind
- * the same calls (its unique id travelling over MPI when linked, else TCP from
- * rank 0 at MASTER_ADDR:MASTER_PORT, else --dist-init file:PATH); it is not
- * written yet.
+ * the same calls; it is not written yet. Its unique id will travel over MPI
+ * when linked (dist_bcast), else through dist_rendezvous below (TCP from rank
+ * 0 at MASTER_ADDR:MASTER_PORT, or a file on a shared filesystem), which is
+ * written and tested already.
  *
  * A watchdog thread per rank (world > 1) ends the whole job (MPI_Abort) when
  *   - a rank reaches no collective for the timeout (it is stuck in compute or
@@ -29,8 +30,8 @@
  * ("process rank R ... exited on signal 9", or the exit code of rank R).
  *
  * Device buffers are reduced through a host staging buffer (fp32, or fp64 for
- * the fp64 backend) that is allocated on first use and reused: download,
- * MPI_Allreduce in place, upload. Overlapping the gradient all-reduce with
+ * fp64 buffers) that is allocated on first use and reused: download,
+ * MPI_Allreduce in place (or MPI_Reduce_scatter / MPI_Allgatherv), upload. Overlapping the gradient all-reduce with
  * backward (buckets reduced as soon as backward has produced them, on a
  * second CUDA stream) is the CUDA transport's job; dist_bucket_ready below is
  * its entry point and is a no-op today (the loop reduces once, after the
@@ -46,6 +47,9 @@
 /* Where a process learned its place in the job. */
 typedef struct {
     int rank, world, local_rank;
+    int local_world;    /* ranks on this node (OMPI_COMM_WORLD_LOCAL_SIZE,
+                         * SLURM_STEP_TASKS_PER_NODE, LOCAL_WORLD_SIZE);
+                         * 0 when the launcher does not say */
     const char *source; /* "mpirun", "slurm", "torchrun" or "none" */
 } dist_env;
 
@@ -81,15 +85,41 @@ int dist_allreduce_f64(dist *d, double *v, int n, int mean, const char *what, ch
 int dist_bcast_f32(dist *d, float *v, size_t n, int root, const char *what, char *err);
 int dist_barrier(dist *d, const char *what, char *err);
 
+/* ZeRO stage 1's partition of n elements: rank r owns [lo, hi) with
+ * S = ceil(n / world), lo = min(r*S, n), hi = min(lo + S, n). */
+void dist_shard(const dist *d, int rank, size_t n, size_t *lo, size_t *hi);
+/* Sum (mean: divided by world) across ranks of the device buffer buf [n] of
+ * type t, scattered: on return this rank's shard of buf (dist_shard) holds
+ * its part of the result; the rest of buf is left as it was. */
+int dist_reduce_scatter_buf(dist *d, void *buf, dtype t, size_t n, int mean, const char *what,
+                            char *err);
+/* Each rank's shard of buf [n] (type t) to every rank: on return buf is the
+ * concatenation of the owners' shards. */
+int dist_allgather_buf(dist *d, void *buf, dtype t, size_t n, const char *what, char *err);
+
 /* Overlap hook for the CUDA transport: [offset, offset+n) of the gradient
  * buffer is final for this step and may be reduced now. No-op for now. */
 void dist_bucket_ready(dist *d, void *grads, size_t offset, size_t n);
 
 /* Test-only fault injection, from ANATOMY_DIST_FAULT="KIND:RANK:STEP" with
- * KIND exit (exit code 3 after a message), kill (SIGKILL itself, no message)
- * or hang (sleep forever outside any collective). Called at the start of
+ * KIND exit (exit code 3 after a message), kill (SIGKILL itself, no message),
+ * hang (sleep forever outside any collective) or stop (SIGSTOP itself: the
+ * whole process freezes, its watchdog too, as on a frozen node). Called at the start of
  * each step; does nothing unless the variable names this rank and step. */
 void dist_fault_point(dist *d, int step);
+
+/* NCCL's bootstrap without MPI: rank 0's len-byte blob (an ncclUniqueId)
+ * reaches every rank of e. spec:
+ *   "tcp"        rank 0 listens on MASTER_PORT; the others connect to
+ *                MASTER_ADDR:MASTER_PORT (retrying until rank 0 is up) and
+ *                read it
+ *   "file:PATH"  rank 0 writes PATH atomically; the others wait for it. PATH
+ *                must be new for each job (put the job id in it): a stale
+ *                file from an earlier job would be read as this one's.
+ * On rank 0 blob is the input, elsewhere the output. Gives up after
+ * timeout_s with err naming the address or file. World 1 does nothing. */
+int dist_rendezvous(const dist_env *e, const char *spec, void *blob, size_t len,
+                    double timeout_s, char *err);
 
 /* Leaves the job (MPI_Finalize when it was initialised) and frees d. */
 void dist_finalize(dist *d);

@@ -218,6 +218,7 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
     ckpt_meta_set(md, "seq", "%d", o->T);
     ckpt_meta_set(md, "total_batch", "%lld", o->total_batch);
     ckpt_meta_set(md, "world", "%d", o->world);
+    ckpt_meta_set(md, "zero", "%d", o->zero && o->world > 1);
     ckpt_meta_set(md, "shuffle", "%d", o->shuffle);
     if (o->tokenizer_kind)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
@@ -303,6 +304,92 @@ done:
     return rc;
 }
 
+/* ZeRO stage 1: this rank's shard [lo, hi) of the flat parameter vector
+ * (dist_shard) and AdamW's segments intersected with it. Off (on == 0), the
+ * shard is everything and segs are the model's. The moments (and master
+ * weights) stay full-size buffers because model_alloc owns them; only the
+ * shard is read or written between checkpoints, so the memory saving is a
+ * matter of allocating shard-sized buffers there, not of this logic. */
+typedef struct {
+    int on;
+    size_t lo, hi;
+    param_segment *segs;
+    int nsegs;
+} zero_plan;
+
+static int zero_init(zero_plan *z, model *m, const train_opts *o, char *err)
+{
+    z->on = o->zero && o->dist && o->world > 1;
+    z->lo = 0;
+    z->hi = m->nparams;
+    z->segs = NULL;
+    z->nsegs = 0;
+    if (!z->on)
+        return 0;
+    dist_shard(o->dist, o->rank, m->nparams, &z->lo, &z->hi);
+    z->segs = malloc(((size_t)m->nsegs + 1) * sizeof *z->segs);
+    if (!z->segs)
+        return errf(err, "rank %d: out of memory for the ZeRO plan", o->rank);
+    for (int k = 0; k < m->nsegs; k++) {
+        size_t a = m->segs[k].offset, b = a + m->segs[k].count;
+        a = a > z->lo ? a : z->lo;
+        b = b < z->hi ? b : z->hi;
+        if (a < b)
+            z->segs[z->nsegs++] = (param_segment){ a, b - a, m->segs[k].decay };
+    }
+    return 0;
+}
+
+/* Combines the ranks' gradients and losses after the accumulation loop and
+ * returns the global gradient norm in *norm. Each rank's gradient is already
+ * its mean over its micro-batches (scale 1/(valid*accum)), so the mean over
+ * ranks is the gradient of the global batch. Without ZeRO: one all-reduce of
+ * the whole gradient (overlapping buckets with backward is the CUDA
+ * transport's job: dist_bucket_ready). With ZeRO: a reduce-scatter leaves
+ * each rank the mean gradient of its shard, and the norm sums the shards'. */
+static int reduce_grads(model *m, const train_opts *o, const zero_plan *z, double *loss,
+                        double *norm, char *err)
+{
+    backend *be = m->be;
+    if (!o->dist || o->world == 1) {
+        *norm = sqrt(be->sumsq(be, m->grads, m->nparams));
+        return 0;
+    }
+    if (dist_allreduce_f64(o->dist, loss, 1, 1, "loss", err))
+        return -1;
+    if (!z->on) {
+        if (dist_allreduce_buf(o->dist, m->grads, m->nparams, 1, "gradients", err))
+            return -1;
+        *norm = sqrt(be->sumsq(be, m->grads, m->nparams));
+        return 0;
+    }
+    if (dist_reduce_scatter_buf(o->dist, m->grads, be->act, m->nparams, 1, "gradients", err))
+        return -1;
+    double sq = z->hi > z->lo ? be->sumsq(be, buf_at(m->grads, z->lo, be->act), z->hi - z->lo)
+                              : 0.0;
+    if (dist_allreduce_f64(o->dist, &sq, 1, 0, "gradient norm", err))
+        return -1;
+    *norm = sqrt(sq);
+    return 0;
+}
+
+/* Before a checkpoint under ZeRO: every rank's shard of the optimizer state
+ * to every rank, so rank 0 writes the same single file as without ZeRO (and
+ * it resumes on any world size, with or without ZeRO). */
+static int zero_gather_state(model *m, const train_opts *o, const zero_plan *z, char *err)
+{
+    backend *be = m->be;
+    if (!z->on)
+        return 0;
+    if (m->master && dist_allgather_buf(o->dist, m->master, be->opt, m->nparams,
+                                        "master weights", err))
+        return -1;
+    if (dist_allgather_buf(o->dist, m->m, be->opt, m->nparams, "AdamW m", err) ||
+        dist_allgather_buf(o->dist, m->v, be->opt, m->nparams, "AdamW v", err))
+        return -1;
+    return 0;
+}
+
 static int mkdir_p(const char *dir, char *err)
 {
     char tmp[4096];
@@ -347,6 +434,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     int32_t *sample_toks = NULL;
     double t_total = 0.0, t_comm = 0.0;
     int timed = 0;
+    zero_plan z = { 0 };
 
     if (!in || !tg) {
         errf(err, "out of memory");
@@ -357,7 +445,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                   "ranks = %lld", o->total_batch, per_micro);
         goto done;
     }
-    if (m->plan(m, B, T, err))
+    if (m->plan(m, B, T, err) || zero_init(&z, m, o, err))
         goto done;
     if (o->sample_every > 0) {
         sample_toks = malloc(((size_t)o->sample_tokens + 1) * sizeof *sample_toks);
@@ -392,8 +480,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     if (o->rank == 0)
         printf("training %s: %zu parameters, %d steps of %lld tokens (%d x %d x %d ranks x %d "
-               "accumulation), %s%s\n", m->family, m->nparams_real, o->steps, o->total_batch,
-               B, T, o->world, accum, be->name, o->out ? "" : "; no --out: nothing is saved");
+               "accumulation), %s%s%s\n", m->family, m->nparams_real, o->steps, o->total_batch,
+               B, T, o->world, accum, be->name, z.on ? ", ZeRO stage 1" : "",
+               o->out ? "" : "; no --out: nothing is saved");
 
     while (st->step < o->steps) {
         int step = st->step;
@@ -413,23 +502,14 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             m->backward(m);
         }
         st->data_pos = loader_position(ld);
-        if (o->dist && o->world > 1) {
-            /* One reduction of the whole gradient after the accumulation loop.
-             * Each rank's gradient is already its mean over its micro-batches
-             * (scale 1/(valid*accum)), so the mean over ranks is the gradient
-             * of the global batch. Overlapping buckets with backward belongs to
-             * the CUDA transport (dist_bucket_ready). */
-            double tc = now_ms();
-            if (dist_allreduce_buf(o->dist, m->grads, m->nparams, 1, "gradients", err) ||
-                dist_allreduce_f64(o->dist, &loss, 1, 1, "loss", err))
-                goto done;
-            t_comm += step > 0 || o->steps == 1 ? now_ms() - tc : 0.0;
-        }
+        double tc = now_ms(), norm;
+        if (reduce_grads(m, o, &z, &loss, &norm, err))
+            goto done;
+        tc = now_ms() - tc;
         if (!isfinite(loss)) {
             errf(err, "step %d: the loss is %g; training diverged (lower --lr?)", step + 1, loss);
             goto done;
         }
-        double norm = sqrt(be->sumsq(be, m->grads, m->nparams));
         float gscale = 1.0f;
         if (o->grad_clip > 0) {
             double coef = o->grad_clip / (norm + 1e-6);
@@ -438,12 +518,21 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         }
         adamw_params hp = { (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, step + 1,
                             gscale };
-        be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+        if (z.on) { /* this rank's shard, then everyone's parameters to everyone */
+            be->adamw(be, m->params, m->master, m->grads, m->m, m->v, z.segs, z.nsegs, &hp);
+            double ta = now_ms();
+            if (dist_allgather_buf(o->dist, m->params, be->act, m->nparams, "parameters", err))
+                goto done;
+            tc += now_ms() - ta;
+        } else {
+            be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+        }
         be->sync(be);
         double ms = now_ms() - t0;
         st->step++;
         if (step > 0 || o->steps == 1) { /* the first step warms caches */
             t_total += ms;
+            t_comm += tc;
             timed++;
         }
         double avg = timed ? t_total / timed : ms, tps = o->total_batch / (ms / 1e3);
@@ -473,21 +562,26 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         }
         if (o->sample_every > 0 && (st->step % o->sample_every == 0 || last) && o->rank == 0)
             train_sample(&sp, o, st, sample_toks, st->step);
-        if (o->out && o->rank == 0 &&
-            ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last))
-            if (save_step(m, o, st, err))
+        /* the same condition on every rank: the ZeRO gather is collective */
+        if (o->out && ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last)) {
+            if (zero_gather_state(m, o, &z, err))
                 goto done;
+            if (o->rank == 0 && save_step(m, o, st, err))
+                goto done;
+        }
     }
     if (o->rank == 0 && timed) {
         printf("done: %d steps, %.1f ms/step average, %.0f tokens/s\n", st->step,
                t_total / timed, o->total_batch / (t_total / timed / 1e3));
         if (o->world > 1)
-            printf("communication: %.1f ms/step average on rank 0 (gradient and loss "
-                   "all-reduce over %s, %d ranks)\n", t_comm / timed, o->dist->transport,
-                   o->world);
+            printf("communication: %.1f ms/step average on rank 0 (%s over %s, %d ranks)\n",
+                   t_comm / timed, z.on ? "gradient reduce-scatter, parameter all-gather"
+                                        : "gradient and loss all-reduce",
+                   o->dist->transport, o->world);
     }
     rc = 0;
 done:
+    free(z.segs);
     sampler_free(&sp);
     free(sample_toks);
     if (log)

@@ -28,6 +28,7 @@ typedef struct {
     int shuffle;
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
     dist *dist;             /* the communicator; NULL: one process */
+    int zero;               /* 1: ZeRO stage 1 (sharded AdamW state) when world > 1 */
     tokenizer *tok;         /* for samples; NULL prints token ids */
     const char *tokenizer_kind;
 } train_opts;
@@ -49,7 +50,8 @@ double train_lr(const train_opts *o, int step);
  * same options; rank r reads global micro-batches j*world + r; gradients are
  * averaged across ranks after the accumulation loop and the loss for the log
  * too, so all ranks take the same AdamW step. Rank 0 alone prints, logs,
- * samples and writes checkpoints; validation is shared (rank r evaluates
+ * samples and writes checkpoints (under ZeRO the optimizer state is first
+ * gathered, so the file is the same single file); validation is shared (rank r evaluates
  * validation micro-batches r, r+world, ...) and reduced. Every rank performs
  * the same collectives in the same order, errors included (a diverged loss
  * is seen by all ranks at once, after its reduction). */
