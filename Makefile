@@ -33,6 +33,7 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(CPU_OBJS)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test test-c test-py demo bench asan clean help
+.SECONDARY: # keep the test objects make would otherwise delete as intermediates
 all: $(BUILD)/anatomy
 
 -include mk/*.mk
