@@ -22,7 +22,7 @@ static const char usage[] =
     "  --seq T         sequence length (default: the model's context, at most 1024)\n"
     "  --batches N     micro-batches to average (default: all that fit in the shards)\n"
     "  --seed S        with --preset: initialisation seed (default 1337)\n"
-    "  --device D      cpu or cuda (default cpu)\n"
+    "  --device D      cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P   fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N     CPU threads (default: all cores)\n"
     "  --config FILE   read options from 'key = value' lines\n"
@@ -42,7 +42,7 @@ int cmd_eval(int argc, char **argv)
         { 0, 0, 0, 0 },
     };
     model_source src = { 0 };
-    const char *data = NULL, *device = "cpu", *precision = NULL;
+    const char *data = NULL, *device = NULL, *precision = NULL;
     int B = 8, T = 0, threads = 0, c;
     long long batches = 0;
     char err[ERRBUF];

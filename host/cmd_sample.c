@@ -21,7 +21,7 @@ static const char usage[] =
     "  --seed S           sampling seed (default 1337)\n"
     "  --tokenizer KIND   bytes or gpt2 (default: from the checkpoint or the vocabulary)\n"
     "  --vocab DIR        GPT-2 vocabulary folder (encoder.json + vocab.bpe)\n"
-    "  --device D         cpu or cuda (default cpu)\n"
+    "  --device D         cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P      fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --help             this text\n";
@@ -41,7 +41,7 @@ int cmd_sample(int argc, char **argv)
         { 0, 0, 0, 0 },
     };
     model_source src = { 0 };
-    const char *prompt = NULL, *kind = NULL, *vocab = NULL, *device = "cpu", *precision = NULL;
+    const char *prompt = NULL, *kind = NULL, *vocab = NULL, *device = NULL, *precision = NULL;
     int ntok = 256, top_k = 0, threads = 0, c;
     double temp = 1.0;
     uint64_t seed = 1337;

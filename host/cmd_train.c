@@ -48,7 +48,7 @@ static const char usage[] =
     "  --sample-every N     print a sample every N steps (default 0: never)\n"
     "  --sample-tokens N    tokens per sample (default 64)\n"
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
-    "  --device D           cpu or cuda (default cpu)\n"
+    "  --device D           cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N          CPU threads (default: all cores, shared evenly by the ranks\n"
     "                       on a node when the launcher says how many there are)\n"
@@ -182,7 +182,7 @@ int cmd_train(int argc, char **argv)
     model_source src = { 0 };
     train_opts o = { 0 };
     train_state st = { 0 };
-    const char *device = "cpu", *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
+    const char *device = NULL, *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
     int threads = 0, c, seq = 0, dist_info = 0;
     double dist_timeout = 300;
     dist_env denv;
@@ -272,10 +272,12 @@ int cmd_train(int argc, char **argv)
     if (resume_path)
         src.init = resume_path;
     src.seed = o.seed;
-    if (strcmp(device, "cuda") == 0)
+    /* no --device: either may follow, so prepare for both (pick_gpu only
+     * narrows CUDA_VISIBLE_DEVICES; threads matter only to the CPU) */
+    if (!device || strcmp(device, "cuda") == 0)
         pick_gpu(&denv);
-    else if (threads == 0 && denv.local_world > 1) /* share the node's cores */
-        threads = cpu_share(denv.local_world);
+    if ((!device || strcmp(device, "cpu") == 0) && threads == 0 && denv.local_world > 1)
+        threads = cpu_share(denv.local_world); /* share the node's cores */
     backend *be = setup_backend(device, threads, precision);
     dist *dd = dist_init(&denv, be, dist_timeout, err);
     if (!dd)

@@ -13,11 +13,32 @@
 #include "../data/errbuf.h"
 #include "cli.h"
 
+/* The default device: the CUDA backend when this build has it and it starts
+ * (a usable GPU, or the emulator in anatomy-emu), else the CPU, in the
+ * precision asked for or that device's default. */
+static backend *setup_auto(int threads, const char *precision)
+{
+    char err[ERRBUF];
+    if (backend_cuda_create && (!precision || strcmp(precision, "bf16") == 0 ||
+                                strcmp(precision, "fp32") == 0)) {
+        int bf16 = !precision || strcmp(precision, "bf16") == 0;
+        backend *be = backend_cuda_create(0, bf16 ? DT_BF16 : DT_F32, err);
+        if (be)
+            return be;
+    }
+    if (precision && strcmp(precision, "bf16") == 0)
+        cli_die("--precision bf16: no CUDA device is available and the CPU backend computes in "
+                "fp32 only");
+    return setup_backend("cpu", threads, precision);
+}
+
 backend *setup_backend(const char *device, int threads, const char *precision)
 {
     char err[ERRBUF];
     backend *be;
     dtype act;
+    if (!device)
+        return setup_auto(threads, precision);
     if (!precision)
         precision = strcmp(device, "cuda") == 0 ? "bf16" : "fp32";
     if (strcmp(precision, "bf16") == 0)

@@ -19,8 +19,9 @@ typedef struct {
     uint64_t seed;        /* with preset: initialisation seed */
 } model_source;
 
-/* device "cpu" or "cuda"; threads <= 0: all cores; precision "fp32" or
- * "bf16" (CUDA only), NULL: bf16 on CUDA, fp32 on the CPU. Dies with a one-line error. */
+/* device "cpu", "cuda", or NULL: cuda when the build has it and a device
+ * starts, else cpu; threads <= 0: all cores; precision "fp32" or "bf16"
+ * (CUDA only), NULL: bf16 on CUDA, fp32 on the CPU. Dies with a one-line error. */
 backend *setup_backend(const char *device, int threads, const char *precision);
 
 /* Kinds of file --init accepts. */

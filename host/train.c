@@ -421,6 +421,13 @@ static int save_step(model *m, const train_opts *o, const train_state *st, char 
     return 0;
 }
 
+/* A profiler range around a phase, when the backend has the hook. */
+static void train_range(backend *be, const char *name, int push)
+{
+    if (be->range)
+        be->range(be, name, push);
+}
+
 int train_run(model *m, const train_opts *o, train_state *st, char *err)
 {
     backend *be = m->be;
@@ -516,16 +523,21 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             if (coef < 1.0)
                 gscale = (float)coef;
         }
+        /* seed: stochastic rounding of bf16 params; the backend mixes in the step */
         adamw_params hp = { (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, step + 1,
-                            gscale };
+                            gscale, (uint32_t)(o->seed ^ (o->seed >> 32)) };
         if (z.on) { /* this rank's shard, then everyone's parameters to everyone */
+            train_range(be, "optimizer", 1);
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, z.segs, z.nsegs, &hp);
+            train_range(be, "optimizer", 0);
             double ta = now_ms();
             if (dist_allgather_buf(o->dist, m->params, be->act, m->nparams, "parameters", err))
                 goto done;
             tc += now_ms() - ta;
         } else {
+            train_range(be, "optimizer", 1);
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+            train_range(be, "optimizer", 0);
         }
         be->sync(be);
         double ms = now_ms() - t0;

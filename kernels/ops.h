@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 #ifdef __cplusplus
-extern "C" { /* the CUDA backend is C++ (kernels/cuda/*.cu) */
+extern "C" { /* the CUDA backend (kernels/cuda/) is C++ */
 #endif
 
 typedef enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_I32 = 3 } dtype;
@@ -64,6 +64,9 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     int step;          /* 1-based, for bias correction */
     float grad_scale;  /* gradients are multiplied by this first (clipping) */
+    uint32_t seed;     /* random bits for stochastic rounding of bf16 params
+                        * (CUDA, with master weights); hashed with step and
+                        * element index; ignored by the CPU backend */
 } adamw_params;
 
 typedef struct backend backend;
@@ -85,6 +88,20 @@ struct backend {
     /* Waits for all queued work. */
     void (*sync)(backend *be);
     void (*destroy)(backend *be);
+    /* Optional (NULL: nothing to do, as on the CPU). Called by a model's plan
+     * with its largest shapes (batch B, sequence T, width C, NH heads,
+     * vocabulary V) before the first step, so that the backend can reserve
+     * the scratch its ops need (CUDA: attention's head-major copies and
+     * [B,NH,T,T] scores, column-sum partials, encoder buckets) and nothing
+     * allocates during training. Returns -1 and fills err (ERRBUF bytes),
+     * naming the memory needed, when it does not fit. */
+    int (*plan)(backend *be, int B, int T, int C, int NH, int V, char *err);
+    /* Optional (NULL on the CPU): opens (push 1) or closes (push 0, name
+     * unused) a named profiler range; CUDA: NVTX, for Nsight Systems. Model
+     * and trainer code bracket each phase ("forward", "backward",
+     * "optimizer") and each layer in it ("layer 3 forward"); ranges nest
+     * and every push is matched by a pop. The name is copied at the push. */
+    void (*range)(backend *be, const char *name, int push);
 
     /* ---- ops (types: act unless stated) ---- */
 
@@ -106,6 +123,16 @@ struct backend {
                                const void *dout, const void *inp, const void *weight,
                                const void *mean, const void *rstd, int N, int C);
 
+    /* residual + layernorm: res_out = a + b, then ln_out = layernorm(res_out) as
+     * above, saving mean, rstd: stat [N]. a, b, res_out, ln_out: [N,C]. Equal to
+     * residual_forward then layernorm_forward (LN sees res_out as stored), but
+     * one pass on CUDA: saves re-reading res_out, N*C act elements per call.
+     * Backward: layernorm_backward (input res_out) and then the residual's
+     * gradient, which the caller accumulates into both branches. */
+    void (*residual_layernorm_forward)(backend *be, void *res_out, void *ln_out, void *mean,
+                                       void *rstd, const void *a, const void *b,
+                                       const void *weight, const void *bias, int N, int C);
+
     /* matmul: out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be NULL).
      * Saves nothing (backward needs inp and weight). */
     void (*matmul_forward)(backend *be, void *out, const void *inp, const void *weight,
@@ -115,6 +142,15 @@ struct backend {
     void (*matmul_backward)(backend *be, void *dinp, void *dweight, void *dbias,
                             const void *dout, const void *inp, const void *weight,
                             int N, int IC, int OC);
+
+    /* matmul + gelu: pre[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be
+     * NULL), out[N,OC] = gelu(pre) (gelu as below). Writes both: pre is what
+     * gelu_backward needs. Equal to matmul_forward then gelu_forward, but the
+     * CUDA backend does it in the matmul's epilogue (cuBLASLt GELU_AUX_BIAS),
+     * saving gelu_forward's re-read of pre: N*OC act elements per call.
+     * Backward: gelu_backward into dpre, then matmul_backward. */
+    void (*matmul_gelu_forward)(backend *be, void *pre, void *out, const void *inp,
+                                const void *weight, const void *bias, int N, int IC, int OC);
 
     /* attention: multi-head scaled dot-product attention.
      * qkv: [B,T,3C] holding q, k, v for NH heads of size hs = C/NH each
@@ -158,7 +194,8 @@ struct backend {
     /* AdamW (decoupled weight decay, as torch.optim.AdamW), per element in each segment:
      *   g = grad_scale * grad;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
      *   w -= lr * (wd*decay * w + (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)).
-     * w is `master` (opt) when not NULL, and `params` (act) is then set from it;
+     * w is `master` (opt) when not NULL, and `params` (act) is then set from it
+     * (bf16: rounded stochastically, unbiased, bits from hp->seed, step, index);
      * with master NULL the update happens in `params` directly (act == opt).
      * m, v, master: opt. */
     void (*adamw)(backend *be, void *params, void *master, const void *grads, void *m, void *v,

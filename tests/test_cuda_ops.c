@@ -81,6 +81,14 @@ static double bf16_round(double x)
     return f;
 }
 
+/* The spacing of bf16 values at |x| (8 significant bits), for normal x. */
+static double bf16_ulp(double x)
+{
+    int e;
+    frexp(x, &e);
+    return ldexp(1.0, e - 8);
+}
+
 /* n normal values times scale, exactly representable in type t. */
 static double *rnd(size_t n, double scale, dtype t)
 {
@@ -500,6 +508,117 @@ START_TEST(test_matmul)
 }
 END_TEST
 
+/* ---- residual + layernorm ---- */
+
+/* The fused op against the oracle (all four outputs, every element written)
+ * and against the backend's own residual_forward + layernorm_forward, which
+ * it must equal bit for bit: LN reads the residual stream as stored. */
+START_TEST(test_residual_layernorm)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    static const int cases[][3] = { { 37, 64, 0 }, { 5, 70, 0 }, { 16, 256, 1 }, { 130, 8, 0 } };
+    seed("residual_layernorm", _i);
+    for (int s = 0; s < 4; s++) {
+        int N = cases[s][0], C = cases[s][1], off = cases[s][2];
+        size_t n = (size_t)N * C;
+        double *a = rnd(n, 1, act), *b = rnd(n, 1, act), *w = rnd(C, 1, act), *bi = rnd(C, 1, act);
+        double *got[3][4];
+        for (int k = 0; k < 3; k++) { /* 0: oracle; 1: fused; 2: unfused, on the GPU backend */
+            backend *e = k ? g : r;
+            dtype t = e->act, st = e->stat;
+            int o = k ? off : 0;
+            void *ba, *bb, *bw, *bbi;
+            void *da = up_off(e, t, a, n, o, &ba), *db = up_off(e, t, b, n, o, &bb);
+            void *dw = up_off(e, t, w, C, o, &bw), *dbi = up_off(e, t, bi, C, o, &bbi);
+            void *res = poisoned(e, t, n + o), *ln = poisoned(e, t, n + o), *sts = poisoned(e, st, 2 * (size_t)N);
+            void *ro = buf_at(res, o, t), *lo = buf_at(ln, o, t), *rs = buf_at(sts, N, st);
+            if (k < 2) {
+                e->residual_layernorm_forward(e, ro, lo, sts, rs, da, db, dw, dbi, N, C);
+            } else {
+                e->residual_forward(e, ro, da, db, n);
+                e->layernorm_forward(e, lo, sts, rs, ro, dw, dbi, N, C);
+            }
+            for (int j = 0; j < 4; j++)
+                got[k][j] = xmalloc((j < 2 ? n : (size_t)N) * 8);
+            e->download(e, got[k][0], DT_F64, ro, t, n);
+            e->download(e, got[k][1], DT_F64, lo, t, n);
+            e->download(e, got[k][2], DT_F64, sts, st, N);
+            e->download(e, got[k][3], DT_F64, rs, st, N);
+            void *bufs[] = { ba, bb, bw, bbi, res, ln, sts };
+            for (int i = 0; i < 7; i++)
+                e->free(e, bufs[i]);
+        }
+        static const char *names[4] = { "res", "ln", "mean", "rstd" };
+        for (int j = 0; j < 4; j++) {
+            char what[96];
+            size_t m = j < 2 ? n : (size_t)N;
+            snprintf(what, sizeof what, "residual_layernorm %dx%d%s %s", N, C, off ? " unaligned" : "", names[j]);
+            expect_close(what, act, got[1][j], got[0][j], m, tol(act));
+            for (size_t i = 0; i < m; i++)
+                ck_assert_msg(got[1][j][i] == got[2][j][i], "%s[%zu]: fused %.9g, unfused %.9g", what, i,
+                              got[1][j][i], got[2][j][i]);
+        }
+        for (int k = 0; k < 3; k++)
+            for (int j = 0; j < 4; j++)
+                free(got[k][j]);
+        free(a), free(b), free(w), free(bi);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- matmul + gelu ---- */
+
+/* Both outputs (pre-activation and GELU) against the oracle, through the
+ * cuBLASLt epilogue (OC % 8 == 0, 16-byte aligned) and through the fallback
+ * (OC % 8 != 0, or buffers misaligned by `offset` elements). */
+START_TEST(test_matmul_gelu)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    /* N, IC, OC, bias, offset */
+    static const int cases[][5] = {
+        { 64, 64, 96, 1, 0 }, { 37, 24, 40, 0, 0 }, { 33, 40, 20, 1, 1 }, { 5, 200, 8, 1, 3 }, { 130, 16, 256, 1, 0 },
+    };
+    seed("matmul_gelu", _i);
+    for (int s = 0; s < 5; s++) {
+        int N = cases[s][0], IC = cases[s][1], OC = cases[s][2], bias = cases[s][3], off = cases[s][4];
+        size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+        double *inp = rnd(ni, 1, act), *w = rnd(nw, 0.5, act), *b = rnd(OC, 1, act);
+        double *pre[2], *out[2];
+        backend *be[2] = { r, g };
+        for (int k = 0; k < 2; k++) {
+            backend *e = be[k];
+            dtype a = e->act;
+            int o = k ? off : 0;
+            void *bi, *bw, *bb;
+            void *di = up_off(e, a, inp, ni, o, &bi), *dw = up_off(e, a, w, nw, o, &bw);
+            void *db = up_off(e, a, b, OC, o, &bb);
+            void *bp = poisoned(e, a, no + o), *bo = poisoned(e, a, no + o);
+            e->matmul_gelu_forward(e, buf_at(bp, o, a), buf_at(bo, o, a), di, dw, bias ? db : NULL, N, IC, OC);
+            pre[k] = xmalloc(no * 8), out[k] = xmalloc(no * 8);
+            e->download(e, pre[k], DT_F64, buf_at(bp, o, a), a, no);
+            e->download(e, out[k], DT_F64, buf_at(bo, o, a), a, no);
+            void *bufs[] = { bi, bw, bb, bp, bo };
+            for (int i = 0; i < 5; i++)
+                e->free(e, bufs[i]);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "matmul_gelu %dx%dx%d%s pre", N, IC, OC, off ? " unaligned" : "");
+        expect_close(what, act, pre[1], pre[0], no, tol(act));
+        snprintf(what, sizeof what, "matmul_gelu %dx%dx%d%s gelu", N, IC, OC, off ? " unaligned" : "");
+        expect_close(what, act, out[1], out[0], no, tol(act));
+        for (int k = 0; k < 2; k++)
+            free(pre[k]), free(out[k]);
+        free(inp), free(w), free(b);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
 /* ---- attention ---- */
 
 static void att_run(backend *be, int B, int T, int C, int NH, int causal, const double *qkv,
@@ -731,7 +850,7 @@ START_TEST(test_adamw)
         double *gr = rnd(n, 0.1 * step, act);
         for (int k = 0; k < 50; k++) /* some exact zeros */
             gr[irand((int)n)] = 0.0;
-        adamw_params hp = { 1e-2f * step, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f };
+        adamw_params hp = { 1e-2f * step, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f, (uint32_t)rnext() };
         void *rg = up(r, r->act, gr, n), *gg = up(g, act, gr, n);
         r->adamw(r, rp, NULL, rg, rm, rv, segs, 4, &hp);
         g->adamw(g, gp, gw, gg, gm, gv, segs, 4, &hp);
@@ -759,9 +878,10 @@ START_TEST(test_adamw)
             ck_assert_msg(h[1][0][i] == w0[i] && h[1][1][i] == want_p && h[1][2][i] == m0[i] &&
                               h[1][3][i] == v0[i],
                           "element %zu outside every segment was changed", i);
-        } else if (act == DT_BF16) { /* params are the master weights rounded */
-            ck_assert_msg(h[1][1][i] == bf16_round(h[1][0][i]), "params[%zu] = %.9g is not bf16(%.9g)", i,
-                          h[1][1][i], h[1][0][i]);
+        } else if (act == DT_BF16) { /* params: master rounded down or up to bf16 */
+            double p = h[1][1][i], w = h[1][0][i];
+            ck_assert_msg(bf16_round(p) == p && fabs(p - w) < bf16_ulp(w),
+                          "params[%zu] = %.9g is not a bf16 neighbour of %.9g", i, p, w);
         }
     }
     for (int k = 0; k < 2; k++)
@@ -773,6 +893,99 @@ START_TEST(test_adamw)
         g->free(g, gw);
     free(w0), free(m0), free(v0);
     r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* Stochastic rounding of the bf16 params (master weights present): with
+ * lr = 0 the master weights stay w, and the params must be a bf16 neighbour of
+ * w whose mean over many elements is w (round-to-nearest would be off by the
+ * fraction f of an ulp, hundreds of standard errors); the same seed gives the
+ * same bits, another seed other bits. In fp32 the seed changes nothing. */
+START_TEST(test_adamw_rounding)
+{
+    dtype act = mode(_i);
+    backend *g = gpu(act);
+    seed("adamw_rounding", _i);
+    const size_t n = 1 << 15, groups = 4, per = n / groups;
+    const param_segment segs[] = { { 0, n, 1 } };
+    double *w = xmalloc(n * 8), *zero = xmalloc(n * 8), *out[3];
+    double base[4], frac[4];
+    for (size_t k = 0; k < groups; k++) { /* a bf16 value plus a random fraction of its ulp */
+        base[k] = bf16_round((k & 1 ? -1 : 1) * (0.5 + urand()) * ldexp(1.0, irand(9) - 4));
+        frac[k] = 0.1 + 0.8 * urand();
+        double x = (float)(base[k] + (base[k] < 0 ? -1 : 1) * frac[k] * bf16_ulp(base[k]));
+        for (size_t i = 0; i < per; i++)
+            w[k * per + i] = x, zero[k * per + i] = 0;
+    }
+    uint32_t seeds[3] = { (uint32_t)rnext(), 0, 0 };
+    seeds[1] = seeds[0], seeds[2] = seeds[0] ^ 0x5bd1e995u;
+    for (int run = 0; run < 3; run++) {
+        void *gp = up(g, act, w, n), *gw = act != g->opt ? up(g, g->opt, w, n) : NULL;
+        void *gm = up(g, g->opt, zero, n), *gv = up(g, g->opt, zero, n), *gg = up(g, act, zero, n);
+        adamw_params hp = { 0.0f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, 1.0f, seeds[run] };
+        g->adamw(g, gp, gw, gg, gm, gv, segs, 1, &hp);
+        out[run] = xmalloc(n * 8);
+        g->download(g, out[run], DT_F64, gp, act, n);
+        g->free(g, gp), g->free(g, gm), g->free(g, gv), g->free(g, gg);
+        if (gw)
+            g->free(g, gw);
+    }
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(out[0][i] == out[1][i], "params[%zu]: %.9g then %.9g with the same seed", i, out[0][i],
+                      out[1][i]);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++)
+        differ += out[0][i] != out[2][i];
+    if (act == DT_F32) {
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(out[0][i] == w[i] && out[2][i] == w[i], "fp32 params[%zu] = %.9g, want %.9g", i,
+                          out[0][i], w[i]);
+    } else {
+        ck_assert_msg(differ > n / 10, "another seed changed only %zu of %zu roundings", differ, n);
+        for (size_t k = 0; k < groups; k++) {
+            double ulp = bf16_ulp(base[k]), x = w[k * per], mean = 0;
+            for (size_t i = k * per; i < (k + 1) * per; i++) {
+                ck_assert_msg(bf16_round(out[0][i]) == out[0][i] && fabs(out[0][i] - x) < ulp,
+                              "params[%zu] = %.9g is not a bf16 neighbour of %.9g", i, out[0][i], x);
+                mean += out[0][i];
+            }
+            mean /= (double)per;
+            double se = ulp * sqrt(frac[k] * (1 - frac[k]) / (double)per);
+            if (getenv("ANATOMY_TEST_VERBOSE"))
+                printf("  bf16 stochastic rounding of %.9g: mean off by %.3g ulp (%.2f s.e.)\n", x,
+                       (mean - x) / ulp, fabs(mean - x) / se);
+            ck_assert_msg(fabs(mean - x) <= 5 * se, "rounding %.9g: mean %.9g is %.1f standard errors off", x,
+                          mean, fabs(mean - x) / se);
+        }
+    }
+    for (int run = 0; run < 3; run++)
+        free(out[run]);
+    free(w), free(zero);
+    g->destroy(g);
+}
+END_TEST
+
+/* ---- plan: scratch reserved before the first step ---- */
+
+/* The plan entry reserves scratch for real shapes and refuses impossible
+ * ones with an error naming the memory, leaving the backend usable. */
+START_TEST(test_plan)
+{
+    dtype act = mode(_i);
+    backend *g = gpu(act);
+    seed("plan", _i);
+    char err[512] = "";
+    ck_assert_ptr_nonnull(g->plan);
+    int B = 1 + irand(4), T = 8 * (1 + irand(8));
+    ck_assert_msg(g->plan(g, B, T, 64, 4, 100, err) == 0, "plan %d x %d: %s", B, T, err);
+    ck_assert_msg(g->plan(g, 1 << 15, 1 << 15, 64, 64, 100, err) == -1, "a 2^30-token plan succeeded");
+    ck_assert_msg(strstr(err, "GiB") && strstr(err, "--batch"), "plan error does not name the memory: %s", err);
+    double *x = rnd(100, 1, act);
+    void *d = up(g, act, x, 100);
+    ck_assert(g->sumsq(g, d, 100) > 0);
+    g->free(g, d);
+    free(x);
     g->destroy(g);
 }
 END_TEST
@@ -816,11 +1029,73 @@ static double train_step(model *m, const int32_t *in, const int32_t *tg, int n, 
     double loss = m->forward(m, in, tg, 1.0f / valid(tg, n));
     m->backward(m);
     double norm = sqrt(be->sumsq(be, m->grads, m->nparams));
-    adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, norm > 1.0 ? (float)(1.0 / norm) : 1.0f };
+    adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, norm > 1.0 ? (float)(1.0 / norm) : 1.0f, 7 };
     be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
     be->sync(be);
     return loss;
 }
+
+/* ---- profiler ranges ---- */
+
+static struct {
+    void (*inner)(backend *be, const char *name, int push);
+    int depth, max_depth, pushes, pops, bad;
+    char names[64][48];
+} rg;
+
+/* Counts pushes and pops (and checks nesting) on the way to the backend's hook. */
+static void counting_range(backend *be, const char *name, int push)
+{
+    if (push) {
+        if (rg.pushes < 64)
+            snprintf(rg.names[rg.pushes], sizeof rg.names[0], "%s", name);
+        rg.pushes++;
+        if (++rg.depth > rg.max_depth)
+            rg.max_depth = rg.depth;
+    } else {
+        rg.pops++;
+        rg.bad += --rg.depth < 0;
+    }
+    rg.inner(be, name, push);
+}
+
+/* A forward and backward of the model push one range per phase and one per
+ * layer in each, all nested two deep and all closed; the CUDA hook takes them. */
+START_TEST(test_ranges)
+{
+    dtype act = mode(_i);
+    backend *g = gpu(act);
+    seed("ranges", _i);
+    ck_assert_ptr_nonnull(g->range);
+    memset(&rg, 0, sizeof rg);
+    rg.inner = g->range;
+    g->range = counting_range;
+    param_view *views;
+    int nviews;
+    size_t np = gpt2_layout(&tiny, &views, &nviews);
+    float *p0 = xmalloc(np * sizeof(float));
+    gpt2_init_params(&tiny, p0, rnext());
+    model *m = make_model(g, p0);
+    int32_t in[32], tg[32];
+    batch(in, tg, 32);
+    model_zero_grad(m);
+    m->forward(m, in, tg, 1.0f / valid(tg, 32));
+    m->backward(m);
+    g->sync(g);
+    ck_assert_int_eq(rg.pushes, 2 * (1 + tiny.L));
+    ck_assert_int_eq(rg.pops, rg.pushes);
+    ck_assert_int_eq(rg.depth, 0);
+    ck_assert_int_eq(rg.bad, 0);
+    ck_assert_int_eq(rg.max_depth, 2);
+    ck_assert_str_eq(rg.names[0], "forward");
+    ck_assert_str_eq(rg.names[1], "layer 0 forward");
+    ck_assert_str_eq(rg.names[1 + tiny.L], "backward");
+    ck_assert_str_eq(rg.names[2 + tiny.L], "layer 1 backward");
+    m->destroy(m);
+    free(p0), free(views);
+    g->destroy(g);
+}
+END_TEST
 
 START_TEST(test_gpt2)
 {
@@ -894,13 +1169,18 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(tc, test_transfers, 0, 2);
     tcase_add_loop_test(tc, test_encoder, 0, 2);
     tcase_add_loop_test(tc, test_layernorm, 0, 2);
+    tcase_add_loop_test(tc, test_residual_layernorm, 0, 2);
     tcase_add_loop_test(tc, test_matmul, 0, 2);
+    tcase_add_loop_test(tc, test_matmul_gelu, 0, 2);
     tcase_add_loop_test(tc, test_attention, 0, 2);
     tcase_add_loop_test(tc, test_elementwise, 0, 2);
     tcase_add_loop_test(tc, test_crossentropy, 0, 2);
     tcase_add_loop_test(tc, test_sumsq, 0, 2);
     tcase_add_loop_test(tc, test_adamw, 0, 2);
+    tcase_add_loop_test(tc, test_adamw_rounding, 0, 2);
+    tcase_add_loop_test(tc, test_plan, 0, 2);
     tcase_add_loop_test(tc, test_gpt2, 0, 2);
+    tcase_add_loop_test(tc, test_ranges, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -278,6 +278,49 @@ static void mm_bwd(backend *be, op_case *c, double **g)
     be->free(be, x), be->free(be, w), be->free(be, dout);
 }
 
+/* matmul + gelu: in as matmul; out = gelu(pre); aux = pre [N,OC] */
+static void mmg_fwd(backend *be, op_case *c, double *out, double *aux)
+{
+    void *x = dup_to(be, be->act, c->in[0], c->len[0]);
+    void *w = dup_to(be, be->act, c->in[1], c->len[1]);
+    void *b = c->no_bias ? NULL : dup_to(be, be->act, c->in[2], c->len[2]);
+    void *pre = poisoned(be, be->act, c->nout), *o = poisoned(be, be->act, c->nout);
+    be->matmul_gelu_forward(be, pre, o, x, w, b, c->N, c->IC, c->OC);
+    get(be, out, o, be->act, c->nout);
+    if (aux)
+        get(be, aux, pre, be->act, c->nout);
+    be->free(be, x), be->free(be, w), be->free(be, o), be->free(be, pre);
+    if (b)
+        be->free(be, b);
+}
+
+/* Its backward as the model takes it: gelu_backward into a zeroed dpre, then
+ * matmul_backward from dpre. */
+static void mmg_bwd(backend *be, op_case *c, double **g)
+{
+    void *x = dup_to(be, be->act, c->in[0], c->len[0]);
+    void *w = dup_to(be, be->act, c->in[1], c->len[1]);
+    void *b = c->no_bias ? NULL : dup_to(be, be->act, c->in[2], c->len[2]);
+    void *pre = poisoned(be, be->act, c->nout), *o = poisoned(be, be->act, c->nout);
+    be->matmul_gelu_forward(be, pre, o, x, w, b, c->N, c->IC, c->OC);
+    void *dpre = dalloc(be, be->act, c->nout);
+    be->fill(be, dpre, be->act, 0.0, c->nout);
+    void *dout = dup_to(be, be->act, c->R, c->nout);
+    be->gelu_backward(be, dpre, pre, dout, c->nout);
+    double *g0[3];
+    void *dx = prefilled(be, c->len[0], &g0[0]);
+    void *dw = prefilled(be, c->len[1], &g0[1]);
+    void *db = c->no_bias ? NULL : prefilled(be, c->len[2], &g0[2]);
+    be->matmul_backward(be, dx, dw, db, dpre, x, w, c->N, c->IC, c->OC);
+    g[0] = added(be, dx, g0[0], c->len[0]);
+    g[1] = added(be, dw, g0[1], c->len[1]);
+    g[2] = db ? added(be, db, g0[2], c->len[2]) : NULL;
+    be->free(be, x), be->free(be, w), be->free(be, o), be->free(be, pre);
+    be->free(be, dpre), be->free(be, dout);
+    if (b)
+        be->free(be, b);
+}
+
 /* attention: in = qkv [B,T,3C]; aux = lse [B,NH,T] */
 static void att_fwd(backend *be, op_case *c, double *out, double *aux)
 {
@@ -423,6 +466,15 @@ static void mm_ref(const op_case *c, double *out, double *aux)
         }
 }
 
+static void mmg_ref(const op_case *c, double *out, double *aux)
+{
+    mm_ref(c, aux, NULL);
+    for (size_t i = 0; i < c->nout; i++) {
+        double x = aux[i];
+        out[i] = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+    }
+}
+
 static void att_ref(const op_case *c, double *out, double *aux)
 {
     int T = c->T, C = c->C, NH = c->NH, hs = C / NH;
@@ -541,6 +593,17 @@ static op_case mm_case(int N, int IC, int OC, int no_bias, int no_dinp, int no_d
     add_input(&c, (size_t)OC * IC, 1.0);
     add_input(&c, (size_t)OC, 1.0);
     set_out(&c, (size_t)N * OC, 0);
+    return c;
+}
+
+static op_case mmg_case(int N, int IC, int OC, int no_bias)
+{
+    op_case c = { .name = "matmul_gelu", .N = N, .IC = IC, .OC = OC, .no_bias = no_bias,
+                  .fwd = mmg_fwd, .bwd = mmg_bwd, .ref = mmg_ref };
+    add_input(&c, (size_t)N * IC, 1.0);
+    add_input(&c, (size_t)OC * IC, 1.0);
+    add_input(&c, (size_t)OC, 1.0);
+    set_out(&c, (size_t)N * OC, (size_t)N * OC);
     return c;
 }
 
@@ -685,6 +748,18 @@ START_TEST(test_grad_matmul)
 }
 END_TEST
 
+START_TEST(test_grad_matmul_gelu)
+{
+    seed(108);
+    op_case c = mmg_case(6, 9, 7, 0);
+    gradcheck(&c, 1000);
+    free_case(&c);
+    c = mmg_case(3, 5, 16, 1); /* no bias */
+    gradcheck(&c, 300);
+    free_case(&c);
+}
+END_TEST
+
 START_TEST(test_grad_attention)
 {
     seed(104);
@@ -765,13 +840,72 @@ START_TEST(test_forward_reference)
 {
     seed(150);
     op_case cs[] = { enc_case(2, 9, 13, 10, 12), ln_case(9, 75), mm_case(7, 19, 70, 0, 0, 0),
-                     mm_case(4, 5, 3, 1, 0, 0), att_case(2, 9, 12, 3, 0),
+                     mm_case(4, 5, 3, 1, 0, 0), mmg_case(7, 19, 72, 0), mmg_case(5, 6, 9, 1),
+                     att_case(2, 9, 12, 3, 0),
                      att_case(2, 9, 12, 3, 1), att_case(1, 140, 8, 2, 1), att_case(1, 70, 40, 2, 0),
                      gelu_case(301),
                      res_case(77), ce_case(11, 29, 32, 0.5f) };
     for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
         forward_ref(&cs[i]);
         free_case(&cs[i]);
+    }
+}
+END_TEST
+
+/* ---- residual + layernorm ---- */
+
+/* The fused op equals residual_forward then layernorm_forward, bit for bit,
+ * in both builds (its backward is theirs, gradient-checked above), with every
+ * output written (poisoned first), for a few shapes. */
+START_TEST(test_residual_layernorm)
+{
+    seed(160);
+    static const int shapes[][2] = { { 9, 75 }, { 1, 8 }, { 33, 256 } };
+    for (int fp64 = 0; fp64 < 2; fp64++) {
+        backend *be = mk(fp64, 2);
+        dtype t = be->act, st = be->stat;
+        for (int k = 0; k < 3; k++) {
+            int N = shapes[k][0], C = shapes[k][1];
+            size_t n = (size_t)N * C;
+            double *ha = rand_vec(n, 1.0), *hb = rand_vec(n, 1.0), *hw = rand_vec(C, 1.0);
+            double *hbias = rand_vec(C, 1.0);
+            void *a = dup_to(be, t, ha, n), *b = dup_to(be, t, hb, n);
+            void *w = dup_to(be, t, hw, C), *bias = dup_to(be, t, hbias, C);
+            void *res[2], *ln[2], *sts[2];
+            for (int f = 0; f < 2; f++) {
+                res[f] = poisoned(be, t, n), ln[f] = poisoned(be, t, n), sts[f] = poisoned(be, st, 2 * (size_t)N);
+            }
+            be->residual_forward(be, res[0], a, b, n);
+            be->layernorm_forward(be, ln[0], sts[0], buf_at(sts[0], N, st), res[0], w, bias, N, C);
+            be->residual_layernorm_forward(be, res[1], ln[1], sts[1], buf_at(sts[1], N, st), a, b, w,
+                                           bias, N, C);
+            double *got[2][3];
+            for (int f = 0; f < 2; f++) {
+                got[f][0] = malloc(n * sizeof(double)), got[f][1] = malloc(n * sizeof(double));
+                got[f][2] = malloc(2 * (size_t)N * sizeof(double));
+                ck_assert(got[f][0] && got[f][1] && got[f][2]);
+                get(be, got[f][0], res[f], t, n);
+                get(be, got[f][1], ln[f], t, n);
+                get(be, got[f][2], sts[f], st, 2 * (size_t)N);
+            }
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_msg(!isnan(got[1][1][i]) && got[1][0][i] == got[0][0][i] &&
+                                  got[1][1][i] == got[0][1][i],
+                              "%s N=%d C=%d: element %zu differs from residual + layernorm",
+                              be->name, N, C, i);
+                ck_assert(got[1][0][i] == ha[i] + hb[i] || t == DT_F32);
+            }
+            for (size_t i = 0; i < 2 * (size_t)N; i++)
+                ck_assert_msg(got[1][2][i] == got[0][2][i], "%s: statistic %zu differs", be->name, i);
+            for (int f = 0; f < 2; f++) {
+                for (int j = 0; j < 3; j++)
+                    free(got[f][j]);
+                be->free(be, res[f]), be->free(be, ln[f]), be->free(be, sts[f]);
+            }
+            be->free(be, a), be->free(be, b), be->free(be, w), be->free(be, bias);
+            free(ha), free(hb), free(hw), free(hbias);
+        }
+        be->destroy(be);
     }
 }
 END_TEST
@@ -829,6 +963,9 @@ START_TEST(test_f32_parity)
     parity(&c, F32_TOL);
     free_case(&c);
     c = mm_case(37, 131, 67, 0, 0, 0);
+    parity(&c, F32_TOL);
+    free_case(&c);
+    c = mmg_case(37, 131, 64, 0);
     parity(&c, F32_TOL);
     free_case(&c);
     /* T = 150 spans two key tiles; sums of 150 exps and 16-term dots in
@@ -1253,6 +1390,7 @@ static Suite *ops_suite(void)
     tcase_add_test(g, test_grad_matmul);
     tcase_add_test(g, test_grad_attention);
     tcase_add_test(g, test_grad_gelu);
+    tcase_add_test(g, test_grad_matmul_gelu);
     tcase_add_test(g, test_grad_residual);
     tcase_add_test(g, test_grad_crossentropy);
     suite_add_tcase(s, g);
@@ -1266,6 +1404,7 @@ static Suite *ops_suite(void)
     tcase_add_test(r, test_crossentropy_rules);
     tcase_add_test(r, test_crossentropy_nan);
     tcase_add_test(r, test_adamw);
+    tcase_add_test(r, test_residual_layernorm);
     tcase_add_test(r, test_sumsq);
     tcase_add_test(r, test_memory);
     tcase_add_test(r, test_determinism);

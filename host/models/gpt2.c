@@ -285,6 +285,11 @@ static int gpt2_plan(model *m, int B, int T, char *err)
     st.base = s->stat_buf;
     a.used = st.used = 0;
     carve_all(s, &a, &st, B, T);
+    /* the backend's own scratch, also before the first step */
+    if (be->plan && be->plan(be, B, T, s->cfg.C, s->cfg.NH, s->cfg.V, err)) {
+        free_plan(m);
+        return -1;
+    }
     s->tokens = s->tok_buf;
     s->targets = (int32_t *)s->tok_buf + (size_t)B * T;
     m->B = B;
@@ -300,6 +305,20 @@ oom:
     }
 }
 
+/* Opens (push) or closes a profiler range "<what>" or "layer <l> <what>"
+ * (l >= 0) when the backend has the hook. */
+static void gpt2_range(backend *be, int l, const char *what, int push)
+{
+    char name[48];
+    if (!be->range)
+        return;
+    if (l >= 0)
+        snprintf(name, sizeof name, "layer %d %s", l, what);
+    else
+        snprintf(name, sizeof name, "%s", what);
+    be->range(be, name, push);
+}
+
 static double gpt2_forward(model *m, const int32_t *inputs, const int32_t *targets,
                            float loss_scale)
 {
@@ -309,34 +328,52 @@ static double gpt2_forward(model *m, const int32_t *inputs, const int32_t *targe
     int B = m->B, T = m->T, C = c->C, NH = c->NH, BT = B * T;
     void *res = s->encoded;
 
+    gpt2_range(be, -1, "forward", 1);
     be->upload(be, s->tokens, DT_I32, inputs, DT_I32, (size_t)BT);
     be->encoder_forward(be, s->encoded, s->tokens, s->wte, s->wpe, B, T, C);
+    if (c->L)
+        be->layernorm_forward(be, s->la[0].ln1, s->la[0].ln1_mean, s->la[0].ln1_rstd, res,
+                              s->lp[0].ln1w, s->lp[0].ln1b, BT, C);
+    else
+        be->layernorm_forward(be, s->lnf, s->lnf_mean, s->lnf_rstd, res, s->lnfw, s->lnfb, BT, C);
+    /* each residual add is fused with the layernorm that reads it: res2 with
+     * LN2, res3 with the next layer's LN1 (LN_f after the last layer) */
     for (int l = 0; l < c->L; l++) {
         gpt2_layer_acts *x = &s->la[l];
         struct gpt2_layer_params *p = &s->lp[l];
-        be->layernorm_forward(be, x->ln1, x->ln1_mean, x->ln1_rstd, res, p->ln1w, p->ln1b, BT, C);
+        gpt2_range(be, l, "forward", 1);
         be->matmul_forward(be, x->qkv, x->ln1, p->qkvw, p->qkvb, BT, C, 3 * C);
         be->attention_forward(be, x->atty, x->lse, x->qkv, B, T, C, NH, 1);
         be->matmul_forward(be, s->scratch, x->atty, p->attprojw, p->attprojb, BT, C, C);
-        be->residual_forward(be, x->res2, res, s->scratch, (size_t)BT * C);
-        be->layernorm_forward(be, x->ln2, x->ln2_mean, x->ln2_rstd, x->res2, p->ln2w, p->ln2b, BT, C);
-        be->matmul_forward(be, x->fch, x->ln2, p->fcw, p->fcb, BT, C, 4 * C);
-        be->gelu_forward(be, x->fch_gelu, x->fch, (size_t)BT * 4 * C);
+        be->residual_layernorm_forward(be, x->res2, x->ln2, x->ln2_mean, x->ln2_rstd, res,
+                                       s->scratch, p->ln2w, p->ln2b, BT, C);
+        be->matmul_gelu_forward(be, x->fch, x->fch_gelu, x->ln2, p->fcw, p->fcb, BT, C, 4 * C);
         be->matmul_forward(be, s->scratch, x->fch_gelu, p->fcprojw, p->fcprojb, BT, 4 * C, C);
-        be->residual_forward(be, x->res3, x->res2, s->scratch, (size_t)BT * C);
+        if (l + 1 < c->L) {
+            gpt2_layer_acts *nx = &s->la[l + 1];
+            be->residual_layernorm_forward(be, x->res3, nx->ln1, nx->ln1_mean, nx->ln1_rstd,
+                                           x->res2, s->scratch, s->lp[l + 1].ln1w,
+                                           s->lp[l + 1].ln1b, BT, C);
+        } else {
+            be->residual_layernorm_forward(be, x->res3, s->lnf, s->lnf_mean, s->lnf_rstd,
+                                           x->res2, s->scratch, s->lnfw, s->lnfb, BT, C);
+        }
         res = x->res3;
+        gpt2_range(be, l, "forward", 0);
     }
-    be->layernorm_forward(be, s->lnf, s->lnf_mean, s->lnf_rstd, res, s->lnfw, s->lnfb, BT, C);
     be->matmul_forward(be, s->logits, s->lnf, s->wte, NULL, BT, C, s->Vp);
     s->have_dlogits = 0;
-    if (!targets)
+    if (!targets) {
+        gpt2_range(be, -1, "forward", 0);
         return 0.0;
+    }
 
     be->upload(be, s->targets, DT_I32, targets, DT_I32, (size_t)BT);
     be->crossentropy(be, s->losses, loss_scale > 0 ? s->logits : NULL, s->logits, s->targets,
                      BT, c->V, s->Vp, loss_scale);
     s->have_dlogits = loss_scale > 0;
     be->download(be, s->host_losses, DT_F64, s->losses, be->stat, (size_t)BT);
+    gpt2_range(be, -1, "forward", 0);
     double sum = 0.0;
     int valid = 0;
     for (int i = 0; i < BT; i++) {
@@ -359,6 +396,7 @@ static void gpt2_backward(model *m)
 
     if (!s->have_dlogits)
         return; /* forward ran without a loss to differentiate */
+    gpt2_range(be, -1, "backward", 1);
     /* classifier: logits = lnf @ wte^T (the logits buffer now holds dlogits) */
     be->fill(be, s->dln, t, 0.0, btc);
     be->matmul_backward(be, s->dln, s->dwte, NULL, s->logits, s->lnf, s->wte, BT, C, s->Vp);
@@ -371,6 +409,7 @@ static void gpt2_backward(model *m)
         gpt2_layer_acts *x = &s->la[l];
         struct gpt2_layer_params *p = &s->lp[l], *g = &s->lg[l];
         void *res = l ? s->la[l - 1].res3 : s->encoded;
+        gpt2_range(be, l, "backward", 1);
         /* MLP: res3 = res2 + fcproj(gelu(fc(LN2(res2)))) */
         be->fill(be, s->d4a, t, 0.0, btc * 4);
         be->matmul_backward(be, s->d4a, g->fcprojw, g->fcprojb, s->dres, x->fch_gelu,
@@ -391,9 +430,11 @@ static void gpt2_backward(model *m)
         be->matmul_backward(be, s->dln, g->qkvw, g->qkvb, s->d4a, x->ln1, p->qkvw, BT, C, 3 * C);
         be->layernorm_backward(be, s->dres, g->ln1w, g->ln1b, s->dln, res, p->ln1w,
                                x->ln1_mean, x->ln1_rstd, BT, C);
+        gpt2_range(be, l, "backward", 0);
     }
     be->encoder_backward(be, s->dwte, s->dwpe, s->dres, s->tokens, B, T, C);
     s->have_dlogits = 0;
+    gpt2_range(be, -1, "backward", 0);
 }
 
 static void gpt2_logits(model *m, int b, int t, float *out)

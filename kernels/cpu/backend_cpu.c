@@ -374,6 +374,17 @@ static void cpu_layernorm_forward(backend *be, void *out_, void *mean_, void *rs
     }
 }
 
+/* The fused op of ops.h as its definition: the residual add, then layernorm
+ * of the sum (bits equal to the two ops in sequence). */
+static void cpu_residual_forward(backend *be, void *out_, const void *a_, const void *b_, size_t N);
+static void cpu_residual_layernorm_forward(backend *be, void *res_out, void *ln_out, void *mean,
+                                           void *rstd, const void *a, const void *b,
+                                           const void *weight, const void *bias, int N, int C)
+{
+    cpu_residual_forward(be, res_out, a, b, (size_t)N * C);
+    cpu_layernorm_forward(be, ln_out, mean, rstd, res_out, weight, bias, N, C);
+}
+
 /* dw[c] += sum_i dy[i,c] xhat[i,c] and db[c] += sum_i dy[i,c] for the
  * columns [c0, c1), rows summed in order before touching dw and db. */
 static void ln_param_grads(real *dw, real *db, const real *dout, const real *inp,
@@ -819,6 +830,14 @@ static void cpu_gelu_forward(backend *be, void *out_, const void *inp_, size_t N
     }
 }
 
+/* The fused op of ops.h as its definition: the matmul, then GELU of its output. */
+static void cpu_matmul_gelu_forward(backend *be, void *pre, void *out, const void *inp,
+                                    const void *weight, const void *bias, int N, int IC, int OC)
+{
+    cpu_matmul_forward(be, pre, inp, weight, bias, N, IC, OC);
+    cpu_gelu_forward(be, out, pre, (size_t)N * OC);
+}
+
 static void cpu_gelu_backward(backend *be, void *dinp_, const void *inp_, const void *dout_,
                               size_t N)
 {
@@ -1009,11 +1028,13 @@ backend *CPU_CREATE(int threads, char *err)
     be->encoder_backward = cpu_encoder_backward;
     be->layernorm_forward = cpu_layernorm_forward;
     be->layernorm_backward = cpu_layernorm_backward;
+    be->residual_layernorm_forward = cpu_residual_layernorm_forward;
     be->matmul_forward = cpu_matmul_forward;
     be->matmul_backward = cpu_matmul_backward;
     be->attention_forward = cpu_attention_forward;
     be->attention_backward = cpu_attention_backward;
     be->gelu_forward = cpu_gelu_forward;
+    be->matmul_gelu_forward = cpu_matmul_gelu_forward;
     be->gelu_backward = cpu_gelu_backward;
     be->residual_forward = cpu_residual_forward;
     be->accumulate = cpu_accumulate;

@@ -4,8 +4,16 @@
  *   g = grad_scale * grad;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
  *   w = w * (1 - lr*wd*decay) - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
  * w is the fp32 master copy when there is one, and the act-typed params are
- * then w rounded to nearest even (bf16) or w itself (fp32). Elements outside
- * the segments are not touched.
+ * then w rounded stochastically to bf16 (below) or w itself (fp32). Elements
+ * outside the segments are not touched.
+ *
+ * Stochastic rounding: bf16 keeps the top 16 bits of an fp32. Adding 16
+ * random bits to the 16 that are dropped and then truncating rounds the
+ * magnitude up with probability (dropped bits)/2^16, i.e. by exactly the
+ * fraction of a bf16 ulp that w lies past the value below it, so E[params] = w:
+ * updates smaller than half an ulp are not lost on average, as they are with
+ * round-to-nearest. The random bits are a hash of (hp->seed, element index),
+ * so a run is deterministic and ZeRO shards round as one process would.
  *
  * Launch: a grid of blocks of ADAMW_EPB elements, each block inside one
  * segment; the segment table (offset, count, decay, first block) lives on the
@@ -30,9 +38,34 @@ struct adamw_consts {
 	float b1, b2, eps, gs, step, bc2s, keep;
 };
 
+/* 32 well-mixed bits from (seed, i): a murmur3-style finaliser over both. */
+static __device__ __forceinline__ unsigned adamw_hash(unsigned seed, unsigned long long i)
+{
+	unsigned h = seed ^ (unsigned)i * 0x9e3779b1u ^ (unsigned)(i >> 32) * 0x85ebca77u;
+	h ^= h >> 16;
+	h *= 0x7feb352du;
+	h ^= h >> 15;
+	h *= 0x846ca68bu;
+	h ^= h >> 16;
+	return h;
+}
+
+/* The act-typed copy of master weight w: w itself (fp32), or w rounded
+ * stochastically to bf16 with random bits r (see the top of the file).
+ * Inf and NaN go through round-to-nearest so that they stay what they are. */
+template <class T> __device__ __forceinline__ T adamw_round(float w, unsigned r);
+template <> __device__ __forceinline__ float adamw_round<float>(float w, unsigned) { return w; }
+template <> __device__ __forceinline__ __nv_bfloat16 adamw_round<__nv_bfloat16>(float w, unsigned r)
+{
+	if (!isfinite(w))
+		return __float2bfloat16(w);
+	return __float2bfloat16_rz(__uint_as_float(__float_as_uint(w) + (r & 0xffffu)));
+}
+
 template <class T>
 __global__ void adamw_kernel(T *params, float *master, const T *grads, float *m, float *v,
-			     const adamw_seg *segs, int nsegs, adamw_consts on, adamw_consts off)
+			     const adamw_seg *segs, int nsegs, adamw_consts on, adamw_consts off,
+			     unsigned seed)
 {
 	unsigned b = blockIdx.x;
 	int lo = 0, hi = nsegs - 1;
@@ -60,7 +93,7 @@ __global__ void adamw_kernel(T *params, float *master, const T *grads, float *m,
 		v[i] = vi;
 		if (master)
 			master[i] = w;
-		params[i] = from_f<T>(w);
+		params[i] = master ? adamw_round<T>(w, adamw_hash(seed, i)) : from_f<T>(w);
 	}
 }
 
@@ -123,13 +156,16 @@ void cuda_adamw(backend *be, void *params, void *master, const void *grads, void
 	unsigned blocks = adamw_table(cb, segs, nsegs, &table, &n);
 	if (!blocks)
 		return;
+	/* the step goes into the bits too, so a caller that leaves seed at 0
+	 * still gets fresh rounding every step */
+	unsigned seed = hp->seed * 0x27d4eb2fu ^ (unsigned)t * 0x165667b1u;
 	if (be->act == DT_BF16)
 		CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, adamw_kernel<__nv_bfloat16>)(
 			(__nv_bfloat16 *)params, (float *)master, (const __nv_bfloat16 *)grads, (float *)m, (float *)v,
-			table, n, on, off);
+			table, n, on, off, seed);
 	else
 		CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, adamw_kernel<float>)(
 			(float *)params, (float *)master, (const float *)grads, (float *)m, (float *)v, table, n, on,
-			off);
+			off, seed);
 	LAUNCH_CHECK();
 }

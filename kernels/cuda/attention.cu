@@ -19,7 +19,8 @@
  * q, k, v, dO are first copied into head-major [B, NH, T, hs] buffers so that
  * each batched matmul has contiguous, equally strided matrices; the results
  * are copied (or added) back into the [B, T, 3C] layout. The scratch for all
- * of it is sized for the backward on first use and kept. */
+ * of it is sized for the backward, by the backend's plan entry before the
+ * first step (or, without a plan, on first use), and kept. */
 #include "cuda_backend.h"
 
 #define ATT_THREADS 256	/* 8 rows per block in the row kernels */
@@ -33,13 +34,19 @@ struct att_bufs {
 
 static size_t round256(size_t x) { return (x + 255) / 256 * 256; }
 
+size_t cuda_attention_scratch_bytes(size_t es, int B, int T, int C, int NH)
+{
+	size_t btc = (size_t)B * T * C * es, tt = (size_t)B * NH * T * T;
+	return round256(7 * btc) + round256(tt * es) + tt * es;
+}
+
 static att_bufs att_scratch(cuda_backend *cb, size_t es, int B, int T, int C, int NH)
 {
 	/* the seven are back to back, unpadded: (un)permute treats q|k|v and
 	 * dq|dk|dv as one [3, B, NH, T, hs] tensor each */
 	size_t btc = (size_t)B * T * C * es, tt = (size_t)B * NH * T * T;
 	size_t soff = round256(7 * btc), poff = soff + round256(tt * es);
-	char *p = (char *)cuda_scratch(cb, SCR_ATT, poff + tt * es);
+	char *p = (char *)cuda_scratch(cb, SCR_ATT, cuda_attention_scratch_bytes(es, B, T, C, NH));
 	att_bufs a;
 	void **seven[7] = {&a.q, &a.k, &a.v, &a.o, &a.dq, &a.dk, &a.dv};
 	for (int i = 0; i < 7; i++)

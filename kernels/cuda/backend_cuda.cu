@@ -42,14 +42,61 @@ void cuda_check_at(cudaError_t e, const char *what, const char *file, int line)
 /* The emulated build runs under AddressSanitizer (the emulator's race and
  * bounds checks ride on it). Thread stacks are the emulator's coroutines,
  * which fake stacks would confuse, and a command-line program's leaks at exit
- * are not bugs. Weak: an emulator runtime that defines its own wins. */
+ * are not bugs, and a request too large for memory returns NULL. Weak: an emulator runtime that defines its own wins. */
 extern "C" __attribute__((weak)) const char *__asan_default_options(void)
 {
-	return "detect_leaks=0:detect_stack_use_after_return=0";
+	/* allocator_may_return_null: an impossible cudaMalloc fails as on a GPU */
+	return "detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1";
 }
 #endif
 
 /* ------------------------------------------------------------ scratch */
+
+void *cuda_scratch_try(cuda_backend *cb, int slot, size_t bytes)
+{
+	if (bytes <= cb->scr[slot].cap)
+		return cb->scr[slot].p;
+	void *p;
+	if (cudaMalloc(&p, bytes) != cudaSuccess) {
+		cudaGetLastError();
+		return NULL;
+	}
+	/* cudaFree waits for the kernels that may still use the old buffer */
+	if (cb->scr[slot].p)
+		CUDA_CHECK(cudaFree(cb->scr[slot].p));
+	cb->scr[slot].p = p;
+	cb->scr[slot].cap = bytes;
+	return p;
+}
+
+/* Reserves the scratch of every op at the model's largest shapes: attention
+ * over [B, T, C] with NH heads, column sums (bias and layernorm gradients) of
+ * [B*T, 4C] (the widest biased matmul, the MLP's c_fc) and the encoder's
+ * buckets. V is unused: the classifier needs no scratch. */
+int cuda_plan(backend *be, int B, int T, int C, int NH, int V, char *err)
+{
+	(void)V;
+	cuda_backend *cb = cuda_of(be);
+	int BT = B * T;
+	size_t col = cuda_colsum_scratch_bytes(BT, 4 * C), ln = cuda_layernorm_scratch_bytes(BT, C);
+	struct {
+		int slot;
+		size_t bytes;
+	} want[] = {
+		{SCR_ATT, cuda_attention_scratch_bytes(dtype_size(be->act), B, T, C, NH)},
+		{SCR_COLSUM, col > ln ? col : ln},
+		{SCR_ENC, cuda_encoder_scratch_bytes(BT)},
+	};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+		if (!cuda_scratch_try(cb, want[i].slot, want[i].bytes)) {
+			snprintf(err, 256, "--batch/--seq: %d x %d needs %.3f GiB more of device memory for "
+				 "scratch (slot %d), which %.100s does not have", B, T, want[i].bytes / 1073741824.0,
+				 want[i].slot, cb->devname);
+			return -1;
+		}
+	}
+	return 0;
+}
 
 void *cuda_scratch(cuda_backend *cb, int slot, size_t bytes)
 {
@@ -328,6 +375,22 @@ static void cu_sync(backend *be)
 	LAUNCH_CHECK();
 }
 
+/* The op table's range hook: NVTX ranges for Nsight Systems (a no-op in the
+ * emulated build and with ANATOMY_NO_NVTX). NVTX copies the name at the push. */
+static void cu_range(backend *be, const char *name, int push)
+{
+	(void)be;
+#if defined(ANATOMY_EMU) || defined(ANATOMY_NO_NVTX)
+	(void)name;
+	(void)push;
+#else
+	if (push)
+		nvtxRangePushA(name);
+	else
+		nvtxRangePop();
+#endif
+}
+
 static void cu_destroy(backend *be)
 {
 	cuda_backend *cb = cuda_of(be);
@@ -434,8 +497,10 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->encoder_backward = cuda_encoder_backward;
 	be->layernorm_forward = cuda_layernorm_forward;
 	be->layernorm_backward = cuda_layernorm_backward;
+	be->residual_layernorm_forward = cuda_residual_layernorm_forward;
 	be->matmul_forward = cuda_matmul_forward;
 	be->matmul_backward = cuda_matmul_backward;
+	be->matmul_gelu_forward = cuda_matmul_gelu_forward;
 	be->attention_forward = cuda_attention_forward;
 	be->attention_backward = cuda_attention_backward;
 	be->gelu_forward = cuda_gelu_forward;
@@ -445,5 +510,7 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->crossentropy = cuda_crossentropy;
 	be->sumsq = cuda_sumsq;
 	be->adamw = cuda_adamw;
+	be->plan = cuda_plan;
+	be->range = cu_range;
 	return be;
 }

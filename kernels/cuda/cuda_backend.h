@@ -62,8 +62,9 @@ struct nvtx_scope {
 
 /* ---- the context ---- */
 
-/* Device scratch buffers, one per use, grown on first need and kept: after
- * the first training step nothing allocates. */
+/* Device scratch buffers, one per use, reserved for the model's shapes by the
+ * plan entry (before the first step) and grown on need otherwise: during
+ * training nothing allocates. */
 enum {
 	SCR_ATT,	/* attention: permuted q/k/v/o, scores, probabilities */
 	SCR_COLSUM,	/* per-row-chunk partial column sums (dbias, layernorm dw/db) */
@@ -112,6 +113,13 @@ static inline cuda_backend *cuda_of(backend *be) { return (cuda_backend *)be; }
 /* Grow-only device scratch of at least `bytes`; dies naming the size when the
  * device has no room. */
 void *cuda_scratch(cuda_backend *cb, int slot, size_t bytes);
+/* As cuda_scratch, but returns NULL (nothing freed) when the device has no room. */
+void *cuda_scratch_try(cuda_backend *cb, int slot, size_t bytes);
+/* Scratch each op needs at a shape (bytes), for the plan entry to reserve. */
+size_t cuda_attention_scratch_bytes(size_t es, int B, int T, int C, int NH);
+size_t cuda_layernorm_scratch_bytes(int N, int C);
+size_t cuda_colsum_scratch_bytes(int N, int C);
+static inline size_t cuda_encoder_scratch_bytes(int BT) { return (size_t)BT * 4 * sizeof(int32_t); }
 /* The host int32 copy of the device buffer `dev` holding at least n ids, or NULL. */
 const int32_t *cuda_shadow_find(cuda_backend *cb, const void *dev, size_t n);
 
@@ -283,6 +291,9 @@ template <class Op> static void ew_launch(backend *be, void *out, const void *a,
 
 /* ---- op entry points (one file per op kind) ---- */
 
+/* backend_cuda.cu: reserves every scratch buffer for these shapes. */
+int cuda_plan(backend *be, int B, int T, int C, int NH, int V, char *err);
+
 /* encoder.cu */
 void cuda_encoder_forward(backend *be, void *out, const int32_t *tok, const void *wte,
 			  const void *wpe, int B, int T, int C);
@@ -294,12 +305,17 @@ void cuda_layernorm_forward(backend *be, void *out, void *mean, void *rstd, cons
 void cuda_layernorm_backward(backend *be, void *dinp, void *dweight, void *dbias,
 			     const void *dout, const void *inp, const void *weight,
 			     const void *mean, const void *rstd, int N, int C);
+void cuda_residual_layernorm_forward(backend *be, void *res_out, void *ln_out, void *mean, void *rstd,
+				     const void *a, const void *b, const void *weight, const void *bias, int N,
+				     int C);
 /* matmul.cu */
 void cuda_matmul_forward(backend *be, void *out, const void *inp, const void *weight,
 			 const void *bias, int N, int IC, int OC);
 void cuda_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias,
 			  const void *dout, const void *inp, const void *weight, int N, int IC,
 			  int OC);
+void cuda_matmul_gelu_forward(backend *be, void *out_pre, void *out_gelu, const void *inp,
+			      const void *weight, const void *bias, int N, int IC, int OC);
 /* attention.cu */
 void cuda_attention_forward(backend *be, void *out, void *lse, const void *qkv, int B, int T,
 			    int C, int NH, int causal);

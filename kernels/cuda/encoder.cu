@@ -212,7 +212,7 @@ void cuda_encoder_backward(backend *be, void *dwte, void *dwpe, const void *dout
 		free(copy);
 		/* device copy: pos[BT] then the buckets */
 		size_t bytes = ((size_t)BT + 3 * (size_t)nb) * sizeof(int32_t);
-		pos = (int32_t *)cuda_scratch(cb, SCR_ENC, (size_t)BT * 4 * sizeof(int32_t));
+		pos = (int32_t *)cuda_scratch(cb, SCR_ENC, cuda_encoder_scratch_bytes(BT));
 		bk = pos + BT;
 		CUDA_CHECK(cudaMemcpyAsync(pos, cb->enc_stage, bytes, cudaMemcpyHostToDevice, cb->stream));
 		CUDA_CHECK(cudaEventRecord(cb->enc_done, cb->stream));

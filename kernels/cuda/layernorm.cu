@@ -2,6 +2,9 @@
  *
  *   forward:  y = (x - mean) * rstd * g + b,  rstd = 1/sqrt(var + 1e-5), biased var;
  *             saves mean, rstd (fp32, [N]).
+ *   residual_layernorm_forward: x = a + b stored as the residual stream, and
+ *             the forward above on it, in one kernel: the separate residual
+ *             kernel's write of x and LN's first read of it become one write.
  *   backward: xhat = (x - mean) * rstd
  *             dx += rstd * (dy*g - mean_c(dy*g) - xhat * mean_c(dy*g*xhat))
  *             dg += sum_rows dy*xhat;  db += sum_rows dy
@@ -17,9 +20,12 @@
 #define LN_ROWS 128	/* rows per partial column sum */
 #define LN_COLS 256	/* columns per block in the column sums */
 
-template <class T, int V>
+/* FUSE: x = inp + add, rounded to T and stored to res on the first pass (the
+ * residual add); the later passes read x back from res, which the same
+ * thread has just written, so LN sees exactly the stored residual stream. */
+template <class T, int V, bool FUSE>
 __global__ void layernorm_forward_kernel(T *out, float *mean, float *rstd, const T *inp, const T *w,
-					 const T *b, int N, int C)
+					 const T *b, int N, int C, T *res, const T *add)
 {
 	int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
 	if (row >= N)
@@ -28,10 +34,20 @@ __global__ void layernorm_forward_kernel(T *out, float *mean, float *rstd, const
 	float f[V], s = 0.0f;
 	for (int c = lane * V; c < C; c += 32 * V) {
 		load_f<T, V>(f, x + c);
+		if constexpr (FUSE) {
+			float a2[V];
+			load_f<T, V>(a2, add + (size_t)row * C + c);
+UNROLL
+			for (int k = 0; k < V; k++)
+				f[k] = to_f(from_f<T>(f[k] + a2[k]));
+			store_f<T, V>(res + (size_t)row * C + c, f);
+		}
 UNROLL
 		for (int k = 0; k < V; k++)
 			s += f[k];
 	}
+	if constexpr (FUSE)
+		x = res + (size_t)row * C;
 	float m = warp_sum(s) / C, v = 0.0f;
 	for (int c = lane * V; c < C; c += 32 * V) {
 		load_f<T, V>(f, x + c);
@@ -136,33 +152,55 @@ __global__ void layernorm_dparam_finish_kernel(T *dw, T *db, const float *pw, co
 
 template <class T, int V>
 static void layernorm_forward_launch(cuda_backend *cb, void *out, void *mean, void *rstd, const void *inp,
-				     const void *w, const void *b, int N, int C)
+				     const void *w, const void *b, int N, int C, void *res, const void *add)
 {
 	unsigned blocks = cdiv((size_t)N * 32, LN_THREADS);
-	CUDA_LAUNCH(blocks, LN_THREADS, 0, cb->stream, layernorm_forward_kernel<T, V>)(
-		(T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+	if (add)
+		CUDA_LAUNCH(blocks, LN_THREADS, 0, cb->stream, layernorm_forward_kernel<T, V, true>)(
+			(T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C,
+			(T *)res, (const T *)add);
+	else
+		CUDA_LAUNCH(blocks, LN_THREADS, 0, cb->stream, layernorm_forward_kernel<T, V, false>)(
+			(T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C,
+			(T *)NULL, (const T *)NULL);
 	LAUNCH_CHECK();
+}
+
+/* layernorm_forward, or with add != NULL the fused residual_layernorm_forward. */
+static void layernorm_forward_any(backend *be, void *out, void *mean, void *rstd, const void *inp,
+				  const void *weight, const void *bias, int N, int C, void *res, const void *add)
+{
+	cuda_backend *cb = cuda_of(be);
+	if (N <= 0 || C <= 0)
+		return;
+	int al = aligned16(out) && aligned16(inp) && aligned16(weight) && aligned16(bias) && aligned16(res) &&
+		 aligned16(add);
+	if (be->act == DT_BF16) {
+		if (al && C % 8 == 0)
+			layernorm_forward_launch<__nv_bfloat16, 8>(cb, out, mean, rstd, inp, weight, bias, N, C, res, add);
+		else
+			layernorm_forward_launch<__nv_bfloat16, 1>(cb, out, mean, rstd, inp, weight, bias, N, C, res, add);
+	} else {
+		if (al && C % 4 == 0)
+			layernorm_forward_launch<float, 4>(cb, out, mean, rstd, inp, weight, bias, N, C, res, add);
+		else
+			layernorm_forward_launch<float, 1>(cb, out, mean, rstd, inp, weight, bias, N, C, res, add);
+	}
 }
 
 void cuda_layernorm_forward(backend *be, void *out, void *mean, void *rstd, const void *inp,
 			    const void *weight, const void *bias, int N, int C)
 {
 	NVTX_RANGE("layernorm_forward");
-	cuda_backend *cb = cuda_of(be);
-	if (N <= 0 || C <= 0)
-		return;
-	int al = aligned16(out) && aligned16(inp) && aligned16(weight) && aligned16(bias);
-	if (be->act == DT_BF16) {
-		if (al && C % 8 == 0)
-			layernorm_forward_launch<__nv_bfloat16, 8>(cb, out, mean, rstd, inp, weight, bias, N, C);
-		else
-			layernorm_forward_launch<__nv_bfloat16, 1>(cb, out, mean, rstd, inp, weight, bias, N, C);
-	} else {
-		if (al && C % 4 == 0)
-			layernorm_forward_launch<float, 4>(cb, out, mean, rstd, inp, weight, bias, N, C);
-		else
-			layernorm_forward_launch<float, 1>(cb, out, mean, rstd, inp, weight, bias, N, C);
-	}
+	layernorm_forward_any(be, out, mean, rstd, inp, weight, bias, N, C, NULL, NULL);
+}
+
+void cuda_residual_layernorm_forward(backend *be, void *res_out, void *ln_out, void *mean, void *rstd,
+				     const void *a, const void *b, const void *weight, const void *bias, int N,
+				     int C)
+{
+	NVTX_RANGE("residual_layernorm_forward");
+	layernorm_forward_any(be, ln_out, mean, rstd, a, weight, bias, N, C, res_out, b);
 }
 
 template <class T, int V>
@@ -176,6 +214,11 @@ static void layernorm_dx_launch(cuda_backend *cb, void *dinp, const void *dout, 
 	LAUNCH_CHECK();
 }
 
+size_t cuda_layernorm_scratch_bytes(int N, int C)
+{
+	return 2 * (size_t)cdiv((size_t)N, LN_ROWS) * C * sizeof(float);
+}
+
 template <class T>
 static void layernorm_dparam_launch(cuda_backend *cb, void *dw, void *db, const void *dout, const void *inp,
 				    const void *mean, const void *rstd, int N, int C)
@@ -183,7 +226,7 @@ static void layernorm_dparam_launch(cuda_backend *cb, void *dw, void *db, const 
 	int R = (int)cdiv((size_t)N, LN_ROWS);
 	if (R > 65535)
 		cuda_die(__FILE__, __LINE__, "layernorm_backward: %d rows is more than %d", N, 65535 * LN_ROWS);
-	float *pw = (float *)cuda_scratch(cb, SCR_COLSUM, 2 * (size_t)R * C * sizeof(float));
+	float *pw = (float *)cuda_scratch(cb, SCR_COLSUM, cuda_layernorm_scratch_bytes(N, C));
 	float *pb = pw + (size_t)R * C;
 	dim3 grid(cdiv((size_t)C, LN_COLS), (unsigned)R);
 	CUDA_LAUNCH(grid, LN_COLS, 0, cb->stream, layernorm_dparam_partial_kernel<T>)(

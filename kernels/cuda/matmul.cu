@@ -1,6 +1,8 @@
 /* matmul.cu: the cuBLASLt wrapper (matmul.h) and the matmul ops.
  *
  *   matmul_forward:  out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias   (bias epilogue)
+ *   matmul_gelu_forward: the same into out_pre, and GELU(out_pre) into out_gelu
+ *                    (GELU_AUX_BIAS epilogue: one pass, no re-read of out_pre)
  *   matmul_backward: dinp += dout @ weight;  dweight += dout^T @ inp   (beta = 1)
  *                    dbias += column sums of dout                      (own kernels)
  *
@@ -25,9 +27,9 @@
 /* Everything a cuBLASLt plan depends on, alignment of the pointers included
  * (an algorithm chosen for 256-byte aligned operands may not run on others). */
 struct mm_key {
-	int ta, tb, m, n, k, lda, ldb, ldd, batch, ab, dd, bias;
+	int ta, tb, m, n, k, lda, ldb, ldd, batch, ab, dd, bias, gelu;
 	long long sA, sB, sD;
-	unsigned alA, alB, alD;
+	unsigned alA, alB, alD, alX;	/* alX: the GELU aux matrix */
 };
 
 struct mm_plan {
@@ -99,11 +101,18 @@ static void plan_build(mm_ctx *c, mm_plan *p, const mm_key *k)
 	LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
 	LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
 	LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-	if (q->bias) {
-		cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-		int32_t bt = lt_type((dtype)q->dd);
+	if (q->bias || q->gelu) {
+		cublasLtEpilogue_t epi = !q->gelu ? CUBLASLT_EPILOGUE_BIAS
+				       : q->bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
 		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+	}
+	if (q->bias) {
+		int32_t bt = lt_type((dtype)q->dd);
 		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+	}
+	if (q->gelu) {	/* aux: D's type (the default), D's leading dimension */
+		int64_t ld = q->ldd;
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
 	}
 	lt_layout(&p->a, (dtype)q->ab, q->ta ? q->k : q->m, q->ta ? q->m : q->k, q->lda, q->batch, q->sA);
 	lt_layout(&p->b, (dtype)q->ab, q->tb ? q->n : q->k, q->tb ? q->k : q->n, q->ldb, q->batch, q->sB);
@@ -182,14 +191,18 @@ void mm_destroy(mm_ctx *c)
 	free(c);
 }
 
-void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
-	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
-	     long long sD, int batch, float alpha, float beta, const void *bias)
+/* mm_gemm, and mm_gemm_gelu when aux is not NULL. */
+static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+		   long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
+		   long long sD, int batch, float alpha, float beta, const void *bias, void *aux)
 {
 	if (m <= 0 || n <= 0 || batch <= 0)
 		return;
 	if (k <= 0)
 		cuda_die(__FILE__, __LINE__, "matmul with an empty inner dimension (k = %d)", k);
+	if (aux && (batch != 1 || !mm_gelu_ok(ldd, aux)))
+		cuda_die(__FILE__, __LINE__, "GELU epilogue: ld %d is not a multiple of 8 or aux %p is not 16-byte aligned",
+			 ldd, aux);
 	mm_key key;
 	memset(&key, 0, sizeof key);	/* padding too: keys are compared with memcmp */
 	key.ta = ta, key.tb = tb, key.m = m, key.n = n, key.k = k;
@@ -199,9 +212,14 @@ void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const voi
 	key.alA = align_of(A, sA, dtype_size(ab), batch);
 	key.alB = align_of(B, sB, dtype_size(ab), batch);
 	key.alD = align_of(D, sD, dtype_size(dd), batch);
+	key.gelu = aux != NULL;
+	key.alX = aux ? align_of(aux, 0, dtype_size(dd), 1) : 0;
 	mm_plan *p = plan_get(c, &key);
 	if (bias)
 		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+	if (aux)
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux,
+							sizeof aux));
 	LT_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->d, D, p->d, &p->algo,
 				c->ws, MM_WORKSPACE, c->stream));
 }
@@ -273,14 +291,24 @@ static const float *mm_view(mm_ctx *c, int slot, dtype t, const void *p, int row
 	return f;
 }
 
-void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
-	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
-	     long long sD, int batch, float alpha, float beta, const void *bias)
+/* cuBLASLt's GELU: the tanh approximation, in fp32 on the fp32 pre-activation. */
+static float mm_gelu(float x)
+{
+	float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+	return 0.5f * x * (1.0f + tanhf(u));
+}
+
+static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+		   long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
+		   long long sD, int batch, float alpha, float beta, const void *bias, void *aux)
 {
 	if (m <= 0 || n <= 0 || batch <= 0)
 		return;
 	if (k <= 0)
 		cuda_die(__FILE__, __LINE__, "matmul with an empty inner dimension (k = %d)", k);
+	if (aux && (batch != 1 || !mm_gelu_ok(ldd, aux)))
+		cuda_die(__FILE__, __LINE__, "GELU epilogue: ld %d is not a multiple of 8 or aux %p is not 16-byte aligned",
+			 ldd, aux);
 	size_t ea = dtype_size(ab), ed = dtype_size(dd);
 	for (int i = 0; i < batch; i++) {
 		const void *Ai = (const char *)A + (size_t)(i * sA) * ea;
@@ -300,6 +328,10 @@ void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const voi
 					x += beta * mm_load(Di, dd, di);
 				if (bias)
 					x += mm_load(bias, dd, (size_t)r);
+				if (aux) {
+					mm_store(aux, dd, di, x);
+					x = mm_gelu(x);
+				}
 				mm_store(Di, dd, di, x);
 			}
 		}
@@ -307,6 +339,19 @@ void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const voi
 }
 
 #endif /* ANATOMY_EMU */
+
+void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
+	     long long sD, int batch, float alpha, float beta, const void *bias)
+{
+	mm_run(c, ta, tb, m, n, k, ab, A, lda, sA, B, ldb, sB, dd, D, ldd, sD, batch, alpha, beta, bias, NULL);
+}
+
+void mm_gemm_gelu(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+		  const void *B, int ldb, dtype dd, void *D, int ldd, const void *bias, void *aux)
+{
+	mm_run(c, ta, tb, m, n, k, ab, A, lda, 0, B, ldb, 0, dd, D, ldd, 0, 1, 1.0f, 0.0f, bias, aux);
+}
 
 /* ------------------------------------------------------------ column sums */
 
@@ -338,12 +383,17 @@ template <class T> __global__ void colsum_finish_kernel(T *out, const float *par
 	out[c] = from_f<T>(to_f(out[c]) + s);
 }
 
+size_t cuda_colsum_scratch_bytes(int N, int C)
+{
+	return (size_t)cdiv((size_t)N, COLSUM_ROWS) * C * sizeof(float);
+}
+
 template <class T> static void colsum_add(cuda_backend *cb, T *out, const T *x, int N, int C)
 {
 	int R = (int)cdiv((size_t)N, COLSUM_ROWS);
 	if (R > 65535)
 		cuda_die(__FILE__, __LINE__, "column sum over %d rows: more than %d rows", N, 65535 * COLSUM_ROWS);
-	float *part = (float *)cuda_scratch(cb, SCR_COLSUM, (size_t)R * C * sizeof(float));
+	float *part = (float *)cuda_scratch(cb, SCR_COLSUM, cuda_colsum_scratch_bytes(N, C));
 	dim3 grid(cdiv((size_t)C, COLSUM_THREADS), (unsigned)R);
 	CUDA_LAUNCH(grid, COLSUM_THREADS, 0, cb->stream, colsum_partial_kernel<T>)(part, x, N, C);
 	LAUNCH_CHECK();
@@ -364,6 +414,23 @@ void cuda_matmul_forward(backend *be, void *out, const void *inp, const void *we
 	/* out^T [OC x N] = W^T-view^T [OC x IC] * inp^T [IC x N] */
 	mm_gemm(cb->mm, 1, 0, OC, N, IC, be->act, weight, IC, 0, inp, IC, 0, be->act, out, OC, 0, 1, 1.0f,
 		0.0f, bias);
+}
+
+/* One cuBLASLt call with the GELU_AUX(_BIAS) epilogue when OC and out_pre
+ * qualify (mm_gelu_ok), else matmul_forward then gelu_forward. */
+void cuda_matmul_gelu_forward(backend *be, void *out_pre, void *out_gelu, const void *inp,
+			      const void *weight, const void *bias, int N, int IC, int OC)
+{
+	NVTX_RANGE("matmul_gelu_forward");
+	cuda_backend *cb = cuda_of(be);
+	if (N <= 0 || OC <= 0)
+		return;
+	if (!mm_gelu_ok(OC, out_pre)) {
+		cuda_matmul_forward(be, out_pre, inp, weight, bias, N, IC, OC);
+		cuda_gelu_forward(be, out_gelu, out_pre, (size_t)N * OC);
+		return;
+	}
+	mm_gemm_gelu(cb->mm, 1, 0, OC, N, IC, be->act, weight, IC, inp, IC, be->act, out_gelu, OC, bias, out_pre);
 }
 
 void cuda_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias, const void *dout,

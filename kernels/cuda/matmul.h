@@ -12,14 +12,16 @@
  *
  * Under ANATOMY_EMU there is no cuBLASLt: mm_gemm computes on the CPU with
  * OpenBLAS's sgemm on the inputs widened exactly from their stored values
- * (bf16 -> fp32 is exact), then applies alpha, beta, bias and rounds to D's
- * type once, round to nearest even, as cuBLASLt's epilogue does. */
+ * (bf16 -> fp32 is exact), then applies alpha, beta, bias (and GELU) and
+ * rounds to D's type once, round to nearest even, as cuBLASLt's epilogue does. */
 #ifndef ANATOMY_CUDA_MATMUL_H
 #define ANATOMY_CUDA_MATMUL_H
 
 #include "cuda_compat.cuh"
 
 #include "../ops.h"
+
+#include <stdint.h>
 
 typedef struct mm_ctx mm_ctx;
 
@@ -37,5 +39,18 @@ void mm_destroy(mm_ctx *c);
 void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
 	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
 	     long long sD, int batch, float alpha, float beta, const void *bias);
+
+/* D = GELU(op(A) op(B) + bias) and aux = op(A) op(B) + bias (the GELU input,
+ * kept for the backward), one unbatched call with alpha 1, beta 0:
+ * cuBLASLt's GELU_AUX_BIAS epilogue (GELU_AUX when bias is NULL), whose GELU
+ * is the tanh approximation. aux has D's dtype and leading dimension ldd,
+ * which must be a multiple of 8 (cuBLASLt's rule for the aux matrix), and
+ * aux must be 16-byte aligned: mm_gelu_ok says whether a call qualifies. */
+void mm_gemm_gelu(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+		  const void *B, int ldb, dtype dd, void *D, int ldd, const void *bias, void *aux);
+static inline int mm_gelu_ok(int ldd, const void *aux)
+{
+	return ldd % 8 == 0 && ((uintptr_t)aux & 15) == 0;
+}
 
 #endif

@@ -60,3 +60,14 @@ def test_train_matches_cpu(shard, tmp_path, precision, tol):
                    "--seq", "32", "--batches", "2", "--device", "cuda", "--precision", precision)
     a, b = float(cpu_eval.split()[1]), float(gpu_eval.split()[1])
     assert abs(a - b) / abs(a) < tol, f"eval: cpu {a} cuda {b}"
+
+
+def test_default_device(shard, tmp_path):
+    """No --device: cuda where the build has a device (the emulator counts as
+    one), else cpu; the "training ..." header names the choice."""
+    args = ["train", *TINY, "--data", shard, "--batch", "2", "--seq", "16", "--steps", "1",
+            "--seed", "5"]
+    gpu = run("anatomy-emu", *args, "--precision", "fp32", "--out", tmp_path / "g")
+    cpu = run("anatomy", *args, "--out", tmp_path / "c")
+    assert re.search(r"^training .*, cuda\b", gpu, re.M), gpu
+    assert re.search(r"^training .*, cpu\b", cpu, re.M), cpu
