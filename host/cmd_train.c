@@ -40,6 +40,8 @@ static const char usage[] =
     "  --weight-decay X     AdamW decoupled decay on 2-D parameters (default 0.1)\n"
     "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
     "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
+    "  --recompute          keep no per-layer layernorm and GELU outputs; recompute them in\n"
+    "                       the backward pass (less activation memory, same results)\n"
     "run:\n"
     "  --out DIR            write log.jsonl and checkpoints here\n"
     "  --ckpt-every N       checkpoint every N steps (default: only at the end)\n"
@@ -71,7 +73,7 @@ enum {
     O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
-    O_DTIMEOUT, O_DINFO, O_ZERO, O_HELP
+    O_DTIMEOUT, O_DINFO, O_ZERO, O_RECOMPUTE, O_HELP
 };
 
 static const struct option longopts[] = {
@@ -91,7 +93,7 @@ static const struct option longopts[] = {
     { "device", 1, 0, O_DEVICE },       { "precision", 1, 0, O_PRECISION },
     { "threads", 1, 0, O_THREADS },
     { "dist-timeout", 1, 0, O_DTIMEOUT }, { "dist-info", 0, 0, O_DINFO },
-    { "zero", 1, 0, O_ZERO },
+    { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
 
@@ -183,7 +185,7 @@ int cmd_train(int argc, char **argv)
     train_opts o = { 0 };
     train_state st = { 0 };
     const char *device = NULL, *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
-    int threads = 0, c, seq = 0, dist_info = 0;
+    int threads = 0, c, seq = 0, dist_info = 0, recompute = 0;
     double dist_timeout = 300;
     dist_env denv;
     char err[ERRBUF];
@@ -234,6 +236,7 @@ int cmd_train(int argc, char **argv)
         case O_DTIMEOUT: dist_timeout = cli_float("--dist-timeout", optarg, 1, 1e7); break;
         case O_DINFO: dist_info = 1; break;
         case O_ZERO: o.zero = (int)cli_int("--zero", optarg, 0, 1); break;
+        case O_RECOMPUTE: recompute = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("train", c, argv);
         }
@@ -286,6 +289,7 @@ int cmd_train(int argc, char **argv)
     o.rank = dd->rank;
     o.world = dd->world;
     model *m = setup_model(be, &src, &md);
+    m->recompute = recompute;
     if (resume_path && !ckpt_meta_get(&md, "step"))
         cli_die("--resume %s: not a training checkpoint (use --init to start from weights)",
                 resume_path);

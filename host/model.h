@@ -34,6 +34,9 @@ struct model {
     /* device buffers: params/grads in be->act; master (NULL when act == opt), m, v in be->opt */
     void *params, *grads, *master, *m, *v;
     int B, T;               /* planned micro-batch (0 before plan) */
+    int recompute;          /* set before plan: keep no per-layer copy of activations that
+                               are cheap to recompute (layernorm and GELU outputs); the
+                               backward pass recomputes them (same values, less memory) */
     void *priv;             /* the family's own state */
 
     /* Plans activations for micro-batches of B x T (frees an earlier plan). */

@@ -218,6 +218,43 @@ START_TEST(test_overfit_one_batch)
 }
 END_TEST
 
+/* --recompute changes memory, not results: the same loss and gradients bit
+ * for bit (the CPU backend is deterministic and recomputes the same values). */
+START_TEST(test_recompute_same_gradients)
+{
+    char err[ERRBUF];
+    gpt2_config cfg = { .V = 300, .maxT = 32, .L = 3, .NH = 4, .C = 32 };
+    backend *be = backend_cpu_create(0, err);
+    model *a = gpt2_create(be, &cfg, err), *b = gpt2_create(be, &cfg, err);
+    int B = 2, T = 19, n = B * T;
+    b->recompute = 1;
+    ck_assert_int_eq(a->plan(a, B, T, err), 0);
+    ck_assert_int_eq(b->plan(b, B, T, err), 0);
+    size_t np = a->nparams;
+    float *p = malloc(np * sizeof *p);
+    double *ga = malloc(np * sizeof *ga), *gb = malloc(np * sizeof *gb);
+    int32_t in[38], tg[38];
+    gpt2_init_params(&cfg, p, 51);
+    random_batch(in, tg, n, cfg.V, 52);
+    model_set_params(a, p);
+    model_set_params(b, p);
+    float scale = 1.0f / count_valid(tg, n);
+    double la = a->forward(a, in, tg, scale), lb = b->forward(b, in, tg, scale);
+    a->backward(a);
+    b->backward(b);
+    be->download(be, ga, DT_F64, a->grads, be->act, np);
+    be->download(be, gb, DT_F64, b->grads, be->act, np);
+    ck_assert(la == lb);
+    ck_assert(memcmp(ga, gb, np * sizeof *ga) == 0);
+    free(p);
+    free(ga);
+    free(gb);
+    a->destroy(a);
+    b->destroy(b);
+    be->destroy(be);
+}
+END_TEST
+
 START_TEST(test_presets)
 {
     static const struct { const char *name; size_t params; } want[] = {
@@ -272,6 +309,7 @@ static Suite *gpt2_suite(void)
     tcase_add_test(tc, test_model_grads_accumulate);
     tcase_add_test(tc, test_fp32_matches_fp64);
     tcase_add_test(tc, test_overfit_one_batch);
+    tcase_add_test(tc, test_recompute_same_gradients);
     tcase_add_test(tc, test_presets);
     tcase_add_test(tc, test_bad_config_and_plan);
     suite_add_tcase(s, tc);

@@ -226,24 +226,29 @@ static void *carve(carver *cv, size_t n)
     return p;
 }
 
-static void carve_all(gpt2_state *s, carver *a, carver *st, int B, int T)
+static void carve_all(gpt2_state *s, carver *a, carver *st, int B, int T, int recompute)
 {
     size_t BT = (size_t)B * T, C = s->cfg.C, L = s->cfg.L;
+    /* with recompute, every layer's LN1/LN2 outputs share one buffer and its
+     * GELU outputs another: forward consumes each right after writing it, and
+     * backward writes it again just before its one use */
+    void *ln_shared = recompute ? carve(a, BT * C) : NULL;
+    void *gelu_shared = recompute ? carve(a, BT * 4 * C) : NULL;
     s->encoded = carve(a, BT * C);
     for (size_t l = 0; l < L; l++) {
         gpt2_layer_acts *x = &s->la[l];
-        x->ln1 = carve(a, BT * C);
+        x->ln1 = recompute ? ln_shared : carve(a, BT * C);
         x->ln1_mean = carve(st, BT);
         x->ln1_rstd = carve(st, BT);
         x->qkv = carve(a, BT * 3 * C);
         x->atty = carve(a, BT * C);
         x->lse = carve(st, BT * s->cfg.NH);
         x->res2 = carve(a, BT * C);
-        x->ln2 = carve(a, BT * C);
+        x->ln2 = recompute ? ln_shared : carve(a, BT * C);
         x->ln2_mean = carve(st, BT);
         x->ln2_rstd = carve(st, BT);
         x->fch = carve(a, BT * 4 * C);
-        x->fch_gelu = carve(a, BT * 4 * C);
+        x->fch_gelu = recompute ? gelu_shared : carve(a, BT * 4 * C);
         x->res3 = carve(a, BT * C);
     }
     s->lnf = carve(a, BT * C);
@@ -275,7 +280,7 @@ static int gpt2_plan(model *m, int B, int T, char *err)
     s->host_losses = malloc((size_t)B * T * sizeof *s->host_losses);
     if (!s->la || !s->host_losses)
         goto oom;
-    carve_all(s, &a, &st, B, T);
+    carve_all(s, &a, &st, B, T, m->recompute);
     s->act_buf = be->alloc(be, a.used * a.esize);
     s->stat_buf = be->alloc(be, st.used * st.esize);
     s->tok_buf = be->alloc(be, 2 * (size_t)B * T * sizeof(int32_t));
@@ -284,7 +289,7 @@ static int gpt2_plan(model *m, int B, int T, char *err)
     a.base = s->act_buf;
     st.base = s->stat_buf;
     a.used = st.used = 0;
-    carve_all(s, &a, &st, B, T);
+    carve_all(s, &a, &st, B, T, m->recompute);
     /* the backend's own scratch, also before the first step */
     if (be->plan && be->plan(be, B, T, s->cfg.C, s->cfg.NH, s->cfg.V, err)) {
         free_plan(m);
@@ -411,11 +416,16 @@ static void gpt2_backward(model *m)
         void *res = l ? s->la[l - 1].res3 : s->encoded;
         gpt2_range(be, l, "backward", 1);
         /* MLP: res3 = res2 + fcproj(gelu(fc(LN2(res2)))) */
+        if (m->recompute)
+            be->gelu_forward(be, x->fch_gelu, x->fch, btc * 4);
         be->fill(be, s->d4a, t, 0.0, btc * 4);
         be->matmul_backward(be, s->d4a, g->fcprojw, g->fcprojb, s->dres, x->fch_gelu,
                             p->fcprojw, BT, 4 * C, C);
         be->fill(be, s->d4b, t, 0.0, btc * 4);
         be->gelu_backward(be, s->d4b, x->fch, s->d4a, btc * 4);
+        if (m->recompute)
+            be->layernorm_forward(be, x->ln2, x->ln2_mean, x->ln2_rstd, x->res2, p->ln2w,
+                                  p->ln2b, BT, C);
         be->fill(be, s->dln, t, 0.0, btc);
         be->matmul_backward(be, s->dln, g->fcw, g->fcb, s->d4b, x->ln2, p->fcw, BT, C, 4 * C);
         be->layernorm_backward(be, s->dres, g->ln2w, g->ln2b, s->dln, x->res2, p->ln2w,
@@ -426,6 +436,9 @@ static void gpt2_backward(model *m)
                             p->attprojw, BT, C, C);
         be->fill(be, s->d4a, t, 0.0, btc * 3);
         be->attention_backward(be, s->d4a, s->datty, x->qkv, x->atty, x->lse, B, T, C, NH, 1);
+        if (m->recompute)
+            be->layernorm_forward(be, x->ln1, x->ln1_mean, x->ln1_rstd, res, p->ln1w, p->ln1b,
+                                  BT, C);
         be->fill(be, s->dln, t, 0.0, btc);
         be->matmul_backward(be, s->dln, g->qkvw, g->qkvb, s->d4a, x->ln1, p->qkvw, BT, C, 3 * C);
         be->layernorm_backward(be, s->dres, g->ln1w, g->ln1b, s->dln, res, p->ln1w,

@@ -41,12 +41,13 @@ def shard(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 1e-2)])
-def test_train_matches_cpu(shard, tmp_path, precision, tol):
+@pytest.mark.parametrize("precision,tol,extra", [("fp32", 1e-5, []), ("bf16", 1e-2, []),
+                                                 ("fp32", 1e-5, ["--recompute"])])
+def test_train_matches_cpu(shard, tmp_path, precision, tol, extra):
     args = ["train", *TINY, "--data", shard, "--batch", "2", "--seq", "32", "--steps", "6",
             "--lr", "3e-3", "--warmup", "2", "--seed", "3"]
     cpu = [float(x) for x in STEP.findall(run("anatomy", *args, "--device", "cpu"))]
-    gpu = [float(x) for x in STEP.findall(run("anatomy-emu", *args, "--device", "cuda",
+    gpu = [float(x) for x in STEP.findall(run("anatomy-emu", *args, *extra, "--device", "cuda",
                                               "--precision", precision,
                                               "--out", tmp_path / "run"))]
     assert len(cpu) == len(gpu) == 6
