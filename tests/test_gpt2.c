@@ -5,14 +5,22 @@
  *  - presets, padded vocabulary rows, config and plan errors */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../data/errbuf.h"
 #include "../data/rng.h"
 #include "../host/models/gpt2.h"
 
 static const gpt2_config tiny = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8 };
+
+/* Fresh inputs every run: every seed below is offset by this one, printed at
+ * start; ANATOMY_TEST_SEED replays a run. */
+static uint64_t base_seed;
+
+#define SEED(k) (base_seed + (uint64_t)(k))
 
 /* Random parameters with every kind of tensor far from its init values, so no
  * gradient is trivially zero (padded vocabulary rows included). */
@@ -81,8 +89,8 @@ START_TEST(test_model_gradcheck_fp64)
     size_t n = m->nparams;
     double *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g), *fd = malloc(n * sizeof *fd);
     int32_t in[10], tg[10];
-    random_params(p, n, 11 + (uint64_t)_i);
-    random_batch(in, tg, B * T, tiny.V, 12 + (uint64_t)_i);
+    random_params(p, n, SEED(11 + _i));
+    random_batch(in, tg, B * T, tiny.V, SEED(12 + _i));
     loss_grad(m, p, in, tg, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -118,8 +126,8 @@ START_TEST(test_model_grads_accumulate)
     size_t n = m->nparams;
     double *p = malloc(n * sizeof *p), *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
     int32_t in[12], tg[12];
-    random_params(p, n, 21);
-    random_batch(in, tg, 12, tiny.V, 22);
+    random_params(p, n, SEED(21));
+    random_batch(in, tg, 12, tiny.V, SEED(22));
     loss_grad(m, p, in, tg, g1);
     m->forward(m, in, tg, 1.0f / count_valid(tg, 12));
     m->backward(m);
@@ -148,8 +156,8 @@ START_TEST(test_fp32_matches_fp64)
     float *pf = malloc(np * sizeof *pf);
     double *g64 = malloc(np * sizeof *g64), *g32 = malloc(np * sizeof *g32);
     int32_t *in = malloc(n * sizeof *in), *tg = malloc(n * sizeof *tg);
-    gpt2_init_params(&cfg, pf, 31);
-    random_batch(in, tg, n, cfg.V, 32);
+    gpt2_init_params(&cfg, pf, SEED(31));
+    random_batch(in, tg, n, cfg.V, SEED(32));
     model_set_params(m64, pf); /* the same fp32 values in both */
     model_set_params(m32, pf);
     float scale = 1.0f / count_valid(tg, n);
@@ -186,12 +194,12 @@ START_TEST(test_overfit_one_batch)
     float *p = malloc(m->nparams * sizeof *p);
     int32_t in[64], tg[64];
     rng_state r;
-    rng_seed(&r, 41);
+    rng_seed(&r, SEED(41));
     for (int i = 0; i < n; i++) {
         in[i] = (int32_t)rng_below(&r, 64);
         tg[i] = (int32_t)rng_below(&r, 64);
     }
-    gpt2_init_params(&cfg, p, 42);
+    gpt2_init_params(&cfg, p, SEED(42));
     model_set_params(m, p);
     double loss = 0, first = 0;
     int step;
@@ -234,8 +242,8 @@ START_TEST(test_recompute_same_gradients)
     float *p = malloc(np * sizeof *p);
     double *ga = malloc(np * sizeof *ga), *gb = malloc(np * sizeof *gb);
     int32_t in[38], tg[38];
-    gpt2_init_params(&cfg, p, 51);
-    random_batch(in, tg, n, cfg.V, 52);
+    gpt2_init_params(&cfg, p, SEED(51));
+    random_batch(in, tg, n, cfg.V, SEED(52));
     model_set_params(a, p);
     model_set_params(b, p);
     float scale = 1.0f / count_valid(tg, n);
@@ -318,6 +326,12 @@ static Suite *gpt2_suite(void)
 
 int main(void)
 {
+    const char *env = getenv("ANATOMY_TEST_SEED");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    base_seed = env ? strtoull(env, NULL, 0) : (uint64_t)ts.tv_sec * 1000003u + (uint64_t)ts.tv_nsec;
+    printf("test_gpt2: seed %llu (ANATOMY_TEST_SEED to replay)\n", (unsigned long long)base_seed);
+    fflush(stdout);
     SRunner *sr = srunner_create(gpt2_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
