@@ -32,5 +32,6 @@ int cmd_export(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_prep(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const struct {
     { "info", cmd_info, "print a model's configuration and parameter count" },
     { "prep", cmd_prep, "turn text into token shards" },
     { "tokenize", cmd_tokenize, "text to token ids, or ids back to text" },
+    { "plot", cmd_plot, "draw runs' training curves into a PNG (with gnuplot)" },
 };
 
 static void usage(FILE *f)
