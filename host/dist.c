@@ -328,6 +328,27 @@ static int stage_reserve(dist *d, size_t bytes, const char *what, char *err)
 }
 #endif
 
+#ifdef DIST_HAVE_MPI
+static int shard_counts(dist *d, size_t n, const char *what, char *err);
+#endif
+
+int dist_reserve(dist *d, size_t n, char *err)
+{
+    if (d->world == 1)
+        return 0;
+#ifdef DIST_HAVE_MPI
+    backend *be = d->be;
+    size_t esz = be->act == DT_F64 || be->opt == DT_F64 ? 8 : 4, lo, hi;
+    dist_shard(d, d->rank, n, &lo, &hi);
+    /* the largest user: reduce-scatter stages all n inputs plus its shard */
+    return shard_counts(d, n, "staging", err) ||
+           stage_reserve(d, (n + (hi - lo) + 1) * esz, "staging", err) ? -1 : 0;
+#else
+    (void)n, (void)err;
+    return 0;
+#endif
+}
+
 void dist_shard(const dist *d, int rank, size_t n, size_t *lo, size_t *hi)
 {
     size_t s = (n + (size_t)d->world - 1) / (size_t)d->world;

@@ -76,6 +76,10 @@ int dist_env_detect(dist_env *e, char *err);
  * the watchdog. timeout_s > 0. Returns NULL with err on failure. */
 dist *dist_init(const dist_env *e, backend *be, double timeout_s, char *err);
 
+/* Allocates, before the first step, the host staging the collectives below
+ * need for buffers of up to n elements, so that no step allocates. */
+int dist_reserve(dist *d, size_t n, char *err);
+
 /* Element-wise sum (mean: then divided by world) of a device buffer of n
  * elements of be->act across ranks, in place, on every rank. */
 int dist_allreduce_buf(dist *d, void *buf, size_t n, int mean, const char *what, char *err);

@@ -474,6 +474,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     if (sync_params(m, o, err))
         goto done;
+    if (o->dist && dist_reserve(o->dist, m->nparams, err))
+        goto done;
     if (o->out && o->rank == 0) {
         char path[4200];
         if (mkdir_p(o->out, err))
