@@ -26,37 +26,21 @@
 #include "../host/model.h"
 #include "../host/models/gpt2.h"
 #include "../kernels/ops.h"
+#include "testrand.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
 
-/* ---- random numbers (splitmix64), one stream per test ---- */
+/* ---- random numbers, one stream per test ---- */
 
-static uint64_t seed_base, rng_state;
+static uint64_t seed_base;
 
 static void seed(const char *name, int variant)
 {
-    rng_state = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
+    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
     for (const char *p = name; *p; p++)
-        rng_state = rng_state * 131 + (unsigned char)*p;
-}
-
-static uint64_t rnext(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double urand(void) { return (double)(rnext() >> 11) * 0x1.0p-53; }
-
-static int irand(int n) { return (int)(rnext() % (uint64_t)n); }
-
-static double nrand(void)
-{
-    double u = urand(), v = urand();
-    return sqrt(-2 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+        h = h * 131 + (unsigned char)*p;
+    rng_seed(&test_rng, h);
 }
 
 static void *xmalloc(size_t bytes)
