@@ -64,6 +64,9 @@ static const char usage[] =
     "                       state (gradients reduce-scattered, parameters all-gathered);\n"
     "                       checkpoints gather it into the usual single file (default 0;\n"
     "                       no effect with one rank)\n"
+    "  --dist-init SPEC     how the ranks find each other for NCCL when MPI is not linked:\n"
+    "                       tcp (rank 0 at MASTER_ADDR:MASTER_PORT; the default) or\n"
+    "                       file:PATH (a new file on a filesystem all ranks share)\n"
     "  --dist-info          print this process's rank, world, local rank and their\n"
     "                       source, then exit (starts nothing)\n"
     "  --config FILE        read options from 'key = value' lines; the command line wins\n"
@@ -73,7 +76,7 @@ enum {
     O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
-    O_DTIMEOUT, O_DINFO, O_ZERO, O_RECOMPUTE, O_HELP
+    O_DTIMEOUT, O_DINFO, O_DINIT, O_ZERO, O_RECOMPUTE, O_HELP
 };
 
 static const struct option longopts[] = {
@@ -93,6 +96,7 @@ static const struct option longopts[] = {
     { "device", 1, 0, O_DEVICE },       { "precision", 1, 0, O_PRECISION },
     { "threads", 1, 0, O_THREADS },
     { "dist-timeout", 1, 0, O_DTIMEOUT }, { "dist-info", 0, 0, O_DINFO },
+    { "dist-init", 1, 0, O_DINIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
@@ -185,6 +189,7 @@ int cmd_train(int argc, char **argv)
     train_opts o = { 0 };
     train_state st = { 0 };
     const char *device = NULL, *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
+    const char *dist_init_spec = NULL;
     int threads = 0, c, seq = 0, dist_info = 0, recompute = 0;
     double dist_timeout = 300;
     dist_env denv;
@@ -235,6 +240,7 @@ int cmd_train(int argc, char **argv)
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
         case O_DTIMEOUT: dist_timeout = cli_float("--dist-timeout", optarg, 1, 1e7); break;
         case O_DINFO: dist_info = 1; break;
+        case O_DINIT: dist_init_spec = optarg; break;
         case O_ZERO: o.zero = (int)cli_int("--zero", optarg, 0, 1); break;
         case O_RECOMPUTE: recompute = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
@@ -245,6 +251,11 @@ int cmd_train(int argc, char **argv)
         cli_die("train: unexpected argument '%s' (see 'anatomy train --help')", argv[optind]);
     if (dist_env_detect(&denv, err))
         cli_die("%s", err);
+    if (dist_init_spec && strcmp(dist_init_spec, "tcp") && strncmp(dist_init_spec, "file:", 5))
+        cli_die("--dist-init: '%s' is neither tcp nor file:PATH", dist_init_spec);
+    if (dist_init_spec && !strcmp(dist_init_spec, "file:"))
+        cli_die("--dist-init: file: needs a path (file:PATH)");
+    denv.init = dist_init_spec;
     if (dist_info) {
         printf("rank %d world %d local_rank %d source %s mpi %s local_world %d\n", denv.rank,
                denv.world, denv.local_rank, denv.source, dist_have_mpi() ? "yes" : "no",

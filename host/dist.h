@@ -51,6 +51,10 @@ typedef struct {
                          * SLURM_STEP_TASKS_PER_NODE, LOCAL_WORLD_SIZE);
                          * 0 when the launcher does not say */
     const char *source; /* "mpirun", "slurm", "torchrun" or "none" */
+    const char *init;   /* --dist-init: how NCCL's unique id travels when MPI is not
+                         * linked: "tcp" (MASTER_ADDR:MASTER_PORT) or "file:PATH";
+                         * NULL: MPI when linked, else tcp. Set by the caller after
+                         * dist_env_detect. */
 } dist_env;
 
 typedef struct dist dist;

@@ -38,6 +38,14 @@ struct model {
                                are cheap to recompute (layernorm and GELU outputs); the
                                backward pass recomputes them (same values, less memory) */
     void *priv;             /* the family's own state */
+    /* Optional, set by the trainer: backward calls it as soon as the
+     * gradients [offset, offset+count) of the parameter buffer are final for
+     * this micro-batch (a layer's, while backward goes on below it), so that
+     * their all-reduce can overlap the rest of backward. Ranges come in
+     * decreasing offset order, never overlap, and together cover the buffer
+     * by the end of backward. NULL: not called. */
+    void (*grads_ready)(void *ctx, size_t offset, size_t count);
+    void *grads_ready_ctx;
 
     /* Plans activations for micro-batches of B x T (frees an earlier plan). */
     int (*plan)(model *m, int B, int T, char *err);

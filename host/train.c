@@ -421,6 +421,17 @@ static int save_step(model *m, const train_opts *o, const train_state *st, char 
     return 0;
 }
 
+/* The model's grads_ready hook during the last micro-batch of a step: hands
+ * each finished range of gradients to the communicator, which may start its
+ * all-reduce while backward goes on (dist_bucket_ready). */
+typedef struct { dist *d; void *grads; } bucket_ctx;
+
+static void train_grads_ready(void *ctx, size_t offset, size_t count)
+{
+    bucket_ctx *b = ctx;
+    dist_bucket_ready(b->d, b->grads, offset, count);
+}
+
 /* A profiler range around a phase, when the backend has the hook. */
 static void train_range(backend *be, const char *name, int push)
 {
@@ -454,6 +465,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     if (m->plan(m, B, T, err) || zero_init(&z, m, o, err))
         goto done;
+    int overlap = o->dist && o->world > 1 && !z.on;
+    bucket_ctx bucket = { o->dist, m->grads };
     if (o->sample_every > 0) {
         sample_toks = malloc(((size_t)o->sample_tokens + 1) * sizeof *sample_toks);
         if (!sample_toks) {
@@ -508,7 +521,13 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                 valid += tg[i] >= 0;
             float scale = valid ? 1.0f / ((float)valid * accum) : 0.0f;
             loss += m->forward(m, in, tg, scale) / accum;
+            /* the last micro-batch's gradients are the step's: their
+             * all-reduce may start layer by layer (not under ZeRO, whose
+             * reduce-scatter waits for the whole buffer) */
+            m->grads_ready = overlap && a == accum - 1 ? train_grads_ready : NULL;
+            m->grads_ready_ctx = &bucket;
             m->backward(m);
+            m->grads_ready = NULL;
         }
         st->data_pos = loader_position(ld);
         double tc = now_ms(), norm;

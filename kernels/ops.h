@@ -102,6 +102,9 @@ struct backend {
      * "optimizer") and each layer in it ("layer 3 forward"); ranges nest
      * and every push is matched by a pop. The name is copied at the push. */
     void (*range)(backend *be, const char *name, int push);
+    /* Optional (NULL on the CPU): the native stream the ops are queued on
+     * (CUDA: a cudaStream_t), for libraries that must queue on it too (NCCL). */
+    void *(*stream)(backend *be);
 
     /* ---- ops (types: act unless stated) ---- */
 
@@ -187,6 +190,48 @@ struct backend {
      * (the usual case: the logits are overwritten by their gradient). */
     void (*crossentropy)(backend *be, void *losses, void *dlogits, const void *logits,
                          const int32_t *targets, int N, int V, int Vp, float scale);
+
+    /* ---- ops shared by the other model families (BERT, ViT, FFNN, RNN, patch models) ---- */
+
+    /* embedding: out[n,:] = table[ids[n],:] (accumulate 0) or out[n,:] += table[ids[n],:]
+     * (accumulate 1); a negative id reads a zero row. out: [N,C]; ids: int32 [N];
+     * table: [rows,C]. Saves nothing. (FFNN: the window's ids laid out [B,T,n] give
+     * the concatenated window embeddings [B*T, n*C]; BERT: segment embeddings.) */
+    void (*embedding_forward)(backend *be, void *out, const int32_t *ids, const void *table,
+                              int N, int C, int accumulate);
+    /* dtable[ids[n],:] += dout[n,:] for ids >= 0. */
+    void (*embedding_backward)(backend *be, void *dtable, const void *dout, const int32_t *ids,
+                               int N, int C);
+
+    /* sequence embedding: out[b,t,:] = x[b,t-k,:] + pos[t,:] for t >= k, and, with
+     * first not NULL (k = 1), out[b,0,:] = first[:] + pos[0,:]; k = 0 without first.
+     * out: [B,T,C]; x: [B,T-k,C]; first: [C]; pos: [>=T,C]. Saves nothing.
+     * (ViT: the [CLS] row before the patch embeddings; patch models: positions only.) */
+    void (*sequence_embed_forward)(backend *be, void *out, const void *x, const void *first,
+                                   const void *pos, int B, int T, int C);
+    /* dx[b,t-k,:] += dout[b,t,:];  dfirst += sum_b dout[b,0,:];  dpos[t,:] += sum_b dout[b,t,:].
+     * dx, dfirst may be NULL when not wanted. */
+    void (*sequence_embed_backward)(backend *be, void *dx, void *dfirst, void *dpos,
+                                    const void *dout, int B, int T, int C);
+
+    /* row select: out[b,:] = x[b,t,:] for one position t of every sequence.
+     * out: [B,C]; x: [B,T,C]. ([CLS] pooling.) Backward: dx[b,t,:] += dout[b,:]. */
+    void (*rows_select_forward)(backend *be, void *out, const void *x, int B, int T, int C, int t);
+    void (*rows_select_backward)(backend *be, void *dx, const void *dout, int B, int T, int C,
+                                 int t);
+
+    /* tanh: y = tanh(x), [N].  Backward: dx += dy * (1 - y^2) (from the output y). */
+    void (*tanh_forward)(backend *be, void *out, const void *inp, size_t N);
+    void (*tanh_backward)(backend *be, void *dinp, const void *out, const void *dout, size_t N);
+
+    /* squared error: losses[n] (stat) = sum_c (pred[n,c] - target[n,c])^2 over C columns;
+     * target: act [N,C]. If dpred is not NULL: dpred[n,c] = scale * 2 (pred - target)
+     * (written, not accumulated: like crossentropy's dlogits, it starts the backward).
+     * dpred may alias pred. */
+    void (*mse)(backend *be, void *losses, void *dpred, const void *pred, const void *target,
+                int N, int C, float scale);
+
+    /* ---- recurrent ops (issue 9 adds them here) ---- */
 
     /* Sum of squares of n gradient elements, as a host double (synchronises). */
     double (*sumsq)(backend *be, const void *grads, size_t n);

@@ -390,6 +390,17 @@ static double gpt2_forward(model *m, const int32_t *inputs, const int32_t *targe
     return valid ? sum / valid : 0.0;
 }
 
+/* Tells the trainer (m->grads_ready) that views [first, last] have their final
+ * gradients for this micro-batch. */
+static void views_ready(model *m, int first, int last)
+{
+    if (m->grads_ready) {
+        size_t lo = m->views[first].offset;
+        size_t hi = m->views[last].offset + m->views[last].count;
+        m->grads_ready(m->grads_ready_ctx, lo, hi - lo);
+    }
+}
+
 static void gpt2_backward(model *m)
 {
     gpt2_state *s = m->priv;
@@ -409,6 +420,7 @@ static void gpt2_backward(model *m)
     void *res_last = c->L ? s->la[c->L - 1].res3 : s->encoded;
     be->layernorm_backward(be, s->dres, s->dlnfw, s->dlnfb, s->dln, res_last, s->lnfw,
                            s->lnf_mean, s->lnf_rstd, BT, C);
+    views_ready(m, 2 + 12 * c->L, 3 + 12 * c->L); /* ln_f */
     /* dres is the gradient of the residual stream, walked down the layers */
     for (int l = c->L - 1; l >= 0; l--) {
         gpt2_layer_acts *x = &s->la[l];
@@ -444,8 +456,10 @@ static void gpt2_backward(model *m)
         be->layernorm_backward(be, s->dres, g->ln1w, g->ln1b, s->dln, res, p->ln1w,
                                x->ln1_mean, x->ln1_rstd, BT, C);
         gpt2_range(be, l, "backward", 0);
+        views_ready(m, 2 + 12 * l, 13 + 12 * l);
     }
     be->encoder_backward(be, s->dwte, s->dwpe, s->dres, s->tokens, B, T, C);
+    views_ready(m, 0, 1); /* wte (classifier and embedding), wpe */
     s->have_dlogits = 0;
     gpt2_range(be, -1, "backward", 0);
 }

@@ -391,6 +391,12 @@ static void cu_range(backend *be, const char *name, int push)
 #endif
 }
 
+/* The op table's stream hook: NCCL queues its collectives on this stream. */
+static void *cu_stream(backend *be)
+{
+	return (void *)cuda_of(be)->stream;
+}
+
 static void cu_destroy(backend *be)
 {
 	cuda_backend *cb = cuda_of(be);
@@ -512,5 +518,6 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->adamw = cuda_adamw;
 	be->plan = cuda_plan;
 	be->range = cu_range;
+	be->stream = cu_stream;
 	return be;
 }
