@@ -10,20 +10,28 @@
 
 #include "../data/errbuf.h"
 #include "../data/hellaswag.h"
-#include "../data/shard.h"
 #include "cli.h"
+#include "batches.h"
+#include "family.h"
 #include "setup.h"
 
 static const char usage[] =
-    "usage: anatomy eval --init PATH --data GLOB [options]\n"
+    "usage: anatomy eval (--init PATH | --preset NAME) --data PATH [options]\n"
     "       anatomy eval --init PATH --hellaswag FILE [options]\n"
     "\n"
-    "Prints 'loss <mean>' over the first N micro-batches of the shards, or with\n"
-    "--hellaswag 'hellaswag acc <accuracy> count <examples>'.\n"
+    "Prints 'loss <mean>' over the first N micro-batches of the data, read in order\n"
+    "and unaugmented, then one line per figure the model reports (e.g. 'accuracy',\n"
+    "'mlm_accuracy', 'mse', 'mae'); with --hellaswag 'hellaswag acc <accuracy> count\n"
+    "<examples>'.\n"
     "\n"
     "  --init PATH     Hugging Face GPT-2 directory, llm.c .bin, or anatomy checkpoint\n"
-    "  --preset NAME   or a randomly initialised preset (with --seed)\n"
-    "  --data GLOB     token shards (llm.c layout)\n"
+    "  --preset NAME   or a randomly initialised preset (with --seed; --model too)\n"
+    "  --data PATH     the data as the model's family reads it (token shards: a glob)\n"
+    "  --split S       train, val or test (default test): which split of data that\n"
+    "                  holds several (a CSV series), and no augmentation or random\n"
+    "                  masks beyond the split's fixed ones\n"
+    "  --grads FILE    also write the gradient of the first micro-batch's loss, by\n"
+    "                  parameter name, as safetensors (for reference checks)\n"
     "  --hellaswag FILE\n"
     "                  HellaSwag JSON Lines (ctx, endings, label); GPT-2 tokenizer\n"
     "  --limit N       with --hellaswag: the first N examples only\n"
@@ -139,7 +147,8 @@ static int eval_hellaswag(const char *path, const char *vocab, long long limit, 
             in[j] = 0, tg[j] = -1;
         for (int s = 0; s < used; s++)
             hs_fill(&set->ex[i + s], s, T, in, tg, first);
-        m->forward(m, in, NULL, 0.0f);
+        model_batch mb = { .tokens = in };
+        m->forward(m, &mb, 0.0f);
         for (int s = 0; s < used; s++) {
             hs_fill(&set->ex[i + s], s, T, in, tg, first);
             int best = 0;
@@ -163,23 +172,51 @@ static int eval_hellaswag(const char *path, const char *vocab, long long limit, 
     return 0;
 }
 
+/* --grads FILE: the gradient of the first micro-batch's loss, by view name,
+ * as a safetensors file (for reference-parity tests). */
+static void write_grads(model *m, batch_source *src, const char *path)
+{
+    char err[ERRBUF];
+    float *g = malloc(m->nparams * sizeof *g);
+    ckpt_meta md = { 0 };
+    if (!g)
+        cli_die("--grads %s: out of memory", path);
+    src->seek(src, 0);
+    if (src->next(src, err))
+        cli_die("%s", err);
+    model_zero_grad(m);
+    double loss = m->forward(m, &src->batch, 1.0f);
+    m->backward(m);
+    m->be->download(m->be, g, DT_F32, m->grads, m->be->act, m->nparams);
+    model_config cfg = setup_config_of(m);
+    setup_meta_put_config(&md, &cfg);
+    ckpt_meta_set(&md, "loss", "%.9g", loss);
+    if (ckpt_save(path, m->views, m->nviews, m->nparams, g, NULL, NULL, &md, err))
+        cli_die("--grads %s", err);
+    printf("grads %s loss %.9g\n", path, loss);
+    free(g);
+}
+
 int cmd_eval(int argc, char **argv)
 {
-    enum { O_INIT = 256, O_PRESET, O_DATA, O_BATCH, O_SEQ, O_BATCHES, O_SEED, O_DEVICE, O_PRECISION,
-           O_THREADS, O_HELLASWAG, O_LIMIT, O_VOCAB, O_HELP };
-    static const struct option longopts[] = {
+    enum { O_INIT = 256, O_PRESET, O_MODEL, O_DATA, O_SPLIT, O_BATCH, O_SEQ, O_BATCHES, O_SEED,
+           O_DEVICE, O_PRECISION, O_THREADS, O_HELLASWAG, O_LIMIT, O_VOCAB, O_GRADS, O_HELP };
+    static const struct option base[] = {
         { "init", 1, 0, O_INIT },       { "preset", 1, 0, O_PRESET },
-        { "data", 1, 0, O_DATA },       { "batch", 1, 0, O_BATCH },
+        { "model", 1, 0, O_MODEL },     { "data", 1, 0, O_DATA },
+        { "split", 1, 0, O_SPLIT },     { "batch", 1, 0, O_BATCH },
         { "seq", 1, 0, O_SEQ },         { "batches", 1, 0, O_BATCHES },
         { "seed", 1, 0, O_SEED },       { "device", 1, 0, O_DEVICE },
         { "precision", 1, 0, O_PRECISION },
         { "threads", 1, 0, O_THREADS }, { "hellaswag", 1, 0, O_HELLASWAG },
         { "limit", 1, 0, O_LIMIT },     { "vocab", 1, 0, O_VOCAB },
-        { "help", 0, 0, O_HELP },
+        { "grads", 1, 0, O_GRADS },     { "help", 0, 0, O_HELP },
         { 0, 0, 0, 0 },
     };
+    struct option *longopts = setup_longopts(base);
     model_source src = { 0 };
     const char *data = NULL, *device = NULL, *precision = NULL, *hs = NULL, *vocab = NULL;
+    const char *split = "test", *grads = NULL;
     int B = 0, T = 0, threads = 0, c;
     long long batches = 0, limit = 0;
     char err[ERRBUF];
@@ -187,10 +224,14 @@ int cmd_eval(int argc, char **argv)
     src.seed = 1337;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        if (setup_take_option(&src, c, optarg))
+            continue;
         switch (c) {
         case O_INIT: src.init = optarg; break;
         case O_PRESET: src.preset = optarg; break;
+        case O_MODEL: src.model = optarg; break;
         case O_DATA: data = optarg; break;
+        case O_SPLIT: split = optarg; break;
         case O_BATCH: B = (int)cli_int("--batch", optarg, 1, 1 << 20); break;
         case O_SEQ: T = (int)cli_int("--seq", optarg, 1, 1 << 20); break;
         case O_BATCHES: batches = cli_int("--batches", optarg, 1, 1LL << 40); break;
@@ -201,25 +242,43 @@ int cmd_eval(int argc, char **argv)
         case O_HELLASWAG: hs = optarg; break;
         case O_LIMIT: limit = cli_int("--limit", optarg, 1, 1LL << 40); break;
         case O_VOCAB: vocab = optarg; break;
-        case O_HELP: fputs(usage, stdout); return 0;
+        case O_GRADS: grads = optarg; break;
+        case O_HELP:
+            fputs(usage, stdout);
+            setup_print_model_help(stdout);
+            free(longopts);
+            return 0;
         default: cli_bad_option("eval", c, argv);
         }
     }
+    free(longopts);
     if (optind < argc)
         cli_die("eval: unexpected argument '%s'", argv[optind]);
-    if (!!src.init + !!src.preset != 1)
-        cli_die("eval: give exactly one of --init or --preset");
+    if (!!src.init + !!(src.preset || src.model) != 1)
+        cli_die("eval: give exactly one of --init or --preset (or --model)");
+    if (src.nset && src.init)
+        cli_die("--%s: only with --preset or --model (other sources carry their config)",
+                src.set_opt[0]);
     if (hs) {
         if (data)
             cli_die("eval: give one of --data or --hellaswag");
-        if (T || batches)
-            cli_die("eval: --seq and --batches do not apply to --hellaswag");
+        if (T || batches || grads)
+            cli_die("eval: --seq, --batches and --grads do not apply to --hellaswag");
         return eval_hellaswag(hs, vocab, limit, B ? B : 1, &src, device, threads, precision);
     }
     if (!data)
-        cli_die("--data: required (a glob of token shards), or --hellaswag FILE");
+        cli_die("--data: required (the data the model reads), or --hellaswag FILE");
     if (limit || vocab)
         cli_die("eval: --limit and --vocab apply to --hellaswag only");
+    data_split sp;
+    if (strcmp(split, "train") == 0)
+        sp = SPLIT_TRAIN;
+    else if (strcmp(split, "val") == 0)
+        sp = SPLIT_VAL;
+    else if (strcmp(split, "test") == 0)
+        sp = SPLIT_TEST;
+    else
+        cli_die("--split: unknown split '%s' (expected train, val or test)", split);
     if (!B)
         B = 8;
 
@@ -229,25 +288,31 @@ int cmd_eval(int argc, char **argv)
         T = m->maxT < 1024 ? m->maxT : 1024;
     if (m->plan(m, B, T, err))
         cli_die("%s", err);
-    loader *ld = loader_open(data, B, T, 0, 1, 0, 0, m->V, err);
-    if (!ld)
+    /* read in order, unaugmented: the split's own masks and draws (seed 0) */
+    data_spec ds = { data, B, T, 0, 1, 0, 0, sp };
+    batch_source *bs = m->fam->open_data(m, &ds, err);
+    if (!bs)
         cli_die("%s", err);
-    long long fit = (long long)((loader_tokens(ld) - 1) / ((uint64_t)B * T));
-    if (!batches)
+    if (grads) {
+        write_grads(m, bs, grads);
+        bs->seek(bs, 0);
+    }
+    if (!batches) {
+        long long fit = (long long)bs->epoch_batches(bs);
         batches = fit > 0 ? fit : 1;
-    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
-    if (!in || !tg)
-        cli_die("out of memory");
-    double sum = 0.0;
+    }
+    double sum = 0.0, sums[MODEL_MAXMETRICS] = { 0 }, counts[MODEL_MAXMETRICS] = { 0 };
     for (long long i = 0; i < batches; i++) {
-        if (loader_next(ld, in, tg, err))
+        if (bs->next(bs, err))
             cli_die("%s", err);
-        sum += m->forward(m, in, tg, 0.0f);
+        sum += m->forward(m, &bs->batch, 0.0f);
+        if (m->metrics)
+            m->metrics(m, &bs->batch, sums, counts);
     }
     printf("loss %.6f\n", sum / (double)batches);
-    free(in);
-    free(tg);
-    loader_close(ld);
+    for (int k = 0; m->metrics && k < m->nmetrics; k++)
+        printf("%s %.6f\n", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
+    bs->close(bs);
     m->destroy(m);
     be->destroy(be);
     return 0;

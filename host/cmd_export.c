@@ -29,7 +29,7 @@ int cmd_export(int argc, char **argv)
     model_source src = { 0 };
     const char *out = NULL, *format = "hf";
     int c;
-    gpt2_config cfg;
+    model_config cfg;
     float *params;
     char err[ERRBUF];
 
@@ -54,12 +54,15 @@ int cmd_export(int argc, char **argv)
     if (setup_load(&src, &cfg, &params, NULL, err))
         cli_die("%s", err);
     if (strcmp(format, "hf") == 0) {
-        if (hf_gpt2_export(out, &cfg, params, err))
+        if (cfg.family != &gpt2_family)
+            cli_die("--format hf: only GPT-2 models export to a Hugging Face directory (this "
+                    "is a %s model; use --format ckpt)", cfg.family->name);
+        if (hf_gpt2_export(out, (const gpt2_config *)cfg.v, params, err))
             cli_die("%s", err);
     } else {
         param_view *views;
         int nviews;
-        size_t total = gpt2_layout(&cfg, &views, &nviews);
+        size_t total = cfg.family->layout(cfg.v, &views, &nviews);
         ckpt_meta md = { 0 };
         setup_meta_put_config(&md, &cfg);
         if (ckpt_save(out, views, nviews, total, params, NULL, NULL, &md, err))

@@ -9,10 +9,12 @@
 #include "setup.h"
 
 static const char usage[] =
-    "usage: anatomy info (--preset NAME | --init PATH) [--vocab-size N] [--max-seq N] [--views]\n"
+    "usage: anatomy info (--preset NAME | --model NAME | --init PATH) [model options] [--views]\n"
     "\n"
-    "Prints the model's configuration and parameter count (padding excluded).\n"
-    "  --views   also list every parameter tensor with its shape and offset\n";
+    "Prints the model's family, configuration, the context it sees, and its parameter\n"
+    "count (padding excluded).\n"
+    "  --views   also list every parameter tensor with its shape and offset\n"
+    "\n";
 
 static void print_count(const char *label, size_t n)
 {
@@ -29,69 +31,67 @@ static void print_count(const char *label, size_t n)
 
 int cmd_info(int argc, char **argv)
 {
-    enum { O_PRESET = 256, O_INIT, O_VOCAB, O_MAXSEQ, O_VIEWS, O_HELP };
-    static const struct option longopts[] = {
-        { "preset", 1, 0, O_PRESET }, { "init", 1, 0, O_INIT },
-        { "vocab-size", 1, 0, O_VOCAB }, { "max-seq", 1, 0, O_MAXSEQ },
+    enum { O_PRESET = 256, O_MODEL, O_INIT, O_VIEWS, O_HELP };
+    static const struct option base[] = {
+        { "preset", 1, 0, O_PRESET }, { "model", 1, 0, O_MODEL }, { "init", 1, 0, O_INIT },
         { "views", 0, 0, O_VIEWS },   { "help", 0, 0, O_HELP },
         { 0, 0, 0, 0 },
     };
+    struct option *longopts = setup_longopts(base);
     model_source src = { 0 };
     int views = 0, c, nviews;
-    gpt2_config cfg;
+    model_config cfg;
     char err[ERRBUF];
     param_view *v;
+    float *params;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        if (setup_take_option(&src, c, optarg))
+            continue;
         switch (c) {
         case O_PRESET: src.preset = optarg; break;
+        case O_MODEL: src.model = optarg; break;
         case O_INIT: src.init = optarg; break;
-        case O_VOCAB: src.vocab_size = (int)cli_int("--vocab-size", optarg, 2, 1 << 24); break;
-        case O_MAXSEQ: src.max_seq = (int)cli_int("--max-seq", optarg, 1, 1 << 20); break;
         case O_VIEWS: views = 1; break;
-        case O_HELP: fputs(usage, stdout); return 0;
+        case O_HELP:
+            fputs(usage, stdout);
+            setup_print_model_help(stdout);
+            free(longopts);
+            return 0;
         default: cli_bad_option("info", c, argv);
         }
     }
+    free(longopts);
     if (optind < argc)
         cli_die("info: unexpected argument '%s'", argv[optind]);
-    if (!!src.preset + !!src.init != 1)
-        cli_die("info: give exactly one of --preset or --init");
-    if (src.preset) {
-        if (gpt2_preset(src.preset, &cfg, err))
-            cli_die("%s", err);
-        if (src.vocab_size)
-            cfg.V = src.vocab_size;
-        if (src.max_seq)
-            cfg.maxT = src.max_seq;
-        if (gpt2_check_config(&cfg, err))
-            cli_die("--preset %s: %s", src.preset, err);
-    } else {
-        float *params;
-        if (setup_load(&src, &cfg, &params, NULL, err))
-            cli_die("%s", err);
+    if (!!(src.preset || src.model) + !!src.init != 1)
+        cli_die("info: give exactly one of --preset (or --model) or --init");
+    if (src.init && src.nset)
+        cli_die("--%s: only with --preset or --model (other sources carry their config)",
+                src.set_opt[0]);
+    if (src.init ? setup_load(&src, &cfg, &params, NULL, err)
+                 : setup_preset_config(&src, &cfg, err))
+        cli_die("%s", err);
+    if (src.init)
         free(params);
-    }
-    size_t total = gpt2_layout(&cfg, &v, &nviews);
-    int Vp = gpt2_padded_vocab(cfg.V);
-    printf("family       gpt2\n");
-    printf("vocab        %d (stored padded to %d)\n", cfg.V, Vp);
-    printf("context      %d\nlayers       %d\nheads        %d\nwidth        %d\n", cfg.maxT,
-           cfg.L, cfg.NH, cfg.C);
-    print_count("parameters", total - (size_t)(Vp - cfg.V) * cfg.C);
+    size_t total = cfg.family->layout(cfg.v, &v, &nviews);
+    printf("family       %s (%s)\n", cfg.family->name, cfg.family->summary);
+    cfg.family->describe(cfg.v, stdout);
+    print_count("parameters", cfg.family->real_params(cfg.v));
     if (views) {
-        printf("\n%-28s %-14s %12s %12s %s\n", "tensor", "shape", "offset", "count", "decay");
+        printf("\n%-40s %-14s %12s %12s %s\n", "tensor", "shape", "offset", "count", "decay");
         for (int i = 0; i < nviews; i++) {
             char shape[32];
             if (v[i].ndim == 1)
                 snprintf(shape, sizeof shape, "[%d]", v[i].shape[0]);
             else
                 snprintf(shape, sizeof shape, "[%d, %d]", v[i].shape[0], v[i].shape[1]);
-            printf("%-28s %-14s %12zu %12zu %s\n", v[i].name, shape, v[i].offset, v[i].count,
+            printf("%-40s %-14s %12zu %12zu %s\n", v[i].name, shape, v[i].offset, v[i].count,
                    v[i].decay ? "yes" : "no");
         }
     }
+    (void)total;
     free(v);
     return 0;
 }

@@ -75,6 +75,9 @@ int cmd_sample(int argc, char **argv)
 
     backend *be = setup_backend(device, threads, precision);
     model *m = setup_model(be, &src, &md);
+    if (!m->fam->generative)
+        cli_die("sample: a %s model does not generate text (sampling needs a next-token "
+                "language model)", m->fam->name);
     if (!kind)
         kind = ckpt_meta_get(&md, "tokenizer");
     if (!kind)

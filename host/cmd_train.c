@@ -11,21 +11,24 @@
 #include "train.h"
 
 static const char usage[] =
-    "usage: anatomy train (--preset NAME | --init PATH | --resume PATH) --data GLOB [options]\n"
+    "usage: anatomy train (--preset NAME | --model NAME | --init PATH | --resume PATH)\n"
+    "                     --data PATH [options]\n"
     "\n"
-    "Trains a GPT-2 by minimising next-token cross-entropy with AdamW.\n"
+    "Trains a model of any family (GPT-2, BERT, ViT, ...; see 'model options' below) by\n"
+    "minimising its loss (cross-entropy; squared error for forecasts) with AdamW.\n"
     "\n"
     "model:\n"
-    "  --preset NAME        random init: gpt2-124m gpt2-350m gpt2-774m gpt2-1558m d2 d4 d6 d12\n"
-    "  --vocab-size N       with --preset: vocabulary size (default 50257; 256 for bytes)\n"
-    "  --max-seq N          with --preset: context length (default 1024)\n"
+    "  --preset NAME        random init from a preset (its family's; list below)\n"
+    "  --model NAME         a family, from its first preset unless --preset says\n"
     "  --init PATH          start from weights: Hugging Face GPT-2 directory, llm.c .bin,\n"
     "                       or an anatomy checkpoint (optimizer state is not taken)\n"
     "  --resume PATH        continue a run exactly: a checkpoint file, or a run directory\n"
     "                       (its latest step_NNNNNN.safetensors)\n"
     "data:\n"
-    "  --data GLOB          training token shards (llm.c layout), e.g. 'data/x_train_*.bin'\n"
-    "  --val-data GLOB      validation shards\n"
+    "  --data PATH          training data as the family reads it: token shards (llm.c\n"
+    "                       layout, a glob, e.g. 'data/x_train_*.bin'), image files, a CSV\n"
+    "  --val-data PATH      validation data (for single-file data such as a CSV with\n"
+    "                       its own splits, the same file)\n"
     "  --batch B            micro-batch sequences (default 8)\n"
     "  --seq T              sequence length (default: the model's context, at most 1024)\n"
     "  --total-batch N      tokens per optimizer step, a multiple of B*T*ranks (default\n"
@@ -73,15 +76,15 @@ static const char usage[] =
     "  --help               this text\n";
 
 enum {
-    O_PRESET = 256, O_VOCAB, O_MAXSEQ, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
+    O_PRESET = 256, O_MODEL, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_ZERO, O_RECOMPUTE, O_HELP
 };
 
-static const struct option longopts[] = {
-    { "preset", 1, 0, O_PRESET },       { "vocab-size", 1, 0, O_VOCAB },
-    { "max-seq", 1, 0, O_MAXSEQ },      { "init", 1, 0, O_INIT },
+static const struct option base_opts[] = {
+    { "preset", 1, 0, O_PRESET },       { "model", 1, 0, O_MODEL },
+    { "init", 1, 0, O_INIT },
     { "resume", 1, 0, O_RESUME },       { "data", 1, 0, O_DATA },
     { "val-data", 1, 0, O_VAL },        { "batch", 1, 0, O_BATCH },
     { "seq", 1, 0, O_SEQ },             { "total-batch", 1, 0, O_TOTAL },
@@ -206,12 +209,14 @@ int cmd_train(int argc, char **argv)
     o.sample_tokens = 64;
     o.seed = 1337;
     o.world = 1;
+    struct option *longopts = setup_longopts(base_opts);
     optind = 1;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        if (setup_take_option(&src, c, optarg))
+            continue;
         switch (c) {
         case O_PRESET: src.preset = optarg; break;
-        case O_VOCAB: src.vocab_size = (int)cli_int("--vocab-size", optarg, 2, 1 << 24); break;
-        case O_MAXSEQ: src.max_seq = (int)cli_int("--max-seq", optarg, 1, 1 << 20); break;
+        case O_MODEL: src.model = optarg; break;
         case O_INIT: src.init = optarg; break;
         case O_RESUME: resume = optarg; break;
         case O_DATA: o.data = optarg; break;
@@ -243,10 +248,15 @@ int cmd_train(int argc, char **argv)
         case O_DINIT: dist_init_spec = optarg; break;
         case O_ZERO: o.zero = (int)cli_int("--zero", optarg, 0, 1); break;
         case O_RECOMPUTE: recompute = 1; break;
-        case O_HELP: fputs(usage, stdout); return 0;
+        case O_HELP:
+            fputs(usage, stdout);
+            setup_print_model_help(stdout);
+            free(longopts);
+            return 0;
         default: cli_bad_option("train", c, argv);
         }
     }
+    free(longopts);
     if (optind < argc)
         cli_die("train: unexpected argument '%s' (see 'anatomy train --help')", argv[optind]);
     if (dist_env_detect(&denv, err))
@@ -266,16 +276,17 @@ int cmd_train(int argc, char **argv)
         cli_die("the environment (%s) asks for %d ranks but this anatomy was built without "
                 "MPI (mk/dist.mk found no mpicc): install libopenmpi-dev and rebuild, or run "
                 "one process", denv.source, denv.world);
-    if (!!src.preset + !!src.init + !!resume != 1)
-        cli_die("train: give exactly one of --preset, --init or --resume");
+    if (!!(src.preset || src.model) + !!src.init + !!resume != 1)
+        cli_die("train: give exactly one of --preset (or --model), --init or --resume");
     if (!o.data)
         cli_die("--data: required (a glob of token shards; 'anatomy prep' makes them)");
     if (strcmp(sched, "constant") == 0)
         o.constant = 1;
     else if (strcmp(sched, "cosine") != 0)
         cli_die("--schedule: unknown schedule '%s' (expected cosine or constant)", sched);
-    if ((src.vocab_size || src.max_seq) && !src.preset)
-        cli_die("--vocab-size/--max-seq: only with --preset (other sources carry their config)");
+    if (src.nset && !(src.preset || src.model))
+        cli_die("--%s: only with --preset or --model (other sources carry their config)",
+                src.set_opt[0]);
 
     char *resume_path = NULL;
     if (resume) {

@@ -2,6 +2,7 @@
  * AdamW state), and moving parameters between host fp32 and the backend. */
 #include "model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,4 +105,39 @@ const param_view *model_find_view(const model *m, const char *name)
         if (strcmp(m->views[i].name, name) == 0)
             return &m->views[i];
     return NULL;
+}
+
+void model_add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
+                    int d1)
+{
+    param_view *p = &v[(*n)++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim > 1 ? d1 : 0;
+    p->count = (size_t)d0 * (ndim > 1 ? (size_t)d1 : 1);
+    p->offset = *off;
+    p->decay = ndim > 1;
+    *off += p->count;
+}
+
+void model_views_ready(model *m, int first, int last)
+{
+    if (m->grads_ready) {
+        size_t lo = m->views[first].offset;
+        size_t hi = m->views[last].offset + m->views[last].count;
+        m->grads_ready(m->grads_ready_ctx, lo, hi - lo);
+    }
+}
+
+void *carve(carver *cv, size_t n)
+{
+    void *p = cv->base ? cv->base + cv->used * cv->esize : NULL;
+    cv->used += (n + 31) / 32 * 32; /* 128-byte alignment for fp32 */
+    return p;
+}
+
+void *model_view_at(const model *m, void *base, int view)
+{
+    return buf_at(base, m->views[view].offset, m->be->act);
 }

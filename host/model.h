@@ -19,6 +19,26 @@ typedef struct {
     int decay;              /* weight decay applies (2+ dims) */
 } param_view;
 
+/* One micro-batch on the host, as a family's batch source makes it. Each
+ * family reads the members it needs; the rest are NULL. */
+typedef struct {
+    const int32_t *tokens;   /* [B,T] token ids (language models, BERT) */
+    const int32_t *targets;  /* class targets, -1 = ignore: [B,T] per position (next
+                              * token, masked token) or [B] per sequence (ViT);
+                              * NULL: no loss (forward only) */
+    const int32_t *segments; /* [B,T] segment ids (BERT: 0 for A, 1 for B) */
+    const int32_t *labels;   /* [B] sequence labels (BERT next-sentence: 1 when B
+                              * follows A in the text, 0 when random), -1 = none */
+    const float *x;          /* real inputs: images [B, channels*H*W] (channel-major,
+                              * values as the family's source scales them), series
+                              * windows [B, channels, lookback] */
+    const float *y;          /* real targets: series forecasts [B, channels, horizon] */
+    const uint8_t *resets;   /* [B] 1: row b starts a new stream (recurrent models
+                              * reset their carried state) */
+} model_batch;
+
+#define MODEL_MAXMETRICS 4
+
 typedef struct model model;
 struct model {
     const char *family;     /* "gpt2" */
@@ -49,15 +69,26 @@ struct model {
 
     /* Plans activations for micro-batches of B x T (frees an earlier plan). */
     int (*plan)(model *m, int B, int T, char *err);
-    /* Runs forward on host int32 inputs [B,T]. With targets (host int32 [B,T],
-     * -1 = ignore) returns the mean loss over the non-ignored positions and,
-     * when loss_scale > 0, leaves dlogits = loss_scale * dloss/dlogits ready for
-     * backward. Without targets returns 0 and leaves the logits. */
-    double (*forward)(model *m, const int32_t *inputs, const int32_t *targets, float loss_scale);
+    /* Runs forward on a host micro-batch of the planned shape. With targets
+     * returns the batch's loss (the mean over its non-ignored targets; 0 when
+     * there are none) and, when grad_scale > 0, prepares backward to produce
+     * the gradient of grad_scale * loss. Without targets returns 0 and leaves
+     * the outputs (logits) for `logits`. */
+    double (*forward)(model *m, const model_batch *b, float grad_scale);
     /* Accumulates parameter gradients of the last forward into m->grads. */
     void (*backward)(model *m);
-    /* Copies the V logits at (b, t) of the last target-less forward to host floats. */
+    /* Copies the V logits at (b, t) of the last forward to host floats (t = 0
+     * for per-sequence classifiers). NULL for models without class scores. */
     void (*logits)(model *m, int b, int t, float *out);
+    /* Optional: evaluation figures of the last forward with targets, added
+     * into sums[k] and counts[k] for k < nmetrics (e.g. "accuracy": correct
+     * predictions and predictions; "mae": absolute errors and elements). */
+    void (*metrics)(model *m, const model_batch *b, double *sums, double *counts);
+    int nmetrics;
+    const char *metric_names[MODEL_MAXMETRICS];
+    /* The config the model was built with (its family's fields, in order). */
+    const struct model_family *fam;
+    int config[16];
     void (*destroy)(model *m);
 };
 
@@ -74,5 +105,19 @@ void model_get_params(model *m, float *host);
 void model_set_moments(model *m, const float *mh, const float *vh);
 void model_get_moments(model *m, float *mh, float *vh);
 const param_view *model_find_view(const model *m, const char *name);
+
+/* Appends a view (1-D [d0] or 2-D [d0, d1], ndim 1 or 2) at buffer offset
+ * *off and advances it; 2-D views decay. Families build layouts with it. */
+void model_add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
+                    int d1);
+/* Calls m->grads_ready (when set) for the buffer range of views first..last. */
+void model_views_ready(model *m, int first, int last);
+/* Activation planning: carves named tensors out of one buffer. The first
+ * pass (base NULL) only counts elements; the second, over an allocation of
+ * used * esize bytes, assigns addresses in the same order. */
+typedef struct { char *base; size_t used; size_t esize; } carver;
+void *carve(carver *cv, size_t n);
+/* The device address of a view in a parameter-sized buffer (params or grads). */
+void *model_view_at(const model *m, void *base, int view);
 
 #endif

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,14 +132,99 @@ int setup_source_kind(const char *path, source_kind *kind, char *err)
                      "anatomy checkpoint", path);
 }
 
-void setup_meta_put_config(ckpt_meta *md, const gpt2_config *c)
+/* ---- model options ---- */
+
+/* The distinct field options of all families, in first-seen order. */
+static const family_field *opt_fields[64];
+static int nopt;
+
+static void collect_options(void)
 {
-    ckpt_meta_set(md, "family", "gpt2");
-    ckpt_meta_set(md, "V", "%d", c->V);
-    ckpt_meta_set(md, "maxT", "%d", c->maxT);
-    ckpt_meta_set(md, "L", "%d", c->L);
-    ckpt_meta_set(md, "NH", "%d", c->NH);
-    ckpt_meta_set(md, "C", "%d", c->C);
+    int i = 0;
+    const model_family *f;
+    if (nopt)
+        return;
+    while ((f = family_next(&i))) {
+        for (int k = 0; k < f->nfields; k++) {
+            const family_field *fd = &f->fields[k];
+            int seen = 0;
+            if (!fd->option)
+                continue;
+            for (int j = 0; j < nopt; j++)
+                seen |= strcmp(opt_fields[j]->option, fd->option) == 0;
+            if (!seen && nopt < (int)(sizeof opt_fields / sizeof opt_fields[0]))
+                opt_fields[nopt++] = fd;
+        }
+    }
+}
+
+struct option *setup_longopts(const struct option *base)
+{
+    int nb = 0;
+    struct option *out;
+    collect_options();
+    while (base[nb].name)
+        nb++;
+    out = calloc((size_t)nb + nopt + 1, sizeof *out);
+    if (!out)
+        cli_die("out of memory");
+    memcpy(out, base, (size_t)nb * sizeof *out);
+    for (int k = 0; k < nopt; k++)
+        out[nb + k] = (struct option){ opt_fields[k]->option, opt_fields[k]->flag ? 0 : 1, 0,
+                                       SETUP_OPT_BASE + k };
+    return out;
+}
+
+int setup_take_option(model_source *src, int c, const char *arg)
+{
+    char name[80];
+    if (c < SETUP_OPT_BASE || c >= SETUP_OPT_BASE + nopt)
+        return 0;
+    const family_field *fd = opt_fields[c - SETUP_OPT_BASE];
+    if (src->nset == SETUP_MAXSET)
+        cli_die("--%s: too many model options", fd->option);
+    snprintf(name, sizeof name, "--%s", fd->option);
+    /* the range is the family's to check, once the family is known */
+    src->set_val[src->nset] = fd->flag ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    src->set_opt[src->nset++] = fd->option;
+    return 1;
+}
+
+void setup_print_model_help(FILE *out)
+{
+    int i = 0;
+    const model_family *f;
+    collect_options();
+    fprintf(out, "model (with --preset or --model; other sources carry their config):\n");
+    fprintf(out, "  --model NAME         family:");
+    while ((f = family_next(&i)))
+        fprintf(out, " %s", f->name);
+    fprintf(out, " (default: the preset's)\n");
+    i = 0;
+    while ((f = family_next(&i)))
+        fprintf(out, "      %-8s %s; presets: %s\n", f->name, f->summary, f->presets);
+    for (int k = 0; k < nopt; k++) {
+        char left[40];
+        snprintf(left, sizeof left, "--%s%s", opt_fields[k]->option, opt_fields[k]->flag ? "" : " N");
+        fprintf(out, "  %-20s %s\n", left, opt_fields[k]->help);
+    }
+}
+
+/* ---- configs and checkpoint metadata ---- */
+
+model_config setup_config_of(const model *m)
+{
+    model_config c = { 0 };
+    c.family = m->fam;
+    memcpy(c.v, m->config, sizeof c.v);
+    return c;
+}
+
+void setup_meta_put_config(ckpt_meta *md, const model_config *c)
+{
+    ckpt_meta_set(md, "family", "%s", c->family->name);
+    for (int i = 0; i < c->family->nfields; i++)
+        ckpt_meta_set(md, c->family->fields[i].key, "%d", c->v[i]);
 }
 
 static int meta_int(const ckpt_meta *md, const char *path, const char *key, int *out, char *err)
@@ -156,22 +242,82 @@ static int meta_int(const ckpt_meta *md, const char *path, const char *key, int 
     return 0;
 }
 
-int setup_meta_get_config(const ckpt_meta *md, const char *path, gpt2_config *c, char *err)
+int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *c, char *err)
 {
     const char *fam = ckpt_meta_get(md, "family");
     char why[ERRBUF];
-    if (!fam || strcmp(fam, "gpt2") != 0)
-        return errf(err, "%s: model family '%s' is not supported", path, fam ? fam : "(none)");
-    if (meta_int(md, path, "V", &c->V, err) || meta_int(md, path, "maxT", &c->maxT, err) ||
-        meta_int(md, path, "L", &c->L, err) || meta_int(md, path, "NH", &c->NH, err) ||
-        meta_int(md, path, "C", &c->C, err))
-        return -1;
-    if (gpt2_check_config(c, why))
+    memset(c, 0, sizeof *c);
+    if (!fam || !(c->family = family_find(fam)))
+        return errf(err, "%s: model family '%s' is not supported by this build", path,
+                    fam ? fam : "(none)");
+    for (int i = 0; i < c->family->nfields; i++)
+        if (meta_int(md, path, c->family->fields[i].key, &c->v[i], err))
+            return -1;
+    if (family_check(c, why))
         return errf(err, "%s: %s", path, why);
     return 0;
 }
 
-int setup_load(const model_source *src, gpt2_config *cfg, float **params, ckpt_meta *md,
+/* The family and config of --model / --preset with the field options applied. */
+int setup_preset_config(const model_source *src, model_config *cfg, char *err)
+{
+    const model_family *f = NULL;
+    const char *preset = src->preset;
+    char first[64];
+    memset(cfg, 0, sizeof *cfg);
+    if (src->model && !(f = family_find(src->model))) {
+        int i = 0;
+        char list[256] = "";
+        const model_family *g;
+        while ((g = family_next(&i)))
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", *list ? " " : "",
+                     g->name);
+        return errf(err, "--model: unknown model '%s' (known: %s)", src->model, list);
+    }
+    if (!preset) { /* --model alone: the family's first preset */
+        size_t n = strcspn(f->presets, " ");
+        snprintf(first, sizeof first, "%.*s", (int)n, f->presets);
+        preset = first;
+    }
+    const model_family *owner = family_of_preset(preset);
+    if (!owner)
+        return errf(err, "--preset: unknown preset '%s' (known: %s)", preset,
+                    family_all_presets());
+    if (f && owner != f)
+        return errf(err, "--preset %s: a %s preset, not a %s one (--model %s presets: %s)",
+                    preset, owner->name, f->name, f->name, f->presets);
+    cfg->family = owner;
+    if (owner->preset(preset, cfg->v, err))
+        return -1;
+    for (int k = 0; k < src->nset; k++) {
+        int i;
+        for (i = 0; i < owner->nfields; i++)
+            if (owner->fields[i].option && strcmp(owner->fields[i].option, src->set_opt[k]) == 0)
+                break;
+        if (i == owner->nfields)
+            return errf(err, "--%s: the %s model has no such setting", src->set_opt[k],
+                        owner->name);
+        cfg->v[i] = src->set_val[k];
+    }
+    return family_check(cfg, err);
+}
+
+/* An HF GPT-2 directory or llm.c file, as a gpt2 config. */
+static int import_gpt2(const char *path, source_kind kind, model_config *cfg, float **params,
+                       char *err)
+{
+    gpt2_config g;
+    int rc = kind == SRC_HF_DIR ? hf_gpt2_import(path, &g, params, err)
+                                : llmc_gpt2_import(path, &g, params, err);
+    if (rc)
+        return rc;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->family = &gpt2_family;
+    memcpy(cfg->v, &g, sizeof g);
+    return 0;
+}
+
+int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_meta *md,
                char *err)
 {
     source_kind kind;
@@ -184,21 +330,15 @@ int setup_load(const model_source *src, gpt2_config *cfg, float **params, ckpt_m
         md = &local;
     md->n = 0;
     *params = NULL;
-    if (src->preset) {
-        if (gpt2_preset(src->preset, cfg, err))
+    if (!src->init) {
+        if (setup_preset_config(src, cfg, err))
             return -1;
-        if (src->vocab_size > 0)
-            cfg->V = src->vocab_size;
-        if (src->max_seq > 0)
-            cfg->maxT = src->max_seq;
-        if (gpt2_check_config(cfg, err))
-            return -1;
-        total = gpt2_layout(cfg, &views, &nviews);
+        total = cfg->family->layout(cfg->v, &views, &nviews);
         free(views);
         *params = malloc(total * sizeof **params);
         if (!*params)
-            return errf(err, "--preset %s: out of memory for %zu parameters", src->preset, total);
-        gpt2_init_params(cfg, *params, src->seed);
+            return errf(err, "--preset: out of memory for %zu parameters", total);
+        cfg->family->init(cfg->v, *params, src->seed);
         return 0;
     }
     if (is_run_dir(src->init)) {
@@ -214,13 +354,11 @@ int setup_load(const model_source *src, gpt2_config *cfg, float **params, ckpt_m
     }
     if (setup_source_kind(src->init, &kind, err))
         return -1;
-    if (kind == SRC_HF_DIR)
-        return hf_gpt2_import(src->init, cfg, params, err);
-    if (kind == SRC_LLMC)
-        return llmc_gpt2_import(src->init, cfg, params, err);
+    if (kind != SRC_CKPT)
+        return import_gpt2(src->init, kind, cfg, params, err);
     if (ckpt_read_meta(src->init, md, err) || setup_meta_get_config(md, src->init, cfg, err))
         return -1;
-    total = gpt2_layout(cfg, &views, &nviews);
+    total = cfg->family->layout(cfg->v, &views, &nviews);
     *params = malloc(total * sizeof **params);
     if (!views || !*params) {
         free(views);
@@ -238,13 +376,13 @@ int setup_load(const model_source *src, gpt2_config *cfg, float **params, ckpt_m
 model *setup_model(backend *be, const model_source *src, ckpt_meta *md)
 {
     char err[ERRBUF];
-    gpt2_config cfg;
+    model_config cfg;
     float *params;
     model *m;
 
     if (setup_load(src, &cfg, &params, md, err))
         cli_die("%s", err);
-    m = gpt2_create(be, &cfg, err);
+    m = cfg.family->create(be, cfg.v, err);
     if (!m)
         cli_die("%s", err);
     model_set_params(m, params);

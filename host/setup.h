@@ -5,19 +5,38 @@
 #define ANATOMY_SETUP_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ckpt.h"
 #include "model.h"
+#include "family.h"
 #include "models/gpt2.h"
 
-/* Where a model comes from. Exactly one of preset / init is set. */
+/* Where a model comes from. Exactly one of preset / init is set, or only
+ * model (its family's first preset). */
+#define SETUP_MAXSET 16
 typedef struct {
-    const char *preset;   /* "d4", "gpt2-124m", ... (random init from seed) */
+    const char *model;    /* --model: family name ("gpt2", "bert", ...) */
+    const char *preset;   /* "d4", "gpt2-124m", "bert-base", ... (random init from seed) */
     const char *init;     /* HF directory, llm.c .bin, or our checkpoint file */
-    int vocab_size;       /* with preset: overrides V when > 0 */
-    int max_seq;          /* with preset: overrides maxT when > 0 */
     uint64_t seed;        /* with preset: initialisation seed */
+    /* with preset: config fields set by their options (--vocab-size 256 ...) */
+    int nset;
+    const char *set_opt[SETUP_MAXSET];
+    int set_val[SETUP_MAXSET];
 } model_source;
+
+/* The long options of every family's config fields ("vocab-size", "nsp",
+ * ...), appended to a command's own table (which ends with a zero entry):
+ * returns a malloc'd table. Their codes are SETUP_OPT_BASE + k. */
+#define SETUP_OPT_BASE 1000
+struct option;
+struct option *setup_longopts(const struct option *base);
+/* Records a field option seen by getopt_long (code c, argument arg): 1 when
+ * c was one, 0 otherwise. Dies on a malformed value. */
+int setup_take_option(model_source *src, int c, const char *arg);
+/* Help lines for the model options (--model, the field options). */
+void setup_print_model_help(FILE *out);
 
 /* device "cpu", "cuda", or NULL: cuda when the build has it and a device
  * starts, else cpu; threads <= 0: all cores; precision "fp32" or "bf16"
@@ -34,17 +53,24 @@ int setup_source_kind(const char *path, source_kind *kind, char *err);
  * (starting ": ...") when a directory has neither checkpoints nor config.json. */
 char *setup_latest_checkpoint(const char *path, char *err);
 
-/* Resolves the source into a config and host fp32 parameters (malloc'd,
- * gpt2_layout order). When the source is our checkpoint, its metadata is
- * copied to *md (if md is not NULL); otherwise md->n = 0. */
-int setup_load(const model_source *src, gpt2_config *cfg, float **params, ckpt_meta *md,
+/* Resolves the source into a config and host fp32 parameters (malloc'd, in
+ * the family's layout order). When the source is our checkpoint, its
+ * metadata is copied to *md (if md is not NULL); otherwise md->n = 0. */
+int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_meta *md,
                char *err);
+
+/* The config of --model / --preset with the field options applied (no
+ * parameters made). */
+int setup_preset_config(const model_source *src, model_config *cfg, char *err);
 
 /* Builds the model on the backend with the parameters uploaded. Dies on error. */
 model *setup_model(backend *be, const model_source *src, ckpt_meta *md);
 
-/* Writes the GPT-2 config into checkpoint metadata and reads it back. */
-void setup_meta_put_config(ckpt_meta *md, const gpt2_config *cfg);
-int setup_meta_get_config(const ckpt_meta *md, const char *path, gpt2_config *cfg, char *err);
+/* The config a model was built with. */
+model_config setup_config_of(const model *m);
+/* Writes the family and its config fields into checkpoint metadata and reads
+ * them back (err names the file and the key). */
+void setup_meta_put_config(ckpt_meta *md, const model_config *cfg);
+int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *cfg, char *err);
 
 #endif

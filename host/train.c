@@ -1,7 +1,7 @@
 /* train.c: the training loop.
  *
  *   for each step: for each micro-batch (gradient accumulation):
- *       loader -> host batch -> model.forward (loss) -> model.backward (grads +=)
+ *       batch source -> host batch -> model.forward (loss) -> model.backward (grads +=)
  *   global grad norm -> clip coefficient -> AdamW (one call over all segments)
  *   -> one log line (stdout) and one JSON line (<out>/log.jsonl)
  *   every --val-every: validation loss; every --sample-every: a sample;
@@ -19,7 +19,8 @@
 #include <time.h>
 
 #include "../data/errbuf.h"
-#include "../data/shard.h"
+#include "batches.h"
+#include "family.h"
 #include "setup.h"
 
 double train_lr(const train_opts *o, int step)
@@ -129,8 +130,9 @@ int32_t sampler_next(sampler *s, const int32_t *tokens, int len, double temperat
 {
     model *m = s->m;
     int T = m->T, start = len > T ? len - T : 0, w = len - start;
+    model_batch b = { .tokens = s->ctx };
     memcpy(s->ctx, tokens + start, (size_t)w * sizeof *s->ctx);
-    m->forward(m, s->ctx, NULL, 0.0f);
+    m->forward(m, &b, 0.0f);
     m->logits(m, 0, w - 1, s->probs);
     return sample_token(s->probs, m->V, temperature, top_k, rng);
 }
@@ -167,23 +169,32 @@ static void train_sample(sampler *sp, const train_opts *o, train_state *st, int3
     fflush(stdout);
 }
 
-/* Mean loss over the first `batches` micro-batches of the validation stream.
- * The loader was opened with this rank's place, so rank r evaluates
- * micro-batches r, r + world, ... below `batches` and the sum is reduced:
- * the result is the single-process one up to summation order. */
-static double val_loss(model *m, const train_opts *o, loader *ld, int batches, int32_t *in,
-                       int32_t *tg, char *err)
+/* Mean loss (and the model's metrics, into sums/counts) over the first
+ * `batches` micro-batches of the validation stream. The source was opened
+ * with this rank's place, so rank r evaluates micro-batches r, r + world,
+ * ... below `batches` and the sums are reduced: the result is the
+ * single-process one up to summation order. */
+static double val_loss(model *m, const train_opts *o, batch_source *src, int batches,
+                       double *sums, double *counts, char *err)
 {
-    double sum = 0.0;
-    loader_seek(ld, 0);
+    double acc[1 + 2 * MODEL_MAXMETRICS] = { 0 };
+    int nm = m->metrics ? m->nmetrics : 0;
+    src->seek(src, 0);
     for (int i = o->rank; i < batches; i += o->world) {
-        if (loader_next(ld, in, tg, err))
+        if (src->next(src, err))
             return NAN;
-        sum += m->forward(m, in, tg, 0.0f);
+        acc[0] += m->forward(m, &src->batch, 0.0f);
+        if (nm)
+            m->metrics(m, &src->batch, acc + 1, acc + 1 + MODEL_MAXMETRICS);
     }
-    if (o->dist && dist_allreduce_f64(o->dist, &sum, 1, 0, "validation loss", err))
+    if (o->dist && dist_allreduce_f64(o->dist, acc, 1 + 2 * MODEL_MAXMETRICS, 0,
+                                      "validation loss", err))
         return NAN;
-    return sum / batches;
+    for (int k = 0; k < nm; k++) {
+        sums[k] = acc[1 + k];
+        counts[k] = acc[1 + MODEL_MAXMETRICS + k];
+    }
+    return acc[0] / batches;
 }
 
 /* Makes every rank start from rank 0's parameters. Initialisation is
@@ -239,7 +250,8 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
     }
     model_get_params(m, p);
     model_get_moments(m, mm, vv);
-    setup_meta_put_config(&md, gpt2_config_of(m));
+    model_config cfg = setup_config_of(m);
+    setup_meta_put_config(&md, &cfg);
     put_state(&md, o, st);
     rc = ckpt_save(path, m->views, m->nviews, n, p, mm, vv, &md, err);
     free(p);
@@ -344,14 +356,14 @@ static int zero_init(zero_plan *z, model *m, const train_opts *o, char *err)
  * returns the global gradient norm in *norm. Each rank's gradient is already
  * its mean over its micro-batches (scale 1/(valid*accum)), so the mean over
  * ranks is the gradient of the global batch. Without ZeRO: one all-reduce of
- * the whole gradient (overlapping buckets with backward is the CUDA
- * transport's job: dist_bucket_ready). With ZeRO: a reduce-scatter leaves
+ * the whole gradient, or under NCCL what the buckets queued during the last
+ * backward (dist_bucket_ready) did not cover, after waiting for them. With ZeRO: a reduce-scatter leaves
  * each rank the mean gradient of its shard, and the norm sums the shards'. */
 static int reduce_grads(model *m, const train_opts *o, const zero_plan *z, double *loss,
                         double *norm, char *err)
 {
     backend *be = m->be;
-    if (!o->dist || o->world == 1) {
+    if (!dist_active(o->dist)) { /* one process (NCCL forced on at world 1 still reduces) */
         *norm = sqrt(be->sumsq(be, m->grads, m->nparams));
         return 0;
     }
@@ -445,8 +457,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     int B = o->B, T = o->T, rc = -1;
     long long per_micro = (long long)B * T * o->world;
     int accum = (int)(o->total_batch / per_micro);
-    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
-    loader *ld = NULL, *vld = NULL;
+    batch_source *ld = NULL, *vld = NULL;
     FILE *log = NULL;
     sampler sp = { 0 };
     int32_t *sample_toks = NULL;
@@ -454,10 +465,6 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     int timed = 0;
     zero_plan z = { 0 };
 
-    if (!in || !tg) {
-        errf(err, "out of memory");
-        goto done;
-    }
     if (accum < 1 || o->total_batch % per_micro) {
         errf(err, "--total-batch: %lld tokens is not a positive multiple of batch x seq x "
                   "ranks = %lld", o->total_batch, per_micro);
@@ -467,7 +474,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         goto done;
     int overlap = o->dist && o->world > 1 && !z.on;
     bucket_ctx bucket = { o->dist, m->grads };
-    if (o->sample_every > 0) {
+    int sampling = o->sample_every > 0 && m->fam->generative;
+    if (sampling) {
         sample_toks = malloc(((size_t)o->sample_tokens + 1) * sizeof *sample_toks);
         if (!sample_toks) {
             errf(err, "out of memory for sampling");
@@ -476,14 +484,19 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         if (sampler_init(&sp, m, err))
             goto done;
     }
-    ld = loader_open(o->data, B, T, o->rank, o->world, o->shuffle, o->seed, m->V, err);
-    if (!ld)
-        goto done;
-    loader_seek(ld, st->data_pos);
-    if (o->val_data) {
-        vld = loader_open(o->val_data, B, T, o->rank, o->world, 0, 0, m->V, err);
-        if (!vld)
+    {
+        data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN };
+        ld = m->fam->open_data(m, &ds, err);
+        if (!ld)
             goto done;
+        ld->seek(ld, st->data_pos);
+        if (o->val_data) {
+            ds.path = o->val_data;
+            ds.split = SPLIT_VAL;
+            vld = m->fam->open_data(m, &ds, err);
+            if (!vld)
+                goto done;
+        }
     }
     if (sync_params(m, o, err))
         goto done;
@@ -514,13 +527,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             dist_fault_point(o->dist, step);
         model_zero_grad(m);
         for (int a = 0; a < accum; a++) {
-            int valid = 0;
-            if (loader_next(ld, in, tg, err))
+            if (ld->next(ld, err))
                 goto done;
-            for (int i = 0; i < B * T; i++)
-                valid += tg[i] >= 0;
-            float scale = valid ? 1.0f / ((float)valid * accum) : 0.0f;
-            loss += m->forward(m, in, tg, scale) / accum;
+            loss += m->forward(m, &ld->batch, 1.0f / (float)accum) / accum;
             /* the last micro-batch's gradients are the step's: their
              * all-reduce may start layer by layer (not under ZeRO, whose
              * reduce-scatter waits for the whole buffer) */
@@ -529,7 +538,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             m->backward(m);
             m->grads_ready = NULL;
         }
-        st->data_pos = loader_position(ld);
+        st->data_pos = ld->position(ld);
         double tc = now_ms(), norm;
         if (reduce_grads(m, o, &z, &loss, &norm, err))
             goto done;
@@ -584,16 +593,25 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         }
         int last = st->step == o->steps;
         if (vld && ((o->val_every > 0 && st->step % o->val_every == 0) || last)) {
-            double vl = val_loss(m, o, vld, o->val_batches, in, tg, err);
+            double sums[MODEL_MAXMETRICS], counts[MODEL_MAXMETRICS];
+            double vl = val_loss(m, o, vld, o->val_batches, sums, counts, err);
             if (isnan(vl))
                 goto done;
             if (o->rank == 0) {
-                printf("val   %5d/%d | loss %.6f\n", st->step, o->steps, vl);
-                if (log)
-                    fprintf(log, "{\"step\": %d, \"val_loss\": %.9g}\n", st->step, vl);
+                printf("val   %5d/%d | loss %.6f", st->step, o->steps, vl);
+                for (int k = 0; m->metrics && k < m->nmetrics; k++)
+                    printf(" | %s %.6f", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
+                printf("\n");
+                if (log) {
+                    fprintf(log, "{\"step\": %d, \"val_loss\": %.9g", st->step, vl);
+                    for (int k = 0; m->metrics && k < m->nmetrics; k++)
+                        fprintf(log, ", \"val_%s\": %.9g", m->metric_names[k],
+                                counts[k] ? sums[k] / counts[k] : 0.0);
+                    fprintf(log, "}\n");
+                }
             }
         }
-        if (o->sample_every > 0 && (st->step % o->sample_every == 0 || last) && o->rank == 0)
+        if (sampling && (st->step % o->sample_every == 0 || last) && o->rank == 0)
             train_sample(&sp, o, st, sample_toks, st->step);
         /* the same condition on every rank: the ZeRO gather is collective */
         if (o->out && ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last)) {
@@ -620,10 +638,8 @@ done:
     if (log)
         fclose(log);
     if (ld)
-        loader_close(ld);
+        ld->close(ld);
     if (vld)
-        loader_close(vld);
-    free(in);
-    free(tg);
+        vld->close(vld);
     return rc;
 }

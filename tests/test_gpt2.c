@@ -43,14 +43,6 @@ static void random_batch(int32_t *in, int32_t *tg, int n, int V, uint64_t seed)
     tg[0] = 1; /* at least one counted position */
 }
 
-static int count_valid(const int32_t *tg, int n)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++)
-        v += tg[i] >= 0;
-    return v;
-}
-
 static double rel_l2(const double *a, const double *b, size_t n)
 {
     double num = 0, den = 0;
@@ -66,10 +58,9 @@ static double loss_grad(model *m, const double *p, const int32_t *in, const int3
                         double *grad)
 {
     backend *be = m->be;
-    int n = m->B * m->T;
     be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
     model_zero_grad(m);
-    double loss = m->forward(m, in, tg, grad ? 1.0f / count_valid(tg, n) : 0.0f);
+    double loss = m->forward(m, &(model_batch){ .tokens = in, .targets = tg }, grad ? 1.0f : 0.0f);
     if (grad) {
         m->backward(m);
         be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
@@ -129,7 +120,7 @@ START_TEST(test_model_grads_accumulate)
     random_params(p, n, SEED(21));
     random_batch(in, tg, 12, tiny.V, SEED(22));
     loss_grad(m, p, in, tg, g1);
-    m->forward(m, in, tg, 1.0f / count_valid(tg, 12));
+    m->forward(m, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
     m->backward(m);
     be->download(be, g2, DT_F64, m->grads, be->act, n);
     for (size_t i = 0; i < n; i++)
@@ -160,8 +151,8 @@ START_TEST(test_fp32_matches_fp64)
     random_batch(in, tg, n, cfg.V, SEED(32));
     model_set_params(m64, pf); /* the same fp32 values in both */
     model_set_params(m32, pf);
-    float scale = 1.0f / count_valid(tg, n);
-    double l64 = m64->forward(m64, in, tg, scale), l32 = m32->forward(m32, in, tg, scale);
+    float scale = 1.0f; /* gradient of the mean loss */
+    double l64 = m64->forward(m64, &(model_batch){ .tokens = in, .targets = tg }, scale), l32 = m32->forward(m32, &(model_batch){ .tokens = in, .targets = tg }, scale);
     m64->backward(m64);
     m32->backward(m32);
     b64->download(b64, g64, DT_F64, m64->grads, b64->act, np);
@@ -205,7 +196,7 @@ START_TEST(test_overfit_one_batch)
     int step;
     for (step = 1; step <= 500; step++) {
         model_zero_grad(m);
-        loss = m->forward(m, in, tg, 1.0f / n);
+        loss = m->forward(m, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
         if (step == 1)
             first = loss;
         if (loss < 0.1)
@@ -246,8 +237,8 @@ START_TEST(test_recompute_same_gradients)
     random_batch(in, tg, n, cfg.V, SEED(52));
     model_set_params(a, p);
     model_set_params(b, p);
-    float scale = 1.0f / count_valid(tg, n);
-    double la = a->forward(a, in, tg, scale), lb = b->forward(b, in, tg, scale);
+    float scale = 1.0f; /* gradient of the mean loss */
+    double la = a->forward(a, &(model_batch){ .tokens = in, .targets = tg }, scale), lb = b->forward(b, &(model_batch){ .tokens = in, .targets = tg }, scale);
     a->backward(a);
     b->backward(b);
     be->download(be, ga, DT_F64, a->grads, be->act, np);

@@ -16,6 +16,8 @@
 
 #include "../../data/errbuf.h"
 #include "../../data/rng.h"
+#include "../family.h"
+#include "transformer.h"
 
 const char *const gpt2_presets =
     "gpt2-124m gpt2-350m gpt2-774m gpt2-1558m d2 d4 d6 d12";
@@ -56,56 +58,26 @@ int gpt2_check_config(const gpt2_config *c, char *err)
     return 0;
 }
 
-static void add_view(param_view *v, int *n, size_t *off, const char *name, int decay,
-                     int ndim, int d0, int d1)
+static tstack_config stack_config(const gpt2_config *c)
 {
-    param_view *p = &v[(*n)++];
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->ndim = ndim;
-    p->shape[0] = d0;
-    p->shape[1] = ndim > 1 ? d1 : 0;
-    p->count = (size_t)d0 * (ndim > 1 ? (size_t)d1 : 1);
-    p->offset = *off;
-    p->decay = decay;
-    *off += p->count;
+    return (tstack_config){ c->L, c->NH, c->C, 1, 0 };
 }
 
 size_t gpt2_layout(const gpt2_config *c, param_view **views, int *nviews)
 {
-    int C = c->C, n = 0;
+    tstack_config sc = stack_config(c);
+    int n = 0;
     size_t off = 0;
-    param_view *v = calloc((size_t)4 + 12 * (size_t)c->L, sizeof *v);
-    char name[64];
+    param_view *v = calloc((size_t)2 + tstack_nviews(&sc), sizeof *v);
 
     if (!v) {
         *views = NULL;
         *nviews = 0;
         return 0;
     }
-    add_view(v, &n, &off, "wte.weight", 1, 2, gpt2_padded_vocab(c->V), C);
-    add_view(v, &n, &off, "wpe.weight", 1, 2, c->maxT, C);
-    for (int l = 0; l < c->L; l++) {
-#define V1(suffix, d0) (snprintf(name, sizeof name, "h.%d.%s", l, suffix), \
-                        add_view(v, &n, &off, name, 0, 1, d0, 0))
-#define V2(suffix, d0, d1) (snprintf(name, sizeof name, "h.%d.%s", l, suffix), \
-                            add_view(v, &n, &off, name, 1, 2, d0, d1))
-        V1("ln_1.weight", C);
-        V1("ln_1.bias", C);
-        V2("attn.c_attn.weight", 3 * C, C);
-        V1("attn.c_attn.bias", 3 * C);
-        V2("attn.c_proj.weight", C, C);
-        V1("attn.c_proj.bias", C);
-        V1("ln_2.weight", C);
-        V1("ln_2.bias", C);
-        V2("mlp.c_fc.weight", 4 * C, C);
-        V1("mlp.c_fc.bias", 4 * C);
-        V2("mlp.c_proj.weight", C, 4 * C);
-        V1("mlp.c_proj.bias", C);
-#undef V1
-#undef V2
-    }
-    add_view(v, &n, &off, "ln_f.weight", 0, 1, C, 0);
-    add_view(v, &n, &off, "ln_f.bias", 0, 1, C, 0);
+    model_add_view(v, &n, &off, "wte.weight", 2, gpt2_padded_vocab(c->V), c->C);
+    model_add_view(v, &n, &off, "wpe.weight", 2, c->maxT, c->C);
+    tstack_layout(&sc, "h", "ln_f", v, &n, &off);
     *views = v;
     *nviews = n;
     return off;
@@ -116,88 +88,39 @@ void gpt2_init_params(const gpt2_config *c, float *host, uint64_t seed)
     param_view *views;
     int n;
     size_t total = gpt2_layout(c, &views, &n);
+    tstack_config sc = stack_config(c);
     rng_state r;
-    float proj_std = 0.02f / sqrtf(2.0f * (float)c->L);
 
     rng_seed(&r, seed);
     memset(host, 0, total * sizeof *host);
-    for (int i = 0; i < n; i++) {
-        const param_view *p = &views[i];
-        float *w = host + p->offset;
-        size_t count = p->count;
-        const char *leaf = strrchr(p->name, '.');
-        if (p->ndim == 1) {
-            /* LN gains 1, every bias 0 */
-            float val = strstr(p->name, "ln_") && strcmp(leaf, ".weight") == 0 ? 1.0f : 0.0f;
-            for (size_t k = 0; k < count; k++)
-                w[k] = val;
-            continue;
-        }
-        /* residual projections get the 1/sqrt(2L) scaling (GPT-2 paper, sec. 2.3) */
-        float std = strstr(p->name, "c_proj.weight") ? proj_std : 0.02f;
-        if (strcmp(p->name, "wte.weight") == 0)
-            count = (size_t)c->V * c->C; /* padded rows stay zero */
-        for (size_t k = 0; k < count; k++)
-            w[k] = (float)(std * rng_normal(&r));
-    }
+    /* wte's padded rows stay zero */
+    for (size_t k = 0; k < (size_t)c->V * c->C; k++)
+        host[views[0].offset + k] = (float)(0.02 * rng_normal(&r));
+    for (size_t k = 0; k < views[1].count; k++)
+        host[views[1].offset + k] = (float)(0.02 * rng_normal(&r));
+    tstack_init(&sc, views + 2, host, &r);
     free(views);
 }
 
 /* ---- the model on a backend ---- */
 
-/* Saved activations of one layer (act unless noted). */
-typedef struct {
-    void *ln1, *ln1_mean, *ln1_rstd; /* stats: stat dtype */
-    void *qkv, *atty, *lse;          /* lse: stat [B,NH,T] */
-    void *res2;                      /* x + attn(LN1(x)) */
-    void *ln2, *ln2_mean, *ln2_rstd;
-    void *fch, *fch_gelu;            /* [B,T,4C] before / after GELU */
-    void *res3;                      /* the layer's output */
-} gpt2_layer_acts;
-
 typedef struct {
     gpt2_config cfg;
     int Vp;
-    /* parameter pointers per layer, resolved once */
-    void *wte, *wpe, *lnfw, *lnfb, *dwte, *dwpe, *dlnfw, *dlnfb;
-    struct gpt2_layer_params {
-        void *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb;
-        void *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
-    } *lp, *lg; /* params, grads */
+    tstack *stack;
+    void *wte, *wpe, *dwte, *dwpe;
     /* activations, planned per (B, T) */
     void *act_buf, *stat_buf, *tok_buf;
-    void *encoded, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses, *scratch;
-    gpt2_layer_acts *la;
+    void *encoded, *logits, *losses, *dln;
+    const void *out; /* the stack's output of the last forward */
     int32_t *tokens, *targets; /* device int32 [B*T] */
-    /* backward scratch */
-    void *dres, *dln, *datty, *d4a, *d4b;
-    double *host_losses; /* [B*T] */
+    double *host_losses;       /* [B*T] */
     int have_dlogits;
 } gpt2_state;
 
 const gpt2_config *gpt2_config_of(const model *m)
 {
     return &((const gpt2_state *)m->priv)->cfg;
-}
-
-static void resolve_params(model *m, void *base, void **wte, void **wpe, void **lnfw,
-                           void **lnfb, struct gpt2_layer_params *lp)
-{
-    dtype t = m->be->act;
-    int L = ((gpt2_state *)m->priv)->cfg.L;
-    /* views are in gpt2_layout order: wte, wpe, 12 per layer, ln_f.weight, ln_f.bias */
-#define AT(i) buf_at(base, m->views[i].offset, t)
-    *wte = AT(0);
-    *wpe = AT(1);
-    for (int l = 0; l < L; l++) {
-        int b = 2 + 12 * l;
-        lp[l] = (struct gpt2_layer_params){ AT(b), AT(b + 1), AT(b + 2), AT(b + 3),
-                                            AT(b + 4), AT(b + 5), AT(b + 6), AT(b + 7),
-                                            AT(b + 8), AT(b + 9), AT(b + 10), AT(b + 11) };
-    }
-    *lnfw = AT(2 + 12 * L);
-    *lnfb = AT(3 + 12 * L);
-#undef AT
 }
 
 static void free_plan(model *m)
@@ -207,61 +130,19 @@ static void free_plan(model *m)
     if (s->act_buf) be->free(be, s->act_buf);
     if (s->stat_buf) be->free(be, s->stat_buf);
     if (s->tok_buf) be->free(be, s->tok_buf);
-    free(s->la);
     free(s->host_losses);
     s->act_buf = s->stat_buf = s->tok_buf = NULL;
-    s->la = NULL;
     s->host_losses = NULL;
     m->B = m->T = 0;
 }
 
-/* Carves named tensors out of one buffer: the first pass (base NULL) only
- * counts, the second assigns addresses. */
-typedef struct { char *base; size_t used; size_t esize; } carver;
-
-static void *carve(carver *cv, size_t n)
+static void carve_all(gpt2_state *s, carver *a, carver *st, int B, int T)
 {
-    void *p = cv->base ? cv->base + cv->used * cv->esize : NULL;
-    cv->used += (n + 31) / 32 * 32; /* 128-byte alignment for fp32 */
-    return p;
-}
-
-static void carve_all(gpt2_state *s, carver *a, carver *st, int B, int T, int recompute)
-{
-    size_t BT = (size_t)B * T, C = s->cfg.C, L = s->cfg.L;
-    /* with recompute, every layer's LN1/LN2 outputs share one buffer and its
-     * GELU outputs another: forward consumes each right after writing it, and
-     * backward writes it again just before its one use */
-    void *ln_shared = recompute ? carve(a, BT * C) : NULL;
-    void *gelu_shared = recompute ? carve(a, BT * 4 * C) : NULL;
+    size_t BT = (size_t)B * T, C = s->cfg.C;
     s->encoded = carve(a, BT * C);
-    for (size_t l = 0; l < L; l++) {
-        gpt2_layer_acts *x = &s->la[l];
-        x->ln1 = recompute ? ln_shared : carve(a, BT * C);
-        x->ln1_mean = carve(st, BT);
-        x->ln1_rstd = carve(st, BT);
-        x->qkv = carve(a, BT * 3 * C);
-        x->atty = carve(a, BT * C);
-        x->lse = carve(st, BT * s->cfg.NH);
-        x->res2 = carve(a, BT * C);
-        x->ln2 = recompute ? ln_shared : carve(a, BT * C);
-        x->ln2_mean = carve(st, BT);
-        x->ln2_rstd = carve(st, BT);
-        x->fch = carve(a, BT * 4 * C);
-        x->fch_gelu = recompute ? gelu_shared : carve(a, BT * 4 * C);
-        x->res3 = carve(a, BT * C);
-    }
-    s->lnf = carve(a, BT * C);
-    s->lnf_mean = carve(st, BT);
-    s->lnf_rstd = carve(st, BT);
     s->logits = carve(a, BT * s->Vp);
-    s->losses = carve(st, BT);
-    s->scratch = carve(a, BT * C);
-    s->dres = carve(a, BT * C);
     s->dln = carve(a, BT * C);
-    s->datty = carve(a, BT * C);
-    s->d4a = carve(a, BT * 4 * C);
-    s->d4b = carve(a, BT * 4 * C);
+    s->losses = carve(st, BT);
 }
 
 static int gpt2_plan(model *m, int B, int T, char *err)
@@ -276,11 +157,10 @@ static int gpt2_plan(model *m, int B, int T, char *err)
         return errf(err, "--seq: %d is longer than the model's context length %d", T,
                     s->cfg.maxT);
     free_plan(m);
-    s->la = calloc((size_t)s->cfg.L, sizeof *s->la);
     s->host_losses = malloc((size_t)B * T * sizeof *s->host_losses);
-    if (!s->la || !s->host_losses)
+    if (!s->host_losses)
         goto oom;
-    carve_all(s, &a, &st, B, T, m->recompute);
+    carve_all(s, &a, &st, B, T);
     s->act_buf = be->alloc(be, a.used * a.esize);
     s->stat_buf = be->alloc(be, st.used * st.esize);
     s->tok_buf = be->alloc(be, 2 * (size_t)B * T * sizeof(int32_t));
@@ -289,9 +169,8 @@ static int gpt2_plan(model *m, int B, int T, char *err)
     a.base = s->act_buf;
     st.base = s->stat_buf;
     a.used = st.used = 0;
-    carve_all(s, &a, &st, B, T, m->recompute);
-    /* the backend's own scratch, also before the first step */
-    if (be->plan && be->plan(be, B, T, s->cfg.C, s->cfg.NH, s->cfg.V, err)) {
+    carve_all(s, &a, &st, B, T);
+    if (tstack_plan(s->stack, B, T, s->cfg.V, err)) {
         free_plan(m);
         return -1;
     }
@@ -310,95 +189,44 @@ oom:
     }
 }
 
-/* Opens (push) or closes a profiler range "<what>" or "layer <l> <what>"
- * (l >= 0) when the backend has the hook. */
-static void gpt2_range(backend *be, int l, const char *what, int push)
+static void range(backend *be, const char *what, int push)
 {
-    char name[48];
-    if (!be->range)
-        return;
-    if (l >= 0)
-        snprintf(name, sizeof name, "layer %d %s", l, what);
-    else
-        snprintf(name, sizeof name, "%s", what);
-    be->range(be, name, push);
+    if (be->range)
+        be->range(be, what, push);
 }
 
-static double gpt2_forward(model *m, const int32_t *inputs, const int32_t *targets,
-                           float loss_scale)
+static double gpt2_forward(model *m, const model_batch *b, float grad_scale)
 {
     gpt2_state *s = m->priv;
     backend *be = m->be;
     const gpt2_config *c = &s->cfg;
-    int B = m->B, T = m->T, C = c->C, NH = c->NH, BT = B * T;
-    void *res = s->encoded;
+    int B = m->B, T = m->T, C = c->C, BT = B * T;
 
-    gpt2_range(be, -1, "forward", 1);
-    be->upload(be, s->tokens, DT_I32, inputs, DT_I32, (size_t)BT);
+    range(be, "forward", 1);
+    be->upload(be, s->tokens, DT_I32, b->tokens, DT_I32, (size_t)BT);
     be->encoder_forward(be, s->encoded, s->tokens, s->wte, s->wpe, B, T, C);
-    if (c->L)
-        be->layernorm_forward(be, s->la[0].ln1, s->la[0].ln1_mean, s->la[0].ln1_rstd, res,
-                              s->lp[0].ln1w, s->lp[0].ln1b, BT, C);
-    else
-        be->layernorm_forward(be, s->lnf, s->lnf_mean, s->lnf_rstd, res, s->lnfw, s->lnfb, BT, C);
-    /* each residual add is fused with the layernorm that reads it: res2 with
-     * LN2, res3 with the next layer's LN1 (LN_f after the last layer) */
-    for (int l = 0; l < c->L; l++) {
-        gpt2_layer_acts *x = &s->la[l];
-        struct gpt2_layer_params *p = &s->lp[l];
-        gpt2_range(be, l, "forward", 1);
-        be->matmul_forward(be, x->qkv, x->ln1, p->qkvw, p->qkvb, BT, C, 3 * C);
-        be->attention_forward(be, x->atty, x->lse, x->qkv, B, T, C, NH, 1);
-        be->matmul_forward(be, s->scratch, x->atty, p->attprojw, p->attprojb, BT, C, C);
-        be->residual_layernorm_forward(be, x->res2, x->ln2, x->ln2_mean, x->ln2_rstd, res,
-                                       s->scratch, p->ln2w, p->ln2b, BT, C);
-        be->matmul_gelu_forward(be, x->fch, x->fch_gelu, x->ln2, p->fcw, p->fcb, BT, C, 4 * C);
-        be->matmul_forward(be, s->scratch, x->fch_gelu, p->fcprojw, p->fcprojb, BT, 4 * C, C);
-        if (l + 1 < c->L) {
-            gpt2_layer_acts *nx = &s->la[l + 1];
-            be->residual_layernorm_forward(be, x->res3, nx->ln1, nx->ln1_mean, nx->ln1_rstd,
-                                           x->res2, s->scratch, s->lp[l + 1].ln1w,
-                                           s->lp[l + 1].ln1b, BT, C);
-        } else {
-            be->residual_layernorm_forward(be, x->res3, s->lnf, s->lnf_mean, s->lnf_rstd,
-                                           x->res2, s->scratch, s->lnfw, s->lnfb, BT, C);
-        }
-        res = x->res3;
-        gpt2_range(be, l, "forward", 0);
-    }
-    be->matmul_forward(be, s->logits, s->lnf, s->wte, NULL, BT, C, s->Vp);
+    s->out = tstack_forward(s->stack, s->encoded);
+    be->matmul_forward(be, s->logits, s->out, s->wte, NULL, BT, C, s->Vp);
     s->have_dlogits = 0;
-    if (!targets) {
-        gpt2_range(be, -1, "forward", 0);
+    if (!b->targets) {
+        range(be, "forward", 0);
         return 0.0;
     }
-
-    be->upload(be, s->targets, DT_I32, targets, DT_I32, (size_t)BT);
-    be->crossentropy(be, s->losses, loss_scale > 0 ? s->logits : NULL, s->logits, s->targets,
-                     BT, c->V, s->Vp, loss_scale);
-    s->have_dlogits = loss_scale > 0;
-    be->download(be, s->host_losses, DT_F64, s->losses, be->stat, (size_t)BT);
-    gpt2_range(be, -1, "forward", 0);
-    double sum = 0.0;
     int valid = 0;
-    for (int i = 0; i < BT; i++) {
-        if (targets[i] < 0)
-            continue;
-        sum += s->host_losses[i];
-        valid++;
-    }
+    for (int i = 0; i < BT; i++)
+        valid += b->targets[i] >= 0;
+    float scale = grad_scale > 0 && valid ? grad_scale / (float)valid : 0.0f;
+    be->upload(be, s->targets, DT_I32, b->targets, DT_I32, (size_t)BT);
+    be->crossentropy(be, s->losses, scale > 0 ? s->logits : NULL, s->logits, s->targets, BT,
+                     c->V, s->Vp, scale);
+    s->have_dlogits = scale > 0;
+    be->download(be, s->host_losses, DT_F64, s->losses, be->stat, (size_t)BT);
+    range(be, "forward", 0);
+    double sum = 0.0;
+    for (int i = 0; i < BT; i++)
+        if (b->targets[i] >= 0)
+            sum += s->host_losses[i];
     return valid ? sum / valid : 0.0;
-}
-
-/* Tells the trainer (m->grads_ready) that views [first, last] have their final
- * gradients for this micro-batch. */
-static void views_ready(model *m, int first, int last)
-{
-    if (m->grads_ready) {
-        size_t lo = m->views[first].offset;
-        size_t hi = m->views[last].offset + m->views[last].count;
-        m->grads_ready(m->grads_ready_ctx, lo, hi - lo);
-    }
 }
 
 static void gpt2_backward(model *m)
@@ -406,62 +234,19 @@ static void gpt2_backward(model *m)
     gpt2_state *s = m->priv;
     backend *be = m->be;
     const gpt2_config *c = &s->cfg;
-    int B = m->B, T = m->T, C = c->C, NH = c->NH, BT = B * T;
-    size_t btc = (size_t)BT * C;
-    dtype t = be->act;
+    int B = m->B, T = m->T, C = c->C, BT = B * T;
 
     if (!s->have_dlogits)
         return; /* forward ran without a loss to differentiate */
-    gpt2_range(be, -1, "backward", 1);
-    /* classifier: logits = lnf @ wte^T (the logits buffer now holds dlogits) */
-    be->fill(be, s->dln, t, 0.0, btc);
-    be->matmul_backward(be, s->dln, s->dwte, NULL, s->logits, s->lnf, s->wte, BT, C, s->Vp);
-    be->fill(be, s->dres, t, 0.0, btc);
-    void *res_last = c->L ? s->la[c->L - 1].res3 : s->encoded;
-    be->layernorm_backward(be, s->dres, s->dlnfw, s->dlnfb, s->dln, res_last, s->lnfw,
-                           s->lnf_mean, s->lnf_rstd, BT, C);
-    views_ready(m, 2 + 12 * c->L, 3 + 12 * c->L); /* ln_f */
-    /* dres is the gradient of the residual stream, walked down the layers */
-    for (int l = c->L - 1; l >= 0; l--) {
-        gpt2_layer_acts *x = &s->la[l];
-        struct gpt2_layer_params *p = &s->lp[l], *g = &s->lg[l];
-        void *res = l ? s->la[l - 1].res3 : s->encoded;
-        gpt2_range(be, l, "backward", 1);
-        /* MLP: res3 = res2 + fcproj(gelu(fc(LN2(res2)))) */
-        if (m->recompute)
-            be->gelu_forward(be, x->fch_gelu, x->fch, btc * 4);
-        be->fill(be, s->d4a, t, 0.0, btc * 4);
-        be->matmul_backward(be, s->d4a, g->fcprojw, g->fcprojb, s->dres, x->fch_gelu,
-                            p->fcprojw, BT, 4 * C, C);
-        be->fill(be, s->d4b, t, 0.0, btc * 4);
-        be->gelu_backward(be, s->d4b, x->fch, s->d4a, btc * 4);
-        if (m->recompute)
-            be->layernorm_forward(be, x->ln2, x->ln2_mean, x->ln2_rstd, x->res2, p->ln2w,
-                                  p->ln2b, BT, C);
-        be->fill(be, s->dln, t, 0.0, btc);
-        be->matmul_backward(be, s->dln, g->fcw, g->fcb, s->d4b, x->ln2, p->fcw, BT, C, 4 * C);
-        be->layernorm_backward(be, s->dres, g->ln2w, g->ln2b, s->dln, x->res2, p->ln2w,
-                               x->ln2_mean, x->ln2_rstd, BT, C);
-        /* attention: res2 = res + attproj(attn(qkv(LN1(res)))) */
-        be->fill(be, s->datty, t, 0.0, btc);
-        be->matmul_backward(be, s->datty, g->attprojw, g->attprojb, s->dres, x->atty,
-                            p->attprojw, BT, C, C);
-        be->fill(be, s->d4a, t, 0.0, btc * 3);
-        be->attention_backward(be, s->d4a, s->datty, x->qkv, x->atty, x->lse, B, T, C, NH, 1);
-        if (m->recompute)
-            be->layernorm_forward(be, x->ln1, x->ln1_mean, x->ln1_rstd, res, p->ln1w, p->ln1b,
-                                  BT, C);
-        be->fill(be, s->dln, t, 0.0, btc);
-        be->matmul_backward(be, s->dln, g->qkvw, g->qkvb, s->d4a, x->ln1, p->qkvw, BT, C, 3 * C);
-        be->layernorm_backward(be, s->dres, g->ln1w, g->ln1b, s->dln, res, p->ln1w,
-                               x->ln1_mean, x->ln1_rstd, BT, C);
-        gpt2_range(be, l, "backward", 0);
-        views_ready(m, 2 + 12 * l, 13 + 12 * l);
-    }
-    be->encoder_backward(be, s->dwte, s->dwpe, s->dres, s->tokens, B, T, C);
-    views_ready(m, 0, 1); /* wte (classifier and embedding), wpe */
+    range(be, "backward", 1);
+    /* classifier: logits = out @ wte^T (the logits buffer now holds dlogits) */
+    be->fill(be, s->dln, be->act, 0.0, (size_t)BT * C);
+    be->matmul_backward(be, s->dln, s->dwte, NULL, s->logits, s->out, s->wte, BT, C, s->Vp);
+    void *dx = tstack_backward(s->stack, s->dln);
+    be->encoder_backward(be, s->dwte, s->dwpe, dx, s->tokens, B, T, C);
+    model_views_ready(m, 0, 1); /* wte (classifier and embedding), wpe */
     s->have_dlogits = 0;
-    gpt2_range(be, -1, "backward", 0);
+    range(be, "backward", 0);
 }
 
 static void gpt2_logits(model *m, int b, int t, float *out)
@@ -480,8 +265,7 @@ static void gpt2_destroy(model *m)
     s = m->priv;
     if (s) {
         free_plan(m);
-        free(s->lp);
-        free(s->lg);
+        tstack_destroy(s->stack);
         free(s);
     }
     model_free_buffers(m);
@@ -494,6 +278,7 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
 {
     model *m;
     gpt2_state *s;
+    tstack_config sc = stack_config(cfg);
 
     if (gpt2_check_config(cfg, err))
         return NULL;
@@ -506,6 +291,8 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
         return NULL;
     }
     m->family = "gpt2";
+    m->fam = &gpt2_family;
+    memcpy(m->config, cfg, sizeof *cfg);
     m->be = be;
     m->priv = s;
     m->V = cfg->V;
@@ -519,18 +306,99 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
     s->Vp = gpt2_padded_vocab(cfg->V);
     m->nparams = gpt2_layout(cfg, &m->views, &m->nviews);
     m->nparams_real = m->nparams - (size_t)(s->Vp - cfg->V) * cfg->C;
-    s->lp = calloc((size_t)cfg->L, sizeof *s->lp);
-    s->lg = calloc((size_t)cfg->L, sizeof *s->lg);
-    if (!m->views || !s->lp || !s->lg) {
+    if (!m->views) {
         errf(err, "out of memory");
         goto fail;
     }
     if (model_alloc(m, err))
         goto fail;
-    resolve_params(m, m->params, &s->wte, &s->wpe, &s->lnfw, &s->lnfb, s->lp);
-    resolve_params(m, m->grads, &s->dwte, &s->dwpe, &s->dlnfw, &s->dlnfb, s->lg);
+    s->stack = tstack_create(m, &sc, 2, err);
+    if (!s->stack)
+        goto fail;
+    s->wte = model_view_at(m, m->params, 0);
+    s->wpe = model_view_at(m, m->params, 1);
+    s->dwte = model_view_at(m, m->grads, 0);
+    s->dwpe = model_view_at(m, m->grads, 1);
     return m;
 fail:
     gpt2_destroy(m);
     return NULL;
 }
+
+/* ---- the family table entry ---- */
+
+static const family_field gpt2_fields[] = {
+    { "V", "vocab-size", "vocabulary size (50257: GPT-2's BPE; 256: bytes)", 2, 1 << 24, 0 },
+    { "maxT", "max-seq", "context length (learned positions)", 1, 1 << 20, 0 },
+    { "L", NULL, "layers", 1, 1024, 0 },
+    { "NH", NULL, "attention heads", 1, 1 << 16, 0 },
+    { "C", NULL, "width", 1, 1 << 16, 0 },
+};
+
+static int fam_preset(const char *name, int *v, char *err)
+{
+    return gpt2_preset(name, (gpt2_config *)v, err);
+}
+
+static int fam_check(const int *v, char *err)
+{
+    return gpt2_check_config((const gpt2_config *)v, err);
+}
+
+static size_t fam_layout(const int *v, param_view **views, int *nviews)
+{
+    return gpt2_layout((const gpt2_config *)v, views, nviews);
+}
+
+static size_t fam_real_params(const int *v)
+{
+    const gpt2_config *c = (const gpt2_config *)v;
+    param_view *views;
+    int n;
+    size_t total = gpt2_layout(c, &views, &n);
+    free(views);
+    return total - (size_t)(gpt2_padded_vocab(c->V) - c->V) * c->C;
+}
+
+static void fam_init(const int *v, float *host, uint64_t seed)
+{
+    gpt2_init_params((const gpt2_config *)v, host, seed);
+}
+
+static model *fam_create(backend *be, const int *v, char *err)
+{
+    return gpt2_create(be, (const gpt2_config *)v, err);
+}
+
+static void fam_describe(const int *v, FILE *out)
+{
+    const gpt2_config *c = (const gpt2_config *)v;
+    fprintf(out, "vocab        %d (padded to %d)\n", c->V, gpt2_padded_vocab(c->V));
+    fprintf(out, "layers       %d\nheads        %d\nwidth        %d\n", c->L, c->NH, c->C);
+    fprintf(out, "context      %d tokens: causal attention sees every earlier position of "
+                 "the sequence, up to T = --seq (at most %d, the learned positions)\n",
+            c->maxT, c->maxT);
+    fprintf(out, "data         token shards (anatomy prep); next-token targets\n");
+}
+
+static batch_source *fam_open_data(const model *m, const data_spec *spec, char *err)
+{
+    return lm_source_open(spec, m->V, err);
+}
+
+const model_family gpt2_family = {
+    .name = "gpt2",
+    .summary = "GPT-2: decoder-only transformer LM (pre-LN, causal, tied embeddings)",
+    .presets = "gpt2-124m gpt2-350m gpt2-774m gpt2-1558m d2 d4 d6 d12",
+    .generative = 1,
+    .fields = gpt2_fields,
+    .nfields = (int)(sizeof gpt2_fields / sizeof gpt2_fields[0]),
+    .preset = fam_preset,
+    .check = fam_check,
+    .layout = fam_layout,
+    .real_params = fam_real_params,
+    .init = fam_init,
+    .create = fam_create,
+    .describe = fam_describe,
+    .open_data = fam_open_data,
+};

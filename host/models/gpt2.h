@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "../family.h"
 #include "../model.h"
 
 typedef struct {
@@ -33,6 +34,8 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err);
  * residual projections N(0, 0.02/sqrt(2L)), zero biases, unit LN gains,
  * padded vocabulary rows zero. */
 void gpt2_init_params(const gpt2_config *cfg, float *host, uint64_t seed);
+/* The family table entry (host/family.h). */
+extern const model_family gpt2_family;
 /* The config a GPT-2 model was created with. */
 const gpt2_config *gpt2_config_of(const model *m);
 

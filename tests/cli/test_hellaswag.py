@@ -143,7 +143,7 @@ def test_long_context_loses_its_start(run, tokenize, gpt2_model, tmp_path):
     rng = random.Random()
     picked = []
     for _ in range(20):
-        ctx = " ".join(rng.choice(WORDS) for _ in range(rng.randint(60, 90)))
+        ctx = " ".join(rng.choice(WORDS) for _ in range(rng.randint(70, 90)))  # >= 1 token per word: > 64 tokens
         ends = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(4)]
         ex = {"ctx": ctx, "endings": ends, "label": 0}
         good = ref_scores(tokenize, ref, ex)

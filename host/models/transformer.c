@@ -1,0 +1,456 @@
+/* transformer.c: the transformer block stack shared by GPT-2, BERT, ViT and
+ * the patch models (host/models/transformer.h has the equations). Only ops
+ * are called; activations live in one buffer planned per (B, T). */
+#include "transformer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../data/errbuf.h"
+
+/* Block parameter order in the buffer (TSTACK_VIEWS_PER_BLOCK views). */
+enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_PROJW, P_PROJB, P_LN2W, P_LN2B, P_FCW, P_FCB,
+       P_FCPROJW, P_FCPROJB };
+
+static const struct { const char *leaf; int ndim, rows, cols; } block_views[] = {
+    /* rows/cols in units of C (0: none) */
+    { "ln_1.weight", 1, 1, 0 },        { "ln_1.bias", 1, 1, 0 },
+    { "attn.c_attn.weight", 2, 3, 1 }, { "attn.c_attn.bias", 1, 3, 0 },
+    { "attn.c_proj.weight", 2, 1, 1 }, { "attn.c_proj.bias", 1, 1, 0 },
+    { "ln_2.weight", 1, 1, 0 },        { "ln_2.bias", 1, 1, 0 },
+    { "mlp.c_fc.weight", 2, 4, 1 },    { "mlp.c_fc.bias", 1, 4, 0 },
+    { "mlp.c_proj.weight", 2, 1, 4 },  { "mlp.c_proj.bias", 1, 1, 0 },
+};
+
+int tstack_nviews(const tstack_config *c)
+{
+    return TSTACK_VIEWS_PER_BLOCK * c->L + (c->post_ln ? 0 : 2);
+}
+
+void tstack_layout(const tstack_config *c, const char *block_prefix, const char *final_ln,
+                   param_view *v, int *n, size_t *off)
+{
+    char name[64];
+    for (int l = 0; l < c->L; l++) {
+        for (int k = 0; k < TSTACK_VIEWS_PER_BLOCK; k++) {
+            snprintf(name, sizeof name, "%s.%d.%s", block_prefix, l, block_views[k].leaf);
+            model_add_view(v, n, off, name, block_views[k].ndim, block_views[k].rows * c->C,
+                           block_views[k].cols * c->C);
+        }
+    }
+    if (!c->post_ln) {
+        snprintf(name, sizeof name, "%s.weight", final_ln);
+        model_add_view(v, n, off, name, 1, c->C, 0);
+        snprintf(name, sizeof name, "%s.bias", final_ln);
+        model_add_view(v, n, off, name, 1, c->C, 0);
+    }
+}
+
+void tstack_init(const tstack_config *c, const param_view *views, float *host, rng_state *r)
+{
+    float proj_std = 0.02f / sqrtf(2.0f * (float)c->L);
+    int nv = tstack_nviews(c);
+    for (int i = 0; i < nv; i++) {
+        const param_view *p = &views[i];
+        float *w = host + p->offset;
+        int k = i < TSTACK_VIEWS_PER_BLOCK * c->L ? i % TSTACK_VIEWS_PER_BLOCK : P_LN1W;
+        if (p->ndim == 1) {
+            /* LN gains 1 (the final LN's weight too), every bias 0 */
+            int gain = k == P_LN1W || k == P_LN2W ||
+                       (i >= TSTACK_VIEWS_PER_BLOCK * c->L && i == nv - 2);
+            for (size_t j = 0; j < p->count; j++)
+                w[j] = gain ? 1.0f : 0.0f;
+            continue;
+        }
+        /* residual projections get the 1/sqrt(2L) scaling (GPT-2 paper, sec. 2.3) */
+        float std = k == P_PROJW || k == P_FCPROJW ? proj_std : 0.02f;
+        for (size_t j = 0; j < p->count; j++)
+            w[j] = (float)(std * rng_normal(r));
+    }
+}
+
+/* Saved activations of one block (act unless noted). */
+typedef struct {
+    void *ln1, *ln1_mean, *ln1_rstd; /* pre-LN: LN1(x), the attention's input;
+                                        post-LN: LN1(x + attn), the block's midpoint */
+    void *qkv, *atty, *lse;          /* lse: stat [B,NH,T] */
+    void *res2;                      /* x + attention branch */
+    void *ln2, *ln2_mean, *ln2_rstd; /* pre-LN: LN2(res2), the MLP's input;
+                                        post-LN: the block's output */
+    void *fch, *fch_gelu;            /* [B,T,4C] before / after GELU */
+    void *res3;                      /* pre-LN: the block's output; post-LN: ln1 + MLP */
+} blk_acts;
+
+struct tstack {
+    model *m;
+    tstack_config c;
+    int first_view;
+    void **p, **g; /* [L * 12 + 2] parameter and gradient addresses, in view order */
+    void *act_buf, *stat_buf;
+    blk_acts *la;
+    const void *x;                 /* the input of the last forward */
+    void *lnf, *lnf_mean, *lnf_rstd; /* pre-LN: the final LN's output */
+    void *scratch;                 /* a branch's output before its residual add */
+    void *d0, *d1, *d2;            /* [B,T,C] gradients of the residual stream */
+    void *d4a, *d4b;               /* [B,T,4C] */
+    int B, T;
+};
+
+#define PV(s, l, k) ((s)->p[(l) * TSTACK_VIEWS_PER_BLOCK + (k)])
+#define GV(s, l, k) ((s)->g[(l) * TSTACK_VIEWS_PER_BLOCK + (k)])
+#define LNF_W(s, a) ((a)[(s)->c.L * TSTACK_VIEWS_PER_BLOCK])
+#define LNF_B(s, a) ((a)[(s)->c.L * TSTACK_VIEWS_PER_BLOCK + 1])
+
+tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *err)
+{
+    tstack *s = calloc(1, sizeof *s);
+    int nv = tstack_nviews(c);
+    if (!s || !(s->p = calloc((size_t)nv, sizeof *s->p)) ||
+        !(s->g = calloc((size_t)nv, sizeof *s->g))) {
+        tstack_destroy(s);
+        errf(err, "out of memory");
+        return NULL;
+    }
+    if (c->C % c->NH) {
+        tstack_destroy(s);
+        errf(err, "heads %d do not divide the width %d", c->NH, c->C);
+        return NULL;
+    }
+    s->m = m;
+    s->c = *c;
+    s->first_view = first_view;
+    for (int i = 0; i < nv; i++) {
+        s->p[i] = model_view_at(m, m->params, first_view + i);
+        s->g[i] = model_view_at(m, m->grads, first_view + i);
+    }
+    return s;
+}
+
+static void free_plan(tstack *s)
+{
+    backend *be = s->m->be;
+    if (s->act_buf)
+        be->free(be, s->act_buf);
+    if (s->stat_buf)
+        be->free(be, s->stat_buf);
+    free(s->la);
+    s->act_buf = s->stat_buf = NULL;
+    s->la = NULL;
+    s->B = s->T = 0;
+}
+
+void tstack_destroy(tstack *s)
+{
+    if (!s)
+        return;
+    if (s->m)
+        free_plan(s);
+    free(s->p);
+    free(s->g);
+    free(s);
+}
+
+static void carve_all(tstack *s, carver *a, carver *st, int B, int T, int recompute)
+{
+    size_t BT = (size_t)B * T, C = s->c.C, L = s->c.L;
+    /* with recompute, every pre-LN block's LN1/LN2 outputs share one buffer
+     * and every block's GELU outputs another: forward consumes each right
+     * after writing it, and backward writes it again just before its one
+     * use. (Post-LN layernorm outputs are the residual stream: kept.) */
+    int share_ln = recompute && !s->c.post_ln;
+    void *ln_shared = share_ln ? carve(a, BT * C) : NULL;
+    void *gelu_shared = recompute ? carve(a, BT * 4 * C) : NULL;
+    for (size_t l = 0; l < L; l++) {
+        blk_acts *x = &s->la[l];
+        x->ln1 = share_ln ? ln_shared : carve(a, BT * C);
+        x->ln1_mean = carve(st, BT);
+        x->ln1_rstd = carve(st, BT);
+        x->qkv = carve(a, BT * 3 * C);
+        x->atty = carve(a, BT * C);
+        x->lse = carve(st, BT * s->c.NH);
+        x->res2 = carve(a, BT * C);
+        x->ln2 = share_ln ? ln_shared : carve(a, BT * C);
+        x->ln2_mean = carve(st, BT);
+        x->ln2_rstd = carve(st, BT);
+        x->fch = carve(a, BT * 4 * C);
+        x->fch_gelu = recompute ? gelu_shared : carve(a, BT * 4 * C);
+        x->res3 = carve(a, BT * C);
+    }
+    if (!s->c.post_ln) {
+        s->lnf = carve(a, BT * C);
+        s->lnf_mean = carve(st, BT);
+        s->lnf_rstd = carve(st, BT);
+    }
+    s->scratch = carve(a, BT * C);
+    s->d0 = carve(a, BT * C);
+    s->d1 = carve(a, BT * C);
+    s->d2 = carve(a, BT * C);
+    s->d4a = carve(a, BT * 4 * C);
+    s->d4b = carve(a, BT * 4 * C);
+}
+
+int tstack_plan(tstack *s, int B, int T, int V, char *err)
+{
+    backend *be = s->m->be;
+    carver a = { NULL, 0, dtype_size(be->act) }, st = { NULL, 0, dtype_size(be->stat) };
+
+    free_plan(s);
+    s->la = calloc((size_t)s->c.L + 1, sizeof *s->la);
+    if (!s->la)
+        goto oom;
+    carve_all(s, &a, &st, B, T, s->m->recompute);
+    s->act_buf = be->alloc(be, a.used * a.esize);
+    s->stat_buf = be->alloc(be, st.used * st.esize);
+    if (!s->act_buf || !s->stat_buf)
+        goto oom;
+    a.base = s->act_buf;
+    st.base = s->stat_buf;
+    a.used = st.used = 0;
+    carve_all(s, &a, &st, B, T, s->m->recompute);
+    /* the backend's own scratch (attention), also before the first step */
+    if (be->plan && be->plan(be, B, T, s->c.C, s->c.NH, V, err)) {
+        free_plan(s);
+        return -1;
+    }
+    s->B = B;
+    s->T = T;
+    return 0;
+oom:
+    {
+        double gib = ((double)a.used * a.esize + (double)st.used * st.esize) / (1 << 30);
+        free_plan(s);
+        return errf(err, "--batch/--seq: transformer activations for %d x %d need %.2f GiB "
+                         "on %s, which could not be allocated", B, T, gib, be->name);
+    }
+}
+
+/* Opens (push) or closes a profiler range "layer <l> <what>". */
+static void layer_range(backend *be, int l, const char *what, int push)
+{
+    char name[48];
+    if (!be->range)
+        return;
+    snprintf(name, sizeof name, "layer %d %s", l, what);
+    be->range(be, name, push);
+}
+
+/* Pre-LN: each residual add is fused with the layernorm that reads it: res2
+ * with LN2, res3 with the next block's LN1 (LN_f after the last block). */
+static void *forward_pre(tstack *s, const void *x)
+{
+    backend *be = s->m->be;
+    int B = s->B, T = s->T, C = s->c.C, NH = s->c.NH, BT = B * T, L = s->c.L;
+    const void *res = x;
+
+    if (L)
+        be->layernorm_forward(be, s->la[0].ln1, s->la[0].ln1_mean, s->la[0].ln1_rstd, res,
+                              PV(s, 0, P_LN1W), PV(s, 0, P_LN1B), BT, C);
+    else
+        be->layernorm_forward(be, s->lnf, s->lnf_mean, s->lnf_rstd, res, LNF_W(s, s->p),
+                              LNF_B(s, s->p), BT, C);
+    for (int l = 0; l < L; l++) {
+        blk_acts *a = &s->la[l];
+        layer_range(be, l, "forward", 1);
+        be->matmul_forward(be, a->qkv, a->ln1, PV(s, l, P_QKVW), PV(s, l, P_QKVB), BT, C, 3 * C);
+        be->attention_forward(be, a->atty, a->lse, a->qkv, B, T, C, NH, s->c.causal);
+        be->matmul_forward(be, s->scratch, a->atty, PV(s, l, P_PROJW), PV(s, l, P_PROJB), BT, C,
+                           C);
+        be->residual_layernorm_forward(be, a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, res,
+                                       s->scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
+        be->matmul_gelu_forward(be, a->fch, a->fch_gelu, a->ln2, PV(s, l, P_FCW),
+                                PV(s, l, P_FCB), BT, C, 4 * C);
+        be->matmul_forward(be, s->scratch, a->fch_gelu, PV(s, l, P_FCPROJW),
+                           PV(s, l, P_FCPROJB), BT, 4 * C, C);
+        if (l + 1 < L) {
+            blk_acts *n = &s->la[l + 1];
+            be->residual_layernorm_forward(be, a->res3, n->ln1, n->ln1_mean, n->ln1_rstd,
+                                           a->res2, s->scratch, PV(s, l + 1, P_LN1W),
+                                           PV(s, l + 1, P_LN1B), BT, C);
+        } else {
+            be->residual_layernorm_forward(be, a->res3, s->lnf, s->lnf_mean, s->lnf_rstd,
+                                           a->res2, s->scratch, LNF_W(s, s->p), LNF_B(s, s->p),
+                                           BT, C);
+        }
+        res = a->res3;
+        layer_range(be, l, "forward", 0);
+    }
+    return s->lnf;
+}
+
+/* Post-LN: a = LN1(x + attn(x)), x' = LN2(a + mlp(a)). */
+static void *forward_post(tstack *s, const void *x)
+{
+    backend *be = s->m->be;
+    int B = s->B, T = s->T, C = s->c.C, NH = s->c.NH, BT = B * T, L = s->c.L;
+    const void *in = x;
+
+    for (int l = 0; l < L; l++) {
+        blk_acts *a = &s->la[l];
+        layer_range(be, l, "forward", 1);
+        be->matmul_forward(be, a->qkv, in, PV(s, l, P_QKVW), PV(s, l, P_QKVB), BT, C, 3 * C);
+        be->attention_forward(be, a->atty, a->lse, a->qkv, B, T, C, NH, s->c.causal);
+        be->matmul_forward(be, s->scratch, a->atty, PV(s, l, P_PROJW), PV(s, l, P_PROJB), BT, C,
+                           C);
+        be->residual_layernorm_forward(be, a->res2, a->ln1, a->ln1_mean, a->ln1_rstd, in,
+                                       s->scratch, PV(s, l, P_LN1W), PV(s, l, P_LN1B), BT, C);
+        be->matmul_gelu_forward(be, a->fch, a->fch_gelu, a->ln1, PV(s, l, P_FCW),
+                                PV(s, l, P_FCB), BT, C, 4 * C);
+        be->matmul_forward(be, s->scratch, a->fch_gelu, PV(s, l, P_FCPROJW),
+                           PV(s, l, P_FCPROJB), BT, 4 * C, C);
+        be->residual_layernorm_forward(be, a->res3, a->ln2, a->ln2_mean, a->ln2_rstd, a->ln1,
+                                       s->scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
+        in = a->ln2;
+        layer_range(be, l, "forward", 0);
+    }
+    return (void *)in;
+}
+
+void *tstack_forward(tstack *s, const void *x)
+{
+    s->x = x;
+    return s->c.post_ln ? forward_post(s, x) : forward_pre(s, x);
+}
+
+/* The attention sublayer's backward, shared by both block kinds: from dres2
+ * (the gradient at the residual add after attention, read only) through the
+ * projection and attention into d4a (dqkv), then through the qkv matmul
+ * whose input was `qkv_in`, accumulating its input gradient into dqkv_in. */
+static void attention_branch_backward(tstack *s, int l, const void *dres2, const void *qkv_in,
+                                      void *dqkv_in)
+{
+    backend *be = s->m->be;
+    blk_acts *a = &s->la[l];
+    int B = s->B, T = s->T, C = s->c.C, NH = s->c.NH, BT = B * T;
+    size_t btc = (size_t)BT * C;
+    dtype t = be->act;
+    void *datty = s->scratch;
+
+    be->fill(be, datty, t, 0.0, btc);
+    be->matmul_backward(be, datty, GV(s, l, P_PROJW), GV(s, l, P_PROJB), dres2, a->atty,
+                        PV(s, l, P_PROJW), BT, C, C);
+    be->fill(be, s->d4a, t, 0.0, btc * 3);
+    be->attention_backward(be, s->d4a, datty, a->qkv, a->atty, a->lse, B, T, C, NH,
+                           s->c.causal);
+    be->matmul_backward(be, dqkv_in, GV(s, l, P_QKVW), GV(s, l, P_QKVB), s->d4a, qkv_in,
+                        PV(s, l, P_QKVW), BT, C, 3 * C);
+}
+
+/* The MLP sublayer's backward: from dres3 (read only) through fc_proj, GELU
+ * and fc, whose input was mlp_in, accumulating into dmlp_in. */
+static void mlp_branch_backward(tstack *s, int l, const void *dres3, const void *mlp_in,
+                                void *dmlp_in)
+{
+    backend *be = s->m->be;
+    blk_acts *a = &s->la[l];
+    int BT = s->B * s->T, C = s->c.C;
+    size_t btc = (size_t)BT * C;
+    dtype t = be->act;
+
+    if (s->m->recompute)
+        be->gelu_forward(be, a->fch_gelu, a->fch, btc * 4);
+    be->fill(be, s->d4a, t, 0.0, btc * 4);
+    be->matmul_backward(be, s->d4a, GV(s, l, P_FCPROJW), GV(s, l, P_FCPROJB), dres3,
+                        a->fch_gelu, PV(s, l, P_FCPROJW), BT, 4 * C, C);
+    be->fill(be, s->d4b, t, 0.0, btc * 4);
+    be->gelu_backward(be, s->d4b, a->fch, s->d4a, btc * 4);
+    be->matmul_backward(be, dmlp_in, GV(s, l, P_FCW), GV(s, l, P_FCB), s->d4b, mlp_in,
+                        PV(s, l, P_FCW), BT, C, 4 * C);
+}
+
+static void block_ready(tstack *s, int l)
+{
+    int v = s->first_view + l * TSTACK_VIEWS_PER_BLOCK;
+    model_views_ready(s->m, v, v + TSTACK_VIEWS_PER_BLOCK - 1);
+}
+
+/* Pre-LN: dres (d0) is the gradient of the residual stream, walked down. */
+static void *backward_pre(tstack *s, const void *dout)
+{
+    backend *be = s->m->be;
+    int BT = s->B * s->T, C = s->c.C, L = s->c.L;
+    size_t btc = (size_t)BT * C;
+    dtype t = be->act;
+    void *dres = s->d0, *dln = s->d1;
+    const void *res_last = L ? s->la[L - 1].res3 : s->x;
+
+    be->fill(be, dres, t, 0.0, btc);
+    be->layernorm_backward(be, dres, LNF_W(s, s->g), LNF_B(s, s->g), dout, res_last,
+                           LNF_W(s, s->p), s->lnf_mean, s->lnf_rstd, BT, C);
+    {
+        int v = s->first_view + L * TSTACK_VIEWS_PER_BLOCK;
+        model_views_ready(s->m, v, v + 1);
+    }
+    for (int l = L - 1; l >= 0; l--) {
+        blk_acts *a = &s->la[l];
+        const void *res = l ? s->la[l - 1].res3 : s->x;
+        layer_range(be, l, "backward", 1);
+        /* MLP: res3 = res2 + fcproj(gelu(fc(LN2(res2)))) */
+        if (s->m->recompute)
+            be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                  PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
+        be->fill(be, dln, t, 0.0, btc);
+        mlp_branch_backward(s, l, dres, a->ln2, dln);
+        be->layernorm_backward(be, dres, GV(s, l, P_LN2W), GV(s, l, P_LN2B), dln, a->res2,
+                               PV(s, l, P_LN2W), a->ln2_mean, a->ln2_rstd, BT, C);
+        /* attention: res2 = res + attproj(attn(qkv(LN1(res)))) */
+        if (s->m->recompute)
+            be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, res, PV(s, l, P_LN1W),
+                                  PV(s, l, P_LN1B), BT, C);
+        be->fill(be, dln, t, 0.0, btc);
+        attention_branch_backward(s, l, dres, a->ln1, dln);
+        be->layernorm_backward(be, dres, GV(s, l, P_LN1W), GV(s, l, P_LN1B), dln, res,
+                               PV(s, l, P_LN1W), a->ln1_mean, a->ln1_rstd, BT, C);
+        layer_range(be, l, "backward", 0);
+        block_ready(s, l);
+    }
+    return dres;
+}
+
+/* Post-LN: dcur is the gradient of a block's output. d0 holds the
+ * gradient of res3 and then of res2, d1 that of ln1, d2 that of the block's
+ * input, which is the next block's dcur (read only before d2 is reset). */
+static void *backward_post(tstack *s, const void *dout)
+{
+    backend *be = s->m->be;
+    int BT = s->B * s->T, C = s->c.C, L = s->c.L;
+    size_t btc = (size_t)BT * C;
+    dtype t = be->act;
+    const void *dcur = dout;
+    void *dres = s->d0, *dln1 = s->d1, *din = s->d2;
+
+    if (!L) { /* the output is the input */
+        be->fill(be, din, t, 0.0, btc);
+        be->accumulate(be, din, dout, btc);
+        return din;
+    }
+    for (int l = L - 1; l >= 0; l--) {
+        blk_acts *a = &s->la[l];
+        const void *in = l ? s->la[l - 1].ln2 : s->x;
+        layer_range(be, l, "backward", 1);
+        /* out = LN2(res3), res3 = ln1 + mlp(ln1) */
+        be->fill(be, dres, t, 0.0, btc);
+        be->layernorm_backward(be, dres, GV(s, l, P_LN2W), GV(s, l, P_LN2B), dcur, a->res3,
+                               PV(s, l, P_LN2W), a->ln2_mean, a->ln2_rstd, BT, C);
+        be->fill(be, dln1, t, 0.0, btc);
+        be->accumulate(be, dln1, dres, btc); /* the residual path */
+        mlp_branch_backward(s, l, dres, a->ln1, dln1);
+        /* ln1 = LN1(res2), res2 = in + attn(in) */
+        be->fill(be, dres, t, 0.0, btc);
+        be->layernorm_backward(be, dres, GV(s, l, P_LN1W), GV(s, l, P_LN1B), dln1, a->res2,
+                               PV(s, l, P_LN1W), a->ln1_mean, a->ln1_rstd, BT, C);
+        be->fill(be, din, t, 0.0, btc); /* dcur (== din below the top) is consumed */
+        be->accumulate(be, din, dres, btc);
+        attention_branch_backward(s, l, dres, in, din);
+        dcur = din;
+        layer_range(be, l, "backward", 0);
+        block_ready(s, l);
+    }
+    return din;
+}
+
+void *tstack_backward(tstack *s, const void *dout)
+{
+    return s->c.post_ln ? backward_post(s, dout) : backward_pre(s, dout);
+}

@@ -1,0 +1,68 @@
+/* transformer.h: the transformer block stack that GPT-2, BERT, ViT and the
+ * patch models share. One implementation, parameterised:
+ *
+ *   pre-LN  (GPT-2, ViT, patch models), L blocks then a final layernorm:
+ *       a = x + proj(attn(qkv(LN1(x))));   x' = a + fc2(gelu(fc1(LN2(a))))
+ *       out = LN_f(x_L)
+ *   post-LN (BERT, as the original), no final layernorm:
+ *       a = LN1(x + proj(attn(qkv(x))));   x' = LN2(a + fc2(gelu(fc1(a))))
+ *       out = x_L
+ * with causal or bidirectional attention over NH heads of width C/NH and an
+ * MLP of width 4C. Each residual add is fused with the layernorm that reads
+ * it (residual_layernorm_forward).
+ *
+ * Parameters per block, in buffer order, with Hugging Face GPT-2 names under
+ * the caller's prefix ("h.N." for GPT-2): ln_1.{weight,bias},
+ * attn.c_attn.{weight [3C,C], bias}, attn.c_proj.{weight [C,C], bias},
+ * ln_2.{weight,bias}, mlp.c_fc.{weight [4C,C], bias},
+ * mlp.c_proj.{weight [C,4C], bias} (matmul weights [out, in]); in post-LN
+ * blocks ln_1 and ln_2 are the layernorms after the attention and after the
+ * MLP. A pre-LN stack ends with one more layernorm, named by the caller. */
+#ifndef ANATOMY_TRANSFORMER_H
+#define ANATOMY_TRANSFORMER_H
+
+#include <stdint.h>
+
+#include "../../data/rng.h"
+#include "../model.h"
+
+#define TSTACK_VIEWS_PER_BLOCK 12
+
+typedef struct {
+    int L, NH, C;
+    int causal;   /* 1: position i attends to j <= i */
+    int post_ln;  /* 1: post-LN blocks (BERT), no final layernorm */
+} tstack_config;
+
+/* Appends the stack's views to v (room for tstack_nviews) at *n, from
+ * buffer offset *off: L blocks named "<block_prefix>.N.<leaf>" (e.g. "h"),
+ * then, pre-LN only, "<final_ln>.weight" and "<final_ln>.bias". Matmul
+ * weights decay; vectors do not. */
+void tstack_layout(const tstack_config *c, const char *block_prefix, const char *final_ln,
+                   param_view *v, int *n, size_t *off);
+int tstack_nviews(const tstack_config *c);
+/* Initialisation of the stack's views in a host buffer (GPT-2's: N(0, 0.02),
+ * residual projections N(0, 0.02/sqrt(2L)), zero biases, unit LN gains),
+ * drawing from r in view order. */
+void tstack_init(const tstack_config *c, const param_view *views, float *host, rng_state *r);
+
+typedef struct tstack tstack;
+
+/* The stack of model m whose first view is m->views[first_view] (laid out
+ * by tstack_layout). Resolves parameter and gradient addresses once. */
+tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *err);
+void tstack_destroy(tstack *s);
+/* Plans the activations for B x T (frees an earlier plan); honours
+ * m->recompute (layernorm and GELU outputs recomputed in backward) and
+ * reserves the backend's scratch (be->plan, with vocab V for its sizing). */
+int tstack_plan(tstack *s, int B, int T, int V, char *err);
+/* Forward from x [B,T,C] (kept: backward reads it); returns the output
+ * [B,T,C] (owned by the stack, valid until the next forward). */
+void *tstack_forward(tstack *s, const void *x);
+/* Backward from dout [B,T,C], the gradient of the output (read only):
+ * accumulates the parameter gradients and returns d loss / d x [B,T,C]
+ * (owned by the stack, valid until the next backward). Calls m->grads_ready
+ * for the final layernorm's and each block's views as they are done. */
+void *tstack_backward(tstack *s, const void *dout);
+
+#endif
