@@ -12,7 +12,10 @@
 static const char usage[] =
     "usage: anatomy sample (--init PATH | --preset NAME) [options]\n"
     "\n"
-    "Continues a prompt with tokens drawn from the model.\n"
+    "Continues a prompt with tokens drawn from the model. Each new token is one step\n"
+    "over a cache of the keys and values of the earlier positions, so generation is\n"
+    "linear in length per token; past the model's context the cache restarts from\n"
+    "the last half of it.\n"
     "\n"
     "  --prompt TEXT      text to continue (default: start from end-of-text / token 0)\n"
     "  --tokens N         tokens to generate (default 256)\n"
@@ -24,12 +27,13 @@ static const char usage[] =
     "  --device D         cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P      fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
     "  --threads N        CPU threads (default: all cores)\n"
+    "  --ids              print the generated token ids (one line) instead of text\n"
     "  --help             this text\n";
 
 int cmd_sample(int argc, char **argv)
 {
     enum { O_INIT = 256, O_PRESET, O_PROMPT, O_TOKENS, O_TEMP, O_TOPK, O_SEED, O_TOK, O_VOCAB,
-           O_DEVICE, O_PRECISION, O_THREADS, O_HELP };
+           O_DEVICE, O_PRECISION, O_THREADS, O_IDS, O_HELP };
     static const struct option longopts[] = {
         { "init", 1, 0, O_INIT },         { "preset", 1, 0, O_PRESET },
         { "prompt", 1, 0, O_PROMPT },     { "tokens", 1, 0, O_TOKENS },
@@ -37,12 +41,13 @@ int cmd_sample(int argc, char **argv)
         { "seed", 1, 0, O_SEED },         { "tokenizer", 1, 0, O_TOK },
         { "vocab", 1, 0, O_VOCAB },       { "device", 1, 0, O_DEVICE },
         { "precision", 1, 0, O_PRECISION },
-        { "threads", 1, 0, O_THREADS },   { "help", 0, 0, O_HELP },
+        { "threads", 1, 0, O_THREADS },   { "ids", 0, 0, O_IDS },
+        { "help", 0, 0, O_HELP },
         { 0, 0, 0, 0 },
     };
     model_source src = { 0 };
     const char *prompt = NULL, *kind = NULL, *vocab = NULL, *device = NULL, *precision = NULL;
-    int ntok = 256, top_k = 0, threads = 0, c;
+    int ntok = 256, top_k = 0, threads = 0, c, ids_out = 0;
     double temp = 1.0;
     uint64_t seed = 1337;
     char err[ERRBUF];
@@ -63,6 +68,7 @@ int cmd_sample(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_PRECISION: precision = optarg; break;
         case O_THREADS: threads = (int)cli_int("--threads", optarg, 1, 4096); break;
+        case O_IDS: ids_out = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("sample", c, argv);
         }
@@ -108,20 +114,26 @@ int cmd_sample(int argc, char **argv)
     if (!toks)
         cli_die("out of memory");
     memcpy(toks, ids, n * sizeof *ids);
-    int T = m->maxT < 1024 ? m->maxT : 1024;
-    if (m->plan(m, 1, T, err))
-        cli_die("%s", err);
+    if (!m->decode_plan) { /* no cache: each token is a forward over the last T */
+        int T = m->maxT < 1024 ? m->maxT : 1024;
+        if (m->plan(m, 1, T, err))
+            cli_die("%s", err);
+    }
     rng_state rng;
     rng_seed(&rng, seed);
     sampler sp;
-    if (sampler_init(&sp, m, err))
+    if (sampler_init(&sp, m, (int)n + ntok, err))
         cli_die("%s", err);
-    if (prompt)
+    if (prompt && !ids_out)
         fputs(prompt, stdout);
     int len = (int)n;
     for (int i = 0; i < ntok; i++) {
         size_t bl;
         toks[len] = sampler_next(&sp, toks, len, temp, top_k, &rng);
+        if (ids_out) {
+            printf("%s%d", i ? " " : "", toks[len++]);
+            continue;
+        }
         const char *s = tokenizer_decode(tk, toks[len++], &bl);
         if (s)
             fwrite(s, 1, bl, stdout);

@@ -80,6 +80,15 @@ struct model {
     /* Copies the V logits at (b, t) of the last forward to host floats (t = 0
      * for per-sequence classifiers). NULL for models without class scores. */
     void (*logits)(model *m, int b, int t, float *out);
+    /* Optional (generative families): incremental decoding of one sequence
+     * with a cache of every layer's keys and values, so that each new token
+     * costs O(position) instead of a forward over the whole context.
+     * decode_plan reserves the cache for up to maxlen positions (beside, and
+     * independent of, the training plan); decode_step runs token tok at
+     * position pos (pos = 0 starts a new sequence; otherwise positions
+     * 0..pos-1 ran since) and copies its V logits to out. */
+    int (*decode_plan)(model *m, int maxlen, char *err);
+    void (*decode_step)(model *m, int32_t tok, int pos, float *logits);
     /* Optional: evaluation figures of the last forward with targets, added
      * into sums[k] and counts[k] for k < nmetrics (e.g. "accuracy": correct
      * predictions and predictions; "mae": absolute errors and elements). */

@@ -105,12 +105,23 @@ static int sample_token(float *logits, int V, double temperature, int top_k, rng
     return i;
 }
 
-int sampler_init(sampler *s, model *m, char *err)
+int sampler_init(sampler *s, model *m, int maxlen, char *err)
 {
+    memset(s, 0, sizeof *s);
     s->m = m;
-    s->ctx = calloc((size_t)m->B * m->T, sizeof *s->ctx);
     s->probs = malloc((size_t)m->V * sizeof *s->probs);
-    if (!s->ctx || !s->probs) {
+    if (!s->probs)
+        return errf(err, "out of memory for sampling");
+    if (m->decode_plan) {
+        s->maxlen = maxlen > 0 && maxlen < m->maxT ? maxlen : m->maxT;
+        if (m->decode_plan(m, s->maxlen, err)) {
+            sampler_free(s);
+            return -1;
+        }
+        return 0;
+    }
+    s->ctx = calloc((size_t)m->B * m->T, sizeof *s->ctx);
+    if (!s->ctx) {
         sampler_free(s);
         return errf(err, "out of memory for sampling");
     }
@@ -125,10 +136,27 @@ void sampler_free(sampler *s)
     s->probs = NULL;
 }
 
+void sampler_reset(sampler *s)
+{
+    s->cached = 0;
+    s->base = 0;
+}
+
 int32_t sampler_next(sampler *s, const int32_t *tokens, int len, double temperature, int top_k,
                      rng_state *rng)
 {
     model *m = s->m;
+    if (s->maxlen) {
+        if (len - s->base > s->maxlen) { /* full: restart from the last half */
+            s->base = len - (s->maxlen + 1) / 2;
+            s->cached = 0;
+        }
+        while (s->base + s->cached < len) {
+            m->decode_step(m, tokens[s->base + s->cached], s->cached, s->probs);
+            s->cached++;
+        }
+        return sample_token(s->probs, m->V, temperature, top_k, rng);
+    }
     int T = m->T, start = len > T ? len - T : 0, w = len - start;
     model_batch b = { .tokens = s->ctx };
     memcpy(s->ctx, tokens + start, (size_t)w * sizeof *s->ctx);
@@ -155,6 +183,7 @@ static void train_sample(sampler *sp, const train_opts *o, train_state *st, int3
                          int step)
 {
     int n = o->sample_tokens, len = 1;
+    sampler_reset(sp); /* a new sequence, and the weights have changed */
     /* start from the end-of-text token where the tokenizer has one */
     toks[0] = o->tok && tokenizer_eot(o->tok) >= 0 ? tokenizer_eot(o->tok) : 0;
     if (toks[0] >= sp->m->V)
@@ -481,7 +510,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             errf(err, "out of memory for sampling");
             goto done;
         }
-        if (sampler_init(&sp, m, err))
+        if (sampler_init(&sp, m, o->sample_tokens + 1, err))
             goto done;
     }
     {

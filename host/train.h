@@ -65,17 +65,29 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
 int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *st,
                   char *err);
 
-/* Sampling from a model: buffers allocated once, so that generating inside
- * the training loop allocates nothing. It runs row 0 of the model's current
- * plan, so the context is the last T tokens. */
+/* Sampling from a generative model: buffers allocated once, so that
+ * generating inside the training loop allocates nothing. With the model's
+ * incremental decoding (decode_step) each token costs one step over the
+ * cache; the context is the sequence since its start, and when it would
+ * exceed the model's context length the cache restarts from the last half
+ * of that length (re-run, one step per token). Without it, each token runs
+ * a forward of row 0 of the model's current plan over the last T tokens.
+ * Successive sampler_next calls must extend one sequence; sampler_reset
+ * starts another, and must follow any change of the weights. */
 typedef struct {
     model *m;
-    int32_t *ctx;  /* [B*T] host inputs */
+    int32_t *ctx;  /* [B*T] host inputs (without decoding) */
     float *probs;  /* [V] */
+    int cached;    /* decoding: positions in the cache */
+    int base;      /* decoding: index in the sequence of cache position 0 */
+    int maxlen;    /* decoding: cache length (0: not decoding) */
 } sampler;
 
-int sampler_init(sampler *s, model *m, char *err);
+/* maxlen: the longest context to cache (<= the model's), or 0 for all of
+ * it; models without decoding use their plan instead. */
+int sampler_init(sampler *s, model *m, int maxlen, char *err);
 void sampler_free(sampler *s);
+void sampler_reset(sampler *s);
 /* Appends one token drawn from softmax(logits / temperature) over the top_k
  * most likely (0: all; temperature 0: the most likely) after tokens[0..len).
  * Returns the token. */

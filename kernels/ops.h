@@ -171,6 +171,13 @@ struct backend {
                                const void *out, const void *lse, int B, int T, int C, int NH,
                                int causal);
 
+    /* attention for one new position (incremental decoding with a key/value
+     * cache, batch 1): qkv: [>pos, 3C], the rows of positions 0..pos of one
+     * sequence in attention_forward's layout; out: [C], the causal attention
+     * of row pos's q over rows 0..pos (the row pos of attention_forward's
+     * output for T = pos + 1). Saves nothing; no backward. */
+    void (*attention_decode)(backend *be, void *out, const void *qkv, int pos, int C, int NH);
+
     /* gelu (tanh approximation, as GPT-2):
      * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y: [N]. */
     void (*gelu_forward)(backend *be, void *out, const void *inp, size_t N);
@@ -232,6 +239,37 @@ struct backend {
                 int N, int C, float scale);
 
     /* ---- recurrent ops (issue 9 adds them here) ---- */
+
+    /* rnn: one recurrent layer run over T steps for B streams (batch first).
+     *   RNN_CELL_TANH (Elman, G = 1):  h_t = tanh(W_ih x_t + b_ih + W_hh h'_{t-1} + b_hh)
+     *   RNN_CELL_LSTM (G = 4, gate rows in the order i, f, g, o):
+     *     [a_i a_f a_g a_o] = W_ih x_t + b_ih + W_hh h'_{t-1} + b_hh
+     *     i, f, o = sigmoid(a_.), g = tanh(a_g);  c_t = f c'_{t-1} + i g;  h_t = o tanh(c_t)
+     * where the state entering step t, h'_{t-1} (and c'_{t-1}), is the previous step's
+     * (h0, c0 at t = 0), or zero where reset[b,t] != 0 (a document starts at t).
+     * x: [B,T,D]; y: [B,T,H] (every h_t); h0, c0: [B,H] initial state (NULL: zero; c
+     * only for LSTM); hT, cT: [B,H] final state (NULL: not wanted; may not alias h0,
+     * c0); w_ih: [G*H,D], w_hh: [G*H,H], b_ih, b_hh: [G*H], PyTorch's nn.RNN/nn.LSTM
+     * layout, so checkpoints mean the same on every backend; reset: int32 [B,T] or NULL.
+     * Saves what backward needs in work (rnn_work_bytes, backend-defined: gate values
+     * and cell states on the CPU, cuDNN's reserve space on CUDA); backward may also use
+     * it as scratch, so each forward is followed by at most one backward. */
+#define RNN_CELL_TANH 0
+#define RNN_CELL_LSTM 1
+    size_t (*rnn_work_bytes)(backend *be, int cell, int B, int T, int D, int H);
+    void (*rnn_forward)(backend *be, int cell, void *y, void *hT, void *cT, void *work,
+                        const void *x, const void *h0, const void *c0, const int32_t *reset,
+                        const void *w_ih, const void *w_hh, const void *b_ih, const void *b_hh,
+                        int B, int T, int D, int H);
+    /* Back-propagation through the T steps of the last rnn_forward on these buffers:
+     * from dy [B,T,H] and dhT, dcT [B,H] (the final state's gradient; NULL: zero)
+     * accumulates dx [B,T,D], dh0, dc0 [B,H] (each may be NULL: not wanted) and the
+     * weight gradients dw_ih, dw_hh, db_ih, db_hh. No gradient crosses a reset. */
+    void (*rnn_backward)(backend *be, int cell, void *dx, void *dh0, void *dc0, void *dw_ih,
+                         void *dw_hh, void *db_ih, void *db_hh, const void *dy, const void *dhT,
+                         const void *dcT, const void *work, const void *x, const void *y,
+                         const void *h0, const void *c0, const int32_t *reset,
+                         const void *w_ih, const void *w_hh, int B, int T, int D, int H);
 
     /* Sum of squares of n gradient elements, as a host double (synchronises). */
     double (*sumsq)(backend *be, const void *grads, size_t n);

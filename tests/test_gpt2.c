@@ -254,6 +254,54 @@ START_TEST(test_recompute_same_gradients)
 }
 END_TEST
 
+/* Incremental decoding (the key/value cache of sampling) gives the logits a
+ * full causal forward gives at every position, on both CPU backends. */
+START_TEST(test_decode_matches_forward)
+{
+    char err[ERRBUF];
+    gpt2_config cfg = { .V = 300, .maxT = 24, .L = 3, .NH = 4, .C = 32 };
+    int T = 24;
+    for (int k = 0; k < 2; k++) {
+        backend *be = k ? backend_cpu64_create(2, err) : backend_cpu_create(2, err);
+        ck_assert_ptr_nonnull(be);
+        model *m = gpt2_create(be, &cfg, err);
+        ck_assert_ptr_nonnull(m);
+        size_t n = m->nparams;
+        float *p = malloc(n * sizeof *p), *a = malloc(cfg.V * sizeof *a), *b = malloc(cfg.V * sizeof *b);
+        int32_t in[24], tg[24];
+        gpt2_init_params(&cfg, p, SEED(61 + k));
+        for (size_t i = 0; i < n; i++) /* away from init: larger activations */
+            p[i] *= 5.0f;
+        model_set_params(m, p);
+        random_batch(in, tg, T, cfg.V, SEED(63 + k));
+        ck_assert_int_eq(m->plan(m, 1, T, err), 0);
+        ck_assert_int_eq(m->decode_plan(m, T, err), 0);
+        m->forward(m, &(model_batch){ .tokens = in }, 0.0f);
+        double worst = 0;
+        for (int t = 0; t < T; t++) {
+            m->logits(m, 0, t, a);
+            m->decode_step(m, in[t], t, b);
+            double num = 0, den = 0;
+            for (int v = 0; v < cfg.V; v++) {
+                ck_assert_msg(isfinite(b[v]), "decode logit %d at %d is %g", v, t, b[v]);
+                num += (double)(a[v] - b[v]) * (a[v] - b[v]);
+                den += (double)a[v] * a[v];
+            }
+            double e = sqrt(num / den);
+            worst = e > worst ? e : worst;
+        }
+        /* fp64 computes in double but the logits come back as float */
+        ck_assert_msg(worst < (k ? 1e-7 : 1e-5), "%s: decode vs forward logits rel L2 %.3g",
+                      be->name, worst);
+        free(p);
+        free(a);
+        free(b);
+        m->destroy(m);
+        be->destroy(be);
+    }
+}
+END_TEST
+
 START_TEST(test_presets)
 {
     static const struct { const char *name; size_t params; } want[] = {
@@ -309,6 +357,7 @@ static Suite *gpt2_suite(void)
     tcase_add_test(tc, test_fp32_matches_fp64);
     tcase_add_test(tc, test_overfit_one_batch);
     tcase_add_test(tc, test_recompute_same_gradients);
+    tcase_add_test(tc, test_decode_matches_forward);
     tcase_add_test(tc, test_presets);
     tcase_add_test(tc, test_bad_config_and_plan);
     suite_add_tcase(s, tc);

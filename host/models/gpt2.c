@@ -116,6 +116,10 @@ typedef struct {
     int32_t *tokens, *targets; /* device int32 [B*T] */
     double *host_losses;       /* [B*T] */
     int have_dlogits;
+    /* incremental decoding: the token, its embedding row, its logits */
+    void *dec_buf;
+    int32_t *dec_tok;
+    void *dec_x, *dec_logits;
 } gpt2_state;
 
 const gpt2_config *gpt2_config_of(const model *m)
@@ -257,6 +261,39 @@ static void gpt2_logits(model *m, int b, int t, float *out)
                     (size_t)s->cfg.V);
 }
 
+static int gpt2_decode_plan(model *m, int maxlen, char *err)
+{
+    gpt2_state *s = m->priv;
+    backend *be = m->be;
+    size_t es = dtype_size(be->act), xoff = 256, loff = xoff + ((size_t)s->cfg.C * es + 255) / 256 * 256;
+    if (maxlen < 1 || maxlen > s->cfg.maxT)
+        return errf(err, "decoding length %d outside [1, %d] (the context)", maxlen, s->cfg.maxT);
+    if (s->dec_buf)
+        be->free(be, s->dec_buf);
+    /* [int32 token | 256-byte gap] [x: C] [logits: Vp] */
+    s->dec_buf = be->alloc(be, loff + (size_t)s->Vp * es);
+    if (!s->dec_buf)
+        return errf(err, "out of memory for decoding");
+    s->dec_tok = s->dec_buf;
+    s->dec_x = (char *)s->dec_buf + xoff;
+    s->dec_logits = (char *)s->dec_buf + loff;
+    return tstack_decode_plan(s->stack, maxlen, err);
+}
+
+static void gpt2_decode_step(model *m, int32_t tok, int pos, float *logits)
+{
+    gpt2_state *s = m->priv;
+    backend *be = m->be;
+    int C = s->cfg.C;
+    be->upload(be, s->dec_tok, DT_I32, &tok, DT_I32, 1);
+    /* one token at position pos: the positions table from row pos on */
+    be->encoder_forward(be, s->dec_x, s->dec_tok, s->wte, buf_at(s->wpe, (size_t)pos * C, be->act),
+                        1, 1, C);
+    void *out = tstack_decode_step(s->stack, s->dec_x, pos);
+    be->matmul_forward(be, s->dec_logits, out, s->wte, NULL, 1, C, s->Vp);
+    be->download(be, logits, DT_F32, s->dec_logits, be->act, (size_t)s->cfg.V);
+}
+
 static void gpt2_destroy(model *m)
 {
     gpt2_state *s;
@@ -265,6 +302,8 @@ static void gpt2_destroy(model *m)
     s = m->priv;
     if (s) {
         free_plan(m);
+        if (s->dec_buf)
+            m->be->free(m->be, s->dec_buf);
         tstack_destroy(s->stack);
         free(s);
     }
@@ -301,6 +340,8 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
     m->forward = gpt2_forward;
     m->backward = gpt2_backward;
     m->logits = gpt2_logits;
+    m->decode_plan = gpt2_decode_plan;
+    m->decode_step = gpt2_decode_step;
     m->destroy = gpt2_destroy;
     s->cfg = *cfg;
     s->Vp = gpt2_padded_vocab(cfg->V);

@@ -96,6 +96,10 @@ struct tstack {
     void *d0, *d1, *d2;            /* [B,T,C] gradients of the residual stream */
     void *d4a, *d4b;               /* [B,T,4C] */
     int B, T;
+    /* incremental decoding: per block [maxlen, 3C] qkv rows, one-row buffers */
+    void *dec_buf, *dec_stat, **dec_qkv;
+    void *dec_ln, *dec_att, *dec_scratch, *dec_res2, *dec_res[2], *dec_fch, *dec_gelu, *dec_out;
+    int dec_max;
 };
 
 #define PV(s, l, k) ((s)->p[(l) * TSTACK_VIEWS_PER_BLOCK + (k)])
@@ -141,12 +145,27 @@ static void free_plan(tstack *s)
     s->B = s->T = 0;
 }
 
+static void free_decode(tstack *s)
+{
+    backend *be = s->m->be;
+    if (s->dec_buf)
+        be->free(be, s->dec_buf);
+    if (s->dec_stat)
+        be->free(be, s->dec_stat);
+    free(s->dec_qkv);
+    s->dec_buf = s->dec_stat = NULL;
+    s->dec_qkv = NULL;
+    s->dec_max = 0;
+}
+
 void tstack_destroy(tstack *s)
 {
     if (!s)
         return;
-    if (s->m)
+    if (s->m) {
         free_plan(s);
+        free_decode(s);
+    }
     free(s->p);
     free(s->g);
     free(s);
@@ -453,4 +472,92 @@ static void *backward_post(tstack *s, const void *dout)
 void *tstack_backward(tstack *s, const void *dout)
 {
     return s->c.post_ln ? backward_post(s, dout) : backward_pre(s, dout);
+}
+
+/* ---- incremental decoding ---- */
+
+static void carve_decode(tstack *s, carver *a, int maxlen)
+{
+    size_t C = s->c.C;
+    for (int l = 0; l < s->c.L; l++)
+        s->dec_qkv[l] = carve(a, (size_t)maxlen * 3 * C);
+    s->dec_ln = carve(a, C);
+    s->dec_att = carve(a, C);
+    s->dec_scratch = carve(a, C);
+    s->dec_res2 = carve(a, C);
+    s->dec_res[0] = carve(a, C);
+    s->dec_res[1] = carve(a, C);
+    s->dec_fch = carve(a, 4 * C);
+    s->dec_gelu = carve(a, 4 * C);
+    s->dec_out = carve(a, C);
+}
+
+int tstack_decode_plan(tstack *s, int maxlen, char *err)
+{
+    backend *be = s->m->be;
+    carver a = { NULL, 0, dtype_size(be->act) };
+    if (s->c.post_ln || !s->c.causal)
+        return errf(err, "incremental decoding needs a causal pre-LN stack");
+    if (!be->attention_decode)
+        return errf(err, "the %s backend has no attention_decode op", be->name);
+    free_decode(s);
+    s->dec_qkv = calloc((size_t)s->c.L + 1, sizeof *s->dec_qkv);
+    if (!s->dec_qkv)
+        return errf(err, "out of memory for the decoding cache");
+    carve_decode(s, &a, maxlen);
+    s->dec_buf = be->alloc(be, a.used * a.esize);
+    s->dec_stat = be->alloc(be, 2 * dtype_size(be->stat)); /* mean, rstd of one row */
+    if (!s->dec_buf || !s->dec_stat) {
+        double mib = (double)a.used * a.esize / (1 << 20);
+        free_decode(s);
+        return errf(err, "the decoding cache for %d positions needs %.1f MiB on %s, which "
+                         "could not be allocated", maxlen, mib, be->name);
+    }
+    a.base = s->dec_buf;
+    a.used = 0;
+    carve_decode(s, &a, maxlen);
+    s->dec_max = maxlen;
+    return 0;
+}
+
+void *tstack_decode_step(tstack *s, const void *x, int pos)
+{
+    backend *be = s->m->be;
+    int C = s->c.C, L = s->c.L;
+    void *mean = s->dec_stat, *rstd = buf_at(s->dec_stat, 1, be->stat);
+    const void *res = x;
+
+    if (pos < 0 || pos >= s->dec_max)
+        return NULL;
+    if (!L) {
+        be->layernorm_forward(be, s->dec_out, mean, rstd, x, LNF_W(s, s->p), LNF_B(s, s->p), 1,
+                              C);
+        return s->dec_out;
+    }
+    be->layernorm_forward(be, s->dec_ln, mean, rstd, x, PV(s, 0, P_LN1W), PV(s, 0, P_LN1B), 1,
+                          C);
+    for (int l = 0; l < L; l++) {
+        void *qkv_row = buf_at(s->dec_qkv[l], (size_t)pos * 3 * C, be->act);
+        void *res3 = s->dec_res[l & 1];
+        be->matmul_forward(be, qkv_row, s->dec_ln, PV(s, l, P_QKVW), PV(s, l, P_QKVB), 1, C,
+                           3 * C);
+        be->attention_decode(be, s->dec_att, s->dec_qkv[l], pos, C, s->c.NH);
+        be->matmul_forward(be, s->dec_scratch, s->dec_att, PV(s, l, P_PROJW), PV(s, l, P_PROJB),
+                           1, C, C);
+        be->residual_layernorm_forward(be, s->dec_res2, s->dec_ln, mean, rstd, res,
+                                       s->dec_scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), 1, C);
+        be->matmul_gelu_forward(be, s->dec_fch, s->dec_gelu, s->dec_ln, PV(s, l, P_FCW),
+                                PV(s, l, P_FCB), 1, C, 4 * C);
+        be->matmul_forward(be, s->dec_scratch, s->dec_gelu, PV(s, l, P_FCPROJW),
+                           PV(s, l, P_FCPROJB), 1, 4 * C, C);
+        if (l + 1 < L)
+            be->residual_layernorm_forward(be, res3, s->dec_ln, mean, rstd, s->dec_res2,
+                                           s->dec_scratch, PV(s, l + 1, P_LN1W),
+                                           PV(s, l + 1, P_LN1B), 1, C);
+        else
+            be->residual_layernorm_forward(be, res3, s->dec_out, mean, rstd, s->dec_res2,
+                                           s->dec_scratch, LNF_W(s, s->p), LNF_B(s, s->p), 1, C);
+        res = res3;
+    }
+    return s->dec_out;
 }

@@ -65,4 +65,12 @@ void *tstack_forward(tstack *s, const void *x);
  * for the final layernorm's and each block's views as they are done. */
 void *tstack_backward(tstack *s, const void *dout);
 
+/* Incremental decoding (pre-LN, causal stacks): decode_plan reserves every
+ * block's qkv rows for up to maxlen positions and one-row buffers;
+ * decode_step runs the input row x [C] of position pos through the stack
+ * (rows 0..pos-1 cached by earlier steps) and returns the output row [C]
+ * (owned by the stack). The same math as tstack_forward's row pos. */
+int tstack_decode_plan(tstack *s, int maxlen, char *err);
+void *tstack_decode_step(tstack *s, const void *x, int pos);
+
 #endif

@@ -1,0 +1,83 @@
+/* decode.cu: attention for one new position over a key/value cache
+ * (kernels/ops.h, attention_decode): the step of incremental sampling.
+ *
+ *   s_j = q_pos . k_j / sqrt(hs)  (j = 0..pos);  p = softmax(s);  out = sum_j p_j v_j
+ *
+ * One block per head. The pos + 1 scores sit in shared memory (4 bytes
+ * each, so up to DECODE_MAX_KEYS keys); a block-wide max and sum, then each
+ * thread accumulates output elements over j, reading the v rows coalesced.
+ * Work per step is O(pos * C): generation is linear in length per token. */
+#include "cuda_backend.h"
+
+#define DECODE_THREADS 128
+#define DECODE_MAX_KEYS 12288 /* 48 KiB of fp32 scores */
+
+/* Block-wide reduction of one float (max or sum) through shared memory. */
+template <bool MAX> static __device__ float block_reduce(float x, float *red)
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	for (int o = 16; o > 0; o >>= 1) {
+		float y = __shfl_xor_sync(0xffffffffu, x, o);
+		x = MAX ? fmaxf(x, y) : x + y;
+	}
+	if (lane == 0)
+		red[warp] = x;
+	__syncthreads();
+	x = lane < nw ? red[lane] : (MAX ? -INFINITY : 0.0f);
+	for (int o = 16; o > 0; o >>= 1) {
+		float y = __shfl_xor_sync(0xffffffffu, x, o);
+		x = MAX ? fmaxf(x, y) : x + y;
+	}
+	__syncthreads(); /* red is reused by the next reduction */
+	return x;
+}
+
+template <class T>
+__global__ void attention_decode_kernel(T *out, const T *qkv, int pos, int C, int hs, float scale)
+{
+	DYNAMIC_SHARED(float, s);
+	__shared__ float red[32];
+	int h = blockIdx.x, n = pos + 1;
+	const T *q = qkv + (size_t)pos * 3 * C + h * hs;
+	float mx = -INFINITY;
+	for (int j = threadIdx.x; j < n; j += blockDim.x) {
+		const T *k = qkv + (size_t)j * 3 * C + C + h * hs;
+		float d = 0.0f;
+		for (int i = 0; i < hs; i++)
+			d += to_f(q[i]) * to_f(k[i]);
+		s[j] = d * scale;
+		mx = fmaxf(mx, s[j]);
+	}
+	mx = block_reduce<true>(mx, red);
+	float sum = 0.0f;
+	for (int j = threadIdx.x; j < n; j += blockDim.x) {
+		s[j] = expf(s[j] - mx);
+		sum += s[j];
+	}
+	sum = block_reduce<false>(sum, red); /* its barriers also publish s[] */
+	for (int i = threadIdx.x; i < hs; i += blockDim.x) {
+		float acc = 0.0f;
+		for (int j = 0; j < n; j++)
+			acc += s[j] * to_f(qkv[(size_t)j * 3 * C + 2 * C + h * hs + i]);
+		out[h * hs + i] = from_f<T>(acc / sum);
+	}
+}
+
+void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int C, int NH)
+{
+	NVTX_RANGE("attention_decode");
+	cuda_backend *cb = cuda_of(be);
+	int hs = C / NH;
+	if (pos + 1 > DECODE_MAX_KEYS)
+		cuda_die(__FILE__, __LINE__, "attention_decode: %d cached positions exceed the %d "
+			 "this kernel holds in shared memory", pos + 1, DECODE_MAX_KEYS);
+	size_t smem = (size_t)(pos + 1) * sizeof(float);
+	float scale = 1.0f / sqrtf((float)hs);
+	if (be->act == DT_BF16)
+		CUDA_LAUNCH(NH, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<__nv_bfloat16>)(
+			(__nv_bfloat16 *)out, (const __nv_bfloat16 *)qkv, pos, C, hs, scale);
+	else
+		CUDA_LAUNCH(NH, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<float>)(
+			(float *)out, (const float *)qkv, pos, C, hs, scale);
+	LAUNCH_CHECK();
+}
