@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "batches.h"
 #include "family.h"
+#include "hellaswag_eval.h"
 #include "setup.h"
 
 static const char usage[] =
@@ -48,58 +49,6 @@ static const char usage[] =
     "  --config FILE   read options from 'key = value' lines\n"
     "  --help          this text\n";
 
-/* Tokens of row k of an example: context then ending k; n = their count. The
- * model sees the first n - 1 as inputs; the ending's e tokens are predicted
- * by positions n-1-e .. n-2. */
-static int hs_row_len(const hellaswag_example *ex, int k)
-{
-    return ex->nctx + ex->nend[k];
-}
-
-/* Fills rows 4*slot .. 4*slot+3 of in/tg (T wide) with the example: inputs
- * are the last T of its n - 1 input tokens (the context loses its start when
- * too long), targets -1 except at the ending's positions; padding at the end
- * (causal attention keeps it from the earlier positions). first[k] gets the
- * position of the ending's first target in row k. */
-static void hs_fill(const hellaswag_example *ex, int slot, int T, int32_t *in, int32_t *tg,
-                    int *first)
-{
-    for (int k = 0; k < HELLASWAG_ENDINGS; k++) {
-        int32_t *ri = in + (size_t)(slot * HELLASWAG_ENDINGS + k) * T;
-        int32_t *rt = tg + (size_t)(slot * HELLASWAG_ENDINGS + k) * T;
-        int n = hs_row_len(ex, k), skip = n - 1 > T ? n - 1 - T : 0;
-        for (int t = 0; t < T; t++) {
-            int j = t + skip; /* index of the input token in ctx ++ end */
-            if (j >= n - 1) {
-                ri[t] = 0;
-                rt[t] = -1;
-                continue;
-            }
-            ri[t] = j < ex->nctx ? ex->ctx[j] : ex->end[k][j - ex->nctx];
-            rt[t] = j + 1 >= ex->nctx ? ex->end[k][j + 1 - ex->nctx] : -1;
-        }
-        first[k] = ex->nctx - 1 - skip;
-    }
-}
-
-/* Mean cross-entropy of the e targets of row `row` from position t0 on,
- * from the logits of the last target-less forward. */
-static double hs_row_loss(model *m, int row, int t0, const int32_t *tg, int T, float *logits)
-{
-    double sum = 0.0;
-    int e = 0;
-    for (int t = t0; t < T && tg[(size_t)row * T + t] >= 0; t++, e++) {
-        m->logits(m, row, t, logits);
-        double mx = logits[0], z = 0.0;
-        for (int v = 1; v < m->V; v++)
-            mx = logits[v] > mx ? logits[v] : mx;
-        for (int v = 0; v < m->V; v++)
-            z += exp((double)logits[v] - mx);
-        sum += mx + log(z) - logits[tg[(size_t)row * T + t]];
-    }
-    return e ? sum / e : INFINITY;
-}
-
 /* `eval --hellaswag`: batch examples of 4 rows each through the model and
  * print the fraction whose right ending has the lowest mean loss. */
 static int eval_hellaswag(const char *path, const char *vocab, long long limit, int nex,
@@ -115,56 +64,26 @@ static int eval_hellaswag(const char *path, const char *vocab, long long limit, 
         cli_die("%s", err);
     backend *be = setup_backend(device, threads, precision);
     model *m = setup_model(be, src, NULL);
-    if (m->V != tokenizer_vocab_size(tk))
-        cli_die("--hellaswag: the model has %d classes, the GPT-2 tokenizer %d", m->V,
-                tokenizer_vocab_size(tk));
-    int T = 1;
-    for (size_t i = 0; i < set->n; i++) {
-        for (int k = 0; k < HELLASWAG_ENDINGS; k++) {
-            const hellaswag_example *ex = &set->ex[i];
-            if (ex->nend[k] > m->maxT)
-                cli_die("%s:%ld: ending %d has %d tokens, more than the model's context %d",
-                        path, ex->line, k, ex->nend[k], m->maxT);
-            if (hs_row_len(ex, k) - 1 > T)
-                T = hs_row_len(ex, k) - 1;
-        }
-    }
+    if (!m->fam->generative || m->V != tokenizer_vocab_size(tk))
+        cli_die("--hellaswag: needs a GPT-2-tokenizer language model (this %s model has %d "
+                "classes, the tokenizer %d)", m->fam->name, m->V, tokenizer_vocab_size(tk));
+    int T = hellaswag_max_len(set);
     if (T > m->maxT)
         T = m->maxT;
     if ((size_t)nex > set->n)
         nex = (int)set->n;
-    int rows = nex * HELLASWAG_ENDINGS, first[HELLASWAG_ENDINGS];
+    int rows = nex * HELLASWAG_ENDINGS;
     if (m->plan(m, rows, T, err))
         cli_die("%s", err);
     int32_t *in = malloc((size_t)rows * T * sizeof *in), *tg = malloc((size_t)rows * T * sizeof *tg);
-    float *logits = malloc((size_t)m->V * sizeof *logits);
-    if (!in || !tg || !logits)
+    if (!in || !tg)
         cli_die("out of memory");
-    size_t correct = 0;
-    for (size_t i = 0; i < set->n; i += (size_t)nex) {
-        int used = set->n - i < (size_t)nex ? (int)(set->n - i) : nex;
-        for (size_t j = 0; j < (size_t)rows * T; j++)
-            in[j] = 0, tg[j] = -1;
-        for (int s = 0; s < used; s++)
-            hs_fill(&set->ex[i + s], s, T, in, tg, first);
-        model_batch mb = { .tokens = in };
-        m->forward(m, &mb, 0.0f);
-        for (int s = 0; s < used; s++) {
-            hs_fill(&set->ex[i + s], s, T, in, tg, first);
-            int best = 0;
-            double best_loss = INFINITY;
-            for (int k = 0; k < HELLASWAG_ENDINGS; k++) {
-                double l = hs_row_loss(m, s * HELLASWAG_ENDINGS + k, first[k], tg, T, logits);
-                if (l < best_loss)
-                    best_loss = l, best = k;
-            }
-            correct += best == set->ex[i + s].label;
-        }
-    }
-    printf("hellaswag acc %.6f count %zu\n", (double)correct / (double)set->n, set->n);
+    size_t correct = 0, count = 0;
+    if (hellaswag_score(m, set, path, 0, 1, in, tg, &correct, &count, err))
+        cli_die("%s", err);
+    printf("hellaswag acc %.6f count %zu\n", (double)correct / (double)count, count);
     free(in);
     free(tg);
-    free(logits);
     hellaswag_free(set);
     tokenizer_close(tk);
     m->destroy(m);

@@ -52,6 +52,11 @@ static const char usage[] =
     "  --val-batches N      micro-batches per validation (default 20)\n"
     "  --sample-every N     print a sample every N steps (default 0: never)\n"
     "  --sample-tokens N    tokens per sample (default 64)\n"
+    "  --hellaswag FILE     HellaSwag JSON Lines (data/recipes/hellaswag.sh): accuracy every\n"
+    "                       --hellaswag-every steps and at the end, with the training batch\n"
+    "                       (B/4 examples per forward; needs B >= 4 and a GPT-2-tokenizer LM)\n"
+    "  --hellaswag-every N  (default 0: only at the end)\n"
+    "  --hellaswag-limit N  the first N examples only (default: all)\n"
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
     "  --device D           cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
@@ -79,7 +84,7 @@ enum {
     O_PRESET = 256, O_MODEL, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
-    O_DTIMEOUT, O_DINFO, O_DINIT, O_ZERO, O_RECOMPUTE, O_HELP
+    O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_HELP
 };
 
 static const struct option base_opts[] = {
@@ -100,6 +105,8 @@ static const struct option base_opts[] = {
     { "threads", 1, 0, O_THREADS },
     { "dist-timeout", 1, 0, O_DTIMEOUT }, { "dist-info", 0, 0, O_DINFO },
     { "dist-init", 1, 0, O_DINIT },
+    { "hellaswag", 1, 0, O_HS },        { "hellaswag-every", 1, 0, O_HSEVERY },
+    { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
 };
@@ -193,6 +200,9 @@ int cmd_train(int argc, char **argv)
     train_state st = { 0 };
     const char *device = NULL, *precision = NULL, *resume = NULL, *tok_kind = NULL, *sched = "cosine";
     const char *dist_init_spec = NULL;
+    long long hs_limit = 0;
+    tokenizer *hs_tok = NULL;
+    hellaswag_set *hs_set = NULL;
     int threads = 0, c, seq = 0, dist_info = 0, recompute = 0;
     double dist_timeout = 300;
     dist_env denv;
@@ -246,6 +256,9 @@ int cmd_train(int argc, char **argv)
         case O_DTIMEOUT: dist_timeout = cli_float("--dist-timeout", optarg, 1, 1e7); break;
         case O_DINFO: dist_info = 1; break;
         case O_DINIT: dist_init_spec = optarg; break;
+        case O_HS: o.hellaswag_path = optarg; break;
+        case O_HSEVERY: o.hellaswag_every = (int)cli_int("--hellaswag-every", optarg, 0, 100000000); break;
+        case O_HSLIMIT: hs_limit = cli_int("--hellaswag-limit", optarg, 1, 1LL << 40); break;
         case O_ZERO: o.zero = (int)cli_int("--zero", optarg, 0, 1); break;
         case O_RECOMPUTE: recompute = 1; break;
         case O_HELP:
@@ -340,6 +353,22 @@ int cmd_train(int argc, char **argv)
         if (!o.tok)
             cli_die("--tokenizer %s: %s", tok_kind, err);
     }
+    if (o.hellaswag_path) {
+        if (!m->fam->generative || m->V != 50257)
+            cli_die("--hellaswag: needs a language model over GPT-2's 50257 tokens (this %s "
+                    "model has %d classes)", m->fam->name, m->V);
+        if (o.B < 4)
+            cli_die("--hellaswag: --batch %d is below the 4 rows one example needs", o.B);
+        hs_tok = tokenizer_open("gpt2", NULL, err);
+        if (!hs_tok)
+            cli_die("--hellaswag: %s", err);
+        hs_set = hellaswag_load(o.hellaswag_path, hs_tok, (long)hs_limit, err);
+        if (!hs_set)
+            cli_die("%s", err);
+        o.hellaswag = hs_set;
+    } else if (o.hellaswag_every || hs_limit) {
+        cli_die("--hellaswag-every/--hellaswag-limit: only with --hellaswag FILE");
+    }
     if (train_run(m, &o, &st, err)) {
         if (o.world > 1 && strncmp(err, "rank ", 5))
             cli_die("rank %d: %s", o.rank, err);
@@ -347,6 +376,10 @@ int cmd_train(int argc, char **argv)
     }
     if (o.tok)
         tokenizer_close(o.tok);
+    if (hs_set)
+        hellaswag_free(hs_set);
+    if (hs_tok)
+        tokenizer_close(hs_tok);
     m->destroy(m);
     be->destroy(be);
     dist_finalize(dd);

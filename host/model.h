@@ -80,6 +80,10 @@ struct model {
     /* Copies the V logits at (b, t) of the last forward to host floats (t = 0
      * for per-sequence classifiers). NULL for models without class scores. */
     void (*logits)(model *m, int b, int t, float *out);
+    /* Optional: the host copy of the per-position losses [B*T] of the last
+     * forward with targets (0 at ignored positions), valid until the next
+     * forward. Language models have it; HellaSwag scoring needs it. */
+    const double *(*position_losses)(model *m);
     /* Optional (generative families): incremental decoding of one sequence
      * with a cache of every layer's keys and values, so that each new token
      * costs O(position) instead of a forward over the whole context.

@@ -21,6 +21,7 @@
 #include "../data/errbuf.h"
 #include "batches.h"
 #include "family.h"
+#include "hellaswag_eval.h"
 #include "setup.h"
 
 double train_lr(const train_opts *o, int step)
@@ -224,6 +225,30 @@ static double val_loss(model *m, const train_opts *o, batch_source *src, int bat
         counts[k] = acc[1 + MODEL_MAXMETRICS + k];
     }
     return acc[0] / batches;
+}
+
+/* HellaSwag accuracy with the training plan: rank r scores examples r,
+ * r + world, ...; the counts are reduced. in, tg: host [B*T] scratch. */
+static int train_hellaswag(model *m, const train_opts *o, int step, FILE *log, int32_t *in,
+                           int32_t *tg, char *err)
+{
+    size_t correct = 0, count = 0;
+    double t0 = now_ms();
+    if (hellaswag_score(m, o->hellaswag, o->hellaswag_path, (size_t)o->rank, (size_t)o->world,
+                        in, tg, &correct, &count, err))
+        return -1;
+    double c[2] = { (double)correct, (double)count };
+    if (o->dist && dist_allreduce_f64(o->dist, c, 2, 0, "hellaswag", err))
+        return -1;
+    if (o->rank == 0) {
+        double acc = c[1] > 0 ? c[0] / c[1] : 0.0;
+        printf("hella %5d/%d | acc %.4f (%.0f/%.0f) | %.1f s\n", step, o->steps, acc, c[0],
+               c[1], (now_ms() - t0) / 1e3);
+        if (log)
+            fprintf(log, "{\"step\": %d, \"hellaswag_acc\": %.6f, \"hellaswag_count\": %.0f}\n",
+                    step, acc, c[1]);
+    }
+    return 0;
 }
 
 /* Makes every rank start from rank 0's parameters. Initialisation is
@@ -487,6 +512,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     long long per_micro = (long long)B * T * o->world;
     int accum = (int)(o->total_batch / per_micro);
     batch_source *ld = NULL, *vld = NULL;
+    int32_t *hs_in = NULL, *hs_tg = NULL;
     FILE *log = NULL;
     sampler sp = { 0 };
     int32_t *sample_toks = NULL;
@@ -502,6 +528,14 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     if (m->plan(m, B, T, err) || zero_init(&z, m, o, err))
         goto done;
     int overlap = o->dist && o->world > 1 && !z.on;
+    if (o->hellaswag) {
+        hs_in = malloc((size_t)B * T * sizeof *hs_in);
+        hs_tg = malloc((size_t)B * T * sizeof *hs_tg);
+        if (!hs_in || !hs_tg) {
+            errf(err, "out of memory for HellaSwag");
+            goto done;
+        }
+    }
     bucket_ctx bucket = { o->dist, m->grads };
     int sampling = o->sample_every > 0 && m->fam->generative;
     if (sampling) {
@@ -640,6 +674,11 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                 }
             }
         }
+        if (o->hellaswag && ((o->hellaswag_every > 0 && st->step % o->hellaswag_every == 0) ||
+                             last)) {
+            if (train_hellaswag(m, o, st->step, log, hs_in, hs_tg, err))
+                goto done;
+        }
         if (sampling && (st->step % o->sample_every == 0 || last) && o->rank == 0)
             train_sample(&sp, o, st, sample_toks, st->step);
         /* the same condition on every rank: the ZeRO gather is collective */
@@ -666,6 +705,8 @@ done:
     free(sample_toks);
     if (log)
         fclose(log);
+    free(hs_in);
+    free(hs_tg);
     if (ld)
         ld->close(ld);
     if (vld)

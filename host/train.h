@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "../data/rng.h"
+#include "../data/hellaswag.h"
 #include "../data/tokenizer.h"
 #include "ckpt.h"
 #include "dist.h"
@@ -29,6 +30,11 @@ typedef struct {
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
     dist *dist;             /* the communicator; NULL: one process */
     int zero;               /* 1: ZeRO stage 1 (sharded AdamW state) when world > 1 */
+    const hellaswag_set *hellaswag; /* scored every hellaswag_every steps and at the end
+                             * (with the training plan: B / 4 examples a forward),
+                             * or NULL */
+    const char *hellaswag_path;
+    int hellaswag_every;
     tokenizer *tok;         /* for samples; NULL prints token ids */
     const char *tokenizer_kind;
 } train_opts;

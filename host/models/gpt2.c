@@ -294,6 +294,11 @@ static void gpt2_decode_step(model *m, int32_t tok, int pos, float *logits)
     be->download(be, logits, DT_F32, s->dec_logits, be->act, (size_t)s->cfg.V);
 }
 
+static const double *gpt2_position_losses(model *m)
+{
+    return ((gpt2_state *)m->priv)->host_losses;
+}
+
 static void gpt2_destroy(model *m)
 {
     gpt2_state *s;
@@ -340,6 +345,7 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
     m->forward = gpt2_forward;
     m->backward = gpt2_backward;
     m->logits = gpt2_logits;
+    m->position_losses = gpt2_position_losses;
     m->decode_plan = gpt2_decode_plan;
     m->decode_step = gpt2_decode_step;
     m->destroy = gpt2_destroy;

@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -187,3 +188,31 @@ def test_bad_files(run, gpt2_model, tmp_path):
     bad(json.dumps(dict(ex, ctx="")), "ctx")
     rc, _, err = run("eval", "--init", ck, "--hellaswag", tmp_path / "none.jsonl")
     assert rc == 1 and "none.jsonl" in err
+
+
+def test_training_scores_hellaswag(run, tokenize, tmp_path):
+    """train --hellaswag: accuracy at every --hellaswag-every steps and at the
+    end, in the log, equal to `eval --hellaswag` of the final checkpoint (the
+    training batch of 8 rows scores 2 examples per forward, eval 1)."""
+    shard = write_shard(tmp_path / "data_000000.bin",
+                        np.random.default_rng().integers(0, 50257, 4000))
+    rng = random.Random()
+    picked = []
+    for _ in range(6):
+        ctx = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20)))
+        ends = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for _ in range(4)]
+        picked.append({"ctx": ctx, "endings": ends, "label": rng.randrange(4)})
+    path = write_jsonl(tmp_path / "hs.jsonl", picked)
+    out = ok(run("train", "--preset", "d2", "--max-seq", "64", "--data", shard, "--batch", "8",
+                 "--seq", "64", "--steps", "4", "--lr", "1e-3", "--hellaswag", path,
+                 "--hellaswag-every", "2", "--out", tmp_path / "run"))
+    accs = re.findall(r"^hella\s+\d+/4 \| acc (\S+)", out, re.M)
+    assert len(accs) == 2, out  # steps 2 and 4
+    logged = [json.loads(l) for l in open(tmp_path / "run" / "log.jsonl")]
+    hs = [r for r in logged if "hellaswag_acc" in r]
+    assert [r["step"] for r in hs] == [2, 4] and all(r["hellaswag_count"] == 6 for r in hs)
+    acc, n = hellaswag_acc(run, tmp_path / "run" / "step_000004.safetensors", path)
+    assert n == 6 and abs(acc - hs[-1]["hellaswag_acc"]) < 2e-6, (acc, hs)
+    rc, _, err = run("train", "--preset", "d2", "--data", shard, "--batch", "2", "--seq", "16",
+                     "--steps", "1", "--hellaswag", path)
+    assert rc == 1 and "--batch 2 is below the 4 rows" in err, err
