@@ -22,7 +22,8 @@ static const char usage[] =
     "\n"
     "  --out FILE.png  the image (default plot.png)\n"
     "  --metric M      one panel only: loss (train and validation), val (validation\n"
-    "                  loss), lr or tokens (tokens/s); default: loss, lr, tokens\n"
+    "                  loss), lr, tokens (tokens/s) or hellaswag (accuracy); default:\n"
+    "                  loss, lr, tokens, and hellaswag when a run has its records\n"
     "  --help          this text\n";
 
 /* One column of numbers per series. */
@@ -31,15 +32,15 @@ typedef struct {
     size_t n, cap;
 } column;
 
-/* What one run's log holds: training steps (step, loss, lr, tokens/s) and
- * validation points (step, val_loss). */
+/* What one run's log holds: training steps (step, loss, lr, tokens/s),
+ * validation points (step, val_loss) and HellaSwag points (step, accuracy). */
 typedef struct {
     const char *dir;
-    column step, loss, lr, tps, vstep, vloss;
+    column step, loss, lr, tps, vstep, vloss, hstep, hacc;
 } run_log;
 
-enum { M_LOSS, M_VAL, M_LR, M_TOKENS, M_COUNT };
-static const char *const metric_names[M_COUNT] = { "loss", "val", "lr", "tokens" };
+enum { M_LOSS, M_VAL, M_LR, M_TOKENS, M_HELLASWAG, M_COUNT };
+static const char *const metric_names[M_COUNT] = { "loss", "val", "lr", "tokens", "hellaswag" };
 
 static void col_push(column *c, double x)
 {
@@ -89,6 +90,12 @@ static int add_record(run_log *r, const json_value *o, char *why)
         col_push(&r->vstep, step);
         col_push(&r->vloss, x);
     }
+    if (json_get(o, "hellaswag_acc")) {
+        if (need_num(o, "hellaswag_acc", &x, why))
+            return -1;
+        col_push(&r->hstep, step);
+        col_push(&r->hacc, x);
+    }
     return 0;
 }
 
@@ -122,7 +129,7 @@ static void load_log(run_log *r)
     fclose(f);
     if (bad)
         cli_die("%s: read error", path);
-    if (!r->step.n && !r->vstep.n)
+    if (!r->step.n && !r->vstep.n && !r->hstep.n)
         cli_die("%s: no training or validation records", path);
 }
 
@@ -159,7 +166,7 @@ static void put_quoted(FILE *f, const char *s)
 static int put_panel(FILE *f, int metric, const run_log *runs, int nruns, const char *tmp)
 {
     static const char *const ylabel[M_COUNT] = { "loss", "validation loss", "learning rate",
-                                                 "tokens/s" };
+                                                 "tokens/s", "HellaSwag accuracy" };
     int any = 0;
     fprintf(f, "set title '%s'\nset ylabel '%s'\n", ylabel[metric], ylabel[metric]);
     fprintf(f, "plot ");
@@ -168,10 +175,17 @@ static int put_panel(FILE *f, int metric, const run_log *runs, int nruns, const 
         const char *base = strrchr(r->dir, '/') && strrchr(r->dir, '/')[1]
             ? strrchr(r->dir, '/') + 1 : r->dir;
         char name[4200];
-        int train = metric != M_VAL && r->step.n;
+        int train = metric != M_VAL && metric != M_HELLASWAG && r->step.n;
         int val = (metric == M_LOSS || metric == M_VAL) && r->vstep.n;
+        if (metric == M_HELLASWAG && r->hstep.n) {
+            snprintf(name, sizeof name, "%s", base);
+            fprintf(f, "%s'%s/run%d_hs.dat' using 1:2 with linespoints pt 7 ps 0.6 lw 1.5 "
+                       "lc %d title ", any ? ", " : "", tmp, i, i + 1);
+            put_quoted(f, name);
+            any = 1;
+        }
         if (train) {
-            static const int colno[M_COUNT] = { 2, 0, 3, 4 };
+            static const int colno[M_COUNT] = { 2, 0, 3, 4, 0 };
             snprintf(name, sizeof name, "%s%s", base, metric == M_LOSS ? " train" : "");
             fprintf(f, "%s'%s/run%d_train.dat' using 1:%d with lines lw 1.5 lc %d title ",
                     any ? ", " : "", tmp, i, colno[metric], i + 1);
@@ -259,7 +273,7 @@ int cmd_plot(int argc, char **argv)
             for (metric = 0; metric < M_COUNT && strcmp(optarg, metric_names[metric]); metric++)
                 ;
             if (metric == M_COUNT)
-                cli_die("--metric: '%s' is not loss, val, lr or tokens", optarg);
+                cli_die("--metric: '%s' is not loss, val, lr, tokens or hellaswag", optarg);
             break;
         case O_HELP: fputs(usage, stdout); return 0;
         default: cli_bad_option("plot", c, argv);
@@ -290,7 +304,12 @@ int cmd_plot(int argc, char **argv)
         write_data(path, &r->step, &r->loss, &r->lr, &r->tps);
         snprintf(path, sizeof path, "%s/run%d_val.dat", tmp, i);
         write_data(path, &r->vstep, &r->vloss, NULL, NULL);
+        snprintf(path, sizeof path, "%s/run%d_hs.dat", tmp, i);
+        write_data(path, &r->hstep, &r->hacc, NULL, NULL);
     }
+    int have_hs = 0;
+    for (int i = 0; i < nruns; i++)
+        have_hs |= runs[i].hstep.n > 0;
     /* gnuplot writes next to the target, renamed into place once complete */
     snprintf(outtmp, sizeof outtmp, "%s.tmp%d.png", out, (int)getpid());
     snprintf(script, sizeof script, "%s/plot.gp", tmp);
@@ -299,7 +318,7 @@ int cmd_plot(int argc, char **argv)
     if (!f)
         cli_die("%s: %s", script, strerror(errno));
     int first = metric < 0 ? 0 : metric, last = metric < 0 ? M_COUNT - 1 : metric;
-    int panels = metric < 0 ? 3 : 1, empty = -1;
+    int panels = metric < 0 ? 3 + have_hs : 1, empty = -1;
     fprintf(f, "set terminal pngcairo size 1000,%d noenhanced font ',10'\nset output ",
             320 * panels);
     put_quoted(f, outtmp);
@@ -309,6 +328,8 @@ int cmd_plot(int argc, char **argv)
     for (int m = first; m <= last; m++) {
         if (metric < 0 && m == M_VAL)
             continue; /* the loss panel holds validation too */
+        if (metric < 0 && m == M_HELLASWAG && !have_hs)
+            continue;
         if (m == M_LR)
             fprintf(f, "set format y '%%.1e'\n");
         else
@@ -330,8 +351,10 @@ int cmd_plot(int argc, char **argv)
         unlink(path);
         snprintf(path, sizeof path, "%s/run%d_val.dat", tmp, i);
         unlink(path);
+        snprintf(path, sizeof path, "%s/run%d_hs.dat", tmp, i);
+        unlink(path);
         column *cols[] = { &runs[i].step, &runs[i].loss, &runs[i].lr, &runs[i].tps,
-                           &runs[i].vstep, &runs[i].vloss };
+                           &runs[i].vstep, &runs[i].vloss, &runs[i].hstep, &runs[i].hacc };
         for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
             free(cols[k]->v);
     }

@@ -77,3 +77,28 @@ def test_plot_errors(run, binary, shard, tmp_path):
                        text=True, env=dict(os.environ, PATH=str(tmp_path)))
     fails((p.returncode, p.stdout, p.stderr), "gnuplot-nox")
     assert not os.path.exists(tmp_path / "y.png")
+
+
+def png_size(path):
+    data = open(path, "rb").read(24)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_hellaswag_panel(run, shard, tmp_path):
+    """HellaSwag records (train --hellaswag writes them) get their own panel,
+    by default only when a run has them."""
+    a = train_run(run, shard, tmp_path / "a")
+    plain = tmp_path / "plain.png"
+    ok(run("plot", a, "--out", plain))
+    fails(run("plot", a, "--metric", "hellaswag", "--out", tmp_path / "x.png"),
+          "--metric hellaswag", "no run has such records")
+    with open(a / "log.jsonl", "a") as f:
+        for step, acc in ((1, 0.25), (3, 0.27)):
+            f.write(f'{{"step": {step}, "hellaswag_acc": {acc}, "hellaswag_count": 100}}\n')
+    full = tmp_path / "full.png"
+    ok(run("plot", a, "--out", full))
+    (w0, h0), (w1, h1) = png_size(plain), png_size(full)
+    assert w0 == w1 and h1 == h0 * 4 // 3, ((w0, h0), (w1, h1))
+    one = tmp_path / "hs.png"
+    ok(run("plot", a, "--metric", "hellaswag", "--out", one))
+    assert is_png(one)
