@@ -217,7 +217,8 @@ struct backend {
     void (*sequence_embed_forward)(backend *be, void *out, const void *x, const void *first,
                                    const void *pos, int B, int T, int C);
     /* dx[b,t-k,:] += dout[b,t,:];  dfirst += sum_b dout[b,0,:];  dpos[t,:] += sum_b dout[b,t,:].
-     * dx, dfirst may be NULL when not wanted. */
+     * dfirst is NULL exactly when the forward's first was (k = 0: it says k);
+     * dx may be NULL when not wanted. */
     void (*sequence_embed_backward)(backend *be, void *dx, void *dfirst, void *dpos,
                                     const void *dout, int B, int T, int C);
 

@@ -1,0 +1,430 @@
+/* seq.cu: the ops shared by the model families other than GPT-2 (ops.h, "ops
+ * shared by the other model families"), forward and backward:
+ *
+ *   embedding:      out[n,:] (+)= table[ids[n],:]  (a negative id reads zeros)
+ *                   dtable[ids[n],:] += dout[n,:]
+ *   sequence_embed: out[b,t,:] = x[b,t-k,:] + pos[t,:] (t >= k), first + pos[0] (t < k)
+ *                   dx += dout rows;  dfirst, dpos += sums over b
+ *   rows_select:    out[b,:] = x[b,t,:];  dx[b,t,:] += dout[b,:]
+ *   tanh:           y = tanh(x);  dx += dy (1 - y^2)
+ *   mse:            losses[n] = sum_c (pred - target)^2;  dpred = 2 scale (pred - target)
+ *
+ * All memory-bound: 16-byte accesses where the rows allow (C a multiple of
+ * the vector width, pointers 16-byte aligned), math in fp32 whatever the
+ * storage type. No atomics anywhere: every sum (a table row's gradient, dpos,
+ * dfirst, a row's loss) is made by one thread or one warp in a fixed order,
+ * so results are identical run to run.
+ *
+ * embedding_backward without atomics, a sort or a host sync: one block per
+ * position n (times column chunks). The block first asks whether an earlier
+ * position holds the same id; if one does, it leaves. Otherwise it owns that
+ * table row and adds the dout rows of every later position with that id, in
+ * order. The id scans (32 ids per warp vote) cost up to N int reads per
+ * position: at most N^2/2 + N * (distinct ids), a few hundred million L1/L2
+ * reads for N = 16K distinct ids, a few thousand for BERT's two segments,
+ * since a repeated id stops at its first occurrence. ops.h gives no table
+ * row count, so a block per table row is not possible; for N far beyond
+ * these sizes the encoder's host bucketing (encoder.cu) is the way. */
+#include "cuda_backend.h"
+
+#define SEQ_THREADS 256
+
+/* Act-dtype dispatch: vector width 8 (bf16) or 4 (fp32) when `vec`, else 1. */
+#define SEQ_DISPATCH(be, vec, fn, ...)                                  \
+	do {                                                            \
+		if ((be)->act == DT_BF16) {                             \
+			if (vec)                                        \
+				fn<__nv_bfloat16, 8>(__VA_ARGS__);      \
+			else                                            \
+				fn<__nv_bfloat16, 1>(__VA_ARGS__);      \
+		} else {                                                \
+			if (vec)                                        \
+				fn<float, 4>(__VA_ARGS__);              \
+			else                                            \
+				fn<float, 1>(__VA_ARGS__);              \
+		}                                                       \
+	} while (0)
+
+/* Rows of C elements can be read 16 bytes at a time: C a multiple of the
+ * vector width and every base pointer 16-byte aligned (NULL counts). */
+static int seq_vec(const backend *be, int C, const void *a, const void *b, const void *c, const void *d)
+{
+	int w = be->act == DT_BF16 ? 8 : 4;
+	return C % w == 0 && aligned16(a) && aligned16(b) && aligned16(c) && aligned16(d);
+}
+
+/* ---- embedding ---- */
+
+template <class T, int V>
+__global__ void embedding_forward_kernel(T *out, const int32_t *ids, const T *table, int N, int C, int acc)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+	if (i >= (size_t)N * C)
+		return;
+	size_t n = i / C, c = i % C;
+	int id = ids[n];
+	float o[V], e[V];
+	if (acc) {
+		load_f<T, V>(o, out + i);
+	} else {
+UNROLL
+		for (int k = 0; k < V; k++)
+			o[k] = 0.0f;
+	}
+	if (id >= 0) {
+		load_f<T, V>(e, table + (size_t)id * C + c);
+UNROLL
+		for (int k = 0; k < V; k++)
+			o[k] += e[k];
+	}
+	store_f<T, V>(out + i, o);
+}
+
+/* Block (n, column chunk): see the file comment. Each warp scans the ids 32
+ * at a time with a vote (every warp of the block reaches the same answers,
+ * so no block barrier is needed), then adds the matching rows in position
+ * order. Lanes whose columns lie past C still vote. */
+template <class T, int V>
+__global__ void embedding_backward_kernel(T *dtable, const T *dout, const int32_t *ids, int N, int C)
+{
+	int n = blockIdx.x, lane = threadIdx.x & 31;
+	int c = (blockIdx.y * blockDim.x + threadIdx.x) * V;
+	int id = ids[n];
+	if (id < 0)
+		return;	/* uniform over the block */
+	for (int m0 = 0; m0 < n; m0 += 32) {
+		int m = m0 + lane;
+		if (__any_sync(0xffffffffu, m < n && ids[m] == id))
+			return;	/* an earlier position owns this row */
+	}
+	float acc[V], x[V];
+UNROLL
+	for (int k = 0; k < V; k++)
+		acc[k] = 0.0f;
+	for (int m0 = n; m0 < N; m0 += 32) {
+		int m = m0 + lane;
+		unsigned hit = __ballot_sync(0xffffffffu, m < N && ids[m] == id);
+		while (hit && c < C) {
+			int j = __ffs((int)hit) - 1;
+			hit &= hit - 1;
+			load_f<T, V>(x, dout + (size_t)(m0 + j) * C + c);
+UNROLL
+			for (int k = 0; k < V; k++)
+				acc[k] += x[k];
+		}
+	}
+	if (c >= C)
+		return;
+	T *w = dtable + (size_t)id * C + c;
+	load_f<T, V>(x, w);
+UNROLL
+	for (int k = 0; k < V; k++)
+		x[k] += acc[k];
+	store_f<T, V>(w, x);
+}
+
+template <class T, int V>
+static void embedding_forward_launch(cuda_backend *cb, void *out, const int32_t *ids, const void *table,
+				     int N, int C, int acc)
+{
+	size_t n = (size_t)N * C / V;
+	CUDA_LAUNCH(cdiv(n, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, embedding_forward_kernel<T, V>)(
+		(T *)out, ids, (const T *)table, N, C, acc);
+	LAUNCH_CHECK();
+}
+
+template <class T, int V>
+static void embedding_backward_launch(cuda_backend *cb, void *dtable, const void *dout, const int32_t *ids,
+				      int N, int C)
+{
+	/* a row is C/V threads wide: no more threads per block than that (whole
+	 * warps: the votes take every lane) */
+	unsigned tpb = (unsigned)(C / V < SEQ_THREADS ? (C / V + 31) / 32 * 32 : SEQ_THREADS);
+	dim3 grid((unsigned)N, cdiv((size_t)C / V, tpb));
+	CUDA_LAUNCH(grid, tpb, 0, cb->stream, embedding_backward_kernel<T, V>)(
+		(T *)dtable, (const T *)dout, ids, N, C);
+	LAUNCH_CHECK();
+}
+
+static void cuda_embedding_forward(backend *be, void *out, const int32_t *ids, const void *table, int N, int C,
+			    int accumulate)
+{
+	NVTX_RANGE("embedding_forward");
+	cuda_backend *cb = cuda_of(be);
+	if (N <= 0 || C <= 0)
+		return;
+	int vec = seq_vec(be, C, out, table, NULL, NULL);
+	SEQ_DISPATCH(be, vec, embedding_forward_launch, cb, out, ids, table, N, C, accumulate);
+}
+
+static void cuda_embedding_backward(backend *be, void *dtable, const void *dout, const int32_t *ids, int N, int C)
+{
+	NVTX_RANGE("embedding_backward");
+	cuda_backend *cb = cuda_of(be);
+	if (N <= 0 || C <= 0 || !dtable)
+		return;
+	int vec = seq_vec(be, C, dtable, dout, NULL, NULL);
+	SEQ_DISPATCH(be, vec, embedding_backward_launch, cb, dtable, dout, ids, N, C);
+}
+
+/* ---- sequence embedding ---- */
+
+/* k = 1 when first is given: row 0 of each sequence is first + pos[0]. */
+template <class T, int V>
+__global__ void sequence_embed_forward_kernel(T *out, const T *x, const T *first, const T *pos, int B, int T_,
+					      int C)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+	if (i >= (size_t)B * T_ * C)
+		return;
+	int k = first ? 1 : 0;
+	size_t bt = i / C, c = i % C, b = bt / T_;
+	int t = (int)(bt % T_);
+	const T *src = t >= k ? x + (b * (T_ - k) + (t - k)) * C + c : first + c;
+	float o[V], p[V];
+	load_f<T, V>(o, src);
+	load_f<T, V>(p, pos + (size_t)t * C + c);
+UNROLL
+	for (int j = 0; j < V; j++)
+		o[j] += p[j];
+	store_f<T, V>(out + i, o);
+}
+
+/* One thread per (t, V columns): walks b in order, adding each dout row into
+ * dx and into its sum, then adds the sum to dpos (and, at t = 0 with a first
+ * row, to dfirst). k = 1 exactly when dfirst is given (see the CPU op). */
+template <class T, int V>
+__global__ void sequence_embed_backward_kernel(T *dx, T *dfirst, T *dpos, const T *dout, int B, int T_, int C)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+	if (i >= (size_t)T_ * C)
+		return;
+	int k = dfirst ? 1 : 0, t = (int)(i / C);
+	size_t c = i % C;
+	float s[V], g[V], d[V];
+UNROLL
+	for (int j = 0; j < V; j++)
+		s[j] = 0.0f;
+	for (int b = 0; b < B; b++) {
+		load_f<T, V>(g, dout + ((size_t)b * T_ + t) * C + c);
+UNROLL
+		for (int j = 0; j < V; j++)
+			s[j] += g[j];
+		if (dx && t >= k) {
+			T *p = dx + ((size_t)b * (T_ - k) + (t - k)) * C + c;
+			load_f<T, V>(d, p);
+UNROLL
+			for (int j = 0; j < V; j++)
+				d[j] += g[j];
+			store_f<T, V>(p, d);
+		}
+	}
+	if (dpos) {
+		load_f<T, V>(d, dpos + i);
+UNROLL
+		for (int j = 0; j < V; j++)
+			d[j] += s[j];
+		store_f<T, V>(dpos + i, d);
+	}
+	if (t == 0 && dfirst) {
+		load_f<T, V>(d, dfirst + c);
+UNROLL
+		for (int j = 0; j < V; j++)
+			d[j] += s[j];
+		store_f<T, V>(dfirst + c, d);
+	}
+}
+
+template <class T, int V>
+static void sequence_embed_forward_launch(cuda_backend *cb, void *out, const void *x, const void *first,
+					  const void *pos, int B, int T_, int C)
+{
+	size_t n = (size_t)B * T_ * C / V;
+	CUDA_LAUNCH(cdiv(n, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, sequence_embed_forward_kernel<T, V>)(
+		(T *)out, (const T *)x, (const T *)first, (const T *)pos, B, T_, C);
+	LAUNCH_CHECK();
+}
+
+template <class T, int V>
+static void sequence_embed_backward_launch(cuda_backend *cb, void *dx, void *dfirst, void *dpos,
+					   const void *dout, int B, int T_, int C)
+{
+	size_t n = (size_t)T_ * C / V;
+	CUDA_LAUNCH(cdiv(n, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, sequence_embed_backward_kernel<T, V>)(
+		(T *)dx, (T *)dfirst, (T *)dpos, (const T *)dout, B, T_, C);
+	LAUNCH_CHECK();
+}
+
+static void cuda_sequence_embed_forward(backend *be, void *out, const void *x, const void *first, const void *pos,
+				 int B, int T, int C)
+{
+	NVTX_RANGE("sequence_embed_forward");
+	cuda_backend *cb = cuda_of(be);
+	if (B <= 0 || T <= 0 || C <= 0)
+		return;
+	int vec = seq_vec(be, C, out, x, first, pos);
+	SEQ_DISPATCH(be, vec, sequence_embed_forward_launch, cb, out, x, first, pos, B, T, C);
+}
+
+static void cuda_sequence_embed_backward(backend *be, void *dx, void *dfirst, void *dpos, const void *dout, int B,
+				  int T, int C)
+{
+	NVTX_RANGE("sequence_embed_backward");
+	cuda_backend *cb = cuda_of(be);
+	if (B <= 0 || T <= 0 || C <= 0)
+		return;
+	int vec = seq_vec(be, C, dx, dfirst, dpos, dout);
+	SEQ_DISPATCH(be, vec, sequence_embed_backward_launch, cb, dx, dfirst, dpos, dout, B, T, C);
+}
+
+/* ---- row select ---- */
+
+template <class T, int V>
+__global__ void rows_select_kernel(T *out, const T *x, int B, int T_, int C, int t, int backward)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+	if (i >= (size_t)B * C)
+		return;
+	size_t b = i / C, c = i % C, j = (b * T_ + t) * C + c;
+	float v[V], d[V];
+	if (!backward) {
+		load_f<T, V>(v, x + j);
+		store_f<T, V>(out + i, v);
+		return;
+	}
+	/* backward: out is dx [B,T,C], x is dout [B,C] */
+	load_f<T, V>(v, x + i);
+	load_f<T, V>(d, out + j);
+UNROLL
+	for (int k = 0; k < V; k++)
+		d[k] += v[k];
+	store_f<T, V>(out + j, d);
+}
+
+template <class T, int V>
+static void rows_select_launch(cuda_backend *cb, void *out, const void *x, int B, int T_, int C, int t,
+			       int backward)
+{
+	size_t n = (size_t)B * C / V;
+	CUDA_LAUNCH(cdiv(n, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, rows_select_kernel<T, V>)(
+		(T *)out, (const T *)x, B, T_, C, t, backward);
+	LAUNCH_CHECK();
+}
+
+static void cuda_rows_select_forward(backend *be, void *out, const void *x, int B, int T, int C, int t)
+{
+	NVTX_RANGE("rows_select_forward");
+	if (B <= 0 || C <= 0)
+		return;
+	if (t < 0 || t >= T)
+		cuda_die(__FILE__, __LINE__, "rows_select: t = %d outside [0, T = %d)", t, T);
+	int vec = seq_vec(be, C, out, x, NULL, NULL);
+	SEQ_DISPATCH(be, vec, rows_select_launch, cuda_of(be), out, x, B, T, C, t, 0);
+}
+
+static void cuda_rows_select_backward(backend *be, void *dx, const void *dout, int B, int T, int C, int t)
+{
+	NVTX_RANGE("rows_select_backward");
+	if (B <= 0 || C <= 0)
+		return;
+	if (t < 0 || t >= T)
+		cuda_die(__FILE__, __LINE__, "rows_select: t = %d outside [0, T = %d)", t, T);
+	int vec = seq_vec(be, C, dx, dout, NULL, NULL);
+	SEQ_DISPATCH(be, vec, rows_select_launch, cuda_of(be), dx, dout, B, T, C, t, 1);
+}
+
+/* ---- tanh ---- */
+
+struct tanh_fwd_op {
+	static const int nin = 1;
+	static const bool reads_out = false;
+	static __device__ __forceinline__ float apply(float, float x, float) { return tanhf(x); }
+};
+
+struct tanh_bwd_op {	/* a = y (the forward's output), b = dy */
+	static const int nin = 2;
+	static const bool reads_out = true;
+	static __device__ __forceinline__ float apply(float dx, float y, float dy)
+	{
+		return dx + dy * (1.0f - y * y);
+	}
+};
+
+static void cuda_tanh_forward(backend *be, void *out, const void *inp, size_t N)
+{
+	NVTX_RANGE("tanh_forward");
+	ew_launch<tanh_fwd_op>(be, out, inp, NULL, N);
+}
+
+static void cuda_tanh_backward(backend *be, void *dinp, const void *out, const void *dout, size_t N)
+{
+	NVTX_RANGE("tanh_backward");
+	ew_launch<tanh_bwd_op>(be, dinp, out, dout, N);
+}
+
+/* ---- squared error ---- */
+
+#define MSE_WARPS 8
+
+/* One warp per row. Each element of pred is read, then its dpred slot
+ * written, by the same lane, so dpred may alias pred. */
+template <class T, int V>
+__global__ void mse_kernel(float *losses, T *dpred, const T *pred, const T *target, int N, int C, float scale)
+{
+	int lane = threadIdx.x & 31, n = blockIdx.x * MSE_WARPS + (threadIdx.x >> 5);
+	if (n >= N)
+		return;	/* uniform over the warp */
+	const T *p = pred + (size_t)n * C, *y = target + (size_t)n * C;
+	T *d = dpred ? dpred + (size_t)n * C : NULL;
+	float s = 0.0f, f = 2.0f * scale;
+	for (int c = lane * V; c < C; c += 32 * V) {
+		float a[V], b[V];
+		load_f<T, V>(a, p + c);
+		load_f<T, V>(b, y + c);
+UNROLL
+		for (int k = 0; k < V; k++) {
+			float e = a[k] - b[k];
+			s += e * e;
+			a[k] = f * e;
+		}
+		if (d)
+			store_f<T, V>(d + c, a);
+	}
+	s = warp_sum(s);
+	if (lane == 0)
+		losses[n] = s;
+}
+
+template <class T, int V>
+static void mse_launch(cuda_backend *cb, void *losses, void *dpred, const void *pred, const void *target, int N,
+		       int C, float scale)
+{
+	CUDA_LAUNCH(cdiv((size_t)N, MSE_WARPS), 32 * MSE_WARPS, 0, cb->stream, mse_kernel<T, V>)(
+		(float *)losses, (T *)dpred, (const T *)pred, (const T *)target, N, C, scale);
+	LAUNCH_CHECK();
+}
+
+static void cuda_mse(backend *be, void *losses, void *dpred, const void *pred, const void *target, int N, int C,
+	      float scale)
+{
+	NVTX_RANGE("mse");
+	if (N <= 0)
+		return;
+	int vec = C > 0 && seq_vec(be, C, dpred, pred, target, NULL);
+	SEQ_DISPATCH(be, vec, mse_launch, cuda_of(be), losses, dpred, pred, target, N, C, scale);
+}
+
+/* ---- install ---- */
+
+void cuda_seq_install(backend *be)
+{
+	be->embedding_forward = cuda_embedding_forward;
+	be->embedding_backward = cuda_embedding_backward;
+	be->sequence_embed_forward = cuda_sequence_embed_forward;
+	be->sequence_embed_backward = cuda_sequence_embed_backward;
+	be->rows_select_forward = cuda_rows_select_forward;
+	be->rows_select_backward = cuda_rows_select_backward;
+	be->tanh_forward = cuda_tanh_forward;
+	be->tanh_backward = cuda_tanh_backward;
+	be->mse = cuda_mse;
+}

@@ -1,0 +1,465 @@
+/* test_cuda_seq_ops.c: backend parity for the ops shared by the model
+ * families other than GPT-2 (kernels/cuda/seq.cu): embedding,
+ * sequence_embed, rows_select, tanh and mse of the CUDA backend against the
+ * CPU backend's fp64 build, in both CUDA modes: fp32 to 1e-5 relative L2,
+ * bf16 to 1e-2 (mse losses, fp32 statistics, to 1e-5 in both).
+ *
+ * As test_cuda_ops.c: fresh random inputs (the seed is printed;
+ * ANATOMY_TEST_SEED=<n> repeats a run), made representable in the mode's
+ * type first, so the comparison measures the op; outputs poisoned with NaN;
+ * gradient buffers start from random values and what the op added is
+ * compared. Shapes cover the 16-byte vector path (C a multiple of 8) and the
+ * scalar one (odd C, a row wider than a block), ids with repeats and
+ * negatives, more positions than a block scans at once, t = 0 and t = T-1,
+ * sequence_embed with and without a first row and without dx, mse with dpred
+ * aliasing pred and without dpred.
+ *
+ * Linked with the emulated kernels (mk/seqops.mk) it runs on the CPU; linked
+ * with the nvcc-built ones, on a GPU. ANATOMY_TEST_VERBOSE=1 prints every
+ * measured error. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../kernels/ops.h"
+#include "testrand.h"
+
+#define TOL_F32 1e-5
+#define TOL_BF16 1e-2
+
+static uint64_t seed_base;
+
+static void seed(const char *name, int variant)
+{
+    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
+    for (const char *p = name; *p; p++)
+        h = h * 131 + (unsigned char)*p;
+    rng_seed(&test_rng, h);
+}
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* The nearest bf16 value (ties to even), independently of the backends. */
+static double bf16_round(double x)
+{
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return x;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static double in_type(double x, dtype t) { return t == DT_BF16 ? bf16_round(x) : (float)x; }
+
+static double *rnd(size_t n, double scale, dtype t)
+{
+    double *x = xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        x[i] = in_type(scale * nrand(), t);
+    return x;
+}
+
+static dtype mode(int i) { return i ? DT_BF16 : DT_F32; }
+static double tol(dtype act) { return act == DT_BF16 ? TOL_BF16 : TOL_F32; }
+
+static double rel_l2(const double *a, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != a[i] || ref[i] != ref[i])
+            return INFINITY; /* NaN never passes */
+        num += (a[i] - ref[i]) * (a[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void expect_close(const char *name, const char *what, dtype act, const double *got, const double *ref,
+                         size_t n, double limit)
+{
+    double e = rel_l2(got, ref, n);
+    if (getenv("ANATOMY_TEST_VERBOSE"))
+        printf("  %-5s %-44s %-18s rel L2 %.3g (limit %.0e)\n", dtype_name(act), name, what, e, limit);
+    ck_assert_msg(e <= limit, "%s: %s (%s): relative L2 error %.3g exceeds %.0e", name, what, dtype_name(act),
+                  e, limit);
+}
+
+/* ---- backends and buffers ---- */
+
+static backend *oracle(void)
+{
+    char err[512] = "";
+    backend *be = backend_cpu64_create(0, err);
+    ck_assert_msg(be != NULL, "cpu-fp64 backend: %s", err);
+    return be;
+}
+
+static backend *gpu(dtype act)
+{
+    char err[512] = "";
+    ck_assert_msg(backend_cuda_create != NULL, "this binary was linked without the CUDA backend");
+    backend *be = backend_cuda_create(0, act, err);
+    ck_assert_msg(be != NULL, "cuda backend: %s", err);
+    ck_assert_int_eq(be->act, act);
+    ck_assert_int_eq(be->stat, DT_F32);
+    return be;
+}
+
+static void *up(backend *be, dtype t, const double *h, size_t n)
+{
+    void *d = be->alloc(be, (n ? n : 1) * dtype_size(t));
+    ck_assert_ptr_nonnull(d);
+    be->upload(be, d, t, h, DT_F64, n);
+    return d;
+}
+
+static void *up_i32(backend *be, const int32_t *h, size_t n)
+{
+    void *d = be->alloc(be, (n ? n : 1) * sizeof(int32_t));
+    ck_assert_ptr_nonnull(d);
+    be->upload(be, d, DT_I32, h, DT_I32, n);
+    return d;
+}
+
+static void *poisoned(backend *be, dtype t, size_t n)
+{
+    void *d = be->alloc(be, (n ? n : 1) * dtype_size(t));
+    ck_assert_ptr_nonnull(d);
+    be->fill(be, d, t, NAN, n);
+    return d;
+}
+
+static void take(backend *be, void *d, dtype t, const double *prefill, size_t n, double *out)
+{
+    be->download(be, out, DT_F64, d, t, n);
+    for (size_t i = 0; prefill && i < n; i++)
+        out[i] -= prefill[i];
+    be->free(be, d);
+}
+
+/* ---- cases ----
+ * in[k]: inputs; pre[k]: prior contents of in[k]'s gradient buffer (NULL:
+ * not asked for); dout: the backward's incoming gradient; aux: tanh's y for
+ * the backward (the oracle's forward, in the mode's type, fed to both, so the
+ * backward is measured alone) or mse's target. All in the mode's type. */
+
+enum { OP_EMB, OP_SEQ, OP_ROWS, OP_TANH, OP_MSE };
+
+typedef struct {
+    char name[96];
+    int op;
+    int B, T, C, N, rows, t, first, acc, alias, no_dpred;
+    float scale;
+    int32_t *ids;
+    int nin;
+    double *in[3], *pre[3];
+    size_t len[3];
+    double *aux, *prior, *dout;
+    size_t nout;
+} sq_case;
+
+/* Gradient priors about a quarter of what the ops add (rows of dout ~ 1,
+ * summed over a few repeats): a lost += shows, bf16's rounding of the sum
+ * stays small next to the part under test. */
+static void add_input(sq_case *c, size_t n, dtype t, int grad)
+{
+    int k = c->nin++;
+    c->len[k] = n;
+    c->in[k] = rnd(n, 1, t);
+    c->pre[k] = grad ? rnd(n, 0.25, t) : NULL;
+}
+
+static void set_out(sq_case *c, size_t nout, dtype t)
+{
+    c->nout = nout;
+    c->dout = rnd(nout, 1, t);
+}
+
+static sq_case emb_case(int N, int C, int rows, int acc, dtype t)
+{
+    sq_case c = { .op = OP_EMB, .N = N, .C = C, .rows = rows, .acc = acc };
+    snprintf(c.name, sizeof c.name, "embedding N%d C%d rows%d%s", N, C, rows, acc ? " accumulate" : "");
+    c.ids = xmalloc((size_t)N * sizeof(int32_t));
+    for (int i = 0; i < N; i++) /* repeats, so rows of dtable sum; some -1, some other negative */
+        c.ids[i] = irand(6) == 0 ? -1 - irand(3) : irand(3) ? irand(rows < 5 ? rows : 5) : irand(rows);
+    c.ids[0] = rows - 1, c.ids[N - 1] = -1, c.ids[N / 2] = c.ids[1];
+    add_input(&c, (size_t)rows * C, t, 1);
+    set_out(&c, (size_t)N * C, t);
+    if (acc)
+        c.prior = rnd(c.nout, 1, t);
+    return c;
+}
+
+static sq_case seq_case(int B, int T, int C, int maxT, int first, int no_dx, dtype t)
+{
+    sq_case c = { .op = OP_SEQ, .B = B, .T = T, .C = C, .first = first };
+    snprintf(c.name, sizeof c.name, "sequence_embed B%d T%d C%d%s%s", B, T, C, first ? " first" : "",
+             no_dx ? " no dx" : "");
+    add_input(&c, (size_t)B * (T - first) * C, t, !no_dx);
+    add_input(&c, (size_t)maxT * C, t, 1);
+    if (first)
+        add_input(&c, (size_t)C, t, 1);
+    set_out(&c, (size_t)B * T * C, t);
+    return c;
+}
+
+static sq_case rows_case(int B, int T, int C, int tsel, dtype t)
+{
+    sq_case c = { .op = OP_ROWS, .B = B, .T = T, .C = C, .t = tsel };
+    snprintf(c.name, sizeof c.name, "rows_select B%d T%d C%d t%d", B, T, C, tsel);
+    add_input(&c, (size_t)B * T * C, t, 1);
+    set_out(&c, (size_t)B * C, t);
+    return c;
+}
+
+static sq_case tanh_case(int N, dtype t)
+{
+    sq_case c = { .op = OP_TANH, .N = N };
+    snprintf(c.name, sizeof c.name, "tanh N%d", N);
+    add_input(&c, (size_t)N, t, 1);
+    for (int i = 0; i < N; i++)
+        c.in[0][i] = in_type(1.5 * c.in[0][i], t);
+    c.aux = xmalloc((size_t)N * sizeof(double));
+    for (int i = 0; i < N; i++)
+        c.aux[i] = in_type(tanh(c.in[0][i]), t);
+    set_out(&c, (size_t)N, t);
+    return c;
+}
+
+static sq_case mse_case(int N, int C, int alias, int no_dpred, dtype t)
+{
+    sq_case c = { .op = OP_MSE, .N = N, .C = C, .alias = alias, .no_dpred = no_dpred };
+    snprintf(c.name, sizeof c.name, "mse N%d C%d%s%s", N, C, alias ? " aliased" : "", no_dpred ? " no dpred" : "");
+    c.scale = (float)(0.25 + urand());
+    add_input(&c, (size_t)N * C, t, 0);
+    c.aux = rnd((size_t)N * C, 1, t);
+    c.nout = (size_t)N;
+    return c;
+}
+
+static void free_case(sq_case *c)
+{
+    for (int k = 0; k < c->nin; k++)
+        free(c->in[k]), free(c->pre[k]);
+    free(c->ids), free(c->aux), free(c->prior), free(c->dout);
+}
+
+/* Forward into out[nout]; backward: what it added to each wanted gradient
+ * into g[k] (mse: dpred into g[0], which it writes). */
+static void run(backend *be, const sq_case *c, double *out, double **g)
+{
+    dtype a = be->act;
+    void *in[3] = { NULL, NULL, NULL }, *gr[3] = { NULL, NULL, NULL };
+    for (int k = 0; k < c->nin; k++) {
+        in[k] = up(be, a, c->in[k], c->len[k]);
+        if (c->pre[k])
+            gr[k] = up(be, a, c->pre[k], c->len[k]);
+    }
+    void *dout = c->dout ? up(be, a, c->dout, c->nout) : NULL, *ids = NULL, *aux = NULL, *o;
+    switch (c->op) {
+    case OP_EMB:
+        ids = up_i32(be, c->ids, (size_t)c->N);
+        o = c->acc ? up(be, a, c->prior, c->nout) : poisoned(be, a, c->nout);
+        be->embedding_forward(be, o, ids, in[0], c->N, c->C, c->acc);
+        be->embedding_backward(be, gr[0], dout, ids, c->N, c->C);
+        break;
+    case OP_SEQ:
+        o = poisoned(be, a, c->nout);
+        be->sequence_embed_forward(be, o, in[0], c->first ? in[2] : NULL, in[1], c->B, c->T, c->C);
+        be->sequence_embed_backward(be, gr[0], c->first ? gr[2] : NULL, gr[1], dout, c->B, c->T, c->C);
+        break;
+    case OP_ROWS:
+        o = poisoned(be, a, c->nout);
+        be->rows_select_forward(be, o, in[0], c->B, c->T, c->C, c->t);
+        be->rows_select_backward(be, gr[0], dout, c->B, c->T, c->C, c->t);
+        break;
+    case OP_TANH:
+        o = poisoned(be, a, c->nout);
+        aux = up(be, a, c->aux, (size_t)c->N);
+        be->tanh_forward(be, o, in[0], (size_t)c->N);
+        be->tanh_backward(be, gr[0], aux, dout, (size_t)c->N);
+        break;
+    default: { /* OP_MSE */
+        size_t nc = (size_t)c->N * c->C;
+        aux = up(be, a, c->aux, nc);
+        o = poisoned(be, be->stat, c->nout);
+        void *d = c->no_dpred ? NULL : c->alias ? in[0] : poisoned(be, a, nc);
+        be->mse(be, o, d, in[0], aux, c->N, c->C, c->scale);
+        if (d)
+            take(be, d, a, NULL, nc, g[0]);
+        if (d == in[0])
+            in[0] = NULL; /* freed by take */
+        take(be, o, be->stat, NULL, c->nout, out);
+        o = NULL;
+        break;
+    }
+    }
+    if (o)
+        take(be, o, a, NULL, c->nout, out);
+    for (int k = 0; k < c->nin; k++) {
+        if (gr[k])
+            take(be, gr[k], a, c->pre[k], c->len[k], g[k]);
+        if (in[k])
+            be->free(be, in[k]);
+    }
+    if (dout)
+        be->free(be, dout);
+    if (ids)
+        be->free(be, ids);
+    if (aux)
+        be->free(be, aux);
+}
+
+/* Runs c on the oracle and on the CUDA backend and compares everything. */
+static void parity(sq_case *c, backend *r, backend *g, dtype act)
+{
+    double *out[2], *gr[2][3] = { { NULL } };
+    int has_g[3] = { 0, 0, 0 };
+    for (int k = 0; k < c->nin; k++)
+        has_g[k] = c->pre[k] != NULL || (k == 0 && c->op == OP_MSE && !c->no_dpred);
+    for (int b = 0; b < 2; b++) {
+        out[b] = xmalloc(c->nout * sizeof(double));
+        for (int k = 0; k < c->nin; k++)
+            gr[b][k] = xmalloc(c->len[k] * sizeof(double));
+        run(b ? g : r, c, out[b], gr[b]);
+    }
+    double ftol = c->op == OP_MSE ? TOL_F32 : tol(act); /* mse losses: fp32 stat */
+    expect_close(c->name, c->op == OP_MSE ? "losses" : "forward", act, out[1], out[0], c->nout, ftol);
+    for (int k = 0; k < c->nin; k++) {
+        if (has_g[k]) {
+            char what[32];
+            snprintf(what, sizeof what, c->op == OP_MSE ? "dpred" : "gradient %d", k);
+            expect_close(c->name, what, act, gr[1][k], gr[0][k], c->len[k], tol(act));
+        }
+        free(gr[0][k]), free(gr[1][k]);
+    }
+    free(out[0]), free(out[1]);
+    free_case(c);
+}
+
+START_TEST(test_embedding)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("embedding", _i);
+    static const int shapes[][3] = { { 37, 32, 11 }, { 300, 7, 6 }, { 9, 301, 4 } }; /* N C rows */
+    for (int s = 0; s < 3; s++)
+        for (int acc = 0; acc < 2; acc++) {
+            sq_case c = emb_case(shapes[s][0], shapes[s][1], shapes[s][2], acc, act);
+            parity(&c, r, g, act);
+        }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+START_TEST(test_sequence_embed)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("sequence_embed", _i);
+    for (int first = 0; first < 2; first++) {
+        sq_case c = seq_case(3, 5, 32, 8, first, 0, act);
+        parity(&c, r, g, act);
+        c = seq_case(2, 7, 20, 7, first, 0, act); /* bf16: scalar path */
+        parity(&c, r, g, act);
+        c = seq_case(4, 1 + first, 13, 3, first, 0, act);
+        parity(&c, r, g, act);
+        c = seq_case(2, 6, 16, 6, first, 1, act); /* dx NULL */
+        parity(&c, r, g, act);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+START_TEST(test_rows_select)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("rows_select", _i);
+    static const int Cs[] = { 32, 20, 9 };
+    for (int j = 0; j < 3; j++) {
+        int T = 5 + irand(4), ts[3] = { 0, T - 1, 1 + irand(T - 2) };
+        for (int q = 0; q < 3; q++) {
+            sq_case c = rows_case(3, T, Cs[j], ts[q], act);
+            parity(&c, r, g, act);
+        }
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+START_TEST(test_tanh)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("tanh", _i);
+    static const int Ns[] = { 4096, 1001 }; /* aligned; ragged tail */
+    for (int j = 0; j < 2; j++) {
+        sq_case c = tanh_case(Ns[j], act);
+        parity(&c, r, g, act);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+START_TEST(test_mse)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("mse", _i);
+    static const int shapes[][2] = { { 19, 32 }, { 10, 70 }, { 5, 1 }, { 3, 300 } }; /* N C */
+    for (int s = 0; s < 4; s++)
+        for (int v = 0; v < 3; v++) { /* separate dpred; aliasing pred; none */
+            sq_case c = mse_case(shapes[s][0], shapes[s][1], v == 1, v == 2, act);
+            parity(&c, r, g, act);
+        }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+static Suite *seq_suite(void)
+{
+    Suite *s = suite_create("cuda_seq_ops");
+    TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_embedding, 0, 2);
+    tcase_add_loop_test(tc, test_sequence_embed, 0, 2);
+    tcase_add_loop_test(tc, test_rows_select, 0, 2);
+    tcase_add_loop_test(tc, test_tanh, 0, 2);
+    tcase_add_loop_test(tc, test_mse, 0, 2);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    const char *e = getenv("ANATOMY_TEST_SEED");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed_base = e ? strtoull(e, NULL, 0) : (uint64_t)ts.tv_sec * 1000003u + (uint64_t)ts.tv_nsec;
+    printf("test_cuda_seq_ops: ANATOMY_TEST_SEED=%llu\n", (unsigned long long)seed_base);
+    fflush(stdout);
+    SRunner *sr = srunner_create(seq_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
