@@ -14,6 +14,10 @@ endif
 OPT      ?= -O3 -march=native
 CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) -fno-math-errno -Wall -Wextra -fopenmp -MMD -MP
 LDLIBS   += -lopenblas -lm -lpthread
+# Model families are found through weak references (host/family.c), which
+# would not pull their objects out of libanatomy.a: name each one to the linker.
+FAMILIES := gpt2 bert vit ffnn rnn lstm patchts tsgpt
+LDFLAGS  += $(foreach f,$(FAMILIES),-Wl,-u,$(f)_family)
 BUILD    ?= build
 PYTHON   ?= python3
 SHARED   ?= ../shared

@@ -62,7 +62,7 @@ CUDA_ARCHS  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code
 CUDA_NVFLAGS := -std=c++17 -O3 -lineinfo -Ikernels/cuda $(CUDA_ARCHS) -Xptxas -v \
 	-Xcompiler -Wall,-Wextra
 CUDA_OBJS   := $(CUDA_SRCS:%.cu=$(CUDA_DIR)/obj/%.o)
-CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++ -ldl \
+CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudnn -lcudart -lstdc++ -ldl \
 	-lpthread
 
 # ptxas -v goes beside each object (.ptxas); the log is shown only on failure.
@@ -82,7 +82,7 @@ $(CUDA_DIR)/ptxas.txt: $(CUDA_OBJS)
 	@echo "ptxas: $$(wc -l < $@) kernel builds, $$(grep -cv 'spill-st   0 spill-ld   0' $@) with spills ($@)"
 
 $(BUILD)/anatomy-cuda: $(BUILD)/obj/host/main.o $(BUILD)/libanatomy.a $(CUDA_OBJS)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(EXTRA_LDLIBS) $(CUDA_LIBS)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(EXTRA_LDLIBS) $(CUDA_LIBS) $(DIST_NCCL_LIBS)
 
 $(CUDA_DIR)/tests/test_cuda_ops: $(BUILD)/obj/tests/test_cuda_ops.o $(BUILD)/libanatomy.a $(CUDA_OBJS)
 	@mkdir -p $(dir $@)
