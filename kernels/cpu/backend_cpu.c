@@ -42,6 +42,7 @@
 #include <omp.h>
 
 #include "../ops.h"
+#include "cpu_ops.h"
 
 #ifdef CPU_REAL_DOUBLE
 typedef double real;
@@ -1041,5 +1042,12 @@ backend *CPU_CREATE(int threads, char *err)
     be->crossentropy = cpu_crossentropy;
     be->sumsq = cpu_sumsq;
     be->adamw = cpu_adamw;
+    CPU_SEQ_INSTALL(be, team); /* ops_seq.c */
+#ifdef CPU_REAL_DOUBLE
+    { void cpu_decode_install_f64(backend *); cpu_decode_install_f64(be); } /* ops_decode.c */
+#else
+    { void cpu_decode_install_f32(backend *); cpu_decode_install_f32(be); } /* ops_decode.c */
+#endif
+    { void cpu_rnn_install(backend *, cpu_team_fn, dtype); cpu_rnn_install(be, team, REAL_DT); } /* ops_rnn.c */
     return be;
 }

@@ -516,6 +516,9 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->crossentropy = cuda_crossentropy;
 	be->sumsq = cuda_sumsq;
 	be->adamw = cuda_adamw;
+	be->attention_decode = cuda_attention_decode;
+	cuda_seq_install(be);
+	cuda_rnn_install(be);
 	be->plan = cuda_plan;
 	be->range = cu_range;
 	be->stream = cu_stream;

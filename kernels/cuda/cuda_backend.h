@@ -66,7 +66,7 @@ struct nvtx_scope {
  * plan entry (before the first step) and grown on need otherwise: during
  * training nothing allocates. */
 enum {
-	SCR_ATT,	/* attention: permuted q/k/v/o, scores, probabilities */
+	SCR_ATT,	/* attention backward: D_i = dO_i . O_i, fp32 [B, NH, T] */
 	SCR_COLSUM,	/* per-row-chunk partial column sums (dbias, layernorm dw/db) */
 	SCR_ENC,	/* encoder backward: positions sorted by token, buckets */
 	SCR_NORM,	/* sumsq partial sums */
@@ -336,5 +336,11 @@ double cuda_sumsq(backend *be, const void *grads, size_t n);
 /* adamw.cu */
 void cuda_adamw(backend *be, void *params, void *master, const void *grads, void *m, void *v,
 		const param_segment *segs, int nsegs, const adamw_params *hp);
+/* decode.cu */
+void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int C, int NH);
+/* seq.cu: puts embedding, sequence_embed, rows_select, tanh and mse into be. */
+void cuda_seq_install(backend *be);
+/* rnn.cu: puts rnn_work_bytes, rnn_forward and rnn_backward (cuDNN) into be. */
+void cuda_rnn_install(backend *be);
 
 #endif
