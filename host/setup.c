@@ -205,8 +205,23 @@ void setup_print_model_help(FILE *out)
         fprintf(out, "      %-8s %s; presets: %s\n", f->name, f->summary, f->presets);
     for (int k = 0; k < nopt; k++) {
         char left[40];
-        snprintf(left, sizeof left, "--%s%s", opt_fields[k]->option, opt_fields[k]->flag ? "" : " N");
-        fprintf(out, "  %-20s %s\n", left, opt_fields[k]->help);
+        const char *opt = opt_fields[k]->option, *last = "";
+        int printed = 0;
+        snprintf(left, sizeof left, "--%s%s", opt, opt_fields[k]->flag ? "" : " N");
+        /* an option several families share: each one's meaning, once */
+        i = 0;
+        while ((f = family_next(&i))) {
+            for (int j = 0; j < f->nfields; j++) {
+                const family_field *fd = &f->fields[j];
+                if (!fd->option || strcmp(fd->option, opt))
+                    continue;
+                if (printed && strcmp(fd->help, last) == 0)
+                    continue; /* as the family above says (rnn, lstm) */
+                fprintf(out, "  %-20s %s: %s\n", printed ? "" : left, f->name, fd->help);
+                printed = 1;
+                last = fd->help;
+            }
+        }
     }
 }
 
