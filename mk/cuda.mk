@@ -49,11 +49,14 @@ $(CUDA_EMU_DIR)/rt/%.o: kernels/cuda/emu/%.cpp $(CUDA_HDRS)
 
 # The backend's constructor is a weak reference in the library, which would
 # not pull it out of an archive: its objects are linked directly.
+# The library comes again after the CUDA objects: the emulated recurrent op
+# (rnn.cu) serves cuDNN's part from the CPU backend, which is in it.
 $(BUILD)/anatomy-emu: $(BUILD)/obj/host/main.o $(BUILD)/libanatomy.a $(CUDA_EMU_OBJS)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(EXTRA_LDLIBS) $(CUDA_EMU_LIBS)
+	$(CC) $(CFLAGS) $^ $(BUILD)/libanatomy.a -o $@ $(LDFLAGS) $(LDLIBS) $(EXTRA_LDLIBS) \
+		$(CUDA_EMU_LIBS)
 
 $(BUILD)/tests/test_cuda_ops: $(CUDA_EMU_OBJS)
-$(BUILD)/tests/test_cuda_ops: EXTRA_LDLIBS += $(CUDA_EMU_LIBS)
+$(BUILD)/tests/test_cuda_ops: EXTRA_LDLIBS += $(BUILD)/libanatomy.a $(LDLIBS) $(CUDA_EMU_LIBS)
 TEST_BINS := $(filter-out $(BUILD)/tests/test_cuda_ops,$(TEST_BINS))
 
 # ---- native build (nvcc) ----

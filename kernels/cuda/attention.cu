@@ -1,279 +1,793 @@
-/* attention.cu: multi-head scaled dot-product attention through batched
- * cuBLASLt matmuls and row-wise softmax kernels (the first attention; the
- * fused kernel that never stores the [T, T] scores is its own issue).
+/* attention.cu: multi-head scaled dot-product attention, fused (the
+ * flash-attention algorithm): the [T, T] scores are never stored.
  *
  * forward, per (b, h), with q, k, v the head's [T, hs] slices of qkv:
- *   S = q k^T / sqrt(hs)
- *   lse_i = logsumexp_{j <= i if causal} S_ij;  P = exp(S - lse), 0 where masked
- *   O = P v
- * backward recomputes S and P from q, k and the saved lse:
- *   dv = P^T dO;  dP = dO v^T;  D_i = dO_i . O_i;  dS = P (dP - D) / sqrt(hs)
- *   dq = dS k;  dk = dS^T q;  then dqkv += (dq, dk, dv)
+ *   S = q k^T / sqrt(hs);  lse_i = logsumexp_{j <= i if causal} S_ij
+ *   P = exp(S - lse), 0 where masked;  O = P v
+ * computed a tile of query rows at a time: key/value tiles stream through
+ * shared memory, the row max and sum are kept online (in fp32) and the
+ * output is rescaled as the max grows, so O is written once. lse is saved.
+ * backward recomputes P tile by tile from q, k and the saved lse:
+ *   D_i = dO_i . O_i;  dP = dO v^T;  dS = P (dP - D) / sqrt(hs)
+ *   dq = dS k;  dk = dS^T q;  dv = P^T dO;  then dqkv += (dq, dk, dv)
+ * in two kernels, so that every gradient element has one writer and the sum
+ * order is fixed (deterministic, no atomics): one owns a key tile and loops
+ * over the query tiles (dk, dv), the other owns a query tile and loops over
+ * the key tiles (dq). The price is recomputing S and dP in both: 7 tile
+ * matmuls per (query tile, key tile) pair instead of 5.
  *
- * The [T, T] tensors (S, P, dP, dS) are stored in act's type, computed in
- * fp32: in bf16 mode the scores are rounded to bf16 before the softmax, as
- * llm.c's attention does. They are the bulk of this file's memory traffic
- * (bench/NOTES.md), and halving it is worth that rounding until the fused
- * kernel keeps them in registers. fp32 mode stores them in fp32.
+ * Two implementations of the same algorithm:
+ *  - bf16 with head size 32, 64 or 128 (the mixed-precision mode): tensor
+ *    cores, mma.sync m16n8k16 bf16 with fp32 accumulation (ptx.cuh), tiles
+ *    loaded with cp.async, fragments with ldmatrix. P and dS are rounded to
+ *    bf16 for their matmuls, as every flash kernel does; the softmax
+ *    statistics stay fp32.
+ *  - everything else (fp32 verification mode, other head sizes, unaligned
+ *    buffers): SIMT kernels in fp32 arithmetic, one warp per query row
+ *    (forward, dq) or per key row (dk, dv), same online softmax, no [T, T]
+ *    buffer either. Their fp32 results meet the fp32 tolerance (1e-5).
  *
- * q, k, v, dO are first copied into head-major [B, NH, T, hs] buffers so that
- * each batched matmul has contiguous, equally strided matrices; the results
- * are copied (or added) back into the [B, T, 3C] layout. The scratch for all
- * of it is sized for the backward, by the backend's plan entry before the
- * first step (or, without a plan, on first use), and kept. */
+ * Both read q, k, v straight from the [B, T, 3C] layout of the fused QKV
+ * projection and write [B, T, C] (and += into [B, T, 3C]): no permutes. The
+ * only scratch is D, fp32 [B, NH, T]. */
 #include "cuda_backend.h"
+#include "ptx.cuh"
 
-#define ATT_THREADS 256	/* 8 rows per block in the row kernels */
+typedef __nv_bfloat16 bf16;
 
-/* Scratch layout: 7 head-major [BH, T, hs] buffers (q k v o/dO dq dk dv) and
- * two [BH, T, T]: S, overwritten in place by P and then by dS; and dP. */
-struct att_bufs {
-	void *q, *k, *v, *o, *dq, *dk, *dv;
-	void *S, *dP;
-};
+/* Full unrolling keeps the fragment arrays in registers on the GPU. The
+ * emulated build leaves the loops rolled: unrolled, g++ with AddressSanitizer
+ * takes many minutes over these kernels and the emulator gains nothing. */
+#ifdef ANATOMY_EMU
+#define FA_UNROLL
+#else
+#define FA_UNROLL _Pragma("unroll")
+#endif
 
-static size_t round256(size_t x) { return (x + 255) / 256 * 256; }
+/* ---------------------------------------------------------------- scratch */
 
 size_t cuda_attention_scratch_bytes(size_t es, int B, int T, int C, int NH)
 {
-	size_t btc = (size_t)B * T * C * es, tt = (size_t)B * NH * T * T;
-	return round256(7 * btc) + round256(tt * es) + tt * es;
+	(void)es, (void)C;
+	return (size_t)B * NH * T * sizeof(float);	/* D */
 }
 
-static att_bufs att_scratch(cuda_backend *cb, size_t es, int B, int T, int C, int NH)
+/* D[bh, t] = dO[b, t, h, :] . O[b, t, h, :] in fp32: one warp per row. */
+template <class T>
+__global__ void att_rowdot_kernel(float *D, const T *dout, const T *out, int B, int T_, int C, int NH)
 {
-	/* the seven are back to back, unpadded: (un)permute treats q|k|v and
-	 * dq|dk|dv as one [3, B, NH, T, hs] tensor each */
-	size_t btc = (size_t)B * T * C * es, tt = (size_t)B * NH * T * T;
-	size_t soff = round256(7 * btc), poff = soff + round256(tt * es);
-	char *p = (char *)cuda_scratch(cb, SCR_ATT, cuda_attention_scratch_bytes(es, B, T, C, NH));
-	att_bufs a;
-	void **seven[7] = {&a.q, &a.k, &a.v, &a.o, &a.dq, &a.dk, &a.dv};
-	for (int i = 0; i < 7; i++)
-		*seven[i] = p + i * btc;
-	a.S = p + soff;
-	a.dP = p + poff;
-	return a;
-}
-
-/* [B, T, ns*C] (ns = 3: q|k|v; 1: one tensor) <-> ns head-major buffers
- * [B, NH, T, hs], dst[s] at hm + s*B*T*C. V elements per thread: hs % V == 0
- * keeps a vector inside one head. */
-template <class T, int V>
-__global__ void att_permute_kernel(T *hm, const T *x, int B, int T_, int C, int NH, int ns)
-{
-	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V, W = (size_t)ns * C;
-	if (i >= (size_t)B * T_ * W)
+	int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+	if (row >= B * NH * T_)
 		return;
-	int hs = C / NH;
-	size_t bt = i / W, col = i % W;
-	int b = (int)(bt / T_), t = (int)(bt % T_), s = (int)(col / C), h = (int)(col % C) / hs,
-	    d = (int)(col % C) % hs;
-	T *dst = hm + (size_t)s * B * T_ * C + (((size_t)b * NH + h) * T_ + t) * hs + d;
-	float f[V];
-	load_f<T, V>(f, x + i);
-	store_f<T, V>(dst, f);
+	int bh = row / T_, t = row % T_, b = bh / NH, h = bh % NH, hs = C / NH;
+	size_t o = ((size_t)b * T_ + t) * C + (size_t)h * hs;
+	float d = 0.0f;
+	for (int k = lane; k < hs; k += 32)
+		d += to_f(dout[o + k]) * to_f(out[o + k]);
+	d = warp_sum(d);
+	if (lane == 0)
+		D[row] = d;
 }
 
-/* The inverse: x[B, T, ns*C] = (or +=, when ADD) the head-major buffers. */
-template <class T, int V, bool ADD>
-__global__ void att_unpermute_kernel(T *x, const T *hm, int B, int T_, int C, int NH, int ns)
+/* ================================================ tensor-core (bf16) path */
+
+#define FA_THREADS 128	/* 4 warps, 16 rows of the block's tile each */
+#define FA_ROWS 64	/* rows a block owns: queries (forward, dq) or keys (dk, dv) */
+
+/* Shared-memory rows are padded by 8 elements (16 bytes): the 8 rows an
+ * ldmatrix reads then fall in different bank groups. */
+template <int HS> struct fa_cfg {
+	static const int lds = HS + 8;
+	/* tile of the inner loop: the streamed rows (keys in the forward and
+	 * dq, queries in dk/dv); 32 at hs 128 keeps the backward's
+	 * accumulators in registers */
+	static const int bn_fwd = 64;
+	static const int bn_bwd = HS == 128 ? 32 : 64;
+	static size_t fwd_smem() { return (size_t)(FA_ROWS + 2 * bn_fwd) * lds * sizeof(bf16); }
+	static size_t bwd_smem() { return (size_t)(2 * FA_ROWS + 2 * bn_bwd) * lds * sizeof(bf16) + 2 * bn_bwd * sizeof(float); }
+};
+
+/* rows x HS bf16 from global (row stride ld elements, rows >= nvalid
+ * zero-filled) into shared memory (row stride HS + 8), by cp.async, all
+ * FA_THREADS threads taking part. The caller commits and waits. */
+template <int HS, int ROWS>
+static __device__ __forceinline__ void fa_load_tile(bf16 *dst, const bf16 *src, size_t ld, int nvalid)
 {
-	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V, W = (size_t)ns * C;
-	if (i >= (size_t)B * T_ * W)
-		return;
-	int hs = C / NH;
-	size_t bt = i / W, col = i % W;
-	int b = (int)(bt / T_), t = (int)(bt % T_), s = (int)(col / C), h = (int)(col % C) / hs,
-	    d = (int)(col % C) % hs;
-	const T *src = hm + (size_t)s * B * T_ * C + (((size_t)b * NH + h) * T_ + t) * hs + d;
-	float f[V];
-	load_f<T, V>(f, src);
+	const int chunks = HS / 8;	/* 16-byte pieces of a row */
+	for (int c = threadIdx.x; c < ROWS * chunks; c += FA_THREADS) {
+		int r = c / chunks, k = c % chunks, ok = r < nvalid;
+		/* a row past the end reads nothing, from a valid address */
+		cp_async_16_zfill(dst + r * fa_cfg<HS>::lds + k * 8, src + (ok ? (size_t)r * ld : 0) + k * 8,
+				  ok ? 16 : 0);
+	}
+}
+
+/* A fragments (16 x 16 each) of the 16 x K tile at shared rows [row0,
+ * row0 + 16), columns [0, K): a[kk] covers columns 16kk.. 16kk+15. */
+template <int K>
+static __device__ __forceinline__ void fa_load_a(uint32_t (&a)[K / 16][4], const bf16 *s, int lds, int row0)
+{
+	int lane = threadIdx.x & 31;
+	const bf16 *p = s + (row0 + (lane & 15)) * lds + (lane >> 4) * 8;
+	FA_UNROLL
+	for (int kk = 0; kk < K / 16; kk++)
+		ldmatrix_x4(a[kk], p + kk * 16);
+}
+
+/* acc[N/8] (16 x N) += A (16 x K, fragments) * Bm^T, where Bm is N x K
+ * row-major in shared memory from row brow0: B[k][n] = Bm[n][k]. Plain
+ * ldmatrix: lane l of an 8x8 matrix gets row l/4, which is column n = l/4 of
+ * B, as the mma's B fragment wants. */
+template <int K, int N>
+static __device__ __forceinline__ void fa_mma_abt(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4],
+						  const bf16 *s, int lds, int brow0)
+{
+	int lane = threadIdx.x & 31;
+	/* matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) */
+	const bf16 *p = s + (brow0 + ((lane >> 4) << 3) + (lane & 7)) * lds + ((lane >> 3) & 1) * 8;
+	FA_UNROLL
+	for (int kk = 0; kk < K / 16; kk++) {
+		FA_UNROLL
+		for (int np = 0; np < N / 16; np++) {
+			uint32_t b[4];
+			ldmatrix_x4(b, p + np * 16 * lds + kk * 16);
+			mma_m16n8k16_bf16(acc[2 * np], a[kk], b, acc[2 * np]);
+			mma_m16n8k16_bf16(acc[2 * np + 1], a[kk], b + 2, acc[2 * np + 1]);
+		}
+	}
+}
+
+/* acc[N/8] (16 x N) += A (16 x K, fragments) * Bm, where Bm is K x N
+ * row-major in shared memory from row brow0 (K rows, N columns). .trans
+ * ldmatrix turns its rows (k) into the fragment's columns. */
+template <int K, int N>
+static __device__ __forceinline__ void fa_mma_ab(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4],
+						 const bf16 *s, int lds, int brow0)
+{
+	int lane = threadIdx.x & 31;
+	/* matrices: (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15) */
+	const bf16 *p = s + (brow0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * lds + (lane >> 4) * 8;
+	FA_UNROLL
+	for (int kk = 0; kk < K / 16; kk++) {
+		FA_UNROLL
+		for (int np = 0; np < N / 16; np++) {
+			uint32_t b[4];
+			ldmatrix_x4_trans(b, p + kk * 16 * lds + np * 16);
+			mma_m16n8k16_bf16(acc[2 * np], a[kk], b, acc[2 * np]);
+			mma_m16n8k16_bf16(acc[2 * np + 1], a[kk], b + 2, acc[2 * np + 1]);
+		}
+	}
+}
+
+/* An accumulator tile (16 x N, fp32) as bf16 A fragments of a following
+ * mma (its columns become the k dimension): the C layout of n-tiles 2kk and
+ * 2kk+1 is exactly the A layout of k-step kk. */
+template <int N>
+static __device__ __forceinline__ void fa_acc_to_a(uint32_t (&a)[N / 16][4], const float (&c)[N / 8][4])
+{
+	FA_UNROLL
+	for (int kk = 0; kk < N / 16; kk++) {
+		a[kk][0] = pack_bf16x2(__float2bfloat16(c[2 * kk][0]), __float2bfloat16(c[2 * kk][1]));
+		a[kk][1] = pack_bf16x2(__float2bfloat16(c[2 * kk][2]), __float2bfloat16(c[2 * kk][3]));
+		a[kk][2] = pack_bf16x2(__float2bfloat16(c[2 * kk + 1][0]), __float2bfloat16(c[2 * kk + 1][1]));
+		a[kk][3] = pack_bf16x2(__float2bfloat16(c[2 * kk + 1][2]), __float2bfloat16(c[2 * kk + 1][3]));
+	}
+}
+
+template <int N> static __device__ __forceinline__ void fa_zero(float (&c)[N / 8][4])
+{
+	FA_UNROLL
+	for (int i = 0; i < N / 8; i++)
+		c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.0f;
+}
+
+/* dst[row, 2 columns] (bf16) += scale * (x, y), or = when !ADD. */
+template <bool ADD>
+static __device__ __forceinline__ void fa_store2(bf16 *dst, float x, float y)
+{
 	if (ADD) {
-		float g[V];
-		load_f<T, V>(g, x + i);
-UNROLL
-		for (int k = 0; k < V; k++)
-			f[k] += g[k];
+		__nv_bfloat162 o = *(const __nv_bfloat162 *)dst;
+		x += __low2float(o);
+		y += __high2float(o);
 	}
-	store_f<T, V>(x + i, f);
+	*(uint32_t *)dst = pack_bf16x2(__float2bfloat16(x), __float2bfloat16(y));
 }
 
-/* One warp per score row (bh, i). With HAVE_LSE the row's lse is given
- * (backward); else it is computed and saved. P = exp(S - lse) for the
- * unmasked j, 0 for the rest. K > 0: the row (T <= 32 K) is read once into
- * registers, K values per lane, only its unmasked part; K = 0: any T, in
- * three passes over memory. P may be S: each lane writes only the elements
- * it has read. */
-template <class T, bool HAVE_LSE, int K>
-__global__ void att_softmax_kernel(T *P, float *lse, const T *S, int rows, int T_, int causal)
+/* Writes (or adds) the warp's 16 x HS accumulator, times mul, to rows
+ * [row0, row0 + 16) of a [.., ld] bf16 matrix at base, rows < T only. */
+template <int HS, bool ADD>
+static __device__ __forceinline__ void fa_write_rows(bf16 *base, size_t ld, int row0, int T, const float (&c)[HS / 8][4],
+						     float mul0, float mul1)
 {
-	int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-	if (row >= rows)
-		return;
-	int i = row % T_, n = causal ? i + 1 : T_;
-	const T *s = S + (size_t)row * T_;
-	T *p = P + (size_t)row * T_;
-	float L;
-	if constexpr (K > 0) {
-		float x[K];
-		UNROLL
-		for (int k = 0; k < K; k++) {
-			int j = lane + 32 * k;
-			x[k] = j < n ? to_f(s[j]) : -INFINITY;
-		}
-		if (HAVE_LSE) {
-			L = lse[row];
-		} else {
-			float m = -INFINITY, l = 0.0f;
-			UNROLL
-			for (int k = 0; k < K; k++)
-				m = fmaxf(m, x[k]);
-			m = warp_max(m);
-			UNROLL
-			for (int k = 0; k < K; k++)
-				l += expf(x[k] - m);	/* exp(-inf) = 0 for the masked */
-			L = m + logf(warp_sum(l));
-			if (lane == 0)
-				lse[row] = L;
-		}
-		UNROLL
-		for (int k = 0; k < K; k++) {
-			int j = lane + 32 * k;
-			if (j < T_)
-				p[j] = from_f<T>(j < n ? expf(x[k] - L) : 0.0f);
-		}
-	} else {
-		if (HAVE_LSE) {
-			L = lse[row];
-		} else {
-			float m = -INFINITY, l = 0.0f;
-			for (int j = lane; j < n; j += 32)
-				m = fmaxf(m, to_f(s[j]));
-			m = warp_max(m);
-			for (int j = lane; j < n; j += 32)
-				l += expf(to_f(s[j]) - m);
-			L = m + logf(warp_sum(l));
-			if (lane == 0)
-				lse[row] = L;
-		}
-		for (int j = lane; j < T_; j += 32)
-			p[j] = from_f<T>(j < n ? expf(to_f(s[j]) - L) : 0.0f);
+	int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	int r0 = row0 + g, r1 = r0 + 8;
+	FA_UNROLL
+	for (int nt = 0; nt < HS / 8; nt++) {
+		int col = nt * 8 + 2 * t4;
+		if (r0 < T)
+			fa_store2<ADD>(base + (size_t)r0 * ld + col, c[nt][0] * mul0, c[nt][1] * mul0);
+		if (r1 < T)
+			fa_store2<ADD>(base + (size_t)r1 * ld + col, c[nt][2] * mul1, c[nt][3] * mul1);
 	}
 }
 
-template <class T, bool HAVE_LSE>
-static void softmax(cuda_backend *cb, T *P, float *lse, const T *S, int rows, int T_, int causal)
+/* Forward. Block: 64 query rows of one (b, h), 4 warps x 16 rows; key and
+ * value tiles of 64 rows stream through shared memory, the next K tile
+ * loading while P V is computed and the V tile while Q K^T is. Scores are
+ * kept in log2 units (scaled by log2(e) / sqrt(hs)) so exp is one exp2. */
+template <int HS>
+__global__ void __launch_bounds__(FA_THREADS) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T, int C,
+							     int NH, int causal, float scale_log2)
 {
-	unsigned blocks = cdiv((size_t)rows * 32, ATT_THREADS);
-	if (T_ <= 128)
-		CUDA_LAUNCH(blocks, ATT_THREADS, 0, cb->stream, att_softmax_kernel<T, HAVE_LSE, 4>)(P, lse, S, rows,
-												    T_, causal);
-	else if (T_ <= 1024)
-		CUDA_LAUNCH(blocks, ATT_THREADS, 0, cb->stream, att_softmax_kernel<T, HAVE_LSE, 32>)(P, lse, S, rows,
-												     T_, causal);
-	else
-		CUDA_LAUNCH(blocks, ATT_THREADS, 0, cb->stream, att_softmax_kernel<T, HAVE_LSE, 0>)(P, lse, S, rows,
-												    T_, causal);
-	LAUNCH_CHECK();
+	typedef fa_cfg<HS> cfg;
+	const int BN = cfg::bn_fwd, lds = cfg::lds;
+	DYNAMIC_SHARED(bf16, smem);
+	bf16 *sQ = smem, *sK = sQ + FA_ROWS * lds, *sV = sK + BN * lds;
+	int m0 = blockIdx.x * FA_ROWS, bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	size_t ld = (size_t)3 * C;
+	const bf16 *gq = qkv + (size_t)b * T * ld + (size_t)h * HS, *gk = gq + C, *gv = gq + 2 * C;
+	int nkv = causal ? min(T, m0 + FA_ROWS) : T, ntiles = (nkv + BN - 1) / BN;
+	int row0 = m0 + warp * 16 + g, row1 = row0 + 8;	/* this lane's two rows */
+
+	fa_load_tile<HS, FA_ROWS>(sQ, gq + (size_t)m0 * ld, ld, T - m0);
+	fa_load_tile<HS, BN>(sK, gk, ld, T);
+	cp_async_commit();
+
+	uint32_t qa[HS / 16][4];
+	float o[HS / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+	fa_zero<HS>(o);
+	for (int j = 0; j < ntiles; j++) {
+		int n0 = j * BN;
+		cp_async_wait<0>();
+		__syncthreads();	/* K_j in; every warp is done with V_{j-1} */
+		fa_load_tile<HS, BN>(sV, gv + (size_t)n0 * ld, ld, T - n0);
+		cp_async_commit();
+		if (j == 0)
+			fa_load_a<HS>(qa, sQ, lds, warp * 16);
+
+		float s[BN / 8][4];
+		fa_zero<BN>(s);
+		fa_mma_abt<HS, BN>(s, qa, sK, lds, 0);
+
+		/* mask only the tiles that cross the end or the diagonal */
+		int need = n0 + BN > T || (causal && n0 + BN - 1 > m0 + warp * 16);
+		float mx[2] = {-INFINITY, -INFINITY};
+		FA_UNROLL
+		for (int nt = 0; nt < BN / 8; nt++) {
+			FA_UNROLL
+			for (int e = 0; e < 4; e++) {
+				float x = s[nt][e] * scale_log2;
+				if (need) {
+					int col = n0 + nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? row0 : row1;
+					if (col >= T || (causal && col > row))
+						x = -INFINITY;
+				}
+				s[nt][e] = x;
+				mx[e >> 1] = fmaxf(mx[e >> 1], x);
+			}
+		}
+		float sub[2], alpha[2];
+		FA_UNROLL
+		for (int r = 0; r < 2; r++) {	/* the 4 lanes of a quad share a row */
+			mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+			mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+			float mn = fmaxf(m[r], mx[r]);
+			sub[r] = mn == -INFINITY ? 0.0f : mn;	/* a row with nothing unmasked yet */
+			alpha[r] = exp2f(m[r] - sub[r]);
+			m[r] = mn;
+			l[r] *= alpha[r];
+		}
+		FA_UNROLL
+		for (int nt = 0; nt < BN / 8; nt++) {
+			FA_UNROLL
+			for (int e = 0; e < 4; e++) {
+				float p = exp2f(s[nt][e] - sub[e >> 1]);
+				s[nt][e] = p;
+				l[e >> 1] += p;	/* this lane's part; the quad sums at the end */
+			}
+		}
+		FA_UNROLL
+		for (int nt = 0; nt < HS / 8; nt++) {
+			o[nt][0] *= alpha[0], o[nt][1] *= alpha[0];
+			o[nt][2] *= alpha[1], o[nt][3] *= alpha[1];
+		}
+		uint32_t pa[BN / 16][4];
+		fa_acc_to_a<BN>(pa, s);
+
+		cp_async_wait<0>();
+		__syncthreads();	/* V_j in; every warp is done with K_j */
+		if (j + 1 < ntiles) {
+			fa_load_tile<HS, BN>(sK, gk + (size_t)(n0 + BN) * ld, ld, T - n0 - BN);
+			cp_async_commit();
+		}
+		fa_mma_ab<BN, HS>(o, pa, sV, lds, 0);
+	}
+
+	float inv[2];
+	FA_UNROLL
+	for (int r = 0; r < 2; r++) {
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+		inv[r] = 1.0f / l[r];
+	}
+	if (t4 == 0) {	/* natural log: lse = ln 2 * (m + log2 l) */
+		if (row0 < T)
+			lse[(size_t)bh * T + row0] = 0.69314718056f * (m[0] + log2f(l[0]));
+		if (row1 < T)
+			lse[(size_t)bh * T + row1] = 0.69314718056f * (m[1] + log2f(l[1]));
+	}
+	fa_write_rows<HS, false>(out + (size_t)b * T * C + (size_t)h * HS, C, m0 + warp * 16, T, o, inv[0], inv[1]);
 }
 
-/* One warp per row (bh, i): D = dO_i . O_i from the [B, T, C] tensors, then
- * dS = P (dP - D) * scale over P in place. */
-template <class T>
-__global__ void att_dscores_kernel(T *P, const T *dP, const T *dout, const T *out, int rows, int NH,
-				   int T_, int C, int causal, float scale)
+/* Backward, dk and dv. Block: 64 key rows of one (b, h), 4 warps x 16; the
+ * query tiles (BM rows of q, dO, lse, D) stream through shared memory. In
+ * transposed form, per warp: S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T,
+ * dS^T = P^T (dP^T - D), dv += P^T dO, dk += dS^T Q. */
+template <int HS>
+__global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, const bf16 *dout, const bf16 *qkv,
+								  const float *lse, const float *Dv, int T, int C,
+								  int NH, int causal, float scale_log2, float scale)
 {
-	int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-	if (row >= rows)
+	typedef fa_cfg<HS> cfg;
+	const int BM = cfg::bn_bwd, lds = cfg::lds;
+	DYNAMIC_SHARED(bf16, smem);
+	bf16 *sK = smem, *sV = sK + FA_ROWS * lds, *sQ = sV + FA_ROWS * lds, *sO = sQ + BM * lds;
+	float *sL = (float *)(sO + BM * lds), *sD = sL + BM;
+	int n0 = blockIdx.x * FA_ROWS, bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	size_t ld = (size_t)3 * C;
+	const bf16 *gq = qkv + (size_t)b * T * ld + (size_t)h * HS, *gk = gq + C, *gv = gq + 2 * C;
+	const bf16 *gdo = dout + (size_t)b * T * C + (size_t)h * HS;
+	const float *gl = lse + (size_t)bh * T, *gd = Dv + (size_t)bh * T;
+	int key0 = n0 + warp * 16 + g, key1 = key0 + 8;	/* this lane's two key rows */
+	/* causal: queries before the block's first key see none of its keys */
+	int i_start = causal ? n0 / BM * BM : 0;
+
+	fa_load_tile<HS, FA_ROWS>(sK, gk + (size_t)n0 * ld, ld, T - n0);
+	fa_load_tile<HS, FA_ROWS>(sV, gv + (size_t)n0 * ld, ld, T - n0);
+	fa_load_tile<HS, BM>(sQ, gq + (size_t)i_start * ld, ld, T - i_start);
+	fa_load_tile<HS, BM>(sO, gdo + (size_t)i_start * C, C, T - i_start);
+	cp_async_commit();
+	for (int r = threadIdx.x; r < BM; r += FA_THREADS) {	/* lse in log2 units; +inf: p = 0 */
+		int i = i_start + r;
+		sL[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
+		sD[r] = i < T ? gd[i] : 0.0f;
+	}
+
+	float dk[HS / 8][4], dv[HS / 8][4];
+	fa_zero<HS>(dk);
+	fa_zero<HS>(dv);
+	for (int i0 = i_start; i0 < T; i0 += BM) {
+		cp_async_wait<0>();
+		__syncthreads();	/* this query tile is in */
+		uint32_t a[HS / 16][4];
+		float st[BM / 8][4], dpt[BM / 8][4];
+		fa_load_a<HS>(a, sK, lds, warp * 16);
+		fa_zero<BM>(st);
+		fa_mma_abt<HS, BM>(st, a, sQ, lds, 0);
+		fa_load_a<HS>(a, sV, lds, warp * 16);
+		fa_zero<BM>(dpt);
+		fa_mma_abt<HS, BM>(dpt, a, sO, lds, 0);
+
+		/* keys past the end (their rows are never written, but keep them
+		 * finite) and causal queries before the key */
+		int need = n0 + FA_ROWS > T || (causal && i0 < n0 + warp * 16 + 15);
+		FA_UNROLL
+		for (int nt = 0; nt < BM / 8; nt++) {
+			FA_UNROLL
+			for (int e = 0; e < 4; e++) {
+				int c = nt * 8 + 2 * t4 + (e & 1), key = e < 2 ? key0 : key1;
+				float p = exp2f(st[nt][e] * scale_log2 - sL[c]);
+				if (need && (key >= T || (causal && i0 + c < key)))
+					p = 0.0f;
+				st[nt][e] = p;
+				dpt[nt][e] = p * (dpt[nt][e] - sD[c]);
+			}
+		}
+		uint32_t pa[BM / 16][4], da[BM / 16][4];
+		fa_acc_to_a<BM>(pa, st);
+		fa_acc_to_a<BM>(da, dpt);
+		fa_mma_ab<BM, HS>(dv, pa, sO, lds, 0);
+		fa_mma_ab<BM, HS>(dk, da, sQ, lds, 0);
+
+		__syncthreads();	/* every warp is done with this tile */
+		int i1 = i0 + BM;
+		if (i1 < T) {
+			fa_load_tile<HS, BM>(sQ, gq + (size_t)i1 * ld, ld, T - i1);
+			fa_load_tile<HS, BM>(sO, gdo + (size_t)i1 * C, C, T - i1);
+			cp_async_commit();
+			for (int r = threadIdx.x; r < BM; r += FA_THREADS) {
+				int i = i1 + r;
+				sL[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
+				sD[r] = i < T ? gd[i] : 0.0f;
+			}
+		}
+	}
+	bf16 *base = dqkv + (size_t)b * T * ld + (size_t)h * HS;
+	fa_write_rows<HS, true>(base + C, ld, n0 + warp * 16, T, dk, scale, scale);
+	fa_write_rows<HS, true>(base + 2 * C, ld, n0 + warp * 16, T, dv, 1.0f, 1.0f);
+}
+
+/* Backward, dq. Block: 64 query rows of one (b, h), 4 warps x 16; key and
+ * value tiles of BN rows stream through shared memory. Per warp:
+ * S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dq += dS K. */
+template <int HS>
+__global__ void __launch_bounds__(FA_THREADS) flash_bwd_dq_kernel(bf16 *dqkv, const bf16 *dout, const bf16 *qkv,
+								const float *lse, const float *Dv, int T, int C,
+								int NH, int causal, float scale_log2, float scale)
+{
+	typedef fa_cfg<HS> cfg;
+	const int BN = cfg::bn_bwd, lds = cfg::lds;
+	DYNAMIC_SHARED(bf16, smem);
+	bf16 *sQ = smem, *sO = sQ + FA_ROWS * lds, *sK = sO + FA_ROWS * lds, *sV = sK + BN * lds;
+	int m0 = blockIdx.x * FA_ROWS, bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	size_t ld = (size_t)3 * C;
+	const bf16 *gq = qkv + (size_t)b * T * ld + (size_t)h * HS, *gk = gq + C, *gv = gq + 2 * C;
+	const bf16 *gdo = dout + (size_t)b * T * C + (size_t)h * HS;
+	int row0 = m0 + warp * 16 + g, row1 = row0 + 8;
+	int nkv = causal ? min(T, m0 + FA_ROWS) : T;
+	/* this lane's rows' lse (log2 units; +inf past the end: p = 0) and D */
+	float L[2], D[2];
+	L[0] = row0 < T ? lse[(size_t)bh * T + row0] * 1.44269504089f : INFINITY;
+	L[1] = row1 < T ? lse[(size_t)bh * T + row1] * 1.44269504089f : INFINITY;
+	D[0] = row0 < T ? Dv[(size_t)bh * T + row0] : 0.0f;
+	D[1] = row1 < T ? Dv[(size_t)bh * T + row1] : 0.0f;
+
+	fa_load_tile<HS, FA_ROWS>(sQ, gq + (size_t)m0 * ld, ld, T - m0);
+	fa_load_tile<HS, FA_ROWS>(sO, gdo + (size_t)m0 * C, C, T - m0);
+	fa_load_tile<HS, BN>(sK, gk, ld, T);
+	fa_load_tile<HS, BN>(sV, gv, ld, T);
+	cp_async_commit();
+
+	float dq[HS / 8][4];
+	fa_zero<HS>(dq);
+	for (int n0 = 0; n0 < nkv; n0 += BN) {
+		cp_async_wait<0>();
+		__syncthreads();	/* this key tile is in */
+		uint32_t a[HS / 16][4];
+		float s[BN / 8][4], dp[BN / 8][4];
+		fa_load_a<HS>(a, sQ, lds, warp * 16);
+		fa_zero<BN>(s);
+		fa_mma_abt<HS, BN>(s, a, sK, lds, 0);
+		fa_load_a<HS>(a, sO, lds, warp * 16);
+		fa_zero<BN>(dp);
+		fa_mma_abt<HS, BN>(dp, a, sV, lds, 0);
+
+		int need = n0 + BN > T || (causal && n0 + BN - 1 > m0 + warp * 16);
+		FA_UNROLL
+		for (int nt = 0; nt < BN / 8; nt++) {
+			FA_UNROLL
+			for (int e = 0; e < 4; e++) {
+				int col = n0 + nt * 8 + 2 * t4 + (e & 1), r = e >> 1;
+				float p = exp2f(s[nt][e] * scale_log2 - L[r]);
+				if (need && (col >= T || (causal && col > (r ? row1 : row0))))
+					p = 0.0f;
+				dp[nt][e] = p * (dp[nt][e] - D[r]);
+			}
+		}
+		uint32_t da[BN / 16][4];
+		fa_acc_to_a<BN>(da, dp);
+		fa_mma_ab<BN, HS>(dq, da, sK, lds, 0);
+
+		__syncthreads();	/* every warp is done with this key tile */
+		int n1 = n0 + BN;
+		if (n1 < nkv) {
+			fa_load_tile<HS, BN>(sK, gk + (size_t)n1 * ld, ld, T - n1);
+			fa_load_tile<HS, BN>(sV, gv + (size_t)n1 * ld, ld, T - n1);
+			cp_async_commit();
+		}
+	}
+	fa_write_rows<HS, true>(dqkv + (size_t)b * T * ld + (size_t)h * HS, ld, m0 + warp * 16, T, dq, scale, scale);
+}
+
+/* ===================================================== SIMT (fp32 math) path */
+
+/* One warp per block: the lanes exchange each chunk's p (or dS) through
+ * shared memory, ordered by __syncthreads, which rows of different lengths
+ * (causal) could not share within a bigger block. (A __syncwarp would do on
+ * the GPU, but the emulator's race detector flags a write after many
+ * readers unless a block barrier lies between.) */
+#define SA_WARPS 1
+#define SA_MAXHS 256	/* head sizes up to 32 * 8 */
+
+/* Forward: one warp per query row i. Lanes take 32 keys at a time (each a
+ * full dot product against q in shared memory), the chunk's max and sum are
+ * folded into the running ones, then the lanes, each owning hs/32 output
+ * columns, add the chunk's p_j v_j. */
+template <class T, int DPL>
+__global__ void __launch_bounds__(32 * SA_WARPS) att_simt_fwd_kernel(T *out, float *lse, const T *qkv, int T_, int C,
+								   int NH, int causal, float scale)
+{
+	__shared__ float sq[SA_WARPS][SA_MAXHS], sp[SA_WARPS][32];
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	int i = blockIdx.x * SA_WARPS + warp, bh = blockIdx.y, b = bh / NH, h = bh % NH, hs = C / NH;
+	if (i >= T_)
 		return;
-	int bh = row / T_, i = row % T_, b = bh / NH, h = bh % NH, hs = C / NH;
-	size_t o = ((size_t)b * T_ + i) * C + (size_t)h * hs;
-	float D = 0.0f;
+	size_t ld = (size_t)3 * C;
+	const T *q = qkv + ((size_t)b * T_ + i) * ld + (size_t)h * hs;
+	const T *kb = qkv + (size_t)b * T_ * ld + C + (size_t)h * hs, *vb = kb + C;
+	float *s_q = sq[warp];
 	for (int d = lane; d < hs; d += 32)
-		D += to_f(dout[o + d]) * to_f(out[o + d]);
-	D = warp_sum(D);
+		s_q[d] = to_f(q[d]) * scale;
+	__syncthreads();
+	float o[DPL], m = -INFINITY, l = 0.0f;
+	UNROLL
+	for (int k = 0; k < DPL; k++)
+		o[k] = 0.0f;
 	int n = causal ? i + 1 : T_;
-	T *p = P + (size_t)row * T_;
-	const T *dp = dP + (size_t)row * T_;
-	for (int j = lane; j < n; j += 32)	/* masked entries are 0 already, in P */
-		p[j] = from_f<T>(to_f(p[j]) * (to_f(dp[j]) - D) * scale);
-}
-
-/* ---- host side ---- */
-
-template <class T>
-static void permute(cuda_backend *cb, T *hm, const T *x, int B, int T_, int C, int NH, int ns)
-{
-	int hs = C / NH, V = 16 / sizeof(T);
-	size_t n = (size_t)B * T_ * ns * C;
-	if (hs % V == 0 && aligned16(hm) && aligned16(x)) {
-		CUDA_LAUNCH(cdiv(n / V, ATT_THREADS), ATT_THREADS, 0, cb->stream,
-			    att_permute_kernel<T, 16 / sizeof(T)>)(hm, x, B, T_, C, NH, ns);
-	} else {
-		CUDA_LAUNCH(cdiv(n, ATT_THREADS), ATT_THREADS, 0, cb->stream, att_permute_kernel<T, 1>)(
-			hm, x, B, T_, C, NH, ns);
+	for (int j0 = 0; j0 < n; j0 += 32) {
+		int j = j0 + lane, cnt = min(32, n - j0);
+		float s = -INFINITY;
+		if (j < n) {
+			const T *kj = kb + (size_t)j * ld;
+			float acc = 0.0f;
+			for (int d = 0; d < hs; d++)
+				acc += s_q[d] * to_f(kj[d]);
+			s = acc;
+		}
+		float mn = fmaxf(m, warp_max(s));	/* finite: lane 0's key is unmasked */
+		float alpha = expf(m - mn), p = expf(s - mn);
+		l = l * alpha + warp_sum(p);
+		m = mn;
+		UNROLL
+		for (int k = 0; k < DPL; k++)
+			o[k] *= alpha;
+		sp[warp][lane] = p;	/* shared, not 32 shuffles: one exchange */
+		__syncthreads();
+		for (int jj = 0; jj < cnt; jj++) {
+			float pj = sp[warp][jj];
+			const T *vj = vb + (size_t)(j0 + jj) * ld;
+			UNROLL
+			for (int k = 0; k < DPL; k++) {
+				int d = lane + 32 * k;
+				if (d < hs)
+					o[k] += pj * to_f(vj[d]);
+			}
+		}
+		__syncthreads();	/* sp is read before the next chunk writes it */
 	}
-	LAUNCH_CHECK();
-}
-
-template <class T, bool ADD>
-static void unpermute(cuda_backend *cb, T *x, const T *hm, int B, int T_, int C, int NH, int ns)
-{
-	int hs = C / NH, V = 16 / sizeof(T);
-	size_t n = (size_t)B * T_ * ns * C;
-	if (hs % V == 0 && aligned16(hm) && aligned16(x)) {
-		CUDA_LAUNCH(cdiv(n / V, ATT_THREADS), ATT_THREADS, 0, cb->stream,
-			    att_unpermute_kernel<T, 16 / sizeof(T), ADD>)(x, hm, B, T_, C, NH, ns);
-	} else {
-		CUDA_LAUNCH(cdiv(n, ATT_THREADS), ATT_THREADS, 0, cb->stream, att_unpermute_kernel<T, 1, ADD>)(
-			x, hm, B, T_, C, NH, ns);
+	T *y = out + ((size_t)b * T_ + i) * C + (size_t)h * hs;
+	UNROLL
+	for (int k = 0; k < DPL; k++) {
+		int d = lane + 32 * k;
+		if (d < hs)
+			y[d] = from_f<T>(o[k] / l);
 	}
+	if (lane == 0)
+		lse[(size_t)bh * T_ + i] = m + logf(l);
+}
+
+/* Backward, dq: one warp per query row i; lanes take 32 keys at a time,
+ * dS_ij = p_ij (dO_i . v_j - D_i), then dq_i += sum_j dS_ij k_j. */
+template <class T, int DPL>
+__global__ void __launch_bounds__(32 * SA_WARPS) att_simt_dq_kernel(T *dqkv, const T *dout, const T *qkv,
+								  const float *lse, const float *Dv, int T_, int C,
+								  int NH, int causal, float scale)
+{
+	__shared__ float sq[SA_WARPS][SA_MAXHS], sdo[SA_WARPS][SA_MAXHS], sds[SA_WARPS][32];
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	int i = blockIdx.x * SA_WARPS + warp, bh = blockIdx.y, b = bh / NH, h = bh % NH, hs = C / NH;
+	if (i >= T_)
+		return;
+	size_t ld = (size_t)3 * C;
+	const T *q = qkv + ((size_t)b * T_ + i) * ld + (size_t)h * hs;
+	const T *dy = dout + ((size_t)b * T_ + i) * C + (size_t)h * hs;
+	const T *kb = qkv + (size_t)b * T_ * ld + C + (size_t)h * hs, *vb = kb + C;
+	float *s_q = sq[warp], *s_do = sdo[warp];
+	for (int d = lane; d < hs; d += 32) {
+		s_q[d] = to_f(q[d]) * scale;
+		s_do[d] = to_f(dy[d]);
+	}
+	__syncthreads();
+	float L = lse[(size_t)bh * T_ + i], Di = Dv[(size_t)bh * T_ + i], g[DPL];
+	UNROLL
+	for (int k = 0; k < DPL; k++)
+		g[k] = 0.0f;
+	int n = causal ? i + 1 : T_;
+	for (int j0 = 0; j0 < n; j0 += 32) {
+		int j = j0 + lane, cnt = min(32, n - j0);
+		float ds = 0.0f;
+		if (j < n) {
+			const T *kj = kb + (size_t)j * ld, *vj = vb + (size_t)j * ld;
+			float s = 0.0f, dp = 0.0f;
+			for (int d = 0; d < hs; d++) {
+				s += s_q[d] * to_f(kj[d]);
+				dp += s_do[d] * to_f(vj[d]);
+			}
+			ds = expf(s - L) * (dp - Di);
+		}
+		sds[warp][lane] = ds;
+		__syncthreads();
+		for (int jj = 0; jj < cnt; jj++) {
+			float dsj = sds[warp][jj];
+			const T *kj = kb + (size_t)(j0 + jj) * ld;
+			UNROLL
+			for (int k = 0; k < DPL; k++) {
+				int d = lane + 32 * k;
+				if (d < hs)
+					g[k] += dsj * to_f(kj[d]);
+			}
+		}
+		__syncthreads();
+	}
+	T *dq = dqkv + ((size_t)b * T_ + i) * ld + (size_t)h * hs;
+	UNROLL
+	for (int k = 0; k < DPL; k++) {
+		int d = lane + 32 * k;
+		if (d < hs)
+			dq[d] = from_f<T>(to_f(dq[d]) + g[k] * scale);
+	}
+}
+
+/* Backward, dk and dv: one warp per key row j; lanes take 32 queries at a
+ * time, p_ij and dS_ij as above, then dv_j += sum_i p_ij dO_i and
+ * dk_j += sum_i dS_ij q_i. */
+template <class T, int DPL>
+__global__ void __launch_bounds__(32 * SA_WARPS) att_simt_dkdv_kernel(T *dqkv, const T *dout, const T *qkv,
+								    const float *lse, const float *Dv, int T_, int C,
+								    int NH, int causal, float scale)
+{
+	__shared__ float sk[SA_WARPS][SA_MAXHS], sv[SA_WARPS][SA_MAXHS], sp[SA_WARPS][32], sds[SA_WARPS][32];
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	int j = blockIdx.x * SA_WARPS + warp, bh = blockIdx.y, b = bh / NH, h = bh % NH, hs = C / NH;
+	if (j >= T_)
+		return;
+	size_t ld = (size_t)3 * C;
+	const T *qb = qkv + (size_t)b * T_ * ld + (size_t)h * hs;
+	const T *dyb = dout + (size_t)b * T_ * C + (size_t)h * hs;
+	const T *k_ = qb + (size_t)j * ld + C, *v_ = k_ + C;
+	float *s_k = sk[warp], *s_v = sv[warp];
+	for (int d = lane; d < hs; d += 32) {
+		s_k[d] = to_f(k_[d]) * scale;
+		s_v[d] = to_f(v_[d]);
+	}
+	__syncthreads();
+	const float *L = lse + (size_t)bh * T_, *Db = Dv + (size_t)bh * T_;
+	float gk[DPL], gv[DPL];
+	UNROLL
+	for (int k = 0; k < DPL; k++)
+		gk[k] = gv[k] = 0.0f;
+	for (int i0 = causal ? j : 0; i0 < T_; i0 += 32) {
+		int i = i0 + lane, cnt = min(32, T_ - i0);
+		float p = 0.0f, ds = 0.0f;
+		if (i < T_) {
+			const T *qi = qb + (size_t)i * ld, *dyi = dyb + (size_t)i * C;
+			float s = 0.0f, dp = 0.0f;
+			for (int d = 0; d < hs; d++) {
+				s += to_f(qi[d]) * s_k[d];
+				dp += to_f(dyi[d]) * s_v[d];
+			}
+			p = expf(s - L[i]);
+			ds = p * (dp - Db[i]);
+		}
+		sp[warp][lane] = p;
+		sds[warp][lane] = ds;
+		__syncthreads();
+		for (int ii = 0; ii < cnt; ii++) {
+			float pi = sp[warp][ii], dsi = sds[warp][ii];
+			const T *qi = qb + (size_t)(i0 + ii) * ld, *dyi = dyb + (size_t)(i0 + ii) * C;
+			UNROLL
+			for (int k = 0; k < DPL; k++) {
+				int d = lane + 32 * k;
+				if (d < hs) {
+					gv[k] += pi * to_f(dyi[d]);
+					gk[k] += dsi * to_f(qi[d]);
+				}
+			}
+		}
+		__syncthreads();
+	}
+	T *dk = dqkv + ((size_t)b * T_ + j) * ld + C + (size_t)h * hs, *dv = dk + C;
+	UNROLL
+	for (int k = 0; k < DPL; k++) {
+		int d = lane + 32 * k;
+		if (d < hs) {
+			dk[d] = from_f<T>(to_f(dk[d]) + gk[k] * scale);
+			dv[d] = from_f<T>(to_f(dv[d]) + gv[k]);
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- host side */
+
+/* The tensor-core kernels take bf16 with hs 32, 64 or 128 and 16-byte
+ * aligned tensors (cp.async rows; 3C and C are then multiples of 8). */
+static int flash_ok(backend *be, int hs, const void *a, const void *b, const void *c, const void *d)
+{
+	return be->act == DT_BF16 && (hs == 32 || hs == 64 || hs == 128) && aligned16(a) && aligned16(b) &&
+	       aligned16(c) && aligned16(d);
+}
+
+/* Kernels above 48 KiB of dynamic shared memory must say so first. */
+template <class K> static void fa_smem_attr(K kernel, size_t bytes)
+{
+	if (bytes > 48 * 1024)
+		CUDA_CHECK(cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						(int)bytes));
+}
+
+template <int HS>
+static void flash_forward(cuda_backend *cb, bf16 *out, float *lse, const bf16 *qkv, int B, int T, int C, int NH,
+			  int causal)
+{
+	size_t smem = fa_cfg<HS>::fwd_smem();
+	fa_smem_attr(flash_fwd_kernel<HS>, smem);
+	dim3 grid(cdiv(T, FA_ROWS), B * NH);
+	float scale_log2 = (float)(1.4426950408889634 / sqrt((double)HS));
+	CUDA_LAUNCH(grid, FA_THREADS, smem, cb->stream, flash_fwd_kernel<HS>)(out, lse, qkv, T, C, NH, causal,
+									     scale_log2);
+	LAUNCH_CHECK();
+}
+
+template <int HS>
+static void flash_backward(cuda_backend *cb, bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse,
+			   const float *D, int B, int T, int C, int NH, int causal)
+{
+	size_t smem = fa_cfg<HS>::bwd_smem();
+	fa_smem_attr(flash_bwd_dkdv_kernel<HS>, smem);
+	fa_smem_attr(flash_bwd_dq_kernel<HS>, smem);
+	dim3 grid(cdiv(T, FA_ROWS), B * NH);
+	float scale = (float)(1.0 / sqrt((double)HS)), scale_log2 = (float)(1.4426950408889634 / sqrt((double)HS));
+	CUDA_LAUNCH(grid, FA_THREADS, smem, cb->stream, flash_bwd_dkdv_kernel<HS>)(dqkv, dout, qkv, lse, D, T, C, NH,
+										  causal, scale_log2, scale);
+	LAUNCH_CHECK();
+	CUDA_LAUNCH(grid, FA_THREADS, smem, cb->stream, flash_bwd_dq_kernel<HS>)(dqkv, dout, qkv, lse, D, T, C, NH,
+										causal, scale_log2, scale);
+	LAUNCH_CHECK();
+}
+
+/* Output columns per lane of the SIMT kernels: the smallest of 1, 2, 4, 8
+ * covering hs. */
+static int simt_dpl(int hs)
+{
+	if (hs > SA_MAXHS)
+		cuda_die(__FILE__, __LINE__, "attention: head size %d exceeds %d", hs, SA_MAXHS);
+	return hs <= 32 ? 1 : hs <= 64 ? 2 : hs <= 128 ? 4 : 8;
+}
+
+#define SIMT_DISPATCH(dpl, LAUNCH) \
+	do { \
+		switch (dpl) { \
+		case 1: LAUNCH(1); break; \
+		case 2: LAUNCH(2); break; \
+		case 4: LAUNCH(4); break; \
+		default: LAUNCH(8); break; \
+		} \
+	} while (0)
+
+template <class T>
+static void simt_forward(cuda_backend *cb, T *out, float *lse, const T *qkv, int B, int T_, int C, int NH, int causal)
+{
+	dim3 grid(cdiv(T_, SA_WARPS), B * NH);
+	float scale = (float)(1.0 / sqrt((double)(C / NH)));
+#define FWD(D) \
+	CUDA_LAUNCH(grid, 32 * SA_WARPS, 0, cb->stream, att_simt_fwd_kernel<T, D>)(out, lse, qkv, T_, C, NH, causal, scale)
+	SIMT_DISPATCH(simt_dpl(C / NH), FWD);
+#undef FWD
 	LAUNCH_CHECK();
 }
 
 template <class T>
-static void attention_forward_t(cuda_backend *cb, dtype act, T *out, float *lse, const T *qkv, int B, int T_,
-				int C, int NH, int causal)
+static void simt_backward(cuda_backend *cb, T *dqkv, const T *dout, const T *qkv, const float *lse, const float *D,
+			  int B, int T_, int C, int NH, int causal)
 {
-	int hs = C / NH, BH = B * NH, rows = BH * T_;
-	long long sm = (long long)T_ * hs, ss = (long long)T_ * T_;
-	float scale = (float)(1.0 / sqrt((double)hs));
-	att_bufs a = att_scratch(cb, sizeof(T), B, T_, C, NH);
-	permute(cb, (T *)a.q, qkv, B, T_, C, NH, 3);	/* q, k, v are consecutive */
-	/* S^T-view [Tk x Tq] = k^T-view^T q-view: S[i, j] = scale * q_i . k_j */
-	mm_gemm(cb->mm, 1, 0, T_, T_, hs, act, a.k, hs, sm, a.q, hs, sm, act, a.S, T_, ss, BH, scale, 0.0f, NULL);
-	softmax<T, false>(cb, (T *)a.S, lse, (const T *)a.S, rows, T_, causal);	/* P over S */
-	/* O [T x hs] = P [Tq x Tk] v [Tk x hs] */
-	mm_gemm(cb->mm, 0, 0, hs, T_, T_, act, a.v, hs, sm, a.S, T_, ss, act, a.o, hs, sm, BH, 1.0f, 0.0f, NULL);
-	unpermute<T, false>(cb, out, (const T *)a.o, B, T_, C, NH, 1);
-}
-
-template <class T>
-static void attention_backward_t(cuda_backend *cb, dtype act, T *dqkv, const T *dout, const T *qkv,
-				 const T *out, const float *lse, int B, int T_, int C, int NH, int causal)
-{
-	int hs = C / NH, BH = B * NH, rows = BH * T_;
-	long long sm = (long long)T_ * hs, ss = (long long)T_ * T_;
-	float scale = (float)(1.0 / sqrt((double)hs));
-	att_bufs a = att_scratch(cb, sizeof(T), B, T_, C, NH);
-	void *dO = a.o;
-	permute(cb, (T *)a.q, qkv, B, T_, C, NH, 3);
-	permute(cb, (T *)dO, dout, B, T_, C, NH, 1);
-	/* P from the saved lse */
-	mm_gemm(cb->mm, 1, 0, T_, T_, hs, act, a.k, hs, sm, a.q, hs, sm, act, a.S, T_, ss, BH, scale, 0.0f, NULL);
-	softmax<T, true>(cb, (T *)a.S, (float *)lse, (const T *)a.S, rows, T_, causal);	/* P over S */
-	/* dv [Tk x hs] = P^T [Tk x Tq] dO [Tq x hs] */
-	mm_gemm(cb->mm, 0, 1, hs, T_, T_, act, dO, hs, sm, a.S, T_, ss, act, a.dv, hs, sm, BH, 1.0f, 0.0f, NULL);
-	/* dP [Tq x Tk] = dO [Tq x hs] v^T [hs x Tk] */
-	mm_gemm(cb->mm, 1, 0, T_, T_, hs, act, a.v, hs, sm, dO, hs, sm, act, a.dP, T_, ss, BH, 1.0f, 0.0f, NULL);
-	CUDA_LAUNCH(cdiv((size_t)rows * 32, ATT_THREADS), ATT_THREADS, 0, cb->stream, att_dscores_kernel<T>)(
-		(T *)a.S, (const T *)a.dP, dout, out, rows, NH, T_, C, causal, scale);	/* dS over P */
+	dim3 grid(cdiv(T_, SA_WARPS), B * NH);
+	float scale = (float)(1.0 / sqrt((double)(C / NH)));
+	int dpl = simt_dpl(C / NH);
+#define DKDV(P) \
+	CUDA_LAUNCH(grid, 32 * SA_WARPS, 0, cb->stream, att_simt_dkdv_kernel<T, P>)(dqkv, dout, qkv, lse, D, T_, C, NH, \
+										   causal, scale)
+#define DQ(P) \
+	CUDA_LAUNCH(grid, 32 * SA_WARPS, 0, cb->stream, att_simt_dq_kernel<T, P>)(dqkv, dout, qkv, lse, D, T_, C, NH, \
+										 causal, scale)
+	SIMT_DISPATCH(dpl, DKDV);
 	LAUNCH_CHECK();
-	/* dq [Tq x hs] = dS [Tq x Tk] k [Tk x hs];  dk [Tk x hs] = dS^T q */
-	mm_gemm(cb->mm, 0, 0, hs, T_, T_, act, a.k, hs, sm, a.S, T_, ss, act, a.dq, hs, sm, BH, 1.0f, 0.0f, NULL);
-	mm_gemm(cb->mm, 0, 1, hs, T_, T_, act, a.q, hs, sm, a.S, T_, ss, act, a.dk, hs, sm, BH, 1.0f, 0.0f, NULL);
-	unpermute<T, true>(cb, dqkv, (const T *)a.dq, B, T_, C, NH, 3);	/* dq, dk, dv are consecutive */
+	SIMT_DISPATCH(dpl, DQ);
+	LAUNCH_CHECK();
+#undef DKDV
+#undef DQ
 }
 
 static int att_shape_ok(int B, int T, int C, int NH)
@@ -292,12 +806,21 @@ void cuda_attention_forward(backend *be, void *out, void *lse, const void *qkv, 
 	cuda_backend *cb = cuda_of(be);
 	if (!att_shape_ok(B, T, C, NH))
 		return;
-	if (be->act == DT_BF16)
-		attention_forward_t(cb, be->act, (__nv_bfloat16 *)out, (float *)lse, (const __nv_bfloat16 *)qkv, B,
-				    T, C, NH, causal);
-	else
-		attention_forward_t(cb, be->act, (float *)out, (float *)lse, (const float *)qkv, B, T, C, NH,
-				    causal);
+	int hs = C / NH;
+	if (flash_ok(be, hs, out, qkv, NULL, NULL)) {
+		bf16 *o = (bf16 *)out;
+		const bf16 *x = (const bf16 *)qkv;
+		if (hs == 32)
+			flash_forward<32>(cb, o, (float *)lse, x, B, T, C, NH, causal);
+		else if (hs == 64)
+			flash_forward<64>(cb, o, (float *)lse, x, B, T, C, NH, causal);
+		else
+			flash_forward<128>(cb, o, (float *)lse, x, B, T, C, NH, causal);
+	} else if (be->act == DT_BF16) {
+		simt_forward(cb, (bf16 *)out, (float *)lse, (const bf16 *)qkv, B, T, C, NH, causal);
+	} else {
+		simt_forward(cb, (float *)out, (float *)lse, (const float *)qkv, B, T, C, NH, causal);
+	}
 }
 
 void cuda_attention_backward(backend *be, void *dqkv, const void *dout, const void *qkv, const void *out,
@@ -307,11 +830,29 @@ void cuda_attention_backward(backend *be, void *dqkv, const void *dout, const vo
 	cuda_backend *cb = cuda_of(be);
 	if (!att_shape_ok(B, T, C, NH))
 		return;
+	int hs = C / NH, rows = B * NH * T;
+	float *D = (float *)cuda_scratch(cb, SCR_ATT, cuda_attention_scratch_bytes(dtype_size(be->act), B, T, C, NH));
+	unsigned blocks = cdiv((size_t)rows * 32, 256);
 	if (be->act == DT_BF16)
-		attention_backward_t(cb, be->act, (__nv_bfloat16 *)dqkv, (const __nv_bfloat16 *)dout,
-				     (const __nv_bfloat16 *)qkv, (const __nv_bfloat16 *)out, (const float *)lse, B,
-				     T, C, NH, causal);
+		CUDA_LAUNCH(blocks, 256, 0, cb->stream, att_rowdot_kernel<bf16>)(D, (const bf16 *)dout, (const bf16 *)out, B,
+									   T, C, NH);
 	else
-		attention_backward_t(cb, be->act, (float *)dqkv, (const float *)dout, (const float *)qkv,
-				     (const float *)out, (const float *)lse, B, T, C, NH, causal);
+		CUDA_LAUNCH(blocks, 256, 0, cb->stream, att_rowdot_kernel<float>)(D, (const float *)dout,
+									    (const float *)out, B, T, C, NH);
+	LAUNCH_CHECK();
+	const float *L = (const float *)lse;
+	if (flash_ok(be, hs, dqkv, dout, qkv, NULL)) {
+		bf16 *g = (bf16 *)dqkv;
+		const bf16 *dy = (const bf16 *)dout, *x = (const bf16 *)qkv;
+		if (hs == 32)
+			flash_backward<32>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		else if (hs == 64)
+			flash_backward<64>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		else
+			flash_backward<128>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+	} else if (be->act == DT_BF16) {
+		simt_backward(cb, (bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)qkv, L, D, B, T, C, NH, causal);
+	} else {
+		simt_backward(cb, (float *)dqkv, (const float *)dout, (const float *)qkv, L, D, B, T, C, NH, causal);
+	}
 }
