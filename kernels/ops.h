@@ -91,8 +91,8 @@ struct backend {
     /* Optional (NULL: nothing to do, as on the CPU). Called by a model's plan
      * with its largest shapes (batch B, sequence T, width C, NH heads,
      * vocabulary V) before the first step, so that the backend can reserve
-     * the scratch its ops need (CUDA: attention's head-major copies and
-     * [B,NH,T,T] scores, column-sum partials, encoder buckets) and nothing
+     * the scratch its ops need (CUDA: attention backward's row dot products
+     * [B,NH,T], column-sum partials, encoder buckets) and nothing
      * allocates during training. Returns -1 and fills err (ERRBUF bytes),
      * naming the memory needed, when it does not fit. */
     int (*plan)(backend *be, int B, int T, int C, int NH, int V, char *err);

@@ -12,14 +12,16 @@
 #   4. compute-sanitizer memcheck, then racecheck, on the parity suite
 #   5. bench/bench_gpu.sh: GPT-2 124M beside PyTorch and llm.c, figures appended
 #      to bench/RESULTS.md with the date, commit and device
-#   6. bench/gpt2_parity.sh: loss-curve parity with PyTorch (124M, B16 T1024,
+#   6. bench/bench_attention.sh: fused attention forward/backward TFLOP/s beside
+#      PyTorch SDPA's flash and cuDNN backends (make bench-attention)
+#   7. bench/gpt2_parity.sh: loss-curve parity with PyTorch (124M, B16 T1024,
 #      1,000 steps; twice for PyTorch to measure its own noise), table and plot
 #      appended to bench/RESULTS.md. Without a network it trains on
 #      tinyshakespeare shards: carry .cache/data/tinyshakespeare (or FineWeb's
 #      first shard in .cache/data/fineweb10B) with the command.
 #
 # usage: sh scripts/gpu-check.sh        (from the repository root)
-#   SKIP="sanitizer bench"   steps to leave out (build native kernels sanitizer bench parity)
+#   SKIP="sanitizer bench"   steps to leave out (build native kernels sanitizer bench attention parity)
 #   JOBS=N                   parallel compile jobs (default: all cores)
 #
 # Libraries the build needs beyond the CUDA toolkit (Check, OpenBLAS) may be
@@ -88,6 +90,7 @@ else
     failed="$failed sanitizer"
 fi
 step bench 720 sh bench/bench_gpu.sh build/anatomy-cuda
+step attention 300 $make --no-print-directory bench-attention
 step parity 900 sh bench/gpt2_parity.sh
 
 echo "gpu-check: $(( $(date +%s) - start )) s; ${failed:+FAILED:$failed}${failed:-all steps passed}"
