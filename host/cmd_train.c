@@ -285,10 +285,6 @@ int cmd_train(int argc, char **argv)
                denv.local_world);
         return 0;
     }
-    if (denv.world > 1 && !dist_have_mpi())
-        cli_die("the environment (%s) asks for %d ranks but this anatomy was built without "
-                "MPI (mk/dist.mk found no mpicc): install libopenmpi-dev and rebuild, or run "
-                "one process", denv.source, denv.world);
     if (!!(src.preset || src.model) + !!src.init + !!resume != 1)
         cli_die("train: give exactly one of --preset (or --model), --init or --resume");
     if (!o.data)
@@ -381,8 +377,8 @@ int cmd_train(int argc, char **argv)
     if (hs_tok)
         tokenizer_close(hs_tok);
     m->destroy(m);
+    dist_finalize(dd); /* its NCCL communicator uses the backend's device */
     be->destroy(be);
-    dist_finalize(dd);
     free(resume_path);
     return 0;
 }

@@ -1,5 +1,6 @@
-/* dist.c: rank detection, the MPI transport and the collective watchdog.
- * See dist.h for the contract; the world-1 transport is the identity. */
+/* dist.c: rank detection, the MPI transport, the choice of transport (NCCL
+ * lives in dist_nccl.c) and the collective watchdog. See dist.h for the
+ * contract; the world-1 transport is the identity. */
 #include "dist.h"
 
 #include <errno.h>
@@ -21,6 +22,21 @@
 #endif
 
 #include "../data/errbuf.h"
+#include "dist_nccl.h"
+
+/* The NCCL transport is linked only into builds with the CUDA backend
+ * (dist_nccl.h); elsewhere these are NULL and never called. */
+#pragma weak dist_nccl_new_id
+#pragma weak dist_nccl_open
+#pragma weak dist_nccl_close
+#pragma weak dist_nccl_abort
+#pragma weak dist_nccl_async_error
+#pragma weak dist_nccl_allreduce
+#pragma weak dist_nccl_bucket
+#pragma weak dist_nccl_reduce_scatter
+#pragma weak dist_nccl_allgather
+#pragma weak dist_nccl_allreduce_host_f64
+#pragma weak dist_nccl_bcast_host_f32
 
 #define DIST_MAXWORLD (1 << 20)
 
@@ -95,6 +111,7 @@ int dist_env_detect(dist_env *e, char *err)
     e->local_rank = 0;
     e->local_world = 0;
     e->source = "none";
+    e->init = NULL;
     rc = env_triple("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", NULL,
                     "OMPI_COMM_WORLD_LOCAL_RANK", e, err);
     if (rc) {
@@ -126,19 +143,39 @@ typedef struct {
     int started, stop;
     const char *what;       /* the collective in flight, NULL when none */
     struct timespec since;  /* when it began, or when the last one ended */
+    int mpi_up;             /* this process called MPI_Init (MPI_Finalize at the end) */
     int thread_multiple;    /* MPI_Abort may be called from the watchdog */
     double spent_s;         /* seconds spent inside collectives (for the log) */
+    dist_nccl *nccl;        /* the NCCL transport, when it is the one */
     void *stage;            /* host staging buffer for device reductions */
     size_t stage_bytes;
     int *counts, *displs;   /* [world]: ZeRO shard sizes and offsets for MPI */
 } dist_impl;
 
-#ifdef DIST_HAVE_MPI
 static double seconds_since(const struct timespec *t)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (double)(now.tv_sec - t->tv_sec) + (now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+/* Ends the whole job from the watchdog, after its message. NCCL first: the
+ * abort releases whatever this process's streams wait on (alarm: should the
+ * abort itself hang, SIGALRM ends the process). Under mpirun one rank's
+ * non-zero exit ends the job; elsewhere (torchrun-style) each rank's own
+ * watchdog ends it, since its next collective cannot complete. */
+static void watchdog_end_job(dist_impl *im)
+{
+    fflush(stderr);
+    if (im->nccl) {
+        alarm(10);
+        dist_nccl_abort(im->nccl);
+    }
+#ifdef DIST_HAVE_MPI
+    if (im->mpi_up && im->thread_multiple)
+        MPI_Abort(MPI_COMM_WORLD, 1);
+#endif
+    _exit(1);
 }
 
 static void *watchdog_main(void *arg)
@@ -148,6 +185,7 @@ static void *watchdog_main(void *arg)
     pthread_mutex_lock(&im->lock);
     while (!im->stop) {
         struct timespec wake;
+        const char *nerr;
         clock_gettime(CLOCK_REALTIME, &wake);
         wake.tv_nsec += 250 * 1000 * 1000;
         if (wake.tv_nsec >= 1000000000L) {
@@ -155,10 +193,15 @@ static void *watchdog_main(void *arg)
             wake.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&im->cond, &im->lock, &wake);
-        double t = im->stop ? 0 : seconds_since(&im->since);
+        if (im->stop)
+            break;
+        double t = seconds_since(&im->since);
         /* A rank stuck outside communication names itself; the ranks waiting
          * for it give it a second's grace to do so before they report. */
-        if (im->what && t >= d->timeout_s + 1.0)
+        if (im->nccl && (nerr = dist_nccl_async_error(im->nccl)))
+            fprintf(stderr, "anatomy: error: rank %d: NCCL: %s%s%s (a peer failed or aborted)\n",
+                    d->rank, nerr, im->what ? " during " : "", im->what ? im->what : "");
+        else if (im->what && t >= d->timeout_s + 1.0)
             fprintf(stderr, "anatomy: error: rank %d: collective %s timed out after %.0f s "
                             "(another rank died or hangs; --dist-timeout sets the limit)\n",
                     d->rank, im->what, t);
@@ -168,15 +211,39 @@ static void *watchdog_main(void *arg)
                             "limit)\n", d->rank, t);
         else
             continue;
-        fflush(stderr);
-#ifdef DIST_HAVE_MPI
-        if (im->thread_multiple)
-            MPI_Abort(MPI_COMM_WORLD, 1);
-#endif
-        _exit(1); /* mpirun ends the job when a rank exits non-zero */
+        watchdog_end_job(im);
     }
     pthread_mutex_unlock(&im->lock);
     return NULL;
+}
+
+static int wd_start(dist *d, char *err)
+{
+    dist_impl *im = d->impl;
+    pthread_mutex_init(&im->lock, NULL);
+    pthread_cond_init(&im->cond, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &im->since);
+    if (pthread_create(&im->thread, NULL, watchdog_main, d)) {
+        pthread_mutex_destroy(&im->lock);
+        pthread_cond_destroy(&im->cond);
+        return errf(err, "rank %d: cannot start the collective watchdog thread", d->rank);
+    }
+    im->started = 1;
+    return 0;
+}
+
+static void wd_stop(dist_impl *im)
+{
+    if (!im->started)
+        return;
+    pthread_mutex_lock(&im->lock);
+    im->stop = 1;
+    pthread_cond_signal(&im->cond);
+    pthread_mutex_unlock(&im->lock);
+    pthread_join(im->thread, NULL);
+    pthread_mutex_destroy(&im->lock);
+    pthread_cond_destroy(&im->cond);
+    im->started = 0;
 }
 
 static void wd_enter(dist *d, const char *what)
@@ -200,6 +267,7 @@ static void wd_leave(dist *d)
 
 /* ---- init / finalize ---- */
 
+#ifdef DIST_HAVE_MPI
 static int mpi_start(dist *d, dist_impl *im, char *err)
 {
     int provided = 0, size = 0, rank = 0, inited = 0;
@@ -215,20 +283,72 @@ static int mpi_start(dist *d, dist_impl *im, char *err)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (size != d->world || rank != d->rank) {
         errf(err, "the environment (%s) says rank %d of %d but MPI says rank %d of %d: launch "
-                  "with mpirun or srun --mpi=pmix (torchrun-style launches need the NCCL "
-                  "transport, which is not built yet)", d->source, d->rank, d->world, rank,
-             size);
+                  "with mpirun or srun --mpi=pmix (torchrun-style launches work with the CUDA "
+                  "backend, over NCCL)", d->source, d->rank, d->world, rank, size);
         MPI_Finalize();
         return -1;
     }
+    im->mpi_up = 1;
     return 0;
 }
 #endif
+
+/* The NCCL transport applies: the backend queues on a native stream and the
+ * build has dist_nccl.c. ANATOMY_DIST_NCCL=0 keeps such a build on MPI's host
+ * staging; =1 uses NCCL even for one process (to check that the NCCL path
+ * changes nothing: scripts/gpu-check.sh). */
+static int nccl_wanted(const dist *d, int *force)
+{
+    const char *v = getenv("ANATOMY_DIST_NCCL");
+    *force = v && !strcmp(v, "1");
+    if (v && !strcmp(v, "0"))
+        return 0;
+    return dist_nccl_open && d->be && d->be->stream && d->be->stream(d->be);
+}
+
+/* Agrees on NCCL's unique id and joins the communicator, under the watchdog.
+ * The id travels over MPI when MPI is linked and the launcher is one MPI
+ * understands (mpirun, srun) and no --dist-init was given; otherwise through
+ * dist_rendezvous (e->init, default tcp from MASTER_ADDR:MASTER_PORT). */
+static int nccl_start(dist *d, const dist_env *e, dist_impl *im, char *err)
+{
+    unsigned char id[DIST_NCCL_ID_BYTES] = { 0 };
+    int rc = -1;
+    if (wd_start(d, err))
+        return -1;
+    wd_enter(d, "NCCL initialisation");
+#ifdef DIST_HAVE_MPI
+    if (d->world > 1 && !e->init &&
+        (!strcmp(e->source, "mpirun") || !strcmp(e->source, "slurm"))) {
+        if (mpi_start(d, im, err) || (d->rank == 0 && dist_nccl_new_id(id, err)))
+            goto done;
+        if (MPI_Bcast(id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD) != MPI_SUCCESS) {
+            errf(err, "rank %d: MPI_Bcast of NCCL's unique id failed", d->rank);
+            goto done;
+        }
+    } else
+#endif
+    if ((d->rank == 0 && dist_nccl_new_id(id, err)) ||
+        dist_rendezvous(e, e->init ? e->init : "tcp", id, sizeof id, d->timeout_s, err))
+        goto done;
+    dist_nccl *c = dist_nccl_open(d, id, d->be->stream(d->be), err);
+    if (!c)
+        goto done;
+    pthread_mutex_lock(&im->lock);
+    im->nccl = c; /* the watchdog may poll and abort it from now on */
+    pthread_mutex_unlock(&im->lock);
+    d->transport = "nccl";
+    rc = 0;
+done:
+    wd_leave(d);
+    return rc;
+}
 
 dist *dist_init(const dist_env *e, backend *be, double timeout_s, char *err)
 {
     dist *d = calloc(1, sizeof *d);
     dist_impl *im = calloc(1, sizeof *im);
+    int force;
     if (!d || !im) {
         free(d);
         free(im);
@@ -243,29 +363,39 @@ dist *dist_init(const dist_env *e, backend *be, double timeout_s, char *err)
     d->be = be;
     d->timeout_s = timeout_s > 0 ? timeout_s : 300;
     d->impl = im;
-    if (d->world == 1)
+    int nccl = nccl_wanted(d, &force);
+    if (d->world == 1 && !(nccl && force))
         return d;
+    if (nccl) {
+        if (nccl_start(d, e, im, err))
+            goto fail;
+        if (d->world == 1)
+            fprintf(stderr, "anatomy: rank 0: NCCL transport forced on for one process "
+                            "(ANATOMY_DIST_NCCL=1)\n");
+        return d;
+    }
 #ifdef DIST_HAVE_MPI
     if (mpi_start(d, im, err))
         goto fail;
     d->transport = "mpi";
-    pthread_mutex_init(&im->lock, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &im->since);
-    pthread_cond_init(&im->cond, NULL);
-    if (pthread_create(&im->thread, NULL, watchdog_main, d)) {
-        errf(err, "rank %d: cannot start the collective watchdog thread", d->rank);
+    if (wd_start(d, err)) {
         MPI_Finalize();
         goto fail;
     }
-    im->started = 1;
     return d;
 #else
     errf(err, "the environment (%s) asks for %d ranks but this anatomy was built without MPI "
-              "(mk/dist.mk found no mpicc): install libopenmpi-dev and rebuild, or run one "
-              "process", d->source, d->world);
+              "(mk/dist.mk found no mpicc) and its %s backend has no NCCL: install "
+              "libopenmpi-dev and rebuild, or run one process", d->source, d->world,
+         be ? be->name : "");
     goto fail;
 #endif
 fail:
+    wd_stop(im);
+#ifdef DIST_HAVE_MPI
+    if (im->mpi_up)
+        MPI_Finalize();
+#endif
     free(im);
     free(d);
     return NULL;
@@ -276,17 +406,11 @@ void dist_finalize(dist *d)
     if (!d)
         return;
     dist_impl *im = d->impl;
-    if (im->started) {
-        pthread_mutex_lock(&im->lock);
-        im->stop = 1;
-        pthread_cond_signal(&im->cond);
-        pthread_mutex_unlock(&im->lock);
-        pthread_join(im->thread, NULL);
-        pthread_mutex_destroy(&im->lock);
-        pthread_cond_destroy(&im->cond);
-    }
+    wd_stop(im);
+    if (im->nccl)
+        dist_nccl_close(im->nccl);
 #ifdef DIST_HAVE_MPI
-    if (!strcmp(d->transport, "mpi"))
+    if (im->mpi_up)
         MPI_Finalize();
 #endif
     free(im->stage);
@@ -294,6 +418,11 @@ void dist_finalize(dist *d)
     free(im->displs);
     free(im);
     free(d);
+}
+
+int dist_active(const dist *d)
+{
+    return d && (d->world > 1 || ((dist_impl *)d->impl)->nccl);
 }
 
 /* ---- collectives ---- */
@@ -326,16 +455,14 @@ static int stage_reserve(dist *d, size_t bytes, const char *what, char *err)
     im->stage_bytes = bytes;
     return 0;
 }
-#endif
 
-#ifdef DIST_HAVE_MPI
 static int shard_counts(dist *d, size_t n, const char *what, char *err);
 #endif
 
 int dist_reserve(dist *d, size_t n, char *err)
 {
-    if (d->world == 1)
-        return 0;
+    if (d->world == 1 || ((dist_impl *)d->impl)->nccl)
+        return 0; /* NCCL's scratch was allocated when it started */
 #ifdef DIST_HAVE_MPI
     backend *be = d->be;
     size_t esz = be->act == DT_F64 || be->opt == DT_F64 ? 8 : 4, lo, hi;
@@ -380,13 +507,32 @@ static int shard_counts(dist *d, size_t n, const char *what, char *err)
 }
 #endif
 
+/* The NCCL transport's calls, bracketed by the watchdog; `what` names the
+ * collective in errors. */
+static int nccl_done(dist *d, int rc, const char *what, char *err)
+{
+    wd_leave(d);
+    if (!rc)
+        return 0;
+    char inner[ERRBUF];
+    const char *msg = inner, *p;
+    snprintf(inner, sizeof inner, "%s", err);
+    if (!strncmp(msg, "rank ", 5) && (p = strstr(msg, ": ")))
+        msg = p + 2; /* dist_nccl's own "rank R: " */
+    return errf(err, "rank %d: %s: %s", d->rank, what, msg);
+}
+
 int dist_reduce_scatter_buf(dist *d, void *buf, dtype t, size_t n, int mean, const char *what,
                             char *err)
 {
+    dist_impl *im = d->impl;
+    if (im->nccl) {
+        wd_enter(d, what);
+        return nccl_done(d, dist_nccl_reduce_scatter(im->nccl, buf, t, n, mean, err), what, err);
+    }
     if (d->world == 1)
         return 0;
 #ifdef DIST_HAVE_MPI
-    dist_impl *im = d->impl;
     backend *be = d->be;
     dtype ht = t == DT_F64 ? DT_F64 : DT_F32;
     size_t esz = dtype_size(ht), lo, hi;
@@ -419,10 +565,14 @@ int dist_reduce_scatter_buf(dist *d, void *buf, dtype t, size_t n, int mean, con
 
 int dist_allgather_buf(dist *d, void *buf, dtype t, size_t n, const char *what, char *err)
 {
+    dist_impl *im = d->impl;
+    if (im->nccl) {
+        wd_enter(d, what);
+        return nccl_done(d, dist_nccl_allgather(im->nccl, buf, t, n, err), what, err);
+    }
     if (d->world == 1)
         return 0;
 #ifdef DIST_HAVE_MPI
-    dist_impl *im = d->impl;
     backend *be = d->be;
     dtype ht = t == DT_F64 ? DT_F64 : DT_F32;
     size_t esz = dtype_size(ht), lo, hi;
@@ -447,6 +597,12 @@ int dist_allgather_buf(dist *d, void *buf, dtype t, size_t n, const char *what, 
 
 int dist_allreduce_f64(dist *d, double *v, int n, int mean, const char *what, char *err)
 {
+    dist_impl *im = d->impl;
+    if (im->nccl) {
+        wd_enter(d, what);
+        return nccl_done(d, dist_nccl_allreduce_host_f64(im->nccl, v, (size_t)n, mean, err),
+                         what, err);
+    }
     if (d->world == 1)
         return 0;
 #ifdef DIST_HAVE_MPI
@@ -467,10 +623,15 @@ int dist_allreduce_f64(dist *d, double *v, int n, int mean, const char *what, ch
 
 int dist_allreduce_buf(dist *d, void *buf, size_t n, int mean, const char *what, char *err)
 {
+    dist_impl *im = d->impl;
+    if (im->nccl) {
+        wd_enter(d, what);
+        return nccl_done(d, dist_nccl_allreduce(im->nccl, buf, d->be->act, n, mean, err), what,
+                         err);
+    }
     if (d->world == 1)
         return 0;
 #ifdef DIST_HAVE_MPI
-    dist_impl *im = d->impl;
     backend *be = d->be;
     dtype ht = be->act == DT_F64 ? DT_F64 : DT_F32;
     if (stage_reserve(d, n * dtype_size(ht), what, err))
@@ -503,6 +664,11 @@ int dist_allreduce_buf(dist *d, void *buf, size_t n, int mean, const char *what,
 
 int dist_bcast_f32(dist *d, float *v, size_t n, int root, const char *what, char *err)
 {
+    dist_impl *im = d->impl;
+    if (im->nccl) {
+        wd_enter(d, what);
+        return nccl_done(d, dist_nccl_bcast_host_f32(im->nccl, v, n, root, err), what, err);
+    }
     if (d->world == 1)
         return 0;
 #ifdef DIST_HAVE_MPI
@@ -525,6 +691,12 @@ int dist_bcast_f32(dist *d, float *v, size_t n, int root, const char *what, char
 
 int dist_barrier(dist *d, const char *what, char *err)
 {
+    dist_impl *im = d->impl;
+    if (im->nccl) {
+        double one = 1;
+        wd_enter(d, what);
+        return nccl_done(d, dist_nccl_allreduce_host_f64(im->nccl, &one, 1, 0, err), what, err);
+    }
     if (d->world == 1)
         return 0;
 #ifdef DIST_HAVE_MPI
@@ -539,9 +711,18 @@ int dist_barrier(dist *d, const char *what, char *err)
 #endif
 }
 
+/* Under NCCL: queued on the communication stream (dist_nccl_bucket), so that
+ * it overlaps the rest of backward; the watchdog covers the enqueue, which
+ * blocks when the transport is synchronous (the emulator's). Elsewhere: a
+ * no-op, the whole buffer is reduced by dist_allreduce_buf. */
 void dist_bucket_ready(dist *d, void *grads, size_t offset, size_t n)
 {
-    (void)d, (void)grads, (void)offset, (void)n;
+    dist_impl *im = d->impl;
+    if (!im->nccl)
+        return;
+    wd_enter(d, "gradient bucket");
+    dist_nccl_bucket(im->nccl, grads, d->be->act, offset, n);
+    wd_leave(d);
 }
 
 void dist_fault_point(dist *d, int step)

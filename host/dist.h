@@ -7,35 +7,49 @@
  *   torchrun   RANK, WORLD_SIZE, LOCAL_RANK (MASTER_ADDR, MASTER_PORT for NCCL's rendezvous)
  * and none of them means one process (rank 0 of 1).
  *
- * Transports: "single" (world 1: every collective is the identity and nothing
- * is initialised, so a plain run needs no mpirun) and "mpi" (OpenMPI, when the
- * build found it: mk/dist.mk defines DIST_HAVE_MPI). MPI is initialised only
- * when world > 1. A build without MPI refuses world > 1 with a clear error.
- * NCCL for the CUDA backend is meant to plug in as a third transport behind
- * the same calls; it is not written yet. Its unique id will travel over MPI
- * when linked (dist_bcast), else through dist_rendezvous below (TCP from rank
- * 0 at MASTER_ADDR:MASTER_PORT, or a file on a shared filesystem), which is
- * written and tested already.
+ * Transports, chosen by dist_init:
+ *   "single"  world 1: every collective is the identity and nothing is
+ *             initialised, so a plain run needs no launcher.
+ *   "nccl"    the CUDA backend (backend->stream != NULL) in a build that has
+ *             host/dist_nccl.c (build/anatomy-cuda against libnccl,
+ *             build/anatomy-emu against the emulator's NCCL): collectives on
+ *             device buffers on a second stream, gradient buckets reduced
+ *             while backward goes on (dist_bucket_ready). NCCL's unique id
+ *             travels over MPI when MPI is linked and the launcher is mpirun or
+ *             Slurm and no --dist-init was given; otherwise through
+ *             dist_rendezvous (e->init, default tcp: MASTER_ADDR:MASTER_PORT),
+ *             so a torchrun-style launch, or a build without MPI, runs
+ *             multi-process too. Host scalars (losses, the start-up parameter
+ *             broadcast) go through a small device buffer.
+ *             ANATOMY_DIST_NCCL=1 uses it even for one process (gpu-check:
+ *             the NCCL path must change nothing); =0 never (MPI below).
+ *   "mpi"     OpenMPI, when the build found it (mk/dist.mk defines
+ *             DIST_HAVE_MPI): device buffers through a host staging buffer
+ *             (fp32, or fp64 for fp64 buffers) allocated by dist_reserve:
+ *             download, MPI_Allreduce in place (or MPI_Reduce_scatter /
+ *             MPI_Allgatherv), upload. Initialised only when world > 1.
+ * A world > 1 with neither is refused with a clear error.
  *
- * A watchdog thread per rank (world > 1) ends the whole job (MPI_Abort) when
+ * A watchdog thread per rank (world > 1, or NCCL) ends the whole job (NCCL:
+ * ncclCommAbort; MPI: MPI_Abort; then exit 1) when
  *   - a rank reaches no collective for the timeout (it is stuck in compute or
  *     I/O; the hang names itself):
  *       anatomy: error: rank R: reached no collective for N s ...
  *   - a collective has not completed after the timeout + 1 s (the second lets
  *     a stuck rank name itself first):
  *       anatomy: error: rank R: collective <what> timed out after N s ...
+ *   - NCCL reports an asynchronous error (ncclCommGetAsyncError, polled
+ *     every 250 ms; a peer that aborted, a network error):
+ *       anatomy: error: rank R: NCCL: <NCCL's message> ...
+ * NCCL collectives are asynchronous; every dist_* call below waits for its
+ * collective to complete before returning (bucket all-reduces are waited for
+ * by the dist_allreduce_buf that ends the step), so "completed" is what the
+ * timeout bounds on every transport.
  * The timeout therefore bounds any stretch between collectives too (model
  * loading, a checkpoint write, a sample): --dist-timeout must exceed them.
  * A rank that dies is caught by mpirun, which ends the job and names it
- * ("process rank R ... exited on signal 9", or the exit code of rank R).
- *
- * Device buffers are reduced through a host staging buffer (fp32, or fp64 for
- * fp64 buffers) that is allocated on first use and reused: download,
- * MPI_Allreduce in place (or MPI_Reduce_scatter / MPI_Allgatherv), upload. Overlapping the gradient all-reduce with
- * backward (buckets reduced as soon as backward has produced them, on a
- * second CUDA stream) is the CUDA transport's job; dist_bucket_ready below is
- * its entry point and is a no-op today (the loop reduces once, after the
- * accumulation loop).
+ * ("process rank R ... exited on signal 9", or the exit code of rank R);
+ * without mpirun, by the others' watchdogs (their next collective times out).
  */
 #ifndef ANATOMY_DIST_H
 #define ANATOMY_DIST_H
@@ -51,17 +65,18 @@ typedef struct {
                          * SLURM_STEP_TASKS_PER_NODE, LOCAL_WORLD_SIZE);
                          * 0 when the launcher does not say */
     const char *source; /* "mpirun", "slurm", "torchrun" or "none" */
-    const char *init;   /* --dist-init: how NCCL's unique id travels when MPI is not
-                         * linked: "tcp" (MASTER_ADDR:MASTER_PORT) or "file:PATH";
-                         * NULL: MPI when linked, else tcp. Set by the caller after
-                         * dist_env_detect. */
+    const char *init;   /* --dist-init: how NCCL's unique id travels: "tcp"
+                         * (MASTER_ADDR:MASTER_PORT) or "file:PATH", used even
+                         * when MPI is linked; NULL: MPI when linked and the
+                         * launcher is mpirun or Slurm, else tcp. dist_env_detect
+                         * sets NULL; the caller sets it after. */
 } dist_env;
 
 typedef struct dist dist;
 struct dist {
     int rank, world, local_rank;
     const char *source;     /* as dist_env */
-    const char *transport;  /* "single" or "mpi" */
+    const char *transport;  /* "single", "nccl" or "mpi" */
     backend *be;            /* whose buffers dist_allreduce_buf reduces */
     double timeout_s;       /* watchdog limit per collective */
     void *impl;             /* the transport's state */
@@ -75,13 +90,16 @@ int dist_have_mpi(void);
  * or inconsistent (e.g. RANK >= WORLD_SIZE). */
 int dist_env_detect(dist_env *e, char *err);
 
-/* Joins the job described by `e`: world 1 initialises nothing; world > 1
- * initialises MPI (and checks that MPI agrees with the environment) and starts
- * the watchdog. timeout_s > 0. Returns NULL with err on failure. */
+/* Joins the job described by `e` with the transport chosen above: world 1
+ * initialises nothing (unless NCCL is forced); NCCL agrees on its id and
+ * joins the communicator; MPI is initialised and checked against the
+ * environment; both start the watchdog. timeout_s > 0. Returns NULL with err
+ * on failure. */
 dist *dist_init(const dist_env *e, backend *be, double timeout_s, char *err);
 
 /* Allocates, before the first step, the host staging the collectives below
- * need for buffers of up to n elements, so that no step allocates. */
+ * need for buffers of up to n elements, so that no step allocates (MPI; NCCL
+ * allocated its fixed scratch when it started). */
 int dist_reserve(dist *d, size_t n, char *err);
 
 /* Element-wise sum (mean: then divided by world) of a device buffer of n
@@ -105,9 +123,17 @@ int dist_reduce_scatter_buf(dist *d, void *buf, dtype t, size_t n, int mean, con
  * concatenation of the owners' shards. */
 int dist_allgather_buf(dist *d, void *buf, dtype t, size_t n, const char *what, char *err);
 
-/* Overlap hook for the CUDA transport: [offset, offset+n) of the gradient
- * buffer is final for this step and may be reduced now. No-op for now. */
+/* Overlap hook: [offset, offset+n) of the gradient buffer grads (type
+ * be->act) is final for this step and its mean over ranks may start now.
+ * NCCL queues it on the communication stream and returns; the
+ * dist_allreduce_buf(grads, ..., mean 1) that ends the step waits for it and
+ * reduces only what no bucket covered. Other transports: a no-op. Ranges
+ * must be disjoint within a step (an overlapping one is left to the end). */
 void dist_bucket_ready(dist *d, void *grads, size_t offset, size_t n);
+
+/* 1 when collectives do something: world > 1, or NCCL forced on for one
+ * process (ANATOMY_DIST_NCCL=1). The trainer reduces only then. */
+int dist_active(const dist *d);
 
 /* Test-only fault injection, from ANATOMY_DIST_FAULT="KIND:RANK:STEP" with
  * KIND exit (exit code 3 after a message), kill (SIGKILL itself, no message),

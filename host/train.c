@@ -410,9 +410,10 @@ static int zero_init(zero_plan *z, model *m, const train_opts *o, char *err)
  * returns the global gradient norm in *norm. Each rank's gradient is already
  * its mean over its micro-batches (scale 1/(valid*accum)), so the mean over
  * ranks is the gradient of the global batch. Without ZeRO: one all-reduce of
- * the whole gradient, or under NCCL what the buckets queued during the last
- * backward (dist_bucket_ready) did not cover, after waiting for them. With ZeRO: a reduce-scatter leaves
- * each rank the mean gradient of its shard, and the norm sums the shards'. */
+ * the whole gradient (under NCCL: what the buckets queued during the last
+ * backward, dist_bucket_ready, did not cover, after waiting for them). With
+ * ZeRO: a reduce-scatter leaves each rank the mean gradient of its shard, and
+ * the norm sums the shards'. */
 static int reduce_grads(model *m, const train_opts *o, const zero_plan *z, double *loss,
                         double *norm, char *err)
 {
@@ -527,7 +528,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     if (m->plan(m, B, T, err) || zero_init(&z, m, o, err))
         goto done;
-    int overlap = o->dist && o->world > 1 && !z.on;
+    int overlap = dist_active(o->dist) && !z.on;
     if (o->hellaswag) {
         hs_in = malloc((size_t)B * T * sizeof *hs_in);
         hs_tg = malloc((size_t)B * T * sizeof *hs_tg);

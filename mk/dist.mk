@@ -1,11 +1,20 @@
-# mk/dist.mk: multi-process training (host/dist.c) over MPI.
+# mk/dist.mk: multi-process training (host/dist.c) over MPI, and over NCCL
+# where the CUDA backend is (host/dist_nccl.c).
 #
 # OpenMPI is optional: found through `mpicc --showme`, else pkg-config ompi-c.
-# Without it (or with DIST_MPI=0) host/dist.c builds with one process only and
-# a world > 1 environment is refused with a clear error.
+# Without it (or with DIST_MPI=0) host/dist.c runs world > 1 only over NCCL
+# (the CUDA backend; the id travels by --dist-init tcp or file:PATH), and the
+# CPU backend refuses a world > 1 environment with a clear error.
+#
+# host/dist_nccl.c is left out of the library (the plain CPU build needs no
+# CUDA or NCCL headers) and compiled twice: against <nccl.h> for
+# build/anatomy-cuda (linked with -lnccl) and against the emulator's NCCL
+# (kernels/cuda/emu/nccl_emu.cpp, part of the emulated runtime) for
+# build/anatomy-emu. dist.c refers to it weakly.
 #
 #   make test-dist   the multi-rank tests (tests/dist/, mpirun -np 2 and 4 on
-#                    the CPU); part of `make test` through EXTRA_TESTS.
+#                    the CPU, and the NCCL path on build/anatomy-emu); part of
+#                    `make test` through EXTRA_TESTS.
 
 DIST_MPI ?= 1
 ifeq ($(DIST_MPI),1)
@@ -19,8 +28,37 @@ $(BUILD)/obj/host/dist.o: CFLAGS += $(MPI_CFLAGS) -DDIST_HAVE_MPI
 EXTRA_LDLIBS += $(MPI_LIBS)
 endif
 
-EXTRA_TESTS += test-dist
-.PHONY: test-dist
+# ---- the NCCL transport ----
+NCCL_HOME ?= $(CUDA_HOME)
+LIB_OBJS := $(filter-out $(BUILD)/obj/host/dist_nccl.o,$(LIB_OBJS))
+DIST_NCCL_HDRS := host/dist_nccl.h host/dist.h kernels/ops.h data/errbuf.h
+DIST_NCCL_OBJ := $(BUILD)/cuda/obj/host/dist_nccl.o
+DIST_NCCL_EMU_OBJ := $(BUILD)/cuda-emu/host/dist_nccl.o
+DIST_NCCL_LIBS := $(if $(filter-out $(CUDA_HOME),$(NCCL_HOME)),-L$(NCCL_HOME)/lib \
+	-Wl,-rpath,$(NCCL_HOME)/lib) -lnccl
 
-test-dist: $(BUILD)/anatomy
-	ANATOMY_BIN=$(BUILD)/anatomy $(PYTHON) -m pytest -q -p no:cacheprovider tests/dist
+$(DIST_NCCL_EMU_OBJ): host/dist_nccl.c $(DIST_NCCL_HDRS) kernels/cuda/emu/nccl_emu.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DDIST_NCCL -DANATOMY_EMU -c $< -o $@
+
+$(DIST_NCCL_OBJ): host/dist_nccl.c $(DIST_NCCL_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DDIST_NCCL -I$(NCCL_HOME)/include -I$(CUDA_HOME)/include -c $< -o $@
+
+$(BUILD)/anatomy-emu: $(DIST_NCCL_EMU_OBJ)
+$(BUILD)/anatomy-cuda: $(DIST_NCCL_OBJ)
+ifeq ($(CUDA),1)
+$(BUILD)/anatomy: $(DIST_NCCL_OBJ)
+$(BUILD)/anatomy: EXTRA_LDLIBS += $(DIST_NCCL_LIBS)
+endif
+
+EXTRA_TESTS += test-dist
+.PHONY: test-dist bench-allreduce
+
+test-dist: $(BUILD)/anatomy $(BUILD)/anatomy-emu
+	ANATOMY_BIN=$(BUILD)/anatomy ANATOMY_EMU_BIN=$(BUILD)/anatomy-emu \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/dist
+
+# One all-reduce of GPT-2 124M's gradient (bf16) over NCCL, timed (GPU).
+bench-allreduce: $(BUILD)/anatomy-cuda
+	sh bench/bench_allreduce.sh $(BUILD)/anatomy-cuda

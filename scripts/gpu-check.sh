@@ -7,6 +7,8 @@
 #      register/spill report build/cuda/ptxas.txt
 #   2. the parity suite natively (tests/test_cuda_ops.c: every op and the whole
 #      GPT-2 against the CPU oracle, fp32 and bf16)
+#   2b. bench/bench_allreduce.sh: the NCCL path at world 1 forced on equals the
+#      plain run bit for bit; one all-reduce of GPT-2 124M's gradients timed
 #   3. the emulator's kernel tests natively, digests against the emulator's
 #      (make test-kernels), when that target exists
 #   4. compute-sanitizer memcheck, then racecheck, on the parity suite
@@ -21,7 +23,7 @@
 #      first shard in .cache/data/fineweb10B) with the command.
 #
 # usage: sh scripts/gpu-check.sh        (from the repository root)
-#   SKIP="sanitizer bench"   steps to leave out (build native kernels sanitizer bench attention parity)
+#   SKIP="sanitizer bench"   steps to leave out (build native nccl kernels sanitizer bench attention parity)
 #   JOBS=N                   parallel compile jobs (default: all cores)
 #
 # Libraries the build needs beyond the CUDA toolkit (Check, OpenBLAS) may be
@@ -77,6 +79,7 @@ nvidia-smi -L || echo "gpu-check: nvidia-smi -L fails: no GPU here; the steps be
 
 step build 420 $make -j"$jobs" build/anatomy build/anatomy-cuda build/cuda/tests/test_cuda_ops build/cuda/ptxas.txt
 step native 240 build/cuda/tests/test_cuda_ops
+step nccl 300 sh bench/bench_allreduce.sh build/anatomy-cuda
 if $make -n test-kernels >/dev/null 2>&1; then
     step kernels 300 $make test-kernels
 fi
