@@ -2,11 +2,13 @@
  * of a token stream, read in order (micro-batch k starts at token k*B*T), or
  * HellaSwag accuracy (completion-style: the ending whose tokens have the lowest
  * mean loss given the context wins). */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../data/errbuf.h"
 #include "../data/hellaswag.h"
@@ -33,6 +35,8 @@ static const char usage[] =
     "                  masks beyond the split's fixed ones\n"
     "  --grads FILE    also write the gradient of the first micro-batch's loss, by\n"
     "                  parameter name, as safetensors (for reference checks)\n"
+    "  --forecast FILE forecasters (patchts, tsgpt): every evaluated window's forecast\n"
+    "                  as CSV (batch,row,step,forecast or median/q10/q90,target)\n"
     "  --hellaswag FILE\n"
     "                  HellaSwag JSON Lines (ctx, endings, label); GPT-2 tokenizer\n"
     "  --limit N       with --hellaswag: the first N examples only\n"
@@ -91,6 +95,27 @@ static int eval_hellaswag(const char *path, const char *vocab, long long limit, 
     return 0;
 }
 
+/* One micro-batch's forecast lines, each prefixed with the batch index. */
+static int write_batch_forecast(model *m, FILE *out, long long batch)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    if (!mem)
+        return -1;
+    int rc = m->write_forecast(m, mem);
+    fclose(mem);
+    for (char *line = buf; rc == 0 && line && *line;) {
+        char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        if (fprintf(out, "%lld,%.*s\n", batch, (int)n, line) < 0)
+            rc = -1;
+        line = nl ? nl + 1 : NULL;
+    }
+    free(buf);
+    return rc < 0 || ferror(out) ? -1 : 0;
+}
+
 /* --grads FILE: the gradient of the first micro-batch's loss, by view name,
  * as a safetensors file (for reference-parity tests). */
 static void write_grads(model *m, batch_source *src, const char *path)
@@ -119,7 +144,8 @@ static void write_grads(model *m, batch_source *src, const char *path)
 int cmd_eval(int argc, char **argv)
 {
     enum { O_INIT = 256, O_PRESET, O_MODEL, O_DATA, O_SPLIT, O_BATCH, O_SEQ, O_BATCHES, O_SEED,
-           O_DEVICE, O_PRECISION, O_THREADS, O_HELLASWAG, O_LIMIT, O_VOCAB, O_GRADS, O_HELP };
+           O_DEVICE, O_PRECISION, O_THREADS, O_HELLASWAG, O_LIMIT, O_VOCAB, O_GRADS, O_FORECAST,
+           O_HELP };
     static const struct option base[] = {
         { "init", 1, 0, O_INIT },       { "preset", 1, 0, O_PRESET },
         { "model", 1, 0, O_MODEL },     { "data", 1, 0, O_DATA },
@@ -129,13 +155,14 @@ int cmd_eval(int argc, char **argv)
         { "precision", 1, 0, O_PRECISION },
         { "threads", 1, 0, O_THREADS }, { "hellaswag", 1, 0, O_HELLASWAG },
         { "limit", 1, 0, O_LIMIT },     { "vocab", 1, 0, O_VOCAB },
-        { "grads", 1, 0, O_GRADS },     { "help", 0, 0, O_HELP },
+        { "grads", 1, 0, O_GRADS },     { "forecast", 1, 0, O_FORECAST },
+        { "help", 0, 0, O_HELP },
         { 0, 0, 0, 0 },
     };
     struct option *longopts = setup_longopts(base);
     model_source src = { 0 };
     const char *data = NULL, *device = NULL, *precision = NULL, *hs = NULL, *vocab = NULL;
-    const char *split = "test", *grads = NULL;
+    const char *split = "test", *grads = NULL, *forecast = NULL;
     int B = 0, T = 0, threads = 0, c;
     long long batches = 0, limit = 0;
     char err[ERRBUF];
@@ -162,6 +189,7 @@ int cmd_eval(int argc, char **argv)
         case O_LIMIT: limit = cli_int("--limit", optarg, 1, 1LL << 40); break;
         case O_VOCAB: vocab = optarg; break;
         case O_GRADS: grads = optarg; break;
+        case O_FORECAST: forecast = optarg; break;
         case O_HELP:
             fputs(usage, stdout);
             setup_print_model_help(stdout);
@@ -181,8 +209,8 @@ int cmd_eval(int argc, char **argv)
     if (hs) {
         if (data)
             cli_die("eval: give one of --data or --hellaswag");
-        if (T || batches || grads)
-            cli_die("eval: --seq, --batches and --grads do not apply to --hellaswag");
+        if (T || batches || grads || forecast)
+            cli_die("eval: --seq, --batches, --grads and --forecast do not apply to --hellaswag");
         return eval_hellaswag(hs, vocab, limit, B ? B : 1, &src, device, threads, precision);
     }
     if (!data)
@@ -220,6 +248,17 @@ int cmd_eval(int argc, char **argv)
         long long fit = (long long)bs->epoch_batches(bs);
         batches = fit > 0 ? fit : 1;
     }
+    FILE *fc = NULL;
+    char fc_tmp[4200];
+    if (forecast) {
+        if (!m->write_forecast || !m->metrics)
+            cli_die("--forecast: a %s model makes no forecasts", m->fam->name);
+        snprintf(fc_tmp, sizeof fc_tmp, "%s.tmp", forecast);
+        fc = fopen(fc_tmp, "w");
+        if (!fc)
+            cli_die("--forecast %s: %s", forecast, strerror(errno));
+        fprintf(fc, "batch,%s\n", m->forecast_header);
+    }
     double sum = 0.0, sums[MODEL_MAXMETRICS] = { 0 }, counts[MODEL_MAXMETRICS] = { 0 };
     for (long long i = 0; i < batches; i++) {
         if (bs->next(bs, err))
@@ -227,6 +266,13 @@ int cmd_eval(int argc, char **argv)
         sum += m->forward(m, &bs->batch, 0.0f);
         if (m->metrics)
             m->metrics(m, &bs->batch, sums, counts);
+        if (fc && write_batch_forecast(m, fc, i))
+            cli_die("--forecast %s: write failed", forecast);
+    }
+    if (fc) { /* complete, then in place: a failed run leaves no partial file */
+        if (fflush(fc) || fsync(fileno(fc)) || fclose(fc) || rename(fc_tmp, forecast))
+            cli_die("--forecast %s: %s", forecast, strerror(errno));
+        printf("forecast %s\n", forecast);
     }
     printf("loss %.6f\n", sum / (double)batches);
     for (int k = 0; m->metrics && k < m->nmetrics; k++)

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "../kernels/ops.h"
 
@@ -99,6 +100,11 @@ struct model {
     void (*metrics)(model *m, const model_batch *b, double *sums, double *counts);
     int nmetrics;
     const char *metric_names[MODEL_MAXMETRICS];
+    /* Optional (forecasters): the forecast of the last micro-batch whose
+     * metrics were taken, as CSV lines "row,step,..." (header: forecast_header);
+     * -1 when there is none. `eval --forecast FILE` writes them. */
+    int (*write_forecast)(model *m, FILE *out);
+    const char *forecast_header;
     /* The config the model was built with (its family's fields, in order). */
     const struct model_family *fam;
     int config[16];

@@ -1,0 +1,88 @@
+#!/bin/sh
+# etth1.sh HORIZON: the standard ETTh1 long-horizon forecasting protocol, end
+# to end. Trains patchts (PatchTST-style, look-back 336, patches of 16 with
+# stride 8) on the 12 training months, keeps a checkpoint per epoch, picks the
+# one with the lowest mse on the 4 validation months, evaluates it on the 4
+# test months and ends with the line `test mse <value> mae <value>` (mean
+# squared and absolute error over every test window, in the training split's
+# normalised units, as the papers report them).
+#
+#   sh scripts/etth1.sh 96            HORIZON: 96, 192, 336 or 720
+#
+# Environment (defaults in brackets):
+#   ANATOMY_BIN  the binary [build/anatomy]
+#   ETTH1        the CSV [../shared/data/ett/ETTh1.csv, else data/ett/ETTh1.csv]
+#   OUT          run directory [runs/etth1-HORIZON]
+#   PRESET [patchts-etth1]  EPOCHS [10]  BATCH [128]  LR [1e-3]  WD [0.05]
+#   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
+#   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
+#                (same data order and schedule: the trainer's --resume)
+# Runs on the GPU when the binary has one (the trainer's default device).
+set -eu
+
+H=${1:?usage: scripts/etth1.sh HORIZON (96, 192, 336 or 720)}
+case $H in
+    ''|*[!0-9]*) echo "etth1.sh: HORIZON must be a number, got '$H'" >&2; exit 2 ;;
+esac
+BIN=${ANATOMY_BIN:-build/anatomy}
+if [ -z "${ETTH1:-}" ]; then
+    ETTH1=../shared/data/ett/ETTh1.csv
+    [ -f "$ETTH1" ] || ETTH1=data/ett/ETTh1.csv
+fi
+OUT=${OUT:-runs/etth1-$H}
+PRESET=${PRESET:-patchts-etth1}
+EPOCHS=${EPOCHS:-10}
+BATCH=${BATCH:-128}
+LR=${LR:-1e-3}
+WD=${WD:-0.05}
+SEED=${SEED:-2021}
+EXTRA=${EXTRA:-}
+LOOKBACK=336
+
+[ -x "$BIN" ] || { echo "etth1.sh: $BIN is missing: run 'make' first" >&2; exit 2; }
+[ -f "$ETTH1" ] || {
+    echo "etth1.sh: $ETTH1 is missing (ETDataset, ETT-small/ETTh1.csv)" >&2; exit 2; }
+
+# One epoch is every training window once: 8640 training rows give
+# 8640 - 336 - H + 1 windows.
+NWIN=$((8640 - LOOKBACK - H + 1))
+SPE=$(((NWIN + BATCH - 1) / BATCH))
+STEPS=$((EPOCHS * SPE))
+WARMUP=$SPE
+start=$(date +%s)
+echo "etth1: horizon $H, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR -> $OUT"
+mkdir -p "$OUT"
+if [ "${RESUME:-0}" = 1 ] && ls "$OUT"/step_*.safetensors > /dev/null 2>&1; then
+    MODEL="--resume $OUT"    # the checkpoint carries the model's config
+    LOG=$OUT/train-resumed.log
+else
+    MODEL="--model patchts --preset $PRESET --horizon $H --lookback $LOOKBACK"
+    LOG=$OUT/train.log
+fi
+# shellcheck disable=SC2086
+"$BIN" train $MODEL \
+    --data "$ETTH1" --batch "$BATCH" --shuffle --steps "$STEPS" --lr "$LR" \
+    --warmup "$WARMUP" --schedule cosine --lr-min-frac 0.01 --weight-decay "$WD" \
+    --grad-clip 1.0 --seed "$SEED" --ckpt-every "$SPE" --out "$OUT" $EXTRA \
+    > "$LOG"
+tail -n 2 "$LOG"
+
+# The checkpoint with the best validation mse (every validation window).
+best= bestmse=
+for ck in "$OUT"/step_*.safetensors; do
+    mse=$("$BIN" eval --init "$ck" --data "$ETTH1" --split val --batch "$BATCH" |
+          awk '$1 == "mse" { print $2 }')
+    echo "val mse $mse  $(basename "$ck")"
+    if [ -z "$best" ] || awk -v a="$mse" -v b="$bestmse" 'BEGIN { exit !(a < b) }'; then
+        best=$ck
+        bestmse=$mse
+    fi
+done
+[ -n "$best" ] || { echo "etth1.sh: no checkpoint in $OUT" >&2; exit 1; }
+echo "best: $(basename "$best") (val mse $bestmse)"
+
+"$BIN" eval --init "$best" --data "$ETTH1" --split test --batch "$BATCH" > "$OUT/test.txt"
+cat "$OUT/test.txt"
+echo "time $(( $(date +%s) - start )) s"
+awk '$1 == "mse" { m = $2 } $1 == "mae" { a = $2 } END {
+    if (m == "" || a == "") exit 1; printf "test mse %s mae %s\n", m, a }' "$OUT/test.txt"

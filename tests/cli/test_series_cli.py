@@ -1,0 +1,113 @@
+"""The time-series families from the command line: a bad CSV gets one clear
+error line naming the file and the line at fault (train and eval alike); a
+good one trains, evaluates (loss, mse, mae) and is described by `info`."""
+import math
+import re
+
+import numpy as np
+import pytest
+
+TINY = ["--model", "patchts", "--preset", "patchts-tiny", "--channels", 2]
+
+
+def one_error(rc, err):
+    """Status 1 and exactly one line 'anatomy: error: ...'; returns the line."""
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert rc == 1, f"exit status {rc}, stderr: {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("anatomy: error: "), f"stderr: {err!r}"
+    return lines[0]
+
+
+def good_csv(path, rows=300, ch=2, seed=None):
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)
+    with open(path, "w") as f:
+        f.write("date," + ",".join(f"v{c}" for c in range(ch)) + "\n")
+        for r in range(rows):
+            vals = [math.sin(0.3 * r + c) + 0.1 * rng.normal() for c in range(ch)]
+            f.write(f"d{r}," + ",".join(f"{v:.6f}" for v in vals) + "\n")
+    return str(path)
+
+
+BAD = {
+    "ragged.csv": ("date,a,b\nx,1,2\ny,3\n", r"ragged\.csv: line 3: 2 fields, the header has 3"),
+    "word.csv": ("date,a,b\nx,1,2\nx,1,2\ny,3,oops\n",
+                 r"word\.csv: line 4: column 3 \(b\): 'oops' is not a finite number"),
+    "empty.csv": ("", r"empty\.csv: empty file"),
+    "nan.csv": ("date,a,b\nx,NaN,2\n", r"nan\.csv: line 2: column 2 \(a\)"),
+    "header.csv": ("date,a,b\n", r"header\.csv: no data rows"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+@pytest.mark.parametrize("cmd", ["train", "eval"])
+def test_bad_csv(run, tmp_path, name, cmd):
+    text, want = BAD[name]
+    path = tmp_path / name
+    path.write_text(text)
+    if cmd == "train":
+        rc, out, err = run("train", *TINY, "--data", path, "--steps", 1, "--out", tmp_path / "o")
+    else:
+        rc, out, err = run("eval", *TINY, "--data", path, "--split", "test")
+    line = one_error(rc, err)
+    assert re.search(want, line), f"{line!r} does not match {want!r}"
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.safetensors"))
+
+
+def test_too_few_rows(run, tmp_path):
+    path = good_csv(tmp_path / "short.csv", rows=60)
+    rc, out, err = run("train", *TINY, "--data", path, "--steps", 1)
+    line = one_error(rc, err)
+    want = r"short\.csv: the train split .* too short for one window of 48 \+ 24"
+    assert re.search(want, line), line
+
+
+def test_wrong_channel_count(run, tmp_path):
+    path = good_csv(tmp_path / "three.csv", ch=3)
+    rc, out, err = run("train", *TINY, "--data", path, "--steps", 1)
+    line = one_error(rc, err)
+    assert "three.csv: 3 numeric columns, the model has 2 channels" in line, line
+
+
+def test_train_eval_info(run, tmp_path):
+    path = good_csv(tmp_path / "good.csv", rows=400)
+    rc, out, err = run("train", *TINY, "--data", path, "--val-data", path, "--steps", 4,
+                       "--batch", 8, "--out", tmp_path / "run", "--val-every", 2)
+    assert rc == 0, err
+    ckpts = sorted((tmp_path / "run").glob("step_*.safetensors"))
+    assert ckpts, out
+    # 57 test windows: batches of 19 leave no padded rows, whatever the averaging
+    rc, out, err = run("eval", "--init", ckpts[-1], "--data", path, "--split", "test",
+                       "--batch", 19)
+    assert rc == 0, err
+    figs = dict(l.split()[:2] for l in out.splitlines() if re.match(r"^(loss|mse|mae) ", l))
+    assert set(figs) == {"loss", "mse", "mae"}, out
+    # the loss is the mean squared error itself (all test windows counted once)
+    assert abs(float(figs["loss"]) - float(figs["mse"])) < 1e-3 * float(figs["mse"]) + 1e-6, out
+    rc, out, err = run("info", "--model", "patchts", "--preset", "patchts-etth1")
+    assert rc == 0, err
+    assert "42 patches of 16" in out, out
+
+
+def test_eval_forecast_csv(run, tmp_path):
+    """eval --forecast: one CSV line per test window, channel row and step,
+    whose forecast/target columns give back the printed mse and mae."""
+    path = good_csv(tmp_path / "good.csv", rows=400)
+    rc, out, err = run("train", *TINY, "--data", path, "--steps", 2, "--batch", 8,
+                       "--out", tmp_path / "run")
+    assert rc == 0, err
+    ck = sorted((tmp_path / "run").glob("step_*.safetensors"))[-1]
+    fc = tmp_path / "fc.csv"
+    rc, out, err = run("eval", "--init", ck, "--data", path, "--split", "test", "--batch", 19,
+                       "--forecast", fc)
+    assert rc == 0, err
+    figs = dict(l.split()[:2] for l in out.splitlines() if re.match(r"^(mse|mae) ", l))
+    lines = fc.read_text().splitlines()
+    assert lines[0] == "batch,row,step,forecast,target", lines[0]
+    rows = np.array([[float(x) for x in l.split(",")] for l in lines[1:]])
+    err2 = (rows[:, 3] - rows[:, 4]) ** 2
+    assert len(rows) > 0 and abs(err2.mean() - float(figs["mse"])) < 1e-4 * float(figs["mse"]), \
+        (err2.mean(), figs)
+    assert abs(np.abs(rows[:, 3] - rows[:, 4]).mean() - float(figs["mae"])) < 1e-4 * float(figs["mae"])
+    rc, out, err = run("eval", "--init", ck, "--data", path, "--forecast", tmp_path / "no" / "x.csv")
+    assert rc == 1 and "--forecast" in err, err

@@ -1,0 +1,814 @@
+/* test_series.c: CSV time series and the two time-series families.
+ *  - the CSV reader: a good file read back exactly; every kind of bad input
+ *    (empty, header only, no numeric column, ragged row, non-number, NaN/inf)
+ *    gives one line naming the file and the line
+ *  - split borders of the ETT protocol and of other files, too short splits
+ *  - normalisation statistics from the training split only, end to end
+ *    through the batch source; windows, patches; the source's epochs,
+ *    seek and evaluation padding
+ *  - patchts and tsgpt: every parameter's gradient against central finite
+ *    differences in fp64 through the op table; fp32 against fp64; RevIN's
+ *    shift invariance; the loss equals the mse metric; patchts learns */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../data/errbuf.h"
+#include "../data/series.h"
+#include "../host/models/patchts.h"
+#include "testrand.h"
+
+static uint64_t base_seed;
+static char tmpdir[256];
+
+#define SEED(k) (base_seed + (uint64_t)(k))
+
+/* A file in this run's temporary directory with the given text. */
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* A CSV of `rows` rows of `ch` random columns (kept in vals [rows, ch]). */
+static const char *write_random_csv(const char *name, int rows, int ch, float *vals)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "date");
+    for (int c = 0; c < ch; c++)
+        fprintf(f, ",col%d", c);
+    fprintf(f, "\n");
+    for (int r = 0; r < rows; r++) {
+        fprintf(f, "2016-07-01 %02d:00:00", r % 24);
+        for (int c = 0; c < ch; c++) {
+            float v = (float)(10 * nrand() + c);
+            if (vals)
+                vals[(size_t)r * ch + c] = v;
+            fprintf(f, ",%.9g", v);
+        }
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    return path;
+}
+
+START_TEST(test_csv_good)
+{
+    rng_seed(&test_rng, SEED(1));
+    int rows = 50 + irand(100), ch = 1 + irand(9);
+    float *vals = malloc((size_t)rows * ch * sizeof *vals);
+    const char *path = write_random_csv("good.csv", rows, ch, vals);
+    series_table t;
+    char err[ERRBUF];
+    ck_assert_msg(series_read_csv(path, &t, err) == 0, "%s", err);
+    ck_assert_int_eq(t.rows, rows);
+    ck_assert_int_eq(t.channels, ch);
+    for (int c = 0; c < ch; c++) {
+        char want[16];
+        snprintf(want, sizeof want, "col%d", c);
+        ck_assert_str_eq(t.names[c], want);
+    }
+    for (size_t i = 0; i < (size_t)rows * ch; i++)
+        ck_assert_msg(t.values[i] == vals[i], "value %zu: %g read, %g written", i,
+                      t.values[i], vals[i]);
+    series_free(&t);
+    /* CRLF line ends, no final newline, spaces around numbers */
+    path = write_file("crlf.csv", "date,a,b\r\nx, 1.5 ,-2\r\ny,3e2,4");
+    ck_assert_msg(series_read_csv(path, &t, err) == 0, "%s", err);
+    ck_assert_int_eq(t.rows, 2);
+    ck_assert(t.values[0] == 1.5f && t.values[1] == -2.0f && t.values[2] == 300.0f &&
+              t.values[3] == 4.0f);
+    ck_assert_str_eq(t.names[1], "b");
+    series_free(&t);
+    free(vals);
+}
+END_TEST
+
+/* Each bad file gives -1 and an error naming the file and, where a line is
+ * at fault, the line. */
+START_TEST(test_csv_bad)
+{
+    static const struct { const char *name, *text, *want; } cases[] = {
+        { "empty.csv", "", "empty file" },
+        { "blank.csv", "\n\n", "empty file" },
+        { "onlyheader.csv", "date,a,b\n", "no data rows" },
+        { "nocols.csv", "date\n2016\n", "line 1: the header has no numeric columns" },
+        { "ragged.csv", "date,a,b\nx,1,2\ny,3\nz,4,5\n", "line 3: 2 fields, the header has 3" },
+        { "ragged2.csv", "date,a,b\nx,1,2\ny,3,4,5\n", "line 3: 4 fields, the header has 3" },
+        { "emptyline.csv", "date,a,b\nx,1,2\n\ny,3,4\n", "line 3: 1 fields, the header has 3" },
+        { "word.csv", "date,a,b\nx,1,2\ny,3,abc\n", "line 3: column 3 (b): 'abc' is not" },
+        { "suffix.csv", "date,a,b\nx,1.5x,2\n", "line 2: column 2 (a): '1.5x' is not" },
+        { "emptyfield.csv", "date,a,b\nx,1,2\ny,,2\n", "line 3: column 2 (a): '' is not" },
+        { "nan.csv", "date,a,b\nx,nan,2\n", "line 2: column 2 (a): 'nan' is not a finite" },
+        { "inf.csv", "date,a,b\nx,1,2\nx,1,-inf\n", "line 3: column 3 (b): '-inf' is not" },
+        { "huge.csv", "date,a\nx,1e39\n", "line 2: column 2 (a): '1e39' is not" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_file(cases[i].name, cases[i].text);
+        series_table t;
+        char err[ERRBUF] = "";
+        ck_assert_msg(series_read_csv(path, &t, err) == -1, "%s was accepted", cases[i].name);
+        ck_assert_msg(strstr(err, path) == err, "%s: error does not start with the path: %s",
+                      cases[i].name, err);
+        ck_assert_msg(strstr(err, cases[i].want), "%s: got '%s', want '%s'", cases[i].name, err,
+                      cases[i].want);
+        ck_assert_msg(!strchr(err, '\n'), "multi-line error: %s", err);
+        ck_assert_ptr_null(t.values);
+    }
+    series_table t;
+    char err[ERRBUF], path[300];
+    snprintf(path, sizeof path, "%s/missing.csv", tmpdir);
+    ck_assert_int_eq(series_read_csv(path, &t, err), -1);
+    ck_assert_msg(strstr(err, "missing.csv: No such file"), "%s", err);
+}
+END_TEST
+
+START_TEST(test_split_borders)
+{
+    rng_seed(&test_rng, SEED(2));
+    char err[ERRBUF];
+    int first, count;
+    for (int k = 0; k < 20; k++) {
+        int Lb = 1 + irand(720), H = 1 + irand(720);
+        int rows = 14400 + irand(4000);
+        /* ETTh: 12/4/4 months of hours; every split's first target is the
+         * split's first row */
+        ck_assert_int_eq(series_split("d/ETTh1.csv", rows, SERIES_TRAIN, Lb, H, &first, &count,
+                                      err), 0);
+        ck_assert_int_eq(first, 0);
+        ck_assert_int_eq(count, 8640 - Lb - H + 1);
+        ck_assert_int_eq(series_split("d/ETTh1.csv", rows, SERIES_VAL, Lb, H, &first, &count,
+                                      err), 0);
+        ck_assert_int_eq(first + Lb, 8640);
+        ck_assert_int_eq(first + count - 1 + Lb + H, 11520); /* last target: the split's last row */
+        ck_assert_int_eq(series_split("ETTh2.csv", rows, SERIES_TEST, Lb, H, &first, &count,
+                                      err), 0);
+        ck_assert_int_eq(first + Lb, 11520);
+        ck_assert_int_eq(first + count - 1 + Lb + H, 14400);
+        /* ETTm: four rows an hour */
+        ck_assert_int_eq(series_split("x/ETTm1.csv", 4 * rows, SERIES_TEST, Lb, H, &first,
+                                      &count, err), 0);
+        ck_assert_int_eq(first + Lb, 4 * 11520);
+        ck_assert_int_eq(count, 4 * 2880 - H + 1);
+    }
+    /* the standard ETTh1 test set at horizon 96: 2785 windows */
+    ck_assert_int_eq(series_split("ETTh1.csv", 17420, SERIES_TEST, 336, 96, &first, &count,
+                                  err), 0);
+    ck_assert_int_eq(count, 2785);
+    ck_assert_int_eq(first, 11520 - 336);
+    /* other files: 70% / 10% / 20% */
+    int b[4];
+    ck_assert_int_eq(series_borders("custom.csv", 1000, b, err), 0);
+    ck_assert(b[0] == 0 && b[1] == 700 && b[2] == 800 && b[3] == 1000);
+    /* too short: ETT file with too few rows; a split without room for a window */
+    ck_assert_int_eq(series_borders("ETTh1.csv", 14399, b, err), -1);
+    ck_assert_msg(strstr(err, "ETTh1.csv: 14399 rows"), "%s", err);
+    ck_assert_int_eq(series_split("short.csv", 100, SERIES_VAL, 10, 11, &first, &count, err),
+                     -1);
+    ck_assert_msg(strstr(err, "short.csv: the val split") && strstr(err, "too short"), "%s",
+                  err);
+    ck_assert_int_eq(series_split("short.csv", 100, SERIES_TRAIN, 60, 11, &first, &count, err),
+                     -1);
+    ck_assert_int_eq(series_split("short.csv", 100, SERIES_TRAIN, 60, 10, &first, &count, err),
+                     0);
+    ck_assert_int_eq(count, 1);
+}
+END_TEST
+
+/* The series source normalises every split with the training split's
+ * statistics: the test split is shifted and scaled far away so that any
+ * statistic including it would show. */
+START_TEST(test_normalisation_train_only)
+{
+    rng_seed(&test_rng, SEED(3));
+    int rows = 200, ch = 3, Lb = 8, H = 4;
+    float *vals = malloc((size_t)rows * ch * sizeof *vals);
+    char path[512];
+    snprintf(path, sizeof path, "%s/norm.csv", tmpdir);
+    FILE *f = fopen(path, "wb");
+    fprintf(f, "date,a,b,c\n");
+    for (int r = 0; r < rows; r++) {
+        fprintf(f, "t%d", r);
+        for (int c = 0; c < ch; c++) {
+            float v = (float)(r >= 140 ? 1000 + 50 * nrand() : (c + 1) * nrand() + 3 * c);
+            vals[(size_t)r * ch + c] = v;
+            fprintf(f, ",%.9g", v);
+        }
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    double mean[3], sd[3];
+    for (int c = 0; c < ch; c++) {
+        double s = 0, ss = 0;
+        for (int r = 0; r < 140; r++)
+            s += vals[(size_t)r * ch + c];
+        mean[c] = s / 140;
+        for (int r = 0; r < 140; r++)
+            ss += pow(vals[(size_t)r * ch + c] - mean[c], 2);
+        sd[c] = sqrt(ss / 140);
+    }
+    /* series_stats over the training rows */
+    series_table t;
+    char err[ERRBUF];
+    ck_assert_msg(series_read_csv(path, &t, err) == 0, "%s", err);
+    double m2[3], s2[3];
+    series_stats(&t, 140, m2, s2);
+    for (int c = 0; c < ch; c++) {
+        ck_assert_double_eq_tol(m2[c], mean[c], 1e-9 * (1 + fabs(mean[c])));
+        ck_assert_double_eq_tol(s2[c], sd[c], 1e-9 * sd[c]);
+    }
+    series_free(&t);
+    /* the test split through the source: windows start Lb rows before row 160 */
+    data_spec spec = { .path = path, .B = 5, .T = 0, .rank = 0, .world = 1, .shuffle = 0,
+                       .seed = 1, .split = SPLIT_TEST };
+    batch_source *src = series_source_open(&spec, ch, Lb, H, err);
+    ck_assert_msg(src != NULL, "%s", err);
+    ck_assert_int_eq(src->next(src, err), 0);
+    for (int i = 0; i < 5; i++)
+        for (int c = 0; c < ch; c++) {
+            for (int k = 0; k < Lb; k++) {
+                double want = (vals[(size_t)(160 - Lb + i + k) * ch + c] - mean[c]) / sd[c];
+                double got = src->batch.x[((size_t)i * ch + c) * Lb + k];
+                ck_assert_double_eq_tol(got, want, 1e-5 * (1 + fabs(want)));
+            }
+            for (int k = 0; k < H; k++) {
+                double want = (vals[(size_t)(160 + i + k) * ch + c] - mean[c]) / sd[c];
+                double got = src->batch.y[((size_t)i * ch + c) * H + k];
+                ck_assert_double_eq_tol(got, want, 1e-5 * (1 + fabs(want)));
+            }
+        }
+    src->close(src);
+    /* a model with another channel count is refused, naming the file */
+    ck_assert_ptr_null(series_source_open(&spec, 4, Lb, H, err));
+    ck_assert_msg(strstr(err, "norm.csv: 3 numeric columns, the model has 4"), "%s", err);
+    /* a split too short for one window, named */
+    ck_assert_ptr_null(series_source_open(&spec, ch, 30, 41, err));
+    ck_assert_msg(strstr(err, "norm.csv: the test split") && strstr(err, "too short"), "%s",
+                  err);
+    free(vals);
+}
+END_TEST
+
+START_TEST(test_windows_and_patches)
+{
+    rng_seed(&test_rng, SEED(4));
+    /* PatchTST's ETTh1 setting: 336 steps, P 16, S 8, end padding -> 42 patches */
+    ck_assert_int_eq(series_patch_count(336, 16, 8, 1), 42);
+    ck_assert_int_eq(series_patch_count(336, 16, 8, 0), 41);
+    ck_assert_int_eq(series_patch_count(512, 16, 8, 1), 64);
+    ck_assert_int_eq(series_patch_count(10, 11, 1, 0), 0);
+    for (int k = 0; k < 50; k++) {
+        int n = 2 + irand(60), len = 1 + irand(n), stride = 1 + irand(10), pad = irand(2);
+        float *w = malloc((size_t)n * sizeof *w);
+        for (int i = 0; i < n; i++)
+            w[i] = (float)nrand();
+        int np = series_patch_count(n, len, stride, pad);
+        /* the padded window has n + stride values when padded; patches of len
+         * at every stride that fit */
+        int m = n + (pad ? stride : 0), want = 0;
+        for (int s = 0; s + len <= m; s += stride)
+            want++;
+        ck_assert_int_eq(np, want);
+        float *out = malloc((size_t)np * len * sizeof *out);
+        series_patch(w, n, len, stride, pad, out);
+        for (int p = 0; p < np; p++)
+            for (int j = 0; j < len; j++) {
+                int i = p * stride + j;
+                ck_assert(out[p * len + j] == (i < n ? w[i] : w[n - 1]));
+            }
+        free(w);
+        free(out);
+    }
+    /* windows are channel-major copies of consecutive rows */
+    series_table t = { .rows = 30, .channels = 3 };
+    t.values = malloc(90 * sizeof *t.values);
+    for (int i = 0; i < 90; i++)
+        t.values[i] = (float)nrand();
+    float x[3 * 7], y[3 * 4];
+    int start = irand(30 - 11 + 1);
+    series_window(&t, start, 7, 4, x, y);
+    for (int c = 0; c < 3; c++) {
+        for (int i = 0; i < 7; i++)
+            ck_assert(x[c * 7 + i] == t.values[(start + i) * 3 + c]);
+        for (int j = 0; j < 4; j++)
+            ck_assert(y[c * 4 + j] == t.values[(start + 7 + j) * 3 + c]);
+    }
+    free(t.values);
+}
+END_TEST
+
+/* Training: each epoch visits every window once, in an order that seek()
+ * reproduces; ranks split the micro-batches. Evaluation: every window once
+ * per pass, the last micro-batch padded with y = NaN rows. */
+START_TEST(test_source_epochs)
+{
+    rng_seed(&test_rng, SEED(5));
+    int rows = 300, ch = 2, Lb = 6, H = 3, B = 7;
+    float *vals = malloc((size_t)rows * ch * sizeof *vals);
+    char path[512];
+    snprintf(path, sizeof path, "%s", write_random_csv("epochs.csv", rows, ch, vals));
+    char err[ERRBUF];
+    data_spec spec = { .path = path, .B = B, .rank = 0, .world = 1, .shuffle = 1,
+                       .seed = SEED(6), .split = SPLIT_TRAIN };
+    batch_source *a = series_source_open(&spec, ch, Lb, H, err);
+    ck_assert_msg(a != NULL, "%s", err);
+    int nwin = 210 - Lb - H + 1;
+    /* identify a window by its first x value (random floats: distinct) */
+    int seen_total = 0, order_same = 1;
+    float *firsts = malloc((size_t)nwin * 3 * sizeof *firsts);
+    for (int j = 0; seen_total < 3 * nwin; j++) {
+        ck_assert_int_eq(a->next(a, err), 0);
+        for (int i = 0; i < B && seen_total < 3 * nwin; i++)
+            firsts[seen_total++] = a->batch.x[(size_t)i * ch * Lb];
+    }
+    for (int e = 0; e < 3; e++) {
+        /* each epoch: nwin distinct windows */
+        for (int i = 0; i < nwin; i++)
+            for (int k = 0; k < i; k++)
+                ck_assert(firsts[e * nwin + i] != firsts[e * nwin + k]);
+    }
+    for (int i = 0; i < nwin; i++)
+        order_same &= firsts[i] == firsts[nwin + i];
+    ck_assert_msg(!order_same, "two epochs in the same order");
+    /* seek reproduces, and rank 1 of 2 reads global micro-batches 1, 3, ... */
+    float *want = malloc((size_t)B * ch * Lb * sizeof *want);
+    a->seek(a, 5);
+    ck_assert_int_eq(a->next(a, err), 0);
+    memcpy(want, a->batch.x, (size_t)B * ch * Lb * sizeof *want);
+    a->seek(a, 0);
+    for (int j = 0; j < 6; j++)
+        a->next(a, err);
+    ck_assert(memcmp(want, a->batch.x, (size_t)B * ch * Lb * sizeof *want) == 0);
+    ck_assert_uint_eq(a->position(a), 6);
+    spec.rank = 1;
+    spec.world = 2;
+    batch_source *r1 = series_source_open(&spec, ch, Lb, H, err);
+    r1->seek(r1, 2); /* global 5 */
+    r1->next(r1, err);
+    ck_assert(memcmp(want, r1->batch.x, (size_t)B * ch * Lb * sizeof *want) == 0);
+    r1->close(r1);
+    a->close(a);
+    /* evaluation: val split, every window once, then NaN padding */
+    spec = (data_spec){ .path = path, .B = B, .rank = 0, .world = 1, .shuffle = 1,
+                        .seed = 3, .split = SPLIT_VAL };
+    batch_source *v = series_source_open(&spec, ch, Lb, H, err);
+    int vwin = 30 - H + 1;
+    uint64_t nb = v->epoch_batches(v);
+    ck_assert_uint_eq(nb, (uint64_t)(vwin + B - 1) / B);
+    int real = 0, padded = 0;
+    for (uint64_t j = 0; j < nb; j++) {
+        v->next(v, err);
+        for (int i = 0; i < B; i++) {
+            int w = (int)j * B + i;
+            float y0 = v->batch.y[(size_t)i * ch * H];
+            if (w < vwin) {
+                real++;
+                ck_assert(isfinite(y0));
+            } else {
+                padded++;
+                ck_assert(isnan(y0));
+                ck_assert(isfinite(v->batch.x[(size_t)i * ch * Lb]));
+            }
+        }
+    }
+    ck_assert_int_eq(real, vwin);
+    ck_assert_int_eq(padded, (int)nb * B - vwin);
+    v->close(v);
+    free(want);
+    free(firsts);
+    free(vals);
+}
+END_TEST
+
+/* ---- the models ---- */
+
+static const patchts_config pts_tiny = { .channels = 2, .lookback = 12, .horizon = 5,
+                                         .patch = 4, .stride = 3, .pad = 1, .L = 2, .NH = 2,
+                                         .C = 8 };
+static const tsgpt_config tsg_tiny = { .channels = 2, .lookback = 6, .horizon = 4, .bins = 16,
+                                       .samples = 5, .L = 2, .NH = 2, .C = 8 };
+
+static double rel_l2(const double *a, const double *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-300));
+}
+
+/* A random batch of B windows; row `pad_row` (if >= 0) is evaluation padding. */
+static void random_series_batch(float *x, float *y, int B, int ch, int Lb, int H, int pad_row)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < ch; c++) {
+            double level = 2 * nrand(), amp = 0.5 + urand();
+            for (int i = 0; i < Lb; i++)
+                x[((size_t)b * ch + c) * Lb + i] = (float)(level + amp * nrand());
+            for (int j = 0; j < H; j++)
+                y[((size_t)b * ch + c) * H + j] =
+                    b == pad_row ? NAN : (float)(level + amp * nrand());
+        }
+}
+
+static double loss_grad(model *m, const double *p, const model_batch *b, double *grad)
+{
+    backend *be = m->be;
+    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
+    model_zero_grad(m);
+    double loss = m->forward(m, b, grad ? 1.0f : 0.0f);
+    if (grad) {
+        m->backward(m);
+        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
+    }
+    return loss;
+}
+
+static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, int H, int B,
+                      double tol)
+{
+    char err[ERRBUF];
+    backend *be = backend_cpu64_create(1, err);
+    ck_assert_msg(be != NULL, "%s", err);
+    model *m = fam->create(be, cfg, err);
+    ck_assert_msg(m != NULL, "%s", err);
+    ck_assert_msg(m->plan(m, B, 0, err) == 0, "%s", err);
+    size_t n = m->nparams;
+    double *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g), *fd = malloc(n * sizeof *fd);
+    float *x = malloc((size_t)B * ch * Lb * sizeof *x), *y = malloc((size_t)B * ch * H * sizeof *y);
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0.3 * nrand();
+    random_series_batch(x, y, B, ch, Lb, H, B - 1);
+    model_batch b = { .x = x, .y = y };
+    loss_grad(m, p, &b, g);
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        double keep = p[i];
+        p[i] = keep + h;
+        double lp = loss_grad(m, p, &b, NULL);
+        p[i] = keep - h;
+        double lm = loss_grad(m, p, &b, NULL);
+        p[i] = keep;
+        fd[i] = (lp - lm) / (2 * h);
+    }
+    double e = rel_l2(g, fd, n);
+    ck_assert_msg(e < tol, "%s gradient vs finite differences: rel L2 %g", fam->name, e);
+    /* every view gets some gradient (none silently unconnected) */
+    for (int k = 0; k < m->nviews; k++) {
+        double s = 0;
+        const param_view *v = &m->views[k];
+        for (size_t i = 0; i < v->count; i++)
+            s += fabs(g[v->offset + i]);
+        int padded_rows = strcmp(v->name, "wte.weight") == 0;
+        ck_assert_msg(s > 0 || padded_rows, "%s: view %s has zero gradient", fam->name, v->name);
+    }
+    /* padding rows: changing their x changes nothing */
+    double l0 = loss_grad(m, p, &b, NULL);
+    for (int i = 0; i < ch * Lb; i++)
+        x[(size_t)(B - 1) * ch * Lb + i] += (float)nrand();
+    ck_assert_double_eq(loss_grad(m, p, &b, NULL), l0);
+    free(p);
+    free(g);
+    free(fd);
+    free(x);
+    free(y);
+    m->destroy(m);
+    be->destroy(be);
+}
+
+START_TEST(test_patchts_gradcheck_fp64)
+{
+    rng_seed(&test_rng, SEED(10 + _i));
+    patchts_config c = pts_tiny;
+    c.pad = _i; /* with and without end padding */
+    gradcheck(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7);
+}
+END_TEST
+
+START_TEST(test_tsgpt_gradcheck_fp64)
+{
+    rng_seed(&test_rng, SEED(20));
+    const tsgpt_config *c = &tsg_tiny;
+    gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7);
+}
+END_TEST
+
+/* fp32 backend against the fp64 oracle; and the loss is the mse metric. */
+START_TEST(test_patchts_fp32_and_metrics)
+{
+    rng_seed(&test_rng, SEED(30));
+    char err[ERRBUF];
+    patchts_config c = { 3, 48, 24, 8, 4, 1, 2, 2, 16 };
+    backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
+    model *m64 = patchts_family.create(b64, (int *)&c, err);
+    model *m32 = patchts_family.create(b32, (int *)&c, err);
+    int B = 5;
+    ck_assert_int_eq(m64->plan(m64, B, 0, err), 0);
+    ck_assert_int_eq(m32->plan(m32, B, 0, err), 0);
+    size_t np = m64->nparams;
+    float *pf = malloc(np * sizeof *pf);
+    double *g64 = malloc(np * sizeof *g64), *g32 = malloc(np * sizeof *g32);
+    float *x = malloc((size_t)B * 3 * 48 * sizeof *x), *y = malloc((size_t)B * 3 * 24 * sizeof *y);
+    patchts_family.init((int *)&c, pf, SEED(31));
+    random_series_batch(x, y, B, 3, 48, 24, 4);
+    model_set_params(m64, pf);
+    model_set_params(m32, pf);
+    model_batch b = { .x = x, .y = y };
+    double l64 = m64->forward(m64, &b, 1.0f), l32 = m32->forward(m32, &b, 1.0f);
+    m64->backward(m64);
+    m32->backward(m32);
+    b64->download(b64, g64, DT_F64, m64->grads, b64->act, np);
+    b32->download(b32, g32, DT_F64, m32->grads, b32->act, np);
+    ck_assert_msg(fabs(l32 - l64) / fabs(l64) < 1e-5, "loss fp32 %.9f fp64 %.9f", l32, l64);
+    double e = rel_l2(g32, g64, np);
+    ck_assert_msg(e < 1e-5, "gradients fp32 vs fp64: rel L2 %g", e);
+    /* metrics: mse equals the loss; mae checked against the de-normalised
+     * forecast computed from scratch is the parity test's job (tests/ref) */
+    double sums[4] = { 0 }, counts[4] = { 0 };
+    m64->forward(m64, &b, 0.0f);
+    m64->metrics(m64, &b, sums, counts);
+    ck_assert_double_eq(counts[0], 4.0 * 3 * 24);
+    ck_assert_double_eq_tol(sums[0] / counts[0], l64, 1e-12 * l64);
+    ck_assert(sums[1] > 0 && sums[1] / counts[1] <= sqrt(l64) + 1e-12);
+    /* the forecast CSV holds the same forecasts (6 digits) */
+    char *buf;
+    size_t len;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_int_eq(patchts_write_forecast(m64, f), 0);
+    fclose(f);
+    double se = 0;
+    int lines = 0;
+    for (char *q = buf; *q; q = strchr(q, '\n') + 1, lines++) {
+        int r, j;
+        double fc, tg;
+        ck_assert_int_eq(sscanf(q, "%d,%d,%lf,%lf", &r, &j, &fc, &tg), 4);
+        ck_assert(r < 4 * 3 && j < 24);
+        se += (fc - tg) * (fc - tg);
+    }
+    ck_assert_int_eq(lines, 4 * 3 * 24);
+    ck_assert_double_eq_tol(se / lines, l64, 1e-4 * l64);
+    free(buf);
+    free(pf);
+    free(g64);
+    free(g32);
+    free(x);
+    free(y);
+    m64->destroy(m64);
+    m32->destroy(m32);
+    b64->destroy(b64);
+    b32->destroy(b32);
+}
+END_TEST
+
+/* RevIN: shifting a window and its target by the same constant leaves the
+ * loss unchanged (the model sees the window minus its own mean). */
+START_TEST(test_patchts_revin_shift)
+{
+    rng_seed(&test_rng, SEED(40));
+    char err[ERRBUF];
+    const patchts_config *c = &pts_tiny;
+    backend *be = backend_cpu64_create(1, err);
+    model *m = patchts_family.create(be, (const int *)c, err);
+    int B = 4, nx = B * c->channels * c->lookback, ny = B * c->channels * c->horizon;
+    ck_assert_int_eq(m->plan(m, B, 0, err), 0);
+    float *pf = malloc(m->nparams * sizeof *pf), *x = malloc(nx * sizeof *x),
+          *y = malloc(ny * sizeof *y);
+    patchts_family.init((const int *)c, pf, SEED(41));
+    model_set_params(m, pf);
+    random_series_batch(x, y, B, c->channels, c->lookback, c->horizon, -1);
+    model_batch b = { .x = x, .y = y };
+    double l0 = m->forward(m, &b, 0.0f);
+    float shift = (float)(5 * nrand());
+    for (int i = 0; i < nx; i++)
+        x[i] += shift;
+    for (int i = 0; i < ny; i++)
+        y[i] += shift;
+    double l1 = m->forward(m, &b, 0.0f);
+    ck_assert_msg(fabs(l1 - l0) < 1e-5 * l0, "loss %g, shifted by %g: %g", l0, shift, l1);
+    free(pf);
+    free(x);
+    free(y);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+/* It learns: a sine of random phase per row, forecast after AdamW steps. */
+START_TEST(test_patchts_learns)
+{
+    rng_seed(&test_rng, SEED(50));
+    char err[ERRBUF];
+    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16 };
+    backend *be = backend_cpu_create(0, err);
+    model *m = patchts_family.create(be, (int *)&c, err);
+    int B = 16;
+    ck_assert_int_eq(m->plan(m, B, 0, err), 0);
+    float *p = malloc(m->nparams * sizeof *p), x[16 * 32], y[16 * 8];
+    patchts_family.init((int *)&c, p, SEED(51));
+    model_set_params(m, p);
+    double first = 0, loss = 0;
+    for (int step = 1; step <= 300; step++) {
+        for (int b = 0; b < B; b++) {
+            double ph = 6.283 * urand(), amp = 0.5 + urand(), off = nrand();
+            for (int i = 0; i < 40; i++) {
+                float v = (float)(off + amp * sin(ph + 0.4 * i));
+                if (i < 32)
+                    x[b * 32 + i] = v;
+                else
+                    y[b * 8 + i - 32] = v;
+            }
+        }
+        model_batch bt = { .x = x, .y = y };
+        model_zero_grad(m);
+        loss = m->forward(m, &bt, 1.0f);
+        if (step == 1)
+            first = loss;
+        m->backward(m);
+        adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0 };
+        be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+    }
+    ck_assert_msg(loss < 0.02 && loss < first / 10, "loss %g after 300 steps (first %g)", loss,
+                  first);
+    free(p);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+/* tsgpt's tokenizer and its sampled forecast's shape and metrics. */
+START_TEST(test_tsgpt_tokens_and_forecast)
+{
+    rng_seed(&test_rng, SEED(60));
+    for (int k = 0; k < 1000; k++) {
+        int bins = 2 + irand(4000);
+        double v = 20 * (urand() - 0.5);
+        int b = tsgpt_bin(v, bins);
+        ck_assert(b >= 0 && b < bins);
+        if (fabs(v) < 8)
+            ck_assert(fabs(tsgpt_unbin(b, bins) - v) <= 8.0 / bins + 1e-12);
+    }
+    ck_assert_int_eq(tsgpt_bin(NAN, 10), 0);
+    ck_assert_int_eq(tsgpt_bin(1e9, 10), 9);
+    float z[4] = { 0 }, w[4] = { 1, -3, 2, -2 };
+    ck_assert_double_eq(tsgpt_scale(z, 4), 1.0);
+    ck_assert_double_eq(tsgpt_scale(w, 4), 2.0);
+    char err[ERRBUF];
+    backend *be = backend_cpu_create(0, err);
+    const tsgpt_config *c = &tsg_tiny;
+    model *m = tsgpt_family.create(be, (const int *)c, err);
+    int B = 3, ch = c->channels;
+    ck_assert_int_eq(m->plan(m, B, 0, err), 0);
+    float *p = malloc(m->nparams * sizeof *p), x[3 * 2 * 6], y[3 * 2 * 4];
+    tsgpt_family.init((const int *)c, p, SEED(61));
+    model_set_params(m, p);
+    random_series_batch(x, y, B, ch, c->lookback, c->horizon, 2);
+    model_batch b = { .x = x, .y = y };
+    double loss = m->forward(m, &b, 0.0f);
+    ck_assert_msg(fabs(loss - log(16.0)) < 0.5, "initial loss %g, ln 16 = %g", loss, log(16.0));
+    double sums[4] = { 0 }, counts[4] = { 0 };
+    m->metrics(m, &b, sums, counts);
+    ck_assert_double_eq(counts[0], 2.0 * ch * c->horizon);
+    ck_assert(isfinite(sums[0]) && sums[0] > 0 && sums[1] > 0);
+    char *buf;
+    size_t len;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_int_eq(tsgpt_write_forecast(m, f), 0);
+    fclose(f);
+    int lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += buf[i] == '\n';
+    ck_assert_int_eq(lines, 2 * ch * c->horizon);
+    /* q10 <= median <= q90 on every line */
+    char *s = buf;
+    for (int i = 0; i < lines; i++) {
+        int r, j;
+        double md, lo, hi, yv;
+        ck_assert_int_eq(sscanf(s, "%d,%d,%lf,%lf,%lf,%lf", &r, &j, &md, &lo, &hi, &yv), 6);
+        ck_assert(lo <= md && md <= hi);
+        s = strchr(s, '\n') + 1;
+    }
+    free(buf);
+    free(p);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+/* tsgpt learns: one fixed batch, its next-bin cross-entropy falls. */
+START_TEST(test_tsgpt_learns)
+{
+    rng_seed(&test_rng, SEED(70));
+    char err[ERRBUF];
+    const tsgpt_config *c = &tsg_tiny;
+    backend *be = backend_cpu_create(0, err);
+    model *m = tsgpt_family.create(be, (const int *)c, err);
+    int B = 4, ch = c->channels;
+    ck_assert_int_eq(m->plan(m, B, 0, err), 0);
+    float *p = malloc(m->nparams * sizeof *p), x[4 * 2 * 6], y[4 * 2 * 4];
+    tsgpt_family.init((const int *)c, p, SEED(71));
+    model_set_params(m, p);
+    random_series_batch(x, y, B, ch, c->lookback, c->horizon, -1);
+    model_batch b = { .x = x, .y = y };
+    double first = 0, loss = 0;
+    for (int step = 1; step <= 150; step++) {
+        model_zero_grad(m);
+        loss = m->forward(m, &b, 1.0f);
+        if (step == 1)
+            first = loss;
+        m->backward(m);
+        adamw_params hp = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0 };
+        be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
+    }
+    ck_assert_msg(loss < 0.3 * first, "loss %g after 150 steps (first %g)", loss, first);
+    free(p);
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
+START_TEST(test_presets_and_config)
+{
+    char err[ERRBUF];
+    int v[16];
+    ck_assert_int_eq(patchts_family.preset("patchts-etth1", v, err), 0);
+    const patchts_config *c = (const patchts_config *)v;
+    ck_assert_int_eq(c->lookback, 336);
+    ck_assert_int_eq(patchts_patches(c), 42);
+    ck_assert_int_eq(patchts_family.check(v, err), 0);
+    ck_assert_int_eq(patchts_family.preset("nope", v, err), -1);
+    ck_assert_msg(strstr(err, "--preset: unknown preset 'nope'"), "%s", err);
+    patchts_config bad = pts_tiny;
+    bad.patch = 13;
+    ck_assert_int_eq(patchts_family.check((int *)&bad, err), -1);
+    ck_assert_msg(strstr(err, "--patch"), "%s", err);
+    bad = pts_tiny;
+    bad.NH = 3;
+    ck_assert_int_eq(patchts_family.check((int *)&bad, err), -1);
+    ck_assert_int_eq(tsgpt_family.preset("tsgpt-etth1", v, err), 0);
+    ck_assert_int_eq(tsgpt_family.check(v, err), 0);
+}
+END_TEST
+
+static Suite *series_suite(void)
+{
+    Suite *s = suite_create("series");
+    TCase *tc = tcase_create("data");
+    tcase_add_test(tc, test_csv_good);
+    tcase_add_test(tc, test_csv_bad);
+    tcase_add_test(tc, test_split_borders);
+    tcase_add_test(tc, test_normalisation_train_only);
+    tcase_add_test(tc, test_windows_and_patches);
+    tcase_add_test(tc, test_source_epochs);
+    suite_add_tcase(s, tc);
+    TCase *tm = tcase_create("models");
+    tcase_set_timeout(tm, 120);
+    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 2);
+    tcase_add_test(tm, test_tsgpt_gradcheck_fp64);
+    tcase_add_test(tm, test_patchts_fp32_and_metrics);
+    tcase_add_test(tm, test_patchts_revin_shift);
+    tcase_add_test(tm, test_patchts_learns);
+    tcase_add_test(tm, test_tsgpt_tokens_and_forecast);
+    tcase_add_test(tm, test_tsgpt_learns);
+    tcase_add_test(tm, test_presets_and_config);
+    suite_add_tcase(s, tm);
+    return s;
+}
+
+int main(void)
+{
+    const char *env = getenv("ANATOMY_TEST_SEED");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    base_seed = env ? strtoull(env, NULL, 0)
+                    : (uint64_t)ts.tv_sec * 1000003u + (uint64_t)ts.tv_nsec;
+    printf("test_series: seed %llu (ANATOMY_TEST_SEED to replay)\n",
+           (unsigned long long)base_seed);
+    fflush(stdout);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_series.XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    SRunner *sr = srunner_create(series_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+    return failed ? 1 : 0;
+}
