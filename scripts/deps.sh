@@ -2,7 +2,7 @@
 # Installs anatomy's dependencies. As root: apt-get and pip do it. Otherwise
 # prints the commands to run. Safe to run again: installed packages are skipped.
 set -e
-APT_PKGS="build-essential pkg-config check libsubunit-dev libopenblas-dev libopenmpi-dev openmpi-bin libpcre2-dev clang libclang-rt-14-dev curl gnuplot-nox"
+APT_PKGS="build-essential pkg-config check libsubunit-dev libopenblas-dev libopenmpi-dev openmpi-bin libpcre2-dev clang libclang-rt-14-dev curl gnuplot-nox dataset-fashion-mnist"
 PIP_PKGS="numpy torch transformers safetensors tiktoken tokenizers pytest"
 PYTHON=${PYTHON:-python3}
 

@@ -1,0 +1,162 @@
+"""Bad image files on the command line: `anatomy train` and `anatomy eval`
+with --model vit print one line `anatomy: error: <file>: <problem>` and exit
+non-zero, for every way an IDX or CIFAR-10 file can be wrong. Good files of
+the same shape train, so the errors are about the files and nothing else.
+
+Files are fresh random bytes each run (numpy's default seeding)."""
+import numpy as np
+import pytest
+
+# 28 x 28 grey, 7 x 7 patches, L2 C32: the cheapest ViT preset
+GREY = ["--model", "vit", "--preset", "vit-mnist-tiny"]
+# the same for CIFAR-10's 32 x 32 RGB
+RGB = ["--model", "vit", "--preset", "vit-mnist-tiny", "--image-size", "32", "--channels", "3",
+       "--patch", "8"]
+TRAIN = ["--batch", "4", "--steps", "1", "--device", "cpu"]
+
+
+def idx_images(path, n=12, rows=28, cols=28, magic=0x803, chop=0, extra=0):
+    body = np.random.default_rng().integers(0, 256, n * rows * cols + extra, dtype=np.uint8)
+    data = np.array([magic, n, rows, cols], ">u4").tobytes() + body.tobytes()
+    path.write_bytes(data[:len(data) - chop])
+    return path
+
+
+def idx_labels(path, n=12, classes=10, magic=0x801, chop=0, labels=None):
+    lab = np.random.default_rng().integers(0, classes, n).astype(np.uint8)
+    if labels is not None:
+        lab = np.asarray(labels, np.uint8)
+    data = np.array([magic, n], ">u4").tobytes() + lab.tobytes()
+    path.write_bytes(data[:len(data) - chop])
+    return path
+
+
+def cifar(path, n=6, classes=10, chop=0, bad_label_at=None):
+    rng = np.random.default_rng()
+    rec = rng.integers(0, 256, (n, 3073), dtype=np.uint8)
+    rec[:, 0] = rng.integers(0, classes, n)
+    if bad_label_at is not None:
+        rec[bad_label_at, 0] = classes
+    data = rec.tobytes()
+    path.write_bytes(data[:len(data) - chop])
+    return path
+
+
+def pair(tmp_path, prefix="train", **kw):
+    """An IDX images/labels pair with the standard names."""
+    img_kw = {k: v for k, v in kw.items() if k in ("n", "rows", "cols", "magic", "chop", "extra")}
+    img = idx_images(tmp_path / f"{prefix}-images-idx3-ubyte", **img_kw)
+    idx_labels(tmp_path / f"{prefix}-labels-idx1-ubyte", n=kw.get("n", 12))
+    return img
+
+
+def expect_error(run, args, file, what):
+    rc, out, err = run(*args)
+    lines = err.strip().splitlines()
+    assert rc != 0, f"exit 0 for {args}\n{out}"
+    assert lines and lines[-1].startswith(f"anatomy: error: {file}"), err
+    assert what in lines[-1], f"'{what}' not in: {lines[-1]}"
+
+
+def test_good_files_train(run, tmp_path):
+    img = pair(tmp_path)
+    rc, out, err = run("train", *GREY, *TRAIN, "--data", img, "--out", tmp_path / "run")
+    assert rc == 0, err
+    rc, out, err = run("train", *RGB, *TRAIN, "--data", cifar(tmp_path / "c.bin"),
+                       "--out", tmp_path / "run2")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("case", ["magic", "truncated", "header", "trailing", "labels_magic",
+                                  "labels_truncated", "label_range", "count", "no_labels"])
+def test_bad_idx_train(run, tmp_path, case):
+    lab = tmp_path / "train-labels-idx1-ubyte"
+    img = tmp_path / "train-images-idx3-ubyte"
+    bad, what = img, None
+    if case == "magic":
+        pair(tmp_path, magic=0x801)
+        what = "not an IDX images file"
+    elif case == "truncated":
+        pair(tmp_path, chop=int(np.random.default_rng().integers(1, 784)))
+        what = "truncated"
+    elif case == "header":
+        img.write_bytes(b"\0\0\x08\x03\0\0\0")
+        idx_labels(lab)
+        what = "truncated"
+    elif case == "trailing":
+        pair(tmp_path, extra=5)
+        what = "bytes after"
+    elif case == "labels_magic":
+        pair(tmp_path)
+        idx_labels(lab, magic=0x803)
+        bad, what = lab, "not an IDX labels file"
+    elif case == "labels_truncated":
+        pair(tmp_path)
+        idx_labels(lab, chop=3)
+        bad, what = lab, "truncated"
+    elif case == "label_range":
+        pair(tmp_path)
+        idx_labels(lab, labels=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1])
+        bad, what = lab, "label 10 of image 10 is out of range for 10 classes"
+    elif case == "count":
+        pair(tmp_path)
+        idx_labels(lab, n=11)
+        bad, what = lab, "11 labels, but its images file"
+    elif case == "no_labels":
+        pair(tmp_path)
+        lab.unlink()
+        what = "does not exist"
+    expect_error(run, ["train", *GREY, *TRAIN, "--data", img, "--out", tmp_path / "run"], bad,
+                 what)
+
+
+@pytest.mark.parametrize("case", ["truncated", "label_range", "empty", "geometry"])
+def test_bad_cifar_train(run, tmp_path, case):
+    path = tmp_path / "data_batch_1.bin"
+    args = RGB
+    if case == "truncated":
+        cifar(path, chop=int(np.random.default_rng().integers(1, 3073)))
+        what = "truncated"
+    elif case == "label_range":
+        cifar(path, bad_label_at=3)
+        what = "label 10 of image 3 is out of range"
+    elif case == "empty":
+        path.write_bytes(b"")
+        what = "empty"
+    else:  # CIFAR's 3 x 32 x 32 given to a 28 x 28 grey model
+        cifar(path)
+        args, what = GREY, "images are 3 x 32 x 32"
+    expect_error(run, ["train", *args, *TRAIN, "--data", path, "--out", tmp_path / "run"], path,
+                 what)
+
+
+def test_bad_val_data_and_directory(run, tmp_path):
+    img = pair(tmp_path)
+    (tmp_path / "val").mkdir()
+    bad = pair(tmp_path / "val", prefix="t10k", magic=0x999)
+    expect_error(run, ["train", *GREY, *TRAIN, "--data", img, "--val-data", bad,
+                       "--out", tmp_path / "run"], bad, "not an IDX images file")
+    (tmp_path / "empty").mkdir()
+    expect_error(run, ["train", *GREY, *TRAIN, "--data", tmp_path / "empty",
+                       "--out", tmp_path / "run"], tmp_path / "empty", "no training images")
+
+
+def test_bad_files_eval(run, tmp_path):
+    img = pair(tmp_path)
+    rc, out, err = run("train", *GREY, *TRAIN, "--data", img, "--out", tmp_path / "run")
+    assert rc == 0, err
+    # eval reads the test split: t10k-* in a directory
+    d = tmp_path / "d"
+    d.mkdir()
+    bad = pair(d, prefix="t10k", chop=10)
+    expect_error(run, ["eval", "--init", tmp_path / "run", "--data", d, "--batch", "4",
+                       "--split", "test"], bad, "truncated")
+    pair(d, prefix="t10k")
+    lab = idx_labels(d / "t10k-labels-idx1-ubyte", labels=[0] * 11 + [12])
+    expect_error(run, ["eval", "--init", tmp_path / "run", "--data", d, "--batch", "4",
+                       "--split", "test"], lab, "out of range")
+    pair(d, prefix="t10k")
+    rc, out, err = run("eval", "--init", tmp_path / "run", "--data", d, "--batch", "4",
+                       "--split", "test")
+    assert rc == 0, err
+    assert any(l.startswith("accuracy ") for l in out.splitlines()), out
