@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../data/errbuf.h"
+#include "family.h"
 
 static int build_segments(model *m)
 {
@@ -140,4 +141,34 @@ void *carve(carver *cv, size_t n)
 void *model_view_at(const model *m, void *base, int view)
 {
     return buf_at(base, m->views[view].offset, m->be->act);
+}
+
+model *model_new(backend *be, const model_family *fam, const int *config, size_t priv_size,
+                 char *err)
+{
+    model *m = calloc(1, sizeof *m);
+    void *s = calloc(1, priv_size);
+    if (!m || !s) {
+        free(m);
+        free(s);
+        errf(err, "out of memory");
+        return NULL;
+    }
+    m->family = fam->name;
+    m->fam = fam;
+    memcpy(m->config, config, (size_t)fam->nfields * sizeof *config);
+    m->be = be;
+    m->priv = s;
+    return m;
+}
+
+void model_delete(model *m)
+{
+    if (!m)
+        return;
+    model_free_buffers(m);
+    free(m->views);
+    free(m->segs);
+    free(m->priv);
+    free(m);
 }

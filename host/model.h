@@ -112,6 +112,14 @@ struct model {
 };
 
 /* Shared helpers (host/model.c). */
+/* A model of family fam with its config (fam's fields, copied) and a zeroed
+ * family state of priv_size bytes in m->priv; NULL with err when out of
+ * memory. The family fills in the rest. */
+model *model_new(backend *be, const struct model_family *fam, const int *config,
+                 size_t priv_size, char *err);
+/* Frees what model_new and model_alloc made: the buffers, views, segments,
+ * m->priv (whose own contents the family has freed) and m. NULL is fine. */
+void model_delete(model *m);
 /* Allocates params, grads, master, m, v for m->nparams elements and builds
  * m->segs from m->views; zeroes grads, m and v. */
 int model_alloc(model *m, char *err);

@@ -543,32 +543,18 @@ static void bert_destroy(model *m)
     if (s) {
         free_plan(m);
         tstack_destroy(s->stack);
-        free(s);
     }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 static model *bert_create(backend *be, const int *cv, char *err)
 {
     const bert_config *c = (const bert_config *)cv;
     tstack_config tc = stack_config(c);
-    model *m = calloc(1, sizeof *m);
-    bert_state *s = calloc(1, sizeof *s);
-
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    model *m = model_new(be, &bert_family, (const int *)cv, sizeof(bert_state), err);
+    if (!m)
         return NULL;
-    }
-    m->family = "bert";
-    m->fam = &bert_family;
-    memcpy(m->config, cv, sizeof *c);
-    m->be = be;
-    m->priv = s;
+    bert_state *s = m->priv;
     m->V = c->V;
     m->maxT = c->maxT;
     m->plan = bert_plan;

@@ -328,33 +328,18 @@ static void ffnn_destroy(model *m)
 {
     if (!m)
         return;
-    if (m->priv) {
+    if (m->priv)
         free_plan(m);
-        free(m->priv);
-    }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 static model *ffnn_create(backend *be, const int *cv, char *err)
 {
     const ffnn_config *c = (const ffnn_config *)cv;
-    model *m = calloc(1, sizeof *m);
-    ffnn_state *s = calloc(1, sizeof *s);
-
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    model *m = model_new(be, &ffnn_family, (const int *)cv, sizeof(ffnn_state), err);
+    if (!m)
         return NULL;
-    }
-    m->family = "ffnn";
-    m->fam = &ffnn_family;
-    memcpy(m->config, cv, sizeof *c);
-    m->be = be;
-    m->priv = s;
+    ffnn_state *s = m->priv;
     m->V = c->V;
     m->maxT = 1 << 20; /* any length: each position sees its window only */
     m->plan = ffnn_plan;

@@ -310,12 +310,8 @@ static void gpt2_destroy(model *m)
         if (s->dec_buf)
             m->be->free(m->be, s->dec_buf);
         tstack_destroy(s->stack);
-        free(s);
     }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
@@ -326,19 +322,10 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
 
     if (gpt2_check_config(cfg, err))
         return NULL;
-    m = calloc(1, sizeof *m);
-    s = calloc(1, sizeof *s);
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    m = model_new(be, &gpt2_family, (const int *)cfg, sizeof *s, err);
+    if (!m)
         return NULL;
-    }
-    m->family = "gpt2";
-    m->fam = &gpt2_family;
-    memcpy(m->config, cfg, sizeof *cfg);
-    m->be = be;
-    m->priv = s;
+    s = m->priv;
     m->V = cfg->V;
     m->maxT = cfg->maxT;
     m->plan = gpt2_plan;

@@ -449,12 +449,8 @@ static void pts_destroy(model *m)
         pts_free_plan(m);
         if (s->stack)
             tstack_destroy(s->stack);
-        free(s);
     }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 static model *patchts_create(backend *be, const int *v, char *err)
@@ -465,19 +461,10 @@ static model *patchts_create(backend *be, const int *v, char *err)
 
     if (patchts_check(v, err))
         return NULL;
-    m = calloc(1, sizeof *m);
-    s = calloc(1, sizeof *s);
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    m = model_new(be, &patchts_family, (const int *)v, sizeof *s, err);
+    if (!m)
         return NULL;
-    }
-    m->family = "patchts";
-    m->fam = &patchts_family;
-    memcpy(m->config, v, sizeof *c);
-    m->be = be;
-    m->priv = s;
+    s = m->priv;
     s->cfg = *c;
     s->NP = patchts_patches(c);
     m->V = 0;

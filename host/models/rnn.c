@@ -635,38 +635,23 @@ static void rnn_destroy(model *m)
         decode_free(m);
         free(s->lp);
         free(s->lg);
-        free(s);
     }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 static model *create_cell(int cell, const model_family *fam, backend *be, const int *cv,
                           char *err)
 {
     const rnn_config *c = (const rnn_config *)cv;
-    model *m = calloc(1, sizeof *m);
-    rnn_state *s = calloc(1, sizeof *s);
-
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    model *m = model_new(be, fam, (const int *)cv, sizeof(rnn_state), err);
+    if (!m)
         return NULL;
-    }
+    rnn_state *s = m->priv;
     if (!be->rnn_forward) {
-        free(m);
-        free(s);
+        model_delete(m);
         errf(err, "--device: the %s backend has no recurrent op", be->name);
         return NULL;
     }
-    m->family = fam->name;
-    m->fam = fam;
-    memcpy(m->config, cv, sizeof *c);
-    m->be = be;
-    m->priv = s;
     m->V = c->V;
     m->maxT = 1 << 20; /* any BPTT length */
     m->plan = rnn_plan;

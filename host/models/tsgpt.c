@@ -470,12 +470,8 @@ static void tsg_destroy(model *m)
         tsg_free_plan(m);
         if (s->stack)
             tstack_destroy(s->stack);
-        free(s);
     }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 static model *tsgpt_create(backend *be, const int *v, char *err)
@@ -486,19 +482,10 @@ static model *tsgpt_create(backend *be, const int *v, char *err)
 
     if (tsgpt_check(v, err))
         return NULL;
-    m = calloc(1, sizeof *m);
-    s = calloc(1, sizeof *s);
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    m = model_new(be, &tsgpt_family, (const int *)v, sizeof *s, err);
+    if (!m)
         return NULL;
-    }
-    m->family = "tsgpt";
-    m->fam = &tsgpt_family;
-    memcpy(m->config, v, sizeof *c);
-    m->be = be;
-    m->priv = s;
+    s = m->priv;
     s->cfg = *c;
     s->T = seq_len(c);
     s->Vp = padded_bins(c->bins);

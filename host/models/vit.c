@@ -372,32 +372,18 @@ static void vit_destroy(model *m)
     if (s) {
         free_plan(m);
         tstack_destroy(s->stack);
-        free(s);
     }
-    model_free_buffers(m);
-    free(m->views);
-    free(m->segs);
-    free(m);
+    model_delete(m);
 }
 
 static model *vit_create(backend *be, const int *v, char *err)
 {
     const vit_config *c = (const vit_config *)v;
     tstack_config sc = stack_config(c);
-    model *m = calloc(1, sizeof *m);
-    vit_state *s = calloc(1, sizeof *s);
-
-    if (!m || !s) {
-        free(m);
-        free(s);
-        errf(err, "out of memory");
+    model *m = model_new(be, &vit_family, (const int *)v, sizeof(vit_state), err);
+    if (!m)
         return NULL;
-    }
-    m->family = "vit";
-    m->fam = &vit_family;
-    memcpy(m->config, v, sizeof(vit_config));
-    m->be = be;
-    m->priv = s;
+    vit_state *s = m->priv;
     m->V = c->classes;
     s->cfg = *c;
     s->N = vit_patches(c);
