@@ -26,44 +26,9 @@
 #include "../host/model.h"
 #include "../host/models/gpt2.h"
 #include "../kernels/ops.h"
-#include "testrand.h"
+#include "cuda_parity.h"
 
-#define TOL_F32 1e-5
-#define TOL_BF16 1e-2
-
-/* ---- random numbers, one stream per test ---- */
-
-static uint64_t seed_base;
-
-static void seed(const char *name, int variant)
-{
-    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
-    for (const char *p = name; *p; p++)
-        h = h * 131 + (unsigned char)*p;
-    rng_seed(&test_rng, h);
-}
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-/* The nearest bf16 value (ties to even), written here independently of the
- * backends' own conversions. */
-static double bf16_round(double x)
-{
-    float f = (float)x;
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return x;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
+/* ---- bf16 ---- */
 
 /* The spacing of bf16 values at |x| (8 significant bits), for normal x. */
 static double bf16_ulp(double x)
@@ -73,70 +38,7 @@ static double bf16_ulp(double x)
     return ldexp(1.0, e - 8);
 }
 
-/* n normal values times scale, exactly representable in type t. */
-static double *rnd(size_t n, double scale, dtype t)
-{
-    double *x = xmalloc(n * sizeof(double));
-    for (size_t i = 0; i < n; i++) {
-        x[i] = scale * nrand();
-        x[i] = t == DT_BF16 ? bf16_round(x[i]) : (float)x[i];
-    }
-    return x;
-}
-
 /* ---- backends and buffers ---- */
-
-static dtype mode(int i) { return i ? DT_BF16 : DT_F32; }
-static double tol(dtype act) { return act == DT_BF16 ? TOL_BF16 : TOL_F32; }
-
-static backend *oracle(void)
-{
-    char err[512] = "";
-    backend *be = backend_cpu64_create(0, err);
-    ck_assert_msg(be != NULL, "cpu-fp64 backend: %s", err);
-    return be;
-}
-
-static backend *gpu(dtype act)
-{
-    char err[512] = "";
-    ck_assert_msg(backend_cuda_create != NULL, "this binary was linked without the CUDA backend");
-    backend *be = backend_cuda_create(0, act, err);
-    ck_assert_msg(be != NULL, "cuda backend: %s", err);
-    ck_assert_int_eq(be->act, act);
-    ck_assert_int_eq(be->stat, DT_F32);
-    ck_assert_int_eq(be->opt, DT_F32);
-    return be;
-}
-
-static void *dalloc(backend *be, dtype t, size_t n)
-{
-    void *d = be->alloc(be, (n ? n : 1) * dtype_size(t));
-    ck_assert_ptr_nonnull(d);
-    return d;
-}
-
-static void *up(backend *be, dtype t, const double *h, size_t n)
-{
-    void *d = dalloc(be, t, n);
-    be->upload(be, d, t, h, DT_F64, n);
-    return d;
-}
-
-static void *up_i32(backend *be, const int32_t *h, size_t n)
-{
-    void *d = dalloc(be, DT_I32, n);
-    be->upload(be, d, DT_I32, h, DT_I32, n);
-    return d;
-}
-
-/* n NaNs of type t: an element the op does not write stays NaN and fails. */
-static void *poisoned(backend *be, dtype t, size_t n)
-{
-    void *d = dalloc(be, t, n);
-    be->fill(be, d, t, NAN, n);
-    return d;
-}
 
 /* A gradient buffer starting at prefill (zeros when NULL). */
 static void *grad_buf(backend *be, const double *prefill, size_t n)
@@ -148,15 +50,6 @@ static void *grad_buf(backend *be, const double *prefill, size_t n)
     return d;
 }
 
-/* out = contents of d (type t) minus prefill (if any); frees d. */
-static void take(backend *be, void *d, dtype t, const double *prefill, size_t n, double *out)
-{
-    be->download(be, out, DT_F64, d, t, n);
-    for (size_t i = 0; prefill && i < n; i++)
-        out[i] -= prefill[i];
-    be->free(be, d);
-}
-
 /* Random starting values for a gradient, about a quarter the size of what
  * the op adds (ref), so that bf16's rounding of the sum stays small next to
  * the part under test while a lost += still shows. */
@@ -166,18 +59,6 @@ static double *prefill_for(const double *ref, size_t n, dtype act)
     for (size_t i = 0; i < n; i++)
         ss += ref[i] * ref[i];
     return rnd(n, 0.25 * sqrt(ss / (n ? n : 1)) + 1e-3, act);
-}
-
-static double rel_l2(const double *a, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (a[i] != a[i])
-            return INFINITY;
-        num += (a[i] - ref[i]) * (a[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 static void expect_close(const char *what, dtype act, const double *got, const double *ref, size_t n,
@@ -1029,7 +910,7 @@ static void batch(int32_t *in, int32_t *tg, int n)
 }
 
 /* One training step as host/train.c takes it (clip at norm 1). Returns the loss. */
-static double train_step(model *m, const int32_t *in, const int32_t *tg, int n, int step)
+static double train_step(model *m, const int32_t *in, const int32_t *tg, int step)
 {
     backend *be = m->be;
     model_zero_grad(m);
@@ -1147,7 +1028,7 @@ START_TEST(test_gpt2)
     /* 10 AdamW steps on fresh batches: losses along the way, weights at the end */
     for (int step = 1; step <= 10; step++) {
         batch(in, tg, n);
-        double a = train_step(mr, in, tg, n, step), b = train_step(mg, in, tg, n, step);
+        double a = train_step(mr, in, tg, step), b = train_step(mg, in, tg, step);
         double el = fabs(b - a) / fabs(a);
         if (getenv("ANATOMY_TEST_VERBOSE"))
             printf("  %-5s gpt2 step %d loss %.9g vs %.9g: rel %.3g\n", dtype_name(act), step, b, a, el);

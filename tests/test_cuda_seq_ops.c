@@ -26,66 +26,7 @@
 #include <time.h>
 
 #include "../kernels/ops.h"
-#include "testrand.h"
-
-#define TOL_F32 1e-5
-#define TOL_BF16 1e-2
-
-static uint64_t seed_base;
-
-static void seed(const char *name, int variant)
-{
-    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
-    for (const char *p = name; *p; p++)
-        h = h * 131 + (unsigned char)*p;
-    rng_seed(&test_rng, h);
-}
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-/* The nearest bf16 value (ties to even), independently of the backends. */
-static double bf16_round(double x)
-{
-    float f = (float)x;
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return x;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static double in_type(double x, dtype t) { return t == DT_BF16 ? bf16_round(x) : (float)x; }
-
-static double *rnd(size_t n, double scale, dtype t)
-{
-    double *x = xmalloc(n * sizeof(double));
-    for (size_t i = 0; i < n; i++)
-        x[i] = in_type(scale * nrand(), t);
-    return x;
-}
-
-static dtype mode(int i) { return i ? DT_BF16 : DT_F32; }
-static double tol(dtype act) { return act == DT_BF16 ? TOL_BF16 : TOL_F32; }
-
-static double rel_l2(const double *a, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (a[i] != a[i] || ref[i] != ref[i])
-            return INFINITY; /* NaN never passes */
-        num += (a[i] - ref[i]) * (a[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
+#include "cuda_parity.h"
 
 static void expect_close(const char *name, const char *what, dtype act, const double *got, const double *ref,
                          size_t n, double limit)
@@ -95,59 +36,6 @@ static void expect_close(const char *name, const char *what, dtype act, const do
         printf("  %-5s %-44s %-18s rel L2 %.3g (limit %.0e)\n", dtype_name(act), name, what, e, limit);
     ck_assert_msg(e <= limit, "%s: %s (%s): relative L2 error %.3g exceeds %.0e", name, what, dtype_name(act),
                   e, limit);
-}
-
-/* ---- backends and buffers ---- */
-
-static backend *oracle(void)
-{
-    char err[512] = "";
-    backend *be = backend_cpu64_create(0, err);
-    ck_assert_msg(be != NULL, "cpu-fp64 backend: %s", err);
-    return be;
-}
-
-static backend *gpu(dtype act)
-{
-    char err[512] = "";
-    ck_assert_msg(backend_cuda_create != NULL, "this binary was linked without the CUDA backend");
-    backend *be = backend_cuda_create(0, act, err);
-    ck_assert_msg(be != NULL, "cuda backend: %s", err);
-    ck_assert_int_eq(be->act, act);
-    ck_assert_int_eq(be->stat, DT_F32);
-    return be;
-}
-
-static void *up(backend *be, dtype t, const double *h, size_t n)
-{
-    void *d = be->alloc(be, (n ? n : 1) * dtype_size(t));
-    ck_assert_ptr_nonnull(d);
-    be->upload(be, d, t, h, DT_F64, n);
-    return d;
-}
-
-static void *up_i32(backend *be, const int32_t *h, size_t n)
-{
-    void *d = be->alloc(be, (n ? n : 1) * sizeof(int32_t));
-    ck_assert_ptr_nonnull(d);
-    be->upload(be, d, DT_I32, h, DT_I32, n);
-    return d;
-}
-
-static void *poisoned(backend *be, dtype t, size_t n)
-{
-    void *d = be->alloc(be, (n ? n : 1) * dtype_size(t));
-    ck_assert_ptr_nonnull(d);
-    be->fill(be, d, t, NAN, n);
-    return d;
-}
-
-static void take(backend *be, void *d, dtype t, const double *prefill, size_t n, double *out)
-{
-    be->download(be, out, DT_F64, d, t, n);
-    for (size_t i = 0; prefill && i < n; i++)
-        out[i] -= prefill[i];
-    be->free(be, d);
 }
 
 /* ---- cases ----
