@@ -17,6 +17,8 @@ OUT=${3:-build/bench/vit-fmnist}
 D=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 THREADS=${THREADS:-2}
 DEVICE=${DEVICE:-cpu}
+WD=${WD:-0.05}
+DROPOUT=${DROPOUT:-0}
 STEPS=$((EPOCHS * 937))
 
 if [ ! -d "$D" ]; then
@@ -28,8 +30,8 @@ export OMP_WAIT_POLICY=passive
 set -x
 start=$(date +%s)
 "$BIN" train --model vit --preset vit-mnist-p7 --data "$D" --val-data "$D" \
-    --batch 64 --steps "$STEPS" --lr 3e-3 --warmup 470 --lr-min-frac 0 --weight-decay 0.05 \
-    --shuffle --seed 1 --val-every 937 --val-batches 40 --ckpt-every 937 \
+    --batch 64 --steps "$STEPS" --lr 3e-3 --warmup 470 --lr-min-frac 0 --weight-decay "$WD" \
+    --dropout "$DROPOUT" --shuffle --seed 1 --val-every 937 --val-batches 40 --ckpt-every 937 \
     --device "$DEVICE" --threads "$THREADS" --out "$OUT"
 end=$(date +%s)
 "$BIN" eval --init "$OUT" --data "$D" --split test --batch 100 --batches 100 \

@@ -42,6 +42,8 @@ static const char usage[] =
     "  --lr-min-frac F      cosine floor as a fraction of --lr (default 0.1)\n"
     "  --weight-decay X     AdamW decoupled decay on 2-D parameters (default 0.1)\n"
     "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
+    "  --dropout P          drop probability in training forwards, at most 0.9 (default 0:\n"
+    "                       none); the run's first lines name where the model drops\n"
     "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
     "  --recompute          keep no per-layer layernorm and GELU outputs; recompute them in\n"
     "                       the backward pass (less activation memory, same results)\n"
@@ -82,7 +84,7 @@ static const char usage[] =
 
 enum {
     O_PRESET = 256, O_MODEL, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
-    O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_SEED,
+    O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_HELP
 };
@@ -97,6 +99,7 @@ static const struct option base_opts[] = {
     { "lr", 1, 0, O_LR },               { "warmup", 1, 0, O_WARMUP },
     { "schedule", 1, 0, O_SCHED },      { "lr-min-frac", 1, 0, O_LRMIN },
     { "weight-decay", 1, 0, O_WD },     { "grad-clip", 1, 0, O_CLIP },
+    { "dropout", 1, 0, O_DROPOUT },
     { "seed", 1, 0, O_SEED },           { "out", 1, 0, O_OUT },
     { "ckpt-every", 1, 0, O_CKPT },     { "val-every", 1, 0, O_VALEVERY },
     { "val-batches", 1, 0, O_VALB },    { "sample-every", 1, 0, O_SAMPLE },
@@ -242,6 +245,7 @@ int cmd_train(int argc, char **argv)
         case O_LRMIN: o.lr_min_frac = cli_float("--lr-min-frac", optarg, 0, 1); break;
         case O_WD: o.weight_decay = cli_float("--weight-decay", optarg, 0, 10); break;
         case O_CLIP: o.grad_clip = cli_float("--grad-clip", optarg, 0, 1e30); break;
+        case O_DROPOUT: o.dropout = cli_float("--dropout", optarg, 0, 0.9); break;
         case O_SEED: o.seed = (uint64_t)cli_int("--seed", optarg, 0, (1LL << 62)); break;
         case O_OUT: o.out = optarg; break;
         case O_CKPT: o.ckpt_every = (int)cli_int("--ckpt-every", optarg, 0, 100000000); break;

@@ -131,6 +131,29 @@ void model_views_ready(model *m, int first, int last)
     }
 }
 
+/* A site's seed: the micro-batch's seed and the site mixed (splitmix64's
+ * finaliser), so that sites draw unrelated masks. */
+static uint64_t site_seed(const model *m, unsigned site)
+{
+    uint64_t z = m->dropout_seed ^ ((uint64_t)site + 1) * 0xd1b54a32d192ed03ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+const void *model_dropout_to(model *m, void *out, const void *x, size_t n, unsigned site)
+{
+    if (m->dropout <= 0)
+        return x;
+    m->be->dropout_forward(m->be, out, x, n, m->dropout, site_seed(m, site));
+    return out;
+}
+
+void model_dropout(model *m, void *x, size_t n, unsigned site)
+{
+    (void)model_dropout_to(m, x, x, n, site);
+}
+
 void *carve(carver *cv, size_t n)
 {
     void *p = cv->base ? cv->base + cv->used * cv->esize : NULL;

@@ -59,6 +59,17 @@ struct model {
                                are cheap to recompute (layernorm and GELU outputs); the
                                backward pass recomputes them (same values, less memory) */
     void *priv;             /* the family's own state */
+    /* Dropout, set by the trainer for each training forward and reset to 0
+     * for everything else (validation, evaluation, sampling): the drop
+     * probability and the seed of this micro-batch's masks, drawn from the
+     * run's seed and the global micro-batch index, so a resumed run drops
+     * what an uninterrupted one would. Families apply it through
+     * model_dropout at the sites they list in has_dropout; the backward reads
+     * the same two fields, so they must not change between the two. */
+    float dropout;
+    uint64_t dropout_seed;
+    const char *has_dropout; /* where the family drops, for --help and info (NULL:
+                                nowhere; the trainer refuses --dropout) */
     /* Optional, set by the trainer: backward calls it as soon as the
      * gradients [offset, offset+count) of the parameter buffer are final for
      * this micro-batch (a layer's, while backward goes on below it), so that
@@ -137,6 +148,20 @@ const param_view *model_find_view(const model *m, const char *name);
  * *off and advances it; 2-D views decay. Families build layouts with it. */
 void model_add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
                     int d1);
+/* Dropout at a site of the model, in place on n elements of x when
+ * m->dropout > 0 (otherwise nothing). Each site (a small number the family
+ * chooses, e.g. DROPOUT_SITE_BLOCK for the stack's) has its own mask, a
+ * function of (m->dropout_seed, site). The backward is the same call on the
+ * gradient of x (ops.h: dropout is its own backward). model_dropout_to
+ * writes the masked copy into out and returns out, or, with dropout off,
+ * writes nothing and returns x: either way the result is the masked x. */
+void model_dropout(model *m, void *x, size_t n, unsigned site);
+const void *model_dropout_to(model *m, void *out, const void *x, size_t n, unsigned site);
+/* Sites: the embeddings' output, a family's head, and two per transformer
+ * block (after the attention projection, k = 0, and after the MLP, k = 1). */
+#define DROPOUT_SITE_EMBED 0u
+#define DROPOUT_SITE_HEAD 1u
+#define DROPOUT_SITE_BLOCK(l, k) (16u + 2u * (unsigned)(l) + (unsigned)(k))
 /* Calls m->grads_ready (when set) for the buffer range of views first..last. */
 void model_views_ready(model *m, int first, int last);
 /* Activation planning: carves named tensors out of one buffer. The first

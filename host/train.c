@@ -488,6 +488,17 @@ static int save_step(model *m, const train_opts *o, const train_state *st, char 
     return 0;
 }
 
+/* The dropout masks' seed of global micro-batch mb of a run seeded with
+ * seed: splitmix64 over both, so that every micro-batch (and every rank's)
+ * draws its own masks, the same ones again after a resume. */
+static uint64_t dropout_seed(uint64_t seed, uint64_t mb)
+{
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + mb + 0x632be59bd9b4e019ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* The model's grads_ready hook during the last micro-batch of a step: hands
  * each finished range of gradients to the communicator, which may start its
  * all-reduce while backward goes on (dist_bucket_ready). */
@@ -521,6 +532,10 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     int timed = 0;
     zero_plan z = { 0 };
 
+    if (o->dropout > 0 && !m->has_dropout) {
+        errf(err, "--dropout: the %s model has nowhere to drop", m->family);
+        goto done;
+    }
     if (accum < 1 || o->total_batch % per_micro) {
         errf(err, "--total-batch: %lld tokens is not a positive multiple of batch x seq x "
                   "ranks = %lld", o->total_batch, per_micro);
@@ -582,6 +597,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                "accumulation), %s%s%s\n", m->family, m->nparams_real, o->steps, o->total_batch,
                B, T, o->world, accum, be->name, z.on ? ", ZeRO stage 1" : "",
                o->out ? "" : "; no --out: nothing is saved");
+    if (o->rank == 0 && o->dropout > 0)
+        printf("dropout %g: %s\n", o->dropout, m->has_dropout);
 
     while (st->step < o->steps) {
         int step = st->step;
@@ -591,8 +608,12 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             dist_fault_point(o->dist, step);
         model_zero_grad(m);
         for (int a = 0; a < accum; a++) {
+            /* this micro-batch's global index: rank r reads r, r + world, ... */
+            uint64_t mb = ld->position(ld) * (uint64_t)o->world + (uint64_t)o->rank;
             if (ld->next(ld, err))
                 goto done;
+            m->dropout = (float)o->dropout;
+            m->dropout_seed = dropout_seed(o->seed, mb);
             loss += m->forward(m, &ld->batch, 1.0f / (float)accum) / accum;
             /* the last micro-batch's gradients are the step's: their
              * all-reduce may start layer by layer (not under ZeRO, whose
@@ -601,6 +622,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             m->grads_ready_ctx = &bucket;
             m->backward(m);
             m->grads_ready = NULL;
+            m->dropout = 0.0f; /* nothing else drops: validation, samples */
         }
         st->data_pos = ld->position(ld);
         double tc = now_ms(), norm;

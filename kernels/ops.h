@@ -239,6 +239,17 @@ struct backend {
     void (*mse)(backend *be, void *losses, void *dpred, const void *pred, const void *target,
                 int N, int C, float scale);
 
+    /* dropout (training only; models skip it at p = 0):
+     *   out[i] = inp[i] * keep(i) / (1 - p),  keep(i) = dropout_keep(seed, i, dropout_threshold(p))
+     * for 0 <= i < N, 0 <= p < 1. The mask is a function of (seed, i) alone
+     * (kernels/dropout_mask.h), so every backend drops the same elements and
+     * nothing is saved. out may alias inp. The op is its own backward: its
+     * Jacobian is the diagonal keep(i) / (1 - p), so d inp = dropout_forward
+     * of d out with the same p and seed (written, not accumulated: callers
+     * run it in place on a gradient they own, or into a scratch buffer). */
+    void (*dropout_forward)(backend *be, void *out, const void *inp, size_t N, float p,
+                            uint64_t seed);
+
     /* ---- recurrent ops (issue 9 adds them here) ---- */
 
     /* rnn: one recurrent layer run over T steps for B streams (batch first).

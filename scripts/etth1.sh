@@ -14,6 +14,7 @@
 #   ETTH1        the CSV [../shared/data/ett/ETTh1.csv, else data/ett/ETTh1.csv]
 #   OUT          run directory [runs/etth1-HORIZON]
 #   PRESET [patchts-etth1]  EPOCHS [10]  BATCH [128]  LR [1e-3]  WD [0.05]
+#   LOOKBACK [336] (PatchTST/64 looks back 512)
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
 #                (same data order and schedule: the trainer's --resume)
@@ -37,20 +38,23 @@ LR=${LR:-1e-3}
 WD=${WD:-0.05}
 SEED=${SEED:-2021}
 EXTRA=${EXTRA:-}
-LOOKBACK=336
+LOOKBACK=${LOOKBACK:-336}
+case $LOOKBACK in
+    ''|*[!0-9]*) echo "etth1.sh: LOOKBACK must be a number, got '$LOOKBACK'" >&2; exit 2 ;;
+esac
 
 [ -x "$BIN" ] || { echo "etth1.sh: $BIN is missing: run 'make' first" >&2; exit 2; }
 [ -f "$ETTH1" ] || {
     echo "etth1.sh: $ETTH1 is missing (ETDataset, ETT-small/ETTh1.csv)" >&2; exit 2; }
 
 # One epoch is every training window once: 8640 training rows give
-# 8640 - 336 - H + 1 windows.
+# 8640 - LOOKBACK - H + 1 windows.
 NWIN=$((8640 - LOOKBACK - H + 1))
 SPE=$(((NWIN + BATCH - 1) / BATCH))
 STEPS=$((EPOCHS * SPE))
 WARMUP=$SPE
 start=$(date +%s)
-echo "etth1: horizon $H, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR -> $OUT"
+echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR -> $OUT"
 mkdir -p "$OUT"
 if [ "${RESUME:-0}" = 1 ] && ls "$OUT"/step_*.safetensors > /dev/null 2>&1; then
     MODEL="--resume $OUT"    # the checkpoint carries the model's config

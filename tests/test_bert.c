@@ -123,7 +123,7 @@ static void on_ready(void *ctx, size_t offset, size_t count)
 START_TEST(test_gradcheck_fp64)
 {
     char err[ERRBUF];
-    int nsp = _i;
+    int nsp = _i == 1; /* _i = 2: with dropout */
     bert_config c = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8, .nsp = nsp };
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
@@ -135,6 +135,13 @@ START_TEST(test_gradcheck_fp64)
     rbatch rb;
     random_params(p, n, SEED(11 + nsp));
     random_batch(&rb, B, T, c.V, nsp, SEED(13 + nsp));
+    if (_i == 2) {
+        double plain = loss_grad(m, p, &rb.b, NULL);
+        m->dropout = 0.3f;
+        m->dropout_seed = SEED(15);
+        ck_assert_msg(fabs(loss_grad(m, p, &rb.b, NULL) - plain) > 1e-6,
+                      "dropout 0.3 leaves the loss at %.9f", plain);
+    }
     ready_log rl = { n, 0, 0, 0 };
     m->grads_ready = on_ready;
     m->grads_ready_ctx = &rl;
@@ -564,7 +571,7 @@ static Suite *bert_suite(void)
     Suite *s = suite_create("bert");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_gradcheck_fp64, 0, 2);
+    tcase_add_loop_test(tc, test_gradcheck_fp64, 0, 3);
     tcase_add_test(tc, test_fp32_matches_fp64);
     tcase_add_test(tc, test_overfit_one_batch);
     tcase_add_test(tc, test_params_count);

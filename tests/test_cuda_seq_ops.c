@@ -1,6 +1,6 @@
 /* test_cuda_seq_ops.c: backend parity for the ops shared by the model
  * families other than GPT-2 (kernels/cuda/seq.cu): embedding,
- * sequence_embed, rows_select, tanh and mse of the CUDA backend against the
+ * sequence_embed, rows_select, tanh, mse and dropout of the CUDA backend against the
  * CPU backend's fp64 build, in both CUDA modes: fp32 to 1e-5 relative L2,
  * bf16 to 1e-2 (mse losses, fp32 statistics, to 1e-5 in both).
  *
@@ -12,7 +12,10 @@
  * scalar one (odd C, a row wider than a block), ids with repeats and
  * negatives, more positions than a block scans at once, t = 0 and t = T-1,
  * sequence_embed with and without a first row and without dx, mse with dpred
- * aliasing pred and without dpred.
+ * aliasing pred and without dpred. Dropout: the same elements dropped as on
+ * the CPU (the mask is a function of seed and index), the kept ones within
+ * the tolerance, in place and out of place, on the vector path and the
+ * scalar one (a buffer 1 element off alignment, an odd length).
  *
  * Linked with the emulated kernels (mk/seqops.mk) it runs on the CPU; linked
  * with the nvcc-built ones, on a GPU. ANATOMY_TEST_VERBOSE=1 prints every
@@ -323,6 +326,54 @@ START_TEST(test_mse)
 }
 END_TEST
 
+START_TEST(test_dropout)
+{
+    dtype act = mode(_i);
+    seed("dropout", _i);
+    backend *r = oracle(), *g = gpu(act);
+    const size_t Ns[3] = { 4096, 1001, 37 };
+    const float ps[3] = { 0.1f, 0.5f, 0.0f };
+    for (int j = 0; j < 3; j++)
+        for (int in_place = 0; in_place < 2; in_place++) {
+            size_t N = Ns[j], off = j == 1; /* j = 1: one element off 16-byte alignment */
+            float p = ps[j];
+            uint64_t sd = rnext();
+            double *x = rnd(N + off, 1, act), *want = xmalloc(N * sizeof *want),
+                   *got = xmalloc(N * sizeof *got);
+            for (size_t i = 0; i < N + off; i++)
+                if (x[i] == 0)
+                    x[i] = 1; /* so that 0 out means dropped */
+            void *rx = up(r, DT_F64, x + off, N), *ry = poisoned(r, DT_F64, N);
+            r->dropout_forward(r, ry, rx, N, p, sd);
+            take(r, ry, DT_F64, NULL, N, want);
+            r->free(r, rx);
+            void *gx = up(g, act, x, N + off), *gin = buf_at(gx, off, act);
+            void *gy = in_place ? gin : poisoned(g, act, N);
+            g->dropout_forward(g, gy, gin, N, p, sd);
+            g->download(g, got, DT_F64, gy, act, N);
+            if (!in_place)
+                g->free(g, gy);
+            g->free(g, gx);
+            char name[64];
+            snprintf(name, sizeof name, "dropout N%zu p%g%s%s", N, p, off ? " unaligned" : "",
+                     in_place ? " in place" : "");
+            size_t dropped = 0;
+            for (size_t i = 0; i < N; i++) {
+                ck_assert_msg((got[i] == 0) == (want[i] == 0), "%s: element %zu is %g on %s, %g on the CPU",
+                              name, i, got[i], g->name, want[i]);
+                dropped += want[i] == 0;
+            }
+            ck_assert_msg(p == 0 ? dropped == 0 : dropped > 0, "%s: %zu dropped", name, dropped);
+            expect_close(name, "out", act, got, want, N, tol(act));
+            free(x);
+            free(want);
+            free(got);
+        }
+    g->destroy(g);
+    r->destroy(r);
+}
+END_TEST
+
 static Suite *seq_suite(void)
 {
     Suite *s = suite_create("cuda_seq_ops");
@@ -333,6 +384,7 @@ static Suite *seq_suite(void)
     tcase_add_loop_test(tc, test_rows_select, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);
     tcase_add_loop_test(tc, test_mse, 0, 2);
+    tcase_add_loop_test(tc, test_dropout, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -82,6 +82,13 @@ START_TEST(test_model_gradcheck_fp64)
     int32_t in[10], tg[10];
     random_params(p, n, SEED(11 + _i));
     random_batch(in, tg, B * T, tiny.V, SEED(12 + _i));
+    if (_i == 2) { /* with dropout: a fixed mask, so still a smooth function */
+        double plain = loss_grad(m, p, in, tg, NULL);
+        m->dropout = 0.3f;
+        m->dropout_seed = SEED(13);
+        ck_assert_msg(fabs(loss_grad(m, p, in, tg, NULL) - plain) > 1e-6,
+                      "dropout 0.3 leaves the loss at %.9f", plain);
+    }
     loss_grad(m, p, in, tg, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -352,7 +359,7 @@ static Suite *gpt2_suite(void)
     Suite *s = suite_create("gpt2");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 2);
+    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 3); /* 2: with dropout */
     tcase_add_test(tc, test_model_grads_accumulate);
     tcase_add_test(tc, test_fp32_matches_fp64);
     tcase_add_test(tc, test_overfit_one_batch);

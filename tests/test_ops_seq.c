@@ -1,6 +1,6 @@
 /* test_ops_seq.c: the first rung of the test ladder for the ops shared by the
  * model families other than GPT-2 (embedding, sequence_embed, rows_select,
- * tanh, mse): each forward against a plain double reference, each backward
+ * tanh, mse, dropout): each forward against a plain double reference, each backward
  * against central differences in double precision (the fp64 build of the CPU
  * backend), the fp32 build against the fp64 one, and run-to-run / thread-count
  * determinism of the sums.
@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../kernels/dropout_mask.h"
 #include "../kernels/ops.h"
 #include "testrand.h"
 
@@ -522,6 +523,111 @@ START_TEST(test_determinism)
 }
 END_TEST
 
+/* dropout on backend fp64 (_i = 0) or fp32 (_i = 1): every output is the
+ * input times 1/(1-p) or exactly 0; the dropped fraction is p within 5
+ * standard errors, and so is the fraction of adjacent pairs both dropped
+ * (p^2: neighbouring draws are independent); another seed drops other
+ * elements; in place equals out of place; thread counts change no bit;
+ * and the op applied to a gradient R is the gradient of sum(R * dropout(x))
+ * (central differences, fp64): it is its own backward. */
+START_TEST(test_dropout)
+{
+    seed("dropout", _i);
+    const size_t N = 200003; /* odd: no vector width divides it */
+    const float ps[4] = { 0.0f, 0.1f, 0.5f, 0.9f };
+    dtype t = _i ? DT_F32 : DT_F64;
+    backend *be = mk(!_i, 3), *be1 = mk(!_i, 1);
+    double *x = rnd(N, 1.0), *y = xmalloc(N * sizeof *y), *y2 = xmalloc(N * sizeof *y2);
+    for (size_t i = 0; i < N; i++)
+        if (x[i] == 0)
+            x[i] = 1; /* a kept element is then never 0 */
+    for (int k = 0; k < 4; k++) {
+        float p = ps[k];
+        uint64_t sd = rnext();
+        void *dx = up(be, t, x, N), *dy = be->alloc(be, N * dtype_size(t));
+        be->fill(be, dy, t, NAN, N);
+        be->dropout_forward(be, dy, dx, N, p, sd);
+        be->download(be, y, DT_F64, dy, t, N);
+        size_t dropped = 0, pairs = 0;
+        double want_scale = _i ? (double)(1.0f / (1.0f - p)) : 1.0 / (1.0 - (double)p);
+        for (size_t i = 0; i < N; i++) {
+            if (y[i] == 0) {
+                dropped++;
+                pairs += i + 1 < N && dropout_keep(sd, i + 1, dropout_threshold(p)) == 0;
+                continue;
+            }
+            double want = _i ? (double)((float)x[i] * (float)want_scale) : x[i] * want_scale;
+            ck_assert_msg(fabs(y[i] - want) <= 1e-15 * fabs(want) + (_i ? 1e-7 * fabs(want) : 0),
+                          "p %g: element %zu is %.17g, want %.17g", p, i, y[i], want);
+        }
+        double se = sqrt(p * (1 - p) / N) + 1e-12, frac = (double)dropped / N;
+        ck_assert_msg(fabs(frac - p) < 5 * se, "p %g: dropped fraction %g", p, frac);
+        double pp = (double)p * p, se2 = sqrt(pp * (1 - pp) / N) + 1e-12;
+        ck_assert_msg(fabs((double)pairs / N - pp) < 5 * se2,
+                      "p %g: adjacent pairs both dropped %g, want %g", p, (double)pairs / N, pp);
+        /* the mask belongs to the seed */
+        if (p == 0.5f) {
+            be->dropout_forward(be, dy, dx, N, p, sd + 1);
+            be->download(be, y2, DT_F64, dy, t, N);
+            size_t same = 0;
+            for (size_t i = 0; i < N; i++)
+                same += (y[i] == 0) == (y2[i] == 0);
+            ck_assert_msg(fabs((double)same / N - 0.5) < 5 * sqrt(0.25 / N),
+                          "seeds s and s+1 agree on %zu of %zu elements", same, N);
+        }
+        /* in place, and on one thread: the same bits */
+        be->dropout_forward(be, dx, dx, N, p, sd);
+        be->download(be, y2, DT_F64, dx, t, N);
+        ck_assert(memcmp(y, y2, N * sizeof *y) == 0);
+        void *ex = up(be1, t, x, N), *ey = be1->alloc(be1, N * dtype_size(t));
+        be1->dropout_forward(be1, ey, ex, N, p, sd);
+        be1->download(be1, y2, DT_F64, ey, t, N);
+        ck_assert(memcmp(y, y2, N * sizeof *y) == 0);
+        be1->free(be1, ex);
+        be1->free(be1, ey);
+        be->free(be, dx);
+        be->free(be, dy);
+    }
+    if (!_i) { /* its own backward: d/dx_i sum(R * dropout(x)) = dropout(R)_i */
+        const size_t n = 301;
+        const float p = 0.3f;
+        uint64_t sd = rnext();
+        double *r = rnd(n, 1.0), *g = xmalloc(n * sizeof *g), *o = xmalloc(n * sizeof *o);
+        void *dx = up(be, t, x, n), *dr = up(be, t, r, n), *dy = be->alloc(be, n * sizeof(double));
+        be->dropout_forward(be, dr, dr, n, p, sd);
+        be->download(be, g, DT_F64, dr, t, n);
+        for (size_t i = 0; i < n; i++) {
+            double v[2];
+            for (int sgn = 0; sgn < 2; sgn++) {
+                double keep = x[i];
+                x[i] = keep + (sgn ? -FD_H : FD_H);
+                be->upload(be, dx, t, x, DT_F64, n);
+                x[i] = keep;
+                be->dropout_forward(be, dy, dx, n, p, sd);
+                be->download(be, o, DT_F64, dy, t, n);
+                v[sgn] = 0;
+                for (size_t j = 0; j < n; j++)
+                    v[sgn] += r[j] * o[j];
+            }
+            double fd = (v[0] - v[1]) / (2 * FD_H);
+            ck_assert_msg(fabs(fd - g[i]) < 1e-8 * (1 + fabs(g[i])),
+                          "element %zu: gradient %g, finite difference %g", i, g[i], fd);
+        }
+        be->free(be, dx);
+        be->free(be, dr);
+        be->free(be, dy);
+        free(r);
+        free(g);
+        free(o);
+    }
+    free(x);
+    free(y);
+    free(y2);
+    be->destroy(be);
+    be1->destroy(be1);
+}
+END_TEST
+
 static Suite *seq_suite(void)
 {
     Suite *s = suite_create("ops_seq");
@@ -532,6 +638,7 @@ static Suite *seq_suite(void)
     tcase_add_loop_test(tc, test_rows_select, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);
     tcase_add_loop_test(tc, test_mse, 0, 2);
+    tcase_add_loop_test(tc, test_dropout, 0, 2);
     tcase_add_test(tc, test_determinism);
     suite_add_tcase(s, tc);
     return s;

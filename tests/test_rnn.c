@@ -395,13 +395,16 @@ static double model_loss_grad(model *m, const double *p, const model_batch *b, d
 
 /* every parameter's gradient against central differences, fp64; the batch
  * resets every row (the carried state is the op test's) and holds
- * end-of-text tokens, where the recurrent models reset inside the rows */
+ * end-of-text tokens, where the recurrent models reset inside the rows.
+ * _i = family (0 ffnn, 1 rnn, 2 lstm), + 3: with dropout 0.3 (one fixed
+ * mask, so the loss is still a smooth function of the parameters) */
 START_TEST(test_model_gradcheck)
 {
+    int k = _i % 3;
     rng_seed(&rs, SEED(400 + _i));
     backend *be = mk(1);
     int B = 2, T = 6;
-    model *m = mk_model(be, _i, B, T);
+    model *m = mk_model(be, k, B, T);
     size_t n = m->nparams;
     double *p = rand_vec(n, 0.5), *g = malloc(n * sizeof *g), *fd = malloc(n * sizeof *fd);
     int32_t in[12], tg[12];
@@ -409,6 +412,13 @@ START_TEST(test_model_gradcheck)
     random_tokens(in, tg, B * T, 11, 10);
     in[3] = 10;
     model_batch b = { .tokens = in, .targets = tg, .resets = resets };
+    if (_i >= 3) {
+        double plain = model_loss_grad(m, p, &b, NULL);
+        m->dropout = 0.3f;
+        m->dropout_seed = SEED(410 + _i);
+        ck_assert_msg(fabs(model_loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+                      "%s: dropout 0.3 leaves the loss at %.9f", fam_of(k)->name, plain);
+    }
     model_loss_grad(m, p, &b, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -421,9 +431,10 @@ START_TEST(test_model_gradcheck)
         fd[i] = (lp - lm) / (2 * h);
     }
     double e = rel_l2(g, fd, n);
-    ck_assert_msg(e < 1e-7, "%s gradient vs finite differences: rel L2 %g", fam_of(_i)->name, e);
+    ck_assert_msg(e < 1e-7, "%s%s gradient vs finite differences: rel L2 %g", fam_of(k)->name,
+                  _i >= 3 ? " with dropout" : "", e);
     /* padded output rows get exactly zero gradient */
-    const param_view *out = &m->views[m->nviews - (_i == 0 ? 3 : 2)];
+    const param_view *out = &m->views[m->nviews - (k == 0 ? 3 : 2)];
     for (int r = 11; r < out->shape[0]; r++)
         for (int c = 0; c < out->shape[1]; c++)
             ck_assert(g[out->offset + (size_t)r * out->shape[1] + c] == 0.0);
@@ -746,7 +757,7 @@ static Suite *rnn_suite(void)
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
-    tcase_add_loop_test(tm, test_model_gradcheck, 0, 3);
+    tcase_add_loop_test(tm, test_model_gradcheck, 0, 6);
     tcase_add_loop_test(tm, test_model_fp32_vs_fp64, 0, 3);
     tcase_add_loop_test(tm, test_state_carried, 0, 2);
     tcase_add_test(tm, test_ffnn_window);

@@ -437,8 +437,9 @@ static double loss_grad(model *m, const double *p, const model_batch *b, double 
     return loss;
 }
 
+/* dropout: the model's drop probability during the check (0: none) */
 static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, int H, int B,
-                      double tol)
+                      double tol, float dropout)
 {
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
@@ -453,6 +454,13 @@ static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, i
         p[i] = 0.3 * nrand();
     random_series_batch(x, y, B, ch, Lb, H, B - 1);
     model_batch b = { .x = x, .y = y };
+    if (dropout > 0) { /* a fixed mask: still a smooth function */
+        double plain = loss_grad(m, p, &b, NULL);
+        m->dropout = dropout;
+        m->dropout_seed = rnext();
+        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+                      "%s: dropout %g leaves the loss at %.9f", fam->name, dropout, plain);
+    }
     loss_grad(m, p, &b, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -493,8 +501,9 @@ START_TEST(test_patchts_gradcheck_fp64)
 {
     rng_seed(&test_rng, SEED(10 + _i));
     patchts_config c = pts_tiny;
-    c.pad = _i; /* with and without end padding */
-    gradcheck(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7);
+    c.pad = _i & 1; /* with and without end padding; _i = 2: with dropout */
+    gradcheck(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7,
+              _i == 2 ? 0.3f : 0.0f);
 }
 END_TEST
 
@@ -502,7 +511,10 @@ START_TEST(test_tsgpt_gradcheck_fp64)
 {
     rng_seed(&test_rng, SEED(20));
     const tsgpt_config *c = &tsg_tiny;
-    gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7);
+    gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7,
+              0.0f);
+    gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7,
+              0.3f);
 }
 END_TEST
 
@@ -775,7 +787,7 @@ static Suite *series_suite(void)
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("models");
     tcase_set_timeout(tm, 120);
-    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 2);
+    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 3);
     tcase_add_test(tm, test_tsgpt_gradcheck_fp64);
     tcase_add_test(tm, test_patchts_fp32_and_metrics);
     tcase_add_test(tm, test_patchts_revin_shift);

@@ -133,6 +133,13 @@ START_TEST(test_gradcheck_fp64)
         p[i] = 0.3 * rng_normal(&r);
     random_images(x, tg, &tiny, B, SEED(20 + _i), _i == 1);
     model_batch b = { .x = x, .targets = tg };
+    if (_i == 2) { /* with dropout: a fixed mask, so still a smooth function */
+        double plain = loss_grad(m, p, &b, NULL);
+        m->dropout = 0.3f;
+        m->dropout_seed = SEED(23);
+        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+                      "dropout 0.3 leaves the loss at %.9f", plain);
+    }
     loss_grad(m, p, &b, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -801,7 +808,7 @@ static Suite *vit_suite(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_patchify);
-    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 2);
+    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 3); /* 2: with dropout */
     tcase_add_test(tm, test_fp32_matches_fp64);
     tcase_add_test(tm, test_grads_accumulate);
     tcase_add_test(tm, test_overfit_one_batch);

@@ -388,6 +388,7 @@ static double bert_forward(model *m, const model_batch *b, float grad_scale)
     be->encoder_forward(be, s->emb, s->tokens, p->wte, p->wpe, B, T, C);
     be->embedding_forward(be, s->emb, s->segments, p->wtt, BT, C, 1);
     be->layernorm_forward(be, s->x0, s->emb_mean, s->emb_rstd, s->emb, p->elnw, p->elnb, BT, C);
+    model_dropout(m, s->x0, (size_t)BT * C, DROPOUT_SITE_EMBED);
     s->h = tstack_forward(s->stack, s->x0);
     /* masked-LM head on every position: the loss picks the masked ones */
     be->matmul_gelu_forward(be, s->tpre, s->tgel, s->h, p->tw, p->tb, BT, C, C);
@@ -465,7 +466,8 @@ static void bert_backward(model *m)
         be->rows_select_backward(be, s->dh, s->dcls, B, T, C, 0);
     }
     model_views_ready(m, s->first_head, m->nviews - 1); /* heads (but the tied decoder) */
-    const void *dx0 = tstack_backward(s->stack, s->dh);
+    void *dx0 = tstack_backward(s->stack, s->dh);
+    model_dropout(m, dx0, btc, DROPOUT_SITE_EMBED);
     be->fill(be, s->d1, t, 0.0, btc);
     be->layernorm_backward(be, s->d1, g->elnw, g->elnb, dx0, s->emb, p->elnw, s->emb_mean,
                            s->emb_rstd, BT, C);
@@ -563,6 +565,7 @@ static model *bert_create(backend *be, const int *cv, char *err)
     m->logits = bert_logits;
     m->metrics = bert_metrics;
     m->destroy = bert_destroy;
+    m->has_dropout = TSTACK_DROPOUT_SITES;
     m->metric_names[0] = "mlm_accuracy";
     m->nmetrics = 1;
     if (c->nsp) {

@@ -141,6 +141,8 @@ typedef struct {
     ffnn_ptrs p, g;
     void *act_buf, *stat_buf, *int_buf;
     void *e, *a, *h, *logits, *dlog, *losses, *de, *dh, *da;
+    void *hd;                /* tanh's output after dropout (training with dropout only) */
+    const void *hout;        /* what the output layer read: h, or hd */
     int32_t *ids, *targets;  /* device: [B,T,n] window ids, [B,T] targets */
     int32_t *host_ids;       /* [B,T,n] */
     double *host_losses;     /* [B,T] */
@@ -179,6 +181,7 @@ static void carve_all(ffnn_state *s, carver *a, carver *st, int B, int T)
     s->e = carve(a, BT * nC);
     s->a = carve(a, BT * H);
     s->h = carve(a, BT * H);
+    s->hd = carve(a, BT * H);
     s->logits = carve(a, BT * (size_t)s->Vp);
     s->dlog = s->cfg.direct ? carve(a, BT * (size_t)s->Vp) : NULL;
     s->losses = carve(st, BT);
@@ -255,7 +258,9 @@ static double ffnn_forward(model *m, const model_batch *b, float grad_scale)
     be->embedding_forward(be, s->e, s->ids, p->wte, BT * n, c->C, 0);
     be->matmul_forward(be, s->a, s->e, p->hw, p->hb, BT, nC, c->H);
     be->tanh_forward(be, s->h, s->a, (size_t)BT * c->H);
-    be->matmul_forward(be, s->logits, s->h, p->ow, p->ob, BT, c->H, s->Vp);
+    /* dropout on the hidden layer only: tanh's backward needs h undropped */
+    s->hout = model_dropout_to(m, s->hd, s->h, (size_t)BT * c->H, DROPOUT_SITE_HEAD);
+    be->matmul_forward(be, s->logits, s->hout, p->ow, p->ob, BT, c->H, s->Vp);
     if (c->direct) {
         be->matmul_forward(be, s->dlog, s->e, p->dw, NULL, BT, nC, s->Vp);
         be->accumulate(be, s->logits, s->dlog, (size_t)BT * s->Vp);
@@ -297,7 +302,8 @@ static void ffnn_backward(model *m)
     range(be, "backward", 1);
     be->fill(be, s->dh, t, 0.0, (size_t)BT * c->H);
     be->fill(be, s->de, t, 0.0, (size_t)BT * nC);
-    be->matmul_backward(be, s->dh, g->ow, g->ob, s->logits, s->h, p->ow, BT, c->H, s->Vp);
+    be->matmul_backward(be, s->dh, g->ow, g->ob, s->logits, s->hout, p->ow, BT, c->H, s->Vp);
+    model_dropout(m, s->dh, (size_t)BT * c->H, DROPOUT_SITE_HEAD);
     if (c->direct)
         be->matmul_backward(be, s->de, g->dw, NULL, s->logits, s->e, p->dw, BT, nC, s->Vp);
     model_views_ready(m, 3, m->nviews - 1); /* out (and direct) */
@@ -348,6 +354,7 @@ static model *ffnn_create(backend *be, const int *cv, char *err)
     m->logits = ffnn_logits;
     m->position_losses = ffnn_position_losses;
     m->destroy = ffnn_destroy;
+    m->has_dropout = "the hidden layer's output (after tanh)";
     s->cfg = *c;
     s->Vp = ffnn_padded_vocab(c->V);
     m->nparams = ffnn_layout(cv, &m->views, &m->nviews);

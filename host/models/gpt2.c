@@ -209,6 +209,7 @@ static double gpt2_forward(model *m, const model_batch *b, float grad_scale)
     range(be, "forward", 1);
     be->upload(be, s->tokens, DT_I32, b->tokens, DT_I32, (size_t)BT);
     be->encoder_forward(be, s->encoded, s->tokens, s->wte, s->wpe, B, T, C);
+    model_dropout(m, s->encoded, (size_t)BT * C, DROPOUT_SITE_EMBED);
     s->out = tstack_forward(s->stack, s->encoded);
     be->matmul_forward(be, s->logits, s->out, s->wte, NULL, BT, C, s->Vp);
     s->have_dlogits = 0;
@@ -247,6 +248,7 @@ static void gpt2_backward(model *m)
     be->fill(be, s->dln, be->act, 0.0, (size_t)BT * C);
     be->matmul_backward(be, s->dln, s->dwte, NULL, s->logits, s->out, s->wte, BT, C, s->Vp);
     void *dx = tstack_backward(s->stack, s->dln);
+    model_dropout(m, dx, (size_t)BT * C, DROPOUT_SITE_EMBED);
     be->encoder_backward(be, s->dwte, s->dwpe, dx, s->tokens, B, T, C);
     model_views_ready(m, 0, 1); /* wte (classifier and embedding), wpe */
     s->have_dlogits = 0;
@@ -336,6 +338,7 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
     m->decode_plan = gpt2_decode_plan;
     m->decode_step = gpt2_decode_step;
     m->destroy = gpt2_destroy;
+    m->has_dropout = TSTACK_DROPOUT_SITES;
     s->cfg = *cfg;
     s->Vp = gpt2_padded_vocab(cfg->V);
     m->nparams = gpt2_layout(cfg, &m->views, &m->nviews);

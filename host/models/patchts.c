@@ -322,6 +322,7 @@ static double pts_forward(model *m, const model_batch *b, float grad_scale)
     be->upload(be, s->patches, be->act, s->hbuf, DT_F64, (size_t)rows * NP * P);
     be->matmul_forward(be, s->emb, s->patches, s->pe_w, s->pe_b, rows * NP, P, C);
     be->sequence_embed_forward(be, s->x0, s->emb, NULL, s->pos, rows, NP, C);
+    model_dropout(m, s->x0, (size_t)rows * NP * C, DROPOUT_SITE_EMBED);
     s->z = tstack_forward(s->stack, s->x0);
     be->matmul_forward(be, s->pred, s->z, s->head_w, s->head_b, rows, NP * C, H);
     s->have_grad = s->have_target = 0;
@@ -382,6 +383,7 @@ static void pts_backward(model *m)
                         NP * C, H);
     views_ready(m, m->nviews - 2, m->nviews - 1);
     void *dx = tstack_backward(s->stack, s->dflat);
+    model_dropout(m, dx, (size_t)rows * NP * C, DROPOUT_SITE_EMBED);
     /* x0 = emb + pos: emb's gradient is dx itself */
     be->sequence_embed_backward(be, NULL, NULL, s->dpos, dx, rows, NP, C);
     be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, dx, s->patches, s->pe_w, rows * NP, P, C);
@@ -480,6 +482,7 @@ static model *patchts_create(backend *be, const int *v, char *err)
     m->metric_names[0] = "mse";
     m->metric_names[1] = "mae";
     m->destroy = pts_destroy;
+    m->has_dropout = TSTACK_DROPOUT_SITES;
     m->nparams = patchts_layout(v, &m->views, &m->nviews);
     m->nparams_real = m->nparams;
     if (!m->views) {

@@ -247,6 +247,8 @@ typedef struct {
     void *act_buf, *stat_buf, *int_buf, *work_buf;
     size_t work_stride;      /* bytes of work per layer */
     void *emb, **y, *logits, *losses, *d1, *d2;
+    void **yd;               /* [L]: y[l] after dropout, what layer l + 1 (or the decoder)
+                                reads when the model drops (training only) */
     rnn_slot slots[RNN_SLOTS];
     uint64_t clock;
     const void *h0, *c0;     /* the state the last forward started from ([L,B,H] or NULL) */
@@ -299,7 +301,7 @@ static void free_plan(model *m)
     free(s->host_reset);
     free(s->host_losses);
     s->act_buf = s->stat_buf = s->int_buf = s->work_buf = NULL;
-    s->y = NULL;
+    s->y = s->yd = NULL;
     s->host_reset = NULL;
     s->host_losses = NULL;
     memset(s->slots, 0, sizeof s->slots);
@@ -312,8 +314,10 @@ static void carve_all(rnn_state *s, carver *a, carver *st, int B, int T)
     size_t LBH = (size_t)s->cfg.L * B * H, wide = H > C ? H : C;
     int lstm = s->cell == RNN_CELL_LSTM;
     s->emb = carve(a, BT * C);
-    for (int l = 0; l < s->cfg.L; l++)
+    for (int l = 0; l < s->cfg.L; l++) {
         s->y[l] = carve(a, BT * H);
+        s->yd[l] = carve(a, BT * H);
+    }
     s->logits = carve(a, BT * (size_t)s->Vp);
     s->losses = carve(st, BT);
     s->d1 = carve(a, BT * wide);
@@ -336,9 +340,10 @@ static int rnn_plan(model *m, int B, int T, char *err)
     if (B < 1 || T < 1)
         return errf(err, "--batch/--seq: must be positive (got %d x %d)", B, T);
     free_plan(m);
-    s->y = calloc((size_t)L, sizeof *s->y);
+    s->y = calloc(2 * (size_t)L, sizeof *s->y); /* y, then yd */
     if (!s->y)
         return errf(err, "out of memory");
+    s->yd = s->y + L;
     carve_all(s, &a, &st, B, T);
     /* each layer's saved state for backward, as the backend sizes it */
     s->work_stride = 0;
@@ -412,6 +417,22 @@ static rnn_slot *slot_of(model *m, const void *key)
     return lru;
 }
 
+/* Dropout (Zaremba et al. 2014: on the non-recurrent connections only, so
+ * the carried state is never dropped): the embeddings' output, each layer's
+ * output before the next layer, the last layer's before the decoder. The
+ * dropout site of the connection out of layer l. */
+static unsigned out_site(const rnn_config *c, int l)
+{
+    return l == c->L - 1 ? DROPOUT_SITE_HEAD : DROPOUT_SITE_BLOCK(l, 0);
+}
+
+/* What reads layer l's output reads: y[l], or its dropped copy yd[l]. */
+static void *layer_out(const model *m, int l)
+{
+    const rnn_state *s = m->priv;
+    return m->dropout > 0 ? s->yd[l] : s->y[l];
+}
+
 static double rnn_forward(model *m, const model_batch *b, float grad_scale)
 {
     rnn_state *s = m->priv;
@@ -444,16 +465,18 @@ static double rnn_forward(model *m, const model_batch *b, float grad_scale)
     be->upload(be, s->tokens, DT_I32, b->tokens, DT_I32, (size_t)BT);
     be->upload(be, s->reset, DT_I32, s->host_reset, DT_I32, (size_t)BT);
     be->embedding_forward(be, s->emb, s->tokens, s->wte, BT, c->C, 0);
+    model_dropout(m, s->emb, (size_t)BT * c->C, DROPOUT_SITE_EMBED);
     for (int l = 0; l < c->L; l++) {
         const rnn_layer_ptrs *p = &s->lp[l];
         size_t o = (size_t)l * BH;
         be->rnn_forward(be, s->cell, s->y[l], buf_at(hT, o, t), lstm ? buf_at(cT, o, t) : NULL,
                         (char *)s->work_buf + (size_t)l * s->work_stride,
-                        l ? s->y[l - 1] : s->emb, buf_at((void *)s->h0, o, t),
+                        l ? layer_out(m, l - 1) : s->emb, buf_at((void *)s->h0, o, t),
                         lstm ? buf_at((void *)s->c0, o, t) : NULL, s->reset, p->wih, p->whh,
                         p->bih, p->bhh, B, T, l ? H : c->C, H);
+        model_dropout_to(m, s->yd[l], s->y[l], BH * T, out_site(c, l));
     }
-    be->matmul_forward(be, s->logits, s->y[c->L - 1], s->dec_w, s->dec_b, BT, H, s->Vp);
+    be->matmul_forward(be, s->logits, layer_out(m, c->L - 1), s->dec_w, s->dec_b, BT, H, s->Vp);
     if (!b->targets) {
         range(be, "forward", 0);
         return 0.0;
@@ -493,17 +516,18 @@ static void rnn_backward(model *m)
         return;
     range(be, "backward", 1);
     be->fill(be, dy, t, 0.0, (size_t)BT * H);
-    be->matmul_backward(be, dy, s->ddec_w, s->ddec_b, s->logits, s->y[c->L - 1], s->dec_w, BT,
-                        H, s->Vp);
+    be->matmul_backward(be, dy, s->ddec_w, s->ddec_b, s->logits, layer_out(m, c->L - 1),
+                        s->dec_w, BT, H, s->Vp);
     model_views_ready(m, m->nviews - 2, m->nviews - 1);
     for (int l = c->L - 1; l >= 0; l--) {
         const rnn_layer_ptrs *p = &s->lp[l], *g = &s->lg[l];
         int D = l ? H : c->C;
         size_t o = (size_t)l * BH;
+        model_dropout(m, dy, BH * T, out_site(c, l)); /* d yd[l] -> d y[l] */
         be->fill(be, dx, t, 0.0, (size_t)BT * D);
         be->rnn_backward(be, s->cell, dx, NULL, NULL, g->wih, g->whh, g->bih, g->bhh, dy, NULL,
                          NULL, (char *)s->work_buf + (size_t)l * s->work_stride,
-                         l ? s->y[l - 1] : s->emb, s->y[l], buf_at((void *)s->h0, o, t),
+                         l ? layer_out(m, l - 1) : s->emb, s->y[l], buf_at((void *)s->h0, o, t),
                          lstm ? buf_at((void *)s->c0, o, t) : NULL, s->reset, p->wih, p->whh,
                          B, T, D, H);
         model_views_ready(m, VIEW_LAYER(l), VIEW_LAYER(l) + 3);
@@ -511,6 +535,7 @@ static void rnn_backward(model *m)
         dy = dx;
         dx = tmp;
     }
+    model_dropout(m, dy, (size_t)BT * c->C, DROPOUT_SITE_EMBED);
     be->embedding_backward(be, s->dwte, dy, s->tokens, BT, c->C);
     model_views_ready(m, 0, 0);
     s->have_grad = 0;
@@ -662,6 +687,7 @@ static model *create_cell(int cell, const model_family *fam, backend *be, const 
     m->decode_plan = rnn_decode_plan;
     m->decode_step = rnn_decode_step;
     m->destroy = rnn_destroy;
+    m->has_dropout = "the embeddings' output and each layer's output (never the carried state)";
     s->cfg = *c;
     s->cell = cell;
     s->Vp = rnn_padded_vocab(c->V);

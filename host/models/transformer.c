@@ -276,12 +276,14 @@ static void *forward_pre(tstack *s, const void *x)
         be->attention_forward(be, a->atty, a->lse, a->qkv, B, T, C, NH, s->c.causal);
         be->matmul_forward(be, s->scratch, a->atty, PV(s, l, P_PROJW), PV(s, l, P_PROJB), BT, C,
                            C);
+        model_dropout(s->m, s->scratch, (size_t)BT * C, DROPOUT_SITE_BLOCK(l, 0));
         be->residual_layernorm_forward(be, a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, res,
                                        s->scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
         be->matmul_gelu_forward(be, a->fch, a->fch_gelu, a->ln2, PV(s, l, P_FCW),
                                 PV(s, l, P_FCB), BT, C, 4 * C);
         be->matmul_forward(be, s->scratch, a->fch_gelu, PV(s, l, P_FCPROJW),
                            PV(s, l, P_FCPROJB), BT, 4 * C, C);
+        model_dropout(s->m, s->scratch, (size_t)BT * C, DROPOUT_SITE_BLOCK(l, 1));
         if (l + 1 < L) {
             blk_acts *n = &s->la[l + 1];
             be->residual_layernorm_forward(be, a->res3, n->ln1, n->ln1_mean, n->ln1_rstd,
@@ -312,12 +314,14 @@ static void *forward_post(tstack *s, const void *x)
         be->attention_forward(be, a->atty, a->lse, a->qkv, B, T, C, NH, s->c.causal);
         be->matmul_forward(be, s->scratch, a->atty, PV(s, l, P_PROJW), PV(s, l, P_PROJB), BT, C,
                            C);
+        model_dropout(s->m, s->scratch, (size_t)BT * C, DROPOUT_SITE_BLOCK(l, 0));
         be->residual_layernorm_forward(be, a->res2, a->ln1, a->ln1_mean, a->ln1_rstd, in,
                                        s->scratch, PV(s, l, P_LN1W), PV(s, l, P_LN1B), BT, C);
         be->matmul_gelu_forward(be, a->fch, a->fch_gelu, a->ln1, PV(s, l, P_FCW),
                                 PV(s, l, P_FCB), BT, C, 4 * C);
         be->matmul_forward(be, s->scratch, a->fch_gelu, PV(s, l, P_FCPROJW),
                            PV(s, l, P_FCPROJB), BT, 4 * C, C);
+        model_dropout(s->m, s->scratch, (size_t)BT * C, DROPOUT_SITE_BLOCK(l, 1));
         be->residual_layernorm_forward(be, a->res3, a->ln2, a->ln2_mean, a->ln2_rstd, a->ln1,
                                        s->scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
         in = a->ln2;
@@ -345,9 +349,12 @@ static void attention_branch_backward(tstack *s, int l, const void *dres2, const
     size_t btc = (size_t)BT * C;
     dtype t = be->act;
     void *datty = s->scratch;
+    /* the gradient of the projection's output: dres2 through the dropout
+     * (into d4a, free until the attention's gradient below) */
+    const void *dproj = model_dropout_to(s->m, s->d4a, dres2, btc, DROPOUT_SITE_BLOCK(l, 0));
 
     be->fill(be, datty, t, 0.0, btc);
-    be->matmul_backward(be, datty, GV(s, l, P_PROJW), GV(s, l, P_PROJB), dres2, a->atty,
+    be->matmul_backward(be, datty, GV(s, l, P_PROJW), GV(s, l, P_PROJB), dproj, a->atty,
                         PV(s, l, P_PROJW), BT, C, C);
     be->fill(be, s->d4a, t, 0.0, btc * 3);
     be->attention_backward(be, s->d4a, datty, a->qkv, a->atty, a->lse, B, T, C, NH,
@@ -369,8 +376,10 @@ static void mlp_branch_backward(tstack *s, int l, const void *dres3, const void 
 
     if (s->m->recompute)
         be->gelu_forward(be, a->fch_gelu, a->fch, btc * 4);
+    /* dres3 through the dropout (into d4b, free until GELU's gradient) */
+    const void *dfcproj = model_dropout_to(s->m, s->d4b, dres3, btc, DROPOUT_SITE_BLOCK(l, 1));
     be->fill(be, s->d4a, t, 0.0, btc * 4);
-    be->matmul_backward(be, s->d4a, GV(s, l, P_FCPROJW), GV(s, l, P_FCPROJB), dres3,
+    be->matmul_backward(be, s->d4a, GV(s, l, P_FCPROJW), GV(s, l, P_FCPROJB), dfcproj,
                         a->fch_gelu, PV(s, l, P_FCPROJW), BT, 4 * C, C);
     be->fill(be, s->d4b, t, 0.0, btc * 4);
     be->gelu_backward(be, s->d4b, a->fch, s->d4a, btc * 4);

@@ -9,7 +9,11 @@
  *       out = x_L
  * with causal or bidirectional attention over NH heads of width C/NH and an
  * MLP of width 4C. Each residual add is fused with the layernorm that reads
- * it (residual_layernorm_forward).
+ * it (residual_layernorm_forward). In training with dropout (model.h), each
+ * branch's output, proj(...) and fc2(...), is dropped before its residual
+ * add (GPT-2's and BERT's residual dropout, sites DROPOUT_SITE_BLOCK(l, 0|1));
+ * attention probabilities are not dropped: the fused attention never forms
+ * them.
  *
  * Parameters per block, in buffer order, with Hugging Face GPT-2 names under
  * the caller's prefix ("h.N." for GPT-2): ln_1.{weight,bias},
@@ -27,6 +31,11 @@
 #include "../model.h"
 
 #define TSTACK_VIEWS_PER_BLOCK 12
+/* model.h's has_dropout of the families built on the stack: they drop their
+ * embeddings' output (DROPOUT_SITE_EMBED) and the stack drops the rest. */
+#define TSTACK_DROPOUT_SITES                                                               \
+    "the embeddings' output and each block's attention and MLP outputs before their "     \
+    "residual adds"
 
 typedef struct {
     int L, NH, C;

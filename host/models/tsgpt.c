@@ -275,6 +275,7 @@ static void tsg_run(model *m)
     int N = s->rows * s->T, C = s->cfg.C;
     be->upload(be, s->tokens, DT_I32, s->htok, DT_I32, (size_t)N);
     be->encoder_forward(be, s->x0, s->tokens, s->wte, s->wpe, s->rows, s->T, C);
+    model_dropout(m, s->x0, (size_t)N * C, DROPOUT_SITE_EMBED);
     s->z = tstack_forward(s->stack, s->x0);
     be->matmul_forward(be, s->logits, s->z, s->wte, NULL, N, C, s->Vp);
 }
@@ -358,6 +359,7 @@ static void tsg_backward(model *m)
     be->fill(be, s->dz, be->act, 0.0, (size_t)N * C);
     be->matmul_backward(be, s->dz, s->dwte, NULL, s->logits, s->z, s->wte, N, C, s->Vp);
     void *dx = tstack_backward(s->stack, s->dz);
+    model_dropout(m, dx, (size_t)N * C, DROPOUT_SITE_EMBED);
     be->encoder_backward(be, s->dwte, s->dwpe, dx, s->tokens, s->rows, s->T, C);
     views_ready(m, 0, 1); /* wte (classifier and embedding), wpe */
     s->have_grad = 0;
@@ -502,6 +504,7 @@ static model *tsgpt_create(backend *be, const int *v, char *err)
     m->metric_names[0] = "mse";
     m->metric_names[1] = "mae";
     m->destroy = tsg_destroy;
+    m->has_dropout = TSTACK_DROPOUT_SITES;
     m->nparams = tsgpt_layout(v, &m->views, &m->nviews);
     m->nparams_real = tsgpt_real_params(v);
     if (!m->views) {

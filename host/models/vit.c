@@ -281,6 +281,7 @@ static double vit_forward(model *m, const model_batch *b, float grad_scale)
     be->upload(be, s->patches, be->act, s->host_patches, DT_F32, (size_t)BN * s->D);
     be->matmul_forward(be, s->emb, s->patches, s->pe_w, s->pe_b, BN, s->D, C);
     be->sequence_embed_forward(be, s->x0, s->emb, s->cls, s->pos, B, s->T, C);
+    model_dropout(m, s->x0, (size_t)B * s->T * C, DROPOUT_SITE_EMBED);
     void *h = tstack_forward(s->stack, s->x0);
     be->rows_select_forward(be, s->pooled, h, B, s->T, C, 0);
     be->matmul_forward(be, s->logits, s->pooled, s->head_w, s->head_b, B, C, K);
@@ -325,6 +326,7 @@ static void vit_backward(model *m)
     be->fill(be, s->dout, t, 0.0, (size_t)B * s->T * C);
     be->rows_select_backward(be, s->dout, s->dpooled, B, s->T, C, 0);
     void *dx0 = tstack_backward(s->stack, s->dout); /* reports the stack's views */
+    model_dropout(m, dx0, (size_t)B * s->T * C, DROPOUT_SITE_EMBED);
     be->fill(be, s->demb, t, 0.0, (size_t)BN * C);
     be->sequence_embed_backward(be, s->demb, s->dcls, s->dpos, dx0, B, s->T, C);
     /* the patches are data: no gradient for them */
@@ -398,6 +400,7 @@ static model *vit_create(backend *be, const int *v, char *err)
     m->nmetrics = 1;
     m->metric_names[0] = "accuracy";
     m->destroy = vit_destroy;
+    m->has_dropout = TSTACK_DROPOUT_SITES;
     if (vit_check(v, err))
         goto fail;
     m->nparams = m->nparams_real = vit_layout(v, &m->views, &m->nviews);

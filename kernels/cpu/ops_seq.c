@@ -1,7 +1,7 @@
 /* ops_seq.c: the CPU backend's ops shared by the model families other than
  * GPT-2 (ops.h, "ops shared by the other model families"): embedding lookup,
  * sequence embedding (a first row such as ViT's [CLS], plus positions), row
- * selection ([CLS] pooling), tanh and the squared-error loss.
+ * selection ([CLS] pooling), tanh, the squared-error loss and dropout.
  *
  * Compiled twice like backend_cpu.c: `real` is float, or double with
  * -DCPU_REAL_DOUBLE (the gradient checks' oracle); the install function has
@@ -21,6 +21,7 @@
 
 #include <omp.h>
 
+#include "../dropout_mask.h"
 #include "cpu_ops.h"
 
 #ifdef CPU_REAL_DOUBLE
@@ -225,6 +226,23 @@ static void cpu_mse(backend *be, void *losses_, void *dpred_, const void *pred_,
     }
 }
 
+/* ---- dropout ------------------------------------------------------------- */
+
+/* Element i's mask depends on (seed, i) only, so the split over threads
+ * changes nothing. out may alias inp: each element is read, then written.
+ * Also the backward (ops.h), applied to the gradient. */
+static void cpu_dropout_forward(backend *be, void *out_, const void *inp_, size_t N, float p,
+                                uint64_t seed)
+{
+    real *y = out_;
+    const real *x = inp_;
+    uint32_t th = dropout_threshold(p);
+    real scale = 1 / (1 - (real)p);
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)N))
+    for (size_t i = 0; i < N; i++)
+        y[i] = dropout_keep(seed, i, th) ? x[i] * scale : 0;
+}
+
 /* ---- install ------------------------------------------------------------- */
 
 void CPU_SEQ_INSTALL(backend *be, cpu_team_fn team_fn)
@@ -238,5 +256,6 @@ void CPU_SEQ_INSTALL(backend *be, cpu_team_fn team_fn)
     be->rows_select_backward = cpu_rows_select_backward;
     be->tanh_forward = cpu_tanh_forward;
     be->tanh_backward = cpu_tanh_backward;
+    be->dropout_forward = cpu_dropout_forward;
     be->mse = cpu_mse;
 }

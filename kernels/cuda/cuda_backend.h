@@ -338,7 +338,7 @@ void cuda_adamw(backend *be, void *params, void *master, const void *grads, void
 		const param_segment *segs, int nsegs, const adamw_params *hp);
 /* decode.cu */
 void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int C, int NH);
-/* seq.cu: puts embedding, sequence_embed, rows_select, tanh and mse into be. */
+/* seq.cu: puts embedding, sequence_embed, rows_select, tanh, mse and dropout into be. */
 void cuda_seq_install(backend *be);
 /* rnn.cu: puts rnn_work_bytes, rnn_forward and rnn_backward (cuDNN) into be. */
 void cuda_rnn_install(backend *be);

@@ -8,6 +8,8 @@
  *   rows_select:    out[b,:] = x[b,t,:];  dx[b,t,:] += dout[b,:]
  *   tanh:           y = tanh(x);  dx += dy (1 - y^2)
  *   mse:            losses[n] = sum_c (pred - target)^2;  dpred = 2 scale (pred - target)
+ *   dropout:        y = x keep(i) / (1 - p)  (also its own backward, on dy)
+ *                   (keep: the counter-based mask of kernels/dropout_mask.h)
  *
  * All memory-bound: 16-byte accesses where the rows allow (C a multiple of
  * the vector width, pointers 16-byte aligned), math in fp32 whatever the
@@ -25,6 +27,7 @@
  * since a repeated id stops at its first occurrence. ops.h gives no table
  * row count, so a block per table row is not possible; for N far beyond
  * these sizes the encoder's host bucketing (encoder.cu) is the way. */
+#include "../dropout_mask.h"
 #include "cuda_backend.h"
 
 #define SEQ_THREADS 256
@@ -414,6 +417,63 @@ static void cuda_mse(backend *be, void *losses, void *dpred, const void *pred, c
 	SEQ_DISPATCH(be, vec, mse_launch, cuda_of(be), losses, dpred, pred, target, N, C, scale);
 }
 
+/* ---- dropout ---- */
+
+/* V consecutive elements per thread (16-byte accesses when aligned); each
+ * element's mask is recomputed from (seed, i), so the backward (this kernel
+ * on the gradient) needs no mask buffer. out may alias x: each element is
+ * read, then written, by the same thread. */
+template <class T, int V>
+__global__ void dropout_kernel(T *out, const T *x, size_t N, uint32_t th, float scale,
+			       unsigned long long seed)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+	if (i >= N)
+		return;
+	if (i + V <= N) {
+		float a[V];
+		load_f<T, V>(a, x + i);
+UNROLL
+		for (int k = 0; k < V; k++)
+			a[k] = dropout_keep(seed, i + k, th) ? a[k] * scale : 0.0f;
+		store_f<T, V>(out + i, a);
+		return;
+	}
+	for (; i < N; i++)
+		out[i] = from_f<T>(dropout_keep(seed, i, th) ? to_f(x[i]) * scale : 0.0f);
+}
+
+template <class T, int V>
+static void dropout_launch(cuda_backend *cb, void *out, const void *x, size_t N, float p,
+			   uint64_t seed)
+{
+	CUDA_LAUNCH(cdiv(N, (size_t)V * EW_THREADS), EW_THREADS, 0, cb->stream, dropout_kernel<T, V>)(
+		(T *)out, (const T *)x, N, dropout_threshold(p), 1.0f / (1.0f - p),
+		(unsigned long long)seed);
+	LAUNCH_CHECK();
+}
+
+static void cuda_dropout_forward(backend *be, void *out, const void *inp, size_t N, float p,
+				 uint64_t seed)
+{
+	NVTX_RANGE("dropout_forward");
+	cuda_backend *cb = cuda_of(be);
+	if (!N)
+		return;
+	int al = aligned16(out) && aligned16(inp);
+	if (be->act == DT_BF16) {
+		if (al)
+			dropout_launch<__nv_bfloat16, 8>(cb, out, inp, N, p, seed);
+		else
+			dropout_launch<__nv_bfloat16, 1>(cb, out, inp, N, p, seed);
+	} else {
+		if (al)
+			dropout_launch<float, 4>(cb, out, inp, N, p, seed);
+		else
+			dropout_launch<float, 1>(cb, out, inp, N, p, seed);
+	}
+}
+
 /* ---- install ---- */
 
 void cuda_seq_install(backend *be)
@@ -427,4 +487,5 @@ void cuda_seq_install(backend *be)
 	be->tanh_forward = cuda_tanh_forward;
 	be->tanh_backward = cuda_tanh_backward;
 	be->mse = cuda_mse;
+	be->dropout_forward = cuda_dropout_forward;
 }
