@@ -72,6 +72,37 @@ def test_resume_is_bit_exact(run, shard, tmp_path, schedule):
                       tmp_path / "resumed" / "step_000020.safetensors")
 
 
+def test_dropout_trains_resumes_and_never_evaluates(run, shard, tmp_path):
+    """--dropout changes the training losses (the first step's too: same
+    weights, other activations); a resumed run draws the same masks as the
+    uninterrupted one (losses and tensors bit for bit); validation does not
+    drop (its loss equals eval's on the checkpoint); bad values are refused."""
+    common = ["--data", shard, "--val-data", shard, "--batch", "4", "--seq", "32",
+              "--lr", "3e-3", "--warmup", "2", "--shuffle", "--seed", "5",
+              "--val-every", "4", "--val-batches", "3", "--ckpt-every", "4"]
+    plain = ok(run("train", *TINY, *common, "--steps", "8", "--out", tmp_path / "plain"))
+    full = ok(run("train", *TINY, *common, "--steps", "8", "--dropout", "0.2",
+                  "--out", tmp_path / "full"))
+    assert re.search(r"^dropout 0\.2: .*residual", full, re.M), full
+    assert not re.search(r"^dropout", plain, re.M), plain
+    drop_l, plain_l = losses(full), losses(plain)
+    assert len(drop_l) == 8 and drop_l[0] != plain_l[0], (drop_l, plain_l)
+    ck4 = tmp_path / "full" / "step_000004.safetensors"
+    resumed = ok(run("train", "--resume", ck4, *common, "--steps", "8", "--dropout", "0.2",
+                     "--out", tmp_path / "resumed"))
+    assert losses(resumed) == drop_l[4:], (losses(resumed), drop_l[4:])
+    _same_checkpoints(tmp_path / "full" / "step_000008.safetensors",
+                      tmp_path / "resumed" / "step_000008.safetensors")
+    val4 = re.search(r"^val\s+4/8 \| loss (\S+)", full, re.M).group(1)
+    ev = ok(run("eval", "--init", ck4, "--data", shard, "--batch", "4", "--seq", "32",
+                "--batches", "3"))
+    assert ev.split()[1] == val4, (ev, val4)
+    fails(run("train", *TINY, *common, "--steps", "1", "--dropout", "0.95"), "--dropout")
+    fails(run("train", *TINY, *common, "--steps", "1", "--dropout", "-0.1"), "--dropout")
+    fails(run("train", *TINY, *common, "--steps", "1", "--dropout", "some"), "--dropout",
+          "some")
+
+
 def test_config_file_and_command_line_wins(run, shard, tmp_path):
     cfg = tmp_path / "run.conf"
     cfg.write_text("# a comment\npreset = d2\nvocab-size = 256\nmax-seq = 64\n"

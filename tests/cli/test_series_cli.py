@@ -111,3 +111,40 @@ def test_eval_forecast_csv(run, tmp_path):
     assert abs(np.abs(rows[:, 3] - rows[:, 4]).mean() - float(figs["mae"])) < 1e-4 * float(figs["mae"])
     rc, out, err = run("eval", "--init", ck, "--data", path, "--forecast", tmp_path / "no" / "x.csv")
     assert rc == 1 and "--forecast" in err, err
+
+
+def test_etth1_recipe_end_to_end(binary, tmp_path):
+    """scripts/etth1.sh on the real ETTh1 (../shared/data/ett), shrunk to the
+    tiny preset and 2 epochs with dropout: trains, validates every epoch's
+    checkpoint, picks the best and ends with `test mse X mae Y`; a bad
+    horizon or look-back stops it at once with status 2."""
+    import os
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    csv = os.path.join(repo, "..", "shared", "data", "ett", "ETTh1.csv")
+    assert os.path.isfile(csv), f"{csv} is missing (shared/data/ett)"
+    env = dict(os.environ, ANATOMY_BIN=binary, ETTH1=csv, PRESET="patchts-tiny",
+               LOOKBACK="48", EPOCHS="2", BATCH="512", OUT=str(tmp_path / "run"),
+               EXTRA="--dropout 0.1 --threads 2")
+    p = subprocess.run(["sh", "scripts/etth1.sh", "24"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + p.stdout[-2000:]
+    out = p.stdout.splitlines()
+    assert out[0].startswith("etth1: horizon 24, look-back 48, patchts-tiny, 2 epochs"), out[0]
+    vals = [l for l in out if l.startswith("val mse ")]
+    assert len(vals) == 2, out
+    best = [l for l in out if l.startswith("best: ")]
+    assert len(best) == 1 and min(float(v.split()[2]) for v in vals) == float(
+        best[0].split()[-1].rstrip(")")), out
+    m = re.fullmatch(r"test mse (\S+) mae (\S+)", out[-1])
+    assert m, out[-1]
+    mse, mae = float(m.group(1)), float(m.group(2))
+    # normalised units: predicting the look-back's mean scores about 1; the
+    # tiny model after 2 epochs is already well below
+    assert 0 < mse < 1.0 and 0 < mae < 1.0, (mse, mae)
+    for var, val in (("HORIZON", "ninety"), ("LOOKBACK", "long")):
+        e = dict(env, LOOKBACK=val) if var == "LOOKBACK" else env
+        arg = val if var == "HORIZON" else "24"
+        q = subprocess.run(["sh", "scripts/etth1.sh", arg], cwd=repo, env=e,
+                           capture_output=True, text=True, timeout=60)
+        assert q.returncode == 2 and var in q.stderr and val in q.stderr, q.stderr
