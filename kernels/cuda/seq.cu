@@ -27,8 +27,9 @@
  * since a repeated id stops at its first occurrence. ops.h gives no table
  * row count, so a block per table row is not possible; for N far beyond
  * these sizes the encoder's host bucketing (encoder.cu) is the way. */
-#include "../dropout_mask.h"
 #include "cuda_backend.h"
+/* after cuda_backend.h: under the emulator that defines __host__ __device__ */
+#include "../dropout_mask.h"
 
 #define SEQ_THREADS 256
 
