@@ -59,12 +59,13 @@ def shard(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("family,precision,tol", [("lstm", "fp32", 1e-5), ("lstm", "bf16", 1e-2),
-                                                  ("rnn", "fp32", 1e-5), ("ffnn", "fp32", 1e-5),
-                                                  ("ffnn", "bf16", 1e-2)])
-def test_train_matches_cpu(shard, tmp_path, family, precision, tol):
+@pytest.mark.parametrize("family,precision,tol,drop", [
+    ("lstm", "fp32", 1e-5, 0), ("lstm", "bf16", 1e-2, 0), ("rnn", "fp32", 1e-5, 0),
+    ("ffnn", "fp32", 1e-5, 0), ("ffnn", "bf16", 1e-2, 0),
+    ("lstm", "fp32", 1e-5, 0.25), ("ffnn", "fp32", 1e-5, 0.25)])
+def test_train_matches_cpu(shard, tmp_path, family, precision, tol, drop):
     args = ["train", *MODELS[family], "--data", shard, "--batch", 3, "--seq", 16, "--steps", 4,
-            "--lr", "1e-2", "--seed", SEED % 1000]
+            "--lr", "1e-2", "--seed", SEED % 1000, "--dropout", drop]
     cpu = [float(x) for x in STEP.findall(run("anatomy", *args, "--device", "cpu"))]
     gpu = [float(x) for x in STEP.findall(run("anatomy-emu", *args, "--device", "cuda",
                                               "--precision", precision,

@@ -42,11 +42,14 @@ def shard(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("precision,tol,extra", [("fp32", 1e-5, []), ("bf16", 1e-2, []),
-                                                 ("fp32", 1e-5, ["--recompute"])])
-def test_train_matches_cpu(shard, tmp_path, precision, tol, extra):
+# extra: options of the CUDA run only (--recompute); both: of both runs
+# (--dropout: the mask is a function of seed and element, so both drop the same)
+@pytest.mark.parametrize("precision,tol,extra,both", [
+    ("fp32", 1e-5, [], []), ("bf16", 1e-2, [], []), ("fp32", 1e-5, ["--recompute"], []),
+    ("fp32", 1e-5, [], ["--dropout", "0.2"]), ("bf16", 1e-2, [], ["--dropout", "0.2"])])
+def test_train_matches_cpu(shard, tmp_path, precision, tol, extra, both):
     args = ["train", *TINY, "--data", shard, "--batch", "2", "--seq", "32", "--steps", "6",
-            "--lr", "3e-3", "--warmup", "2", "--seed", "3"]
+            "--lr", "3e-3", "--warmup", "2", "--seed", "3", *both]
     cpu = [float(x) for x in STEP.findall(run("anatomy", *args, "--device", "cpu"))]
     gpu = [float(x) for x in STEP.findall(run("anatomy-emu", *args, *extra, "--device", "cuda",
                                               "--precision", precision,
