@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../data/errbuf.h"
+#include "../kernels/dropout_mask.h"
 #include "family.h"
 
 static int build_segments(model *m)
@@ -135,10 +136,7 @@ void model_views_ready(model *m, int first, int last)
  * finaliser), so that sites draw unrelated masks. */
 static uint64_t site_seed(const model *m, unsigned site)
 {
-    uint64_t z = m->dropout_seed ^ ((uint64_t)site + 1) * 0xd1b54a32d192ed03ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return dropout_mix64(m->dropout_seed ^ ((uint64_t)site + 1) * 0xd1b54a32d192ed03ull);
 }
 
 const void *model_dropout_to(model *m, void *out, const void *x, size_t n, unsigned site)

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "../data/errbuf.h"
+#include "../kernels/dropout_mask.h"
 #include "batches.h"
 #include "family.h"
 #include "hellaswag_eval.h"
@@ -493,10 +494,7 @@ static int save_step(model *m, const train_opts *o, const train_state *st, char 
  * draws its own masks, the same ones again after a resume. */
 static uint64_t dropout_seed(uint64_t seed, uint64_t mb)
 {
-    uint64_t z = seed * 0x9e3779b97f4a7c15ull + mb + 0x632be59bd9b4e019ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return dropout_mix64(seed * 0x9e3779b97f4a7c15ull + mb + 0x632be59bd9b4e019ull);
 }
 
 /* The model's grads_ready hook during the last micro-batch of a step: hands

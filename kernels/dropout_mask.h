@@ -33,13 +33,20 @@ DROPOUT_FN uint32_t dropout_threshold(float p)
     return t <= 0 ? 0u : t >= 4294967295.0 ? 4294967295u : (uint32_t)t;
 }
 
+/* splitmix64's finaliser: a bijection of 64-bit words whose outputs for
+ * nearby inputs look independent. Also what the host mixes the masks' seeds
+ * with (per micro-batch, per site). */
+DROPOUT_FN uint64_t dropout_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* 1 when element i is kept. */
 DROPOUT_FN int dropout_keep(uint64_t seed, uint64_t i, uint32_t threshold)
 {
-    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    uint64_t z = dropout_mix64(seed + (i + 1) * 0x9e3779b97f4a7c15ull);
     return (uint32_t)(z >> 32) >= threshold;
 }
 
