@@ -28,6 +28,17 @@ $(BUILD)/obj/host/dist.o: CFLAGS += $(MPI_CFLAGS) -DDIST_HAVE_MPI
 EXTRA_LDLIBS += $(MPI_LIBS)
 endif
 
+# dist.o is rebuilt when what was found changes (an object compiled before
+# `make deps` installed OpenMPI would otherwise stay the MPI-less one): the
+# stamp holds the finding and is rewritten only when it differs.
+DIST_MPI_FOUND := $(if $(strip $(MPI_LIBS)),mpi $(MPI_CFLAGS),none)
+$(BUILD)/.dist-mpi: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(DIST_MPI_FOUND)' | cmp -s - $@ 2>/dev/null || echo '$(DIST_MPI_FOUND)' > $@
+$(BUILD)/obj/host/dist.o: $(BUILD)/.dist-mpi
+.PHONY: FORCE
+FORCE:
+
 # ---- the NCCL transport ----
 NCCL_HOME ?= $(CUDA_HOME)
 LIB_OBJS := $(filter-out $(BUILD)/obj/host/dist_nccl.o,$(LIB_OBJS))
