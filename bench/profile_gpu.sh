@@ -6,17 +6,19 @@
 #   Nsight Systems: build/profile/anatomy.nsys-rep   (timeline; if nsys is there)
 #   Nsight Compute: build/profile/kernels.ncu-rep    (the named kernels of one step)
 # usage: sh bench/profile_gpu.sh [ANATOMY_CUDA_BIN]   (default build/anatomy-cuda)
-#   B=N (default 8), KERNELS=regex of kernel names for ncu
+#   B=N (default 8), KERNELS=regex of kernel names for ncu, EXTRA=more train
+#   options (e.g. EXTRA="--dropout 0.1" to see the dropout passes)
 set -u
 bin=${1:-build/anatomy-cuda}
 B=${B:-8}
-kernels=${KERNELS:-"layernorm|softmax|dscores|crossentropy|adamw|ew_kernel|encoder|permute|colsum|sumsq"}
+EXTRA=${EXTRA:-}
+kernels=${KERNELS:-"layernorm|softmax|dscores|crossentropy|adamw|ew_kernel|encoder|permute|colsum|sumsq|dropout"}
 out=build/profile
 here=$(dirname "$0")
 mkdir -p "$out"
 [ -x "$bin" ] || { echo "profile_gpu.sh: $bin: no such executable (make cuda)" >&2; exit 1; }
 python3 "$here/torch_gpt2_gpu.py" --write-shard "$out/tokens.bin" --ntokens $((8 * B * 1024 + 1)) || exit 1
-train="$bin train --preset gpt2-124m --data $out/tokens.bin --batch $B --seq 1024 --device cuda --precision bf16"
+train="$bin train --preset gpt2-124m --data $out/tokens.bin --batch $B --seq 1024 --device cuda --precision bf16 $EXTRA"
 nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
 if [ -n "$nsys" ]; then
     "$nsys" profile --force-overwrite true -t cuda,nvtx,cublas -o "$out/anatomy" $train --steps 4 &&
