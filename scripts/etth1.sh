@@ -15,7 +15,8 @@
 #   ANATOMY_BIN  the binary [build/anatomy]
 #   ETTH1        the CSV [../shared/data/ett/ETTh1.csv, else data/ett/ETTh1.csv]
 #   OUT          run directory [runs/etth1-HORIZON]
-#   PRESET [patchts-etth1]  EPOCHS [10]  BATCH [128]  LR [1e-3]  WD [0.05]
+#   PRESET [patchts-etth1]  EPOCHS [20]  BATCH [128]  LR [1e-3]  WD [0.05]
+#   DROPOUT [0.3] (PatchTST's on ETTh1; 0: none)
 #   LOOKBACK [336] (PatchTST/64 looks back 512)
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
@@ -34,10 +35,11 @@ if [ -z "${ETTH1:-}" ]; then
 fi
 OUT=${OUT:-runs/etth1-$H}
 PRESET=${PRESET:-patchts-etth1}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-20}
 BATCH=${BATCH:-128}
 LR=${LR:-1e-3}
 WD=${WD:-0.05}
+DROPOUT=${DROPOUT:-0.3}
 SEED=${SEED:-2021}
 EXTRA=${EXTRA:-}
 LOOKBACK=${LOOKBACK:-336}
@@ -56,7 +58,7 @@ SPE=$(((NWIN + BATCH - 1) / BATCH))
 STEPS=$((EPOCHS * SPE))
 WARMUP=$SPE
 start=$(date +%s)
-echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR -> $OUT"
+echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, dropout $DROPOUT -> $OUT"
 mkdir -p "$OUT"
 if [ "${RESUME:-0}" = 1 ] && ls "$OUT"/step_*.safetensors > /dev/null 2>&1; then
     MODEL="--resume $OUT"    # the checkpoint carries the model's config
@@ -69,7 +71,7 @@ fi
 "$BIN" train $MODEL \
     --data "$ETTH1" --batch "$BATCH" --shuffle --steps "$STEPS" --lr "$LR" \
     --warmup "$WARMUP" --schedule cosine --lr-min-frac 0.01 --weight-decay "$WD" \
-    --grad-clip 1.0 --seed "$SEED" --ckpt-every "$SPE" --out "$OUT" $EXTRA \
+    --grad-clip 1.0 --dropout "$DROPOUT" --seed "$SEED" --ckpt-every "$SPE" --out "$OUT" $EXTRA \
     > "$LOG"
 tail -n 2 "$LOG"
 

@@ -125,12 +125,13 @@ def test_etth1_recipe_end_to_end(binary, tmp_path):
     assert os.path.isfile(csv), f"{csv} is missing (shared/data/ett)"
     env = dict(os.environ, ANATOMY_BIN=binary, ETTH1=csv, PRESET="patchts-tiny",
                LOOKBACK="48", EPOCHS="2", BATCH="512", OUT=str(tmp_path / "run"),
-               EXTRA="--dropout 0.1 --threads 2")
+               DROPOUT="0.1", EXTRA="--threads 2")
     p = subprocess.run(["sh", "scripts/etth1.sh", "24"], cwd=repo, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + p.stdout[-2000:]
     out = p.stdout.splitlines()
     assert out[0].startswith("etth1: horizon 24, look-back 48, patchts-tiny, 2 epochs"), out[0]
+    assert "dropout 0.1 ->" in out[0], out[0]
     vals = [l for l in out if l.startswith("val mse ")]
     assert len(vals) == 2, out
     best = [l for l in out if l.startswith("best: ")]
