@@ -141,10 +141,9 @@ static uint64_t site_seed(const model *m, unsigned site)
 
 const void *model_dropout_to(model *m, void *out, const void *x, size_t n, unsigned site)
 {
-    if (m->dropout <= 0)
-        return x;
-    m->be->dropout_forward(m->be, out, x, n, m->dropout, site_seed(m, site));
-    return out;
+    if (m->dropout > 0)
+        m->be->dropout_forward(m->be, out, x, n, m->dropout, site_seed(m, site));
+    return model_dropped(m, out, (void *)x);
 }
 
 void model_dropout(model *m, void *x, size_t n, unsigned site)

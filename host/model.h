@@ -157,6 +157,12 @@ void model_add_view(param_view *v, int *n, size_t *off, const char *name, int nd
  * writes nothing and returns x: either way the result is the masked x. */
 void model_dropout(model *m, void *x, size_t n, unsigned site);
 const void *model_dropout_to(model *m, void *out, const void *x, size_t n, unsigned site);
+/* Where model_dropout_to(m, out, x, ...) left the masked x: out, or x itself
+ * with dropout off (for a backward that reads what the forward produced). */
+static inline void *model_dropped(const model *m, void *out, void *x)
+{
+    return m->dropout > 0 ? out : x;
+}
 /* Sites: the embeddings' output, a family's head, and two per transformer
  * block (after the attention projection, k = 0, and after the MLP, k = 1). */
 #define DROPOUT_SITE_EMBED 0u

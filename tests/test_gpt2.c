@@ -13,6 +13,7 @@
 #include "../data/errbuf.h"
 #include "../data/rng.h"
 #include "../host/models/gpt2.h"
+#include "../host/train.h"
 
 static const gpt2_config tiny = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8 };
 
@@ -354,6 +355,28 @@ START_TEST(test_bad_config_and_plan)
 }
 END_TEST
 
+/* The trainer refuses --dropout for a model that names no dropout sites
+ * (every family has some today; a new one must say where it drops), before
+ * it plans, reads or writes anything. */
+START_TEST(test_dropout_refused_without_sites)
+{
+    char err[ERRBUF] = "";
+    backend *be = backend_cpu64_create(1, err);
+    model *m = gpt2_create(be, &tiny, err);
+    ck_assert_msg(m != NULL, "%s", err);
+    ck_assert_ptr_nonnull(m->has_dropout);
+    m->has_dropout = NULL;
+    train_opts o = { .B = 2, .T = 4, .total_batch = 8, .steps = 1, .world = 1, .dropout = 0.1 };
+    train_state st = { 0 };
+    ck_assert_int_ne(train_run(m, &o, &st, err), 0);
+    ck_assert_msg(strstr(err, "--dropout") && strstr(err, "gpt2"), "error: %s", err);
+    ck_assert_int_eq(st.step, 0);
+    ck_assert_int_eq(m->B, 0); /* not planned */
+    m->destroy(m);
+    be->destroy(be);
+}
+END_TEST
+
 static Suite *gpt2_suite(void)
 {
     Suite *s = suite_create("gpt2");
@@ -367,6 +390,7 @@ static Suite *gpt2_suite(void)
     tcase_add_test(tc, test_decode_matches_forward);
     tcase_add_test(tc, test_presets);
     tcase_add_test(tc, test_bad_config_and_plan);
+    tcase_add_test(tc, test_dropout_refused_without_sites);
     suite_add_tcase(s, tc);
     return s;
 }

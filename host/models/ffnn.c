@@ -142,7 +142,6 @@ typedef struct {
     void *act_buf, *stat_buf, *int_buf;
     void *e, *a, *h, *logits, *dlog, *losses, *de, *dh, *da;
     void *hd;                /* tanh's output after dropout (training with dropout only) */
-    const void *hout;        /* what the output layer read: h, or hd */
     int32_t *ids, *targets;  /* device: [B,T,n] window ids, [B,T] targets */
     int32_t *host_ids;       /* [B,T,n] */
     double *host_losses;     /* [B,T] */
@@ -259,8 +258,8 @@ static double ffnn_forward(model *m, const model_batch *b, float grad_scale)
     be->matmul_forward(be, s->a, s->e, p->hw, p->hb, BT, nC, c->H);
     be->tanh_forward(be, s->h, s->a, (size_t)BT * c->H);
     /* dropout on the hidden layer only: tanh's backward needs h undropped */
-    s->hout = model_dropout_to(m, s->hd, s->h, (size_t)BT * c->H, DROPOUT_SITE_HEAD);
-    be->matmul_forward(be, s->logits, s->hout, p->ow, p->ob, BT, c->H, s->Vp);
+    const void *hout = model_dropout_to(m, s->hd, s->h, (size_t)BT * c->H, DROPOUT_SITE_HEAD);
+    be->matmul_forward(be, s->logits, hout, p->ow, p->ob, BT, c->H, s->Vp);
     if (c->direct) {
         be->matmul_forward(be, s->dlog, s->e, p->dw, NULL, BT, nC, s->Vp);
         be->accumulate(be, s->logits, s->dlog, (size_t)BT * s->Vp);
@@ -302,7 +301,8 @@ static void ffnn_backward(model *m)
     range(be, "backward", 1);
     be->fill(be, s->dh, t, 0.0, (size_t)BT * c->H);
     be->fill(be, s->de, t, 0.0, (size_t)BT * nC);
-    be->matmul_backward(be, s->dh, g->ow, g->ob, s->logits, s->hout, p->ow, BT, c->H, s->Vp);
+    be->matmul_backward(be, s->dh, g->ow, g->ob, s->logits, model_dropped(m, s->hd, s->h), p->ow,
+                        BT, c->H, s->Vp);
     model_dropout(m, s->dh, (size_t)BT * c->H, DROPOUT_SITE_HEAD);
     if (c->direct)
         be->matmul_backward(be, s->de, g->dw, NULL, s->logits, s->e, p->dw, BT, nC, s->Vp);

@@ -430,7 +430,7 @@ static unsigned out_site(const rnn_config *c, int l)
 static void *layer_out(const model *m, int l)
 {
     const rnn_state *s = m->priv;
-    return m->dropout > 0 ? s->yd[l] : s->y[l];
+    return model_dropped(m, s->yd[l], s->y[l]);
 }
 
 static double rnn_forward(model *m, const model_batch *b, float grad_scale)

@@ -461,18 +461,8 @@ static void cuda_dropout_forward(backend *be, void *out, const void *inp, size_t
 	cuda_backend *cb = cuda_of(be);
 	if (!N)
 		return;
-	int al = aligned16(out) && aligned16(inp);
-	if (be->act == DT_BF16) {
-		if (al)
-			dropout_launch<__nv_bfloat16, 8>(cb, out, inp, N, p, seed);
-		else
-			dropout_launch<__nv_bfloat16, 1>(cb, out, inp, N, p, seed);
-	} else {
-		if (al)
-			dropout_launch<float, 4>(cb, out, inp, N, p, seed);
-		else
-			dropout_launch<float, 1>(cb, out, inp, N, p, seed);
-	}
+	int vec = aligned16(out) && aligned16(inp);
+	SEQ_DISPATCH(be, vec, dropout_launch, cb, out, inp, N, p, seed);
 }
 
 /* ---- install ---- */
