@@ -27,8 +27,14 @@ typedef struct {
                          * ("vocab-size"), or NULL: presets alone set it */
     const char *help;   /* one line for --help and info */
     int lo, hi;         /* accepted range */
-    int flag;           /* 1: the option takes no value and sets 1 (--nsp) */
+    int flags;          /* FIELD_SWITCH | FIELD_OPTIONAL, or 0 */
 } family_field;
+
+/* family_field.flags */
+#define FIELD_SWITCH 1   /* the option takes no value and sets 1 (--nsp) */
+#define FIELD_OPTIONAL 2 /* a checkpoint without this key reads lo: a field added
+                          * after such checkpoints were written, lo being what
+                          * they were trained with */
 
 typedef struct model_family model_family;
 

@@ -170,7 +170,7 @@ struct option *setup_longopts(const struct option *base)
         cli_die("out of memory");
     memcpy(out, base, (size_t)nb * sizeof *out);
     for (int k = 0; k < nopt; k++)
-        out[nb + k] = (struct option){ opt_fields[k]->option, opt_fields[k]->flag ? 0 : 1, 0,
+        out[nb + k] = (struct option){ opt_fields[k]->option, opt_fields[k]->flags & FIELD_SWITCH ? 0 : 1, 0,
                                        SETUP_OPT_BASE + k };
     return out;
 }
@@ -185,7 +185,7 @@ int setup_take_option(model_source *src, int c, const char *arg)
         cli_die("--%s: too many model options", fd->option);
     snprintf(name, sizeof name, "--%s", fd->option);
     /* the range is the family's to check, once the family is known */
-    src->set_val[src->nset] = fd->flag ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    src->set_val[src->nset] = fd->flags & FIELD_SWITCH ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
     src->set_opt[src->nset++] = fd->option;
     return 1;
 }
@@ -207,7 +207,7 @@ void setup_print_model_help(FILE *out)
         char left[40];
         const char *opt = opt_fields[k]->option, *last = "";
         int printed = 0;
-        snprintf(left, sizeof left, "--%s%s", opt, opt_fields[k]->flag ? "" : " N");
+        snprintf(left, sizeof left, "--%s%s", opt, opt_fields[k]->flags & FIELD_SWITCH ? "" : " N");
         /* an option several families share: each one's meaning, once */
         i = 0;
         while ((f = family_next(&i))) {
@@ -265,9 +265,13 @@ int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *c
     if (!fam || !(c->family = family_find(fam)))
         return errf(err, "%s: model family '%s' is not supported by this build", path,
                     fam ? fam : "(none)");
-    for (int i = 0; i < c->family->nfields; i++)
-        if (meta_int(md, path, c->family->fields[i].key, &c->v[i], err))
+    for (int i = 0; i < c->family->nfields; i++) {
+        const family_field *fd = &c->family->fields[i];
+        if ((fd->flags & FIELD_OPTIONAL) && !ckpt_meta_get(md, fd->key))
+            c->v[i] = fd->lo;
+        else if (meta_int(md, path, fd->key, &c->v[i], err))
             return -1;
+    }
     if (family_check(c, why))
         return errf(err, "%s: %s", path, why);
     return 0;

@@ -501,9 +501,12 @@ START_TEST(test_patchts_gradcheck_fp64)
 {
     rng_seed(&test_rng, SEED(10 + _i));
     patchts_config c = pts_tiny;
-    c.pad = _i & 1; /* with and without end padding; _i = 2: with dropout */
+    /* _i = 0, 1: without and with end padding; 2: with dropout; 3, 4: post-LN
+     * blocks, without and with dropout */
+    c.pad = _i & 1;
+    c.post_ln = _i >= 3;
     gradcheck(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7,
-              _i == 2 ? 0.3f : 0.0f);
+              _i == 2 || _i == 4 ? 0.3f : 0.0f);
 }
 END_TEST
 
@@ -521,9 +524,9 @@ END_TEST
 /* fp32 backend against the fp64 oracle; and the loss is the mse metric. */
 START_TEST(test_patchts_fp32_and_metrics)
 {
-    rng_seed(&test_rng, SEED(30));
+    rng_seed(&test_rng, SEED(30 + _i));
     char err[ERRBUF];
-    patchts_config c = { 3, 48, 24, 8, 4, 1, 2, 2, 16 };
+    patchts_config c = { 3, 48, 24, 8, 4, 1, 2, 2, 16, .post_ln = _i }; /* pre-LN, post-LN */
     backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
     model *m64 = patchts_family.create(b64, (int *)&c, err);
     model *m32 = patchts_family.create(b32, (int *)&c, err);
@@ -623,7 +626,7 @@ START_TEST(test_patchts_learns)
 {
     rng_seed(&test_rng, SEED(50));
     char err[ERRBUF];
-    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16 };
+    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16, 0 };
     backend *be = backend_cpu_create(0, err);
     model *m = patchts_family.create(be, (int *)&c, err);
     int B = 16;
@@ -759,6 +762,7 @@ START_TEST(test_presets_and_config)
     const patchts_config *c = (const patchts_config *)v;
     ck_assert_int_eq(c->lookback, 336);
     ck_assert_int_eq(patchts_patches(c), 42);
+    ck_assert_int_eq(c->post_ln, 1);
     ck_assert_int_eq(patchts_family.check(v, err), 0);
     ck_assert_int_eq(patchts_family.preset("nope", v, err), -1);
     ck_assert_msg(strstr(err, "--preset: unknown preset 'nope'"), "%s", err);
@@ -787,9 +791,9 @@ static Suite *series_suite(void)
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("models");
     tcase_set_timeout(tm, 120);
-    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 3);
+    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 5);
     tcase_add_test(tm, test_tsgpt_gradcheck_fp64);
-    tcase_add_test(tm, test_patchts_fp32_and_metrics);
+    tcase_add_loop_test(tm, test_patchts_fp32_and_metrics, 0, 2);
     tcase_add_test(tm, test_patchts_revin_shift);
     tcase_add_test(tm, test_patchts_learns);
     tcase_add_test(tm, test_tsgpt_tokens_and_forecast);

@@ -39,7 +39,7 @@ static const family_field bert_fields[] = {
     { "NH", NULL, "attention heads", 1, 1024, 0 },
     { "C", NULL, "width", 1, 1 << 16, 0 },
     { "nsp", "nsp", "next-sentence prediction: sentence pairs, pooler and 2-way head", 0, 1,
-      1 },
+      FIELD_SWITCH },
 };
 
 #define BERT_PRESETS "bert-tiny bert-mini bert-small bert-medium bert-base bert-large"

@@ -5,7 +5,8 @@
  *   RevIN:  xn = (x - mu) / sd     mu, sd: the window's own mean and std (host)
  *   patches p_n = xn[n*S : n*S + P]  (the end padded by S copies of the last value)
  *   e_n = W_P p_n + b_P + pos_n      (one matmul, then sequence_embed with positions)
- *   z   = transformer(e)             (the shared pre-LN stack, bidirectional)
+ *   z   = transformer(e)             (the shared stack, bidirectional: pre-LN, or
+ *                                     post-LN in PatchTST's order with post_ln)
  *   f   = W_H flatten(z) + b_H       (the next H values, in RevIN units)
  *   forecast = f * sd + mu
  *   loss = mean over elements of (forecast - y)^2
@@ -41,6 +42,8 @@ static const family_field patchts_fields[] = {
     { "L", "layers", "transformer blocks", 1, 256, 0 },
     { "NH", "heads", "attention heads", 1, 256, 0 },
     { "C", "width", "model width", 1, 1 << 14, 0 },
+    { "post_ln", "post-ln", "1: post-LN blocks, a layernorm after each residual add (PatchTST's "
+      "order); 0: pre-LN", 0, 1, FIELD_OPTIONAL },
 };
 
 static const char *const patchts_preset_names = "patchts-etth1 patchts-small patchts-tiny";
@@ -48,11 +51,11 @@ static const char *const patchts_preset_names = "patchts-etth1 patchts-small pat
 static int patchts_preset(const char *name, int *v, char *err)
 {
     /* patchts-etth1: PatchTST's ETTh1 setting (look-back 336, P 16, S 8, end
-     * padding: 42 patches; 3 layers, 4 heads, width 16). */
+     * padding: 42 patches; 3 post-LN layers, 4 heads, width 16). */
     static const struct { const char *name; patchts_config c; } p[] = {
-        { "patchts-etth1", { 7, 336, 96, 16, 8, 1, 3, 4, 16 } },
-        { "patchts-small", { 7, 336, 96, 16, 8, 1, 2, 4, 32 } },
-        { "patchts-tiny", { 7, 48, 24, 8, 4, 1, 1, 2, 8 } },
+        { "patchts-etth1", { 7, 336, 96, 16, 8, 1, 3, 4, 16, 1 } },
+        { "patchts-small", { 7, 336, 96, 16, 8, 1, 2, 4, 32, 0 } },
+        { "patchts-tiny", { 7, 48, 24, 8, 4, 1, 1, 2, 8, 0 } },
     };
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (strcmp(name, p[i].name) == 0) {
@@ -83,7 +86,8 @@ static int patchts_check(const int *v, char *err)
 
 static tstack_config stack_of(const patchts_config *c)
 {
-    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 0, .post_ln = 0 };
+    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 0,
+                           .post_ln = c->post_ln };
 }
 
 static void add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
@@ -101,7 +105,7 @@ static void add_view(param_view *v, int *n, size_t *off, const char *name, int n
 }
 
 /* Views: patch_embed.{weight [C,P], bias [C]}, pos_embed [NP,C], the stack
- * ("h.N.*", "ln_f.*"), head.{weight [H, NP*C], bias [H]}. */
+ * ("h.N.*", then "ln_f.*" when pre-LN), head.{weight [H, NP*C], bias [H]}. */
 #define PTS_STACK_FIRST 3
 
 static size_t patchts_layout(const int *v, param_view **views, int *nviews)
@@ -176,6 +180,8 @@ static void patchts_describe(const int *v, FILE *out)
                  "as %d patches of %d (stride %d%s): the encoder attends over %d tokens\n",
             c->lookback, c->channels, NP, c->patch, c->stride, c->pad ? ", end padded" : "",
             NP);
+    fprintf(out, "encoder: %d %s blocks, %d heads, width %d, bidirectional\n", c->L,
+            c->post_ln ? "post-LN" : "pre-LN", c->NH, c->C);
     fprintf(out, "forecast: the next %d steps per channel from a linear head over all %d "
                  "patch outputs; loss MSE after RevIN de-normalisation\n",
             c->horizon, NP);

@@ -31,6 +31,7 @@ typedef struct {
     int stride;    /* patch stride S */
     int pad;       /* 1: extend the window by S copies of its last value (one more patch) */
     int L, NH, C;  /* transformer: blocks, heads, width */
+    int post_ln;   /* 1: post-LN blocks (PatchTST's order); 0: pre-LN with a final layernorm */
 } patchts_config;
 
 typedef struct {

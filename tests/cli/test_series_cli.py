@@ -89,6 +89,35 @@ def test_train_eval_info(run, tmp_path):
     assert "42 patches of 16" in out, out
 
 
+def test_checkpoint_without_post_ln_reads_pre_ln(run, tmp_path):
+    """post_ln came after the first patchts checkpoints: a file without the key
+    is a pre-LN model and evaluates exactly as written; a post-LN model whose
+    key is stripped is refused by name (its layout lacks ln_f), not misread."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+    path = good_csv(tmp_path / "good.csv", rows=400)
+    figs = {}
+    for post_ln in (0, 1):
+        out = tmp_path / f"run{post_ln}"
+        rc, _, err = run("train", *TINY, "--post-ln", post_ln, "--data", path, "--steps", 2,
+                         "--batch", 8, "--out", out)
+        assert rc == 0, err
+        ck = sorted(out.glob("step_*.safetensors"))[-1]
+        with safe_open(str(ck), "np") as f:
+            meta = f.metadata()
+        assert meta["post_ln"] == str(post_ln), meta
+        old = tmp_path / f"old{post_ln}.safetensors"
+        save_file(load_file(str(ck)), str(old), metadata={k: v for k, v in meta.items()
+                                                            if k != "post_ln"})
+        for name, f in (("new", ck), ("old", old)):
+            figs[post_ln, name] = run("eval", "--init", f, "--data", path, "--split", "test")
+    rc, out, err = figs[0, "new"]
+    assert rc == 0 and figs[0, "old"] == figs[0, "new"], (figs[0, "old"], figs[0, "new"])
+    rc, out, err = figs[1, "old"]
+    line = one_error(rc, err)
+    assert "old1.safetensors" in line and "ln_f" in line, line
+
+
 def test_eval_forecast_csv(run, tmp_path):
     """eval --forecast: one CSV line per test window, channel row and step,
     whose forecast/target columns give back the printed mse and mae."""

@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEP = re.compile(r"^step\s+\d+/\d+ \| loss (\S+)", re.M)
 FIG = re.compile(r"^(loss|mse|mae) (\S+)$", re.M)
 PATCHTS = ["--model", "patchts", "--preset", "patchts-tiny", "--channels", 2]
+PATCHTS_POST = PATCHTS + ["--post-ln", 1]      # PatchTST's block order
 TSGPT = ["--model", "tsgpt", "--preset", "tsgpt-tiny", "--channels", 2, "--samples", 3]
 
 
@@ -53,6 +54,7 @@ def csv(tmp_path):
 
 
 @pytest.mark.parametrize("model,precision,tol", [(PATCHTS, "fp32", 1e-5), (PATCHTS, "bf16", 1e-2),
+                                                 (PATCHTS_POST, "fp32", 1e-5),
                                                  (TSGPT, "fp32", 1e-5)])
 def test_train_matches_cpu(csv, tmp_path, model, precision, tol):
     args = ["train", *model, "--data", csv, "--batch", 4, "--steps", 4, "--lr", "3e-3",
@@ -65,14 +67,14 @@ def test_train_matches_cpu(csv, tmp_path, model, precision, tol):
     assert rel.max() < tol, f"{precision}: cuda {gpu} vs cpu {cpu} (max rel {rel.max():.2e})"
     ck = sorted((tmp_path / "run").glob("step_*.safetensors"))[-1]
     # tsgpt's metrics sample horizon x samples decoder passes: one micro-batch
-    nb = 2 if model is PATCHTS else 1
+    nb = 1 if model is TSGPT else 2
     ev = ["eval", "--init", ck, "--data", csv, "--split", "val", "--batch", 4, "--batches", nb]
     a = dict(FIG.findall(run(False, *ev)))
     b = dict(FIG.findall(run(True, *ev, "--device", "cuda", "--precision", precision)))
     assert set(a) == set(b) == {"loss", "mse", "mae"}, (a, b)
     # tsgpt's mse/mae come from sampled paths: equal only where the logits
     # are, so only its loss is compared
-    keys = ["loss", "mse", "mae"] if model is PATCHTS else ["loss"]
+    keys = ["loss"] if model is TSGPT else ["loss", "mse", "mae"]
     for k in keys:
         x, y = float(a[k]), float(b[k])
         assert abs(x - y) / abs(x) < tol, f"eval {k}: cpu {x} cuda {y}"

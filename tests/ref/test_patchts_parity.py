@@ -97,25 +97,38 @@ def linear(x, p, name, bias=True):
     return y + p[name + ".bias"] if bias else y
 
 
-def block(x, p, pre, NH, causal):
+def block(x, p, pre, NH, causal, post_ln=False):
+    """Pre-LN: x + f(LN(x)) per sublayer; post-LN (PatchTST's order): LN(x + f(x))."""
     N, T, C = x.shape
     hs = C // NH
-    h = layernorm(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"])
-    qkv = linear(h, p, pre + "attn.c_attn")
-    q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(N, T, NH, hs).transpose(1, 2) for i in range(3))
-    s = q @ k.transpose(-1, -2) / math.sqrt(hs)
-    if causal:
-        s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
-    a = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(N, T, C)
-    x = x + linear(a, p, pre + "attn.c_proj")
-    h = layernorm(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"])
-    return x + linear(gelu(linear(h, p, pre + "mlp.c_fc")), p, pre + "mlp.c_proj")
+
+    def attn(h):
+        qkv = linear(h, p, pre + "attn.c_attn")
+        q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(N, T, NH, hs).transpose(1, 2)
+                   for i in range(3))
+        s = q @ k.transpose(-1, -2) / math.sqrt(hs)
+        if causal:
+            s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        a = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(N, T, C)
+        return linear(a, p, pre + "attn.c_proj")
+
+    def mlp(h):
+        return linear(gelu(linear(h, p, pre + "mlp.c_fc")), p, pre + "mlp.c_proj")
+
+    def ln(h, i):
+        return layernorm(h, p[pre + f"ln_{i}.weight"], p[pre + f"ln_{i}.bias"])
+
+    if post_ln:
+        x = ln(x + attn(x), 1)
+        return ln(x + mlp(x), 2)
+    x = x + attn(ln(x, 1))
+    return x + mlp(ln(x, 2))
 
 
-def stack(x, p, L, NH, causal):
+def stack(x, p, L, NH, causal, post_ln=False):
     for l in range(L):
-        x = block(x, p, f"h.{l}.", NH, causal)
-    return layernorm(x, p["ln_f.weight"], p["ln_f.bias"])
+        x = block(x, p, f"h.{l}.", NH, causal, post_ln)
+    return x if post_ln else layernorm(x, p["ln_f.weight"], p["ln_f.bias"])
 
 
 def patchts_ref(p, x, y, cfg):
@@ -133,7 +146,7 @@ def patchts_ref(p, x, y, cfg):
         xn = torch.cat([xn, xn[:, -1:].expand(-1, S)], 1)
     patches = xn.unfold(1, P, S)                       # [rows, NP, P]
     e = linear(patches, p, "patch_embed") + p["pos_embed"]
-    z = stack(e, p, L, NH, causal=False)
+    z = stack(e, p, L, NH, causal=False, post_ln=cfg["post_ln"])
     f = linear(z.reshape(n * ch, -1), p, "head")       # [rows, H]
     forecast = (f * sd + mu).reshape(n, ch, -1)
     return ((forecast - y) ** 2).mean(), forecast
@@ -208,14 +221,18 @@ def compare(params, loss_ref, figures, grads, what):
             assert ek < TENSOR_RTOL, f"{what} gradient of {k}: rel L2 {ek:.3g} {seedmsg()}"
 
 
-def test_patchts_parity(anatomy, tmp_path):
-    cfg = dict(lookback=24, horizon=8, patch=6, stride=3, pad=1, L=2, NH=2, C=16)
+@pytest.mark.parametrize("post_ln", [0, 1])
+def test_patchts_parity(anatomy, tmp_path, post_ln):
+    cfg = dict(lookback=24, horizon=8, patch=6, stride=3, pad=1, L=2, NH=2, C=16,
+               post_ln=post_ln)
     opts = ["--preset", "patchts-tiny", "--channels", CH, "--lookback", 24, "--horizon", 8,
-            "--patch", 6, "--stride", 3, "--layers", 2, "--heads", 2, "--width", 16]
+            "--patch", 6, "--stride", 3, "--layers", 2, "--heads", 2, "--width", 16,
+            "--post-ln", post_ln]
     csv, fig, params, grads, meta = run_family(anatomy, tmp_path, "patchts", opts)
     assert int(meta["pad"]) == cfg["pad"], f"pad {meta['pad']}"
+    assert int(meta["post_ln"]) == post_ln, f"post_ln {meta['post_ln']}"
     assert set(grads) == {"patch_embed.weight", "patch_embed.bias", "pos_embed", "head.weight",
-                          "head.bias", "ln_f.weight", "ln_f.bias"} | {
+                          "head.bias"} | ({"ln_f.weight", "ln_f.bias"} if not post_ln else set()) | {
         f"h.{l}.{leaf}" for l in range(2) for leaf in (
             "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
             "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
@@ -227,7 +244,7 @@ def test_patchts_parity(anatomy, tmp_path):
     mae = (forecast - yt).abs().mean().item()
     assert rel(fig["mse"], mse) < LOSS_RTOL, f"mse {fig['mse']} vs {mse} {seedmsg()}"
     assert rel(fig["mae"], mae) < LOSS_RTOL, f"mae {fig['mae']} vs {mae} {seedmsg()}"
-    compare(params, loss, fig, grads, "patchts")
+    compare(params, loss, fig, grads, "patchts" + (" post-LN" if post_ln else ""))
 
 
 def test_tsgpt_parity(anatomy, tmp_path):
