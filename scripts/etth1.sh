@@ -1,13 +1,13 @@
 #!/bin/sh
 # etth1.sh HORIZON: the standard ETTh1 long-horizon forecasting protocol, end
-# to end. Trains patchts (PatchTST-style, look-back 336, patches of 16 with
-# stride 8) on the 12 training months, keeps a checkpoint per epoch, picks the
-# one with the lowest mse on the 4 validation months, evaluates it on the 4
-# test months and ends with the line `test mse <value> mae <value>` (mean
-# squared and absolute error over every test window, in the training split's
-# normalised units, as the papers report them). The line before it gives the
-# same over the windows PatchTST's code evaluates (its test loader drops the
-# last incomplete batch of 128).
+# to end. Trains patchts (PatchTST-style: post-LN blocks, look-back 336,
+# patches of 16 with stride 8) on the 12 training months, keeps a checkpoint
+# per epoch, picks the one with the lowest mse on the 4 validation months,
+# evaluates it on the 4 test months and ends with the line
+# `test mse <value> mae <value>` (mean squared and absolute error over every
+# test window, in the training split's normalised units, as the papers report
+# them). The line before it gives the same over the windows PatchTST's code
+# evaluates (its test loader drops the last incomplete batch of 128).
 #
 #   sh scripts/etth1.sh 96            HORIZON: 96, 192, 336 or 720
 #
@@ -15,7 +15,7 @@
 #   ANATOMY_BIN  the binary [build/anatomy]
 #   ETTH1        the CSV [../shared/data/ett/ETTh1.csv, else data/ett/ETTh1.csv]
 #   OUT          run directory [runs/etth1-HORIZON]
-#   PRESET [patchts-etth1]  EPOCHS [20]  BATCH [128]  LR [1e-3]  WD [0.05]
+#   PRESET [patchts-etth1]  EPOCHS [20]  BATCH [64]  LR [1e-3]  WD [0.05]
 #   DROPOUT [0.3] (PatchTST's on ETTh1; 0: none)
 #   LOOKBACK [336] (PatchTST/64 looks back 512)
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
@@ -36,7 +36,7 @@ fi
 OUT=${OUT:-runs/etth1-$H}
 PRESET=${PRESET:-patchts-etth1}
 EPOCHS=${EPOCHS:-20}
-BATCH=${BATCH:-128}
+BATCH=${BATCH:-64}
 LR=${LR:-1e-3}
 WD=${WD:-0.05}
 DROPOUT=${DROPOUT:-0.3}
