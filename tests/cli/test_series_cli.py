@@ -87,6 +87,7 @@ def test_train_eval_info(run, tmp_path):
     rc, out, err = run("info", "--model", "patchts", "--preset", "patchts-etth1")
     assert rc == 0, err
     assert "42 patches of 16" in out, out
+    assert "encoder: 3 post-LN blocks, 4 heads, width 16" in out, out
 
 
 def test_checkpoint_without_post_ln_reads_pre_ln(run, tmp_path):
