@@ -185,3 +185,31 @@ def test_etth1_recipe_end_to_end(binary, tmp_path):
                            env=dict(env, LOOKBACK=lookback), capture_output=True, text=True,
                            timeout=60)
         assert q.returncode == 2 and var in q.stderr and bad in q.stderr, q.stderr
+
+
+@pytest.mark.parametrize("horizon,env_lr,want", [("96", None, "1e-3"), ("192", None, "2e-4"),
+                                                 ("720", None, "2e-4"), ("336", "5e-4", "5e-4")])
+def test_etth1_recipe_learning_rate(tmp_path, horizon, env_lr, want):
+    """The recipe's default learning rate is validation's pick per horizon:
+    1e-3 up to 96, 2e-4 beyond (1e-3 overfits there); LR overrides it. A
+    stand-in binary records the trainer's arguments and fails, which stops
+    the recipe right after it reports its settings."""
+    import os
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
+    stub.chmod(0o755)
+    csv = tmp_path / "ETTh1.csv"
+    csv.write_text("date,a\n")
+    env = dict(os.environ, ANATOMY_BIN=str(stub), ETTH1=str(csv), OUT=str(tmp_path / "run"))
+    env.pop("LR", None)
+    if env_lr:
+        env["LR"] = env_lr
+    q = subprocess.run(["sh", "scripts/etth1.sh", horizon], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert q.returncode != 0, q.stdout
+    head = q.stdout.splitlines()[0]
+    assert head.startswith(f"etth1: horizon {horizon},") and f", lr {want}," in head, head
+    got = args.read_text().split()
+    assert got[got.index("--lr") + 1] == want, got
