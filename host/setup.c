@@ -134,6 +134,12 @@ int setup_source_kind(const char *path, source_kind *kind, char *err)
 
 /* ---- model options ---- */
 
+/* A switch option (--nsp) takes no value. */
+static int is_switch(const family_field *fd)
+{
+    return (fd->flags & FIELD_SWITCH) != 0;
+}
+
 /* The distinct field options of all families, in first-seen order. */
 static const family_field *opt_fields[64];
 static int nopt;
@@ -170,7 +176,7 @@ struct option *setup_longopts(const struct option *base)
         cli_die("out of memory");
     memcpy(out, base, (size_t)nb * sizeof *out);
     for (int k = 0; k < nopt; k++)
-        out[nb + k] = (struct option){ opt_fields[k]->option, opt_fields[k]->flags & FIELD_SWITCH ? 0 : 1, 0,
+        out[nb + k] = (struct option){ opt_fields[k]->option, !is_switch(opt_fields[k]), 0,
                                        SETUP_OPT_BASE + k };
     return out;
 }
@@ -185,7 +191,8 @@ int setup_take_option(model_source *src, int c, const char *arg)
         cli_die("--%s: too many model options", fd->option);
     snprintf(name, sizeof name, "--%s", fd->option);
     /* the range is the family's to check, once the family is known */
-    src->set_val[src->nset] = fd->flags & FIELD_SWITCH ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    src->set_val[src->nset] =
+        is_switch(fd) ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
     src->set_opt[src->nset++] = fd->option;
     return 1;
 }
@@ -207,7 +214,7 @@ void setup_print_model_help(FILE *out)
         char left[40];
         const char *opt = opt_fields[k]->option, *last = "";
         int printed = 0;
-        snprintf(left, sizeof left, "--%s%s", opt, opt_fields[k]->flags & FIELD_SWITCH ? "" : " N");
+        snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
         /* an option several families share: each one's meaning, once */
         i = 0;
         while ((f = family_next(&i))) {

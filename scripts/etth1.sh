@@ -77,6 +77,13 @@ fi
     > "$LOG"
 tail -n 2 "$LOG"
 
+# figures LABEL FILE: "LABEL mse <value> mae <value>" from an eval report;
+# fails when either is missing.
+figures() {
+    awk -v label="$1" '$1 == "mse" { m = $2 } $1 == "mae" { a = $2 } END {
+        if (m == "" || a == "") exit 1; printf "%s mse %s mae %s\n", label, m, a }' "$2"
+}
+
 # The checkpoint with the best validation mse (every validation window).
 best= bestmse=
 for ck in "$OUT"/step_*.safetensors; do
@@ -100,9 +107,7 @@ cat "$OUT/test.txt"
 NTEST=$((2880 - H + 1))
 "$BIN" eval --init "$best" --data "$ETTH1" --split test --batch 128 \
     --batches $((NTEST / 128)) > "$OUT/test_droplast.txt"
-awk -v n=$((NTEST / 128 * 128)) '$1 == "mse" { m = $2 } $1 == "mae" { a = $2 } END {
-    printf "test (first %d windows, as PatchTST evaluates) mse %s mae %s\n", n, m, a }' \
+figures "test (first $((NTEST / 128 * 128)) windows, as PatchTST evaluates)" \
     "$OUT/test_droplast.txt"
 echo "time $(( $(date +%s) - start )) s"
-awk '$1 == "mse" { m = $2 } $1 == "mae" { a = $2 } END {
-    if (m == "" || a == "") exit 1; printf "test mse %s mae %s\n", m, a }' "$OUT/test.txt"
+figures test "$OUT/test.txt"

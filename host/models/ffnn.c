@@ -28,7 +28,8 @@ static const family_field ffnn_fields[] = {
     { "n", "window", "context window: the previous n tokens predict the next", 1, 1024, 0 },
     { "C", NULL, "embedding width per token", 1, 1 << 16, 0 },
     { "H", "hidden", "hidden (tanh) layer width", 1, 1 << 16, 0 },
-    { "direct", "direct", "direct connections from the embeddings to the output", 0, 1, FIELD_SWITCH },
+    { "direct", "direct", "direct connections from the embeddings to the output", 0, 1,
+      FIELD_SWITCH },
 };
 
 #define FFNN_PRESETS "ffnn-small ffnn-tiny ffnn-bengio ffnn-medium"
