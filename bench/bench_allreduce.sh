@@ -69,9 +69,14 @@ fi
 N=$("$BIN" info --preset gpt2-124m --views | awk '($NF == "yes" || $NF == "no") &&
     $(NF-1) ~ /^[0-9]+$/ { e = $(NF-2) + $(NF-1); if (e > n) n = e } END { print n }')
 [ -n "$N" ] || { echo "allreduce: cannot read the parameter count from anatomy info"; exit 1; }
-gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I"$NCCL_HOME/include" -I"$CUDA_HOME/include" \
-    bench/allreduce_bench.c -o "$WORK/allreduce_bench" -L"$NCCL_HOME/lib64" -L"$NCCL_HOME/lib" \
-    -L"$CUDA_HOME/lib64" -Wl,-rpath,"$NCCL_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" -lnccl -lcudart
+# ALLREDUCE_BENCH: a prebuilt harness (build/gpu/bin/allreduce_bench), else built here
+ab=${ALLREDUCE_BENCH:-}
+if [ -z "$ab" ]; then
+    ab=$WORK/allreduce_bench
+    gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I"$NCCL_HOME/include" -I"$CUDA_HOME/include" \
+        bench/allreduce_bench.c -o "$ab" -L"$NCCL_HOME/lib64" -L"$NCCL_HOME/lib" \
+        -L"$CUDA_HOME/lib64" -Wl,-rpath,"$NCCL_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" -lnccl -lcudart
+fi
 echo "GPT-2 124M gradient: $N bf16 elements (padding included)"
-"$WORK/allreduce_bench" "$N" 20 1
-"$WORK/allreduce_bench" "$N" 20 2 || echo "(two ranks on one GPU: see NCCL's answer above)"
+"$ab" "$N" 20 1
+"$ab" "$N" 20 2 || echo "(two ranks on one GPU: see NCCL's answer above)"

@@ -10,7 +10,10 @@ anatomy uses), tied embeddings, GPT-2 initialisation. Times training steps
     python3 bench/torch_gpt2_gpu.py --ceilings
         peak: a large bf16 matmul through cuBLAS (torch.matmul), 8192^3, median of 20;
         copy: device-to-device bandwidth, bytes read + written, 2 GiB
-    python3 bench/torch_gpt2_gpu.py --data FILE --batch B [--seq 1024] [--steps 30]
+    python3 bench/torch_gpt2_gpu.py --data FILE --batch B [--seq 1024] [--steps 30] [--compile 0|1]
+        --compile 0: eager (autocast + SDPA flash + fused AdamW, no compilation);
+        --device cpu --tiny: a 2-layer, width-64 model on the CPU in fp32, which
+        rehearses the script's logic where there is no GPU (build/gpu/run.sh --rehearse)
 
 Output lines are `key: value` so bench_gpu.sh can read them.
 """
@@ -25,9 +28,10 @@ WARMUP = 5  # steps left out of the median (compilation, autotuning, allocator w
 VOCAB, VOCAB_PADDED = 50257, 50304
 
 
-def write_shard(path, ntokens, seed=1234):
-    """Random GPT-2 token ids in llm.c's shard layout (256 int32 header words, uint16 tokens)."""
-    toks = np.random.default_rng(seed).integers(0, VOCAB, ntokens, dtype=np.uint16)
+def write_shard(path, ntokens, vocab=VOCAB, seed=1234):
+    """Random token ids below vocab (GPT-2's by default) in llm.c's shard layout
+    (256 int32 header words, uint16 tokens)."""
+    toks = np.random.default_rng(seed).integers(0, vocab, ntokens, dtype=np.uint16)
     header = np.zeros(256, dtype=np.int32)
     header[0], header[1], header[2] = 20240520, 1, ntokens
     with open(path, "wb") as f:
@@ -35,34 +39,37 @@ def write_shard(path, ntokens, seed=1234):
         f.write(toks.tobytes())
 
 
-def ceilings(torch):
-    """Measured bf16 matmul rate (TFLOP/s) and copy bandwidth (TB/s), medians."""
-    n = 8192
-    g = torch.Generator(device="cuda").manual_seed(0)
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16, generator=g)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16, generator=g)
+def timed(torch, device, fn, reps, warm):
+    """Median seconds of fn() over reps runs after warm runs (CUDA events on a GPU)."""
     times = []
-    for i in range(23):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        torch.matmul(a, b)
-        e1.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(e0.elapsed_time(e1) / 1e3)
-    tflops = 2 * n**3 / statistics.median(times) / 1e12
-    x = torch.empty(1 << 30, device="cuda", dtype=torch.int16)  # 2 GiB
+    for i in range(warm + reps):
+        if device == "cuda":
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            fn()
+            e1.record()
+            torch.cuda.synchronize()
+            t = e0.elapsed_time(e1) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            t = time.perf_counter() - t0
+        if i >= warm:
+            times.append(t)
+    return statistics.median(times)
+
+
+def ceilings(torch, device="cuda"):
+    """Measured bf16 matmul rate (TFLOP/s) and copy bandwidth (TB/s), medians
+    (on the CPU, small sizes: only the script's logic is rehearsed there)."""
+    n = 8192 if device == "cuda" else 512
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    tflops = 2 * n**3 / timed(torch, device, lambda: torch.matmul(a, b), 20, 3) / 1e12
+    x = torch.empty(1 << (30 if device == "cuda" else 22), device=device, dtype=torch.int16)  # 2 GiB on a GPU
     y = torch.empty_like(x)
-    times = []
-    for i in range(13):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        y.copy_(x)
-        e1.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(e0.elapsed_time(e1) / 1e3)
-    tbps = 2 * x.numel() * 2 / statistics.median(times) / 1e12
+    tbps = 2 * x.numel() * 2 / timed(torch, device, lambda: y.copy_(x), 10, 3) / 1e12
     return tflops, tbps
 
 
@@ -112,6 +119,7 @@ def build_model(torch, L=12, NH=12, C=768, maxT=1024):
 def train(args):
     import torch
 
+    dev = args.device
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
@@ -120,28 +128,32 @@ def train(args):
     need = args.steps * B * T + 1
     if len(tokens) < need:
         raise SystemExit(f"torch_gpt2_gpu.py: {args.data}: {len(tokens)} tokens, need {need}")
-    model = build_model(torch).cuda()
+    shape = dict(L=2, NH=2, C=64, maxT=max(T, 64)) if args.tiny else {}
+    model = build_model(torch, **shape).to(dev)
     nparams = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
-    cmodel = torch.compile(model)
+                            lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=dev == "cuda")
+    cmodel = torch.compile(model) if args.compile else model
+    amp = torch.bfloat16 if dev == "cuda" else torch.float32
     times, loss = [], float("nan")
     for step in range(args.steps):
         chunk = torch.from_numpy(tokens[step * B * T: (step + 1) * B * T + 1].astype(np.int64))
-        x = chunk[:-1].view(B, T).cuda(non_blocking=True)
-        y = chunk[1:].view(B, T).cuda(non_blocking=True)
-        torch.cuda.synchronize()
+        x = chunk[:-1].view(B, T).to(dev, non_blocking=True)
+        y = chunk[1:].view(B, T).to(dev, non_blocking=True)
+        if dev == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        with torch.autocast(device_type=dev, dtype=amp, enabled=dev == "cuda"):
             out = cmodel(x, y)
         out.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        if dev == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         loss = out.item()
     ms = statistics.median(times[WARMUP:] if len(times) > WARMUP else times) * 1e3
@@ -150,25 +162,30 @@ def train(args):
     print(f"pytorch_tokens_per_s: {B * T / ms * 1e3:.0f}")
     print(f"pytorch_final_loss: {loss:.4f}")
     print(f"pytorch_version: {torch.__version__}")
+    print(f"pytorch_mode: {'torch.compile' if args.compile else 'eager'}, {dev}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write-shard")
     ap.add_argument("--ntokens", type=int, default=0)
+    ap.add_argument("--vocab", type=int, default=VOCAB)
     ap.add_argument("--ceilings", action="store_true")
     ap.add_argument("--data")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--compile", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     if args.write_shard:
-        write_shard(args.write_shard, args.ntokens)
+        write_shard(args.write_shard, args.ntokens, args.vocab)
     elif args.ceilings:
         import torch
 
-        tflops, tbps = ceilings(torch)
-        print(f"device: {torch.cuda.get_device_name()}")
+        tflops, tbps = ceilings(torch, args.device)
+        print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
         print(f"peak_bf16_tflops: {tflops:.1f}")
         print(f"copy_tbps: {tbps:.2f}")
     elif args.data:

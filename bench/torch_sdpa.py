@@ -23,6 +23,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=20, help="timed runs after 3 warm-ups (default 20)")
     p.add_argument("--backends", nargs="+", default=["flash", "cudnn"], choices=["flash", "cudnn", "efficient", "math"],
                    help="SDPA backends to time (default: flash cudnn)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu (with --backends math) rehearses the script where there is no GPU")
     return p.parse_args(argv)
 
 
@@ -35,26 +37,27 @@ def main(argv=None):
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if not torch.cuda.is_available():
-        print("anatomy: error: torch_sdpa.py: no CUDA device", file=sys.stderr)
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("anatomy: error: torch_sdpa.py: no CUDA device (--device cpu rehearses on the CPU)", file=sys.stderr)
         return 1
     kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    print("device: %s" % torch.cuda.get_device_name(0), flush=True)
+    print("device: %s" % (torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"), flush=True)
     nh = 12 if args.bh % 12 == 0 else 1
     b = args.bh // nh
     torch.manual_seed(0)
     for hs in args.hs:
         for T in args.T:
-            q, k, v = (torch.randn(b, nh, T, hs, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            q, k, v = (torch.randn(b, nh, T, hs, device=dev, dtype=torch.bfloat16, requires_grad=True)
                        for _ in range(3))
-            dout = torch.randn(b, nh, T, hs, device="cuda", dtype=torch.bfloat16)
+            dout = torch.randn(b, nh, T, hs, device=dev, dtype=torch.bfloat16)
             for causal in (0, 1):
                 fl = 4.0 * args.bh * T * T * hs * (0.5 if causal else 1.0)
                 for name in args.backends:
                     try:
                         with sdpa_kernel([kinds[name]]):
-                            res = time_passes(torch, F, q, k, v, dout, bool(causal), args.iters)
+                            res = time_passes(torch, F, q, k, v, dout, bool(causal), args.iters, dev)
                     except RuntimeError as e:  # no kernel of this backend for the shape
                         print("%s fwd hs=%d T=%d causal=%d unsupported (%s)"
                               % (name, hs, T, causal, str(e).splitlines()[0][:80]), flush=True)
@@ -64,11 +67,12 @@ def main(argv=None):
                         print("%s %s hs=%d T=%d causal=%d ms=%.4f tflops=%.1f"
                               % (name, pass_, hs, T, causal, ms, fl * mult / (ms * 1e-3) / 1e12), flush=True)
             del q, k, v, dout
-            torch.cuda.empty_cache()
+            if dev == "cuda":
+                torch.cuda.empty_cache()
     return 0
 
 
-def time_passes(torch, F, q, k, v, dout, causal, iters):
+def time_passes(torch, F, q, k, v, dout, causal, iters, dev):
     """Mean milliseconds of forward, backward (from a kept forward graph) and both."""
     res = {}
 
@@ -80,22 +84,23 @@ def time_passes(torch, F, q, k, v, dout, causal, iters):
         o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         torch.autograd.grad(o, (q, k, v), dout)
 
-    res["fwd"] = timed(torch, fwd, iters)
-    res["fwdbwd"] = timed(torch, fwdbwd, iters)
+    res["fwd"] = timed(torch, fwd, iters, dev)
+    res["fwdbwd"] = timed(torch, fwdbwd, iters, dev)
     # backward alone: the graph of one forward, kept and replayed
     o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    res["bwd"] = timed(torch, lambda: torch.autograd.grad(o, (q, k, v), dout, retain_graph=True), iters)
+    res["bwd"] = timed(torch, lambda: torch.autograd.grad(o, (q, k, v), dout, retain_graph=True), iters, dev)
     return res
 
 
-def timed(torch, fn, iters):
+def timed(torch, fn, iters, dev):
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     for _ in range(3):
         fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) * 1e3 / iters
 
 

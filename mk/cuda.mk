@@ -62,8 +62,10 @@ TEST_BINS := $(filter-out $(BUILD)/tests/test_cuda_ops,$(TEST_BINS))
 # ---- native build (nvcc) ----
 CUDA_DIR    := $(BUILD)/cuda
 CUDA_ARCHS  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+# host-compiler flags through nvcc (the GPU bundle adds -fPIC: its objects go into a shared library)
+CUDA_XCOMPILER ?= -Wall,-Wextra
 CUDA_NVFLAGS := -std=c++17 -O3 -lineinfo -Ikernels/cuda $(CUDA_ARCHS) -Xptxas -v \
-	-Xcompiler -Wall,-Wextra
+	-Xcompiler $(CUDA_XCOMPILER)
 CUDA_OBJS   := $(CUDA_SRCS:%.cu=$(CUDA_DIR)/obj/%.o)
 CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudnn -lcudart -lstdc++ -ldl \
 	-lpthread

@@ -45,8 +45,10 @@ LIB_OBJS := $(filter-out $(BUILD)/obj/host/dist_nccl.o,$(LIB_OBJS))
 DIST_NCCL_HDRS := host/dist_nccl.h host/dist.h kernels/ops.h data/errbuf.h
 DIST_NCCL_OBJ := $(BUILD)/cuda/obj/host/dist_nccl.o
 DIST_NCCL_EMU_OBJ := $(BUILD)/cuda-emu/host/dist_nccl.o
-DIST_NCCL_LIBS := $(if $(filter-out $(CUDA_HOME),$(NCCL_HOME)),-L$(NCCL_HOME)/lib \
-	-Wl,-rpath,$(NCCL_HOME)/lib) -lnccl
+# (the -L/-rpath pair is a variable of its own: the commas of -Wl,-rpath,DIR
+# written inside $(if ...) would split its arguments and pick the else branch)
+DIST_NCCL_PATH := -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib
+DIST_NCCL_LIBS := $(if $(filter-out $(CUDA_HOME),$(NCCL_HOME)),$(DIST_NCCL_PATH)) -lnccl
 
 $(DIST_NCCL_EMU_OBJ): host/dist_nccl.c $(DIST_NCCL_HDRS) kernels/cuda/emu/nccl_emu.h
 	@mkdir -p $(dir $@)

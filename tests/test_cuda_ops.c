@@ -1049,27 +1049,34 @@ START_TEST(test_gpt2)
 }
 END_TEST
 
+/* Three cases, so that one can be chosen with CK_RUN_CASE (build/gpu/run.sh
+ * runs "ops" under compute-sanitizer): every op but attention; the fused
+ * attention; whole GPT-2 models against the CPU. */
 static Suite *cuda_suite(void)
 {
     Suite *s = suite_create("cuda_ops");
-    TCase *tc = tcase_create("parity");
-    tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_transfers, 0, 2);
-    tcase_add_loop_test(tc, test_encoder, 0, 2);
-    tcase_add_loop_test(tc, test_layernorm, 0, 2);
-    tcase_add_loop_test(tc, test_residual_layernorm, 0, 2);
-    tcase_add_loop_test(tc, test_matmul, 0, 2);
-    tcase_add_loop_test(tc, test_matmul_gelu, 0, 2);
-    tcase_add_loop_test(tc, test_attention, 0, 2);
-    tcase_add_loop_test(tc, test_elementwise, 0, 2);
-    tcase_add_loop_test(tc, test_crossentropy, 0, 2);
-    tcase_add_loop_test(tc, test_sumsq, 0, 2);
-    tcase_add_loop_test(tc, test_adamw, 0, 2);
-    tcase_add_loop_test(tc, test_adamw_rounding, 0, 2);
-    tcase_add_loop_test(tc, test_plan, 0, 2);
-    tcase_add_loop_test(tc, test_gpt2, 0, 2);
-    tcase_add_loop_test(tc, test_ranges, 0, 2);
-    suite_add_tcase(s, tc);
+    TCase *ops = tcase_create("ops"), *att = tcase_create("attention"), *model = tcase_create("gpt2");
+    tcase_set_timeout(ops, 300);
+    tcase_set_timeout(att, 300);
+    tcase_set_timeout(model, 300);
+    tcase_add_loop_test(ops, test_transfers, 0, 2);
+    tcase_add_loop_test(ops, test_encoder, 0, 2);
+    tcase_add_loop_test(ops, test_layernorm, 0, 2);
+    tcase_add_loop_test(ops, test_residual_layernorm, 0, 2);
+    tcase_add_loop_test(ops, test_matmul, 0, 2);
+    tcase_add_loop_test(ops, test_matmul_gelu, 0, 2);
+    tcase_add_loop_test(att, test_attention, 0, 2);
+    tcase_add_loop_test(ops, test_elementwise, 0, 2);
+    tcase_add_loop_test(ops, test_crossentropy, 0, 2);
+    tcase_add_loop_test(ops, test_sumsq, 0, 2);
+    tcase_add_loop_test(ops, test_adamw, 0, 2);
+    tcase_add_loop_test(ops, test_adamw_rounding, 0, 2);
+    tcase_add_loop_test(ops, test_plan, 0, 2);
+    tcase_add_loop_test(model, test_gpt2, 0, 2);
+    tcase_add_loop_test(ops, test_ranges, 0, 2);
+    suite_add_tcase(s, ops);
+    suite_add_tcase(s, att);
+    suite_add_tcase(s, model);
     return s;
 }
 
