@@ -10,6 +10,7 @@
  *
  *   mma_m16n8k16_bf16   D = A*B + C, A 16x16 row-major bf16, B 16x8 col-major
  *                       bf16, C/D 16x8 fp32 (mma.sync.aligned.m16n8k16.row.col)
+ *   mma_m16n8k16_f16    the same with fp16 A and B (.f32.f16.f16.f32)
  *   ldmatrix_x1/x2/x4 (+_trans)   8x8 b16 matrices from shared memory
  *   cp_async_16 / cp_async_16_zfill / cp_async_commit / cp_async_wait<N>
  *
@@ -24,7 +25,7 @@
  * row); lane l receives row l>>2, elements 2(l&3) and 2(l&3)+1 of each matrix,
  * or with .trans the elements (2(l&3), l>>2) and (2(l&3)+1, l>>2).
  *
- * Numerics of the emulated mma: products of bf16 values are exact; the 16
+ * Numerics of the emulated mma: products of bf16 (fp16) values are exact; the 16
  * products and C are summed in double and rounded once to fp32. Tensor cores
  * sum in a different order with their own internal precision, so results can
  * differ from the GPU in the last bits of fp32 (never more). */
@@ -49,22 +50,26 @@ struct ptx_mma_lane {
 static inline float ptx_bf16_lo(uint32_t r) { return emu_bf2f((unsigned short)(r & 0xffffu)); }
 static inline float ptx_bf16_hi(uint32_t r) { return emu_bf2f((unsigned short)(r >> 16)); }
 static inline float ptx_bf16_elem(const uint32_t *regs, int i) { return i & 1 ? ptx_bf16_hi(regs[i >> 1]) : ptx_bf16_lo(regs[i >> 1]); }
+static inline float ptx_f16_elem(const uint32_t *regs, int i)
+{
+	return emu_h2f((unsigned short)(i & 1 ? regs[i >> 1] >> 16 : regs[i >> 1] & 0xffffu));
+}
 
-static void ptx_mma_m16n8k16_bf16_warp(unsigned mask, void *const in[32], void *const out[32])
+/* One m16n8k16 over the warp; elem decodes element i of a lane's A or B registers. */
+static void ptx_mma_m16n8k16_warp(void *const in[32], void *const out[32], float (*elem)(const uint32_t *, int))
 {
 	float A[16][16], B[16][8], C[16][8];
-	(void)mask;
 	for (int lane = 0; lane < 32; lane++) {
 		const ptx_mma_lane *p = (const ptx_mma_lane *)in[lane];
 		int g = lane >> 2, t = lane & 3;
 		for (int i = 0; i < 8; i++) {
 			int row = (i & 2) ? g + 8 : g;
 			int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
-			A[row][col] = ptx_bf16_elem(p->a, i);
+			A[row][col] = elem(p->a, i);
 		}
 		for (int i = 0; i < 4; i++) {
 			int k = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
-			B[k][g] = ptx_bf16_elem(p->b, i);
+			B[k][g] = elem(p->b, i);
 		}
 		for (int i = 0; i < 4; i++)
 			C[i >= 2 ? g + 8 : g][2 * t + (i & 1)] = p->c[i];
@@ -80,6 +85,31 @@ static void ptx_mma_m16n8k16_bf16_warp(unsigned mask, void *const in[32], void *
 			d[i] = (float)acc;
 		}
 	}
+}
+
+static void ptx_mma_m16n8k16_bf16_warp(unsigned mask, void *const in[32], void *const out[32])
+{
+	(void)mask;
+	ptx_mma_m16n8k16_warp(in, out, ptx_bf16_elem);
+}
+
+static void ptx_mma_m16n8k16_f16_warp(unsigned mask, void *const in[32], void *const out[32])
+{
+	(void)mask;
+	ptx_mma_m16n8k16_warp(in, out, ptx_f16_elem);
+}
+
+static __forceinline__ void ptx_mma(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4],
+				    void (*warp)(unsigned, void *const[32], void *const[32]), const char *what)
+{
+	ptx_mma_lane in;
+	float out[4];
+	memcpy(in.a, a, sizeof(in.a));
+	memcpy(in.b, b, sizeof(in.b));
+	memcpy(in.c, c, sizeof(in.c));
+	emu_warp_collective(0xffffffffu, warp, &in, out, what);
+	for (int i = 0; i < 4; i++)
+		d[i] = out[i];
 }
 
 struct ptx_ldm_lane {
@@ -122,16 +152,24 @@ static __forceinline__ void ptx_ldmatrix(uint32_t *r, const void *smem_row, int 
 static __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4])
 {
 #ifdef ANATOMY_EMU
-	ptx_mma_lane in;
-	float out[4];
-	memcpy(in.a, a, sizeof(in.a));
-	memcpy(in.b, b, sizeof(in.b));
-	memcpy(in.c, c, sizeof(in.c));
-	emu_warp_collective(0xffffffffu, ptx_mma_m16n8k16_bf16_warp, &in, out, "mma.sync.m16n8k16.bf16");
-	for (int i = 0; i < 4; i++)
-		d[i] = out[i];
+	ptx_mma(d, a, b, c, ptx_mma_m16n8k16_bf16_warp, "mma.sync.m16n8k16.bf16");
 #else
 	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+		     : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+		       "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+/* mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32: all 32 lanes; the
+ * fragments are laid out as for bf16 (two fp16 values per register). */
+static __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4])
+{
+#ifdef ANATOMY_EMU
+	ptx_mma(d, a, b, c, ptx_mma_m16n8k16_f16_warp, "mma.sync.m16n8k16.f16");
+#else
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
 		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
 		     : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
 		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),

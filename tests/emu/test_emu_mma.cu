@@ -1,7 +1,9 @@
 /* tests/emu/test_emu_mma.cu: the tensor-core instructions of ptx.cuh.
  *
- * mma.sync m16n8k16 on worked examples whose answer is known in closed form,
- * with fragments filled by the PTX ISA's layout formulas written out here;
+ * mma.sync m16n8k16 (bf16 and f16) on worked examples whose answer is known
+ * in closed form, with fragments filled by the PTX ISA's layout formulas
+ * written out here; shfl.sync in every mode and width against the ISA's
+ * pseudocode;
  * ldmatrix x1/x2/x4 with and without .trans against the ISA's description;
  * cp.async with zero fill; and a tiled bf16 matmul (cp.async double
  * buffering, ldmatrix, mma.sync) against a CPU reference. Natively the same
@@ -119,6 +121,167 @@ START_TEST(test_mma_random)
 	run_mma(A, B, C, D);
 	double err = rel_l2(D, ref, 128);
 	ck_assert_msg(err < 1e-6, "mma rel err %g", err);
+}
+END_TEST
+
+/* ---- mma.sync f16: the ISA's fragment tables typed per register ----
+ * Written out again, one row per register (PTX ISA, "Matrix Fragments for
+ * mma.m16n8k16 with floating point type", .f16 and .bf16 share them), rather
+ * than derived from k_mma's formulas: a0/a1 (g, 2t|2t+1), a2/a3 (g+8, ...),
+ * a4/a5 (g, 2t+8|2t+9), a6/a7 (g+8, 2t+8|2t+9); b0/b1 (2t|2t+1, g), b2/b3
+ * (2t+8|2t+9, g); c0/c1 (g, 2t|2t+1), c2/c3 (g+8, 2t|2t+1). Raw 16-bit
+ * elements, packed low element first. */
+__global__ void k_mma_f16(const unsigned short *A, const unsigned short *B, const float *C, float *D)
+{
+	static const int arow[8] = {0, 0, 8, 8, 0, 0, 8, 8}, acol[8] = {0, 1, 0, 1, 8, 9, 8, 9};
+	static const int brow[4] = {0, 1, 8, 9}, crow[4] = {0, 0, 8, 8}, ccol[4] = {0, 1, 0, 1};
+	int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+	uint32_t a[4], b[2];
+	float c[4], d[4];
+	for (int r = 0; r < 4; r++) {
+		int i = 2 * r, j = 2 * r + 1;
+		a[r] = (uint32_t)A[(g + arow[i]) * 16 + 2 * t + acol[i]] | ((uint32_t)A[(g + arow[j]) * 16 + 2 * t + acol[j]] << 16);
+	}
+	for (int r = 0; r < 2; r++)
+		b[r] = (uint32_t)B[(2 * t + brow[2 * r]) * 8 + g] | ((uint32_t)B[(2 * t + brow[2 * r + 1]) * 8 + g] << 16);
+	for (int i = 0; i < 4; i++)
+		c[i] = C[(g + crow[i]) * 8 + 2 * t + ccol[i]];
+	mma_m16n8k16_f16(d, a, b, c);
+	for (int i = 0; i < 4; i++)
+		D[(g + crow[i]) * 8 + 2 * t + ccol[i]] = d[i];
+}
+
+static void run_mma_f16(const float *hA, const float *hB, const float *hC, float *hD)
+{
+	unsigned short a[256], b[128];
+	for (int i = 0; i < 256; i++)
+		a[i] = __half_as_ushort(__float2half(hA[i]));
+	for (int i = 0; i < 128; i++)
+		b[i] = __half_as_ushort(__float2half(hB[i]));
+	unsigned short *dA, *dB;
+	float *dC, *dD;
+	CUDA_OK(cudaMalloc(&dA, sizeof(a)));
+	CUDA_OK(cudaMalloc(&dB, sizeof(b)));
+	CUDA_OK(cudaMalloc(&dC, 128 * sizeof(float)));
+	CUDA_OK(cudaMalloc(&dD, 128 * sizeof(float)));
+	CUDA_OK(cudaMemcpy(dA, a, sizeof(a), cudaMemcpyHostToDevice));
+	CUDA_OK(cudaMemcpy(dB, b, sizeof(b), cudaMemcpyHostToDevice));
+	CUDA_OK(cudaMemcpy(dC, hC, 128 * sizeof(float), cudaMemcpyHostToDevice));
+	CUDA_LAUNCH(1, 32, 0, 0, k_mma_f16)(dA, dB, dC, dD);
+	CUDA_OK(cudaGetLastError());
+	CUDA_OK(cudaMemcpy(hD, dD, 128 * sizeof(float), cudaMemcpyDeviceToHost));
+	cudaFree(dA);
+	cudaFree(dB);
+	cudaFree(dC);
+	cudaFree(dD);
+}
+
+START_TEST(test_mma_f16_single_entry)
+{
+	/* A = e_i e_j^T with values fp16 holds exactly but bf16 does not
+	 * (1 + 2^-9): row i of D is that multiple of row j of B */
+	uint64_t s = test_seed("mma_f16_single_entry");
+	for (int round = 0; round < 6; round++) {
+		float A[256] = {0}, B[128], C[128], D[128];
+		int i = (int)(test_rng(&s) % 16), j = (int)(test_rng(&s) % 16);
+		A[i * 16 + j] = 1.0f + 1.0f / 512;
+		for (int k = 0; k < 128; k++) {
+			B[k] = (float)((int)(test_rng(&s) % 200) - 100);
+			C[k] = (float)((int)(test_rng(&s) % 50));
+		}
+		run_mma_f16(A, B, C, D);
+		for (int m = 0; m < 16; m++)
+			for (int n = 0; n < 8; n++) {
+				float want = C[m * 8 + n] + (m == i ? A[i * 16 + j] * B[j * 8 + n] : 0.0f);
+				ck_assert_msg(D[m * 8 + n] == want, "f16 e_%d e_%d^T: D[%d][%d] = %.9g, want %.9g", i, j, m, n,
+					      D[m * 8 + n], want);
+			}
+	}
+}
+END_TEST
+
+START_TEST(test_mma_f16_random)
+{
+	uint64_t s = test_seed("mma_f16_random");
+	float A[256], B[128], C[128], D[128];
+	double ref[128];
+	for (int i = 0; i < 256; i++)
+		A[i] = __half2float(__float2half(test_uniform(&s, -2, 2)));
+	for (int i = 0; i < 128; i++) {
+		B[i] = __half2float(__float2half(test_uniform(&s, -2, 2)));
+		C[i] = test_uniform(&s, -1, 1);
+	}
+	for (int m = 0; m < 16; m++)
+		for (int n = 0; n < 8; n++) {
+			ref[m * 8 + n] = C[m * 8 + n];
+			for (int k = 0; k < 16; k++)
+				ref[m * 8 + n] += (double)A[m * 16 + k] * B[k * 8 + n];
+		}
+	run_mma_f16(A, B, C, D);
+	double err = rel_l2(D, ref, 128);
+	ck_assert_msg(err < 1e-6, "mma f16 rel err %g", err);
+}
+END_TEST
+
+/* ---- shfl.sync: every mode and width against the PTX ISA's pseudocode ----
+ * The ISA (shfl.sync): segmask = c[12:8], maxLane = (lane & segmask) |
+ * (c[4:0] & ~segmask), minLane = lane & segmask; up: j = lane - b, valid if
+ * j >= maxLane; down: j = lane + b, valid if j <= maxLane; bfly: j = lane ^ b,
+ * valid if j <= maxLane; idx: j = minLane | (b & ~segmask), valid if j <=
+ * maxLane; an invalid j reads the lane's own value. CUDA's __shfl_*_sync(...,
+ * width) pass c = ((32 - width) << 8) | 0x1f, but 0 in c[4:0] for up. */
+enum { SHFL_MODES = 4, SHFL_WIDTHS = 5, SHFL_B = 33 };
+
+__global__ void k_shfl(int *out)
+{
+	int lane = threadIdx.x, v = 1000 + 7 * lane;
+	for (int w = 0; w < SHFL_WIDTHS; w++) {
+		int width = 2 << w;
+		for (int b = 0; b < SHFL_B; b++) {
+			int *o = out + ((w * SHFL_B + b) * SHFL_MODES) * 32 + lane;
+			o[0] = __shfl_sync(0xffffffffu, v, b, width);
+			o[32] = __shfl_up_sync(0xffffffffu, v, (unsigned)b, width);
+			o[64] = __shfl_down_sync(0xffffffffu, v, (unsigned)b, width);
+			o[96] = __shfl_xor_sync(0xffffffffu, v, b, width);
+		}
+	}
+}
+
+/* The lane whose value lane receives, from the ISA's pseudocode. */
+static int isa_shfl_src(int mode, int lane, int b, int width)
+{
+	int segmask = (32 - width) & 31, c = mode == 1 ? 0 : 31;
+	int maxLane = (lane & segmask) | (c & ~segmask), minLane = lane & segmask, j = lane, ok = 0;
+	b &= 31;
+	switch (mode) {
+	case 0: j = minLane | (b & ~segmask); ok = j <= maxLane; break;
+	case 1: j = lane - b; ok = j >= maxLane; break;
+	case 2: j = lane + b; ok = j <= maxLane; break;
+	case 3: j = lane ^ b; ok = j <= maxLane; break;
+	}
+	return ok ? j : lane;
+}
+
+START_TEST(test_shfl_modes_and_widths)
+{
+	size_t n = (size_t)SHFL_WIDTHS * SHFL_B * SHFL_MODES * 32;
+	int *h = (int *)malloc(n * sizeof(int)), *d;
+	CUDA_OK(cudaMalloc(&d, n * sizeof(int)));
+	CUDA_LAUNCH(1, 32, 0, 0, k_shfl)(d);
+	CUDA_OK(cudaGetLastError());
+	CUDA_OK(cudaMemcpy(h, d, n * sizeof(int), cudaMemcpyDeviceToHost));
+	static const char *names[SHFL_MODES] = {"idx", "up", "down", "bfly"};
+	for (int w = 0; w < SHFL_WIDTHS; w++)
+		for (int b = 0; b < SHFL_B; b++)
+			for (int m = 0; m < SHFL_MODES; m++)
+				for (int lane = 0; lane < 32; lane++) {
+					int want = 1000 + 7 * isa_shfl_src(m, lane, b, 2 << w);
+					int got = h[((w * SHFL_B + b) * SHFL_MODES + m) * 32 + lane];
+					ck_assert_msg(got == want, "shfl.%s width %d b %d lane %d: got lane %d's value, want lane %d's",
+						      names[m], 2 << w, b, lane, (got - 1000) / 7, (want - 1000) / 7);
+				}
+	cudaFree(d);
+	free(h);
 }
 END_TEST
 
@@ -343,6 +506,9 @@ int main(void)
 	tcase_add_test(tc, test_mma_identity);
 	tcase_add_test(tc, test_mma_single_entry);
 	tcase_add_test(tc, test_mma_random);
+	tcase_add_test(tc, test_mma_f16_single_entry);
+	tcase_add_test(tc, test_mma_f16_random);
+	tcase_add_test(tc, test_shfl_modes_and_widths);
 	tcase_add_test(tc, test_ldmatrix);
 	tcase_add_test(tc, test_cp_async_zfill);
 	tcase_add_test(tc, test_tiled_matmul);
