@@ -108,10 +108,11 @@ help:
 	@echo "make demo       train a small GPT-2 on tinyshakespeare on the CPU, print samples"
 	@echo "make bench      time a d4 training step beside PyTorch on the CPU"
 	@echo "make asan       run the C suites under ASan + UBSan"
-	@echo "make test-kernels / test-cuda / test-dist / test-fuzz   one part of make test"
+	@echo "make test-kernels / test-cuda / test-dist / test-fuzz / test-gpu-bundle   one part of make test"
 	@echo "make emu        build/anatomy-emu: the CUDA backend on the device emulator"
 	@echo "make cuda       build/anatomy-cuda with nvcc (sm_80, sm_90)"
-	@echo "make gpu-check  on a GPU machine: native tests, compute-sanitizer, GPU benchmarks"
+	@echo "make gpu-bundle build/gpu: everything a GPU lease runs (then build/gpu/run.sh there)"
+	@echo "make gpu-check  on a GPU machine that builds: the bundle and both of its calls"
 	@echo "make profile    Nsight Systems and Nsight Compute on a few training steps"
 	@echo "make bench-tokenizer  our BPE beside tiktoken and HF tokenizers"
 

@@ -12,7 +12,8 @@
 #                    every kernels/cuda/*.cu compiled for sm_80 and sm_90, register
 #                    and spill counts in build/cuda/ptxas.txt. Part of `make test`.
 #   make cuda-sass   the SASS of every kernel, build/cuda/sass.txt (cuobjdump).
-#   make gpu-check   everything only a GPU can show, in one command (scripts/gpu-check.sh).
+#   make gpu-check   on a GPU machine that builds: make gpu-bundle, then its two calls
+#                    (scripts/gpu-check.sh; mk/gpu-bundle.mk).
 #   make profile     a few GPT-2 124M steps under Nsight Systems and Nsight Compute
 #                    (bench/profile_gpu.sh; reports in build/profile/).
 #
@@ -124,7 +125,7 @@ test-cuda: $(BUILD)/tests/test_cuda_ops $(BUILD)/anatomy $(BUILD)/anatomy-emu $(
 
 gpu-check:
 	$(CUDA_NEED_NVCC)
-	@sh scripts/gpu-check.sh
+	@MAKE="$(MAKE)" sh scripts/gpu-check.sh
 
 profile: $(BUILD)/anatomy-cuda
 	@sh bench/profile_gpu.sh $(BUILD)/anatomy-cuda
