@@ -246,13 +246,82 @@ START_TEST(test_embedding)
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
     seed("embedding", _i);
-    static const int shapes[][3] = { { 37, 32, 11 }, { 300, 7, 6 }, { 9, 301, 4 } }; /* N C rows */
-    for (int s = 0; s < 3; s++)
+    /* N C rows; ids of 65536 and more take the bucketing's second radix pass */
+    static const int shapes[][3] = { { 37, 32, 11 }, { 300, 7, 6 }, { 9, 301, 4 }, { 257, 8, 70001 } };
+    for (int s = 0; s < 4; s++)
         for (int acc = 0; acc < 2; acc++) {
             sq_case c = emb_case(shapes[s][0], shapes[s][1], shapes[s][2], acc, act);
             parity(&c, r, g, act);
         }
     r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* embedding_backward's cost is linear in the positions: 8x the positions,
+ * every id distinct (the worst case for any scheme that looks for earlier
+ * occurrences), must cost well under the 64x a quadratic scheme would (the
+ * bound, 24x, leaves 3x either way for noise; each time is the best of 3).
+ * The result is also identical bit for bit when repeated. */
+static double emb_backward_seconds(backend *g, int N, int C, int32_t *ids_dev, void *dout, void *dtable,
+                                   double *bits_out)
+{
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        g->fill(g, dtable, g->act, 0.0, (size_t)N * C);
+        g->sync(g);
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        g->embedding_backward(g, dtable, dout, ids_dev, N, C);
+        g->sync(g);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        double t = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+        best = t < best ? t : best;
+        double *h = xmalloc((size_t)N * C * sizeof *h);
+        g->download(g, h, DT_F64, dtable, g->act, (size_t)N * C);
+        if (rep == 0)
+            memcpy(bits_out, h, (size_t)N * C * sizeof *h);
+        else
+            ck_assert_msg(!memcmp(bits_out, h, (size_t)N * C * sizeof *h),
+                          "embedding_backward N%d: run %d differs from run 1", N, rep + 1);
+        free(h);
+    }
+    return best;
+}
+
+START_TEST(test_embedding_backward_linear)
+{
+    backend *g = gpu(DT_F32);
+    seed("embedding_backward_linear", 0);
+    const int C = 8, Ns[2] = { 1024, 8192 };
+    double t[2];
+    for (int k = 0; k < 2; k++) {
+        int N = Ns[k];
+        int32_t *ids = xmalloc((size_t)N * sizeof *ids);
+        for (int i = 0; i < N; i++)
+            ids[i] = i;
+        for (int i = N - 1; i > 0; i--) { /* a random permutation: every id distinct */
+            int j = irand(i + 1), x = ids[i];
+            ids[i] = ids[j], ids[j] = x;
+        }
+        double *dout = rnd((size_t)N * C, 1, DT_F32), *bits = xmalloc((size_t)N * C * sizeof *bits);
+        int32_t *ids_dev = g->alloc(g, (size_t)N * sizeof *ids);
+        void *dout_dev = g->alloc(g, (size_t)N * C * sizeof(float)), *dtable = g->alloc(g, (size_t)N * C * sizeof(float));
+        g->upload(g, ids_dev, DT_I32, ids, DT_I32, (size_t)N);
+        g->upload(g, dout_dev, DT_F32, dout, DT_F64, (size_t)N * C);
+        t[k] = emb_backward_seconds(g, N, C, ids_dev, dout_dev, dtable, bits);
+        for (int i = 0; i < N; i++) /* distinct ids: each table row is its one dout row */
+            for (int c = 0; c < C; c++)
+                ck_assert_msg(bits[(size_t)ids[i] * C + c] == (double)(float)dout[(size_t)i * C + c],
+                              "embedding_backward N%d: row %d", N, ids[i]);
+        g->free(g, ids_dev), g->free(g, dout_dev), g->free(g, dtable);
+        free(ids), free(dout), free(bits);
+    }
+    double ratio = t[1] / t[0];
+    if (getenv("ANATOMY_TEST_VERBOSE"))
+        printf("  embedding_backward N %d: %.4f s, N %d: %.4f s, ratio %.1f\n", Ns[0], t[0], Ns[1], t[1], ratio);
+    ck_assert_msg(ratio < 24.0, "embedding_backward: 8x the positions took %.1fx the time (%.4f s -> %.4f s): "
+                  "not linear", ratio, t[0], t[1]);
     g->destroy(g);
 }
 END_TEST
@@ -380,6 +449,7 @@ static Suite *seq_suite(void)
     TCase *tc = tcase_create("parity");
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_embedding, 0, 2);
+    tcase_add_test(tc, test_embedding_backward_linear);
     tcase_add_loop_test(tc, test_sequence_embed, 0, 2);
     tcase_add_loop_test(tc, test_rows_select, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);

@@ -299,6 +299,8 @@ void cuda_encoder_forward(backend *be, void *out, const int32_t *tok, const void
 			  const void *wpe, int B, int T, int C);
 void cuda_encoder_backward(backend *be, void *dwte, void *dwpe, const void *dout,
 			   const int32_t *tok, int B, int T, int C);
+/* dtable[ids[n],:] += dout[n,:] (ids >= 0), the bucketed sum of encoder_backward */
+void cuda_embedding_backward(backend *be, void *dtable, const void *dout, const int32_t *ids, int N, int C);
 /* layernorm.cu */
 void cuda_layernorm_forward(backend *be, void *out, void *mean, void *rstd, const void *inp,
 			    const void *weight, const void *bias, int N, int C);

@@ -5,11 +5,13 @@
  *             dwpe[t,:]   += sum_b dout[b,t,:]
  *
  * The dwte sum is deterministic without atomics: positions are bucketed by
- * token on the host (stable: each bucket lists its positions in order), and
- * one thread per (bucket, column) adds its bucket's rows in that order. The
- * host knows the token ids because they came through upload, which keeps a
- * copy (cuda_shadow_find); otherwise they are read back, which waits for the
- * stream once. */
+ * token on the host (a stable radix sort, linear in B*T: each bucket lists
+ * its positions in order), and one thread per (bucket, column) adds its
+ * bucket's rows in that order. The host knows the token ids because they
+ * came through upload, which keeps a copy (cuda_shadow_find); otherwise they
+ * are read back, which waits for the stream once. The same bucketed sum is
+ * the other families' embedding_backward (cuda_embedding_backward, used by
+ * seq.cu's op table entries): dtable[ids[n],:] += dout[n,:]. */
 #include "cuda_backend.h"
 
 #include <stdlib.h>
@@ -114,19 +116,17 @@ void cuda_encoder_forward(backend *be, void *out, const int32_t *tok, const void
 
 /* ---- backward ---- */
 
-static int cmp_u64(const void *a, const void *b)
+/* Sorts the positions of the non-negative ids by (id, position) into
+ * cb->enc_stage as
+ *   pos[N] | buckets[3 * nb] | keys[N] | keys2[N] (uint64) | hist[65536]
+ * and returns the number of buckets; *npos gets the positions kept. A
+ * stable least-significant-digit radix sort on 16-bit digits of the id (a
+ * second pass only when some id is 65536 or more): O(N + 65536) per pass,
+ * so the whole backward is linear in the batch's positions, and stable, so
+ * each bucket lists its positions in increasing order. */
+static int id_buckets(cuda_backend *cb, const int32_t *ids, int N, int *npos)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
-/* Sorts positions by (token, position) into cb->enc_stage as
- *   pos[BT] | buckets[3 * nb]
- * skipping negative ids. Returns the number of buckets; *npos gets the
- * positions kept. */
-static int encoder_buckets(cuda_backend *cb, const int32_t *tok, int BT, int *npos)
-{
-	size_t need = (size_t)BT * (sizeof(uint64_t) + 4 * sizeof(int32_t));
+	size_t need = (size_t)N * (4 * sizeof(int32_t) + 2 * sizeof(uint64_t)) + 65536 * sizeof(int32_t);
 	if (need > cb->enc_stage_cap) {
 		if (cb->enc_stage) {
 			CUDA_CHECK(cudaEventSynchronize(cb->enc_done));
@@ -139,14 +139,31 @@ static int encoder_buckets(cuda_backend *cb, const int32_t *tok, int BT, int *np
 		/* the previous backward's copy out of this buffer must be done */
 		CUDA_CHECK(cudaEventSynchronize(cb->enc_done));
 	}
-	/* layout: pos[BT] | buckets[3 * BT] | sort keys[BT] (uint64) */
-	uint64_t *key = (uint64_t *)((char *)cb->enc_stage + (size_t)BT * 4 * sizeof(int32_t));
+	int32_t *pos = (int32_t *)cb->enc_stage, *bk = pos + N;
+	uint64_t *key = (uint64_t *)(bk + 3 * (size_t)N), *tmp = key + N;
+	int32_t *hist = (int32_t *)(tmp + N);
 	int n = 0;
-	for (int i = 0; i < BT; i++)
-		if (tok[i] >= 0)
-			key[n++] = ((uint64_t)(uint32_t)tok[i] << 32) | (uint32_t)i;
-	qsort(key, (size_t)n, sizeof *key, cmp_u64);
-	int32_t *pos = (int32_t *)cb->enc_stage, *bk = pos + BT;
+	uint32_t maxid = 0;
+	for (int i = 0; i < N; i++)
+		if (ids[i] >= 0) {
+			key[n++] = ((uint64_t)(uint32_t)ids[i] << 32) | (uint32_t)i;
+			maxid = (uint32_t)ids[i] > maxid ? (uint32_t)ids[i] : maxid;
+		}
+	for (int shift = 32; shift < 64 && (shift == 32 || (maxid >> 16)); shift += 16) {
+		memset(hist, 0, 65536 * sizeof *hist);
+		for (int i = 0; i < n; i++)
+			hist[(key[i] >> shift) & 0xffff]++;
+		for (int d = 0, at = 0; d < 65536; d++) {
+			int c = hist[d];
+			hist[d] = at;
+			at += c;
+		}
+		for (int i = 0; i < n; i++)
+			tmp[hist[(key[i] >> shift) & 0xffff]++] = key[i];
+		uint64_t *t = key;
+		key = tmp;
+		tmp = t;
+	}
 	int nb = 0;
 	for (int i = 0; i < n; i++) {
 		int32_t t = (int32_t)(key[i] >> 32);
@@ -163,19 +180,21 @@ static int encoder_buckets(cuda_backend *cb, const int32_t *tok, int BT, int *np
 	return nb;
 }
 
+/* One thread per (bucket, V columns) for the table gradient, then (wpe given)
+ * the position gradient. */
 template <class T, int V>
-static void encoder_backward_launch(cuda_backend *cb, void *dwte, void *dwpe, const void *dout,
-				    const int32_t *pos, const int32_t *bk, int nb, int B, int T_, int C)
+static void table_backward_launch(cuda_backend *cb, void *dtable, void *dwpe, const void *dout,
+				  const int32_t *pos, const int32_t *bk, int nb, int B, int T_, int C)
 {
 	/* a bucket's row is C/V threads wide: no more threads than that per block */
 	unsigned tpb = (unsigned)(C / V < ENC_THREADS ? (C / V + 31) / 32 * 32 : ENC_THREADS);
 	unsigned cx = cdiv((size_t)C / V, tpb);
-	if (dwte && nb > 0) {
+	if (dtable && nb > 0) {
 		for (int b0 = 0; b0 < nb; b0 += 65535) {	/* grid.y limit */
 			int nbk = nb - b0 < 65535 ? nb - b0 : 65535;
 			dim3 grid(cx, (unsigned)nbk);
 			CUDA_LAUNCH(grid, tpb, 0, cb->stream, encoder_dwte_kernel<T, V>)(
-				(T *)dwte, (const T *)dout, pos, bk + 3 * (size_t)b0, C);
+				(T *)dtable, (const T *)dout, pos, bk + 3 * (size_t)b0, C);
 			LAUNCH_CHECK();
 		}
 	}
@@ -187,46 +206,61 @@ static void encoder_backward_launch(cuda_backend *cb, void *dwte, void *dwpe, co
 	}
 }
 
-void cuda_encoder_backward(backend *be, void *dwte, void *dwpe, const void *dout, const int32_t *tok,
+/* dtable[ids[n],:] += dout[n,:] over n < B*T (ids >= 0), each row summed in
+ * position order; dwpe[t,:] += sum_b dout[b,t,:] when dwpe is given. */
+static void table_backward(backend *be, void *dtable, void *dwpe, const void *dout, const int32_t *ids,
 			   int B, int T, int C)
 {
-	NVTX_RANGE("encoder_backward");
 	cuda_backend *cb = cuda_of(be);
-	int BT = B * T, nb = 0, npos = 0;
+	int N = B * T, nb = 0, npos = 0;
 	if (B <= 0 || T <= 0 || C <= 0)
 		return;
 	int32_t *pos = NULL, *bk = NULL;
-	if (dwte) {
-		const int32_t *host = cuda_shadow_find(cb, tok, (size_t)BT);
+	if (dtable) {
+		const int32_t *host = cuda_shadow_find(cb, ids, (size_t)N);
 		int32_t *copy = NULL;
 		if (!host) {
-			copy = (int32_t *)malloc((size_t)BT * sizeof(int32_t));
+			copy = (int32_t *)malloc((size_t)N * sizeof(int32_t));
 			if (!copy)
-				cuda_die(__FILE__, __LINE__, "encoder_backward: out of host memory");
-			CUDA_CHECK(cudaMemcpyAsync(copy, tok, (size_t)BT * sizeof(int32_t), cudaMemcpyDeviceToHost,
+				cuda_die(__FILE__, __LINE__, "embedding backward: out of host memory");
+			CUDA_CHECK(cudaMemcpyAsync(copy, ids, (size_t)N * sizeof(int32_t), cudaMemcpyDeviceToHost,
 						   cb->stream));
 			CUDA_CHECK(cudaStreamSynchronize(cb->stream));
 			host = copy;
 		}
-		nb = encoder_buckets(cb, host, BT, &npos);
+		nb = id_buckets(cb, host, N, &npos);
 		free(copy);
-		/* device copy: pos[BT] then the buckets */
-		size_t bytes = ((size_t)BT + 3 * (size_t)nb) * sizeof(int32_t);
-		pos = (int32_t *)cuda_scratch(cb, SCR_ENC, cuda_encoder_scratch_bytes(BT));
-		bk = pos + BT;
+		/* device copy: pos[N] then the buckets */
+		size_t bytes = ((size_t)N + 3 * (size_t)nb) * sizeof(int32_t);
+		pos = (int32_t *)cuda_scratch(cb, SCR_ENC, cuda_encoder_scratch_bytes(N));
+		bk = pos + N;
 		CUDA_CHECK(cudaMemcpyAsync(pos, cb->enc_stage, bytes, cudaMemcpyHostToDevice, cb->stream));
 		CUDA_CHECK(cudaEventRecord(cb->enc_done, cb->stream));
 	}
-	int vec = C % 8 == 0 && aligned16(dwte) && aligned16(dwpe) && aligned16(dout);
+	int vec = C % 8 == 0 && aligned16(dtable) && aligned16(dwpe) && aligned16(dout);
 	if (be->act == DT_BF16) {
 		if (vec)
-			encoder_backward_launch<__nv_bfloat16, 8>(cb, dwte, dwpe, dout, pos, bk, nb, B, T, C);
+			table_backward_launch<__nv_bfloat16, 8>(cb, dtable, dwpe, dout, pos, bk, nb, B, T, C);
 		else
-			encoder_backward_launch<__nv_bfloat16, 1>(cb, dwte, dwpe, dout, pos, bk, nb, B, T, C);
+			table_backward_launch<__nv_bfloat16, 1>(cb, dtable, dwpe, dout, pos, bk, nb, B, T, C);
 	} else {
 		if (vec)
-			encoder_backward_launch<float, 4>(cb, dwte, dwpe, dout, pos, bk, nb, B, T, C);
+			table_backward_launch<float, 4>(cb, dtable, dwpe, dout, pos, bk, nb, B, T, C);
 		else
-			encoder_backward_launch<float, 1>(cb, dwte, dwpe, dout, pos, bk, nb, B, T, C);
+			table_backward_launch<float, 1>(cb, dtable, dwpe, dout, pos, bk, nb, B, T, C);
 	}
+}
+
+void cuda_encoder_backward(backend *be, void *dwte, void *dwpe, const void *dout, const int32_t *tok,
+			   int B, int T, int C)
+{
+	NVTX_RANGE("encoder_backward");
+	table_backward(be, dwte, dwpe, dout, tok, B, T, C);
+}
+
+void cuda_embedding_backward(backend *be, void *dtable, const void *dout, const int32_t *ids, int N, int C)
+{
+	NVTX_RANGE("embedding_backward");
+	if (N > 0 && C > 0 && dtable)
+		table_backward(be, dtable, NULL, dout, ids, 1, N, C);
 }

@@ -17,16 +17,10 @@
  * dfirst, a row's loss) is made by one thread or one warp in a fixed order,
  * so results are identical run to run.
  *
- * embedding_backward without atomics, a sort or a host sync: one block per
- * position n (times column chunks). The block first asks whether an earlier
- * position holds the same id; if one does, it leaves. Otherwise it owns that
- * table row and adds the dout rows of every later position with that id, in
- * order. The id scans (32 ids per warp vote) cost up to N int reads per
- * position: at most N^2/2 + N * (distinct ids), a few hundred million L1/L2
- * reads for N = 16K distinct ids, a few thousand for BERT's two segments,
- * since a repeated id stops at its first occurrence. ops.h gives no table
- * row count, so a block per table row is not possible; for N far beyond
- * these sizes the encoder's host bucketing (encoder.cu) is the way. */
+ * embedding_backward is the encoder's bucketed table gradient
+ * (cuda_embedding_backward in encoder.cu): positions sorted by id on the
+ * host in linear time, one thread per (id, column chunk) summing its rows in
+ * position order, deterministic and without atomics. */
 #include "cuda_backend.h"
 /* after cuda_backend.h: under the emulator that defines __host__ __device__ */
 #include "../dropout_mask.h"
@@ -84,49 +78,6 @@ UNROLL
 	store_f<T, V>(out + i, o);
 }
 
-/* Block (n, column chunk): see the file comment. Each warp scans the ids 32
- * at a time with a vote (every warp of the block reaches the same answers,
- * so no block barrier is needed), then adds the matching rows in position
- * order. Lanes whose columns lie past C still vote. */
-template <class T, int V>
-__global__ void embedding_backward_kernel(T *dtable, const T *dout, const int32_t *ids, int N, int C)
-{
-	int n = blockIdx.x, lane = threadIdx.x & 31;
-	int c = (blockIdx.y * blockDim.x + threadIdx.x) * V;
-	int id = ids[n];
-	if (id < 0)
-		return;	/* uniform over the block */
-	for (int m0 = 0; m0 < n; m0 += 32) {
-		int m = m0 + lane;
-		if (__any_sync(0xffffffffu, m < n && ids[m] == id))
-			return;	/* an earlier position owns this row */
-	}
-	float acc[V], x[V];
-UNROLL
-	for (int k = 0; k < V; k++)
-		acc[k] = 0.0f;
-	for (int m0 = n; m0 < N; m0 += 32) {
-		int m = m0 + lane;
-		unsigned hit = __ballot_sync(0xffffffffu, m < N && ids[m] == id);
-		while (hit && c < C) {
-			int j = __ffs((int)hit) - 1;
-			hit &= hit - 1;
-			load_f<T, V>(x, dout + (size_t)(m0 + j) * C + c);
-UNROLL
-			for (int k = 0; k < V; k++)
-				acc[k] += x[k];
-		}
-	}
-	if (c >= C)
-		return;
-	T *w = dtable + (size_t)id * C + c;
-	load_f<T, V>(x, w);
-UNROLL
-	for (int k = 0; k < V; k++)
-		x[k] += acc[k];
-	store_f<T, V>(w, x);
-}
-
 template <class T, int V>
 static void embedding_forward_launch(cuda_backend *cb, void *out, const int32_t *ids, const void *table,
 				     int N, int C, int acc)
@@ -134,19 +85,6 @@ static void embedding_forward_launch(cuda_backend *cb, void *out, const int32_t 
 	size_t n = (size_t)N * C / V;
 	CUDA_LAUNCH(cdiv(n, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, embedding_forward_kernel<T, V>)(
 		(T *)out, ids, (const T *)table, N, C, acc);
-	LAUNCH_CHECK();
-}
-
-template <class T, int V>
-static void embedding_backward_launch(cuda_backend *cb, void *dtable, const void *dout, const int32_t *ids,
-				      int N, int C)
-{
-	/* a row is C/V threads wide: no more threads per block than that (whole
-	 * warps: the votes take every lane) */
-	unsigned tpb = (unsigned)(C / V < SEQ_THREADS ? (C / V + 31) / 32 * 32 : SEQ_THREADS);
-	dim3 grid((unsigned)N, cdiv((size_t)C / V, tpb));
-	CUDA_LAUNCH(grid, tpb, 0, cb->stream, embedding_backward_kernel<T, V>)(
-		(T *)dtable, (const T *)dout, ids, N, C);
 	LAUNCH_CHECK();
 }
 
@@ -159,16 +97,6 @@ static void cuda_embedding_forward(backend *be, void *out, const int32_t *ids, c
 		return;
 	int vec = seq_vec(be, C, out, table, NULL, NULL);
 	SEQ_DISPATCH(be, vec, embedding_forward_launch, cb, out, ids, table, N, C, accumulate);
-}
-
-static void cuda_embedding_backward(backend *be, void *dtable, const void *dout, const int32_t *ids, int N, int C)
-{
-	NVTX_RANGE("embedding_backward");
-	cuda_backend *cb = cuda_of(be);
-	if (N <= 0 || C <= 0 || !dtable)
-		return;
-	int vec = seq_vec(be, C, dtable, dout, NULL, NULL);
-	SEQ_DISPATCH(be, vec, embedding_backward_launch, cb, dtable, dout, ids, N, C);
 }
 
 /* ---- sequence embedding ---- */
