@@ -3,14 +3,18 @@
  *
  *   s_j = q_pos . k_j / sqrt(hs)  (j = 0..pos);  p = softmax(s);  out = sum_j p_j v_j
  *
- * One block per head. The pos + 1 scores sit in shared memory (4 bytes
- * each, so up to DECODE_MAX_KEYS keys); a block-wide max and sum, then each
- * thread accumulates output elements over j, reading the v rows coalesced.
- * Work per step is O(pos * C): generation is linear in length per token. */
+ * One block per head. The pos + 1 scores sit in dynamic shared memory (4
+ * bytes each, up to DECODE_MAX_KEYS keys); a block-wide max and sum, then
+ * each thread accumulates output elements over j, reading the v rows
+ * coalesced. Work per step is O(pos * C): generation is linear in length per
+ * token. Past 48 KiB of shared memory in all (the scores and the kernel's
+ * static reduction array) a launch needs the opt-in attribute, which is set
+ * then: without it such a launch fails on the hardware. */
 #include "cuda_backend.h"
 
 #define DECODE_THREADS 128
-#define DECODE_MAX_KEYS 12288 /* 48 KiB of fp32 scores */
+#define DECODE_MAX_KEYS 32768 /* 128 KiB of fp32 scores: within sm_80's and sm_90's opt-in */
+#define DECODE_SMEM_DEFAULT (48 * 1024 - 32 * (int)sizeof(float)) /* 48 KiB less `red` */
 
 /* Block-wide reduction of one float (max or sum) through shared memory. */
 template <bool MAX> static __device__ float block_reduce(float x, float *red)
@@ -73,11 +77,19 @@ void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int
 			 "this kernel holds in shared memory", pos + 1, DECODE_MAX_KEYS);
 	size_t smem = (size_t)(pos + 1) * sizeof(float);
 	float scale = 1.0f / sqrtf((float)hs);
-	if (be->act == DT_BF16)
+	int optin = smem > (size_t)DECODE_SMEM_DEFAULT ? (int)smem : 0;
+	if (be->act == DT_BF16) {
+		if (optin)
+			CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<__nv_bfloat16>,
+							cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
 		CUDA_LAUNCH(NH, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<__nv_bfloat16>)(
 			(__nv_bfloat16 *)out, (const __nv_bfloat16 *)qkv, pos, C, hs, scale);
-	else
+	} else {
+		if (optin)
+			CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<float>,
+							cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
 		CUDA_LAUNCH(NH, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<float>)(
 			(float *)out, (const float *)qkv, pos, C, hs, scale);
+	}
 	LAUNCH_CHECK();
 }

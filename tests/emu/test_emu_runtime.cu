@@ -456,6 +456,50 @@ END_TEST
 /* ---- host API errors that a GPU reports too ---- */
 __global__ void k_noop(int *x) { if (x) x[0] = 1; }
 
+/* Static __shared__ memory counts against the 48 KiB a block may use without
+ * the opt-in, as on the hardware: 1 KiB static plus 47.5 KiB dynamic fails
+ * to launch, plus 47 KiB launches; with the opt-in, the attribute bounds the
+ * dynamic part alone. */
+__global__ void k_static_smem(int *x, int n)
+{
+	__shared__ int st[256];
+	DYNAMIC_SHARED(int, dyn);
+	st[threadIdx.x] = (int)threadIdx.x;
+	dyn[threadIdx.x] = n;
+	__syncthreads();
+	x[threadIdx.x] = st[(threadIdx.x + 1) % 256] + dyn[(threadIdx.x + 3) % 256];
+}
+
+START_TEST(test_static_shared_counts)
+{
+	int *d;
+	CUDA_OK(cudaMalloc(&d, 256 * sizeof(int)));
+#ifdef ANATOMY_EMU
+	emu_set_quiet(1);
+#endif
+	cudaGetLastError();
+	CUDA_LAUNCH(1, 256, 48 * 1024 - 512, 0, k_static_smem)(d, 5);
+	ck_assert_int_eq(cudaGetLastError(), cudaErrorInvalidValue);
+	CUDA_LAUNCH(1, 256, 47 * 1024, 0, k_static_smem)(d, 5);
+	CUDA_OK(cudaGetLastError());
+	CUDA_OK(cudaDeviceSynchronize());
+	int h[256];
+	CUDA_OK(cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost));
+	ck_assert_int_eq(h[0], 1 + 5);
+	CUDA_OK(cudaFuncSetAttribute(k_static_smem, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
+	CUDA_LAUNCH(1, 256, 64 * 1024, 0, k_static_smem)(d, 6);
+	CUDA_OK(cudaGetLastError());
+	CUDA_LAUNCH(1, 256, 64 * 1024 + 16, 0, k_static_smem)(d, 6);
+	ck_assert_int_eq(cudaGetLastError(), cudaErrorInvalidValue);
+	CUDA_OK(cudaDeviceSynchronize());
+#ifdef ANATOMY_EMU
+	emu_set_quiet(0);
+	emu_clear_report();
+#endif
+	cudaFree(d);
+}
+END_TEST
+
 START_TEST(test_api_errors)
 {
 	int *d;
@@ -558,6 +602,7 @@ int main(void)
 	tcase_add_test(tc, test_bf16_half_rounding);
 	tcase_add_test(tc, test_bf16_arith);
 	tcase_add_test(tc, test_api_errors);
+	tcase_add_test(tc, test_static_shared_counts);
 	tcase_add_test(tc, test_switch_cost);
 	suite_add_tcase(s, tc);
 	return run_suite(s);

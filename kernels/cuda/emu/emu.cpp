@@ -143,7 +143,7 @@ struct shadow {
 struct svar {
 	uintptr_t beg;
 	size_t size, span, shadow_off, restore;
-	std::string name;
+	std::string name, mangled;
 };
 
 struct dev_alloc {
@@ -207,6 +207,13 @@ static freed_alloc g_freed[64];
 static unsigned g_nfreed;
 static std::set<void *> g_streams, g_events;
 static std::map<const void *, int> g_max_dyn_smem;
+/* Mangled names of the program's functions by address (to find a kernel's
+ * static __shared__ variables, _ZZ<kernel>E<var>), and the static shared
+ * bytes of each kernel launched so far. */
+static std::map<uintptr_t, std::string> g_funcs;
+static std::map<const void *, size_t> g_static_smem;
+/* sm_90: 48 KiB of shared memory per block without the opt-in, 227 KiB with it */
+static const size_t SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 227 * 1024;
 
 static char g_report[8192];
 static char g_pending[4096];
@@ -518,6 +525,13 @@ static void svars_find(void)
 			const Elf64_Sym *sym = (const Elf64_Sym *)(f + sh[i].sh_offset);
 			size_t nsym = sh[i].sh_size / sizeof(Elf64_Sym);
 			for (size_t k = 0; k < nsym; k++) {
+				if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_name < strs->sh_size &&
+				    sym[k].st_value) {
+					const char *fname = f + strs->sh_offset + sym[k].st_name;
+					if (strncmp(fname, "_Z", 2) == 0)
+						g_funcs[base + sym[k].st_value] = fname;
+					continue;
+				}
 				if (ELF64_ST_TYPE(sym[k].st_info) != STT_OBJECT || sym[k].st_size == 0 ||
 				    sym[k].st_shndx >= eh->e_shnum || sh[sym[k].st_shndx].sh_type != SHT_NOBITS ||
 				    sym[k].st_name >= strs->sh_size)
@@ -532,6 +546,7 @@ static void svars_find(void)
 				v.restore = v.size;
 				v.shadow_off = 0;
 				v.name = svar_pretty(name);
+				v.mangled = name;
 				g_svars.push_back(v);
 			}
 		}
@@ -1332,6 +1347,26 @@ static const dev_alloc *alloc_containing(const void *p, size_t n)
 	return NULL;
 }
 
+/* Bytes of static __shared__ memory the kernel fn declares: its
+ * function-scope statics, _ZZ<fn's mangled name without _Z>E<var> (the
+ * kernels keep their __shared__ arrays in the kernel body itself). */
+static size_t static_smem_of(const void *fn)
+{
+	auto hit = g_static_smem.find(fn);
+	if (hit != g_static_smem.end())
+		return hit->second;
+	size_t bytes = 0;
+	auto f = g_funcs.find((uintptr_t)fn);
+	if (f != g_funcs.end()) {
+		std::string prefix = "_ZZ" + f->second.substr(2) + "E";
+		for (const svar &v : g_svars)
+			if (v.mangled.compare(0, prefix.size(), prefix) == 0)
+				bytes += v.size;
+	}
+	g_static_smem[fn] = bytes;
+	return bytes;
+}
+
 static cudaError_t launch_check(emu_launch_desc *d)
 {
 	dim3 g = d->grid, b = d->block;
@@ -1344,14 +1379,27 @@ static cudaError_t launch_check(emu_launch_desc *d)
 	if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 0x7fffffffu || g.y > 65535 || g.z > 65535)
 		return host_error(cudaErrorInvalidConfiguration, "launch of %s at %s:%d: grid (%u,%u,%u) is not a valid grid",
 				  d->name, d->file, d->line, g.x, g.y, g.z);
-	int allowed = 48 * 1024;
+	/* As the hardware: without the opt-in, static plus dynamic shared memory
+	 * must fit in 48 KiB; with it, dynamic up to the attribute, and static
+	 * plus the attribute within the 227 KiB a block can have. */
+	size_t stat = static_smem_of(d->fn);
 	auto it = g_max_dyn_smem.find(d->fn);
-	if (it != g_max_dyn_smem.end())
-		allowed = it->second;
-	if (d->smem > (size_t)allowed)
-		return host_error(cudaErrorInvalidValue, "launch of %s at %s:%d: %zu bytes of dynamic shared memory, but the "
-				  "kernel may use %d (set cudaFuncAttributeMaxDynamicSharedMemorySize)", d->name, d->file, d->line,
-				  d->smem, allowed);
+	if (it == g_max_dyn_smem.end()) {
+		if (stat + d->smem > SMEM_DEFAULT)
+			return host_error(cudaErrorInvalidValue, "launch of %s at %s:%d: %zu bytes of dynamic shared memory plus "
+					  "%zu static exceed the %zu a kernel may use without the opt-in (set "
+					  "cudaFuncAttributeMaxDynamicSharedMemorySize)", d->name, d->file, d->line, d->smem, stat,
+					  SMEM_DEFAULT);
+	} else {
+		if (d->smem > (size_t)it->second)
+			return host_error(cudaErrorInvalidValue, "launch of %s at %s:%d: %zu bytes of dynamic shared memory, but "
+					  "the kernel may use %d (cudaFuncAttributeMaxDynamicSharedMemorySize)", d->name, d->file,
+					  d->line, d->smem, it->second);
+		if (stat + (size_t)it->second > SMEM_OPTIN)
+			return host_error(cudaErrorInvalidValue, "launch of %s at %s:%d: the opt-in of %d bytes of dynamic shared "
+					  "memory plus %zu static exceed the %zu of an sm_90 block", d->name, d->file, d->line,
+					  it->second, stat, SMEM_OPTIN);
+	}
 	if (d->stream && !g_streams.count(d->stream))
 		return host_error(cudaErrorInvalidResourceHandle, "launch of %s at %s:%d: invalid stream", d->name, d->file, d->line);
 	for (int i = 0; i < d->nptr; i++) {
