@@ -439,6 +439,51 @@ END_TEST
 /* Both outputs (pre-activation and GELU) against the oracle, through the
  * cuBLASLt epilogue (OC % 8 == 0, 16-byte aligned) and through the fallback
  * (OC % 8 != 0, or buffers misaligned by `offset` elements). */
+/* A bias whose alignment alone differs from an earlier call of the same
+ * shape (packed parameters put biases at any element offset when C % 8 != 0):
+ * cuBLASLt's heuristic reads the bias pointer's alignment, so the plan must
+ * not be reused; the emulated plan cache dies if it is. Each result against
+ * the CPU. */
+START_TEST(test_matmul_bias_alignment)
+{
+    dtype act = mode(_i);
+    backend *r = oracle(), *g = gpu(act);
+    seed("matmul_bias_alignment", _i);
+    /* matmul with OC 20 (C % 8 != 0), then matmul + GELU with OC 24 (the bf16
+     * epilogue needs OC % 8 == 0): each with the bias at offsets 0, 1, 3 */
+    for (int k = 0; k < 2; k++) {
+        const int N = 16, IC = 24, OC = k ? 24 : 20;
+        size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+        double *inp = rnd(ni, 1, act), *w = rnd(nw, 1, act), *b = rnd(OC, 1, act);
+        double *want = xmalloc(no * 8), *got = xmalloc(no * 8);
+        void *ri = up(r, DT_F64, inp, ni), *rw = up(r, DT_F64, w, nw), *rb = up(r, DT_F64, b, OC);
+        void *ro = dalloc(r, DT_F64, no);
+        r->matmul_forward(r, ro, ri, rw, rb, N, IC, OC);
+        take(r, ro, DT_F64, NULL, no, want);
+        void *gi = up(g, act, inp, ni), *gw = up(g, act, w, nw);
+        for (int off = 0; off < 4; off += 1 + (off == 1)) {
+            void *base, *gb = up_off(g, act, b, OC, off, &base), *go = poisoned(g, act, no), *gp = poisoned(g, act, no);
+            if (k == 0)
+                g->matmul_forward(g, go, gi, gw, gb, N, IC, OC);
+            else
+                g->matmul_gelu_forward(g, gp, go, gi, gw, gb, N, IC, OC);
+            take(g, k ? gp : go, act, NULL, no, got);
+            char what[96];
+            snprintf(what, sizeof what, "matmul%s %dx%dx%d bias at element offset %d", k ? "_gelu pre" : "", N, IC,
+                     OC, off);
+            expect_close(what, act, got, want, no, tol(act));
+            g->free(g, base);
+            g->free(g, k ? go : gp);
+        }
+        g->free(g, gi), g->free(g, gw);
+        r->free(r, ri), r->free(r, rw), r->free(r, rb);
+        free(inp), free(w), free(b), free(want), free(got);
+    }
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
 START_TEST(test_matmul_gelu)
 {
     dtype act = mode(_i);
@@ -1102,6 +1147,7 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(ops, test_residual_layernorm, 0, 2);
     tcase_add_loop_test(ops, test_matmul, 0, 2);
     tcase_add_loop_test(ops, test_matmul_gelu, 0, 2);
+    tcase_add_loop_test(ops, test_matmul_bias_alignment, 0, 2);
     tcase_add_loop_test(att, test_attention, 0, 2);
     tcase_add_loop_test(att, test_attention_decode, 0, 2);
     tcase_add_loop_test(ops, test_elementwise, 0, 2);

@@ -17,20 +17,56 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ------------------------------------------------- plans, in both builds */
+
+/* Everything a cuBLASLt plan depends on, alignment of the pointers included
+ * (an algorithm chosen for 256-byte aligned operands may not run on others):
+ * the bias and the GELU aux matrix too, since cublasLt.h says the heuristic
+ * reads their pointers' alignment (CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+ * EPILOGUE_AUX_POINTER). The emulated build keys its plan cache the same way
+ * and checks each reuse against the pointers the plan was made for. */
+struct mm_key {
+	int ta, tb, m, n, k, lda, ldb, ldd, batch, ab, dd, bias, gelu;
+	long long sA, sB, sD;
+	unsigned alA, alB, alD, alX, alBias;	/* alX: the GELU aux matrix */
+};
+
+/* Largest power of two (<= 256) dividing the address of every matrix of the batch. */
+static unsigned align_of(const void *p, long long stride, size_t esize, int batch)
+{
+	uintptr_t a = (uintptr_t)p;
+	if (batch > 1)
+		a |= (uintptr_t)(stride * (long long)esize);
+	unsigned al = 256;
+	while (al > 1 && a % al)
+		al >>= 1;
+	return al;
+}
+
+static void mm_key_make(mm_key *key, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+			long long sA, const void *B, int ldb, long long sB, dtype dd, const void *D, int ldd,
+			long long sD, int batch, const void *bias, const void *aux)
+{
+	memset(key, 0, sizeof *key);	/* padding too: keys are compared with memcmp */
+	key->ta = ta, key->tb = tb, key->m = m, key->n = n, key->k = k;
+	key->lda = lda, key->ldb = ldb, key->ldd = ldd, key->batch = batch;
+	key->ab = ab, key->dd = dd, key->bias = bias != NULL;
+	key->sA = sA, key->sB = sB, key->sD = sD;
+	key->alA = align_of(A, sA, dtype_size(ab), batch);
+	key->alB = align_of(B, sB, dtype_size(ab), batch);
+	key->alD = align_of(D, sD, dtype_size(dd), batch);
+	key->gelu = aux != NULL;
+	key->alX = aux ? align_of(aux, 0, dtype_size(dd), 1) : 0;
+	key->alBias = bias ? align_of(bias, 0, dtype_size(dd), 1) : 0;
+}
+
+#define MM_CACHE 64
+
 /* ---------------------------------------------------------------- cuBLASLt */
 #ifndef ANATOMY_EMU
 
 #include <cublasLt.h>
 
-#define MM_CACHE 64
-
-/* Everything a cuBLASLt plan depends on, alignment of the pointers included
- * (an algorithm chosen for 256-byte aligned operands may not run on others). */
-struct mm_key {
-	int ta, tb, m, n, k, lda, ldb, ldd, batch, ab, dd, bias, gelu;
-	long long sA, sB, sD;
-	unsigned alA, alB, alD, alX;	/* alX: the GELU aux matrix */
-};
 
 struct mm_plan {
 	mm_key key;
@@ -57,17 +93,6 @@ static void lt_check(cublasStatus_t s, const char *what, const char *file, int l
 
 static cudaDataType_t lt_type(dtype t) { return t == DT_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-/* Largest power of two (<= 256) dividing the address of every matrix of the batch. */
-static unsigned align_of(const void *p, long long stride, size_t esize, int batch)
-{
-	uintptr_t a = (uintptr_t)p;
-	if (batch > 1)
-		a |= (uintptr_t)(stride * (long long)esize);
-	unsigned al = 256;
-	while (al > 1 && a % al)
-		al >>= 1;
-	return al;
-}
 
 static void lt_layout(cublasLtMatrixLayout_t *l, dtype t, int rows, int cols, int ld, int batch,
 		      long long stride)
@@ -93,8 +118,9 @@ static void plan_release(mm_plan *p)
 	p->valid = 0;
 }
 
-/* Descriptors, layouts and the heuristic's first choice for key k. */
-static void plan_build(mm_ctx *c, mm_plan *p, const mm_key *k)
+/* Descriptors, layouts and the heuristic's first choice for key k. The bias
+ * and aux pointers are set before the heuristic, which reads their alignment. */
+static void plan_build(mm_ctx *c, mm_plan *p, const mm_key *k, const void *bias, const void *aux)
 {
 	const mm_key *q = k;
 	cublasOperation_t opa = q->ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = q->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -109,10 +135,13 @@ static void plan_build(mm_ctx *c, mm_plan *p, const mm_key *k)
 	if (q->bias) {
 		int32_t bt = lt_type((dtype)q->dd);
 		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
 	}
 	if (q->gelu) {	/* aux: D's type (the default), D's leading dimension */
 		int64_t ld = q->ldd;
 		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
+		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux,
+							sizeof aux));
 	}
 	lt_layout(&p->a, (dtype)q->ab, q->ta ? q->k : q->m, q->ta ? q->m : q->k, q->lda, q->batch, q->sA);
 	lt_layout(&p->b, (dtype)q->ab, q->tb ? q->n : q->k, q->tb ? q->k : q->n, q->ldb, q->batch, q->sB);
@@ -137,14 +166,14 @@ static void plan_build(mm_ctx *c, mm_plan *p, const mm_key *k)
 	if (nres < 1)
 		cuda_die(__FILE__, __LINE__,
 			 "cuBLASLt has no algorithm for m=%d n=%d k=%d ta=%d tb=%d batch=%d (%s in, %s out, "
-			 "alignment %u/%u/%u)", q->m, q->n, q->k, q->ta, q->tb, q->batch, dtype_name((dtype)q->ab),
-			 dtype_name((dtype)q->dd), q->alA, q->alB, q->alD);
+			 "alignment %u/%u/%u, bias %u)", q->m, q->n, q->k, q->ta, q->tb, q->batch,
+			 dtype_name((dtype)q->ab), dtype_name((dtype)q->dd), q->alA, q->alB, q->alD, q->alBias);
 	p->algo = res.algo;
 	p->key = *k;
 	p->valid = 1;
 }
 
-static mm_plan *plan_get(mm_ctx *c, const mm_key *k)
+static mm_plan *plan_get(mm_ctx *c, const mm_key *k, const void *bias, const void *aux)
 {
 	for (int i = 0; i < MM_CACHE; i++)
 		if (c->plan[i].valid && memcmp(&c->plan[i].key, k, sizeof *k) == 0)
@@ -152,7 +181,7 @@ static mm_plan *plan_get(mm_ctx *c, const mm_key *k)
 	mm_plan *p = &c->plan[c->next];
 	c->next = (c->next + 1) % MM_CACHE;
 	plan_release(p);
-	plan_build(c, p, k);
+	plan_build(c, p, k, bias, aux);
 	return p;
 }
 
@@ -204,17 +233,8 @@ static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, con
 		cuda_die(__FILE__, __LINE__, "GELU epilogue: ld %d is not a multiple of 8 or aux %p is not 16-byte aligned",
 			 ldd, aux);
 	mm_key key;
-	memset(&key, 0, sizeof key);	/* padding too: keys are compared with memcmp */
-	key.ta = ta, key.tb = tb, key.m = m, key.n = n, key.k = k;
-	key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.batch = batch;
-	key.ab = ab, key.dd = dd, key.bias = bias != NULL;
-	key.sA = sA, key.sB = sB, key.sD = sD;
-	key.alA = align_of(A, sA, dtype_size(ab), batch);
-	key.alB = align_of(B, sB, dtype_size(ab), batch);
-	key.alD = align_of(D, sD, dtype_size(dd), batch);
-	key.gelu = aux != NULL;
-	key.alX = aux ? align_of(aux, 0, dtype_size(dd), 1) : 0;
-	mm_plan *p = plan_get(c, &key);
+	mm_key_make(&key, ta, tb, m, n, k, ab, A, lda, sA, B, ldb, sB, dd, D, ldd, sD, batch, bias, aux);
+	mm_plan *p = plan_get(c, &key, bias, aux);
 	if (bias)
 		LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
 	if (aux)
@@ -228,10 +248,47 @@ static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, con
 
 #include <cblas.h>
 
+/* A plan as the native build would cache it, with the alignment every
+ * pointer really had when it was made: cuBLASLt picks an algorithm for those,
+ * and a later call that hits the same key with a less aligned pointer would
+ * run that algorithm on operands it may not support. */
+struct mm_emu_plan {
+	mm_key key;
+	int valid;
+	unsigned al[5];	/* A, B, D, bias, aux */
+};
+
 struct mm_ctx {
 	float *buf[3];
 	size_t cap[3];
+	mm_emu_plan plan[MM_CACHE];
+	int next;
 };
+
+/* The plan cache's lookup, checked: a hit must not be less aligned anywhere
+ * than the call that made the plan (the key is missing an alignment if it is). */
+static void mm_plan_check(mm_ctx *c, const mm_key *k, const void *bias, const void *aux)
+{
+	unsigned al[5] = {k->alA, k->alB, k->alD, bias ? align_of(bias, 0, dtype_size((dtype)k->dd), 1) : 256,
+			  aux ? align_of(aux, 0, dtype_size((dtype)k->dd), 1) : 256};
+	static const char *const names[5] = {"A", "B", "D", "bias", "GELU aux"};
+	for (int i = 0; i < MM_CACHE; i++) {
+		mm_emu_plan *p = &c->plan[i];
+		if (!p->valid || memcmp(&p->key, k, sizeof *k) != 0)
+			continue;
+		for (int j = 0; j < 5; j++)
+			if (al[j] < p->al[j])
+				cuda_die(__FILE__, __LINE__, "cuBLASLt plan m=%d n=%d k=%d made for a %s aligned to %u bytes "
+					 "reused for one aligned to %u: its key must hold that alignment", k->m, k->n, k->k,
+					 names[j], p->al[j], al[j]);
+		return;
+	}
+	mm_emu_plan *p = &c->plan[c->next];
+	c->next = (c->next + 1) % MM_CACHE;
+	p->key = *k;
+	p->valid = 1;
+	memcpy(p->al, al, sizeof al);
+}
 
 mm_ctx *mm_create(cudaStream_t stream, char *err)
 {
@@ -309,6 +366,12 @@ static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, con
 	if (aux && (batch != 1 || !mm_gelu_ok(ldd, aux)))
 		cuda_die(__FILE__, __LINE__, "GELU epilogue: ld %d is not a multiple of 8 or aux %p is not 16-byte aligned",
 			 ldd, aux);
+	if (aux && dd != DT_BF16)
+		cuda_die(__FILE__, __LINE__, "GELU epilogue on %s: cuBLASLt does not document its GELU's accuracy, "
+			 "which fp32 (verification) mode must not depend on", dtype_name(dd));
+	mm_key key;
+	mm_key_make(&key, ta, tb, m, n, k, ab, A, lda, sA, B, ldb, sB, dd, D, ldd, sD, batch, bias, aux);
+	mm_plan_check(c, &key, bias, aux);
 	size_t ea = dtype_size(ab), ed = dtype_size(dd);
 	for (int i = 0; i < batch; i++) {
 		const void *Ai = (const char *)A + (size_t)(i * sA) * ea;
@@ -416,8 +479,12 @@ void cuda_matmul_forward(backend *be, void *out, const void *inp, const void *we
 		0.0f, bias);
 }
 
-/* One cuBLASLt call with the GELU_AUX(_BIAS) epilogue when OC and out_pre
- * qualify (mm_gelu_ok), else matmul_forward then gelu_forward. */
+/* One cuBLASLt call with the GELU_AUX(_BIAS) epilogue in bf16 when OC and
+ * out_pre qualify (mm_gelu_ok), else matmul_forward then gelu_forward. The
+ * fp32 mode always takes the second way: it verifies against the CPU to
+ * 1e-5, and cuBLASLt does not document its GELU's accuracy (a hardware tanh
+ * approximation would be about 2^-11 relative), while gelu.cu computes
+ * tanhf in fp32. */
 void cuda_matmul_gelu_forward(backend *be, void *out_pre, void *out_gelu, const void *inp,
 			      const void *weight, const void *bias, int N, int IC, int OC)
 {
@@ -425,7 +492,7 @@ void cuda_matmul_gelu_forward(backend *be, void *out_pre, void *out_gelu, const 
 	cuda_backend *cb = cuda_of(be);
 	if (N <= 0 || OC <= 0)
 		return;
-	if (!mm_gelu_ok(OC, out_pre)) {
+	if (be->act != DT_BF16 || !mm_gelu_ok(OC, out_pre)) {
 		cuda_matmul_forward(be, out_pre, inp, weight, bias, N, IC, OC);
 		cuda_gelu_forward(be, out_gelu, out_pre, (size_t)N * OC);
 		return;

@@ -13,7 +13,10 @@
  * Under ANATOMY_EMU there is no cuBLASLt: mm_gemm computes on the CPU with
  * OpenBLAS's sgemm on the inputs widened exactly from their stored values
  * (bf16 -> fp32 is exact), then applies alpha, beta, bias (and GELU) and
- * rounds to D's type once, round to nearest even, as cuBLASLt's epilogue does. */
+ * rounds to D's type once, round to nearest even, as cuBLASLt's epilogue does.
+ * It keeps the same plan cache, by the same key, and dies when a cached plan
+ * is reused with a pointer less aligned than the one it was made for (a key
+ * missing an alignment), or when the GELU epilogue is asked for in fp32. */
 #ifndef ANATOMY_CUDA_MATMUL_H
 #define ANATOMY_CUDA_MATMUL_H
 
@@ -41,7 +44,7 @@ void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const voi
 	     long long sD, int batch, float alpha, float beta, const void *bias);
 
 /* D = GELU(op(A) op(B) + bias) and aux = op(A) op(B) + bias (the GELU input,
- * kept for the backward), one unbatched call with alpha 1, beta 0:
+ * kept for the backward), one unbatched bf16 call with alpha 1, beta 0:
  * cuBLASLt's GELU_AUX_BIAS epilogue (GELU_AUX when bias is NULL), whose GELU
  * is the tanh approximation. aux has D's dtype and leading dimension ldd,
  * which must be a multiple of 8 (cuBLASLt's rule for the aux matrix), and
