@@ -158,6 +158,23 @@ __global__ void k_cp_async_no_wait(const float4 *x, float *y)
 	y[t] = v + s[t].y;
 }
 
+/* Rewrites a cp.async's global source before the wait that completes the
+ * copy: the hardware may copy the old value or the new one. The twin
+ * rewrites it after the wait. */
+template <int AFTER> __global__ void k_cp_async_source_rewrite(float4 *x, float *y)
+{
+	__shared__ float4 s[32];
+	int t = threadIdx.x;
+	cp_async_16(&s[t], &x[t]); /* BUG: source-rewritten-in-flight */
+	cp_async_commit();
+	if (!AFTER)
+		x[t].x += 1.0f;
+	cp_async_wait<0>();
+	if (AFTER)
+		x[t].x += 1.0f;
+	y[t] = s[t].x;
+}
+
 __global__ void k_uninit_shared(float *y)
 {
 	__shared__ float s[64];
@@ -412,6 +429,29 @@ START_TEST(test_cp_async_read_before_wait)
 }
 END_TEST
 
+START_TEST(test_cp_async_source_rewritten)
+{
+	float hx[128];
+	for (int i = 0; i < 128; i++)
+		hx[i] = (float)i;
+	float *dx = upload(hx, 128), *dy, hy[32];
+	CUDA_OK(cudaMalloc(&dy, 32 * sizeof(float)));
+	CUDA_LAUNCH(1, 32, 0, 0, k_cp_async_source_rewrite<1>)((float4 *)dx, dy);
+	CUDA_OK(cudaGetLastError());
+	CUDA_OK(cudaMemcpy(hy, dy, sizeof hy, cudaMemcpyDeviceToHost));
+	for (int t = 0; t < 32; t++)
+		ck_assert_float_eq(hy[t], (float)(4 * t));
+	emu_set_quiet(1);
+	CUDA_LAUNCH(1, 32, 0, 0, k_cp_async_source_rewrite<0>)((float4 *)dx, dy);
+	ck_assert_int_eq(cudaGetLastError(), cudaErrorLaunchFailure);
+	emu_set_quiet(0);
+	expect_report("k_cp_async_source_rewrite<0>", "was rewritten while the copy was in flight",
+		      "BUG: source-rewritten-in-flight");
+	cudaFree(dx);
+	cudaFree(dy);
+}
+END_TEST
+
 START_TEST(test_uninit_and_freed)
 {
 	float *dy;
@@ -444,6 +484,7 @@ int main(void)
 	tcase_add_test(tc, test_divergent_barrier);
 	tcase_add_test(tc, test_exited_lane_in_shuffle);
 	tcase_add_test(tc, test_cp_async_read_before_wait);
+	tcase_add_test(tc, test_cp_async_source_rewritten);
 	tcase_add_test(tc, test_uninit_and_freed);
 	suite_add_tcase(s, tc);
 	return run_suite(s);

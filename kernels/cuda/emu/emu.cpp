@@ -111,6 +111,7 @@ struct cp_entry {
 	const void *src;
 	int size, src_size, group;
 	const void *pc;
+	unsigned char data[16];	/* the source as read at issue */
 };
 
 struct emu_thread {
@@ -433,7 +434,7 @@ static void fail(cudaError_t e, const void *pc0, const void *pc1, const char *fm
 	__builtin_unreachable();
 }
 
-static void cp_complete(emu_thread *t, int upto_group);
+static void cp_complete(emu_thread *t, int upto_group, const void *wait_pc);
 
 static void fiber_main(void)
 {
@@ -443,7 +444,7 @@ static void fiber_main(void)
 	S->d->invoke(S->d->fn, S->d->args);
 	t = t_self;
 	if (t->cp && !t->cp->empty())
-		cp_complete(t, 1 << 30);
+		cp_complete(t, 1 << 30, NULL);
 	t->state = T_EXITED;
 	S->live--;
 	switch_to_sched(t, 1);
@@ -1250,7 +1251,10 @@ extern "C" void emu_atomic_begin(void *p, size_t n)
 extern "C" void emu_raw_load(void *dst, const void *src, size_t n) { raw_copy(dst, src, n); }
 extern "C" void emu_raw_store(void *dst, const void *src, size_t n) { raw_copy(dst, src, n); }
 
-/* ---- cp.async: copies are held until a wait_group covers them ---- */
+/* ---- cp.async: the source is read at issue, as the hardware may; the
+ * shared destination is written when a wait_group covers the copy, as late as
+ * the hardware may. A source rewritten between the two is a race (the
+ * hardware may have read either value), reported at the wait. ---- */
 extern "C" void emu_cp_async(void *smem, const void *gmem, int cp_size, int src_size)
 {
 	const void *pc = __builtin_return_address(0);
@@ -1284,7 +1288,9 @@ extern "C" void emu_cp_async(void *smem, const void *gmem, int cp_size, int src_
 	}
 	if (!t->cp)
 		t->cp = new std::vector<cp_entry>();
-	t->cp->push_back(cp_entry{smem, gmem, cp_size, src_size, -1, pc});
+	cp_entry e = {smem, gmem, cp_size, src_size, -1, pc, {0}};
+	raw_copy(e.data, gmem, (size_t)src_size);
+	t->cp->push_back(e);
 }
 
 extern "C" void emu_cp_async_commit(void)
@@ -1297,8 +1303,9 @@ extern "C" void emu_cp_async_commit(void)
 				e.group = t->cp_groups;
 }
 
-/* Completes every committed copy of group <= upto_group. */
-static void cp_complete(emu_thread *t, int upto_group)
+/* Completes every committed copy of group <= upto_group (at the wait at
+ * wait_pc; NULL: the thread's exit). */
+static void cp_complete(emu_thread *t, int upto_group, const void *wait_pc)
 {
 	std::vector<cp_entry> keep;
 	char where[160];
@@ -1311,9 +1318,14 @@ static void cp_complete(emu_thread *t, int upto_group)
 		for (int i = 0; i < e.size; i++)
 			sh[i].pending = 0;
 		detect(sh, (size_t)e.size, 1, 0, t, e.pc, where);
-		unsigned char buf[16] = {0};
-		raw_copy(buf, e.src, (size_t)e.src_size);
-		raw_copy(e.dst, buf, (size_t)e.size);
+		unsigned char now[16] = {0};
+		raw_copy(now, e.src, (size_t)e.src_size);
+		if (memcmp(now, e.data, (size_t)e.src_size) != 0)
+			fail(cudaErrorLaunchFailure, e.pc, wait_pc,
+			     "cp.async race: the source %p of the cp.async at @PC0@ was rewritten while the copy was in flight "
+			     "(before the wait_group at @PC1@ that completes it): the hardware may have read either value",
+			     e.src);
+		raw_copy(e.dst, e.data, (size_t)e.size);
 	}
 	t->cp->swap(keep);
 }
@@ -1322,7 +1334,7 @@ extern "C" void emu_cp_async_wait(int n)
 {
 	emu_thread *t = t_self;
 	if (t->cp && !t->cp->empty())
-		cp_complete(t, t->cp_groups - n);
+		cp_complete(t, t->cp_groups - n, __builtin_return_address(0));
 }
 
 extern "C" void *emu_dynamic_shared(void) { return g_dyn; }
