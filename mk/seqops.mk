@@ -21,8 +21,8 @@ $(CUDA_DIR)/tests/test_cuda_seq_ops: $(BUILD)/obj/tests/test_cuda_seq_ops.o $(BU
 
 .PHONY: test-cuda-seq
 EXTRA_TESTS += test-cuda-seq
-test-cuda-seq: $(BUILD)/tests/test_cuda_seq_ops $(if $(CUDA_NVCC),$(CUDA_DIR)/tests/test_cuda_seq_ops)
+test-cuda-seq: $(BUILD)/tests/test_cuda_seq_ops $(if $(CUDA_NVCC),$(CUDA_DIR)/tests/test_cuda_seq_ops $(CUDA_DIR)/ptxas.txt)
 	@bins=$(BUILD)/tests/test_cuda_seq_ops; \
 	if [ -n "$(CUDA_NVCC)" ] && nvidia-smi -L >/dev/null 2>&1; then bins="$$bins $(CUDA_DIR)/tests/test_cuda_seq_ops"; fi; \
 	ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} \
-	sh tests/run_c_tests.sh $(BUILD) $$bins
+	ANATOMY_EMU_PTXAS=$(CUDA_EMU_PTXAS) sh tests/run_c_tests.sh $(BUILD) $$bins

@@ -500,6 +500,36 @@ START_TEST(test_static_shared_counts)
 }
 END_TEST
 
+/* A block whose threads need more registers than an SM has fails to launch,
+ * as on the GPU: 128 registers (as ptxas might report) x 1024 threads is
+ * 131,072 > 65,536; x 512 fits. The count comes from ptxas (make test runs
+ * the parity suites with every kernel's), here set by hand. */
+__global__ void k_regs_heavy(int *x) { x[threadIdx.x] = (int)threadIdx.x; }
+
+#ifdef ANATOMY_EMU
+START_TEST(test_register_limit)
+{
+	int *d;
+	CUDA_OK(cudaMalloc(&d, 1024 * sizeof(int)));
+	emu_set_kernel_regs("k_regs_heavy", 128);
+	emu_set_quiet(1);
+	cudaGetLastError();
+	CUDA_LAUNCH(1, 1024, 0, 0, k_regs_heavy)(d);
+	ck_assert_int_eq(cudaGetLastError(), cudaErrorLaunchOutOfResources);
+	ck_assert_msg(strstr(emu_last_report(), "1024 threads of 128 registers"), "%s", emu_last_report());
+	emu_set_quiet(0);
+	emu_clear_report();
+	CUDA_LAUNCH(1, 512, 0, 0, k_regs_heavy)(d);
+	CUDA_OK(cudaGetLastError());
+	emu_set_kernel_regs("k_regs_heavy", 32); /* 1024 x 32 fits */
+	CUDA_LAUNCH(1, 1024, 0, 0, k_regs_heavy)(d);
+	CUDA_OK(cudaGetLastError());
+	CUDA_OK(cudaDeviceSynchronize());
+	cudaFree(d);
+}
+END_TEST
+#endif
+
 START_TEST(test_api_errors)
 {
 	int *d;
@@ -603,6 +633,9 @@ int main(void)
 	tcase_add_test(tc, test_bf16_arith);
 	tcase_add_test(tc, test_api_errors);
 	tcase_add_test(tc, test_static_shared_counts);
+#ifdef ANATOMY_EMU
+	tcase_add_test(tc, test_register_limit);
+#endif
 	tcase_add_test(tc, test_switch_cost);
 	suite_add_tcase(s, tc);
 	return run_suite(s);

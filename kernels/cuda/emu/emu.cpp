@@ -22,6 +22,7 @@
  * __syncwarp. Two accesses by different threads, at least one a write, are a
  * race unless a __syncthreads or a __syncwarp that both took part in
  * separates them. */
+#include <errno.h>
 #include "emu.h"
 
 #include <cxxabi.h>
@@ -213,6 +214,16 @@ static std::map<const void *, int> g_max_dyn_smem;
  * bytes of each kernel launched so far. */
 static std::map<uintptr_t, std::string> g_funcs;
 static std::map<const void *, size_t> g_static_smem;
+/* Registers per thread of each kernel as ptxas reported them (the most over
+ * the targets), by its name with template arguments and no spaces
+ * ("adamw_kernel<float>"): read from the file ANATOMY_EMU_PTXAS names (the
+ * build's ptxas.txt) or set by emu_set_kernel_regs; kernels not in it are not
+ * checked. And each launched kernel's key into it. */
+static std::map<std::string, int> g_kernel_regs;
+static std::map<const void *, std::string> g_kernel_names;
+/* sm_80/sm_90: 64K 32-bit registers per SM (and so per block), at most 255 per
+ * thread, allocated per warp in units of 256 */
+static const int REGS_PER_SM = 65536, REGS_MAX = 255, REG_UNIT = 256;
 /* sm_90: 48 KiB of shared memory per block without the opt-in, 227 KiB with it */
 static const size_t SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 227 * 1024;
 
@@ -237,6 +248,53 @@ static double now_ms(void)
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* "void k<8, true>(float*, int)" -> "k<8,true>": the key of g_kernel_regs. */
+static std::string kernel_key(const std::string &sig)
+{
+	std::string k;
+	int depth = 0;
+	size_t start = sig.compare(0, 5, "void ") == 0 ? 5 : 0;
+	for (size_t i = start; i < sig.size(); i++) {
+		char c = sig[i];
+		if (c == '<')
+			depth++;
+		else if (c == '>')
+			depth--;
+		else if (c == '(' && depth == 0)
+			break;
+		if (c != ' ')
+			k += c;
+	}
+	return k;
+}
+
+/* Lines of build/cuda/ptxas.txt: "<file> <arch> regs <n> ... spill-ld <n>  <signature>". */
+static void kernel_regs_load(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		fprintf(stderr, "emu: warning: ANATOMY_EMU_PTXAS=%s: %s; registers are not checked\n", path, strerror(errno));
+		return;
+	}
+	char line[4096];
+	while (fgets(line, sizeof line, f)) {
+		int regs;
+		const char *r = strstr(line, " regs "), *sl = strstr(line, "spill-ld ");
+		if (!r || !sl || sscanf(r + 6, "%d", &regs) != 1)
+			continue;
+		sl += 9;
+		while (*sl == ' ' || (*sl >= '0' && *sl <= '9'))
+			sl++;
+		std::string sig(sl);
+		while (!sig.empty() && (sig.back() == '\n' || sig.back() == ' '))
+			sig.pop_back();
+		std::string k = kernel_key(sig);
+		if (!k.empty() && regs > g_kernel_regs[k])
+			g_kernel_regs[k] = regs;
+	}
+	fclose(f);
+}
+
 static void env_init(void)
 {
 	if (g_init)
@@ -254,6 +312,9 @@ static void env_init(void)
 	s = getenv("ANATOMY_EMU_QUIET");
 	if (s && *s == '1')
 		g_quiet = 1;
+	s = getenv("ANATOMY_EMU_PTXAS");
+	if (s && *s)
+		kernel_regs_load(s);
 }
 
 /* Source location of a return address as "file:line", relative to the
@@ -1379,6 +1440,24 @@ static size_t static_smem_of(const void *fn)
 	return bytes;
 }
 
+/* The kernel's g_kernel_regs key, from its symbol. */
+static const std::string &kernel_name_of(const void *fn)
+{
+	auto hit = g_kernel_names.find(fn);
+	if (hit != g_kernel_names.end())
+		return hit->second;
+	std::string k;
+	auto f = g_funcs.find((uintptr_t)fn);
+	if (f != g_funcs.end()) {
+		int st = 0;
+		char *dm = abi::__cxa_demangle(f->second.c_str(), NULL, NULL, &st);
+		if (st == 0 && dm)
+			k = kernel_key(dm);
+		free(dm);
+	}
+	return g_kernel_names[fn] = k;
+}
+
 static cudaError_t launch_check(emu_launch_desc *d)
 {
 	dim3 g = d->grid, b = d->block;
@@ -1411,6 +1490,20 @@ static cudaError_t launch_check(emu_launch_desc *d)
 			return host_error(cudaErrorInvalidValue, "launch of %s at %s:%d: the opt-in of %d bytes of dynamic shared "
 					  "memory plus %zu static exceed the %zu of an sm_90 block", d->name, d->file, d->line,
 					  it->second, stat, SMEM_OPTIN);
+	}
+	/* registers: ptxas's count per thread, rounded per warp to the allocation
+	 * unit, for every warp of the block, within one SM's register file */
+	if (!g_kernel_regs.empty()) {
+		auto r = g_kernel_regs.find(kernel_name_of(d->fn));
+		if (r != g_kernel_regs.end()) {
+			uint64_t warps = (nt + 31) / 32;
+			uint64_t per_warp = ((uint64_t)r->second * 32 + REG_UNIT - 1) / REG_UNIT * REG_UNIT;
+			if (r->second > REGS_MAX || warps * per_warp > (uint64_t)REGS_PER_SM)
+				return host_error(cudaErrorLaunchOutOfResources, "launch of %s at %s:%d: %llu threads of %d registers "
+						  "(ptxas) need %llu registers, more than the %d of an SM (too many resources "
+						  "requested for launch)", d->name, d->file, d->line, (unsigned long long)nt,
+						  r->second, (unsigned long long)(warps * per_warp), REGS_PER_SM);
+		}
 	}
 	if (d->stream && !g_streams.count(d->stream))
 		return host_error(cudaErrorInvalidResourceHandle, "launch of %s at %s:%d: invalid stream", d->name, d->file, d->line);
@@ -1956,6 +2049,13 @@ extern "C" const char *emu_last_report(void) { return g_report; }
 extern "C" void emu_clear_report(void) { g_report[0] = 0; }
 extern "C" void emu_set_quiet(int quiet) { env_init(); g_quiet = quiet; }
 extern "C" void emu_set_seed(uint64_t seed) { env_init(); g_seed = seed; }
+extern "C" void emu_set_kernel_regs(const char *kernel, int regs)
+{
+	pthread_mutex_lock(&g_lock);
+	env_init();
+	g_kernel_regs[kernel_key(kernel)] = regs;
+	pthread_mutex_unlock(&g_lock);
+}
 extern "C" uint64_t emu_get_seed(void) { env_init(); return g_seed; }
 extern "C" uint64_t emu_switch_count(void) { return g_switches; }
 extern "C" int emu_checks_active(void) { return asan_on(); }

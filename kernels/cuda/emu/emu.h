@@ -387,6 +387,10 @@ void emu_clear_report(void);
 void emu_set_quiet(int quiet);
 /* Thread-order seed; 0 runs threads in index order. ANATOMY_EMU_SEED sets it. */
 void emu_set_seed(uint64_t seed);
+/* The registers per thread ptxas gives `kernel` ("name<targs>"): a launch whose
+ * block needs more than an SM's 64K registers fails as on the GPU
+ * (ANATOMY_EMU_PTXAS=build/cuda/ptxas.txt loads every kernel's count). */
+void emu_set_kernel_regs(const char *kernel, int regs);
 uint64_t emu_get_seed(void);
 /* Context switches since start (for the cost figure in tests). */
 uint64_t emu_switch_count(void);
