@@ -224,9 +224,10 @@ START_TEST(test_layernorm)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
-    static const int shapes[][2] = { { 37, 64 }, { 9, 44 }, { 300, 24 } }; /* N, C */
+    /* N, C; 5000 rows: more than the backward's blocks x warps, so warps take several rows */
+    static const int shapes[][2] = { { 37, 64 }, { 9, 44 }, { 300, 24 }, { 5000, 16 } };
     seed("layernorm", _i);
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 4; s++) {
         ln_case c = { .N = shapes[s][0], .C = shapes[s][1] };
         size_t nc = (size_t)c.N * c.C;
         c.x = rnd(nc, 1, act);
@@ -261,6 +262,12 @@ START_TEST(test_layernorm)
         ln_run(g, &c, 1, y[1], mean[1], rstd[1], NULL, dw[1], db[1], p);
         expect_close("layernorm_backward dweight alone", act, dw[1], dw[0], c.C, tol(act));
         expect_close("layernorm_backward dbias alone", act, db[1], db[0], c.C, tol(act));
+        /* the parameter gradients are sums in a fixed order: the same bits again */
+        double *dw2 = xmalloc(c.C * 8), *db2 = xmalloc(c.C * 8);
+        ln_run(g, &c, 1, y[1], mean[1], rstd[1], NULL, dw2, db2, p);
+        ck_assert_msg(!memcmp(dw2, dw[1], c.C * 8) && !memcmp(db2, db[1], c.C * 8),
+                      "layernorm_backward N%d C%d: dweight/dbias differ between two runs", c.N, c.C);
+        free(dw2), free(db2);
         for (int k = 0; k < 2; k++)
             free(y[k]), free(dx[k]), free(mean[k]), free(rstd[k]), free(dw[k]), free(db[k]);
         for (int k = 0; k < 3; k++)

@@ -416,6 +416,8 @@ static void cu_destroy(backend *be)
 		cudaFreeHost(cb->enc_stage);
 	if (cb->enc_done)
 		cudaEventDestroy(cb->enc_done);
+	if (cb->ln_done)
+		cudaFree(cb->ln_done);
 	if (cb->stream)
 		cudaStreamDestroy(cb->stream);
 	free(cb->adamw_host);
@@ -473,7 +475,9 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	snprintf(cb->devname, sizeof cb->devname, "%s", prop.name);
 	if (cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking) != cudaSuccess ||
 	    cudaEventCreateWithFlags(&cb->enc_done, cudaEventDisableTiming) != cudaSuccess ||
-	    cudaMallocHost(&cb->stage, STAGE_BYTES) != cudaSuccess) {
+	    cudaMallocHost(&cb->stage, STAGE_BYTES) != cudaSuccess ||
+	    cudaMalloc(&cb->ln_done, sizeof *cb->ln_done) != cudaSuccess ||
+	    cudaMemset(cb->ln_done, 0, sizeof *cb->ln_done) != cudaSuccess) {
 		snprintf(err, 256, "CUDA device %d: cannot create a stream and staging buffers: %s", device,
 			 cudaGetErrorString(cudaGetLastError()));
 		cu_destroy(&cb->be);

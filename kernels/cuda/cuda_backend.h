@@ -103,6 +103,9 @@ struct cuda_backend {
 	cudaEvent_t enc_done;	/* the last copy out of enc_stage */
 	struct tok_shadow shadow[CUDA_NSHADOW];
 	uint64_t shadow_clock;
+	/* layernorm_backward: how many blocks have written their column sums (the
+	 * last one adds them up and sets it back to 0) */
+	unsigned *ln_done;
 	/* AdamW: the segment table last uploaded, to skip identical uploads */
 	void *adamw_host;
 	size_t adamw_bytes;

@@ -12,13 +12,18 @@
  * One warp per row for the row-wise parts (the row stays in L1 between its
  * passes; shuffles reduce). The mean and variance take two passes, as the CPU
  * reference does, so a row with a large mean loses nothing to cancellation.
- * The parameter gradients are column sums: partial sums over chunks of rows,
- * then one ordered sum per column; no atomics, so the same bits every run. */
+ *
+ * The backward is one kernel (as llm.c's): each warp takes rows in a fixed
+ * stride, writes dx and adds dy*xhat and dy into its own column sums in
+ * shared memory, so dout and inp are read once for all three gradients.
+ * The block adds its warps' sums in warp order into its row of a scratch
+ * [blocks, 2C]; the last block to finish (a counter elects it) adds those rows
+ * in block order into dg and db. The only atomic is the counter: the sums
+ * have a fixed order, so the same bits every run. */
 #include "cuda_backend.h"
 
 #define LN_THREADS 256	/* 8 rows per block */
-#define LN_ROWS 128	/* rows per partial column sum */
-#define LN_COLS 256	/* columns per block in the column sums */
+#define LN_BWD_BLOCKS 512	/* at most; a fixed cap, so the sums' order depends on N and C alone */
 
 /* FUSE: x = inp + add, rounded to T and stored to res on the first pass (the
  * residual add); the later passes read x back from res, which the same
@@ -75,77 +80,96 @@ UNROLL
 	}
 }
 
-template <class T, int V>
-__global__ void layernorm_dx_kernel(T *dinp, const T *dout, const T *inp, const T *w, const float *mean,
-				    const float *rstd, int N, int C)
+/* Warps per block of the backward: each holds 2C fp32 column sums in shared
+ * memory; up to 8 within 48 KiB, else 1 (with the opt-in past 48 KiB). */
+static inline int ln_bwd_warps(int C)
 {
-	int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-	if (row >= N)
-		return;
-	size_t off = (size_t)row * C;
-	float m = mean[row], r = rstd[row], a = 0.0f, g = 0.0f;
-	float dy[V], x[V], wg[V];
-	for (int c = lane * V; c < C; c += 32 * V) {
-		load_f<T, V>(dy, dout + off + c);
-		load_f<T, V>(x, inp + off + c);
-		load_f<T, V>(wg, w + c);
-UNROLL
-		for (int k = 0; k < V; k++) {
-			float dyw = dy[k] * wg[k];
-			a += dyw;
-			g += dyw * ((x[k] - m) * r);
-		}
-	}
-	a = warp_sum(a) / C;
-	g = warp_sum(g) / C;
-	for (int c = lane * V; c < C; c += 32 * V) {
-		float dx[V];
-		load_f<T, V>(dy, dout + off + c);
-		load_f<T, V>(x, inp + off + c);
-		load_f<T, V>(wg, w + c);
-		load_f<T, V>(dx, dinp + off + c);
+	int w = (48 * 1024 - 64) / (8 * C);
+	return w > 8 ? 8 : w < 1 ? 1 : w;
+}
+
+static inline unsigned ln_bwd_blocks(int N, int C)
+{
+	size_t b = cdiv((size_t)N, (size_t)ln_bwd_warps(C));
+	return (unsigned)(b < LN_BWD_BLOCKS ? b : LN_BWD_BLOCKS);
+}
+
+template <class T, int V>
+__global__ void layernorm_backward_kernel(T *dinp, T *dw, T *db, const T *dout, const T *inp, const T *w,
+					  const float *mean, const float *rstd, int N, int C, float *part,
+					  unsigned *done)
+{
+	DYNAMIC_SHARED(float, sums);	/* [warps][2C]: dg sums, then db sums */
+	__shared__ int last;
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+	float *sw = sums + (size_t)warp * 2 * C, *sb = sw + C;
+	/* each lane owns the same columns in every row: no two lanes share a sum */
+	for (int c = lane * V; c < C; c += 32 * V)
 UNROLL
 		for (int k = 0; k < V; k++)
-			dx[k] += r * (dy[k] * wg[k] - a - (x[k] - m) * r * g);
-		store_f<T, V>(dinp + off + c, dx);
+			sw[c + k] = sb[c + k] = 0.0f;
+	for (int row = blockIdx.x * nw + warp; row < N; row += gridDim.x * nw) {
+		size_t off = (size_t)row * C;
+		float m = mean[row], r = rstd[row], a = 0.0f, g = 0.0f;
+		float dy[V], x[V], wg[V];
+		for (int c = lane * V; c < C; c += 32 * V) {
+			load_f<T, V>(dy, dout + off + c);
+			load_f<T, V>(x, inp + off + c);
+			load_f<T, V>(wg, w + c);
+UNROLL
+			for (int k = 0; k < V; k++) {
+				float dyw = dy[k] * wg[k], xh = (x[k] - m) * r;
+				a += dyw;
+				g += dyw * xh;
+				sw[c + k] += dy[k] * xh;
+				sb[c + k] += dy[k];
+			}
+		}
+		if (!dinp)
+			continue;
+		a = warp_sum(a) / C;
+		g = warp_sum(g) / C;
+		for (int c = lane * V; c < C; c += 32 * V) {
+			float dx[V];
+			load_f<T, V>(dy, dout + off + c);
+			load_f<T, V>(x, inp + off + c);
+			load_f<T, V>(wg, w + c);
+			load_f<T, V>(dx, dinp + off + c);
+UNROLL
+			for (int k = 0; k < V; k++)
+				dx[k] += r * (dy[k] * wg[k] - a - (x[k] - m) * r * g);
+			store_f<T, V>(dinp + off + c, dx);
+		}
 	}
-}
-
-/* pw[y, c] = sum of dy*xhat, pb[y, c] = sum of dy over row chunk y, in row order. */
-template <class T>
-__global__ void layernorm_dparam_partial_kernel(float *pw, float *pb, const T *dout, const T *inp,
-						const float *mean, const float *rstd, int N, int C)
-{
-	int c = blockIdx.x * blockDim.x + threadIdx.x;
-	int r0 = blockIdx.y * LN_ROWS, r1 = min(r0 + LN_ROWS, N);
-	if (c >= C)
+	__syncthreads();
+	float *mine = part + (size_t)blockIdx.x * 2 * C;
+	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+		float s = 0.0f;
+		for (int k = 0; k < nw; k++)
+			s += sums[(size_t)k * 2 * C + c];
+		mine[c] = s;
+	}
+	__threadfence();	/* this block's row is visible before the count says so */
+	__syncthreads();
+	if (threadIdx.x == 0)
+		last = atomicAdd(done, 1u) == gridDim.x - 1;
+	__syncthreads();
+	if (!last)
 		return;
-	float sw = 0.0f, sb = 0.0f;
-	for (int r = r0; r < r1; r++) {
-		size_t i = (size_t)r * C + c;
-		float dy = to_f(dout[i]);
-		sw += dy * ((to_f(inp[i]) - mean[r]) * rstd[r]);
-		sb += dy;
+	__threadfence();
+	for (int c = threadIdx.x; c < C; c += blockDim.x) {
+		float s = 0.0f, t = 0.0f;
+		for (unsigned b = 0; b < gridDim.x; b++) {
+			s += part[(size_t)b * 2 * C + c];
+			t += part[(size_t)b * 2 * C + C + c];
+		}
+		if (dw)
+			dw[c] = from_f<T>(to_f(dw[c]) + s);
+		if (db)
+			db[c] = from_f<T>(to_f(db[c]) + t);
 	}
-	pw[(size_t)blockIdx.y * C + c] = sw;
-	pb[(size_t)blockIdx.y * C + c] = sb;
-}
-
-template <class T>
-__global__ void layernorm_dparam_finish_kernel(T *dw, T *db, const float *pw, const float *pb, int R, int C)
-{
-	int c = blockIdx.x * blockDim.x + threadIdx.x;
-	if (c >= C)
-		return;
-	float sw = 0.0f, sb = 0.0f;
-	for (int y = 0; y < R; y++) {
-		sw += pw[(size_t)y * C + c];
-		sb += pb[(size_t)y * C + c];
-	}
-	if (dw)
-		dw[c] = from_f<T>(to_f(dw[c]) + sw);
-	if (db)
-		db[c] = from_f<T>(to_f(db[c]) + sb);
+	if (threadIdx.x == 0)
+		*done = 0;
 }
 
 /* ---- host side ---- */
@@ -203,37 +227,26 @@ void cuda_residual_layernorm_forward(backend *be, void *res_out, void *ln_out, v
 	layernorm_forward_any(be, ln_out, mean, rstd, a, weight, bias, N, C, res_out, b);
 }
 
-template <class T, int V>
-static void layernorm_dx_launch(cuda_backend *cb, void *dinp, const void *dout, const void *inp, const void *w,
-				const void *mean, const void *rstd, int N, int C)
-{
-	unsigned blocks = cdiv((size_t)N * 32, LN_THREADS);
-	CUDA_LAUNCH(blocks, LN_THREADS, 0, cb->stream, layernorm_dx_kernel<T, V>)(
-		(T *)dinp, (const T *)dout, (const T *)inp, (const T *)w, (const float *)mean, (const float *)rstd,
-		N, C);
-	LAUNCH_CHECK();
-}
-
 size_t cuda_layernorm_scratch_bytes(int N, int C)
 {
-	return 2 * (size_t)cdiv((size_t)N, LN_ROWS) * C * sizeof(float);
+	return (size_t)ln_bwd_blocks(N, C) * 2 * C * sizeof(float);
 }
 
-template <class T>
-static void layernorm_dparam_launch(cuda_backend *cb, void *dw, void *db, const void *dout, const void *inp,
-				    const void *mean, const void *rstd, int N, int C)
+template <class T, int V>
+static void layernorm_backward_launch(cuda_backend *cb, void *dinp, void *dw, void *db, const void *dout,
+				      const void *inp, const void *w, const void *mean, const void *rstd, int N,
+				      int C)
 {
-	int R = (int)cdiv((size_t)N, LN_ROWS);
-	if (R > 65535)
-		cuda_die(__FILE__, __LINE__, "layernorm_backward: %d rows is more than %d", N, 65535 * LN_ROWS);
-	float *pw = (float *)cuda_scratch(cb, SCR_COLSUM, cuda_layernorm_scratch_bytes(N, C));
-	float *pb = pw + (size_t)R * C;
-	dim3 grid(cdiv((size_t)C, LN_COLS), (unsigned)R);
-	CUDA_LAUNCH(grid, LN_COLS, 0, cb->stream, layernorm_dparam_partial_kernel<T>)(
-		pw, pb, (const T *)dout, (const T *)inp, (const float *)mean, (const float *)rstd, N, C);
-	LAUNCH_CHECK();
-	CUDA_LAUNCH(cdiv((size_t)C, LN_COLS), LN_COLS, 0, cb->stream, layernorm_dparam_finish_kernel<T>)(
-		(T *)dw, (T *)db, pw, pb, R, C);
+	int warps = ln_bwd_warps(C);
+	unsigned blocks = ln_bwd_blocks(N, C);
+	size_t smem = (size_t)warps * 2 * C * sizeof(float);
+	float *part = (float *)cuda_scratch(cb, SCR_COLSUM, cuda_layernorm_scratch_bytes(N, C));
+	if (smem > 48 * 1024 - 64)	/* one warp of sums past 48 KiB: C > 6136 */
+		CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel<T, V>,
+						cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	CUDA_LAUNCH(blocks, warps * 32, smem, cb->stream, layernorm_backward_kernel<T, V>)(
+		(T *)dinp, (T *)dw, (T *)db, (const T *)dout, (const T *)inp, (const T *)w, (const float *)mean,
+		(const float *)rstd, N, C, part, cb->ln_done);
 	LAUNCH_CHECK();
 }
 
@@ -243,24 +256,22 @@ void cuda_layernorm_backward(backend *be, void *dinp, void *dweight, void *dbias
 {
 	NVTX_RANGE("layernorm_backward");
 	cuda_backend *cb = cuda_of(be);
-	if (N <= 0 || C <= 0)
+	if (N <= 0 || C <= 0 || (!dinp && !dweight && !dbias))
 		return;
 	int al = aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
-	int bf = be->act == DT_BF16;
-	if (dinp) {
-		if (bf && al && C % 8 == 0)
-			layernorm_dx_launch<__nv_bfloat16, 8>(cb, dinp, dout, inp, weight, mean, rstd, N, C);
-		else if (bf)
-			layernorm_dx_launch<__nv_bfloat16, 1>(cb, dinp, dout, inp, weight, mean, rstd, N, C);
-		else if (al && C % 4 == 0)
-			layernorm_dx_launch<float, 4>(cb, dinp, dout, inp, weight, mean, rstd, N, C);
+	if (be->act == DT_BF16) {
+		if (al && C % 8 == 0)
+			layernorm_backward_launch<__nv_bfloat16, 8>(cb, dinp, dweight, dbias, dout, inp, weight, mean,
+								    rstd, N, C);
 		else
-			layernorm_dx_launch<float, 1>(cb, dinp, dout, inp, weight, mean, rstd, N, C);
-	}
-	if (dweight || dbias) {
-		if (bf)
-			layernorm_dparam_launch<__nv_bfloat16>(cb, dweight, dbias, dout, inp, mean, rstd, N, C);
+			layernorm_backward_launch<__nv_bfloat16, 1>(cb, dinp, dweight, dbias, dout, inp, weight, mean,
+								    rstd, N, C);
+	} else {
+		if (al && C % 4 == 0)
+			layernorm_backward_launch<float, 4>(cb, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N,
+							    C);
 		else
-			layernorm_dparam_launch<float>(cb, dweight, dbias, dout, inp, mean, rstd, N, C);
+			layernorm_backward_launch<float, 1>(cb, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N,
+							    C);
 	}
 }
