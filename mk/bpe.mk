@@ -19,6 +19,9 @@ EXTRA_TESTS += test-fuzz
 
 all: gpt2-vocab
 test-c test-py: gpt2-vocab
+# the demo tokenizes tinyshakespeare and prints samples in GPT-2 tokens, and
+# may be the first command on a fresh machine (tests/cli/test_make.py)
+demo: gpt2-vocab
 
 # The tokenizer test checks the hand-written pre-tokenizer against PCRE2.
 $(BUILD)/tests/test_bpe: EXTRA_LDLIBS += -lpcre2-8
