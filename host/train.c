@@ -286,6 +286,9 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
     ckpt_meta_set(md, "world", "%d", o->world);
     ckpt_meta_set(md, "zero", "%d", o->zero && o->world > 1);
     ckpt_meta_set(md, "shuffle", "%d", o->shuffle);
+    ckpt_meta_set(md, "beta1", "%.17g", o->beta1);
+    ckpt_meta_set(md, "beta2", "%.17g", o->beta2);
+    ckpt_meta_set(md, "eps", "%.17g", o->eps);
     if (o->tokenizer_kind)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
 }
@@ -638,8 +641,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                 gscale = (float)coef;
         }
         /* seed: stochastic rounding of bf16 params; the backend mixes in the step */
-        adamw_params hp = { (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, step + 1,
-                            gscale, (uint32_t)(o->seed ^ (o->seed >> 32)) };
+        adamw_params hp = { (float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                            (float)o->weight_decay, step + 1, gscale,
+                            (uint32_t)(o->seed ^ (o->seed >> 32)) };
         if (z.on) { /* this rank's shard, then everyone's parameters to everyone */
             train_range(be, "optimizer", 1);
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, z.segs, z.nsegs, &hp);

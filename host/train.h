@@ -21,6 +21,8 @@ typedef struct {
     int warmup;             /* linear warmup steps */
     int constant;           /* --schedule constant: lr throughout (after warmup) */
     double weight_decay, grad_clip;
+    double beta1, beta2, eps; /* AdamW's moment decays and denominator term
+                             * (checkpoints carry them; a resume keeps them) */
     double dropout;         /* drop probability of training forwards (model.h's dropout);
                              * 0: none. Validation and sampling never drop. */
     int val_every, val_batches;
