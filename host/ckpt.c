@@ -84,12 +84,23 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
               const float *params, const float *mom_m, const float *mom_v,
               const ckpt_meta *md, char *err)
 {
+    return ckpt_save_extra(path, views, nviews, total, params, mom_m, mom_v, md, NULL, 0, err);
+}
+
+int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_t total,
+                    const float *params, const float *mom_m, const float *mom_v,
+                    const ckpt_meta *md, const ckpt_extra *extra, int nextra, char *err)
+{
     if (!mom_m != !mom_v)
         return errf(err, "%s: both AdamW moments or neither must be saved", path);
     if (check_views(path, views, nviews, total, err))
         return -1;
+    for (int i = 0; i < nextra; i++)
+        if (strncmp(extra[i].name, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)) ||
+            extra[i].ndim < 1 || extra[i].ndim > MODEL_MAXDIM)
+            return errf(err, "%s: bad training-state tensor '%s'", path, extra[i].name);
     int per = mom_m ? 3 : 1, nt = nviews * per, nmeta = 0, rc;
-    st_out_tensor *t = calloc((size_t)nt + 1, sizeof(*t));
+    st_out_tensor *t = calloc((size_t)nt + (size_t)nextra + 1, sizeof(*t));
     char (*names)[80] = calloc((size_t)nt + 1, sizeof(*names));
     const char **meta = calloc(2 * (CKPT_MAXMETA + 2), sizeof(*meta));
     if (!t || !names || !meta) {
@@ -110,6 +121,15 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
             view_shape(&views[i], o->shape);
             o->data = src[j] + views[i].offset;
         }
+    }
+    for (int i = 0; i < nextra; i++) {
+        st_out_tensor *o = &t[nt++];
+        o->name = extra[i].name;
+        o->dtype = ST_F32;
+        o->ndim = extra[i].ndim;
+        for (int k = 0; k < extra[i].ndim; k++)
+            o->shape[k] = extra[i].shape[k];
+        o->data = extra[i].data;
     }
     meta[2 * nmeta] = "format";
     meta[2 * nmeta++ + 1] = CKPT_FORMAT;
@@ -177,6 +197,31 @@ int ckpt_read_meta(const char *path, ckpt_meta *md, char *err)
     return rc;
 }
 
+int ckpt_load_extra(const char *path, const char *name, float **data, int64_t *shape,
+                    int *ndim, char *err)
+{
+    *data = NULL;
+    *ndim = 0;
+    st_file *f = ckpt_open(path, err);
+    if (!f)
+        return -1;
+    int rc = 0;
+    const st_tensor *t = st_find(f, name);
+    if (t && (t->dtype != ST_F32 || t->ndim < 1 || t->ndim > MODEL_MAXDIM))
+        rc = errf(err, "%s: tensor '%s' is not an F32 tensor of 1 to %d dimensions", path,
+                  name, MODEL_MAXDIM);
+    else if (t && !(*data = malloc(t->numel ? t->numel * sizeof(float) : 1)))
+        rc = errf(err, "%s: out of memory for tensor '%s'", path, name);
+    else if (t) {
+        memcpy(*data, st_data(f, t), t->numel * sizeof(float));
+        *ndim = t->ndim;
+        for (int k = 0; k < t->ndim; k++)
+            shape[k] = t->shape[k];
+    }
+    st_close(f);
+    return rc;
+}
+
 /* Checks that tensor t (named name) is F32 with exactly the view's shape. */
 static int check_tensor(const st_file *f, const char *name, const st_tensor *t,
                         const param_view *v, char *err)
@@ -229,6 +274,8 @@ int ckpt_load(const char *path, const param_view *views, int nviews, size_t tota
     /* A tensor the model does not have means another model wrote the file. */
     for (int i = 0; i < st_count(f) && !rc; i++) {
         const char *n = st_at(f, i)->name;
+        if (!strncmp(n, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)))
+            continue; /* training state, for train_restore */
         if (!view_of(n, views, nviews))
             rc = errf(err, "%s: tensor '%s' is not part of this model", path, n);
         nmom += !strncmp(n, MOM_M, strlen(MOM_M)) || !strncmp(n, MOM_V, strlen(MOM_V));

@@ -116,6 +116,16 @@ struct model {
      * -1 when there is none. `eval --forecast FILE` writes them. */
     int (*write_forecast)(model *m, FILE *out);
     const char *forecast_header;
+    /* Optional (recurrent families): the state that the streams read through
+     * one batch source carry from a micro-batch to the next (rnn.c keys it by
+     * the source's batch.resets buffer), as carried_count(m) host floats for
+     * the planned batch (0: none). Checkpoints save the training source's, so
+     * that a resumed run continues its streams where they were.
+     * get_carried copies it out (zeros for a source not seen yet);
+     * set_carried replaces it, for that source's next forward. */
+    size_t (*carried_count)(const model *m);
+    void (*get_carried)(model *m, const void *key, float *out);
+    void (*set_carried)(model *m, const void *key, const float *in);
     /* The config the model was built with (its family's fields, in order). */
     const struct model_family *fam;
     int config[16];

@@ -11,6 +11,7 @@
 #include "train.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,7 +312,10 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
     model_config cfg = setup_config_of(m);
     setup_meta_put_config(&md, &cfg);
     put_state(&md, o, st);
-    rc = ckpt_save(path, m->views, m->nviews, n, p, mm, vv, &md, err);
+    ckpt_extra carried = { "train.carried", 2,
+                           { st->carried_world, (int64_t)st->carried_n }, st->carried };
+    rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
+                         st->carried ? 1 : 0, err);
     free(p);
     free(mm);
     free(vv);
@@ -367,6 +371,21 @@ int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *
                        "a new run from it", path);
     if (!rc)
         model_set_moments(m, mm, vv);
+    if (!rc) { /* a recurrent model's carried state, when the checkpoint has one */
+        int64_t shape[MODEL_MAXDIM];
+        int nd;
+        float *c;
+        rc = ckpt_load_extra(path, "train.carried", &c, shape, &nd, err);
+        if (!rc && c && (nd != 2 || shape[0] < 1 || shape[0] > (1 << 20) || shape[1] < 1)) {
+            free(c);
+            rc = errf(err, "%s: tensor 'train.carried' is not [ranks, state]", path);
+        } else if (!rc && c) {
+            free(st->carried);
+            st->carried = c;
+            st->carried_world = (int)shape[0];
+            st->carried_n = (size_t)shape[1];
+        }
+    }
 done:
     free(p);
     free(mm);
@@ -461,6 +480,30 @@ static int zero_gather_state(model *m, const train_opts *o, const zero_plan *z, 
     return 0;
 }
 
+/* Every rank's carried state (model.h) of the training source into
+ * all[world * n], rank r's at all + r * n. Ranks other than r add zeros to
+ * its part, so the sum is exact. wide: [world * n] scratch (world > 1). */
+static int gather_carried(model *m, const train_opts *o, const void *key, float *all,
+                          double *wide, size_t n, char *err)
+{
+    float *mine = all + (size_t)o->rank * n;
+    m->get_carried(m, key, mine);
+    if (!o->dist || o->world == 1)
+        return 0;
+    size_t total = n * (size_t)o->world;
+    if (total > INT_MAX)
+        return errf(err, "rank %d: the carried state (%zu floats) is too large to gather",
+                    o->rank, total);
+    memset(wide, 0, total * sizeof *wide);
+    for (size_t i = 0; i < n; i++)
+        wide[(size_t)o->rank * n + i] = mine[i];
+    if (dist_allreduce_f64(o->dist, wide, (int)total, 0, "carried state", err))
+        return -1;
+    for (size_t i = 0; i < total; i++)
+        all[i] = (float)wide[i];
+    return 0;
+}
+
 static int mkdir_p(const char *dir, char *err)
 {
     char tmp[4096];
@@ -532,6 +575,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     double t_total = 0.0, t_comm = 0.0;
     int timed = 0;
     zero_plan z = { 0 };
+    float *carried = NULL;  /* [world * ncarried]: every rank's carried state, for checkpoints */
+    double *carried_wide = NULL;
+    size_t ncarried = 0;
 
     if (o->dropout > 0 && !m->has_dropout) {
         errf(err, "--dropout: the %s model has nowhere to drop", m->family);
@@ -570,6 +616,30 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         if (!ld)
             goto done;
         ld->seek(ld, st->data_pos);
+        if (m->carried_count && m->get_carried && m->set_carried)
+            ncarried = m->carried_count(m);
+        if (ncarried) {
+            carried = calloc(ncarried * (size_t)o->world, sizeof *carried);
+            carried_wide = o->world > 1 ? calloc(ncarried * (size_t)o->world,
+                                                 sizeof *carried_wide) : NULL;
+            if (!carried || (o->world > 1 && !carried_wide)) {
+                errf(err, "out of memory for the carried state");
+                goto done;
+            }
+        }
+        if (st->carried) { /* resumed: the streams continue from the checkpoint's state */
+            if (ncarried && st->carried_n == ncarried && st->carried_world == o->world &&
+                ld->keep_state) {
+                m->set_carried(m, ld->batch.resets, st->carried + (size_t)o->rank * ncarried);
+                ld->keep_state(ld);
+            } else if (o->rank == 0) {
+                printf("the checkpoint's carried state (%d ranks x %zu) does not fit this run "
+                       "(%d ranks x %zu): the streams start again from zero\n",
+                       st->carried_world, st->carried_n, o->world, ncarried);
+            }
+            free(st->carried);
+            st->carried = NULL;
+        }
         if (o->val_data) {
             ds.path = o->val_data;
             ds.split = SPLIT_VAL;
@@ -710,7 +780,15 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         if (o->out && ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last)) {
             if (zero_gather_state(m, o, &z, err))
                 goto done;
-            if (o->rank == 0 && save_step(m, o, st, err))
+            if (ncarried && gather_carried(m, o, ld->batch.resets, carried, carried_wide,
+                                           ncarried, err))
+                goto done;
+            st->carried = carried;
+            st->carried_n = ncarried;
+            st->carried_world = o->world;
+            int bad = o->rank == 0 && save_step(m, o, st, err);
+            st->carried = NULL;
+            if (bad)
                 goto done;
         }
     }
@@ -725,6 +803,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     rc = 0;
 done:
+    free(carried);
+    free(carried_wide);
     free(z.segs);
     sampler_free(&sp);
     free(sample_toks);
