@@ -201,32 +201,36 @@ static void train_sample(sampler *sp, const train_opts *o, train_state *st, int3
     fflush(stdout);
 }
 
-/* Mean loss (and the model's metrics, into sums/counts) over the first
- * `batches` micro-batches of the validation stream. The source was opened
- * with this rank's place, so rank r evaluates micro-batches r, r + world,
- * ... below `batches` and the sums are reduced: the result is the
- * single-process one up to summation order. */
+/* Loss (and the model's metrics, into sums/counts) over the first
+ * `batches` micro-batches of the validation stream: the mean over every
+ * scored item (token, masked token, example, element), not the mean of the
+ * micro-batches' means (model.h, nloss). The source was opened with this
+ * rank's place, so rank r evaluates micro-batches r, r + world, ... below
+ * `batches` and the sums are reduced: the result is the single-process one
+ * up to summation order. */
 static double val_loss(model *m, const train_opts *o, batch_source *src, int batches,
                        double *sums, double *counts, char *err)
 {
-    double acc[1 + 2 * MODEL_MAXMETRICS] = { 0 };
+    enum { NL = 2 * MODEL_MAXLOSS };
+    double acc[NL + 2 * MODEL_MAXMETRICS] = { 0 };
     int nm = m->metrics ? m->nmetrics : 0;
     src->seek(src, 0);
     for (int i = o->rank; i < batches; i += o->world) {
         if (src->next(src, err))
             return NAN;
-        acc[0] += m->forward(m, &src->batch, 0.0f);
+        m->forward(m, &src->batch, 0.0f);
+        model_loss_add(m, acc);
         if (nm)
-            m->metrics(m, &src->batch, acc + 1, acc + 1 + MODEL_MAXMETRICS);
+            m->metrics(m, &src->batch, acc + NL, acc + NL + MODEL_MAXMETRICS);
     }
-    if (o->dist && dist_allreduce_f64(o->dist, acc, 1 + 2 * MODEL_MAXMETRICS, 0,
+    if (o->dist && dist_allreduce_f64(o->dist, acc, NL + 2 * MODEL_MAXMETRICS, 0,
                                       "validation loss", err))
         return NAN;
     for (int k = 0; k < nm; k++) {
-        sums[k] = acc[1 + k];
-        counts[k] = acc[1 + MODEL_MAXMETRICS + k];
+        sums[k] = acc[NL + k];
+        counts[k] = acc[NL + MODEL_MAXMETRICS + k];
     }
-    return acc[0] / batches;
+    return model_loss_mean(acc);
 }
 
 /* HellaSwag accuracy with the training plan: rank r scores examples r,

@@ -537,7 +537,7 @@ static double rnn_forward(model *m, const model_batch *b, float grad_scale)
     for (int i = 0; i < BT; i++)
         if (b->targets[i] >= 0)
             sum += s->host_losses[i];
-    return valid ? sum / valid : 0.0;
+    return model_loss(m, sum, valid);
 }
 
 /* Truncated BPTT: the carried state entered as a constant, so the gradient
