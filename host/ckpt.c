@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -725,10 +724,11 @@ int llmc_gpt2_import(const char *path, gpt2_config *cfg, float **params, char *e
         return errf(err, "%s: too short for an llm.c model file (%llu bytes)", path,
                     (unsigned long long)size);
     }
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *map; /* read, not mapped: a file truncated meanwhile is an error, not SIGBUS */
+    int rd = st_read_fd(fd, path, (size_t)size, &map, err);
     close(fd);
-    if (map == MAP_FAILED)
-        return errf(err, "%s: cannot map: %s", path, strerror(errno));
+    if (rd)
+        return -1;
     int32_t h[LLMC_HEADER];
     memcpy(h, map, sizeof(h));
     int Vp = 0, rc, nviews = 0;
@@ -757,7 +757,7 @@ int llmc_gpt2_import(const char *path, gpt2_config *cfg, float **params, char *e
     rc = llmc_copy(path, (const uint8_t *)map + LLMC_HEADER * 4, dt, cfg, sz, views, nviews,
                    p, err);
 out:
-    munmap(map, (size_t)size);
+    free(map);
     free(views);
     if (rc)
         free(p);
