@@ -29,21 +29,56 @@
 
 void ckpt_meta_set(ckpt_meta *md, const char *key, const char *fmt, ...)
 {
-    char k[sizeof(md->key[0])];
-    snprintf(k, sizeof(k), "%s", key);
-    int i = 0;
-    while (i < md->n && strcmp(md->key[i], k))
-        i++;
-    if (i == md->n) {
-        if (md->n == CKPT_MAXMETA)
-            return; /* full: the entry is dropped (callers stay far below the cap) */
-        md->n++;
-        memcpy(md->key[i], k, sizeof(k));
-    }
+    char *v = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(md->val[i], sizeof(md->val[i]), fmt, ap);
+    int len = vasprintf(&v, fmt, ap);
     va_end(ap);
+    if (len < 0) {
+        md->failed = 1;
+        return;
+    }
+    int i = 0;
+    while (i < md->n && strcmp(md->key[i], key))
+        i++;
+    if (i < md->n) {
+        free(md->val[i]);
+        md->val[i] = v;
+        return;
+    }
+    if (md->n == md->cap) {
+        int cap = md->cap ? 2 * md->cap : 32;
+        char **k = realloc(md->key, (size_t)cap * sizeof *k);
+        if (k)
+            md->key = k;
+        char **w = k ? realloc(md->val, (size_t)cap * sizeof *w) : NULL;
+        if (w)
+            md->val = w;
+        if (!k || !w) {
+            free(v);
+            md->failed = 1;
+            return;
+        }
+        md->cap = cap;
+    }
+    if (!(md->key[i] = strdup(key))) {
+        free(v);
+        md->failed = 1;
+        return;
+    }
+    md->val[i] = v;
+    md->n++;
+}
+
+void ckpt_meta_free(ckpt_meta *md)
+{
+    for (int i = 0; i < md->n; i++) {
+        free(md->key[i]);
+        free(md->val[i]);
+    }
+    free(md->key);
+    free(md->val);
+    *md = (ckpt_meta){ 0 };
 }
 
 const char *ckpt_meta_get(const ckpt_meta *md, const char *key)
@@ -98,10 +133,12 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
         if (strncmp(extra[i].name, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)) ||
             extra[i].ndim < 1 || extra[i].ndim > MODEL_MAXDIM)
             return errf(err, "%s: bad training-state tensor '%s'", path, extra[i].name);
+    if (md && md->failed)
+        return errf(err, "%s: out of memory for the metadata", path);
     int per = mom_m ? 3 : 1, nt = nviews * per, nmeta = 0, rc;
     st_out_tensor *t = calloc((size_t)nt + (size_t)nextra + 1, sizeof(*t));
     char (*names)[80] = calloc((size_t)nt + 1, sizeof(*names));
-    const char **meta = calloc(2 * (CKPT_MAXMETA + 2), sizeof(*meta));
+    const char **meta = calloc(2 * ((size_t)(md ? md->n : 0) + 2), sizeof(*meta));
     if (!t || !names || !meta) {
         rc = errf(err, "%s: out of memory", path);
         goto out;
@@ -134,7 +171,7 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
     meta[2 * nmeta++ + 1] = CKPT_FORMAT;
     meta[2 * nmeta] = "version";
     meta[2 * nmeta++ + 1] = CKPT_VERSION;
-    for (int i = 0; md && i < md->n && i < CKPT_MAXMETA; i++) {
+    for (int i = 0; md && i < md->n; i++) {
         int dup = !strcmp(md->key[i], "format") || !strcmp(md->key[i], "version");
         for (int j = 0; j < i && !dup; j++)
             dup = !strcmp(md->key[i], md->key[j]);
@@ -179,20 +216,20 @@ int ckpt_read_meta(const char *path, ckpt_meta *md, char *err)
     if (!f)
         return -1;
     int rc = 0, n = st_meta_count(f);
-    md->n = 0;
-    if (n > CKPT_MAXMETA)
-        rc = errf(err, "%s: %d metadata entries, at most %d supported", path, n, CKPT_MAXMETA);
+    *md = (ckpt_meta){ 0 };
     for (int i = 0; i < n && !rc; i++) {
         const char *k, *v;
         st_meta_at(f, i, &k, &v);
-        if (strlen(k) >= sizeof(md->key[0]) || strlen(v) >= sizeof(md->val[0]))
-            rc = errf(err, "%s: metadata entry '%.40s' too long", path, k);
-        else if (ckpt_meta_get(md, k))
-            rc = errf(err, "%s: duplicate metadata entry '%s'", path, k);
+        if (ckpt_meta_get(md, k))
+            rc = errf(err, "%s: duplicate metadata entry '%.80s'", path, k);
         else
             ckpt_meta_set(md, k, "%s", v);
+        if (!rc && md->failed)
+            rc = errf(err, "%s: out of memory for the metadata", path);
     }
     st_close(f);
+    if (rc)
+        ckpt_meta_free(md);
     return rc;
 }
 

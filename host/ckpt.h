@@ -30,17 +30,21 @@
 #include "model.h"
 #include "models/gpt2.h"
 
-#define CKPT_MAXMETA 64
-
+/* Checkpoint metadata: any number of entries, keys and values of any length
+ * (malloc'd). `ckpt_meta md = { 0 };` is empty; ckpt_meta_free releases the
+ * entries and leaves it empty. */
 typedef struct {
-    int n;
-    char key[CKPT_MAXMETA][64];
-    char val[CKPT_MAXMETA][256];
+    int n, cap;
+    char **key, **val;
+    int failed;             /* an entry could not be stored (out of memory):
+                             * ckpt_save refuses to write the set */
 } ckpt_meta;
 
 /* Metadata helpers: set replaces an existing key; get returns NULL if absent. */
-void ckpt_meta_set(ckpt_meta *md, const char *key, const char *fmt, ...);
+void ckpt_meta_set(ckpt_meta *md, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 const char *ckpt_meta_get(const ckpt_meta *md, const char *key);
+void ckpt_meta_free(ckpt_meta *md);
 
 /* Saves parameters (and moments when mom_m and mom_v are not NULL) of a model
  * laid out by `views` (host fp32 arrays of `total` elements) with metadata. */
@@ -66,7 +70,8 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
  * the caller frees it) and its shape, or *data = NULL when the file has none. */
 int ckpt_load_extra(const char *path, const char *name, float **data, int64_t *shape,
                     int *ndim, char *err);
-/* Reads only the metadata of a checkpoint (validating the whole file). */
+/* Reads only the metadata of a checkpoint (validating the whole file) into
+ * md, which it starts empty (pass a new or freed one; free it after). */
 int ckpt_read_meta(const char *path, ckpt_meta *md, char *err);
 /* Loads tensors into host arrays laid out by `views`. Every view must be
  * present with exactly its shape (err names the first mismatch). mom_m/mom_v

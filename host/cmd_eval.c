@@ -138,6 +138,7 @@ static void write_grads(model *m, batch_source *src, const char *path)
     ckpt_meta_set(&md, "loss", "%.9g", loss);
     if (ckpt_save(path, m->views, m->nviews, m->nparams, g, NULL, NULL, &md, err))
         cli_die("--grads %s", err);
+    ckpt_meta_free(&md);
     printf("grads %s loss %.9g\n", path, loss);
     free(g);
 }

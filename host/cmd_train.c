@@ -428,5 +428,6 @@ int cmd_train(int argc, char **argv)
     dist_finalize(dd); /* its NCCL communicator uses the backend's device */
     be->destroy(be);
     free(resume_path);
+    ckpt_meta_free(&md);
     return 0;
 }

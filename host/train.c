@@ -320,6 +320,7 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
                            { st->carried_world, (int64_t)st->carried_n }, st->carried };
     rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
                          st->carried ? 1 : 0, err);
+    ckpt_meta_free(&md);
     free(p);
     free(mm);
     free(vv);

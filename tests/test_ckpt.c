@@ -1067,6 +1067,26 @@ START_TEST(test_ckpt_roundtrip)
     for (int i = 0; i < md.n; i++)
         if (strcmp(md.key[i], "format"))
             ck_assert_str_eq(ckpt_meta_get(&back, md.key[i]), md.val[i]);
+    ckpt_meta_free(&back);
+
+    /* no limit on the number of entries or their length (there was one of
+     * 64 entries of 255 characters, past which entries were dropped) */
+    int many = 200 + (int)rng_below(&rng, 100);
+    for (int i = 0; i < many; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "extra.%d.%0*d", i, (int)rng_below(&rng, 70), i);
+        ckpt_meta_set(&md, key, "%0*d|%s", (int)rng_below(&rng, 2000), i, key);
+    }
+    ck_assert_int_eq(md.n, 5 + many);
+    ck_assert_msg(ckpt_save(path, v, nv, n, p, m, s, &md, err) == 0, "%s", err);
+    ck_assert_msg(ckpt_read_meta(path, &back, err) == 0, "%s", err);
+    ck_assert_int_eq(back.n, 2 + 4 + many); /* format, version, and ours but "format" */
+    for (int i = 0; i < md.n; i++)
+        if (strcmp(md.key[i], "format"))
+            ck_assert_str_eq(ckpt_meta_get(&back, md.key[i]), md.val[i]);
+    ckpt_meta_free(&back);
+    ckpt_meta_free(&md);
+    ck_assert_int_eq(md.n, 0);
 
     /* weights only from a full checkpoint */
     float *p3 = poisoned(n);
