@@ -1,4 +1,5 @@
-/* mlm.c: masked-LM batches (mlm.h): shards mapped read-only, windows of the
+/* mlm.c: masked-LM batches (mlm.h): shards read on demand (readat.h: a
+ * shard truncated during a run is an error, never SIGBUS), windows of the
  * token stream turned into [CLS] A [SEP] (B [SEP]) pairs, then BERT's masks.
  *
  * The shard reader is separate from shard.h's loader because pairs need
@@ -14,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "errbuf.h"
+#include "readat.h"
 #include "rng.h"
 #include "shard.h"
 
@@ -81,8 +82,7 @@ void mlm_mask(const mlm_vocab *voc, uint64_t seed, uint64_t index, int32_t *toke
 
 struct mlm_file {
     char *path;
-    const unsigned char *map;
-    size_t size;
+    size_t size;         /* bytes, as checked at open */
     uint64_t count, start;
 };
 
@@ -97,6 +97,7 @@ struct mlm_batcher {
     uint32_t *perm;      /* shuffle: windows of epoch perm_epoch in visiting order */
     uint64_t perm_epoch;
     int perm_valid;
+    readat_cursor cur;   /* the shard being read */
 };
 
 static int32_t le32(const unsigned char *p)
@@ -105,7 +106,7 @@ static int32_t le32(const unsigned char *p)
                      (uint32_t)p[3] << 24);
 }
 
-static int map_file(struct mlm_file *sf, char *err)
+static int check_file(struct mlm_file *sf, char *err)
 {
     const char *path = sf->path;
     struct stat st;
@@ -121,13 +122,14 @@ static int map_file(struct mlm_file *sf, char *err)
         return errf(err, "%s: truncated header (%lld bytes; a shard starts with a %d-byte "
                          "header)", path, (long long)st.st_size, HEADER_BYTES);
     }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED)
-        return errf(err, "%s: mmap: %s", path, strerror(errno));
-    sf->map = map;
+    unsigned char h[12];
+    readat_cursor c = { fd, 0 };
     sf->size = (size_t)st.st_size;
-    int32_t magic = le32(sf->map), version = le32(sf->map + 4), count = le32(sf->map + 8);
+    int rc = readat(&c, 0, path, sf->size, h, sizeof h, 0, err);
+    close(fd);
+    if (rc)
+        return -1;
+    int32_t magic = le32(h), version = le32(h + 4), count = le32(h + 8);
     if (magic != SHARD_MAGIC)
         return errf(err, "%s: bad magic %d (expected %d): not a token shard", path, magic,
                     SHARD_MAGIC);
@@ -174,7 +176,7 @@ static int open_files(mlm_batcher *mb, const char *pattern, char *err)
     }
     globfree(&g);
     for (int i = 0; i < mb->nf; i++) {
-        if (map_file(&mb->f[i], err))
+        if (check_file(&mb->f[i], err))
             return -1;
         mb->f[i].start = mb->total;
         mb->total += mb->f[i].count;
@@ -186,11 +188,9 @@ void mlm_close(mlm_batcher *mb)
 {
     if (!mb)
         return;
-    for (int i = 0; i < mb->nf; i++) {
-        if (mb->f[i].map)
-            munmap((void *)mb->f[i].map, mb->f[i].size);
+    readat_close(&mb->cur);
+    for (int i = 0; i < mb->nf; i++)
         free(mb->f[i].path);
-    }
     free(mb->f);
     free(mb->perm);
     free(mb->pattern);
@@ -211,11 +211,14 @@ mlm_batcher *mlm_open(const mlm_spec *spec, char *err)
         return NULL;
     }
     mlm_batcher *mb = calloc(1, sizeof *mb);
+    if (mb)
+        mb->cur = (readat_cursor)READAT_INIT;
     if (!mb || !(mb->pattern = strdup(spec->path))) {
         free(mb);
         errf(err, "%s: out of memory", spec->path);
         return NULL;
     }
+    mb->cur = (readat_cursor)READAT_INIT;
     mb->spec = *spec;
     mb->spec.path = mb->pattern;
     mb->n = spec->T - specials;
@@ -268,8 +271,9 @@ static void permute(mlm_batcher *mb, uint64_t epoch)
 }
 
 /* Copies n stream tokens from index p (p + n <= total) into out. */
-static int read_tokens(const mlm_batcher *mb, uint64_t p, int n, int32_t *out, char *err)
+static int read_tokens(mlm_batcher *mb, uint64_t p, int n, int32_t *out, char *err)
 {
+    unsigned char raw[1024];
     int lo = 0, hi = mb->nf - 1;
     while (lo < hi) { /* the last file starting at or before p */
         int mid = (lo + hi + 1) / 2;
@@ -279,10 +283,23 @@ static int read_tokens(const mlm_batcher *mb, uint64_t p, int n, int32_t *out, c
             hi = mid - 1;
     }
     const struct mlm_file *f = &mb->f[lo];
-    for (int i = 0; i < n; i++, p++) {
-        while (p >= f->start + f->count)
+    int have = 0; /* tokens of raw not used yet, q the next */
+    const unsigned char *q = raw;
+    for (int i = 0; i < n; i++, p++, q += 2, have--) {
+        while (p >= f->start + f->count) {
             f++;
-        const unsigned char *q = f->map + HEADER_BYTES + 2 * (p - f->start);
+            have = 0;
+        }
+        if (!have) { /* the next run of this file's tokens */
+            uint64_t left = f->start + f->count - p;
+            have = n - i < (int)(sizeof raw / 2) ? n - i : (int)(sizeof raw / 2);
+            if ((uint64_t)have > left)
+                have = (int)left;
+            if (readat(&mb->cur, (int)(f - mb->f), f->path, f->size, raw, 2 * (size_t)have,
+                       HEADER_BYTES + 2 * (p - f->start), err))
+                return -1;
+            q = raw;
+        }
         int32_t t = (int32_t)(q[0] | q[1] << 8);
         if (t >= mb->spec.voc.vocab)
             return errf(err, "%s: token %d at offset %llu is not one of the tokenizer's %d ids "

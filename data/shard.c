@@ -1,8 +1,9 @@
 /* shard.c: token shards (llm.c layout) and the micro-batch loader of shard.h.
  *
- * Shards are mapped read-only and never copied: the loader keeps, per file,
- * the mapping and the index of its first token in the concatenated stream,
- * and converts the B*T+1 tokens of one micro-batch to int32 on demand. */
+ * The loader keeps, per file, its checked size and the index of its first
+ * token in the concatenated stream, and reads the B*T+1 tokens of one
+ * micro-batch on demand (readat.h: a descriptor, not a mapping, so a shard
+ * truncated or replaced during a run is an error naming it, never SIGBUS). */
 #include "shard.h"
 
 #include <errno.h>
@@ -13,18 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "errbuf.h"
+#include "readat.h"
 #include "rng.h"
 
 #define SHARD_HEADER_BYTES (SHARD_HEADER_INTS * 4)
 
 struct shard_file {
     char *path;
-    const unsigned char *map;   /* the whole file, header included */
-    size_t size;
+    size_t size;                /* bytes, header included, as checked at open */
     uint64_t count;             /* tokens in this file */
     uint64_t start;             /* index of its first token in the stream */
 };
@@ -42,6 +42,8 @@ struct loader {
     uint64_t perm_epoch;
     int perm_valid;
     int32_t *buf;               /* B*T+1 tokens of the current micro-batch */
+    unsigned char *raw;         /* their bytes, as read */
+    readat_cursor cur;          /* the shard being read */
 };
 
 static void put_le32(unsigned char *p, uint32_t v)
@@ -148,8 +150,8 @@ int shard_write(const char *path, const uint16_t *tokens, size_t n, char *err)
     return 0;
 }
 
-/* Maps one shard and checks its header against the file's length. */
-static int shard_map(struct shard_file *sf, char *err)
+/* Checks one shard's header against the file's length. */
+static int shard_check(struct shard_file *sf, char *err)
 {
     const char *path = sf->path;
     int fd = open(path, O_RDONLY);
@@ -170,15 +172,15 @@ static int shard_map(struct shard_file *sf, char *err)
         return errf(err, "%s: truncated header (%lld bytes; a shard starts with a %d-byte header)",
                     path, (long long)st.st_size, SHARD_HEADER_BYTES);
     }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED)
-        return errf(err, "%s: mmap: %s", path, strerror(errno));
-    sf->map = map;
+    unsigned char h[12];
+    readat_cursor c = { fd, 0 };
     sf->size = (size_t)st.st_size;
-
-    int32_t magic = get_le32(sf->map), version = get_le32(sf->map + 4);
-    int32_t count = get_le32(sf->map + 8);
+    int rc = readat(&c, 0, path, sf->size, h, sizeof h, 0, err);
+    close(fd);
+    if (rc)
+        return -1;
+    int32_t magic = get_le32(h), version = get_le32(h + 4);
+    int32_t count = get_le32(h + 8);
     if (magic != SHARD_MAGIC)
         return errf(err, "%s: bad magic %d (expected %d): not a token shard", path, magic,
                     SHARD_MAGIC);
@@ -261,6 +263,7 @@ loader *loader_open(const char *pattern, int B, int T, int rank, int world, int 
         errf(err, "%s: out of memory", pattern);
         return NULL;
     }
+    ld->cur = (readat_cursor)READAT_INIT;
     ld->bt = (uint64_t)B * (uint64_t)T;
     ld->rank = rank;
     ld->world = world;
@@ -270,7 +273,7 @@ loader *loader_open(const char *pattern, int B, int T, int rank, int world, int 
     if (loader_glob(ld, pattern, err) < 0)
         goto fail;
     for (int i = 0; i < ld->nf; i++) {
-        if (shard_map(&ld->f[i], err) < 0)
+        if (shard_check(&ld->f[i], err) < 0)
             goto fail;
         ld->f[i].start = ld->total;
         ld->total += ld->f[i].count;
@@ -295,7 +298,8 @@ loader *loader_open(const char *pattern, int B, int T, int rank, int world, int 
         }
     }
     ld->buf = malloc((ld->bt + 1) * sizeof *ld->buf);
-    if (!ld->buf) {
+    ld->raw = malloc((ld->bt + 1) * 2);
+    if (!ld->buf || !ld->raw) {
         errf(err, "%s: out of memory", pattern);
         goto fail;
     }
@@ -348,7 +352,10 @@ static int loader_read(loader *ld, uint64_t start, uint64_t n, int32_t *out, cha
     while (n > 0) {
         const struct shard_file *sf = &ld->f[i];
         uint64_t m = sf->count - off < n ? sf->count - off : n;
-        const unsigned char *p = sf->map + SHARD_HEADER_BYTES + 2 * off;
+        const unsigned char *p = ld->raw;
+        if (readat(&ld->cur, i, sf->path, sf->size, ld->raw, 2 * m, SHARD_HEADER_BYTES + 2 * off,
+                   err))
+            return -1;
         for (uint64_t k = 0; k < m; k++) {
             uint16_t t = get_le16(p + 2 * k);
             if (t >= ld->vocab)
@@ -412,13 +419,12 @@ void loader_close(loader *ld)
 {
     if (!ld)
         return;
-    for (int i = 0; i < ld->nf; i++) {
-        if (ld->f[i].map)
-            munmap((void *)ld->f[i].map, ld->f[i].size);
+    readat_close(&ld->cur);
+    for (int i = 0; i < ld->nf; i++)
         free(ld->f[i].path);
-    }
     free(ld->f);
     free(ld->perm);
     free(ld->buf);
+    free(ld->raw);
     free(ld);
 }

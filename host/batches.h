@@ -42,6 +42,11 @@ struct batch_source {
     /* Micro-batches this rank has read; seek(position) restores a stream. */
     uint64_t (*position)(const batch_source *s);
     void (*seek)(batch_source *s, uint64_t pos);
+    /* Optional (sources of carried streams, rnn.c): a seek restarts every
+     * stream's carried state unless this follows it: the trainer calls it
+     * after restoring the state a checkpoint carried, so that the next
+     * micro-batch continues the streams. */
+    void (*keep_state)(batch_source *s);
     /* Micro-batches of this rank in one pass over the data (0: unknown). */
     uint64_t (*epoch_batches)(const batch_source *s);
     void (*close)(batch_source *s);

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,21 +29,56 @@
 
 void ckpt_meta_set(ckpt_meta *md, const char *key, const char *fmt, ...)
 {
-    char k[sizeof(md->key[0])];
-    snprintf(k, sizeof(k), "%s", key);
-    int i = 0;
-    while (i < md->n && strcmp(md->key[i], k))
-        i++;
-    if (i == md->n) {
-        if (md->n == CKPT_MAXMETA)
-            return; /* full: the entry is dropped (callers stay far below the cap) */
-        md->n++;
-        memcpy(md->key[i], k, sizeof(k));
-    }
+    char *v = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(md->val[i], sizeof(md->val[i]), fmt, ap);
+    int len = vasprintf(&v, fmt, ap);
     va_end(ap);
+    if (len < 0) {
+        md->failed = 1;
+        return;
+    }
+    int i = 0;
+    while (i < md->n && strcmp(md->key[i], key))
+        i++;
+    if (i < md->n) {
+        free(md->val[i]);
+        md->val[i] = v;
+        return;
+    }
+    if (md->n == md->cap) {
+        int cap = md->cap ? 2 * md->cap : 32;
+        char **k = realloc(md->key, (size_t)cap * sizeof *k);
+        if (k)
+            md->key = k;
+        char **w = k ? realloc(md->val, (size_t)cap * sizeof *w) : NULL;
+        if (w)
+            md->val = w;
+        if (!k || !w) {
+            free(v);
+            md->failed = 1;
+            return;
+        }
+        md->cap = cap;
+    }
+    if (!(md->key[i] = strdup(key))) {
+        free(v);
+        md->failed = 1;
+        return;
+    }
+    md->val[i] = v;
+    md->n++;
+}
+
+void ckpt_meta_free(ckpt_meta *md)
+{
+    for (int i = 0; i < md->n; i++) {
+        free(md->key[i]);
+        free(md->val[i]);
+    }
+    free(md->key);
+    free(md->val);
+    *md = (ckpt_meta){ 0 };
 }
 
 const char *ckpt_meta_get(const ckpt_meta *md, const char *key)
@@ -84,14 +118,27 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
               const float *params, const float *mom_m, const float *mom_v,
               const ckpt_meta *md, char *err)
 {
+    return ckpt_save_extra(path, views, nviews, total, params, mom_m, mom_v, md, NULL, 0, err);
+}
+
+int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_t total,
+                    const float *params, const float *mom_m, const float *mom_v,
+                    const ckpt_meta *md, const ckpt_extra *extra, int nextra, char *err)
+{
     if (!mom_m != !mom_v)
         return errf(err, "%s: both AdamW moments or neither must be saved", path);
     if (check_views(path, views, nviews, total, err))
         return -1;
+    for (int i = 0; i < nextra; i++)
+        if (strncmp(extra[i].name, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)) ||
+            extra[i].ndim < 1 || extra[i].ndim > MODEL_MAXDIM)
+            return errf(err, "%s: bad training-state tensor '%s'", path, extra[i].name);
+    if (md && md->failed)
+        return errf(err, "%s: out of memory for the metadata", path);
     int per = mom_m ? 3 : 1, nt = nviews * per, nmeta = 0, rc;
-    st_out_tensor *t = calloc((size_t)nt + 1, sizeof(*t));
+    st_out_tensor *t = calloc((size_t)nt + (size_t)nextra + 1, sizeof(*t));
     char (*names)[80] = calloc((size_t)nt + 1, sizeof(*names));
-    const char **meta = calloc(2 * (CKPT_MAXMETA + 2), sizeof(*meta));
+    const char **meta = calloc(2 * ((size_t)(md ? md->n : 0) + 2), sizeof(*meta));
     if (!t || !names || !meta) {
         rc = errf(err, "%s: out of memory", path);
         goto out;
@@ -111,11 +158,20 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
             o->data = src[j] + views[i].offset;
         }
     }
+    for (int i = 0; i < nextra; i++) {
+        st_out_tensor *o = &t[nt++];
+        o->name = extra[i].name;
+        o->dtype = ST_F32;
+        o->ndim = extra[i].ndim;
+        for (int k = 0; k < extra[i].ndim; k++)
+            o->shape[k] = extra[i].shape[k];
+        o->data = extra[i].data;
+    }
     meta[2 * nmeta] = "format";
     meta[2 * nmeta++ + 1] = CKPT_FORMAT;
     meta[2 * nmeta] = "version";
     meta[2 * nmeta++ + 1] = CKPT_VERSION;
-    for (int i = 0; md && i < md->n && i < CKPT_MAXMETA; i++) {
+    for (int i = 0; md && i < md->n; i++) {
         int dup = !strcmp(md->key[i], "format") || !strcmp(md->key[i], "version");
         for (int j = 0; j < i && !dup; j++)
             dup = !strcmp(md->key[i], md->key[j]);
@@ -160,18 +216,43 @@ int ckpt_read_meta(const char *path, ckpt_meta *md, char *err)
     if (!f)
         return -1;
     int rc = 0, n = st_meta_count(f);
-    md->n = 0;
-    if (n > CKPT_MAXMETA)
-        rc = errf(err, "%s: %d metadata entries, at most %d supported", path, n, CKPT_MAXMETA);
+    *md = (ckpt_meta){ 0 };
     for (int i = 0; i < n && !rc; i++) {
         const char *k, *v;
         st_meta_at(f, i, &k, &v);
-        if (strlen(k) >= sizeof(md->key[0]) || strlen(v) >= sizeof(md->val[0]))
-            rc = errf(err, "%s: metadata entry '%.40s' too long", path, k);
-        else if (ckpt_meta_get(md, k))
-            rc = errf(err, "%s: duplicate metadata entry '%s'", path, k);
+        if (ckpt_meta_get(md, k))
+            rc = errf(err, "%s: duplicate metadata entry '%.80s'", path, k);
         else
             ckpt_meta_set(md, k, "%s", v);
+        if (!rc && md->failed)
+            rc = errf(err, "%s: out of memory for the metadata", path);
+    }
+    st_close(f);
+    if (rc)
+        ckpt_meta_free(md);
+    return rc;
+}
+
+int ckpt_load_extra(const char *path, const char *name, float **data, int64_t *shape,
+                    int *ndim, char *err)
+{
+    *data = NULL;
+    *ndim = 0;
+    st_file *f = ckpt_open(path, err);
+    if (!f)
+        return -1;
+    int rc = 0;
+    const st_tensor *t = st_find(f, name);
+    if (t && (t->dtype != ST_F32 || t->ndim < 1 || t->ndim > MODEL_MAXDIM))
+        rc = errf(err, "%s: tensor '%s' is not an F32 tensor of 1 to %d dimensions", path,
+                  name, MODEL_MAXDIM);
+    else if (t && !(*data = malloc(t->numel ? t->numel * sizeof(float) : 1)))
+        rc = errf(err, "%s: out of memory for tensor '%s'", path, name);
+    else if (t) {
+        memcpy(*data, st_data(f, t), t->numel * sizeof(float));
+        *ndim = t->ndim;
+        for (int k = 0; k < t->ndim; k++)
+            shape[k] = t->shape[k];
     }
     st_close(f);
     return rc;
@@ -229,6 +310,8 @@ int ckpt_load(const char *path, const param_view *views, int nviews, size_t tota
     /* A tensor the model does not have means another model wrote the file. */
     for (int i = 0; i < st_count(f) && !rc; i++) {
         const char *n = st_at(f, i)->name;
+        if (!strncmp(n, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)))
+            continue; /* training state, for train_restore */
         if (!view_of(n, views, nviews))
             rc = errf(err, "%s: tensor '%s' is not part of this model", path, n);
         nmom += !strncmp(n, MOM_M, strlen(MOM_M)) || !strncmp(n, MOM_V, strlen(MOM_V));
@@ -678,10 +761,11 @@ int llmc_gpt2_import(const char *path, gpt2_config *cfg, float **params, char *e
         return errf(err, "%s: too short for an llm.c model file (%llu bytes)", path,
                     (unsigned long long)size);
     }
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *map; /* read, not mapped: a file truncated meanwhile is an error, not SIGBUS */
+    int rd = st_read_fd(fd, path, (size_t)size, &map, err);
     close(fd);
-    if (map == MAP_FAILED)
-        return errf(err, "%s: cannot map: %s", path, strerror(errno));
+    if (rd)
+        return -1;
     int32_t h[LLMC_HEADER];
     memcpy(h, map, sizeof(h));
     int Vp = 0, rc, nviews = 0;
@@ -710,7 +794,7 @@ int llmc_gpt2_import(const char *path, gpt2_config *cfg, float **params, char *e
     rc = llmc_copy(path, (const uint8_t *)map + LLMC_HEADER * 4, dt, cfg, sz, views, nviews,
                    p, err);
 out:
-    munmap(map, (size_t)size);
+    free(map);
     free(views);
     if (rc)
         free(p);

@@ -4,6 +4,8 @@
  *   tensors  "<view name>"            fp32 parameters, one per param_view, our shapes
  *            "adamw.m.<view name>"    fp32 first moments   (optional: weights-only files)
  *            "adamw.v.<view name>"    fp32 second moments  (optional)
+ *            "train.<name>"           fp32 training state beside the weights
+ *                                     (optional: a recurrent model's carried state)
  *   __metadata__ (string -> string)
  *            "format": "anatomy-ckpt", "version": "1", "family": "gpt2",
  *            the family's config ("V", "maxT", "L", "NH", "C"), and the training
@@ -28,24 +30,48 @@
 #include "model.h"
 #include "models/gpt2.h"
 
-#define CKPT_MAXMETA 64
-
+/* Checkpoint metadata: any number of entries, keys and values of any length
+ * (malloc'd). `ckpt_meta md = { 0 };` is empty; ckpt_meta_free releases the
+ * entries and leaves it empty. */
 typedef struct {
-    int n;
-    char key[CKPT_MAXMETA][64];
-    char val[CKPT_MAXMETA][256];
+    int n, cap;
+    char **key, **val;
+    int failed;             /* an entry could not be stored (out of memory):
+                             * ckpt_save refuses to write the set */
 } ckpt_meta;
 
 /* Metadata helpers: set replaces an existing key; get returns NULL if absent. */
-void ckpt_meta_set(ckpt_meta *md, const char *key, const char *fmt, ...);
+void ckpt_meta_set(ckpt_meta *md, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 const char *ckpt_meta_get(const ckpt_meta *md, const char *key);
+void ckpt_meta_free(ckpt_meta *md);
 
 /* Saves parameters (and moments when mom_m and mom_v are not NULL) of a model
  * laid out by `views` (host fp32 arrays of `total` elements) with metadata. */
 int ckpt_save(const char *path, const param_view *views, int nviews, size_t total,
               const float *params, const float *mom_m, const float *mom_v,
               const ckpt_meta *md, char *err);
-/* Reads only the metadata of a checkpoint (validating the whole file). */
+/* A tensor of training state beside the model's (fp32), saved under a name
+ * starting "train." (the loop's, e.g. a recurrent model's carried state);
+ * ckpt_load ignores such tensors. */
+#define CKPT_TRAIN_PREFIX "train."
+typedef struct {
+    const char *name;       /* "train.carried" */
+    int ndim;
+    int64_t shape[MODEL_MAXDIM];
+    const float *data;
+} ckpt_extra;
+
+/* ckpt_save, plus nextra training-state tensors. */
+int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_t total,
+                    const float *params, const float *mom_m, const float *mom_v,
+                    const ckpt_meta *md, const ckpt_extra *extra, int nextra, char *err);
+/* Reads training-state tensor `name` (F32) of a checkpoint: *data (malloc'd,
+ * the caller frees it) and its shape, or *data = NULL when the file has none. */
+int ckpt_load_extra(const char *path, const char *name, float **data, int64_t *shape,
+                    int *ndim, char *err);
+/* Reads only the metadata of a checkpoint (validating the whole file) into
+ * md, which it starts empty (pass a new or freed one; free it after). */
 int ckpt_read_meta(const char *path, ckpt_meta *md, char *err);
 /* Loads tensors into host arrays laid out by `views`. Every view must be
  * present with exactly its shape (err names the first mismatch). mom_m/mom_v

@@ -23,7 +23,8 @@ static const char usage[] =
     "       anatomy eval --init PATH --hellaswag FILE [options]\n"
     "\n"
     "Prints 'loss <mean>' over the first N micro-batches of the data, read in order\n"
-    "and unaugmented, then one line per figure the model reports (e.g. 'accuracy',\n"
+    "and unaugmented (the mean over every scored token, masked token, example or\n"
+    "forecast element, as PyTorch's over the whole set), then one line per figure the model reports (e.g. 'accuracy',\n"
     "'mlm_accuracy', 'mse', 'mae'); with --hellaswag 'hellaswag acc <accuracy> count\n"
     "<examples>'.\n"
     "\n"
@@ -137,6 +138,7 @@ static void write_grads(model *m, batch_source *src, const char *path)
     ckpt_meta_set(&md, "loss", "%.9g", loss);
     if (ckpt_save(path, m->views, m->nviews, m->nparams, g, NULL, NULL, &md, err))
         cli_die("--grads %s", err);
+    ckpt_meta_free(&md);
     printf("grads %s loss %.9g\n", path, loss);
     free(g);
 }
@@ -259,11 +261,14 @@ int cmd_eval(int argc, char **argv)
             cli_die("--forecast %s: %s", forecast, strerror(errno));
         fprintf(fc, "batch,%s\n", m->forecast_header);
     }
-    double sum = 0.0, sums[MODEL_MAXMETRICS] = { 0 }, counts[MODEL_MAXMETRICS] = { 0 };
+    /* the mean over every scored item, not of the micro-batches' means */
+    double acc[2 * MODEL_MAXLOSS] = { 0 };
+    double sums[MODEL_MAXMETRICS] = { 0 }, counts[MODEL_MAXMETRICS] = { 0 };
     for (long long i = 0; i < batches; i++) {
         if (bs->next(bs, err))
             cli_die("%s", err);
-        sum += m->forward(m, &bs->batch, 0.0f);
+        m->forward(m, &bs->batch, 0.0f);
+        model_loss_add(m, acc);
         if (m->metrics)
             m->metrics(m, &bs->batch, sums, counts);
         if (fc && write_batch_forecast(m, fc, i))
@@ -274,7 +279,7 @@ int cmd_eval(int argc, char **argv)
             cli_die("--forecast %s: %s", forecast, strerror(errno));
         printf("forecast %s\n", forecast);
     }
-    printf("loss %.6f\n", sum / (double)batches);
+    printf("loss %.6f\n", model_loss_mean(acc));
     for (int k = 0; m->metrics && k < m->nmetrics; k++)
         printf("%s %.6f\n", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
     bs->close(bs);

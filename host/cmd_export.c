@@ -67,6 +67,7 @@ int cmd_export(int argc, char **argv)
         setup_meta_put_config(&md, &cfg);
         if (ckpt_save(out, views, nviews, total, params, NULL, NULL, &md, err))
             cli_die("%s", err);
+        ckpt_meta_free(&md);
         free(views);
     }
     printf("wrote %s\n", out);

@@ -146,5 +146,6 @@ int cmd_sample(int argc, char **argv)
     tokenizer_close(tk);
     m->destroy(m);
     be->destroy(be);
+    ckpt_meta_free(&md);
     return 0;
 }

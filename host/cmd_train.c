@@ -41,6 +41,11 @@ static const char usage[] =
     "  --schedule S         cosine (default: warmup, then cosine to lr*lr-min-frac) or constant\n"
     "  --lr-min-frac F      cosine floor as a fraction of --lr (default 0.1)\n"
     "  --weight-decay X     AdamW decoupled decay on 2-D parameters (default 0.1)\n"
+    "  --beta1 X            AdamW first-moment decay (default 0.9, as PyTorch and llm.c)\n"
+    "  --beta2 X            AdamW second-moment decay (default 0.95, as llm.c and nanoGPT\n"
+    "                       train GPT-2; PyTorch's own default is 0.999)\n"
+    "  --eps X              AdamW denominator term (default 1e-8, as PyTorch and llm.c);\n"
+    "                       the three are saved in checkpoints, and --resume keeps them\n"
     "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
     "  --dropout P          drop probability in training forwards, at most 0.9 (default 0:\n"
     "                       none); the run's first lines name where the model drops\n"
@@ -86,7 +91,8 @@ enum {
     O_PRESET = 256, O_MODEL, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
-    O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_HELP
+    O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
+    O_BETA2, O_EPS, O_HELP
 };
 
 static const struct option base_opts[] = {
@@ -99,6 +105,8 @@ static const struct option base_opts[] = {
     { "lr", 1, 0, O_LR },               { "warmup", 1, 0, O_WARMUP },
     { "schedule", 1, 0, O_SCHED },      { "lr-min-frac", 1, 0, O_LRMIN },
     { "weight-decay", 1, 0, O_WD },     { "grad-clip", 1, 0, O_CLIP },
+    { "beta1", 1, 0, O_BETA1 },         { "beta2", 1, 0, O_BETA2 },
+    { "eps", 1, 0, O_EPS },
     { "dropout", 1, 0, O_DROPOUT },
     { "seed", 1, 0, O_SEED },           { "out", 1, 0, O_OUT },
     { "ckpt-every", 1, 0, O_CKPT },     { "val-every", 1, 0, O_VALEVERY },
@@ -134,6 +142,35 @@ static void check_resume_matches(const ckpt_meta *md, const char *path, const tr
     if (seed && o->shuffle && strtoull(seed, NULL, 10) != o->seed)
         cli_die("--resume %s: --seed %llu differs from the checkpoint's %s, which fixes the "
                 "shuffled order", path, (unsigned long long)o->seed, seed);
+}
+
+/* AdamW's betas and epsilon. A checkpoint's are the run's: an option left
+ * out takes the checkpoint's value (a checkpoint written before they were
+ * saved was trained with the defaults), an option given must equal it.
+ * given[k]: the option was on the command line. */
+static void resume_adamw(const ckpt_meta *md, const char *path, train_opts *o,
+                         const int *given)
+{
+    struct { const char *key, *opt; double *v, old; } k[] = {
+        { "beta1", "--beta1", &o->beta1, 0.9 }, { "beta2", "--beta2", &o->beta2, 0.95 },
+        { "eps", "--eps", &o->eps, 1e-8 },
+    };
+    for (int i = 0; i < 3; i++) {
+        const char *s = ckpt_meta_get(md, k[i].key);
+        double have = k[i].old;
+        char *end;
+        if (s) {
+            have = strtod(s, &end);
+            if (end == s || *end || !(have >= 0 && have < 1))
+                cli_die("--resume %s: metadata '%s' = '%s' is not a number in [0, 1)", path,
+                        k[i].key, s);
+        }
+        if (given[i] && *k[i].v != have)
+            cli_die("--resume %s: %s is %g but the checkpoint was trained with %.9g; resuming "
+                    "keeps AdamW's settings (leave %s out)", path, k[i].opt, *k[i].v, have,
+                    k[i].opt);
+        *k[i].v = have;
+    }
 }
 
 /* The checkpoint's data position counts micro-batches per rank of its own
@@ -206,7 +243,7 @@ int cmd_train(int argc, char **argv)
     long long hs_limit = 0;
     tokenizer *hs_tok = NULL;
     hellaswag_set *hs_set = NULL;
-    int threads = 0, c, seq = 0, dist_info = 0, recompute = 0;
+    int threads = 0, c, seq = 0, dist_info = 0, recompute = 0, adamw_given[3] = { 0 };
     double dist_timeout = 300;
     dist_env denv;
     char err[ERRBUF];
@@ -218,6 +255,9 @@ int cmd_train(int argc, char **argv)
     o.lr_min_frac = 0.1;
     o.weight_decay = 0.1;
     o.grad_clip = 1.0;
+    o.beta1 = 0.9;
+    o.beta2 = 0.95;
+    o.eps = 1e-8;
     o.val_batches = 20;
     o.sample_tokens = 64;
     o.seed = 1337;
@@ -245,6 +285,9 @@ int cmd_train(int argc, char **argv)
         case O_LRMIN: o.lr_min_frac = cli_float("--lr-min-frac", optarg, 0, 1); break;
         case O_WD: o.weight_decay = cli_float("--weight-decay", optarg, 0, 10); break;
         case O_CLIP: o.grad_clip = cli_float("--grad-clip", optarg, 0, 1e30); break;
+        case O_BETA1: o.beta1 = cli_float("--beta1", optarg, 0, 0.999999); adamw_given[0] = 1; break;
+        case O_BETA2: o.beta2 = cli_float("--beta2", optarg, 0, 0.999999); adamw_given[1] = 1; break;
+        case O_EPS: o.eps = cli_float("--eps", optarg, 1e-30, 0.5); adamw_given[2] = 1; break;
         case O_DROPOUT: o.dropout = cli_float("--dropout", optarg, 0, 0.9); break;
         case O_SEED: o.seed = (uint64_t)cli_int("--seed", optarg, 0, (1LL << 62)); break;
         case O_OUT: o.out = optarg; break;
@@ -335,6 +378,7 @@ int cmd_train(int argc, char **argv)
         o.total_batch = (long long)o.B * o.T * o.world;
     if (resume_path) {
         check_resume_matches(&md, resume_path, &o);
+        resume_adamw(&md, resume_path, &o, adamw_given);
         if (train_restore(m, resume_path, &md, &st, err))
             cli_die("%s", err);
         convert_data_pos(&md, resume_path, &o, &st);
@@ -384,5 +428,6 @@ int cmd_train(int argc, char **argv)
     dist_finalize(dd); /* its NCCL communicator uses the backend's device */
     be->destroy(be);
     free(resume_path);
+    ckpt_meta_free(&md);
     return 0;
 }

@@ -192,3 +192,36 @@ void model_delete(model *m)
     free(m->priv);
     free(m);
 }
+
+double model_loss(model *m, double sum, double count)
+{
+    m->nloss = 1;
+    m->loss_sum[0] = sum;
+    m->loss_count[0] = count;
+    return count > 0 ? sum / count : 0.0;
+}
+
+void model_loss_part(model *m, double sum, double count)
+{
+    if (m->nloss >= MODEL_MAXLOSS)
+        return;
+    m->loss_sum[m->nloss] = sum;
+    m->loss_count[m->nloss++] = count;
+}
+
+void model_loss_add(const model *m, double *acc)
+{
+    for (int k = 0; k < m->nloss && k < MODEL_MAXLOSS; k++) {
+        acc[k] += m->loss_sum[k];
+        acc[MODEL_MAXLOSS + k] += m->loss_count[k];
+    }
+}
+
+double model_loss_mean(const double *acc)
+{
+    double loss = 0.0;
+    for (int k = 0; k < MODEL_MAXLOSS; k++)
+        if (acc[MODEL_MAXLOSS + k] > 0)
+            loss += acc[k] / acc[MODEL_MAXLOSS + k];
+    return loss;
+}

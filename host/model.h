@@ -39,6 +39,7 @@ typedef struct {
 } model_batch;
 
 #define MODEL_MAXMETRICS 4
+#define MODEL_MAXLOSS 2
 
 typedef struct model model;
 struct model {
@@ -87,6 +88,15 @@ struct model {
      * the gradient of grad_scale * loss. Without targets returns 0 and leaves
      * the outputs (logits) for `logits`. */
     double (*forward)(model *m, const model_batch *b, float grad_scale);
+    /* The last forward's loss (with targets) as parts: loss = sum over k of
+     * loss_sum[k] / loss_count[k], a part being the summed losses of the
+     * items it scores and their count (tokens, masked tokens, examples,
+     * series elements); BERT adds a next-sentence part. Set by the forward
+     * through model_loss. Evaluation over several micro-batches adds sums and
+     * counts (model_loss_add), so its loss is the mean over every scored
+     * item, as PyTorch's over the whole set, a last partial batch included. */
+    int nloss;
+    double loss_sum[MODEL_MAXLOSS], loss_count[MODEL_MAXLOSS];
     /* Accumulates parameter gradients of the last forward into m->grads. */
     void (*backward)(model *m);
     /* Copies the V logits at (b, t) of the last forward to host floats (t = 0
@@ -116,6 +126,16 @@ struct model {
      * -1 when there is none. `eval --forecast FILE` writes them. */
     int (*write_forecast)(model *m, FILE *out);
     const char *forecast_header;
+    /* Optional (recurrent families): the state that the streams read through
+     * one batch source carry from a micro-batch to the next (rnn.c keys it by
+     * the source's batch.resets buffer), as carried_count(m) host floats for
+     * the planned batch (0: none). Checkpoints save the training source's, so
+     * that a resumed run continues its streams where they were.
+     * get_carried copies it out (zeros for a source not seen yet);
+     * set_carried replaces it, for that source's next forward. */
+    size_t (*carried_count)(const model *m);
+    void (*get_carried)(model *m, const void *key, float *out);
+    void (*set_carried)(model *m, const void *key, const float *in);
     /* The config the model was built with (its family's fields, in order). */
     const struct model_family *fam;
     int config[16];
@@ -143,6 +163,16 @@ void model_get_params(model *m, float *host);
 void model_set_moments(model *m, const float *mh, const float *vh);
 void model_get_moments(model *m, float *mh, float *vh);
 const param_view *model_find_view(const model *m, const char *name);
+
+/* For a family's forward: records the loss's first part (sum of the scored
+ * items' losses, their count) and returns its mean (0 with no items);
+ * model_loss_part adds a further part. */
+double model_loss(model *m, double sum, double count);
+void model_loss_part(model *m, double sum, double count);
+/* Evaluation: acc[2 * MODEL_MAXLOSS] holds each part's summed losses, then
+ * counts, over micro-batches; add the last forward's; the mean of them all. */
+void model_loss_add(const model *m, double *acc);
+double model_loss_mean(const double *acc);
 
 /* Appends a view (1-D [d0] or 2-D [d0, d1], ndim 1 or 2) at buffer offset
  * *off and advances it; 2-D views decay. Families build layouts with it. */

@@ -1,6 +1,6 @@
 /* safetensors.c: the safetensors reader and writer, and atomic file
  * replacement (see safetensors.h). Hosts are little-endian, like the format,
- * so tensor bytes are used as they lie in the mapping. */
+ * so tensor bytes are used as they lie in the copy of the file. */
 #include "safetensors.h"
 
 #include <errno.h>
@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -230,6 +229,32 @@ static int parse_header(st_file *f, char *err)
     return check_layout(f, err);
 }
 
+int st_read_fd(int fd, const char *path, size_t size, void **out, char *err)
+{
+    unsigned char *buf = malloc(size ? size : 1);
+    size_t got = 0;
+    *out = NULL;
+    if (!buf)
+        return errf(err, "%s: out of memory for %zu bytes", path, size);
+    while (got < size) {
+        ssize_t r = pread(fd, buf + got, size - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            if (r < 0)
+                errf(err, "%s: read failed: %s", path, strerror(errno));
+            else
+                errf(err, "%s: truncated while being read (%zu of %zu bytes; the file "
+                          "changed after it was opened)", path, got, size);
+            free(buf);
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    *out = buf;
+    return 0;
+}
+
 st_file *st_open(const char *path, char *err)
 {
     st_file *f = calloc(1, sizeof(*f));
@@ -255,13 +280,12 @@ st_file *st_open(const char *path, char *err)
         close(fd);
         goto fail;
     }
-    void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *buf;
+    int rc = st_read_fd(fd, path, f->size, &buf, err);
     close(fd);
-    if (map == MAP_FAILED) {
-        errf(err, "%s: cannot map: %s", path, strerror(errno));
+    if (rc)
         goto fail;
-    }
-    f->map = map;
+    f->map = buf;
     if (parse_header(f, err))
         goto fail;
     return f;
@@ -274,8 +298,7 @@ void st_close(st_file *f)
 {
     if (!f)
         return;
-    if (f->map)
-        munmap((void *)f->map, f->size);
+    free((void *)f->map);
     json_free(f->doc);
     free(f->t);
     free(f->by_name);

@@ -9,7 +9,9 @@
  * little-endian. st_open validates everything before anyone reads a byte of
  * data: N within the file, the JSON, every dtype known, shape product times
  * dtype size equal to end - begin, offsets inside the data section, tensors
- * not overlapping, names unique. The file is mapped read-only.
+ * not overlapping, names unique. The file is read into memory whole (not
+ * mapped: a file truncated under a mapping would fault), so nothing that
+ * happens to it after st_open returns matters.
  *
  * Writes go to a temporary file in the same folder, are fsync'd, renamed over
  * the destination, and the folder is fsync'd: a failed write leaves whatever
@@ -46,6 +48,10 @@ typedef struct {
 
 typedef struct st_file st_file;
 
+/* Reads `size` bytes of the open file fd into *out (malloc'd; the caller
+ * frees it). A file shorter than size by then (truncated meanwhile) is an
+ * error naming path, where a mapping would have faulted (SIGBUS). */
+int st_read_fd(int fd, const char *path, size_t size, void **out, char *err);
 /* Opens and validates a file. NULL with err ("<path>: ...") on failure. */
 st_file *st_open(const char *path, char *err);
 void st_close(st_file *f);

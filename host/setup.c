@@ -343,18 +343,15 @@ static int import_gpt2(const char *path, source_kind kind, model_config *cfg, fl
     return 0;
 }
 
-int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_meta *md,
-               char *err)
+static int load_into(const model_source *src, model_config *cfg, float **params, ckpt_meta *md,
+                     char *err)
 {
     source_kind kind;
     param_view *views = NULL;
     int nviews;
     size_t total;
-    ckpt_meta local;
 
-    if (!md)
-        md = &local;
-    md->n = 0;
+    ckpt_meta_free(md);
     *params = NULL;
     if (!src->init) {
         if (setup_preset_config(src, cfg, err))
@@ -374,7 +371,7 @@ int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_
         if (!one.init)
             return errf(err, "--init %s: neither a Hugging Face directory (no config.json) nor "
                              "a run directory (no step_NNNNNN.safetensors)", src->init);
-        int rc = setup_load(&one, cfg, params, md, err);
+        int rc = load_into(&one, cfg, params, md, err);
         free((char *)one.init);
         return rc;
     }
@@ -396,6 +393,17 @@ int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_
         free(*params);
         *params = NULL;
     }
+    return rc;
+}
+
+int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_meta *md,
+               char *err)
+{
+    if (md)
+        return load_into(src, cfg, params, md, err);
+    ckpt_meta local = { 0 };
+    int rc = load_into(src, cfg, params, &local, err);
+    ckpt_meta_free(&local);
     return rc;
 }
 

@@ -11,6 +11,7 @@
 #include "train.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,32 +201,36 @@ static void train_sample(sampler *sp, const train_opts *o, train_state *st, int3
     fflush(stdout);
 }
 
-/* Mean loss (and the model's metrics, into sums/counts) over the first
- * `batches` micro-batches of the validation stream. The source was opened
- * with this rank's place, so rank r evaluates micro-batches r, r + world,
- * ... below `batches` and the sums are reduced: the result is the
- * single-process one up to summation order. */
+/* Loss (and the model's metrics, into sums/counts) over the first
+ * `batches` micro-batches of the validation stream: the mean over every
+ * scored item (token, masked token, example, element), not the mean of the
+ * micro-batches' means (model.h, nloss). The source was opened with this
+ * rank's place, so rank r evaluates micro-batches r, r + world, ... below
+ * `batches` and the sums are reduced: the result is the single-process one
+ * up to summation order. */
 static double val_loss(model *m, const train_opts *o, batch_source *src, int batches,
                        double *sums, double *counts, char *err)
 {
-    double acc[1 + 2 * MODEL_MAXMETRICS] = { 0 };
+    enum { NL = 2 * MODEL_MAXLOSS };
+    double acc[NL + 2 * MODEL_MAXMETRICS] = { 0 };
     int nm = m->metrics ? m->nmetrics : 0;
     src->seek(src, 0);
     for (int i = o->rank; i < batches; i += o->world) {
         if (src->next(src, err))
             return NAN;
-        acc[0] += m->forward(m, &src->batch, 0.0f);
+        m->forward(m, &src->batch, 0.0f);
+        model_loss_add(m, acc);
         if (nm)
-            m->metrics(m, &src->batch, acc + 1, acc + 1 + MODEL_MAXMETRICS);
+            m->metrics(m, &src->batch, acc + NL, acc + NL + MODEL_MAXMETRICS);
     }
-    if (o->dist && dist_allreduce_f64(o->dist, acc, 1 + 2 * MODEL_MAXMETRICS, 0,
+    if (o->dist && dist_allreduce_f64(o->dist, acc, NL + 2 * MODEL_MAXMETRICS, 0,
                                       "validation loss", err))
         return NAN;
     for (int k = 0; k < nm; k++) {
-        sums[k] = acc[1 + k];
-        counts[k] = acc[1 + MODEL_MAXMETRICS + k];
+        sums[k] = acc[NL + k];
+        counts[k] = acc[NL + MODEL_MAXMETRICS + k];
     }
-    return acc[0] / batches;
+    return model_loss_mean(acc);
 }
 
 /* HellaSwag accuracy with the training plan: rank r scores examples r,
@@ -286,6 +291,9 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
     ckpt_meta_set(md, "world", "%d", o->world);
     ckpt_meta_set(md, "zero", "%d", o->zero && o->world > 1);
     ckpt_meta_set(md, "shuffle", "%d", o->shuffle);
+    ckpt_meta_set(md, "beta1", "%.17g", o->beta1);
+    ckpt_meta_set(md, "beta2", "%.17g", o->beta2);
+    ckpt_meta_set(md, "eps", "%.17g", o->eps);
     if (o->tokenizer_kind)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
 }
@@ -308,7 +316,11 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
     model_config cfg = setup_config_of(m);
     setup_meta_put_config(&md, &cfg);
     put_state(&md, o, st);
-    rc = ckpt_save(path, m->views, m->nviews, n, p, mm, vv, &md, err);
+    ckpt_extra carried = { "train.carried", 2,
+                           { st->carried_world, (int64_t)st->carried_n }, st->carried };
+    rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
+                         st->carried ? 1 : 0, err);
+    ckpt_meta_free(&md);
     free(p);
     free(mm);
     free(vv);
@@ -364,6 +376,21 @@ int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *
                        "a new run from it", path);
     if (!rc)
         model_set_moments(m, mm, vv);
+    if (!rc) { /* a recurrent model's carried state, when the checkpoint has one */
+        int64_t shape[MODEL_MAXDIM];
+        int nd;
+        float *c;
+        rc = ckpt_load_extra(path, "train.carried", &c, shape, &nd, err);
+        if (!rc && c && (nd != 2 || shape[0] < 1 || shape[0] > (1 << 20) || shape[1] < 1)) {
+            free(c);
+            rc = errf(err, "%s: tensor 'train.carried' is not [ranks, state]", path);
+        } else if (!rc && c) {
+            free(st->carried);
+            st->carried = c;
+            st->carried_world = (int)shape[0];
+            st->carried_n = (size_t)shape[1];
+        }
+    }
 done:
     free(p);
     free(mm);
@@ -458,6 +485,30 @@ static int zero_gather_state(model *m, const train_opts *o, const zero_plan *z, 
     return 0;
 }
 
+/* Every rank's carried state (model.h) of the training source into
+ * all[world * n], rank r's at all + r * n. Ranks other than r add zeros to
+ * its part, so the sum is exact. wide: [world * n] scratch (world > 1). */
+static int gather_carried(model *m, const train_opts *o, const void *key, float *all,
+                          double *wide, size_t n, char *err)
+{
+    float *mine = all + (size_t)o->rank * n;
+    m->get_carried(m, key, mine);
+    if (!o->dist || o->world == 1)
+        return 0;
+    size_t total = n * (size_t)o->world;
+    if (total > INT_MAX)
+        return errf(err, "rank %d: the carried state (%zu floats) is too large to gather",
+                    o->rank, total);
+    memset(wide, 0, total * sizeof *wide);
+    for (size_t i = 0; i < n; i++)
+        wide[(size_t)o->rank * n + i] = mine[i];
+    if (dist_allreduce_f64(o->dist, wide, (int)total, 0, "carried state", err))
+        return -1;
+    for (size_t i = 0; i < total; i++)
+        all[i] = (float)wide[i];
+    return 0;
+}
+
 static int mkdir_p(const char *dir, char *err)
 {
     char tmp[4096];
@@ -529,6 +580,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     double t_total = 0.0, t_comm = 0.0;
     int timed = 0;
     zero_plan z = { 0 };
+    float *carried = NULL;  /* [world * ncarried]: every rank's carried state, for checkpoints */
+    double *carried_wide = NULL;
+    size_t ncarried = 0;
 
     if (o->dropout > 0 && !m->has_dropout) {
         errf(err, "--dropout: the %s model has nowhere to drop", m->family);
@@ -567,6 +621,30 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         if (!ld)
             goto done;
         ld->seek(ld, st->data_pos);
+        if (m->carried_count && m->get_carried && m->set_carried)
+            ncarried = m->carried_count(m);
+        if (ncarried) {
+            carried = calloc(ncarried * (size_t)o->world, sizeof *carried);
+            carried_wide = o->world > 1 ? calloc(ncarried * (size_t)o->world,
+                                                 sizeof *carried_wide) : NULL;
+            if (!carried || (o->world > 1 && !carried_wide)) {
+                errf(err, "out of memory for the carried state");
+                goto done;
+            }
+        }
+        if (st->carried) { /* resumed: the streams continue from the checkpoint's state */
+            if (ncarried && st->carried_n == ncarried && st->carried_world == o->world &&
+                ld->keep_state) {
+                m->set_carried(m, ld->batch.resets, st->carried + (size_t)o->rank * ncarried);
+                ld->keep_state(ld);
+            } else if (o->rank == 0) {
+                printf("the checkpoint's carried state (%d ranks x %zu) does not fit this run "
+                       "(%d ranks x %zu): the streams start again from zero\n",
+                       st->carried_world, st->carried_n, o->world, ncarried);
+            }
+            free(st->carried);
+            st->carried = NULL;
+        }
         if (o->val_data) {
             ds.path = o->val_data;
             ds.split = SPLIT_VAL;
@@ -638,8 +716,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                 gscale = (float)coef;
         }
         /* seed: stochastic rounding of bf16 params; the backend mixes in the step */
-        adamw_params hp = { (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, step + 1,
-                            gscale, (uint32_t)(o->seed ^ (o->seed >> 32)) };
+        adamw_params hp = { (float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                            (float)o->weight_decay, step + 1, gscale,
+                            (uint32_t)(o->seed ^ (o->seed >> 32)) };
         if (z.on) { /* this rank's shard, then everyone's parameters to everyone */
             train_range(be, "optimizer", 1);
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, z.segs, z.nsegs, &hp);
@@ -706,7 +785,15 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         if (o->out && ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last)) {
             if (zero_gather_state(m, o, &z, err))
                 goto done;
-            if (o->rank == 0 && save_step(m, o, st, err))
+            if (ncarried && gather_carried(m, o, ld->batch.resets, carried, carried_wide,
+                                           ncarried, err))
+                goto done;
+            st->carried = carried;
+            st->carried_n = ncarried;
+            st->carried_world = o->world;
+            int bad = o->rank == 0 && save_step(m, o, st, err);
+            st->carried = NULL;
+            if (bad)
                 goto done;
         }
     }
@@ -721,6 +808,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     rc = 0;
 done:
+    free(carried);
+    free(carried_wide);
     free(z.segs);
     sampler_free(&sp);
     free(sample_toks);

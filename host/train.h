@@ -21,6 +21,8 @@ typedef struct {
     int warmup;             /* linear warmup steps */
     int constant;           /* --schedule constant: lr throughout (after warmup) */
     double weight_decay, grad_clip;
+    double beta1, beta2, eps; /* AdamW's moment decays and denominator term
+                             * (checkpoints carry them; a resume keeps them) */
     double dropout;         /* drop probability of training forwards (model.h's dropout);
                              * 0: none. Validation and sampling never drop. */
     int val_every, val_batches;
@@ -48,6 +50,14 @@ typedef struct {
                              * every rank consumes the same number, so it is the
                              * same on every rank) */
     rng_state rng;          /* sampling */
+    /* A recurrent model's carried state (model.h, carried_count): rank r's at
+     * carried + r * carried_n, for carried_world ranks; NULL: none. Saved as
+     * the checkpoint tensor "train.carried" [carried_world, carried_n];
+     * train_restore reads it (malloc'd) and train_run hands it to the model
+     * and frees it. */
+    float *carried;
+    size_t carried_n;
+    int carried_world;
 } train_state;
 
 /* Learning rate at 0-based step `step`. */

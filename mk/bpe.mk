@@ -19,6 +19,9 @@ EXTRA_TESTS += test-fuzz
 
 all: gpt2-vocab
 test-c test-py: gpt2-vocab
+# the demo tokenizes tinyshakespeare and prints samples in GPT-2 tokens, and
+# may be the first command on a fresh machine (tests/cli/test_make.py)
+demo: gpt2-vocab
 
 # The tokenizer test checks the hand-written pre-tokenizer against PCRE2.
 $(BUILD)/tests/test_bpe: EXTRA_LDLIBS += -lpcre2-8
@@ -35,7 +38,8 @@ $(FUZZ_DIR)/fuzz_bpe: tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c data/bpe
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c -o $@ -lpthread
 
-$(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/shard.h data/rng.h data/errbuf.h
+$(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/shard.h data/rng.h data/errbuf.h \
+		data/readat.h
 	$(FUZZ_HAVE_CC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_shard.c data/shard.c -o $@ -lm

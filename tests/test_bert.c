@@ -551,6 +551,28 @@ START_TEST(test_bad_data)
     sp.T = 1000;
     ck_assert_ptr_null(mlm_open(&sp, err));
     ck_assert_msg(strstr(err, "800 tokens"), "%s", err);
+    /* shards truncated after they were opened, while in use: an error
+     * naming the file, never SIGBUS (as with the shards mapped) */
+    free(s);
+    s = write_shards(300, 6000, 6000, SEED(83)); /* several pages each */
+    sp.voc = mlm_vocab_of(304);
+    sp.T = T;
+    mb = mlm_open(&sp, err);
+    ck_assert_msg(mb != NULL, "%s", err);
+    ck_assert_msg(mlm_batch(mb, 0, tok, seg, tg, lab, err) == 0, "%s", err);
+    for (int f = 0; f < 2; f++) {
+        snprintf(path, sizeof path, "%s/t_00000%d.bin", tmpdir, f);
+        ck_assert_int_eq(truncate(path, 1024 + 2), 0);
+    }
+    rc = 0;
+    for (uint64_t g = 1; g < 50 && rc == 0; g++)
+        rc = mlm_batch(mb, g, tok, seg, tg, lab, err);
+    ck_assert_int_eq(rc, -1);
+    ck_assert_msg(strstr(err, "t_00000") && strstr(err, "while in use"), "%s", err);
+    mlm_close(mb);
+    free(s);
+    s = write_shards(300, 400, 400, SEED(81));
+    sp.voc = mlm_vocab_of(204);
     /* a truncated shard, a missing file */
     sp.T = T;
     snprintf(path, sizeof path, "%s/t_000001.bin", tmpdir);

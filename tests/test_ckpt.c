@@ -674,6 +674,42 @@ START_TEST(test_st_roundtrip)
 }
 END_TEST
 
+/* A file truncated after st_open: its tensors read as they were (st_open
+ * copied the file), never a crash (a mapping would raise SIGBUS here). */
+START_TEST(test_st_truncated_after_open)
+{
+    enum { N = 4096 };
+    float *a = malloc(N * sizeof *a), *back = malloc(N * sizeof *back);
+    for (int i = 0; i < N; i++)
+        a[i] = (float)rng_uniform(&rng);
+    st_out_tensor o = { "w", ST_F32, 1, { N }, a, 0 };
+    const char *path = pth("cut.safetensors");
+    ck_assert_msg(st_write(path, &o, 1, NULL, 0, err) == 0, "%s", err);
+    st_file *f = st_open(path, err);
+    ck_assert_msg(f, "%s", err);
+    ck_assert_int_eq(truncate(path, 0), 0);
+    const st_tensor *t = st_find(f, "w");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(st_read_f32(f, t, back, 0, err), 0);
+    ck_assert(!memcmp(back, a, N * sizeof *a));
+    st_close(f);
+    /* and one that shrinks between the size check and the read is an error */
+    ck_assert_msg(st_write(path, &o, 1, NULL, 0, err) == 0, "%s", err);
+    int fd = open(path, O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    struct stat sb;
+    ck_assert_int_eq(fstat(fd, &sb), 0);
+    ck_assert_int_eq(truncate(path, 100), 0);
+    void *buf = NULL;
+    ck_assert_int_eq(st_read_fd(fd, path, (size_t)sb.st_size, &buf, err), -1);
+    ck_assert_msg(strstr(err, "cut.safetensors") && strstr(err, "truncated"), "%s", err);
+    ck_assert_ptr_null(buf);
+    close(fd);
+    free(a);
+    free(back);
+}
+END_TEST
+
 /* A random fp16 value from its fields, with its value computed by ldexp
  * (independently of the decoder's bit tricks). */
 static uint16_t random_f16(double *val)
@@ -1031,6 +1067,26 @@ START_TEST(test_ckpt_roundtrip)
     for (int i = 0; i < md.n; i++)
         if (strcmp(md.key[i], "format"))
             ck_assert_str_eq(ckpt_meta_get(&back, md.key[i]), md.val[i]);
+    ckpt_meta_free(&back);
+
+    /* no limit on the number of entries or their length (there was one of
+     * 64 entries of 255 characters, past which entries were dropped) */
+    int many = 200 + (int)rng_below(&rng, 100);
+    for (int i = 0; i < many; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "extra.%d.%0*d", i, (int)rng_below(&rng, 70), i);
+        ckpt_meta_set(&md, key, "%0*d|%s", (int)rng_below(&rng, 2000), i, key);
+    }
+    ck_assert_int_eq(md.n, 5 + many);
+    ck_assert_msg(ckpt_save(path, v, nv, n, p, m, s, &md, err) == 0, "%s", err);
+    ck_assert_msg(ckpt_read_meta(path, &back, err) == 0, "%s", err);
+    ck_assert_int_eq(back.n, 2 + 4 + many); /* format, version, and ours but "format" */
+    for (int i = 0; i < md.n; i++)
+        if (strcmp(md.key[i], "format"))
+            ck_assert_str_eq(ckpt_meta_get(&back, md.key[i]), md.val[i]);
+    ckpt_meta_free(&back);
+    ckpt_meta_free(&md);
+    ck_assert_int_eq(md.n, 0);
 
     /* weights only from a full checkpoint */
     float *p3 = poisoned(n);
@@ -1678,6 +1734,7 @@ static Suite *ckpt_suite(void)
     tcase_add_test(tc, test_st_bad_files);
     tcase_add_test(tc, test_st_mutations);
     tcase_add_test(tc, test_st_failed_write_keeps_file);
+    tcase_add_test(tc, test_st_truncated_after_open);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("checkpoints");

@@ -544,6 +544,48 @@ START_TEST(test_bad_token)
 }
 END_TEST
 
+/* Shards truncated, or replaced by shorter ones, after the loader opened
+ * them and while it reads them: a clear error naming the file, never a
+ * crash (reading a mapping past a file's new end raises SIGBUS, which ends
+ * the test's process). */
+START_TEST(test_truncated_in_use)
+{
+    rng_state r;
+    rng_seed(&r, g_seed + 11);
+    char dir[64], err[ERRBUF], path[128];
+    for (int rep = 0; rep < 4; rep++) {
+        tmpdir_new(dir);
+        size_t n;
+        int vocab = 1000, replace = rep & 1;
+        uint16_t *s = make_shards(dir, &r, 3, 5000, 8000, vocab, &n); /* pages */
+        loader *ld = loader_open(pattern_of(dir), 2, 4, 0, 1, rep >= 2, g_seed, vocab, err);
+        ck_assert_msg(ld != NULL, "%s", err);
+        int32_t in[8], tg[8];
+        ck_assert_msg(loader_next(ld, in, tg, err) == 0, "%s", err);
+        for (int f = 0; f < 3; f++) { /* each down to one token */
+            snprintf(path, sizeof path, "%s/s_%03d.bin", dir, f);
+            if (replace)
+                ck_assert_msg(shard_write(path, s, 1, err) == 0, "%s", err);
+            else
+                ck_assert_int_eq(truncate(path, SHARD_HEADER_INTS * 4 + 2), 0);
+        }
+        int failed = 0;
+        for (size_t k = 0; k < n / 8 + 2 && !failed; k++) {
+            if (loader_next(ld, in, tg, err) < 0) {
+                failed = 1;
+                ck_assert_msg(strstr(err, dir) && (strstr(err, "truncated while in use") ||
+                                                   strstr(err, "changed while in use")),
+                              "%s", err);
+            }
+        }
+        ck_assert_msg(failed, "rep %d: the shrunken shards were read without an error", rep);
+        loader_close(ld);
+        free(s);
+        tmpdir_rm(dir);
+    }
+}
+END_TEST
+
 /* Random bytes, with a plausible header now and then: the loader must fail
  * cleanly or read batches, never crash. */
 START_TEST(test_fuzz_files)
@@ -990,6 +1032,7 @@ static Suite *shard_suite(void)
     tcase_add_test(tc, test_seek);
     tcase_add_test(tc, test_bad_files);
     tcase_add_test(tc, test_bad_token);
+    tcase_add_test(tc, test_truncated_in_use);
     tcase_add_test(tc, test_fuzz_files);
     tcase_add_test(tc, test_prep_bytes);
     tcase_add_test(tc, test_prep_jsonl);

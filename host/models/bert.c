@@ -415,6 +415,7 @@ static double bert_forward(model *m, const model_batch *b, float grad_scale)
                      s->Vp, s->ce_scale);
     be->download(be, s->host_losses, DT_F64, s->losses, be->stat, (size_t)BT);
     double loss = mean_loss(s->host_losses, b->targets, BT, &s->mlm_count, &s->mlm_sum);
+    model_loss(m, s->mlm_sum, s->mlm_count);
     s->have_grad = s->dlogits = grad;
     if (c->nsp && b->labels) {
         int nv = count_valid(b->labels, B);
@@ -424,6 +425,7 @@ static double bert_forward(model *m, const model_batch *b, float grad_scale)
                          2, 2, scale);
         be->download(be, s->host_nlosses, DT_F64, s->nlosses, be->stat, (size_t)B);
         loss += mean_loss(s->host_nlosses, b->labels, B, &s->nsp_count, &s->nsp_sum);
+        model_loss_part(m, s->nsp_sum, s->nsp_count);
         s->have_nsp = 1;
     }
     range(be, "forward", 0);

@@ -285,7 +285,7 @@ static double ffnn_forward(model *m, const model_batch *b, float grad_scale)
     for (int i = 0; i < BT; i++)
         if (b->targets[i] >= 0)
             sum += s->host_losses[i];
-    return valid ? sum / valid : 0.0;
+    return model_loss(m, sum, valid);
 }
 
 static void ffnn_backward(model *m)

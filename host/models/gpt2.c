@@ -231,7 +231,7 @@ static double gpt2_forward(model *m, const model_batch *b, float grad_scale)
     for (int i = 0; i < BT; i++)
         if (b->targets[i] >= 0)
             sum += s->host_losses[i];
-    return valid ? sum / valid : 0.0;
+    return model_loss(m, sum, valid);
 }
 
 static void gpt2_backward(model *m)

@@ -370,7 +370,7 @@ static double pts_forward(model *m, const model_batch *b, float grad_scale)
             sum += s->sd[r] * s->sd[r] * s->hloss[r];
     if (be->range)
         be->range(be, "forward", 0);
-    return count > 0 ? sum / count : 0.0;
+    return model_loss(m, sum, count);
 }
 
 static void pts_backward(model *m)

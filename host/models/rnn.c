@@ -20,7 +20,9 @@
  * a row starts its stream and where a document starts (at the end-of-text
  * token, config "eot"), and no gradient crosses such a reset. A batch
  * without resets (the sampler's, hand-made ones) is a set of independent
- * sequences: its state starts at zero and is not kept.
+ * sequences: its state starts at zero and is not kept. Checkpoints carry the
+ * training streams' state (get_carried/set_carried, train.c), so a resumed
+ * run continues them bit for bit.
  *
  * Sampling (decode_plan/decode_step) runs one step of every layer per new
  * token from the carried state: each token costs the same, at any position,
@@ -417,6 +419,44 @@ static rnn_slot *slot_of(model *m, const void *key)
     return lru;
 }
 
+/* The carried state of the source key as host floats: h [L,B,H], then (LSTM)
+ * c [L,B,H]. get leaves the LRU order alone and gives zeros for a source
+ * without a slot; set takes (or makes) its slot. */
+static size_t rnn_carried_count(const model *m)
+{
+    const rnn_state *s = m->priv;
+    size_t LBH = (size_t)s->cfg.L * m->B * s->cfg.H;
+    return s->cell == RNN_CELL_LSTM ? 2 * LBH : LBH;
+}
+
+static void rnn_get_carried(model *m, const void *key, float *out)
+{
+    rnn_state *s = m->priv;
+    backend *be = m->be;
+    size_t LBH = (size_t)s->cfg.L * m->B * s->cfg.H, n = rnn_carried_count(m);
+    for (int k = 0; k < RNN_SLOTS; k++) {
+        rnn_slot *sl = &s->slots[k];
+        if (!key || sl->key != key)
+            continue;
+        be->download(be, out, DT_F32, sl->h[sl->cur], be->act, LBH);
+        if (sl->c[sl->cur])
+            be->download(be, out + LBH, DT_F32, sl->c[sl->cur], be->act, LBH);
+        return;
+    }
+    memset(out, 0, n * sizeof *out);
+}
+
+static void rnn_set_carried(model *m, const void *key, const float *in)
+{
+    rnn_state *s = m->priv;
+    backend *be = m->be;
+    size_t LBH = (size_t)s->cfg.L * m->B * s->cfg.H;
+    rnn_slot *sl = slot_of(m, key);
+    be->upload(be, sl->h[sl->cur], be->act, in, DT_F32, LBH);
+    if (sl->c[sl->cur])
+        be->upload(be, sl->c[sl->cur], be->act, in + LBH, DT_F32, LBH);
+}
+
 /* Dropout (Zaremba et al. 2014: on the non-recurrent connections only, so
  * the carried state is never dropped): the embeddings' output, each layer's
  * output before the next layer, the last layer's before the decoder. The
@@ -497,7 +537,7 @@ static double rnn_forward(model *m, const model_batch *b, float grad_scale)
     for (int i = 0; i < BT; i++)
         if (b->targets[i] >= 0)
             sum += s->host_losses[i];
-    return valid ? sum / valid : 0.0;
+    return model_loss(m, sum, valid);
 }
 
 /* Truncated BPTT: the carried state entered as a constant, so the gradient
@@ -686,6 +726,9 @@ static model *create_cell(int cell, const model_family *fam, backend *be, const 
     m->position_losses = rnn_position_losses;
     m->decode_plan = rnn_decode_plan;
     m->decode_step = rnn_decode_step;
+    m->carried_count = rnn_carried_count;
+    m->get_carried = rnn_get_carried;
+    m->set_carried = rnn_set_carried;
     m->destroy = rnn_destroy;
     m->has_dropout = "the embeddings' output and each layer's output (never the carried state)";
     s->cfg = *c;
@@ -727,8 +770,9 @@ static model *lstm_create(backend *be, const int *cv, char *err)
  * ahead. So row b of micro-batch j+1 continues row b of micro-batch j, and
  * every K micro-batches all streams start again from their beginnings (an
  * epoch), marked in resets. Training order is not shuffled: the streams'
- * order is the point. A seek (resume, validation) also resets every row of
- * the next micro-batch: the state it would continue from is not saved. */
+ * order is the point. A seek (validation) also resets every row of the next
+ * micro-batch, unless keep_state follows it: a resume whose checkpoint
+ * carried the state (train.c) continues the streams from it. */
 
 typedef struct {
     batch_source src;
@@ -766,6 +810,11 @@ static void stream_seek(batch_source *bs, uint64_t pos)
     stream_source *s = (stream_source *)bs;
     s->pos = pos;
     s->fresh = 1;
+}
+
+static void stream_keep_state(batch_source *bs)
+{
+    ((stream_source *)bs)->fresh = 0;
 }
 
 static uint64_t stream_epoch_batches(const batch_source *bs)
@@ -827,6 +876,7 @@ static batch_source *rnn_open_data(const model *m, const data_spec *spec, char *
     s->src.next = stream_next;
     s->src.position = stream_position;
     s->src.seek = stream_seek;
+    s->src.keep_state = stream_keep_state;
     s->src.epoch_batches = stream_epoch_batches;
     s->src.close = stream_close;
     return &s->src;

@@ -343,7 +343,7 @@ static double tsg_forward(model *m, const model_batch *b, float grad_scale)
             sum += s->hloss[i];
     if (be->range)
         be->range(be, "forward", 0);
-    return valid ? sum / valid : 0.0;
+    return model_loss(m, sum, valid);
 }
 
 static void tsg_backward(model *m)

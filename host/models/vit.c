@@ -305,7 +305,7 @@ static double vit_forward(model *m, const model_batch *b, float grad_scale)
     for (int i = 0; i < B; i++)
         if (b->targets[i] >= 0)
             sum += s->host_losses[i];
-    return valid ? sum / valid : 0.0;
+    return model_loss(m, sum, valid);
 }
 
 static void vit_backward(model *m)

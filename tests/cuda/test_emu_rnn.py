@@ -105,3 +105,24 @@ def test_cudnn_matches_cpu(shard, tmp_path, family, precision, tol):
     rel = np.abs(np.array(gpu) - np.array(cpu)) / np.abs(np.array(cpu))
     assert rel.max() < tol, (f"{family} {precision} cuDNN: {gpu} vs cpu {cpu} "
                              f"(max rel {rel.max():.2e}, ANATOMY_TEST_SEED={SEED})")
+
+
+
+def test_resume_carries_the_state(shard, tmp_path):
+    """On the CUDA backend too a checkpoint carries the LSTM's state: 8 steps
+    equal 4, save, resume, 4 more, bit for bit (fp32; a bf16 resume is not bit
+    for bit for any family, GPT-2's included), and the checkpoint resumes on
+    the CPU to 1e-5."""
+    args = ["--data", shard, "--batch", 3, "--seq", 16, "--lr", "1e-2", "--seed", SEED % 1000,
+            "--schedule", "constant", "--steps", 8]
+    gpu = ["--device", "cuda", "--precision", "fp32"]
+    full = run("anatomy-emu", "train", *MODELS["lstm"], *args, *gpu, "--ckpt-every", 4,
+               "--out", tmp_path / "full")
+    ck = tmp_path / "full" / "step_000004.safetensors"
+    res = run("anatomy-emu", "train", "--resume", ck, *args, *gpu)
+    assert STEP.findall(res) == STEP.findall(full)[4:], (res, full)
+    cpu = [float(x) for x in STEP.findall(run("anatomy", "train", "--resume", ck, *args,
+                                              "--device", "cpu"))]
+    want = [float(x) for x in STEP.findall(full)[4:]]
+    rel = np.abs(np.array(cpu) - np.array(want)) / np.array(want)
+    assert rel.max() < 1e-5, (cpu, want, f"ANATOMY_TEST_SEED={SEED}")

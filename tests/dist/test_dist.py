@@ -118,6 +118,33 @@ def test_resume_two_ranks_is_exact(launch, shards, tmp_path, zero):
         assert np.array_equal(a[k], b[k]), k
 
 
+def test_recurrent_resume_two_ranks_is_exact(launch, shards, tmp_path):
+    """An LSTM's carried state: every rank's streams gathered into the one
+    checkpoint (train.carried [2, state]), each rank's handed back on resume,
+    so a 2-rank resume continues the streams bit for bit; on 1 rank the
+    streams differ and restart from zero."""
+    train, val = shards
+    common = RUN + ["--data", train, "--val-data", val, "--val-batches", "2", "--val-every",
+                    "4", "--total-batch", "128", "--steps", "8", "--seed", seed()]
+    model = ["--preset", "lstm-tiny", "--vocab-size", "256"]
+    ok(launch(2, *common, *model, "--ckpt-every", "4", "--out", tmp_path / "full"))
+    ck = tmp_path / "full" / "step_000004.safetensors"
+    c = load_file(str(ck))["train.carried"]
+    assert c.shape == (2, 2 * 2 * 32) and (c[0] != c[1]).any() and (c != 0).all(axis=1).any()
+    ok(launch(2, *common, "--resume", ck, "--out", tmp_path / "res"))
+    full, res = losses(tmp_path / "full"), losses(tmp_path / "res")
+    assert sorted(res) == list(range(5, 9))
+    assert all(full[s] == res[s] for s in res), (full, res)
+    assert losses(tmp_path / "full", "val_loss")[8] == losses(tmp_path / "res", "val_loss")[8]
+    a = load_file(str(tmp_path / "full" / "step_000008.safetensors"))
+    b = load_file(str(tmp_path / "res" / "step_000008.safetensors"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    p = ok(launch(0, *common, "--resume", ck, "--out", tmp_path / "one"))
+    assert "the streams start again from zero" in p.stdout
+
+
 @pytest.mark.parametrize("zero", [0, 1])
 def test_resume_on_another_world_size(launch, shards, tmp_path, zero):
     """A 2-rank checkpoint (ZeRO's gathered into the same single file)

@@ -57,7 +57,7 @@ def random_checkpoint(anatomy, tmp, model_args, data, rng):
     tensors = load_file(src)
     w = {}
     for name, t in tensors.items():
-        if name.startswith("adamw."):
+        if name.startswith(("adamw.", "train.")):
             continue
         r = torch.as_tensor(rng.normal(0, 0.4, tuple(t.shape)), dtype=torch.float32)
         if t.shape[0] == VP and name.split(".")[0] in ("decoder", "out", "direct"):

@@ -222,6 +222,18 @@ def check_parity(anatomy, tmp_path, cfg, data_path, images, labels, seed):
     acc = float((res.logits.argmax(-1) == y).double().mean())
     line = [l for l in out.splitlines() if l.startswith("accuracy ")]
     assert line and abs(float(line[0].split()[1]) - acc) < 1e-6, f"{out} vs {acc} {msg}"
+    # the whole set in batches of B, the last one partial: the mean over every
+    # example, as PyTorch's cross-entropy over the set (not the mean of the
+    # two batches' means)
+    n = len(labels)
+    assert n % B, "the set must end with a partial batch"
+    out = anatomy("eval", "--init", ck, "--data", data_path, "--split", "test", "--batch", B,
+                  "--batches", (n + B - 1) // B, "--device", "cpu")
+    with torch.no_grad():
+        ref = m(pixel_values=pixels(images).double(),
+                labels=torch.from_numpy(labels.astype(np.int64))).loss.item()
+    loss = parse_eval_loss(out)
+    assert abs(loss - ref) / abs(ref) < RTOL, f"whole-set loss {loss} vs HF {ref} {msg}"
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
