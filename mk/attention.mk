@@ -40,10 +40,20 @@ test-attention-sass:
 	awk '/Function :/ { f = $$3; n[f] += 0 } /HMMA|HGMMA/ { n[f]++ } \
 	     END { bad = 0; k = 0; for (f in n) if (f ~ /flash_/) { k++; printf "%6d tensor-core instructions  %s\n", n[f], f; if (!n[f]) bad++ } \
 	           if (!k) { print "no flash_* kernel in the SASS"; exit 1 } exit bad ? 1 : 0 }' \
-	  $(ATT_DIR)/attention.sm_90.sass | c++filt > $(ATT_DIR)/sass-check.txt; rc=$$?; \
-	cat $(ATT_DIR)/sass-check.txt; \
+	  $(ATT_DIR)/attention.sm_90.sass > $(ATT_DIR)/sass-check.raw; rc=$$?; \
+	c++filt < $(ATT_DIR)/sass-check.raw > $(ATT_DIR)/sass-check.txt; cat $(ATT_DIR)/sass-check.txt; \
 	if [ $$rc -ne 0 ]; then echo "test-attention-sass: FAILED: a flash kernel has no HMMA/HGMMA in its sm_90 SASS"; exit 1; fi; \
-	echo "test-attention-sass: every flash kernel uses tensor cores (sm_90 SASS, $(ATT_DIR)/sass-check.txt)"
+	awk '/Function :/ { if (f ~ /flash_bwd_/) { k++; if (!ok) bad = bad " " f } f = $$3; bar = 0; ok = 0; done = 0 } \
+	     /BAR\.SYNC/ { bar = 1; ldg = 0 } /LDGSTS/ && bar { ldg = 1 } \
+	     /HMMA|HGMMA/ && bar && !done { done = 1; ok = ldg } \
+	     END { if (f ~ /flash_bwd_/) { k++; if (!ok) bad = bad " " f } \
+	           if (!k) { print "no flash_bwd_* kernel in the SASS"; exit 1 } \
+	           if (bad != "") { print "the next tile'\''s cp.async (LDGSTS) is not issued before the matmuls (HMMA) in:" bad; exit 1 } \
+	           printf "%d backward kernels issue the next tile'\''s loads before their matmuls\n", k }' \
+	  $(ATT_DIR)/attention.sm_90.sass > $(ATT_DIR)/pipeline-check.raw; rc=$$?; \
+	c++filt < $(ATT_DIR)/pipeline-check.raw > $(ATT_DIR)/pipeline-check.txt; cat $(ATT_DIR)/pipeline-check.txt; \
+	if [ $$rc -ne 0 ]; then echo "test-attention-sass: FAILED: a backward kernel's double buffering did not survive compilation"; exit 1; fi; \
+	echo "test-attention-sass: every flash kernel uses tensor cores, the backward kernels overlap loads with matmuls (sm_90 SASS, $(ATT_DIR))"
 
 # The harness: the backend's attention ops timed through the op table. It is
 # relinked every time (cheap) because cuda.mk's object list is not known here.

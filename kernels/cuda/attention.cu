@@ -84,7 +84,9 @@ template <int HS> struct fa_cfg {
 	static const int bn_fwd = 64;
 	static const int bn_bwd = HS == 128 ? 32 : 64;
 	static size_t fwd_smem() { return (size_t)(FA_ROWS + 2 * bn_fwd) * lds * sizeof(bf16); }
-	static size_t bwd_smem() { return (size_t)(2 * FA_ROWS + 2 * bn_bwd) * lds * sizeof(bf16) + 2 * bn_bwd * sizeof(float); }
+	/* backward: the block's own two tiles, the two streamed tiles twice
+	 * (double-buffered), and the query tiles' lse and D twice (dk/dv) */
+	static size_t bwd_smem() { return (size_t)(2 * FA_ROWS + 4 * bn_bwd) * lds * sizeof(bf16) + 4 * bn_bwd * sizeof(float); }
 };
 
 /* rows x HS bf16 from global (row stride ld elements, rows >= nvalid
@@ -321,9 +323,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash_fwd_kernel(bf16 *out, float 
 }
 
 /* Backward, dk and dv. Block: 64 key rows of one (b, h), 4 warps x 16; the
- * query tiles (BM rows of q, dO, lse, D) stream through shared memory. In
- * transposed form, per warp: S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T,
- * dS^T = P^T (dP^T - D), dv += P^T dO, dk += dS^T Q. */
+ * query tiles (BM rows of q, dO, lse, D) stream through shared memory, two
+ * buffers deep: the next tile's cp.async is issued right after the barrier
+ * that makes the current one visible, so its load overlaps this tile's seven
+ * matmuls instead of waiting at the top of the next iteration (one barrier
+ * per tile: the barrier also tells that every warp is done with the buffer
+ * the load overwrites). In transposed form, per warp: S^T = K Q^T,
+ * P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D), dv += P^T dO,
+ * dk += dS^T Q. */
 template <int HS>
 __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, const bf16 *dout, const bf16 *qkv,
 								  const float *lse, const float *Dv, int T, int C,
@@ -332,8 +339,10 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, 
 	typedef fa_cfg<HS> cfg;
 	const int BM = cfg::bn_bwd, lds = cfg::lds;
 	DYNAMIC_SHARED(bf16, smem);
-	bf16 *sK = smem, *sV = sK + FA_ROWS * lds, *sQ = sV + FA_ROWS * lds, *sO = sQ + BM * lds;
-	float *sL = (float *)(sO + BM * lds), *sD = sL + BM;
+	/* buffer j of the streamed tiles: sQ0 + j * 2 * BM * lds (q) and + BM * lds
+	 * (dO); their lse and D: sL0 + j * 2 * BM and + BM */
+	bf16 *sK = smem, *sV = sK + FA_ROWS * lds, *sQ0 = sV + FA_ROWS * lds;
+	float *sL0 = (float *)(sQ0 + 4 * BM * lds);
 	int n0 = blockIdx.x * FA_ROWS, bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
 	size_t ld = (size_t)3 * C;
@@ -346,21 +355,36 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, 
 
 	fa_load_tile<HS, FA_ROWS>(sK, gk + (size_t)n0 * ld, ld, T - n0);
 	fa_load_tile<HS, FA_ROWS>(sV, gv + (size_t)n0 * ld, ld, T - n0);
-	fa_load_tile<HS, BM>(sQ, gq + (size_t)i_start * ld, ld, T - i_start);
-	fa_load_tile<HS, BM>(sO, gdo + (size_t)i_start * C, C, T - i_start);
+	fa_load_tile<HS, BM>(sQ0, gq + (size_t)i_start * ld, ld, T - i_start);
+	fa_load_tile<HS, BM>(sQ0 + BM * lds, gdo + (size_t)i_start * C, C, T - i_start);
 	cp_async_commit();
 	for (int r = threadIdx.x; r < BM; r += FA_THREADS) {	/* lse in log2 units; +inf: p = 0 */
 		int i = i_start + r;
-		sL[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
-		sD[r] = i < T ? gd[i] : 0.0f;
+		sL0[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
+		sL0[BM + r] = i < T ? gd[i] : 0.0f;
 	}
 
 	float dk[HS / 8][4], dv[HS / 8][4];
 	fa_zero<HS>(dk);
 	fa_zero<HS>(dv);
-	for (int i0 = i_start; i0 < T; i0 += BM) {
+	for (int i0 = i_start, buf = 0; i0 < T; i0 += BM, buf ^= 1) {
 		cp_async_wait<0>();
-		__syncthreads();	/* this query tile is in */
+		__syncthreads();	/* this query tile is in; every warp is done with the other buffer */
+		const bf16 *sQ = sQ0 + buf * 2 * BM * lds, *sO = sQ + BM * lds;
+		const float *sL = sL0 + buf * 2 * BM, *sD = sL + BM;
+		int i1 = i0 + BM;
+		if (i1 < T) {	/* the next query tile into the other buffer, while this one is used */
+			bf16 *nQ = sQ0 + (buf ^ 1) * 2 * BM * lds;
+			float *nL = sL0 + (buf ^ 1) * 2 * BM;
+			fa_load_tile<HS, BM>(nQ, gq + (size_t)i1 * ld, ld, T - i1);
+			fa_load_tile<HS, BM>(nQ + BM * lds, gdo + (size_t)i1 * C, C, T - i1);
+			cp_async_commit();
+			for (int r = threadIdx.x; r < BM; r += FA_THREADS) {
+				int i = i1 + r;
+				nL[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
+				nL[BM + r] = i < T ? gd[i] : 0.0f;
+			}
+		}
 		uint32_t a[HS / 16][4];
 		float st[BM / 8][4], dpt[BM / 8][4];
 		fa_load_a<HS>(a, sK, lds, warp * 16);
@@ -390,19 +414,6 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, 
 		fa_acc_to_a<BM>(da, dpt);
 		fa_mma_ab<BM, HS>(dv, pa, sO, lds, 0);
 		fa_mma_ab<BM, HS>(dk, da, sQ, lds, 0);
-
-		__syncthreads();	/* every warp is done with this tile */
-		int i1 = i0 + BM;
-		if (i1 < T) {
-			fa_load_tile<HS, BM>(sQ, gq + (size_t)i1 * ld, ld, T - i1);
-			fa_load_tile<HS, BM>(sO, gdo + (size_t)i1 * C, C, T - i1);
-			cp_async_commit();
-			for (int r = threadIdx.x; r < BM; r += FA_THREADS) {
-				int i = i1 + r;
-				sL[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
-				sD[r] = i < T ? gd[i] : 0.0f;
-			}
-		}
 	}
 	bf16 *base = dqkv + (size_t)b * T * ld + (size_t)h * HS;
 	fa_write_rows<HS, true>(base + C, ld, n0 + warp * 16, T, dk, scale, scale);
@@ -410,8 +421,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, 
 }
 
 /* Backward, dq. Block: 64 query rows of one (b, h), 4 warps x 16; key and
- * value tiles of BN rows stream through shared memory. Per warp:
- * S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dq += dS K. */
+ * value tiles of BN rows stream through shared memory, two buffers deep as in
+ * dk/dv. Per warp: S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D),
+ * dq += dS K. */
 template <int HS>
 __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dq_kernel(bf16 *dqkv, const bf16 *dout, const bf16 *qkv,
 								const float *lse, const float *Dv, int T, int C,
@@ -420,7 +432,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dq_kernel(bf16 *dqkv, co
 	typedef fa_cfg<HS> cfg;
 	const int BN = cfg::bn_bwd, lds = cfg::lds;
 	DYNAMIC_SHARED(bf16, smem);
-	bf16 *sQ = smem, *sO = sQ + FA_ROWS * lds, *sK = sO + FA_ROWS * lds, *sV = sK + BN * lds;
+	/* buffer j of the streamed tiles: sK0 + j * 2 * BN * lds (k) and + BN * lds (v) */
+	bf16 *sQ = smem, *sO = sQ + FA_ROWS * lds, *sK0 = sO + FA_ROWS * lds;
 	int m0 = blockIdx.x * FA_ROWS, bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
 	size_t ld = (size_t)3 * C;
@@ -437,15 +450,23 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dq_kernel(bf16 *dqkv, co
 
 	fa_load_tile<HS, FA_ROWS>(sQ, gq + (size_t)m0 * ld, ld, T - m0);
 	fa_load_tile<HS, FA_ROWS>(sO, gdo + (size_t)m0 * C, C, T - m0);
-	fa_load_tile<HS, BN>(sK, gk, ld, T);
-	fa_load_tile<HS, BN>(sV, gv, ld, T);
+	fa_load_tile<HS, BN>(sK0, gk, ld, T);
+	fa_load_tile<HS, BN>(sK0 + BN * lds, gv, ld, T);
 	cp_async_commit();
 
 	float dq[HS / 8][4];
 	fa_zero<HS>(dq);
-	for (int n0 = 0; n0 < nkv; n0 += BN) {
+	for (int n0 = 0, buf = 0; n0 < nkv; n0 += BN, buf ^= 1) {
 		cp_async_wait<0>();
-		__syncthreads();	/* this key tile is in */
+		__syncthreads();	/* this key tile is in; every warp is done with the other buffer */
+		const bf16 *sK = sK0 + buf * 2 * BN * lds, *sV = sK + BN * lds;
+		int n1 = n0 + BN;
+		if (n1 < nkv) {	/* the next key tile into the other buffer, while this one is used */
+			bf16 *nK = sK0 + (buf ^ 1) * 2 * BN * lds;
+			fa_load_tile<HS, BN>(nK, gk + (size_t)n1 * ld, ld, T - n1);
+			fa_load_tile<HS, BN>(nK + BN * lds, gv + (size_t)n1 * ld, ld, T - n1);
+			cp_async_commit();
+		}
 		uint32_t a[HS / 16][4];
 		float s[BN / 8][4], dp[BN / 8][4];
 		fa_load_a<HS>(a, sQ, lds, warp * 16);
@@ -470,14 +491,6 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dq_kernel(bf16 *dqkv, co
 		uint32_t da[BN / 16][4];
 		fa_acc_to_a<BN>(da, dp);
 		fa_mma_ab<BN, HS>(dq, da, sK, lds, 0);
-
-		__syncthreads();	/* every warp is done with this key tile */
-		int n1 = n0 + BN;
-		if (n1 < nkv) {
-			fa_load_tile<HS, BN>(sK, gk + (size_t)n1 * ld, ld, T - n1);
-			fa_load_tile<HS, BN>(sV, gv + (size_t)n1 * ld, ld, T - n1);
-			cp_async_commit();
-		}
 	}
 	fa_write_rows<HS, true>(dqkv + (size_t)b * T * ld + (size_t)h * HS, ld, m0 + warp * 16, T, dq, scale, scale);
 }
