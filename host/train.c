@@ -23,6 +23,7 @@
 #include "batches.h"
 #include "family.h"
 #include "hellaswag_eval.h"
+#include "rundir.h"
 #include "setup.h"
 
 double train_lr(const train_opts *o, int step)
@@ -458,30 +459,10 @@ static int zero_gather_state(model *m, const train_opts *o, const zero_plan *z, 
     return 0;
 }
 
-static int mkdir_p(const char *dir, char *err)
-{
-    char tmp[4096];
-    size_t len = strlen(dir);
-    if (len >= sizeof tmp)
-        return errf(err, "--out %s: path too long", dir);
-    memcpy(tmp, dir, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0777) && errno != EEXIST)
-            return errf(err, "--out %s: %s: %s", dir, tmp, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0777) && errno != EEXIST)
-        return errf(err, "--out %s: %s", dir, strerror(errno));
-    return 0;
-}
-
 static int save_step(model *m, const train_opts *o, const train_state *st, char *err)
 {
     char path[4200];
-    snprintf(path, sizeof path, "%s/step_%06d.safetensors", o->out, st->step);
+    rundir_ckpt_path(o->out, st->step, path, sizeof path);
     if (train_save(m, o, st, path, err))
         return -1;
     printf("checkpoint %s\n", path);
@@ -581,7 +562,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         goto done;
     if (o->out && o->rank == 0) {
         char path[4200];
-        if (mkdir_p(o->out, err))
+        if (rundir_mkdir_p(o->out, err))
             goto done;
         snprintf(path, sizeof path, "%s/log.jsonl", o->out);
         log = fopen(path, st->step ? "a" : "w");
