@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "errbuf.h"
+#include "fsutil.h"
 
 struct json_doc {
     json_value *nodes;
@@ -457,11 +458,9 @@ json_doc *json_parse_file(const char *path, size_t maxlen, char *err)
 {
     if (!maxlen || maxlen > JSON_MAXLEN)
         maxlen = JSON_MAXLEN;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        errf(err, "%s: cannot open: %s", path, strerror(errno));
+    int fd = fs_open_regular(path, err); /* a FIFO would block open() */
+    if (fd < 0)
         return NULL;
-    }
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         errf(err, "%s: not a regular file", path);
