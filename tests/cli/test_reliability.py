@@ -487,6 +487,42 @@ def test_flipped_bit_in_a_checkpoint_is_named(binary, data, reference, tmp_path)
     tally(True)
 
 
+def test_slurm_script_requeues_a_stopped_run(tmp_path):
+    """scripts/slurm_gpt2_124m.sbatch asks for SIGUSR1 90 s before the limit,
+    requeues when train exits 75 and only then, and resumes when $OUT holds a
+    checkpoint (srun, scontrol and the trainer are stand-ins that log)."""
+    script = os.path.join(REPO, "scripts", "slurm_gpt2_124m.sbatch")
+    text = open(script).read()
+    assert "#SBATCH --signal=USR1@90" in text and "#SBATCH --requeue" in text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "srun").write_text("#!/bin/sh\nwhile [ \"${1#--}\" != \"$1\" ]; do shift; done\n"
+                                  'exec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "scontrol $*" >> {calls}\n')
+    (bin_dir / "trainer").write_text(f'#!/bin/sh\necho "train $*" >> {calls}\n'
+                                     'exit "$FAKE_RC"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    for rc, has_ckpt, requeued, status in [(75, False, True, 0), (0, True, False, 0),
+                                           (1, True, False, 1)]:
+        if has_ckpt:
+            (out / "step_000100.safetensors").write_bytes(b"")
+        if calls.exists():
+            calls.unlink()
+        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_RC=str(rc),
+                   ANATOMY=str(bin_dir / "trainer"), OUT=str(out), SLURM_JOB_ID="4242")
+        p = subprocess.run(["bash", script], env=env, capture_output=True, text=True,
+                           timeout=30)
+        log = calls.read_text()
+        assert p.returncode == status, (rc, p.returncode, p.stderr)
+        assert ("--resume " + str(out) in log) == has_ckpt, log
+        assert ("scontrol requeue 4242" in log) == requeued, log
+    tally(True)
+
+
 def test_zz_fault_summary(capsys):
     """The suite's figures in one line (README, reliability)."""
     line = "faults: {trials} trials, {clean} clean, {lost} lost".format(**TALLY)
