@@ -37,6 +37,7 @@ int fs_open_regular(const char *path, char *err)
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
+        errno = 0;
         return errf(err, "%s: is %s, not a regular file", path, fs_kind(st.st_mode));
     }
     int fl = fcntl(fd, F_GETFL);

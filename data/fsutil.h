@@ -11,8 +11,9 @@
 #include <sys/types.h>
 
 /* Read-only descriptor of the regular file path, or -1 with err
- * ("<path>: is a FIFO, not a regular file", "<path>: No such file ...").
- * Never blocks. */
+ * ("<path>: is a FIFO, not a regular file", "<path>: No such file or
+ * directory") and errno: open's or fstat's, or 0 when the file is there but
+ * not a regular one. Never blocks. */
 int fs_open_regular(const char *path, char *err);
 
 /* "a FIFO", "a directory", "a character device", ... for st_mode. */

@@ -459,8 +459,11 @@ json_doc *json_parse_file(const char *path, size_t maxlen, char *err)
     if (!maxlen || maxlen > JSON_MAXLEN)
         maxlen = JSON_MAXLEN;
     int fd = fs_open_regular(path, err); /* a FIFO would block open() */
-    if (fd < 0)
+    if (fd < 0) {
+        if (errno)
+            errf(err, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
+    }
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         errf(err, "%s: not a regular file", path);
