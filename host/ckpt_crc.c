@@ -14,7 +14,10 @@
 
 char *ckpt_crc_value(const st_out_tensor *t, int n)
 {
-    char *s = malloc((size_t)n * 9 + 1), *p = s;
+    size_t cap = 1;
+    for (int i = 0; i < n; i++)
+        cap += strlen(t[i].name) + 10;
+    char *s = malloc(cap), *p = s;
     if (!s)
         return NULL;
     *s = 0;
@@ -22,46 +25,46 @@ char *ckpt_crc_value(const st_out_tensor *t, int n)
         size_t bytes = st_dtype_size(t[i].dtype);
         for (int k = 0; k < t[i].ndim; k++)
             bytes *= (size_t)t[i].shape[k];
-        p += sprintf(p, "%s%08x", i ? " " : "", crc32c(0, t[i].data, bytes));
+        p += sprintf(p, "%s%s=%08x", i ? " " : "", t[i].name, crc32c(0, t[i].data, bytes));
     }
     return s;
 }
 
-static int by_begin(const void *a, const void *b)
-{
-    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin;
-}
-
 int ckpt_crc_verify(const st_file *f, char *err)
 {
-    const char *v = st_meta(f, CKPT_CRC_KEY);
-    int n = st_count(f), rc = 0;
+    const char *v = st_meta(f, CKPT_CRC_KEY), *path = st_path(f);
+    int n = st_count(f), listed = 0;
     if (!v)
         return 0;
-    if (strlen(v) != (size_t)(n ? 9 * n - 1 : 0))
-        return errf(err, "%s: metadata '%s' lists %zu checksums for %d tensors: the file is "
-                         "corrupt", st_path(f), CKPT_CRC_KEY, (strlen(v) + 1) / 9, n);
-    const st_tensor **t = malloc((size_t)(n ? n : 1) * sizeof *t);
-    if (!t)
-        return errf(err, "%s: out of memory", st_path(f));
-    for (int i = 0; i < n; i++)
-        t[i] = st_at(f, i);
-    qsort(t, (size_t)n, sizeof *t, by_begin);
-    for (int i = 0; i < n && !rc; i++) {
-        char hex[9], *end;
-        memcpy(hex, v + 9 * i, 8);
+    while (*v) {
+        const char *eq = strchr(v, '='), *end = strchr(v, ' ');
+        char name[256], hex[9], *stop;
+        if (!end)
+            end = v + strlen(v);
+        if (!eq || eq > end || end - eq != 9 || (size_t)(eq - v) >= sizeof name)
+            return errf(err, "%s: metadata '%s' is malformed near '%.40s'", path, CKPT_CRC_KEY,
+                        v);
+        memcpy(name, v, (size_t)(eq - v));
+        name[eq - v] = 0;
+        memcpy(hex, eq + 1, 8);
         hex[8] = 0;
-        unsigned long want = strtoul(hex, &end, 16);
-        if (end != hex + 8 || (i && v[9 * i - 1] != ' ')) {
-            rc = errf(err, "%s: metadata '%s' is malformed", st_path(f), CKPT_CRC_KEY);
-            break;
-        }
-        uint32_t got = crc32c(0, st_data(f, t[i]), t[i]->end - t[i]->begin);
+        unsigned long want = strtoul(hex, &stop, 16);
+        if (stop != hex + 8)
+            return errf(err, "%s: metadata '%s' is malformed near '%.40s'", path, CKPT_CRC_KEY,
+                        v);
+        const st_tensor *t = st_find(f, name);
+        if (!t)
+            return errf(err, "%s: tensor '%s' has a checksum but is not in the file: the file "
+                             "is corrupt", path, name);
+        uint32_t got = crc32c(0, st_data(f, t), t->end - t->begin);
         if (got != (uint32_t)want)
-            rc = errf(err, "%s: tensor '%s' fails its checksum (crc32c %08x, recorded %08lx): "
-                           "the file is corrupt", st_path(f), t[i]->name, got, want);
+            return errf(err, "%s: tensor '%s' fails its checksum (crc32c %08x, recorded %08lx): "
+                             "the file is corrupt", path, name, got, want);
+        listed++;
+        v = *end ? end + 1 : end;
     }
-    free(t);
-    return rc;
+    if (listed != n)
+        return errf(err, "%s: metadata '%s' lists %d checksums for %d tensors: the file is "
+                         "corrupt", path, CKPT_CRC_KEY, listed, n);
+    return 0;
 }

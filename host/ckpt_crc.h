@@ -1,10 +1,12 @@
 /* ckpt_crc.h: per-tensor checksums of anatomy's checkpoints.
  *
- * A checkpoint's __metadata__ carries "crc32c": one 8-digit hex CRC-32C
- * (data/crc32c.h) per tensor, of the tensor's bytes as stored, in the order
- * of the data section, separated by spaces. A loader verifies every tensor
- * before it uses one; files without the entry (Hugging Face, llm.c, anatomy
- * checkpoints from before it) load unchecked, as before. */
+ * A checkpoint's __metadata__ carries "crc32c": "NAME=XXXXXXXX" for every
+ * tensor, separated by spaces, XXXXXXXX the 8-digit hex CRC-32C
+ * (data/crc32c.h) of the tensor's bytes as stored. Keyed by name, not by
+ * position: safetensors writers that copy a file's metadata reorder its
+ * tensors (Python's save_file sorts them), and such a copy still verifies.
+ * A loader verifies every tensor; files without the entry (Hugging Face,
+ * llm.c, anatomy checkpoints from before it) load unchecked, as before. */
 #ifndef ANATOMY_CKPT_CRC_H
 #define ANATOMY_CKPT_CRC_H
 
@@ -12,12 +14,13 @@
 
 #define CKPT_CRC_KEY "crc32c"
 
-/* The "crc32c" value for tensors t[0..n) written in that order (none
- * transposed). malloc'd string, or NULL when out of memory. */
+/* The "crc32c" value for tensors t[0..n) (none transposed). malloc'd
+ * string, or NULL when out of memory. */
 char *ckpt_crc_value(const st_out_tensor *t, int n);
 
 /* Checks every tensor of f against its "crc32c" entry, when there is one.
- * -1 with err naming the file and the first tensor whose bytes differ. */
+ * -1 with err naming the file and the first tensor whose bytes differ (or
+ * that the entry and the file do not list the same tensors). */
 int ckpt_crc_verify(const st_file *f, char *err);
 
 #endif

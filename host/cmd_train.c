@@ -88,7 +88,8 @@ static const char usage[] =
     "\n"
     "SIGINT, SIGTERM and SIGUSR1 (Slurm's --signal=USR1@90) end the current step, write a\n"
     "checkpoint to --out and exit with status 75 (EX_TEMPFAIL: resume with --resume DIR);\n"
-    "a second SIGINT aborts at once. Exit status: 0 done, 1 error, 75 stopped by a signal.\n";
+    "a second SIGINT aborts at once. Exit status: 0 done, 1 error, 75 stopped by a signal.\n"
+    "\n";
 
 enum {
     O_PRESET = 256, O_MODEL, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,

@@ -5,7 +5,8 @@
  *   global grad norm -> clip coefficient -> AdamW (one call over all segments)
  *   -> one log line (stdout) and one JSON line (<out>/log.jsonl)
  *   every --val-every: validation loss; every --sample-every: a sample;
- *   every --ckpt-every and at the end: a checkpoint.
+ *   every --ckpt-every, at the end and after a stop signal: a checkpoint.
+ * The run directory (lock, log, checkpoint names, signals) is rundir.c's.
  * Everything a step needs (batches, host copies for checkpoints) is allocated
  * before the first step. */
 #include "train.h"

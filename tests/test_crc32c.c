@@ -190,6 +190,54 @@ START_TEST(test_no_checksum_loads)
 }
 END_TEST
 
+/* A safetensors writer that copies the metadata may reorder the tensors
+ * (Python's save_file sorts them): the copy still verifies, since checksums
+ * are keyed by name; one tensor's bytes swapped with another's do not. */
+START_TEST(test_reordered_copy_verifies)
+{
+    param_view *v;
+    int nv;
+    size_t n = gpt2_layout(&tiny, &v, &nv);
+    float *p = malloc(n * 4), *q = malloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)rng_normal(&rng);
+    const char *path = pth("orig.ckpt"), *copy = pth("copy.ckpt");
+    ck_assert_msg(ckpt_save(path, v, nv, n, p, NULL, NULL, NULL, err) == 0, "%s", err);
+    st_file *f = st_open(path, err);
+    int cnt = st_count(f), nm = st_meta_count(f);
+    st_out_tensor *o = calloc((size_t)cnt, sizeof *o);
+    const char **meta = calloc(2 * (size_t)nm, sizeof *meta);
+    for (int i = 0; i < nm; i++)
+        st_meta_at(f, i, &meta[2 * i], &meta[2 * i + 1]);
+    for (int i = 0; i < cnt; i++) { /* reversed */
+        const st_tensor *t = st_at(f, cnt - 1 - i);
+        o[i] = (st_out_tensor){ .name = t->name, .dtype = t->dtype, .ndim = t->ndim,
+                                .data = st_data(f, t) };
+        memcpy(o[i].shape, t->shape, sizeof o[i].shape);
+    }
+    ck_assert_msg(st_write(copy, o, cnt, meta, nm, err) == 0, "%s", err);
+    ck_assert_msg(ckpt_load(copy, v, nv, n, q, NULL, NULL, NULL, err) == 0, "%s", err);
+    ck_assert(!memcmp(p, q, n * 4));
+    /* two tensors of one shape, their data swapped */
+    int a = -1, b = -1;
+    for (int i = 0; i < cnt && b < 0; i++)
+        for (int j = i + 1; j < cnt && b < 0; j++)
+            if (o[i].ndim == o[j].ndim && !memcmp(o[i].shape, o[j].shape, sizeof o[i].shape)) {
+                a = i;
+                b = j;
+            }
+    ck_assert_int_ge(b, 0);
+    const void *d = o[a].data;
+    o[a].data = o[b].data;
+    o[b].data = d;
+    ck_assert_msg(st_write(copy, o, cnt, meta, nm, err) == 0, "%s", err);
+    ck_assert_int_eq(ckpt_load(copy, v, nv, n, q, NULL, NULL, NULL, err), -1);
+    ck_assert_msg(strstr(err, "checksum"), "%s", err);
+    st_close(f);
+    free(o); free(meta); free(p); free(q); free(v);
+}
+END_TEST
+
 static Suite *crc_suite(void)
 {
     Suite *s = suite_create("crc32c");
@@ -200,6 +248,7 @@ static Suite *crc_suite(void)
     tcase_add_test(tc, test_speed);
     tcase_add_test(tc, test_flipped_bit_is_named);
     tcase_add_test(tc, test_no_checksum_loads);
+    tcase_add_test(tc, test_reordered_copy_verifies);
     suite_add_tcase(s, tc);
     return s;
 }
