@@ -16,19 +16,18 @@ int finite_check_params(const char *path, const param_view *views, int nviews,
         for (size_t k = 0; k < v->count; k++) {
             if (isfinite(x[k]))
                 continue;
-            char idx[128] = "";
-            size_t rest = k, n = 0;
             /* the element's coordinates, row-major in the view's shape */
+            size_t at[MODEL_MAXDIM], rest = k;
             for (int d = v->ndim - 1; d >= 0; d--) {
                 size_t ext = v->shape[d] > 0 ? (size_t)v->shape[d] : 1;
-                char part[32];
-                snprintf(part, sizeof part, "%zu", rest % ext);
+                at[d] = rest % ext;
                 rest /= ext;
-                char tmp[128];
-                snprintf(tmp, sizeof tmp, "%s%s%s", part, n ? ", " : "", idx);
-                snprintf(idx, sizeof idx, "%s", tmp);
-                n++;
             }
+            char idx[MODEL_MAXDIM * 22] = "";
+            size_t used = 0;
+            for (int d = 0; d < v->ndim && used < sizeof idx; d++)
+                used += (size_t)snprintf(idx + used, sizeof idx - used, "%s%zu", d ? ", " : "",
+                                         at[d]);
             return errf(err, "%s: tensor '%s' holds %s at index [%s]: the weights are not "
                              "finite (a diverged or damaged model)", path, v->name,
                         isnan(x[k]) ? "NaN" : x[k] > 0 ? "+inf" : "-inf", idx);
