@@ -92,8 +92,8 @@ static int take_lock(rundir *rd, char *err)
     host[sizeof host - 1] = 0;
     int n = snprintf(who, sizeof who, "%s %ld\n", host, (long)getpid());
     /* best effort: the flock, not this text, is what excludes */
-    if (ftruncate(fd, 0) == 0 && pwrite(fd, who, (size_t)n, 0) != n)
-        (void)0;
+    ssize_t w = ftruncate(fd, 0) ? -1 : pwrite(fd, who, (size_t)n, 0);
+    (void)w;
     free(path);
     rd->lock_fd = fd;
     return 0;
@@ -138,8 +138,11 @@ static int scan_dir(rundir *rd, int after, int overwrite, char *err)
         return errf(err, "--out %s: %s", rd->dir, strerror(errno));
     while ((e = readdir(d))) {
         long pid = tmp_pid(e->d_name);
-        if (pid && pid != (long)getpid() && kill((pid_t)pid, 0) && errno == ESRCH) {
-            /* a writer that died mid-write (the lock says none is writing) */
+        /* A writer that died mid-write. The lock says no trainer writes here
+         * now, but a process of that pid that is alive (another user's, a
+         * reused pid) keeps its files. Our own pid's are stale all the same:
+         * we have written nothing yet (a restarted container reuses pids). */
+        if (pid && (pid == (long)getpid() || (kill((pid_t)pid, 0) && errno == ESRCH))) {
             char *p = join(rd->dir, e->d_name);
             if (p && unlink(p) == 0)
                 stale++;
