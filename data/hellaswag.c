@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "errbuf.h"
+#include "fsutil.h"
 #include "json.h"
 
 void hellaswag_free(hellaswag_set *s)
@@ -108,7 +109,10 @@ static int add_line(hellaswag_set *s, size_t *cap, const char *path, long lineno
 
 hellaswag_set *hellaswag_load(const char *path, tokenizer *tk, long limit, char *err)
 {
-    FILE *f = fopen(path, "rb");
+    int fd = fs_open_regular(path, err); /* a FIFO would block fopen() */
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    if (fd < 0)
+        return NULL;
     if (!f) {
         errf(err, "%s: %s", path, strerror(errno));
         return NULL;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "errbuf.h"
+#include "fsutil.h"
 
 extern char **environ;
 
@@ -136,7 +137,10 @@ static int slurp_gzip(const char *path, unsigned char **data, size_t *len, char 
 /* The file's bytes, decompressed when it is gzip. */
 static int slurp(const char *path, unsigned char **data, size_t *len, char *err)
 {
-    FILE *f = fopen(path, "rb");
+    int fd = fs_open_regular(path, err); /* a FIFO would block fopen() */
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    if (fd < 0)
+        return -1;
     int rc;
     if (!f)
         return errf(err, "%s: %s", path, strerror(errno));

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "errbuf.h"
+#include "fsutil.h"
 
 struct json_doc {
     json_value *nodes;
@@ -457,9 +458,10 @@ json_doc *json_parse_file(const char *path, size_t maxlen, char *err)
 {
     if (!maxlen || maxlen > JSON_MAXLEN)
         maxlen = JSON_MAXLEN;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = fs_open_regular(path, err); /* a FIFO would block open() */
     if (fd < 0) {
-        errf(err, "%s: cannot open: %s", path, strerror(errno));
+        if (errno)
+            errf(err, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;

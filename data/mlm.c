@@ -19,6 +19,7 @@
 
 #include "errbuf.h"
 #include "readat.h"
+#include "fsutil.h"
 #include "rng.h"
 #include "shard.h"
 
@@ -110,9 +111,9 @@ static int check_file(struct mlm_file *sf, char *err)
 {
     const char *path = sf->path;
     struct stat st;
-    int fd = open(path, O_RDONLY);
+    int fd = fs_open_regular(path, err); /* a FIFO would block open() */
     if (fd < 0)
-        return errf(err, "%s: %s", path, strerror(errno));
+        return -1;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
         return errf(err, "%s: not a readable regular file", path);

@@ -37,7 +37,7 @@ static inline int readat(readat_cursor *c, int file, const char *path, uint64_t 
 {
     if (c->file != file) {
         readat_close(c);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO put in its place must not block */
         if (fd < 0)
             return errf(err, "%s: cannot reopen: %s", path, strerror(errno));
         struct stat st;

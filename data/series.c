@@ -10,11 +10,15 @@
 #include <string.h>
 
 #include "errbuf.h"
+#include "fsutil.h"
 
 /* The whole file as one NUL-terminated string. */
 static char *slurp(const char *path, size_t *len, char *err)
 {
-    FILE *f = fopen(path, "rb");
+    int fd = fs_open_regular(path, err); /* a FIFO would block fopen() */
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    if (fd < 0)
+        return NULL;
     char *buf = NULL;
     size_t cap = 0, n = 0;
 

@@ -18,6 +18,7 @@
 
 #include "errbuf.h"
 #include "readat.h"
+#include "fsutil.h"
 #include "rng.h"
 
 #define SHARD_HEADER_BYTES (SHARD_HEADER_INTS * 4)
@@ -154,9 +155,9 @@ int shard_write(const char *path, const uint16_t *tokens, size_t n, char *err)
 static int shard_check(struct shard_file *sf, char *err)
 {
     const char *path = sf->path;
-    int fd = open(path, O_RDONLY);
+    int fd = fs_open_regular(path, err); /* a FIFO would block open() */
     if (fd < 0)
-        return errf(err, "%s: %s", path, strerror(errno));
+        return -1;
     struct stat st;
     if (fstat(fd, &st) < 0) {
         errf(err, "%s: %s", path, strerror(errno));

@@ -18,6 +18,7 @@
 
 #include "../data/errbuf.h"
 #include "../data/json.h"
+#include "ckpt_crc.h"
 #include "safetensors.h"
 
 #define CKPT_FORMAT "anatomy-ckpt"
@@ -138,7 +139,8 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
     int per = mom_m ? 3 : 1, nt = nviews * per, nmeta = 0, rc;
     st_out_tensor *t = calloc((size_t)nt + (size_t)nextra + 1, sizeof(*t));
     char (*names)[80] = calloc((size_t)nt + 1, sizeof(*names));
-    const char **meta = calloc(2 * ((size_t)(md ? md->n : 0) + 2), sizeof(*meta));
+    const char **meta = calloc(2 * ((size_t)(md ? md->n : 0) + 3), sizeof(*meta));
+    char *crc = NULL;
     if (!t || !names || !meta) {
         rc = errf(err, "%s: out of memory", path);
         goto out;
@@ -172,7 +174,8 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
     meta[2 * nmeta] = "version";
     meta[2 * nmeta++ + 1] = CKPT_VERSION;
     for (int i = 0; md && i < md->n; i++) {
-        int dup = !strcmp(md->key[i], "format") || !strcmp(md->key[i], "version");
+        int dup = !strcmp(md->key[i], "format") || !strcmp(md->key[i], "version") ||
+                  !strcmp(md->key[i], CKPT_CRC_KEY);
         for (int j = 0; j < i && !dup; j++)
             dup = !strcmp(md->key[i], md->key[j]);
         if (dup)
@@ -180,8 +183,17 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
         meta[2 * nmeta] = md->key[i];
         meta[2 * nmeta++ + 1] = md->val[i];
     }
+    /* each tensor's checksum, verified by every load (ckpt_crc.h) */
+    crc = ckpt_crc_value(t, nt);
+    if (!crc) {
+        rc = errf(err, "%s: out of memory", path);
+        goto out;
+    }
+    meta[2 * nmeta] = CKPT_CRC_KEY;
+    meta[2 * nmeta++ + 1] = crc;
     rc = st_write(path, t, nt, meta, nmeta, err);
 out:
+    free(crc);
     free(t);
     free(names);
     free(meta);
@@ -220,6 +232,8 @@ int ckpt_read_meta(const char *path, ckpt_meta *md, char *err)
     for (int i = 0; i < n && !rc; i++) {
         const char *k, *v;
         st_meta_at(f, i, &k, &v);
+        if (!strcmp(k, CKPT_CRC_KEY))
+            continue; /* for ckpt_load to verify, not a setting */
         if (ckpt_meta_get(md, k))
             rc = errf(err, "%s: duplicate metadata entry '%.80s'", path, k);
         else
@@ -338,6 +352,9 @@ int ckpt_load(const char *path, const param_view *views, int nviews, size_t tota
         if (!rc && has_moments)
             *has_moments = 1;
     }
+    /* after the layout checks, whose errors say more than a checksum's */
+    if (!rc)
+        rc = ckpt_crc_verify(f, err);
     st_close(f);
     return rc;
 }

@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../data/errbuf.h"
+#include "../data/fsutil.h"
+
 _Noreturn void cli_die(const char *fmt, ...)
 {
     va_list ap;
@@ -62,9 +65,11 @@ static char *trim(char *s)
 /* Appends "--key=value" for every setting of `path` to out (argv-style). */
 static int read_config(const char *path, char ***out, int *n)
 {
-    FILE *f = fopen(path, "r");
-    char line[4096];
-    int lineno = 0;
+    char line[4096], why[ERRBUF];
+    int lineno = 0, fd = fs_open_regular(path, why); /* not a folder, FIFO, device */
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
+    if (fd < 0)
+        cli_die("--config %s", why);
     if (!f)
         cli_die("--config %s: %s", path, strerror(errno));
     while (fgets(line, sizeof line, f)) {

@@ -246,10 +246,13 @@ int cmd_eval(int argc, char **argv)
         write_grads(m, bs, grads);
         bs->seek(bs, 0);
     }
-    if (!batches) {
-        long long fit = (long long)bs->epoch_batches(bs);
+    long long fit = (long long)bs->epoch_batches(bs);
+    if (!batches)
         batches = fit > 0 ? fit : 1;
-    }
+    else if (fit > 0 && batches > fit) /* would wrap around and count batches twice */
+        cli_die("--batches: %lld is more than the data holds (%lld micro-batches of %d x %d); "
+                "give at most %lld, or leave --batches out for all of them", batches, fit, B,
+                T, fit);
     FILE *fc = NULL;
     char fc_tmp[4200];
     if (forecast) {

@@ -31,6 +31,7 @@
 
 #include "cli.h"
 #include "../data/errbuf.h"
+#include "../data/fsutil.h"
 #include "../data/json.h"
 #include "../data/shard.h"
 #include "../data/tokenizer.h"
@@ -143,7 +144,8 @@ static void usage(FILE *f)
         "JSON Lines record, is one document, preceded by <|endoftext|> with gpt2.\n"
         "\n"
         "  --tokenizer KIND     bytes (256 ids) or gpt2 (50257 ids)\n"
-        "  --input FILE...      text files (several after one --input, or repeat it)\n"
+        "  --input FILE...      text files (several after one --input, or repeat it); - reads\n"
+        "                       stdin (once); FIFOs and devices are refused, pipe them to -\n"
         "  --out PREFIX         output prefix, e.g. data/tiny/shakespeare\n"
         "  --val-tokens N       tokens for the validation shard (default: 10%% of the\n"
         "                       tokens, at most 1000000; 0 writes no validation shard)\n"
@@ -252,6 +254,15 @@ static void source_open_next(struct source *s)
     s->clen = 0;
     s->scanned = 0;
     s->lineno = 0;
+    if (!strcmp(s->path, "-")) { /* stdin, as it comes */
+        if (s->o->field)
+            s->fp = stdin;
+        else
+            s->fd = STDIN_FILENO;
+        s->doc_pending = !s->o->field;
+        s->docs += !s->o->field;
+        return;
+    }
     if (s->o->field) {
         s->fp = fopen(s->path, "rb");
         if (!s->fp)
@@ -676,20 +687,26 @@ static unsigned long long check_paths(const struct prep_opts *o)
 {
     unsigned long long total = 0;
     int known = 1;
+    int stdin_seen = 0;
     for (int i = 0; i < o->ninputs; i++) {
         struct stat st;
-        int fd = open(o->inputs[i], O_RDONLY);
+        char why[ERRBUF];
+        if (!strcmp(o->inputs[i], "-")) { /* stdin: a stream, read once */
+            if (stdin_seen++)
+                cli_die("--input -: stdin can be read only once");
+            known = 0;
+            continue;
+        }
+        /* checked, not opened: a FIFO would block here, and again below */
+        int fd = fs_open_regular(o->inputs[i], why);
         if (fd < 0)
-            cli_die("%s: %s", o->inputs[i], strerror(errno));
+            cli_die("%s%s", why, strstr(why, "not a regular file")
+                                     ? " (to read a stream, give --input - and redirect it)"
+                                     : "");
         if (fstat(fd, &st) < 0)
             cli_die("%s: %s", o->inputs[i], strerror(errno));
         close(fd);
-        if (S_ISDIR(st.st_mode))
-            cli_die("%s: is a directory", o->inputs[i]);
-        if (S_ISREG(st.st_mode))
-            total += (unsigned long long)st.st_size;
-        else
-            known = 0;
+        total += (unsigned long long)st.st_size;
     }
     char dir[4096];
     const char *slash = strrchr(o->out, '/');

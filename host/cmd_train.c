@@ -7,6 +7,7 @@
 
 #include "../data/errbuf.h"
 #include "cli.h"
+#include "rundir.h"
 #include "setup.h"
 #include "train.h"
 
@@ -53,7 +54,10 @@ static const char usage[] =
     "  --recompute          keep no per-layer layernorm and GELU outputs; recompute them in\n"
     "                       the backward pass (less activation memory, same results)\n"
     "run:\n"
-    "  --out DIR            write log.jsonl and checkpoints here\n"
+    "  --out DIR            write log.jsonl and checkpoints here: one trainer per directory\n"
+    "                       (locked); a fresh run refuses one that holds checkpoints\n"
+    "  --overwrite          let a fresh run (or a resume from an earlier step) remove the\n"
+    "                       directory's checkpoints after its own start\n"
     "  --ckpt-every N       checkpoint every N steps (default: only at the end)\n"
     "  --val-every N        validation loss every N steps (default: only at the end)\n"
     "  --val-batches N      micro-batches per validation (default 20)\n"
@@ -85,14 +89,19 @@ static const char usage[] =
     "  --dist-info          print this process's rank, world, local rank and their\n"
     "                       source, then exit (starts nothing)\n"
     "  --config FILE        read options from 'key = value' lines; the command line wins\n"
-    "  --help               this text\n";
+    "  --help               this text\n"
+    "\n"
+    "SIGINT, SIGTERM and SIGUSR1 (Slurm's --signal=USR1@90) end the current step, write a\n"
+    "checkpoint to --out and exit with status 75 (EX_TEMPFAIL: resume with --resume DIR);\n"
+    "a second SIGINT aborts at once. Exit status: 0 done, 1 error, 75 stopped by a signal.\n"
+    "\n";
 
 enum {
     O_PRESET = 256, O_MODEL, O_INIT, O_RESUME, O_DATA, O_VAL, O_BATCH, O_SEQ,
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE
 };
 
 static const struct option base_opts[] = {
@@ -119,7 +128,8 @@ static const struct option base_opts[] = {
     { "hellaswag", 1, 0, O_HS },        { "hellaswag-every", 1, 0, O_HSEVERY },
     { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
-    { "help", 0, 0, O_HELP },           { 0, 0, 0, 0 },
+    { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
+    { 0, 0, 0, 0 },
 };
 
 /* A resumed run must read the same data in the same order. The number of
@@ -308,6 +318,7 @@ int cmd_train(int argc, char **argv)
         case O_HSLIMIT: hs_limit = cli_int("--hellaswag-limit", optarg, 1, 1LL << 40); break;
         case O_ZERO: o.zero = (int)cli_int("--zero", optarg, 0, 1); break;
         case O_RECOMPUTE: recompute = 1; break;
+        case O_OVERWRITE: o.overwrite = 1; break;
         case O_HELP:
             fputs(usage, stdout);
             setup_print_model_help(stdout);
@@ -413,7 +424,8 @@ int cmd_train(int argc, char **argv)
     } else if (o.hellaswag_every || hs_limit) {
         cli_die("--hellaswag-every/--hellaswag-limit: only with --hellaswag FILE");
     }
-    if (train_run(m, &o, &st, err)) {
+    int rc = train_run(m, &o, &st, err);
+    if (rc < 0) {
         if (o.world > 1 && strncmp(err, "rank ", 5))
             cli_die("rank %d: %s", o.rank, err);
         cli_die("%s", err);
@@ -429,5 +441,5 @@ int cmd_train(int argc, char **argv)
     be->destroy(be);
     free(resume_path);
     ckpt_meta_free(&md);
-    return 0;
+    return rc == TRAIN_STOPPED ? RUNDIR_STOP_STATUS : 0;
 }

@@ -12,7 +12,9 @@
 #include <unistd.h>
 
 #include "../data/errbuf.h"
+#include "../data/fsutil.h"
 #include "cli.h"
+#include "finite.h"
 
 /* The default device: the CUDA backend when this build has it and it starts
  * (a usable GPU, or the emulator in anatomy-emu), else the CPU, in the
@@ -115,9 +117,9 @@ int setup_source_kind(const char *path, source_kind *kind, char *err)
         *kind = SRC_HF_DIR;
         return 0;
     }
-    fd = open(path, O_RDONLY);
+    fd = fs_open_regular(path, err); /* a FIFO would block open() */
     if (fd < 0)
-        return errf(err, "%s: %s", path, strerror(errno));
+        return -1;
     got = read(fd, head, sizeof head);
     close(fd);
     if (got >= 4 && head[0] == 0xc6 && head[1] == 0xd7 && head[2] == 0x34 && head[3] == 0x01) {
@@ -416,6 +418,15 @@ model *setup_model(backend *be, const model_source *src, ckpt_meta *md)
 
     if (setup_load(src, &cfg, &params, md, err))
         cli_die("%s", err);
+    if (src->init) { /* eval, sample and train all refuse NaN weights */
+        param_view *views = NULL;
+        int nviews = 0;
+        cfg.family->layout(cfg.v, &views, &nviews);
+        int bad = views && finite_check_params(src->init, views, nviews, params, err);
+        free(views);
+        if (bad)
+            cli_die("%s", err);
+    }
     m = cfg.family->create(be, cfg.v, err);
     if (!m)
         cli_die("%s", err);

@@ -5,7 +5,8 @@
  *   global grad norm -> clip coefficient -> AdamW (one call over all segments)
  *   -> one log line (stdout) and one JSON line (<out>/log.jsonl)
  *   every --val-every: validation loss; every --sample-every: a sample;
- *   every --ckpt-every and at the end: a checkpoint.
+ *   every --ckpt-every, at the end and after a stop signal: a checkpoint.
+ * The run directory (lock, log, checkpoint names, signals) is rundir.c's.
  * Everything a step needs (batches, host copies for checkpoints) is allocated
  * before the first step. */
 #include "train.h"
@@ -13,6 +14,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@
 #include "batches.h"
 #include "family.h"
 #include "hellaswag_eval.h"
+#include "rundir.h"
 #include "setup.h"
 
 double train_lr(const train_opts *o, int step)
@@ -235,7 +238,7 @@ static double val_loss(model *m, const train_opts *o, batch_source *src, int bat
 
 /* HellaSwag accuracy with the training plan: rank r scores examples r,
  * r + world, ...; the counts are reduced. in, tg: host [B*T] scratch. */
-static int train_hellaswag(model *m, const train_opts *o, int step, FILE *log, int32_t *in,
+static int train_hellaswag(model *m, const train_opts *o, int step, rundir *log, int32_t *in,
                            int32_t *tg, char *err)
 {
     size_t correct = 0, count = 0;
@@ -250,9 +253,12 @@ static int train_hellaswag(model *m, const train_opts *o, int step, FILE *log, i
         double acc = c[1] > 0 ? c[0] / c[1] : 0.0;
         printf("hella %5d/%d | acc %.4f (%.0f/%.0f) | %.1f s\n", step, o->steps, acc, c[0],
                c[1], (now_ms() - t0) / 1e3);
-        if (log)
-            fprintf(log, "{\"step\": %d, \"hellaswag_acc\": %.6f, \"hellaswag_count\": %.0f}\n",
-                    step, acc, c[1]);
+        if (log) {
+            rundir_logf(log, "{\"step\": %d, \"hellaswag_acc\": %.6f, \"hellaswag_count\": "
+                             "%.0f}\n", step, acc, c[1]);
+            if (rundir_log_flush(log, step, err))
+                return -1;
+        }
     }
     return 0;
 }
@@ -443,15 +449,28 @@ static int zero_init(zero_plan *z, model *m, const train_opts *o, char *err)
  * ZeRO: a reduce-scatter leaves each rank the mean gradient of its shard, and
  * the norm sums the shards'. */
 static int reduce_grads(model *m, const train_opts *o, const zero_plan *z, double *loss,
-                        double *norm, char *err)
+                        double *norm, int *stop, char *err)
 {
     backend *be = m->be;
+    *stop = rundir_stop_signal();
     if (!dist_active(o->dist)) { /* one process (NCCL forced on at world 1 still reduces) */
         *norm = sqrt(be->sumsq(be, m->grads, m->nparams));
         return 0;
     }
-    if (dist_allreduce_f64(o->dist, loss, 1, 1, "loss", err))
+    /* A stop signal rides with the loss: every rank learns at this same step
+     * whether any rank got one, and which, so all stop after it together and
+     * the checkpoint is one consistent file. */
+    static const int sigs[3] = { SIGINT, SIGTERM, SIGUSR1 };
+    double v[4] = { *loss, 0, 0, 0 };
+    for (int k = 0; k < 3; k++)
+        v[1 + k] = *stop == sigs[k];
+    if (dist_allreduce_f64(o->dist, v, 4, 1, "loss", err))
         return -1;
+    *loss = v[0];
+    *stop = 0;
+    for (int k = 2; k >= 0; k--) /* SIGUSR1, then SIGTERM, then SIGINT wins */
+        if (v[1 + k] > 0)
+            *stop = sigs[k];
     if (!z->on) {
         if (dist_allreduce_buf(o->dist, m->grads, m->nparams, 1, "gradients", err))
             return -1;
@@ -509,30 +528,10 @@ static int gather_carried(model *m, const train_opts *o, const void *key, float 
     return 0;
 }
 
-static int mkdir_p(const char *dir, char *err)
-{
-    char tmp[4096];
-    size_t len = strlen(dir);
-    if (len >= sizeof tmp)
-        return errf(err, "--out %s: path too long", dir);
-    memcpy(tmp, dir, len + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0777) && errno != EEXIST)
-            return errf(err, "--out %s: %s: %s", dir, tmp, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0777) && errno != EEXIST)
-        return errf(err, "--out %s: %s", dir, strerror(errno));
-    return 0;
-}
-
 static int save_step(model *m, const train_opts *o, const train_state *st, char *err)
 {
     char path[4200];
-    snprintf(path, sizeof path, "%s/step_%06d.safetensors", o->out, st->step);
+    rundir_ckpt_path(o->out, st->step, path, sizeof path);
     if (train_save(m, o, st, path, err))
         return -1;
     printf("checkpoint %s\n", path);
@@ -574,8 +573,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     int accum = (int)(o->total_batch / per_micro);
     batch_source *ld = NULL, *vld = NULL;
     int32_t *hs_in = NULL, *hs_tg = NULL;
-    FILE *log = NULL;
+    rundir rdir, *log = NULL;
     sampler sp = { 0 };
+    int stop = 0, saved = -1;
     int32_t *sample_toks = NULL;
     double t_total = 0.0, t_comm = 0.0;
     int timed = 0;
@@ -657,17 +657,12 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         goto done;
     if (o->dist && dist_reserve(o->dist, m->nparams, err))
         goto done;
-    if (o->out && o->rank == 0) {
-        char path[4200];
-        if (mkdir_p(o->out, err))
+    if (o->out && o->rank == 0) { /* lock, checks, stale files, the log cut to st->step */
+        if (rundir_open(&rdir, o->out, st->step, o->overwrite, err))
             goto done;
-        snprintf(path, sizeof path, "%s/log.jsonl", o->out);
-        log = fopen(path, st->step ? "a" : "w");
-        if (!log) {
-            errf(err, "%s: %s", path, strerror(errno));
-            goto done;
-        }
+        log = &rdir;
     }
+    rundir_signals_on(); /* from here a signal stops the run after a step */
     if (o->rank == 0)
         printf("training %s: %zu parameters, %d steps of %lld tokens (%d x %d x %d ranks x %d "
                "accumulation), %s%s%s\n", m->family, m->nparams_real, o->steps, o->total_batch,
@@ -702,7 +697,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         }
         st->data_pos = ld->position(ld);
         double tc = now_ms(), norm;
-        if (reduce_grads(m, o, &z, &loss, &norm, err))
+        if (reduce_grads(m, o, &z, &loss, &norm, &stop, err))
             goto done;
         tc = now_ms() - tc;
         if (!isfinite(loss)) {
@@ -748,10 +743,11 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                    "eta %s\n", st->step, o->steps, loss, norm, lr, ms, tps, eta);
             fflush(stdout);
             if (log) {
-                fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"norm\": %.6f, \"lr\": %.6e, "
-                             "\"ms\": %.3f, \"tokens_per_s\": %.1f}\n",
-                        st->step, loss, norm, lr, ms, tps);
-                fflush(log);
+                rundir_logf(log, "{\"step\": %d, \"loss\": %.9g, \"norm\": %.6f, \"lr\": %.6e, "
+                                 "\"ms\": %.3f, \"tokens_per_s\": %.1f}\n",
+                            st->step, loss, norm, lr, ms, tps);
+                if (rundir_log_flush(log, st->step, err))
+                    goto done;
             }
         }
         int last = st->step == o->steps;
@@ -766,11 +762,13 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                     printf(" | %s %.6f", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
                 printf("\n");
                 if (log) {
-                    fprintf(log, "{\"step\": %d, \"val_loss\": %.9g", st->step, vl);
+                    rundir_logf(log, "{\"step\": %d, \"val_loss\": %.9g", st->step, vl);
                     for (int k = 0; m->metrics && k < m->nmetrics; k++)
-                        fprintf(log, ", \"val_%s\": %.9g", m->metric_names[k],
-                                counts[k] ? sums[k] / counts[k] : 0.0);
-                    fprintf(log, "}\n");
+                        rundir_logf(log, ", \"val_%s\": %.9g", m->metric_names[k],
+                                    counts[k] ? sums[k] / counts[k] : 0.0);
+                    rundir_logf(log, "}\n");
+                    if (rundir_log_flush(log, st->step, err))
+                        goto done;
                 }
             }
         }
@@ -795,6 +793,26 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             st->carried = NULL;
             if (bad)
                 goto done;
+            saved = st->step;
+        }
+        if (stop && !last) { /* every rank decided this at the same step */
+            if (o->out && saved != st->step) {
+                if (zero_gather_state(m, o, &z, err))
+                    goto done;
+                if (o->rank == 0 && save_step(m, o, st, err))
+                    goto done;
+            }
+            if (o->rank == 0) {
+                if (o->out)
+                    printf("stopped by %s at step %d; resume with --resume %s\n",
+                           rundir_signal_name(stop), st->step, o->out);
+                else
+                    printf("stopped by %s at step %d; no --out: nothing was saved\n",
+                           rundir_signal_name(stop), st->step);
+                fflush(stdout);
+            }
+            rc = TRAIN_STOPPED;
+            goto done;
         }
     }
     if (o->rank == 0 && timed) {
@@ -810,11 +828,12 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
 done:
     free(carried);
     free(carried_wide);
+    rundir_signals_off();
     free(z.segs);
     sampler_free(&sp);
     free(sample_toks);
     if (log)
-        fclose(log);
+        rundir_close(log);
     free(hs_in);
     free(hs_tg);
     if (ld)

@@ -29,6 +29,7 @@ typedef struct {
     int sample_every, sample_tokens;
     int ckpt_every;
     const char *out;        /* run directory: log.jsonl, step_NNNNNN.safetensors */
+    int overwrite;          /* --overwrite: a fresh run may replace the checkpoints in out */
     uint64_t seed;
     int shuffle;
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
@@ -63,7 +64,8 @@ typedef struct {
 /* Learning rate at 0-based step `step`. */
 double train_lr(const train_opts *o, int step);
 
-/* Runs steps st->step .. o->steps-1. Returns 0, or -1 with err filled.
+/* Runs steps st->step .. o->steps-1. Returns 0, TRAIN_STOPPED (below), or -1
+ * with err filled.
  * With o->dist of world > 1 (data parallelism): every rank runs this with the
  * same options; rank r reads global micro-batches j*world + r; gradients are
  * averaged across ranks after the accumulation loop and the loss for the log
@@ -74,6 +76,10 @@ double train_lr(const train_opts *o, int step);
  * the same collectives in the same order, errors included (a diverged loss
  * is seen by all ranks at once, after its reduction). */
 int train_run(model *m, const train_opts *o, train_state *st, char *err);
+/* train_run's return when SIGINT, SIGTERM or SIGUSR1 stopped the run after a
+ * step (on every rank the same step), with its checkpoint written when there
+ * is an --out: the command exits with RUNDIR_STOP_STATUS (rundir.h). */
+#define TRAIN_STOPPED 1
 
 /* Writes <out>/step_NNNNNN.safetensors with parameters, moments and state. */
 int train_save(model *m, const train_opts *o, const train_state *st, const char *path,

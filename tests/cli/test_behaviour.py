@@ -180,23 +180,22 @@ def test_bad_models(run, shard, tmp_path):
 def _ckpt(run, shard, tmp_path):
     d = tmp_path / "ck"
     ok(run("train", *TINY, "--data", shard, "--batch", "2", "--seq", "16", "--steps", "2",
-           "--out", d))
+           "--out", d, "--overwrite"))  # called twice by a test: the same run again
     return d / "step_000002.safetensors"
 
 
 def test_failed_save_keeps_good_checkpoint(run, shard, tmp_path):
     d = tmp_path / "run"
-    ok(run("train", *TINY, "--data", shard, "--batch", "2", "--seq", "16", "--steps", "4",
-           "--ckpt-every", "2", "--out", d))
-    good = (d / "step_000004.safetensors").read_bytes()
-    # the next run's final checkpoint cannot be written: its name is taken by a folder
-    os.remove(d / "step_000002.safetensors")
-    os.mkdir(d / "step_000002.safetensors")
-    (d / "step_000002.safetensors" / "keep").write_text("x")
-    rc, out, err = run("train", *TINY, "--data", shard, "--batch", "2", "--seq", "16",
-                       "--steps", "2", "--out", d)
-    assert rc == 1 and "step_000002" in err, err
-    assert (d / "step_000004.safetensors").read_bytes() == good
+    ok(run("train", *TINY, "--data", shard, "--batch", "2", "--seq", "16", "--steps", "2",
+           "--out", d))
+    good = (d / "step_000002.safetensors").read_bytes()
+    # the resumed run's final checkpoint cannot be written: its name is taken by a folder
+    os.mkdir(d / "step_000004.safetensors")
+    (d / "step_000004.safetensors" / "keep").write_text("x")
+    rc, out, err = run("train", "--resume", d / "step_000002.safetensors", "--data", shard,
+                       "--batch", "2", "--seq", "16", "--steps", "4", "--out", d)
+    assert rc == 1 and "step_000004" in err, err
+    assert (d / "step_000002.safetensors").read_bytes() == good
     assert not [p for p in os.listdir(d) if "tmp" in p], os.listdir(d)
 
 
