@@ -16,6 +16,9 @@
 #include "../host/train.h"
 
 static const gpt2_config tiny = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8 };
+/* nanoGPT's bias=False: no bias vector anywhere (linear layers, layernorms) */
+static const gpt2_config tiny_nobias = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8,
+                                         .nobias = 1 };
 
 /* Fresh inputs every run: every seed below is offset by this one, printed at
  * start; ANATOMY_TEST_SEED replays a run. */
@@ -74,8 +77,15 @@ START_TEST(test_model_gradcheck_fp64)
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
-    model *m = gpt2_create(be, &tiny, err);
+    const gpt2_config *cfg = _i == 3 ? &tiny_nobias : &tiny; /* 3: without biases */
+    model *m = gpt2_create(be, cfg, err);
     ck_assert_msg(m != NULL, "%s", err);
+    if (cfg->nobias) {
+        /* the table has no bias at all: 4 weights per block, ln_f's gain */
+        ck_assert_int_eq(m->nviews, 2 + 6 * cfg->L + 1);
+        for (int v = 0; v < m->nviews; v++)
+            ck_assert_msg(!strstr(m->views[v].name, "bias"), "view %s", m->views[v].name);
+    }
     int B = 2, T = 5;
     ck_assert_int_eq(m->plan(m, B, T, err), 0);
     size_t n = m->nparams;
@@ -382,7 +392,8 @@ static Suite *gpt2_suite(void)
     Suite *s = suite_create("gpt2");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 3); /* 2: with dropout */
+    /* 2: with dropout; 3: without biases */
+    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 4);
     tcase_add_test(tc, test_model_grads_accumulate);
     tcase_add_test(tc, test_fp32_matches_fp64);
     tcase_add_test(tc, test_overfit_one_batch);

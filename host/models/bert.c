@@ -35,9 +35,9 @@ static const family_field bert_fields[] = {
     { "V", "vocab-size", "model vocabulary: tokenizer ids + [CLS] [SEP] [MASK] [PAD]", 5,
       1 << 24, 0 },
     { "maxT", "max-seq", "longest sequence (learned positions)", 3, 1 << 20, 0 },
-    { "L", NULL, "post-LN transformer blocks", 1, 1024, 0 },
-    { "NH", NULL, "attention heads", 1, 1024, 0 },
-    { "C", NULL, "width", 1, 1 << 16, 0 },
+    { "L", "layers", "post-LN transformer blocks", 1, 1024, 0 },
+    { "NH", "heads", "attention heads", 1, 1024, 0 },
+    { "C", "width", "model width", 1, 1 << 16, 0 },
     { "nsp", "nsp", "next-sentence prediction: sentence pairs, pooler and 2-way head", 0, 1,
       FIELD_SWITCH },
 };
@@ -66,7 +66,7 @@ static int bert_check(const int *v, char *err)
 {
     const bert_config *c = (const bert_config *)v;
     if (c->C % c->NH != 0)
-        return errf(err, "heads %d do not divide the width %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
     if (c->V - MLM_SPECIALS > 65536)
         return errf(err, "--vocab-size: %d: token shards hold at most 65536 tokenizer ids "
                          "(+%d specials)", c->V, MLM_SPECIALS);
@@ -77,7 +77,8 @@ static int bert_check(const int *v, char *err)
 
 static tstack_config stack_config(const bert_config *c)
 {
-    tstack_config t = { c->L, c->NH, c->C, 0, 1 }; /* bidirectional, post-LN */
+    tstack_config t = { .L = c->L, .NH = c->NH, .C = c->C, .causal = 0,
+                        .post_ln = 1 }; /* bidirectional, post-LN */
     return t;
 }
 

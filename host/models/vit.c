@@ -32,9 +32,9 @@ static const family_field vit_fields[NFIELDS] = {
     { "channels", "channels", "image channels (1 grey, 3 RGB)", 1, 64, 0 },
     { "patch", "patch", "patch side P in pixels (divides the image size)", 1, 4096, 0 },
     { "classes", "classes", "classes the head scores", 2, 1 << 20, 0 },
-    { "L", NULL, "transformer blocks", 1, 1024, 0 },
-    { "NH", NULL, "attention heads", 1, 1024, 0 },
-    { "C", NULL, "width (embedding size)", 1, 65536, 0 },
+    { "L", "layers", "transformer blocks", 1, 1024, 0 },
+    { "NH", "heads", "attention heads", 1, 1024, 0 },
+    { "C", "width", "model width (embedding size)", 1, 65536, 0 },
 };
 
 static const struct {
@@ -73,7 +73,7 @@ static int vit_check(const int *v, char *err)
     if (c->image % c->patch)
         return errf(err, "--patch: %d does not divide the image size %d", c->patch, c->image);
     if (c->C % c->NH)
-        return errf(err, "NH: %d heads do not divide the width C = %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
     if ((long long)vit_patches(c) + 1 > 1 << 20)
         return errf(err, "--patch: %d patches per image is too many", vit_patches(c));
     return 0;
