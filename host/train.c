@@ -286,6 +286,7 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
     ckpt_meta_set(md, "world", "%d", o->world);
     ckpt_meta_set(md, "zero", "%d", o->zero && o->world > 1);
     ckpt_meta_set(md, "shuffle", "%d", o->shuffle);
+    ckpt_meta_set(md, "random_rows", "%d", o->random_rows);
     if (o->tokenizer_kind)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
 }
@@ -562,7 +563,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             goto done;
     }
     {
-        data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN };
+        data_spec ds = { o->data,  B,       T,           o->rank,       o->world,
+                         o->shuffle, o->seed, SPLIT_TRAIN, o->random_rows };
         ld = m->fam->open_data(m, &ds, err);
         if (!ld)
             goto done;
@@ -678,11 +680,16 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         int last = st->step == o->steps;
         if (vld && ((o->val_every > 0 && st->step % o->val_every == 0) || last)) {
             double sums[MODEL_MAXMETRICS], counts[MODEL_MAXMETRICS];
-            double vl = val_loss(m, o, vld, o->val_batches, sums, counts, err);
+            /* no more than the validation data holds: past its end the stream
+             * wraps, and a repeated batch would count twice in the mean */
+            long long held = (long long)vld->epoch_batches(vld) * o->world;
+            int nval = held > 0 && held < o->val_batches ? (int)held : o->val_batches;
+            double vl = val_loss(m, o, vld, nval, sums, counts, err);
             if (isnan(vl))
                 goto done;
             if (o->rank == 0) {
-                printf("val   %5d/%d | loss %.6f", st->step, o->steps, vl);
+                printf("val   %5d/%d | loss %.6f | %d batches, %lld tokens", st->step, o->steps,
+                       vl, nval, (long long)nval * B * T);
                 for (int k = 0; m->metrics && k < m->nmetrics; k++)
                     printf(" | %s %.6f", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
                 printf("\n");

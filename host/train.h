@@ -29,6 +29,7 @@ typedef struct {
     const char *out;        /* run directory: log.jsonl, step_NNNNNN.safetensors */
     uint64_t seed;
     int shuffle;
+    int random_rows;        /* --rows random: each row at its own random offset */
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
     dist *dist;             /* the communicator; NULL: one process */
     int zero;               /* 1: ZeRO stage 1 (sharded AdamW state) when world > 1 */

@@ -385,6 +385,7 @@ const model_family ffnn_family = {
                "hidden layer, softmax (--direct: direct connections)",
     .presets = FFNN_PRESETS,
     .generative = 1,
+    .random_rows = 1,
     .fields = ffnn_fields,
     .nfields = (int)(sizeof ffnn_fields / sizeof ffnn_fields[0]),
     .preset = ffnn_preset,

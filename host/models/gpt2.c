@@ -434,6 +434,7 @@ const model_family gpt2_family = {
     .summary = "GPT-2: decoder-only transformer LM (pre-LN, causal, tied embeddings)",
     .presets = "gpt2-124m gpt2-350m gpt2-774m gpt2-1558m d2 d4 d6 d12",
     .generative = 1,
+    .random_rows = 1,
     .fields = gpt2_fields,
     .nfields = (int)(sizeof gpt2_fields / sizeof gpt2_fields[0]),
     .preset = fam_preset,
