@@ -66,7 +66,8 @@ static int bert_check(const int *v, char *err)
 {
     const bert_config *c = (const bert_config *)v;
     if (c->C % c->NH != 0)
-        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if (c->V - MLM_SPECIALS > 65536)
         return errf(err, "--vocab-size: %d: token shards hold at most 65536 tokenizer ids "
                          "(+%d specials)", c->V, MLM_SPECIALS);

@@ -55,7 +55,8 @@ int gpt2_check_config(const gpt2_config *c, char *err)
     if (c->C < 1 || c->C > 1 << 16)
         return errf(err, "width %d out of range [1, 65536]", c->C);
     if (c->NH < 1 || c->C % c->NH != 0)
-        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     return 0;
 }
 

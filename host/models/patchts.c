@@ -80,7 +80,8 @@ static int patchts_check(const int *v, char *err)
         return errf(err, "--patch: %d is longer than the look-back window %d", c->patch,
                     c->lookback);
     if (c->C % c->NH)
-        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if ((long)patchts_patches(c) * c->C > 1 << 24)
         return errf(err, "--lookback: %d patches of width %d make a head too large",
                     patchts_patches(c), c->C);

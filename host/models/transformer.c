@@ -140,7 +140,8 @@ tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *er
     }
     if (c->C % c->NH) {
         tstack_destroy(s);
-        errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
+        errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                  "the heads)", c->NH, c->C);
         return NULL;
     }
     s->m = m;

@@ -79,7 +79,8 @@ static int tsgpt_check(const int *v, char *err)
 {
     const tsgpt_config *c = (const tsgpt_config *)v;
     if (c->C % c->NH)
-        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if (c->lookback + c->horizon - 1 > 1 << 14)
         return errf(err, "--lookback: %d + %d steps make too long a sequence", c->lookback,
                     c->horizon);

@@ -73,7 +73,8 @@ static int vit_check(const int *v, char *err)
     if (c->image % c->patch)
         return errf(err, "--patch: %d does not divide the image size %d", c->patch, c->image);
     if (c->C % c->NH)
-        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among the heads)", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if ((long long)vit_patches(c) + 1 > 1 << 20)
         return errf(err, "--patch: %d patches per image is too many", vit_patches(c));
     return 0;
