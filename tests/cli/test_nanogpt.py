@@ -90,7 +90,14 @@ def test_shape_options_every_family(run):
         settings(ok(run("info", "--preset", "lstm-tiny", "--width", "24")))
     fails(run("info", "--preset", "rnn-tiny", "--heads", "2"), "--heads", "rnn", "--width")
     fails(run("info", "--preset", "ffnn-tiny", "--layers", "2"), "--layers", "ffnn")
-    fails(run("info", "--preset", "lstm-tiny", "--no-bias"), "--no-bias", "lstm")
+    for preset in ["lstm-tiny", "rnn-tiny", "ffnn-tiny"]:
+        fails(run("info", "--preset", preset, "--no-bias"), "--no-bias", preset.split("-")[0])
+    # every transformer family drops every bias vector, and counts fewer parameters
+    for preset in ["d2", "bert-tiny", "vit-mnist-tiny", "patchts-tiny", "tsgpt-tiny"]:
+        out = ok(run("info", "--preset", preset, "--no-bias", "--views"))
+        assert settings(out).endswith("--no-bias"), preset
+        assert not re.search(r"^\S*bias\s", out, re.M), out
+        assert params(out) < params(ok(run("info", "--preset", preset))), preset
     for preset in ["d2", "bert-tiny", "vit-mnist-tiny", "patchts-tiny", "tsgpt-tiny"]:
         fails(run("info", "--preset", preset, "--heads", "3", "--width", "32"),
               "--heads 3", "--width 32")
