@@ -190,6 +190,65 @@ START_TEST(test_fp32_matches_fp64)
 }
 END_TEST
 
+/* Without biases is with zero biases: a no-bias model given a biased
+ * model's weights, whose biases are all zero, computes the same loss bit
+ * for bit and the same weight gradients (the forward of a missing bias is
+ * no bias, not some other tensor). Parameters copied by name. */
+START_TEST(test_nobias_is_zero_bias)
+{
+    char err[ERRBUF];
+    gpt2_config cb = { .V = 300, .maxT = 32, .L = 2, .NH = 4, .C = 32 }, cn = cb;
+    cn.nobias = 1;
+    backend *be = backend_cpu_create(2, err);
+    model *mb = gpt2_create(be, &cb, err), *mn = gpt2_create(be, &cn, err);
+    ck_assert_ptr_nonnull(mb);
+    ck_assert_ptr_nonnull(mn);
+    ck_assert_uint_lt(mn->nparams, mb->nparams);
+    int B = 2, T = 16, n = B * T;
+    ck_assert_int_eq(mb->plan(mb, B, T, err), 0);
+    ck_assert_int_eq(mn->plan(mn, B, T, err), 0);
+    float *pb = malloc(mb->nparams * sizeof *pb), *pn = malloc(mn->nparams * sizeof *pn);
+    double *gb = malloc(mb->nparams * sizeof *gb), *gn = malloc(mn->nparams * sizeof *gn);
+    int32_t in[32], tg[32];
+    gpt2_init_params(&cb, pb, SEED(71));
+    for (int v = 0; v < mb->nviews; v++) {
+        const param_view *w = &mb->views[v], *o = model_find_view(mn, w->name);
+        if (strstr(w->name, ".bias")) { /* the no-bias model has none of them */
+            ck_assert_ptr_null(o);
+            memset(pb + w->offset, 0, w->count * sizeof *pb);
+            continue;
+        }
+        for (size_t i = 0; i < w->count; i++) /* away from init: gains not all 1 */
+            pb[w->offset + i] += w->ndim == 1 ? 0.3f * (float)(i % 7) : 0.0f;
+        ck_assert_msg(o && o->count == w->count, "%s", w->name);
+        memcpy(pn + o->offset, pb + w->offset, w->count * sizeof *pb);
+    }
+    model_set_params(mb, pb);
+    model_set_params(mn, pn);
+    random_batch(in, tg, n, cb.V, SEED(72));
+    model_zero_grad(mb);
+    model_zero_grad(mn);
+    double lb = mb->forward(mb, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
+    double ln = mn->forward(mn, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
+    ck_assert_msg(lb == ln, "loss with zero biases %.9f, without biases %.9f", lb, ln);
+    mb->backward(mb);
+    mn->backward(mn);
+    be->download(be, gb, DT_F64, mb->grads, be->act, mb->nparams);
+    be->download(be, gn, DT_F64, mn->grads, be->act, mn->nparams);
+    for (int v = 0; v < mn->nviews; v++) {
+        const param_view *o = &mn->views[v], *w = model_find_view(mb, o->name);
+        ck_assert_mem_eq(gn + o->offset, gb + w->offset, o->count * sizeof *gn);
+    }
+    free(pb);
+    free(pn);
+    free(gb);
+    free(gn);
+    mb->destroy(mb);
+    mn->destroy(mn);
+    be->destroy(be);
+}
+END_TEST
+
 /* It learns: AdamW on one fixed batch drives the loss below 0.1, and the
  * padded vocabulary rows stay exactly zero throughout. */
 START_TEST(test_overfit_one_batch)
@@ -396,6 +455,7 @@ static Suite *gpt2_suite(void)
     tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 4);
     tcase_add_test(tc, test_model_grads_accumulate);
     tcase_add_test(tc, test_fp32_matches_fp64);
+    tcase_add_test(tc, test_nobias_is_zero_bias);
     tcase_add_test(tc, test_overfit_one_batch);
     tcase_add_test(tc, test_recompute_same_gradients);
     tcase_add_test(tc, test_decode_matches_forward);
