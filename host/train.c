@@ -563,8 +563,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             goto done;
     }
     {
-        data_spec ds = { o->data,  B,       T,           o->rank,       o->world,
-                         o->shuffle, o->seed, SPLIT_TRAIN, o->random_rows };
+        data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN,
+                         o->random_rows };
         ld = m->fam->open_data(m, &ds, err);
         if (!ld)
             goto done;
