@@ -124,7 +124,7 @@ struct source {
 struct sink {
     const char *prefix;
     uint16_t *buf;
-    size_t n, cap;
+    size_t head, n, cap;            /* the tokens not yet written: buf[head, head + n) */
     long long val_req;
     double val_frac;                /* > 0: val is this fraction of the total */
     int val_end;                    /* the val tokens are the stream's last ones */
@@ -163,8 +163,8 @@ static void usage(FILE *f)
         "                       out). A fraction holds every token in memory (2 bytes\n"
         "                       each) until the input ends; the end holds back the\n"
         "                       last --val-tokens (default at most 1000000)\n"
-        "  --shard-tokens N     tokens per shard (default 100000000; a validation split\n"
-        "                       larger than this is cut into several too)\n"
+        "  --shard-tokens N     tokens per training shard (default 100000000), and per\n"
+        "                       validation shard of a validation-only prep\n"
         "  --jsonl-field NAME   inputs are JSON Lines; each record's string field NAME\n"
         "                       is a document\n"
         "  --vocab DIR          gpt2 vocabulary (encoder.json + vocab.bpe, or vocab.json\n"
@@ -564,12 +564,14 @@ static void sink_write(struct sink *k, const char *kind, int index, size_t n,
     if (snprintf(path, sizeof path, "%s_%s_%06d.bin", k->prefix, kind, index) >=
         (int)sizeof path)
         cli_die("--out %s: path too long", k->prefix);
-    if (shard_write(path, k->buf, n, err) < 0)
+    if (shard_write(path, k->buf + k->head, n, err) < 0)
         cli_die("%s", err);
     progress_clear(pg);
     printf("%s: %zu tokens\n", path, n);
     fflush(stdout);
-    memmove(k->buf, k->buf + n, (k->n - n) * sizeof *k->buf);
+    /* dropped by moving the head, not the rest: a prep that holds every
+     * token until the end (a fraction) writes many shards in a row */
+    k->head += n;
     k->n -= n;
 }
 
@@ -583,13 +585,15 @@ static size_t val_size(const struct sink *k, size_t n)
     return n < (size_t)PREP_VAL_CAP * PREP_VAL_FRACTION ? n / PREP_VAL_FRACTION : PREP_VAL_CAP;
 }
 
-/* Writes n validation tokens from the buffer's head, cut at --shard-tokens
- * like the training shards (a validation-only prep of a large corpus). */
+/* Writes n validation tokens from the buffer's head: one shard, as always,
+ * or in a validation-only prep (of a corpus of any size) shards cut at
+ * --shard-tokens like the training ones. */
 static void sink_write_val(struct sink *k, size_t n, struct progress *pg)
 {
+    size_t cut = k->val_frac >= 1 ? k->shard_tokens : n;
     k->val += n;
     while (n > 0) {
-        size_t m = n < k->shard_tokens ? n : k->shard_tokens;
+        size_t m = n < cut ? n : cut;
         sink_write(k, "val", k->val_shard++, m, pg);
         n -= m;
     }
@@ -680,6 +684,10 @@ static void sink_flush(struct sink *k, int final, struct progress *pg)
 
 static void sink_push(struct sink *k, const int32_t *ids, size_t n, struct progress *pg)
 {
+    if (k->head) { /* what is left moves to the front once per push */
+        memmove(k->buf, k->buf + k->head, k->n * sizeof *k->buf);
+        k->head = 0;
+    }
     grow(&k->buf, &k->cap, k->n + n, sizeof *k->buf);
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= k->vocab)
