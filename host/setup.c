@@ -237,22 +237,34 @@ void setup_print_model_help(FILE *out)
         fprintf(out, "      %-8s %s; presets: %s\n", f->name, f->summary, f->presets);
     for (int k = 0; k < nopt; k++) {
         char left[40];
-        const char *opt = opt_fields[k]->option, *last = "";
-        int printed = 0;
+        const char *opt = opt_fields[k]->option;
+        const char *helps[32];
+        int nh = 0;
         snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
-        /* an option several families share: each one's meaning, once */
+        /* an option several families share: each meaning once, after the
+         * families it is theirs in ("gpt2, bert, vit: attention heads") */
         i = 0;
-        while ((f = family_next(&i))) {
+        while ((f = family_next(&i)))
             for (int j = 0; j < f->nfields; j++) {
                 const family_field *fd = &f->fields[j];
+                int seen = 0;
                 if (!fd->option || strcmp(fd->option, opt))
                     continue;
-                if (printed && strcmp(fd->help, last) == 0)
-                    continue; /* as the family above says (rnn, lstm) */
-                fprintf(out, "  %-20s %s: %s\n", printed ? "" : left, f->name, fd->help);
-                printed = 1;
-                last = fd->help;
+                for (int h = 0; h < nh; h++)
+                    seen |= strcmp(helps[h], fd->help) == 0;
+                if (!seen && nh < (int)(sizeof helps / sizeof helps[0]))
+                    helps[nh++] = fd->help;
             }
+        for (int h = 0; h < nh; h++) {
+            char names[256] = "";
+            i = 0;
+            while ((f = family_next(&i)))
+                for (int j = 0; j < f->nfields; j++)
+                    if (f->fields[j].option && strcmp(f->fields[j].option, opt) == 0 &&
+                        strcmp(f->fields[j].help, helps[h]) == 0)
+                        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
+                                 *names ? ", " : "", f->name);
+            fprintf(out, "  %-20s %s: %s\n", h ? "" : left, names, helps[h]);
         }
     }
     fprintf(out, "  shape options apply on top of the preset; an option the family has no\n"
