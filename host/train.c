@@ -599,6 +599,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                o->out ? "" : "; no --out: nothing is saved");
     if (o->rank == 0 && o->dropout > 0)
         printf("dropout %g: %s\n", o->dropout, m->has_dropout);
+    if (o->rank == 0 && o->random_rows)
+        printf("rows: each of the %d rows of a micro-batch at its own random offset "
+               "(--rows random)\n", B);
 
     while (st->step < o->steps) {
         int step = st->step;
