@@ -429,3 +429,8 @@ void loader_close(loader *ld)
     free(ld->raw);
     free(ld);
 }
+
+int loader_read_at(loader *ld, uint64_t start, uint64_t n, int32_t *out, char *err)
+{
+    return loader_read(ld, start % ld->total, n, out, err);
+}

@@ -36,6 +36,10 @@ int loader_next(loader *ld, int32_t *inputs, int32_t *targets, char *err);
 /* Micro-batches consumed by this rank so far; loader_seek restores it. */
 uint64_t loader_position(const loader *ld);
 void loader_seek(loader *ld, uint64_t position);
+/* Copies the n tokens at stream index start (wrapping at the stream's end)
+ * into out, checked against vocab as loader_next does: for readers that
+ * pick their own offsets (random rows). Does not move the position. */
+int loader_read_at(loader *ld, uint64_t start, uint64_t n, int32_t *out, char *err);
 /* Total tokens across all shards. */
 uint64_t loader_tokens(const loader *ld);
 int loader_files(const loader *ld);

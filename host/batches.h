@@ -31,6 +31,10 @@ typedef struct {
                          * others are deterministic and unaugmented. Sources
                          * that hold every split in one file (ETT CSV) pick
                          * the split's rows by it. */
+    int random_rows;    /* SPLIT_TRAIN of lm_source_open (--rows random): each
+                         * of the B rows is T+1 tokens from an independent
+                         * random offset, as nanoGPT's get_batch; only
+                         * families with model_family.random_rows take it */
 } data_spec;
 
 typedef struct batch_source batch_source;
@@ -52,9 +56,15 @@ struct batch_source {
     void (*close)(batch_source *s);
 };
 
-/* Token shards for next-token prediction (GPT-2, FFNN, RNN): tokens are
- * B*T consecutive tokens, targets the same shifted by one (data/shard.h).
+/* Token shards for next-token prediction (GPT-2, FFNN): tokens are B*T
+ * consecutive tokens, targets the same shifted by one (data/shard.h); or,
+ * with spec->random_rows in training, B rows of T tokens each from its own
+ * offset o = lm_row_offset(seed, g, b, n) (g: the global micro-batch, b:
+ * the row, n: the offsets a row can start at), a pure function, so a seek
+ * reproduces them and resume stays bit for bit.
  * vocab: ids must be below it (checked as read). */
 batch_source *lm_source_open(const data_spec *spec, int vocab, char *err);
+/* The start of row b of global micro-batch g in random-row mode, below n. */
+uint64_t lm_row_offset(uint64_t seed, uint64_t g, int b, uint64_t n);
 
 #endif

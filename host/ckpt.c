@@ -559,6 +559,7 @@ static int hf_read_tensors(const st_file *f, const gpt2_config *c, const param_v
 int hf_gpt2_import(const char *dir, gpt2_config *cfg, float **params, char *err)
 {
     *params = NULL;
+    cfg->nobias = 0; /* Hugging Face's GPT-2 always has biases */
     if (hf_read_config(dir, cfg, err))
         return -1;
     if (!file_exists(dir, "model.safetensors")) {
@@ -636,6 +637,9 @@ int hf_gpt2_export(const char *dir, const gpt2_config *cfg, const float *params,
     char sub[ERRBUF];
     if (gpt2_check_config(cfg, sub))
         return errf(err, "%s: %s", dir, sub);
+    if (cfg->nobias) /* Hugging Face's GPT-2 has every bias: none to leave out */
+        return errf(err, "%s: a model without biases (--no-bias) has no Hugging Face GPT-2 "
+                         "form", dir);
     if (st_mkdirs(dir, err))
         return -1;
     param_view *views = NULL;
@@ -764,6 +768,7 @@ static int llmc_header(const char *path, const int32_t *h, gpt2_config *c, int *
 int llmc_gpt2_import(const char *path, gpt2_config *cfg, float **params, char *err)
 {
     *params = NULL;
+    cfg->nobias = 0; /* llm.c's GPT-2 always has biases */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errf(err, "%s: cannot open: %s", path, strerror(errno));

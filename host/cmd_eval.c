@@ -238,7 +238,7 @@ int cmd_eval(int argc, char **argv)
     if (m->plan(m, B, T, err))
         cli_die("%s", err);
     /* read in order, unaugmented: the split's own masks and draws (seed 0) */
-    data_spec ds = { data, B, T, 0, 1, 0, 0, sp };
+    data_spec ds = { data, B, T, 0, 1, 0, 0, sp, 0 };
     batch_source *bs = m->fam->open_data(m, &ds, err);
     if (!bs)
         cli_die("%s", err);
@@ -283,6 +283,8 @@ int cmd_eval(int argc, char **argv)
         printf("forecast %s\n", forecast);
     }
     printf("loss %.6f\n", model_loss_mean(acc));
+    printf("averaged over %lld batches, %lld tokens (%d x %d each)\n", batches,
+           batches * B * T, B, T);
     for (int k = 0; m->metrics && k < m->nmetrics; k++)
         printf("%s %.6f\n", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
     bs->close(bs);

@@ -57,6 +57,9 @@ int cmd_export(int argc, char **argv)
         if (cfg.family != &gpt2_family)
             cli_die("--format hf: only GPT-2 models export to a Hugging Face directory (this "
                     "is a %s model; use --format ckpt)", cfg.family->name);
+        if (((const gpt2_config *)cfg.v)->nobias)
+            cli_die("--format hf: %s has no biases (--no-bias) and Hugging Face's GPT-2 has "
+                    "them in every layer; use --format ckpt", src.init);
         if (hf_gpt2_export(out, (const gpt2_config *)cfg.v, params, err))
             cli_die("%s", err);
     } else {

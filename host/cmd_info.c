@@ -78,6 +78,7 @@ int cmd_info(int argc, char **argv)
     size_t total = cfg.family->layout(cfg.v, &v, &nviews);
     printf("family       %s (%s)\n", cfg.family->name, cfg.family->summary);
     cfg.family->describe(cfg.v, stdout);
+    setup_print_settings(&cfg, stdout);
     print_count("parameters", cfg.family->real_params(cfg.v));
     if (views) {
         printf("\n%-40s %-14s %12s %12s %s\n", "tensor", "shape", "offset", "count", "decay");

@@ -4,7 +4,10 @@
  * tokenizer that has an end-of-text token, every document is preceded by it
  * (GPT-2's convention, as in llm.c), so documents are separated and the stream
  * starts on a document boundary. The first --val-tokens tokens of the stream
- * become PREFIX_val_000000.bin, the rest PREFIX_train_000000.bin, _000001, ...
+ * (or, --val-from end, the last; or a --val-fraction of them) become
+ * PREFIX_val_000000.bin, the rest PREFIX_train_000000.bin, _000001, ...
+ * A validation-only prep (--val-fraction 1) writes PREFIX_val_* shards alone,
+ * so a *_train_* glob never picks up held-out text.
  *
  * Work is cut into items of about --chunk-bytes of text. The main thread
  * reads the input into items and writes the tokens out, both in input order,
@@ -49,6 +52,8 @@ struct prep_opts {
     const char **inputs;
     int ninputs;
     long long val_tokens;           /* -1: the default rule */
+    double val_fraction;            /* > 0: this fraction of the tokens instead */
+    int val_end;                    /* --val-from end: the split is the stream's tail */
     long long shard_tokens;
     int threads;                    /* 0: not given; every core we may run on */
     size_t chunk;                   /* 0: not given; chosen from the input size */
@@ -120,9 +125,11 @@ struct source {
 struct sink {
     const char *prefix;
     uint16_t *buf;
-    size_t n, cap;
+    size_t head, n, cap;            /* the tokens not yet written: buf[head, head + n) */
     long long val_req;
-    int val_done, shard, vocab;
+    double val_frac;                /* > 0: val is this fraction of the total */
+    int val_end;                    /* the val tokens are the stream's last ones */
+    int val_done, shard, val_shard, vocab;
     size_t shard_tokens;
     unsigned long long total, val, train;
     int tty;
@@ -139,9 +146,10 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: anatomy prep --tokenizer bytes|gpt2 --input FILE... --out PREFIX [options]\n"
         "\n"
-        "Tokenizes text into shards: PREFIX_val_000000.bin (the first tokens) and\n"
-        "PREFIX_train_000000.bin, _000001, ... (the rest). Each input file, or each\n"
-        "JSON Lines record, is one document, preceded by <|endoftext|> with gpt2.\n"
+        "Tokenizes text into shards: PREFIX_val_000000.bin (the first tokens, or the\n"
+        "last with --val-from end) and PREFIX_train_000000.bin, _000001, ... (the rest).\n"
+        "Each input file, or each JSON Lines record, is one document, preceded by\n"
+        "<|endoftext|> with gpt2.\n"
         "\n"
         "  --tokenizer KIND     bytes (256 ids) or gpt2 (50257 ids)\n"
         "  --input FILE...      text files (several after one --input, or repeat it); - reads\n"
@@ -149,7 +157,16 @@ static void usage(FILE *f)
         "  --out PREFIX         output prefix, e.g. data/tiny/shakespeare\n"
         "  --val-tokens N       tokens for the validation shard (default: 10%% of the\n"
         "                       tokens, at most 1000000; 0 writes no validation shard)\n"
-        "  --shard-tokens N     tokens per training shard (default 100000000)\n"
+        "  --val-fraction F     instead: this fraction of the tokens, 0 < F <= 1 (nanoGPT's\n"
+        "                       prepare.py holds out 0.1); 1 is a validation-only prep:\n"
+        "                       PREFIX_val_* shards and no PREFIX_train_* file\n"
+        "  --val-from W         start (default: the validation tokens lead the stream) or\n"
+        "                       end (they are its tail, as nanoGPT and most scripts hold\n"
+        "                       out). A fraction holds every token in memory (2 bytes\n"
+        "                       each) until the input ends; the end holds back the\n"
+        "                       last --val-tokens (default at most 1000000)\n"
+        "  --shard-tokens N     tokens per training shard (default 100000000), and per\n"
+        "                       validation shard of a validation-only prep\n"
         "  --jsonl-field NAME   inputs are JSON Lines; each record's string field NAME\n"
         "                       is a document\n"
         "  --vocab DIR          gpt2 vocabulary (encoder.json + vocab.bpe, or vocab.json\n"
@@ -558,13 +575,71 @@ static void sink_write(struct sink *k, const char *kind, int index, size_t n,
     if (snprintf(path, sizeof path, "%s_%s_%06d.bin", k->prefix, kind, index) >=
         (int)sizeof path)
         cli_die("--out %s: path too long", k->prefix);
-    if (shard_write(path, k->buf, n, err) < 0)
+    if (shard_write(path, k->buf + k->head, n, err) < 0)
         cli_die("%s", err);
     progress_clear(pg);
     printf("%s: %zu tokens\n", path, n);
     fflush(stdout);
-    memmove(k->buf, k->buf + n, (k->n - n) * sizeof *k->buf);
+    /* dropped by moving the head, not the rest: a prep that holds every
+     * token until the end (a fraction) writes many shards in a row */
+    k->head += n;
     k->n -= n;
+}
+
+/* The validation tokens of a stream of n tokens in all. */
+static size_t val_size(const struct sink *k, size_t n)
+{
+    if (k->val_frac > 0) /* as nanoGPT: train = data[:int(n*(1-F))], val the rest */
+        return n - (size_t)((double)n * (1.0 - k->val_frac));
+    if (k->val_req >= 0)
+        return (size_t)k->val_req;
+    return n < (size_t)PREP_VAL_CAP * PREP_VAL_FRACTION ? n / PREP_VAL_FRACTION : PREP_VAL_CAP;
+}
+
+/* Writes n validation tokens from the buffer's head: one shard, as always,
+ * or in a validation-only prep (of a corpus of any size) shards cut at
+ * --shard-tokens like the training ones. */
+static void sink_write_val(struct sink *k, size_t n, struct progress *pg)
+{
+    size_t cut = k->val_frac >= 1 ? k->shard_tokens : n;
+    k->val += n;
+    while (n > 0) {
+        size_t m = n < cut ? n : cut;
+        sink_write(k, "val", k->val_shard++, m, pg);
+        n -= m;
+    }
+}
+
+/* --val-from end: training shards are written while more than the tokens
+ * the split may still claim are buffered (all of them for a fraction, else
+ * the count or the default cap); at the end the tail is the split. */
+static void sink_flush_end(struct sink *k, int final, struct progress *pg)
+{
+    if (!final) {
+        if (k->val_frac > 0)
+            return;
+        size_t hold = k->val_req >= 0 ? (size_t)k->val_req : (size_t)PREP_VAL_CAP;
+        while (k->n >= hold + k->shard_tokens) {
+            k->train += k->shard_tokens;
+            sink_write(k, "train", k->shard++, k->shard_tokens, pg);
+        }
+        return;
+    }
+    size_t val = val_size(k, (size_t)k->total);
+    if (k->total == 0)
+        cli_die("prep: the input holds no tokens");
+    if (k->val_frac > 0 && k->val_frac < 1 && val == k->total)
+        val--; /* a fraction below 1 leaves training at least one token */
+    if (val > k->n || (val == k->total && k->val_frac < 1))
+        cli_die("--val-tokens %zu: the input holds only %llu tokens, none left for training",
+                val, k->total);
+    while (k->n > val) {
+        size_t n = k->n - val < k->shard_tokens ? k->n - val : k->shard_tokens;
+        k->train += n;
+        sink_write(k, "train", k->shard++, n, pg);
+    }
+    sink_write_val(k, val, pg);
+    k->val_done = 1;
 }
 
 /* Writes what is ready: the val shard once its size is known and at least
@@ -572,6 +647,22 @@ static void sink_write(struct sink *k, const char *kind, int index, size_t n,
  * (final) the remainder too. */
 static void sink_flush(struct sink *k, int final, struct progress *pg)
 {
+    if (k->val_end) {
+        sink_flush_end(k, final, pg);
+        return;
+    }
+    if (!k->val_done && k->val_frac > 0) {
+        size_t val;
+        if (!final)
+            return; /* the total decides */
+        if (k->n == 0)
+            cli_die("prep: the input holds no tokens");
+        val = val_size(k, k->n);
+        if (val == k->n && k->val_frac < 1)
+            val--; /* a fraction below 1 leaves training at least one token */
+        sink_write_val(k, val, pg);
+        k->val_done = 1;
+    }
     if (!k->val_done) {
         size_t val;
         if (k->val_req >= 0) {
@@ -592,8 +683,7 @@ static void sink_flush(struct sink *k, int final, struct progress *pg)
                     val, k->n);
         }
         if (val > 0)
-            sink_write(k, "val", 0, val, pg);
-        k->val = val;
+            sink_write_val(k, val, pg);
         k->val_done = 1;
     }
     while (k->n >= k->shard_tokens || (final && k->n > 0)) {
@@ -605,6 +695,10 @@ static void sink_flush(struct sink *k, int final, struct progress *pg)
 
 static void sink_push(struct sink *k, const int32_t *ids, size_t n, struct progress *pg)
 {
+    if (k->head) { /* what is left moves to the front once per push */
+        memmove(k->buf, k->buf + k->head, k->n * sizeof *k->buf);
+        k->head = 0;
+    }
     grow(&k->buf, &k->cap, k->n + n, sizeof *k->buf);
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= k->vocab)
@@ -624,11 +718,13 @@ static void warn_stale(const struct sink *k)
     char path[4096];
     struct stat st;
     snprintf(path, sizeof path, "%s_train_%06d.bin", k->prefix, k->shard);
-    if (stat(path, &st) == 0)
+    /* a validation-only prep writes no training shard: any there are another
+     * prep's (the training text of the same prefix), not stale */
+    if (k->val_frac < 1 && stat(path, &st) == 0)
         fprintf(stderr, "anatomy: warning: %s (and maybe later ones) is left from an earlier "
                         "run; remove it before training\n", path);
-    snprintf(path, sizeof path, "%s_val_%06d.bin", k->prefix, 0);
-    if (k->val == 0 && stat(path, &st) == 0)
+    snprintf(path, sizeof path, "%s_val_%06d.bin", k->prefix, k->val_shard);
+    if (stat(path, &st) == 0)
         fprintf(stderr, "anatomy: warning: %s is left from an earlier run; remove it\n", path);
 }
 
@@ -639,6 +735,8 @@ static void parse_args(int argc, char **argv, struct prep_opts *o)
         { "input", required_argument, NULL, 'i' },
         { "out", required_argument, NULL, 'o' },
         { "val-tokens", required_argument, NULL, 'v' },
+        { "val-fraction", required_argument, NULL, 'F' },
+        { "val-from", required_argument, NULL, 'W' },
         { "shard-tokens", required_argument, NULL, 's' },
         { "jsonl-field", required_argument, NULL, 'f' },
         { "vocab", required_argument, NULL, 'V' },
@@ -660,6 +758,17 @@ static void parse_args(int argc, char **argv, struct prep_opts *o)
         case 'i': o->inputs[o->ninputs++] = optarg; break;
         case 'o': o->out = optarg; break;
         case 'v': o->val_tokens = cli_int("--val-tokens", optarg, 0, INT32_MAX); break;
+        case 'F':
+            o->val_fraction = cli_float("--val-fraction", optarg, 0, 1);
+            if (o->val_fraction <= 0)
+                cli_die("--val-fraction: %s must be above 0 (--val-tokens 0 writes no "
+                        "validation shard)", optarg);
+            break;
+        case 'W':
+            if (strcmp(optarg, "start") && strcmp(optarg, "end"))
+                cli_die("--val-from: unknown place '%s' (expected start or end)", optarg);
+            o->val_end = strcmp(optarg, "end") == 0;
+            break;
         case 's': o->shard_tokens = cli_int("--shard-tokens", optarg, 1, INT32_MAX); break;
         case 'f': o->field = optarg; break;
         case 'V': o->vocab_dir = optarg; break;
@@ -678,6 +787,8 @@ static void parse_args(int argc, char **argv, struct prep_opts *o)
         cli_die("prep: --input is required");
     if (!o->out || !*o->out)
         cli_die("prep: --out is required");
+    if (o->val_fraction > 0 && o->val_tokens >= 0)
+        cli_die("--val-fraction: give it or --val-tokens, not both");
 }
 
 /* Fails early, before any work, on inputs that cannot be read and on an
@@ -796,7 +907,8 @@ int cmd_prep(int argc, char **argv)
 
     struct source src = { .o = &o, .fd = -1 };
     struct sink sk = { .prefix = o.out, .val_req = o.val_tokens, .vocab = vocab,
-                       .shard_tokens = (size_t)o.shard_tokens };
+                       .shard_tokens = (size_t)o.shard_tokens, .val_frac = o.val_fraction,
+                       .val_end = o.val_end };
     struct progress pg = { .tty = isatty(2), .total_bytes = total_bytes };
     pg.on = pg.tty || total_bytes > (unsigned long long)PREP_PROGRESS_BYTES;
     pg.t0 = pg.last = now_s();

@@ -35,6 +35,13 @@ static const char usage[] =
     "  --total-batch N      tokens per optimizer step, a multiple of B*T*ranks (default\n"
     "                       B*T*ranks): gradients accumulate over N/(B*T*ranks) micro-batches\n"
     "  --shuffle            visit the stream's B*T chunks in a seeded random order\n"
+    "  --rows R             how a micro-batch's B rows are cut from the token stream\n"
+    "                       (gpt2, ffnn): contiguous (default) takes B*T consecutive\n"
+    "                       tokens, in stream order or --shuffle's chunk order, so an\n"
+    "                       epoch reads every token once and runs repeat exactly;\n"
+    "                       random starts each row at its own seeded random offset, as\n"
+    "                       nanoGPT's get_batch (tokens may repeat or be skipped within\n"
+    "                       an epoch). Both resume bit for bit. Validation reads in order.\n"
     "optimisation:\n"
     "  --steps N            optimizer steps (default 1000)\n"
     "  --lr X               peak learning rate (default 6e-4)\n"
@@ -101,7 +108,7 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS
 };
 
 static const struct option base_opts[] = {
@@ -128,6 +135,7 @@ static const struct option base_opts[] = {
     { "hellaswag", 1, 0, O_HS },        { "hellaswag-every", 1, 0, O_HSEVERY },
     { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
+    { "rows", 1, 0, O_ROWS },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
     { 0, 0, 0, 0 },
 };
@@ -141,6 +149,7 @@ static void check_resume_matches(const ckpt_meta *md, const char *path, const tr
         { "batch", o->B, "--batch" },       { "seq", o->T, "--seq" },
         { "total_batch", o->total_batch, "--total-batch" },
         { "shuffle", o->shuffle, "--shuffle" },
+        { "random_rows", o->random_rows, "--rows random" },
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         const char *v = ckpt_meta_get(md, k[i].key);
@@ -149,9 +158,10 @@ static void check_resume_matches(const ckpt_meta *md, const char *path, const tr
                     "needs the same batch layout", path, k[i].opt, k[i].want, v);
     }
     const char *seed = ckpt_meta_get(md, "seed");
-    if (seed && o->shuffle && strtoull(seed, NULL, 10) != o->seed)
+    if (seed && (o->shuffle || o->random_rows) && strtoull(seed, NULL, 10) != o->seed)
         cli_die("--resume %s: --seed %llu differs from the checkpoint's %s, which fixes the "
-                "shuffled order", path, (unsigned long long)o->seed, seed);
+                "%s", path, (unsigned long long)o->seed, seed,
+                o->random_rows ? "rows' random offsets" : "shuffled order");
 }
 
 /* AdamW's betas and epsilon. A checkpoint's are the run's: an option left
@@ -288,6 +298,11 @@ int cmd_train(int argc, char **argv)
         case O_SEQ: seq = (int)cli_int("--seq", optarg, 1, 1 << 20); break;
         case O_TOTAL: o.total_batch = cli_int("--total-batch", optarg, 1, 1LL << 40); break;
         case O_SHUFFLE: o.shuffle = 1; break;
+        case O_ROWS:
+            if (strcmp(optarg, "random") && strcmp(optarg, "contiguous"))
+                cli_die("--rows: unknown mode '%s' (expected contiguous or random)", optarg);
+            o.random_rows = strcmp(optarg, "random") == 0;
+            break;
         case O_STEPS: o.steps = (int)cli_int("--steps", optarg, 1, 100000000); break;
         case O_LR: o.lr = cli_float("--lr", optarg, 0, 10); break;
         case O_WARMUP: o.warmup = (int)cli_int("--warmup", optarg, 0, 100000000); break;
@@ -382,6 +397,12 @@ int cmd_train(int argc, char **argv)
     if (resume_path && !ckpt_meta_get(&md, "step"))
         cli_die("--resume %s: not a training checkpoint (use --init to start from weights)",
                 resume_path);
+    if (o.random_rows && !m->fam->random_rows)
+        cli_die("--rows random: the %s model's data source has no random rows (gpt2 and ffnn "
+                "token shards have)", m->fam->name);
+    if (o.random_rows && o.shuffle)
+        cli_die("--rows random: rows at random offsets have no chunk order to --shuffle; give "
+                "one of them");
     o.T = seq ? seq : (m->maxT < 1024 ? m->maxT : 1024);
     if (o.T > m->maxT)
         cli_die("--seq: %d is longer than the model's context length %d", o.T, m->maxT);

@@ -51,6 +51,8 @@ struct model_family {
     int generative;       /* 1: a next-token LM over tokens with per-position
                            * logits: sampling (train --sample-every, sample)
                            * applies */
+    int random_rows;      /* 1: its data source draws rows at random offsets
+                           * when asked (data_spec.random_rows, --rows random) */
     const family_field *fields;
     int nfields;
     /* Fills v from a preset name; -1 with err ("--preset: ...") if unknown. */

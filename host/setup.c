@@ -166,20 +166,45 @@ static void collect_options(void)
     }
 }
 
+/* Older names of field options, kept so that scripts written for them still
+ * run: the recurrent and feed-forward families called their width --hidden
+ * before every family took one set of shape options (--layers, --heads,
+ * --width, ...). An alias means exactly its target. */
+static const struct { const char *alias, *option; } opt_aliases[] = {
+    { "hidden", "width" },
+};
+#define NALIAS ((int)(sizeof opt_aliases / sizeof opt_aliases[0]))
+
+static int option_code(const char *option)
+{
+    for (int k = 0; k < nopt; k++)
+        if (strcmp(opt_fields[k]->option, option) == 0)
+            return SETUP_OPT_BASE + k;
+    return -1;
+}
+
 struct option *setup_longopts(const struct option *base)
 {
-    int nb = 0;
+    int nb = 0, n;
     struct option *out;
     collect_options();
     while (base[nb].name)
         nb++;
-    out = calloc((size_t)nb + nopt + 1, sizeof *out);
+    out = calloc((size_t)nb + nopt + NALIAS + 1, sizeof *out);
     if (!out)
         cli_die("out of memory");
     memcpy(out, base, (size_t)nb * sizeof *out);
     for (int k = 0; k < nopt; k++)
         out[nb + k] = (struct option){ opt_fields[k]->option, !is_switch(opt_fields[k]), 0,
                                        SETUP_OPT_BASE + k };
+    n = nb + nopt;
+    for (int a = 0; a < NALIAS; a++) {
+        int code = option_code(opt_aliases[a].option);
+        if (code >= 0)
+            out[n++] = (struct option){ opt_aliases[a].alias,
+                                        !is_switch(opt_fields[code - SETUP_OPT_BASE]), 0,
+                                        code };
+    }
     return out;
 }
 
@@ -214,24 +239,59 @@ void setup_print_model_help(FILE *out)
         fprintf(out, "      %-8s %s; presets: %s\n", f->name, f->summary, f->presets);
     for (int k = 0; k < nopt; k++) {
         char left[40];
-        const char *opt = opt_fields[k]->option, *last = "";
-        int printed = 0;
+        const char *opt = opt_fields[k]->option;
+        const char *helps[32];
+        int nh = 0;
         snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
-        /* an option several families share: each one's meaning, once */
+        /* an option several families share: each meaning once, after the
+         * families it is theirs in ("gpt2, bert, vit: attention heads") */
         i = 0;
-        while ((f = family_next(&i))) {
+        while ((f = family_next(&i)))
             for (int j = 0; j < f->nfields; j++) {
                 const family_field *fd = &f->fields[j];
+                int seen = 0;
                 if (!fd->option || strcmp(fd->option, opt))
                     continue;
-                if (printed && strcmp(fd->help, last) == 0)
-                    continue; /* as the family above says (rnn, lstm) */
-                fprintf(out, "  %-20s %s: %s\n", printed ? "" : left, f->name, fd->help);
-                printed = 1;
-                last = fd->help;
+                for (int h = 0; h < nh; h++)
+                    seen |= strcmp(helps[h], fd->help) == 0;
+                if (!seen && nh < (int)(sizeof helps / sizeof helps[0]))
+                    helps[nh++] = fd->help;
             }
+        for (int h = 0; h < nh; h++) {
+            char names[256] = "";
+            i = 0;
+            while ((f = family_next(&i)))
+                for (int j = 0; j < f->nfields; j++)
+                    if (f->fields[j].option && strcmp(f->fields[j].option, opt) == 0 &&
+                        strcmp(f->fields[j].help, helps[h]) == 0)
+                        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
+                                 *names ? ", " : "", f->name);
+            fprintf(out, "  %-20s %s: %s\n", h ? "" : left, names, helps[h]);
         }
     }
+    fprintf(out, "  shape options apply on top of the preset; an option the family has no\n"
+                 "  such dimension for is an error. Aliases:");
+    for (int a = 0; a < NALIAS; a++)
+        fprintf(out, " --%s = --%s", opt_aliases[a].alias, opt_aliases[a].option);
+    fprintf(out, "\n");
+}
+
+void setup_print_settings(const model_config *c, FILE *out)
+{
+    const model_family *f = c->family;
+    fprintf(out, "%-12s", "settings");
+    for (int i = 0; i < f->nfields; i++) {
+        const family_field *fd = &f->fields[i];
+        if (!fd->option)
+            continue;
+        if (is_switch(fd)) {
+            if (c->v[i])
+                fprintf(out, " --%s", fd->option);
+        } else {
+            fprintf(out, " --%s %d", fd->option, c->v[i]);
+        }
+    }
+    fprintf(out, "\n");
 }
 
 /* ---- configs and checkpoint metadata ---- */
@@ -322,9 +382,15 @@ int setup_preset_config(const model_source *src, model_config *cfg, char *err)
         for (i = 0; i < owner->nfields; i++)
             if (owner->fields[i].option && strcmp(owner->fields[i].option, src->set_opt[k]) == 0)
                 break;
-        if (i == owner->nfields)
-            return errf(err, "--%s: the %s model has no such setting", src->set_opt[k],
-                        owner->name);
+        if (i == owner->nfields) {
+            char list[512] = "";
+            for (int j = 0; j < owner->nfields; j++)
+                if (owner->fields[j].option)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), " --%s",
+                             owner->fields[j].option);
+            return errf(err, "--%s: the %s model has no such setting (its settings:%s)",
+                        src->set_opt[k], owner->name, list);
+        }
         cfg->v[i] = src->set_val[k];
     }
     return family_check(cfg, err);
@@ -334,7 +400,7 @@ int setup_preset_config(const model_source *src, model_config *cfg, char *err)
 static int import_gpt2(const char *path, source_kind kind, model_config *cfg, float **params,
                        char *err)
 {
-    gpt2_config g;
+    gpt2_config g = { 0 }; /* fields an importer does not set (nobias) stay 0 */
     int rc = kind == SRC_HF_DIR ? hf_gpt2_import(path, &g, params, err)
                                 : llmc_gpt2_import(path, &g, params, err);
     if (rc)

@@ -37,6 +37,10 @@ struct option *setup_longopts(const struct option *base);
 int setup_take_option(model_source *src, int c, const char *arg);
 /* Help lines for the model options (--model, the field options). */
 void setup_print_model_help(FILE *out);
+/* One line "settings --layers 4 --heads 4 ...": every field option of the
+ * config with its value (switches only when on), as `info` shows a model:
+ * with the preset, the options that rebuild this shape. */
+void setup_print_settings(const model_config *c, FILE *out);
 
 /* device "cpu", "cuda", or NULL: cuda when the build has it and a device
  * starts, else cpu; threads <= 0: all cores; precision "fp32" or "bf16"

@@ -300,6 +300,7 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
     ckpt_meta_set(md, "beta1", "%.17g", o->beta1);
     ckpt_meta_set(md, "beta2", "%.17g", o->beta2);
     ckpt_meta_set(md, "eps", "%.17g", o->eps);
+    ckpt_meta_set(md, "random_rows", "%d", o->random_rows);
     if (o->tokenizer_kind)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
 }
@@ -616,7 +617,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             goto done;
     }
     {
-        data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN };
+        data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN,
+                         o->random_rows };
         ld = m->fam->open_data(m, &ds, err);
         if (!ld)
             goto done;
@@ -670,6 +672,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                o->out ? "" : "; no --out: nothing is saved");
     if (o->rank == 0 && o->dropout > 0)
         printf("dropout %g: %s\n", o->dropout, m->has_dropout);
+    if (o->rank == 0 && o->random_rows)
+        printf("rows: each of the %d rows of a micro-batch at its own random offset "
+               "(--rows random)\n", B);
 
     while (st->step < o->steps) {
         int step = st->step;
@@ -753,11 +758,16 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         int last = st->step == o->steps;
         if (vld && ((o->val_every > 0 && st->step % o->val_every == 0) || last)) {
             double sums[MODEL_MAXMETRICS], counts[MODEL_MAXMETRICS];
-            double vl = val_loss(m, o, vld, o->val_batches, sums, counts, err);
+            /* no more than the validation data holds: past its end the stream
+             * wraps, and a repeated batch would count twice in the mean */
+            long long held = (long long)vld->epoch_batches(vld) * o->world;
+            int nval = held > 0 && held < o->val_batches ? (int)held : o->val_batches;
+            double vl = val_loss(m, o, vld, nval, sums, counts, err);
             if (isnan(vl))
                 goto done;
             if (o->rank == 0) {
-                printf("val   %5d/%d | loss %.6f", st->step, o->steps, vl);
+                printf("val   %5d/%d | loss %.6f | %d batches, %lld tokens", st->step, o->steps,
+                       vl, nval, (long long)nval * B * T);
                 for (int k = 0; m->metrics && k < m->nmetrics; k++)
                     printf(" | %s %.6f", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
                 printf("\n");

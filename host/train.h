@@ -32,6 +32,7 @@ typedef struct {
     int overwrite;          /* --overwrite: a fresh run may replace the checkpoints in out */
     uint64_t seed;
     int shuffle;
+    int random_rows;        /* --rows random: each row at its own random offset */
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
     dist *dist;             /* the communicator; NULL: one process */
     int zero;               /* 1: ZeRO stage 1 (sharded AdamW state) when world > 1 */

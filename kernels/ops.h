@@ -117,7 +117,8 @@ struct backend {
                              const int32_t *tok, int B, int T, int C);
 
     /* layernorm: y[i,:] = (x[i,:] - mean_i) * rstd_i * g + b, rstd_i = 1/sqrt(var_i + 1e-5)
-     * (biased variance). x, y: [N,C]. Saves mean, rstd: stat [N]. */
+     * (biased variance); bias may be NULL (b = 0: no bias; layernorm_backward then
+     * gets a NULL dbias). x, y: [N,C]. Saves mean, rstd: stat [N]. */
     void (*layernorm_forward)(backend *be, void *out, void *mean, void *rstd, const void *inp,
                               const void *weight, const void *bias, int N, int C);
     /* xhat = (x-mean)*rstd;  dg += sum_i dy*xhat;  db += sum_i dy;

@@ -123,8 +123,9 @@ static void on_ready(void *ctx, size_t offset, size_t count)
 START_TEST(test_gradcheck_fp64)
 {
     char err[ERRBUF];
-    int nsp = _i == 1; /* _i = 2: with dropout */
-    bert_config c = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8, .nsp = nsp };
+    int nsp = _i == 1 || _i == 3; /* _i = 2: with dropout; 3: no biases (with nsp) */
+    bert_config c = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8, .nsp = nsp,
+                      .nobias = _i == 3 };
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
     model *m = make(be, c);
@@ -174,11 +175,16 @@ START_TEST(test_gradcheck_fp64)
     const param_view *wte = model_find_view(m, "bert.embeddings.word_embeddings.weight");
     const param_view *ob = model_find_view(m, "cls.predictions.bias");
     ck_assert_ptr_nonnull(wte);
-    ck_assert_ptr_nonnull(ob);
     for (size_t i = (size_t)c.V * c.C; i < wte->count; i++)
         ck_assert(g[wte->offset + i] == 0.0);
-    for (size_t i = (size_t)c.V; i < ob->count; i++)
-        ck_assert(g[ob->offset + i] == 0.0);
+    if (c.nobias) { /* not one bias vector, the heads' and layernorms' included */
+        for (int v = 0; v < m->nviews; v++)
+            ck_assert_msg(!strstr(m->views[v].name, "bias"), "view %s", m->views[v].name);
+    } else {
+        ck_assert_ptr_nonnull(ob);
+        for (size_t i = (size_t)c.V; i < ob->count; i++)
+            ck_assert(g[ob->offset + i] == 0.0);
+    }
     /* backward accumulates: a second pass doubles the gradient */
     loss_grad(m, p, &rb.b, fd);
     m->forward(m, &rb.b, 1.0f);
@@ -481,12 +487,12 @@ START_TEST(test_source_seek)
     make_tmpdir();
     uint16_t *s = write_shards(vocab, 1500, 700, SEED(71));
     snprintf(pattern, sizeof pattern, "%s/t_*.bin", tmpdir);
-    bert_config c = { vocab + MLM_SPECIALS, 32, 1, 1, 8, _i };
+    bert_config c = { vocab + MLM_SPECIALS, 32, 1, 1, 8, _i, 0 };
     model fake;
     memset(&fake, 0, sizeof fake);
     fake.fam = &bert_family;
     memcpy(fake.config, &c, sizeof c);
-    data_spec ds = { pattern, B, T, 0, 1, 1, SEED(72), SPLIT_TRAIN };
+    data_spec ds = { pattern, B, T, 0, 1, 1, SEED(72), SPLIT_TRAIN, 0 };
     batch_source *a = bert_family.open_data(&fake, &ds, err), *b;
     ck_assert_msg(a != NULL, "%s", err);
     b = bert_family.open_data(&fake, &ds, err);
@@ -593,7 +599,7 @@ static Suite *bert_suite(void)
     Suite *s = suite_create("bert");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_gradcheck_fp64, 0, 3);
+    tcase_add_loop_test(tc, test_gradcheck_fp64, 0, 4);
     tcase_add_test(tc, test_fp32_matches_fp64);
     tcase_add_test(tc, test_overfit_one_batch);
     tcase_add_test(tc, test_params_count);

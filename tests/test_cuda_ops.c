@@ -198,7 +198,8 @@ static void ln_run(backend *be, const ln_case *c, int stats, double *y, double *
 {
     dtype a = be->act, st = be->stat;
     size_t nc = (size_t)c->N * c->C;
-    void *x = up(be, a, c->x, nc), *w = up(be, a, c->w, c->C), *b = up(be, a, c->b, c->C);
+    void *x = up(be, a, c->x, nc), *w = up(be, a, c->w, c->C);
+    void *b = c->b ? up(be, a, c->b, c->C) : NULL; /* NULL: no bias (--no-bias) */
     void *o = poisoned(be, a, nc), *m = poisoned(be, st, c->N), *s = poisoned(be, st, c->N);
     be->layernorm_forward(be, o, stats ? m : NULL, stats ? s : NULL, x, w, b, c->N, c->C);
     take(be, o, a, NULL, nc, y);
@@ -217,7 +218,9 @@ static void ln_run(backend *be, const ln_case *c, int stats, double *y, double *
             take(be, gb, a, p[2], c->C, db);
         be->free(be, dy), be->free(be, sm), be->free(be, sr);
     }
-    be->free(be, x), be->free(be, w), be->free(be, b);
+    be->free(be, x), be->free(be, w);
+    if (b)
+        be->free(be, b);
 }
 
 START_TEST(test_layernorm)
@@ -268,6 +271,16 @@ START_TEST(test_layernorm)
         ck_assert_msg(!memcmp(dw2, dw[1], c.C * 8) && !memcmp(db2, db[1], c.C * 8),
                       "layernorm_backward N%d C%d: dweight/dbias differ between two runs", c.N, c.C);
         free(dw2), free(db2);
+        /* without bias (a --no-bias model): b = NULL means b = 0, and the
+         * backward gets no dbias; dinp and dweight do not depend on b */
+        double *b_kept = c.b;
+        c.b = NULL;
+        ln_run(r, &c, 1, y[0], mean[0], rstd[0], NULL, NULL, NULL, none);
+        ln_run(g, &c, 1, y[1], mean[1], rstd[1], dx[1], dw[1], NULL, p);
+        expect_close("layernorm_forward out (no bias)", act, y[1], y[0], nc, tol(act));
+        expect_close("layernorm_backward dinp (no bias)", act, dx[1], dx[0], nc, tol(act));
+        expect_close("layernorm_backward dweight (no bias)", act, dw[1], dw[0], c.C, tol(act));
+        c.b = b_kept;
         for (int k = 0; k < 2; k++)
             free(y[k]), free(dx[k]), free(mean[k]), free(rstd[k]), free(dw[k]), free(db[k]);
         for (int k = 0; k < 3; k++)

@@ -16,6 +16,9 @@
 #include "../host/train.h"
 
 static const gpt2_config tiny = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8 };
+/* nanoGPT's bias=False: no bias vector anywhere (linear layers, layernorms) */
+static const gpt2_config tiny_nobias = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8,
+                                         .nobias = 1 };
 
 /* Fresh inputs every run: every seed below is offset by this one, printed at
  * start; ANATOMY_TEST_SEED replays a run. */
@@ -74,8 +77,15 @@ START_TEST(test_model_gradcheck_fp64)
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
-    model *m = gpt2_create(be, &tiny, err);
+    const gpt2_config *cfg = _i == 3 ? &tiny_nobias : &tiny; /* 3: without biases */
+    model *m = gpt2_create(be, cfg, err);
     ck_assert_msg(m != NULL, "%s", err);
+    if (cfg->nobias) {
+        /* the table has no bias at all: 4 weights per block, ln_f's gain */
+        ck_assert_int_eq(m->nviews, 2 + 6 * cfg->L + 1);
+        for (int v = 0; v < m->nviews; v++)
+            ck_assert_msg(!strstr(m->views[v].name, "bias"), "view %s", m->views[v].name);
+    }
     int B = 2, T = 5;
     ck_assert_int_eq(m->plan(m, B, T, err), 0);
     size_t n = m->nparams;
@@ -177,6 +187,65 @@ START_TEST(test_fp32_matches_fp64)
     m32->destroy(m32);
     b64->destroy(b64);
     b32->destroy(b32);
+}
+END_TEST
+
+/* Without biases is with zero biases: a no-bias model given a biased
+ * model's weights, whose biases are all zero, computes the same loss bit
+ * for bit and the same weight gradients (the forward of a missing bias is
+ * no bias, not some other tensor). Parameters copied by name. */
+START_TEST(test_nobias_is_zero_bias)
+{
+    char err[ERRBUF];
+    gpt2_config cb = { .V = 300, .maxT = 32, .L = 2, .NH = 4, .C = 32 }, cn = cb;
+    cn.nobias = 1;
+    backend *be = backend_cpu_create(2, err);
+    model *mb = gpt2_create(be, &cb, err), *mn = gpt2_create(be, &cn, err);
+    ck_assert_ptr_nonnull(mb);
+    ck_assert_ptr_nonnull(mn);
+    ck_assert_uint_lt(mn->nparams, mb->nparams);
+    int B = 2, T = 16, n = B * T;
+    ck_assert_int_eq(mb->plan(mb, B, T, err), 0);
+    ck_assert_int_eq(mn->plan(mn, B, T, err), 0);
+    float *pb = malloc(mb->nparams * sizeof *pb), *pn = malloc(mn->nparams * sizeof *pn);
+    double *gb = malloc(mb->nparams * sizeof *gb), *gn = malloc(mn->nparams * sizeof *gn);
+    int32_t in[32], tg[32];
+    gpt2_init_params(&cb, pb, SEED(71));
+    for (int v = 0; v < mb->nviews; v++) {
+        const param_view *w = &mb->views[v], *o = model_find_view(mn, w->name);
+        if (strstr(w->name, ".bias")) { /* the no-bias model has none of them */
+            ck_assert_ptr_null(o);
+            memset(pb + w->offset, 0, w->count * sizeof *pb);
+            continue;
+        }
+        for (size_t i = 0; i < w->count; i++) /* away from init: gains not all 1 */
+            pb[w->offset + i] += w->ndim == 1 ? 0.3f * (float)(i % 7) : 0.0f;
+        ck_assert_msg(o && o->count == w->count, "%s", w->name);
+        memcpy(pn + o->offset, pb + w->offset, w->count * sizeof *pb);
+    }
+    model_set_params(mb, pb);
+    model_set_params(mn, pn);
+    random_batch(in, tg, n, cb.V, SEED(72));
+    model_zero_grad(mb);
+    model_zero_grad(mn);
+    double lb = mb->forward(mb, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
+    double ln = mn->forward(mn, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
+    ck_assert_msg(lb == ln, "loss with zero biases %.9f, without biases %.9f", lb, ln);
+    mb->backward(mb);
+    mn->backward(mn);
+    be->download(be, gb, DT_F64, mb->grads, be->act, mb->nparams);
+    be->download(be, gn, DT_F64, mn->grads, be->act, mn->nparams);
+    for (int v = 0; v < mn->nviews; v++) {
+        const param_view *o = &mn->views[v], *w = model_find_view(mb, o->name);
+        ck_assert_mem_eq(gn + o->offset, gb + w->offset, o->count * sizeof *gn);
+    }
+    free(pb);
+    free(pn);
+    free(gb);
+    free(gn);
+    mb->destroy(mb);
+    mn->destroy(mn);
+    be->destroy(be);
 }
 END_TEST
 
@@ -382,9 +451,11 @@ static Suite *gpt2_suite(void)
     Suite *s = suite_create("gpt2");
     TCase *tc = tcase_create("model");
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 3); /* 2: with dropout */
+    /* 2: with dropout; 3: without biases */
+    tcase_add_loop_test(tc, test_model_gradcheck_fp64, 0, 4);
     tcase_add_test(tc, test_model_grads_accumulate);
     tcase_add_test(tc, test_fp32_matches_fp64);
+    tcase_add_test(tc, test_nobias_is_zero_bias);
     tcase_add_test(tc, test_overfit_one_batch);
     tcase_add_test(tc, test_recompute_same_gradients);
     tcase_add_test(tc, test_decode_matches_forward);

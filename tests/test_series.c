@@ -502,9 +502,11 @@ START_TEST(test_patchts_gradcheck_fp64)
     rng_seed(&test_rng, SEED(10 + _i));
     patchts_config c = pts_tiny;
     /* _i = 0, 1: without and with end padding; 2: with dropout; 3, 4: post-LN
-     * blocks, without and with dropout */
+     * blocks, without and with dropout; 5, 6: without biases (--no-bias),
+     * pre-LN and post-LN */
     c.pad = _i & 1;
-    c.post_ln = _i >= 3;
+    c.post_ln = _i >= 3 && _i != 5;
+    c.nobias = _i >= 5;
     gradcheck(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7,
               _i == 2 || _i == 4 ? 0.3f : 0.0f);
 }
@@ -518,6 +520,11 @@ START_TEST(test_tsgpt_gradcheck_fp64)
               0.0f);
     gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7,
               0.3f);
+    /* without biases (--no-bias): the stack's views are the weights alone */
+    tsgpt_config nb = *c;
+    nb.nobias = 1;
+    gradcheck(&tsgpt_family, (const int *)&nb, c->channels, c->lookback, c->horizon, 3, 1e-7,
+              0.0f);
 }
 END_TEST
 
@@ -626,7 +633,7 @@ START_TEST(test_patchts_learns)
 {
     rng_seed(&test_rng, SEED(50));
     char err[ERRBUF];
-    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16, 0 };
+    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16, 0, 0 };
     backend *be = backend_cpu_create(0, err);
     model *m = patchts_family.create(be, (int *)&c, err);
     int B = 16;
@@ -791,7 +798,7 @@ static Suite *series_suite(void)
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("models");
     tcase_set_timeout(tm, 120);
-    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 5);
+    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 7);
     tcase_add_test(tm, test_tsgpt_gradcheck_fp64);
     tcase_add_loop_test(tm, test_patchts_fp32_and_metrics, 0, 2);
     tcase_add_test(tm, test_patchts_revin_shift);

@@ -28,7 +28,7 @@ static uint64_t base_seed;
 #define SEED(k) (base_seed + (uint64_t)(k))
 
 /* image 8, 2 channels, patch 4 (4 patches of 32 values), 5 classes, L2 NH2 C8 */
-static const vit_config tiny = { 8, 2, 4, 5, 2, 2, 8 };
+static const vit_config tiny = { 8, 2, 4, 5, 2, 2, 8, 0 };
 
 static double rel_l2(const double *a, const double *b, size_t n)
 {
@@ -74,7 +74,7 @@ static model *make(backend *be, const vit_config *c)
 
 START_TEST(test_patchify)
 {
-    vit_config c = { 12, 3, 4, 10, 1, 1, 4 };
+    vit_config c = { 12, 3, 4, 10, 1, 1, 4, 0 };
     int B = 2, P = 4, H = 12, G = 3, D = 3 * 16, N = 9;
     size_t img = 3 * 12 * 12;
     float *x = malloc(B * img * sizeof *x), *out = malloc((size_t)B * N * D * sizeof *out);
@@ -119,10 +119,14 @@ START_TEST(test_gradcheck_fp64)
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
-    model *m = make(be, &tiny);
+    vit_config nb = tiny; /* 3: without biases (--no-bias) */
+    nb.nobias = 1;
+    model *m = make(be, _i == 3 ? &nb : &tiny);
     int B = 3;
     ck_assert_int_eq(m->plan(m, B, 0, err), 0);
     ck_assert_int_eq(m->T, 5);
+    for (int v = 0; _i == 3 && v < m->nviews; v++)
+        ck_assert_msg(!strstr(m->views[v].name, "bias"), "view %s", m->views[v].name);
     size_t n = m->nparams;
     double *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g), *fd = malloc(n * sizeof *fd);
     float x[3 * 2 * 64];
@@ -183,7 +187,7 @@ static void init_params(const vit_config *c, model *m, float *pf, uint64_t seed)
 START_TEST(test_fp32_matches_fp64)
 {
     char err[ERRBUF];
-    vit_config c = { 16, 3, 4, 10, 2, 4, 32 };
+    vit_config c = { 16, 3, 4, 10, 2, 4, 32, 0 };
     backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
     model *m64 = make(b64, &c), *m32 = make(b32, &c);
     int B = 5;
@@ -269,7 +273,7 @@ END_TEST
 START_TEST(test_overfit_one_batch)
 {
     char err[ERRBUF];
-    vit_config c = { 8, 1, 4, 10, 2, 2, 32 };
+    vit_config c = { 8, 1, 4, 10, 2, 2, 32, 0 };
     backend *be = backend_cpu_create(0, err);
     model *m = make(be, &c);
     int B = 16;
@@ -672,7 +676,7 @@ static int match_augmented(const float *x, const uint8_t *pix, int n, int ch, in
 
 START_TEST(test_source_idx)
 {
-    vit_config c = { 6, 1, 3, 10, 1, 1, 4 };
+    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0 };
     int n = 23, B = 4;
     uint8_t pix[23 * 36], lab[23];
     make_tmpdir();
@@ -747,7 +751,7 @@ START_TEST(test_source_idx)
     /* wrong geometry, too few images */
     model fake;
     memset(&fake, 0, sizeof fake);
-    vit_config big = { 8, 1, 4, 10, 1, 1, 4 };
+    vit_config big = { 8, 1, 4, 10, 1, 1, 4, 0 };
     memcpy(fake.config, &big, sizeof big);
     data_spec spec = { .path = tmpdir, .B = 4, .world = 1, .split = SPLIT_TRAIN };
     ck_assert_ptr_null(vit_family.open_data(&fake, &spec, err));
@@ -765,7 +769,7 @@ END_TEST
  * the same micro-batch index draws the same augmentation. */
 START_TEST(test_source_cifar_augment)
 {
-    vit_config c = { 32, 3, 8, 10, 1, 1, 4 };
+    vit_config c = { 32, 3, 8, 10, 1, 1, 4, 0 };
     uint8_t *pix = malloc(8 * 3072), lab[8];
     char err[ERRBUF];
     make_tmpdir();
@@ -808,7 +812,7 @@ static Suite *vit_suite(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_patchify);
-    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 3); /* 2: with dropout */
+    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 4); /* 2: with dropout; 3: no bias */
     tcase_add_test(tm, test_fp32_matches_fp64);
     tcase_add_test(tm, test_grads_accumulate);
     tcase_add_test(tm, test_overfit_one_batch);

@@ -25,7 +25,12 @@
 #include "../../data/rng.h"
 #include "transformer.h"
 
-#define NEMB 5 /* embedding views before the stack */
+/* Embedding views before the stack: three tables and the layernorm's gain
+ * and bias (no bias with nobias). */
+static int nemb(const bert_config *c)
+{
+    return c->nobias ? 4 : 5;
+}
 
 /* Masks of the validation and test splits come from this seed, not the run's,
  * so that evaluations of different runs see the same masked positions. */
@@ -35,11 +40,14 @@ static const family_field bert_fields[] = {
     { "V", "vocab-size", "model vocabulary: tokenizer ids + [CLS] [SEP] [MASK] [PAD]", 5,
       1 << 24, 0 },
     { "maxT", "max-seq", "longest sequence (learned positions)", 3, 1 << 20, 0 },
-    { "L", NULL, "post-LN transformer blocks", 1, 1024, 0 },
-    { "NH", NULL, "attention heads", 1, 1024, 0 },
-    { "C", NULL, "width", 1, 1 << 16, 0 },
+    { "L", "layers", "post-LN transformer blocks", 1, 1024, 0 },
+    { "NH", "heads", "attention heads", 1, 1024, 0 },
+    { "C", "width", "model width", 1, 1 << 16, 0 },
     { "nsp", "nsp", "next-sentence prediction: sentence pairs, pooler and 2-way head", 0, 1,
       FIELD_SWITCH },
+    /* optional: checkpoints from before the switch have biases */
+    { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
 };
 
 #define BERT_PRESETS "bert-tiny bert-mini bert-small bert-medium bert-base bert-large"
@@ -54,7 +62,7 @@ static int bert_preset(const char *name, int *v, char *err)
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) {
         if (strcmp(name, p[i].name) == 0) {
             /* GPT-2's BPE and the four specials; --vocab-size 260 for bytes */
-            bert_config c = { 50257 + MLM_SPECIALS, 512, p[i].L, p[i].NH, p[i].C, 0 };
+            bert_config c = { 50257 + MLM_SPECIALS, 512, p[i].L, p[i].NH, p[i].C, 0, 0 };
             memcpy(v, &c, sizeof c);
             return 0;
         }
@@ -66,7 +74,8 @@ static int bert_check(const int *v, char *err)
 {
     const bert_config *c = (const bert_config *)v;
     if (c->C % c->NH != 0)
-        return errf(err, "heads %d do not divide the width %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if (c->V - MLM_SPECIALS > 65536)
         return errf(err, "--vocab-size: %d: token shards hold at most 65536 tokenizer ids "
                          "(+%d specials)", c->V, MLM_SPECIALS);
@@ -77,7 +86,8 @@ static int bert_check(const int *v, char *err)
 
 static tstack_config stack_config(const bert_config *c)
 {
-    tstack_config t = { c->L, c->NH, c->C, 0, 1 }; /* bidirectional, post-LN */
+    tstack_config t = { .L = c->L, .NH = c->NH, .C = c->C, .causal = 0,
+                        .post_ln = 1, .nobias = c->nobias }; /* bidirectional, post-LN */
     return t;
 }
 
@@ -87,7 +97,8 @@ static size_t bert_layout(const int *cv, param_view **views, int *nviews)
     tstack_config tc = stack_config(c);
     int C = c->C, Vp = bert_padded_vocab(c->V), n = 0;
     size_t off = 0;
-    param_view *v = calloc((size_t)NEMB + tstack_nviews(&tc) + 9, sizeof *v);
+    param_view *v = calloc((size_t)nemb(c) + tstack_nviews(&tc) + 9, sizeof *v);
+    int bias = !c->nobias;
 
     *views = v;
     *nviews = 0;
@@ -97,20 +108,26 @@ static size_t bert_layout(const int *cv, param_view **views, int *nviews)
     model_add_view(v, &n, &off, "bert.embeddings.position_embeddings.weight", 2, c->maxT, C);
     model_add_view(v, &n, &off, "bert.embeddings.token_type_embeddings.weight", 2, 2, C);
     model_add_view(v, &n, &off, "bert.embeddings.LayerNorm.weight", 1, C, 0);
-    model_add_view(v, &n, &off, "bert.embeddings.LayerNorm.bias", 1, C, 0);
+    if (bias)
+        model_add_view(v, &n, &off, "bert.embeddings.LayerNorm.bias", 1, C, 0);
     tstack_layout(&tc, "bert.encoder.layer", NULL, v, &n, &off);
     if (c->nsp) {
         model_add_view(v, &n, &off, "bert.pooler.dense.weight", 2, C, C);
-        model_add_view(v, &n, &off, "bert.pooler.dense.bias", 1, C, 0);
+        if (bias)
+            model_add_view(v, &n, &off, "bert.pooler.dense.bias", 1, C, 0);
     }
     model_add_view(v, &n, &off, "cls.predictions.transform.dense.weight", 2, C, C);
-    model_add_view(v, &n, &off, "cls.predictions.transform.dense.bias", 1, C, 0);
+    if (bias)
+        model_add_view(v, &n, &off, "cls.predictions.transform.dense.bias", 1, C, 0);
     model_add_view(v, &n, &off, "cls.predictions.transform.LayerNorm.weight", 1, C, 0);
-    model_add_view(v, &n, &off, "cls.predictions.transform.LayerNorm.bias", 1, C, 0);
-    model_add_view(v, &n, &off, "cls.predictions.bias", 1, Vp, 0);
+    if (bias) {
+        model_add_view(v, &n, &off, "cls.predictions.transform.LayerNorm.bias", 1, C, 0);
+        model_add_view(v, &n, &off, "cls.predictions.bias", 1, Vp, 0);
+    }
     if (c->nsp) {
         model_add_view(v, &n, &off, "cls.seq_relationship.weight", 2, 2, C);
-        model_add_view(v, &n, &off, "cls.seq_relationship.bias", 1, 2, 0);
+        if (bias)
+            model_add_view(v, &n, &off, "cls.seq_relationship.bias", 1, 2, 0);
     }
     *nviews = n;
     return off;
@@ -124,7 +141,7 @@ static size_t bert_real_params(const int *cv)
     size_t total = bert_layout(cv, &v, &n);
     free(v);
     /* padded word-embedding rows and output-bias entries */
-    return total - (size_t)(bert_padded_vocab(c->V) - c->V) * (size_t)(c->C + 1);
+    return total - (size_t)(bert_padded_vocab(c->V) - c->V) * (size_t)(c->C + !c->nobias);
 }
 
 /* BERT's initialisation: N(0, 0.02) matrices and embeddings, zero biases,
@@ -136,7 +153,7 @@ static void bert_init(const int *cv, float *host, uint64_t seed)
     param_view *views;
     int n;
     size_t total = bert_layout(cv, &views, &n);
-    int first_head = NEMB + tstack_nviews(&tc);
+    int ne = nemb(c), first_head = ne + tstack_nviews(&tc);
     rng_state r;
 
     rng_seed(&r, seed);
@@ -144,8 +161,8 @@ static void bert_init(const int *cv, float *host, uint64_t seed)
     for (int i = 0; i < n; i++) {
         const param_view *p = &views[i];
         float *w = host + p->offset;
-        if (i == NEMB) {
-            tstack_init(&tc, views + NEMB, host, &r);
+        if (i == ne) {
+            tstack_init(&tc, views + ne, host, &r);
             i = first_head - 1;
             continue;
         }
@@ -221,28 +238,30 @@ static void resolve(model *m, void *base, bert_ptrs *q)
 {
     bert_state *s = m->priv;
     dtype t = m->be->act;
-    int i = s->first_head;
+    int i = s->first_head, bias = !s->cfg.nobias;
 #define AT(k) buf_at(base, m->views[k].offset, t)
+/* the next view if this model has biases, else NULL (the ops' "no bias") */
+#define BIAS(k) (bias ? AT(k++) : NULL)
+    memset(q, 0, sizeof *q);
     q->wte = AT(0);
     q->wpe = AT(1);
     q->wtt = AT(2);
     q->elnw = AT(3);
-    q->elnb = AT(4);
-    q->poolw = q->poolb = q->nspw = q->nspb = NULL;
+    q->elnb = bias ? AT(4) : NULL;
     if (s->cfg.nsp) {
-        q->poolw = AT(i);
-        q->poolb = AT(i + 1);
-        i += 2;
+        q->poolw = AT(i++);
+        q->poolb = BIAS(i);
     }
-    q->tw = AT(i);
-    q->tb = AT(i + 1);
-    q->tlnw = AT(i + 2);
-    q->tlnb = AT(i + 3);
-    q->obias = AT(i + 4);
+    q->tw = AT(i++);
+    q->tb = BIAS(i);
+    q->tlnw = AT(i++);
+    q->tlnb = BIAS(i);
+    q->obias = BIAS(i);
     if (s->cfg.nsp) {
-        q->nspw = AT(i + 5);
-        q->nspb = AT(i + 6);
+        q->nspw = AT(i++);
+        q->nspb = BIAS(i);
     }
+#undef BIAS
 #undef AT
 }
 
@@ -475,7 +494,7 @@ static void bert_backward(model *m)
                            s->emb_rstd, BT, C);
     be->encoder_backward(be, g->wte, g->wpe, s->d1, s->tokens, B, T, C);
     be->embedding_backward(be, g->wtt, s->d1, s->segments, BT, C);
-    model_views_ready(m, 0, NEMB - 1); /* embeddings, the decoder's share of wte included */
+    model_views_ready(m, 0, nemb(&s->cfg) - 1); /* embeddings, the decoder's share of wte too */
     s->have_grad = 0;
     range(be, "backward", 0);
 }
@@ -578,7 +597,7 @@ static model *bert_create(backend *be, const int *cv, char *err)
     }
     s->cfg = *c;
     s->Vp = bert_padded_vocab(c->V);
-    s->first_head = NEMB + tstack_nviews(&tc);
+    s->first_head = nemb(c) + tstack_nviews(&tc);
     m->nparams = bert_layout(cv, &m->views, &m->nviews);
     m->nparams_real = bert_real_params(cv);
     if (!m->views) {
@@ -589,7 +608,7 @@ static model *bert_create(backend *be, const int *cv, char *err)
         goto fail;
     resolve(m, m->params, &s->p);
     resolve(m, m->grads, &s->g);
-    s->stack = tstack_create(m, &tc, NEMB, err);
+    s->stack = tstack_create(m, &tc, nemb(c), err);
     if (!s->stack)
         goto fail;
     return m;

@@ -18,6 +18,7 @@ typedef struct {
     int NH;    /* heads */
     int C;     /* width */
     int nsp;   /* 1: pooler and next-sentence head, [CLS] A [SEP] B [SEP] pairs */
+    int nobias; /* 1: no bias in any linear layer or layernorm, the heads' included */
 } bert_config;
 
 /* Word-embedding rows (and output-bias entries) as stored: V rounded up to a

@@ -27,7 +27,7 @@ static const family_field ffnn_fields[] = {
     { "V", "vocab-size", "vocabulary size (token ids below it)", 2, 1 << 24, 0 },
     { "n", "window", "context window: the previous n tokens predict the next", 1, 1024, 0 },
     { "C", NULL, "embedding width per token", 1, 1 << 16, 0 },
-    { "H", "hidden", "hidden (tanh) layer width", 1, 1 << 16, 0 },
+    { "H", "width", "hidden (tanh) layer width (--hidden: the same)", 1, 1 << 16, 0 },
     { "direct", "direct", "direct connections from the embeddings to the output", 0, 1,
       FIELD_SWITCH },
 };
@@ -385,6 +385,7 @@ const model_family ffnn_family = {
                "hidden layer, softmax (--direct: direct connections)",
     .presets = FFNN_PRESETS,
     .generative = 1,
+    .random_rows = 1,
     .fields = ffnn_fields,
     .nfields = (int)(sizeof ffnn_fields / sizeof ffnn_fields[0]),
     .preset = ffnn_preset,

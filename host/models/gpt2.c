@@ -37,6 +37,7 @@ int gpt2_preset(const char *name, gpt2_config *cfg, char *err)
             cfg->L = p[i].L;
             cfg->NH = p[i].NH;
             cfg->C = p[i].C;
+            cfg->nobias = 0;
             return 0;
         }
     }
@@ -54,13 +55,14 @@ int gpt2_check_config(const gpt2_config *c, char *err)
     if (c->C < 1 || c->C > 1 << 16)
         return errf(err, "width %d out of range [1, 65536]", c->C);
     if (c->NH < 1 || c->C % c->NH != 0)
-        return errf(err, "heads %d do not divide the width %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     return 0;
 }
 
 static tstack_config stack_config(const gpt2_config *c)
 {
-    return (tstack_config){ c->L, c->NH, c->C, 1, 0 };
+    return (tstack_config){ c->L, c->NH, c->C, 1, 0, c->nobias };
 }
 
 size_t gpt2_layout(const gpt2_config *c, param_view **views, int *nviews)
@@ -367,9 +369,12 @@ fail:
 static const family_field gpt2_fields[] = {
     { "V", "vocab-size", "vocabulary size (50257: GPT-2's BPE; 256: bytes)", 2, 1 << 24, 0 },
     { "maxT", "max-seq", "context length (learned positions)", 1, 1 << 20, 0 },
-    { "L", NULL, "layers", 1, 1024, 0 },
-    { "NH", NULL, "attention heads", 1, 1 << 16, 0 },
-    { "C", NULL, "width", 1, 1 << 16, 0 },
+    { "L", "layers", "transformer blocks", 1, 1024, 0 },
+    { "NH", "heads", "attention heads", 1, 1 << 16, 0 },
+    { "C", "width", "model width", 1, 1 << 16, 0 },
+    /* optional: checkpoints from before the switch have biases */
+    { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
 };
 
 static int fam_preset(const char *name, int *v, char *err)
@@ -412,6 +417,8 @@ static void fam_describe(const int *v, FILE *out)
     const gpt2_config *c = (const gpt2_config *)v;
     fprintf(out, "vocab        %d (padded to %d)\n", c->V, gpt2_padded_vocab(c->V));
     fprintf(out, "layers       %d\nheads        %d\nwidth        %d\n", c->L, c->NH, c->C);
+    fprintf(out, "biases       %s\n", c->nobias ? "none (--no-bias)" : "in every linear layer "
+                 "and layernorm");
     fprintf(out, "context      %d tokens: causal attention sees every earlier position of "
                  "the sequence, up to T = --seq (at most %d, the learned positions)\n",
             c->maxT, c->maxT);
@@ -428,6 +435,7 @@ const model_family gpt2_family = {
     .summary = "GPT-2: decoder-only transformer LM (pre-LN, causal, tied embeddings)",
     .presets = "gpt2-124m gpt2-350m gpt2-774m gpt2-1558m d2 d4 d6 d12",
     .generative = 1,
+    .random_rows = 1,
     .fields = gpt2_fields,
     .nfields = (int)(sizeof gpt2_fields / sizeof gpt2_fields[0]),
     .preset = fam_preset,

@@ -14,6 +14,8 @@ typedef struct {
     int L;     /* layers */
     int NH;    /* heads */
     int C;     /* width */
+    int nobias; /* 1: no biases in linear layers and layernorms (nanoGPT's
+                 * bias=False); Hugging Face and llm.c files always have them */
 } gpt2_config;
 
 /* Vocabulary rows as stored: V rounded up to a multiple of 128, so that the

@@ -44,6 +44,9 @@ static const family_field patchts_fields[] = {
     { "C", "width", "model width", 1, 1 << 14, 0 },
     { "post_ln", "post-ln", "1: post-LN blocks, a layernorm after each residual add (PatchTST's "
       "order); 0: pre-LN", 0, 1, FIELD_OPTIONAL },
+    /* optional: checkpoints from before the switch have biases */
+    { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
 };
 
 static const char *const patchts_preset_names = "patchts-etth1 patchts-small patchts-tiny";
@@ -53,9 +56,9 @@ static int patchts_preset(const char *name, int *v, char *err)
     /* patchts-etth1: PatchTST's ETTh1 setting (look-back 336, P 16, S 8, end
      * padding: 42 patches; 3 post-LN layers, 4 heads, width 16). */
     static const struct { const char *name; patchts_config c; } p[] = {
-        { "patchts-etth1", { 7, 336, 96, 16, 8, 1, 3, 4, 16, 1 } },
-        { "patchts-small", { 7, 336, 96, 16, 8, 1, 2, 4, 32, 0 } },
-        { "patchts-tiny", { 7, 48, 24, 8, 4, 1, 1, 2, 8, 0 } },
+        { "patchts-etth1", { 7, 336, 96, 16, 8, 1, 3, 4, 16, 1, 0 } },
+        { "patchts-small", { 7, 336, 96, 16, 8, 1, 2, 4, 32, 0, 0 } },
+        { "patchts-tiny", { 7, 48, 24, 8, 4, 1, 1, 2, 8, 0, 0 } },
     };
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (strcmp(name, p[i].name) == 0) {
@@ -77,7 +80,8 @@ static int patchts_check(const int *v, char *err)
         return errf(err, "--patch: %d is longer than the look-back window %d", c->patch,
                     c->lookback);
     if (c->C % c->NH)
-        return errf(err, "--heads: %d heads do not divide the width %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if ((long)patchts_patches(c) * c->C > 1 << 24)
         return errf(err, "--lookback: %d patches of width %d make a head too large",
                     patchts_patches(c), c->C);
@@ -87,7 +91,7 @@ static int patchts_check(const int *v, char *err)
 static tstack_config stack_of(const patchts_config *c)
 {
     return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 0,
-                           .post_ln = c->post_ln };
+                           .post_ln = c->post_ln, .nobias = c->nobias };
 }
 
 static void add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
@@ -105,8 +109,12 @@ static void add_view(param_view *v, int *n, size_t *off, const char *name, int n
 }
 
 /* Views: patch_embed.{weight [C,P], bias [C]}, pos_embed [NP,C], the stack
- * ("h.N.*", then "ln_f.*" when pre-LN), head.{weight [H, NP*C], bias [H]}. */
-#define PTS_STACK_FIRST 3
+ * ("h.N.*", then "ln_f.*" when pre-LN), head.{weight [H, NP*C], bias [H]};
+ * without biases (nobias) the two .bias views are left out too. */
+static int stack_first(const patchts_config *c)
+{
+    return c->nobias ? 2 : 3;
+}
 
 static size_t patchts_layout(const int *v, param_view **views, int *nviews)
 {
@@ -121,11 +129,13 @@ static size_t patchts_layout(const int *v, param_view **views, int *nviews)
         return 0;
     }
     add_view(pv, &n, &off, "patch_embed.weight", 2, c->C, c->patch);
-    add_view(pv, &n, &off, "patch_embed.bias", 1, c->C, 0);
+    if (!c->nobias)
+        add_view(pv, &n, &off, "patch_embed.bias", 1, c->C, 0);
     add_view(pv, &n, &off, "pos_embed", 2, NP, c->C);
     tstack_layout(&tc, "h", "ln_f", pv, &n, &off);
     add_view(pv, &n, &off, "head.weight", 2, c->horizon, NP * c->C);
-    add_view(pv, &n, &off, "head.bias", 1, c->horizon, 0);
+    if (!c->nobias)
+        add_view(pv, &n, &off, "head.bias", 1, c->horizon, 0);
     *views = pv;
     *nviews = n;
     return off;
@@ -156,19 +166,20 @@ static void patchts_init(const int *v, float *host, uint64_t seed)
     int n;
     size_t total = patchts_layout(v, &views, &n);
     rng_state r;
-    int NP = patchts_patches(c);
+    int NP = patchts_patches(c), first = stack_first(c);
+    int head = n - (c->nobias ? 1 : 2); /* head.weight, then its bias if any */
 
     rng_seed(&r, seed);
     memset(host, 0, total * sizeof *host);
-    fill_uniform(host + views[0].offset, views[0].count, 1.0 / sqrt(c->patch), &r);
-    fill_uniform(host + views[1].offset, views[1].count, 1.0 / sqrt(c->patch), &r);
-    for (size_t i = 0; i < views[2].count; i++)
-        host[views[2].offset + i] = (float)(0.02 * rng_normal(&r));
-    tstack_init(&tc, views + PTS_STACK_FIRST, host, &r);
-    fill_uniform(host + views[n - 2].offset, views[n - 2].count, 1.0 / sqrt((double)NP * c->C),
-                 &r);
-    fill_uniform(host + views[n - 1].offset, views[n - 1].count, 1.0 / sqrt((double)NP * c->C),
-                 &r);
+    /* patch_embed.weight and .bias (views 0 .. first-2), then pos_embed */
+    for (int k = 0; k < first - 1; k++)
+        fill_uniform(host + views[k].offset, views[k].count, 1.0 / sqrt(c->patch), &r);
+    for (size_t i = 0; i < views[first - 1].count; i++)
+        host[views[first - 1].offset + i] = (float)(0.02 * rng_normal(&r));
+    tstack_init(&tc, views + first, host, &r);
+    for (int k = head; k < n; k++)
+        fill_uniform(host + views[k].offset, views[k].count, 1.0 / sqrt((double)NP * c->C),
+                     &r);
     free(views);
 }
 
@@ -387,13 +398,13 @@ static void pts_backward(model *m)
     be->fill(be, s->dflat, be->act, 0.0, (size_t)rows * NP * C);
     be->matmul_backward(be, s->dflat, s->dhead_w, s->dhead_b, s->dpred, s->z, s->head_w, rows,
                         NP * C, H);
-    views_ready(m, m->nviews - 2, m->nviews - 1);
+    views_ready(m, m->nviews - (s->cfg.nobias ? 1 : 2), m->nviews - 1);
     void *dx = tstack_backward(s->stack, s->dflat);
     model_dropout(m, dx, (size_t)rows * NP * C, DROPOUT_SITE_EMBED);
     /* x0 = emb + pos: emb's gradient is dx itself */
     be->sequence_embed_backward(be, NULL, NULL, s->dpos, dx, rows, NP, C);
     be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, dx, s->patches, s->pe_w, rows * NP, P, C);
-    views_ready(m, 0, 2);
+    views_ready(m, 0, stack_first(&s->cfg) - 1);
     s->have_grad = 0;
     if (be->range)
         be->range(be, "backward", 0);
@@ -498,16 +509,22 @@ static model *patchts_create(backend *be, const int *v, char *err)
     if (model_alloc(m, err))
         goto fail;
     tstack_config tc = stack_of(c);
-    s->stack = tstack_create(m, &tc, PTS_STACK_FIRST, err);
+    s->stack = tstack_create(m, &tc, stack_first(c), err);
     if (!s->stack)
         goto fail;
     dtype t = be->act;
-    int n = m->nviews;
+    int n = m->nviews, nb = c->nobias;
 #define P_(i) buf_at(m->params, m->views[i].offset, t)
 #define G_(i) buf_at(m->grads, m->views[i].offset, t)
-    s->pe_w = P_(0), s->pe_b = P_(1), s->pos = P_(2), s->head_w = P_(n - 2), s->head_b = P_(n - 1);
-    s->dpe_w = G_(0), s->dpe_b = G_(1), s->dpos = G_(2);
-    s->dhead_w = G_(n - 2), s->dhead_b = G_(n - 1);
+    /* without biases pe_b, head_b and their gradients stay NULL: the matmuls
+     * take a NULL bias as none */
+    s->pe_w = P_(0), s->dpe_w = G_(0);
+    s->pos = P_(nb ? 1 : 2), s->dpos = G_(nb ? 1 : 2);
+    s->head_w = P_(nb ? n - 1 : n - 2), s->dhead_w = G_(nb ? n - 1 : n - 2);
+    if (!nb) {
+        s->pe_b = P_(1), s->dpe_b = G_(1);
+        s->head_b = P_(n - 1), s->dhead_b = G_(n - 1);
+    }
 #undef P_
 #undef G_
     return m;

@@ -32,6 +32,7 @@ typedef struct {
     int pad;       /* 1: extend the window by S copies of its last value (one more patch) */
     int L, NH, C;  /* transformer: blocks, heads, width */
     int post_ln;   /* 1: post-LN blocks (PatchTST's order); 0: pre-LN with a final layernorm */
+    int nobias;    /* 1: no biases: patch embedding, stack and head weights only */
 } patchts_config;
 
 typedef struct {
@@ -39,6 +40,7 @@ typedef struct {
     int bins;      /* token vocabulary: quantisation bins */
     int samples;   /* sample paths per forecast (median, 10% and 90% quantiles) */
     int L, NH, C;
+    int nobias;    /* 1: no biases in the stack's linear layers and layernorms */
 } tsgpt_config;
 
 extern const model_family patchts_family;

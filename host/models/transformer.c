@@ -24,9 +24,23 @@ static const struct { const char *leaf; int ndim, rows, cols; } block_views[] = 
     { "mlp.c_proj.weight", 2, 1, 4 },  { "mlp.c_proj.bias", 1, 1, 0 },
 };
 
-int tstack_nviews(const tstack_config *c)
+/* The stack's parameters are addressed by slot: TSTACK_VIEWS_PER_BLOCK per
+ * block in block_views order, then the final layernorm's weight and bias.
+ * Every bias sits at an odd slot (the enum above alternates weight, bias),
+ * which is what a stack without biases leaves out of its views. */
+static int nslots(const tstack_config *c)
 {
     return TSTACK_VIEWS_PER_BLOCK * c->L + (c->post_ln ? 0 : 2);
+}
+
+static int slot_present(const tstack_config *c, int slot)
+{
+    return !c->nobias || slot % 2 == 0;
+}
+
+int tstack_nviews(const tstack_config *c)
+{
+    return c->nobias ? nslots(c) / 2 : nslots(c);
 }
 
 void tstack_layout(const tstack_config *c, const char *block_prefix, const char *final_ln,
@@ -35,6 +49,8 @@ void tstack_layout(const tstack_config *c, const char *block_prefix, const char 
     char name[64];
     for (int l = 0; l < c->L; l++) {
         for (int k = 0; k < TSTACK_VIEWS_PER_BLOCK; k++) {
+            if (!slot_present(c, k))
+                continue;
             snprintf(name, sizeof name, "%s.%d.%s", block_prefix, l, block_views[k].leaf);
             model_add_view(v, n, off, name, block_views[k].ndim, block_views[k].rows * c->C,
                            block_views[k].cols * c->C);
@@ -43,23 +59,27 @@ void tstack_layout(const tstack_config *c, const char *block_prefix, const char 
     if (!c->post_ln) {
         snprintf(name, sizeof name, "%s.weight", final_ln);
         model_add_view(v, n, off, name, 1, c->C, 0);
-        snprintf(name, sizeof name, "%s.bias", final_ln);
-        model_add_view(v, n, off, name, 1, c->C, 0);
+        if (!c->nobias) {
+            snprintf(name, sizeof name, "%s.bias", final_ln);
+            model_add_view(v, n, off, name, 1, c->C, 0);
+        }
     }
 }
 
 void tstack_init(const tstack_config *c, const param_view *views, float *host, rng_state *r)
 {
     float proj_std = 0.02f / sqrtf(2.0f * (float)c->L);
-    int nv = tstack_nviews(c);
-    for (int i = 0; i < nv; i++) {
-        const param_view *p = &views[i];
+    int ns = nslots(c), i = 0;
+    for (int slot = 0; slot < ns; slot++) {
+        if (!slot_present(c, slot))
+            continue;
+        const param_view *p = &views[i++];
         float *w = host + p->offset;
-        int k = i < TSTACK_VIEWS_PER_BLOCK * c->L ? i % TSTACK_VIEWS_PER_BLOCK : P_LN1W;
+        int k = slot < TSTACK_VIEWS_PER_BLOCK * c->L ? slot % TSTACK_VIEWS_PER_BLOCK : P_LN1W;
         if (p->ndim == 1) {
             /* LN gains 1 (the final LN's weight too), every bias 0 */
             int gain = k == P_LN1W || k == P_LN2W ||
-                       (i >= TSTACK_VIEWS_PER_BLOCK * c->L && i == nv - 2);
+                       (slot >= TSTACK_VIEWS_PER_BLOCK * c->L && slot == ns - 2);
             for (size_t j = 0; j < p->count; j++)
                 w[j] = gain ? 1.0f : 0.0f;
             continue;
@@ -87,7 +107,8 @@ struct tstack {
     model *m;
     tstack_config c;
     int first_view;
-    void **p, **g; /* [L * 12 + 2] parameter and gradient addresses, in view order */
+    void **p, **g; /* [L * 12 + 2] parameter and gradient addresses by slot
+                    * (NULL: a bias the stack does not have) */
     void *act_buf, *stat_buf;
     blk_acts *la;
     const void *x;                 /* the input of the last forward */
@@ -110,24 +131,27 @@ struct tstack {
 tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *err)
 {
     tstack *s = calloc(1, sizeof *s);
-    int nv = tstack_nviews(c);
-    if (!s || !(s->p = calloc((size_t)nv, sizeof *s->p)) ||
-        !(s->g = calloc((size_t)nv, sizeof *s->g))) {
+    int ns = nslots(c), view = first_view;
+    if (!s || !(s->p = calloc((size_t)ns, sizeof *s->p)) ||
+        !(s->g = calloc((size_t)ns, sizeof *s->g))) {
         tstack_destroy(s);
         errf(err, "out of memory");
         return NULL;
     }
     if (c->C % c->NH) {
         tstack_destroy(s);
-        errf(err, "heads %d do not divide the width %d", c->NH, c->C);
+        errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                  "the heads)", c->NH, c->C);
         return NULL;
     }
     s->m = m;
     s->c = *c;
     s->first_view = first_view;
-    for (int i = 0; i < nv; i++) {
-        s->p[i] = model_view_at(m, m->params, first_view + i);
-        s->g[i] = model_view_at(m, m->grads, first_view + i);
+    for (int i = 0; i < ns; i++) {
+        if (!slot_present(c, i))
+            continue; /* p[i], g[i] stay NULL: the ops take a NULL bias as none */
+        s->p[i] = model_view_at(m, m->params, view);
+        s->g[i] = model_view_at(m, m->grads, view++);
     }
     return s;
 }
@@ -389,8 +413,9 @@ static void mlp_branch_backward(tstack *s, int l, const void *dres3, const void 
 
 static void block_ready(tstack *s, int l)
 {
-    int v = s->first_view + l * TSTACK_VIEWS_PER_BLOCK;
-    model_views_ready(s->m, v, v + TSTACK_VIEWS_PER_BLOCK - 1);
+    int per = s->c.nobias ? TSTACK_VIEWS_PER_BLOCK / 2 : TSTACK_VIEWS_PER_BLOCK;
+    int v = s->first_view + l * per;
+    model_views_ready(s->m, v, v + per - 1);
 }
 
 /* Pre-LN: dres (d0) is the gradient of the residual stream, walked down. */
@@ -407,8 +432,8 @@ static void *backward_pre(tstack *s, const void *dout)
     be->layernorm_backward(be, dres, LNF_W(s, s->g), LNF_B(s, s->g), dout, res_last,
                            LNF_W(s, s->p), s->lnf_mean, s->lnf_rstd, BT, C);
     {
-        int v = s->first_view + L * TSTACK_VIEWS_PER_BLOCK;
-        model_views_ready(s->m, v, v + 1);
+        int v = s->first_view + tstack_nviews(&s->c) - (s->c.nobias ? 1 : 2);
+        model_views_ready(s->m, v, v + (s->c.nobias ? 0 : 1));
     }
     for (int l = L - 1; l >= 0; l--) {
         blk_acts *a = &s->la[l];

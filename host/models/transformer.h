@@ -21,7 +21,9 @@
  * ln_2.{weight,bias}, mlp.c_fc.{weight [4C,C], bias},
  * mlp.c_proj.{weight [C,4C], bias} (matmul weights [out, in]); in post-LN
  * blocks ln_1 and ln_2 are the layernorms after the attention and after the
- * MLP. A pre-LN stack ends with one more layernorm, named by the caller. */
+ * MLP. A pre-LN stack ends with one more layernorm, named by the caller.
+ * Without biases (nobias) every *.bias view is left out, the order of the
+ * others unchanged. */
 #ifndef ANATOMY_TRANSFORMER_H
 #define ANATOMY_TRANSFORMER_H
 
@@ -41,6 +43,9 @@ typedef struct {
     int L, NH, C;
     int causal;   /* 1: position i attends to j <= i */
     int post_ln;  /* 1: post-LN blocks (BERT), no final layernorm */
+    int nobias;   /* 1: no bias vectors at all, in the linear layers or the
+                   * layernorms (nanoGPT's bias=False): the views list the
+                   * weights only, and the ops get NULL biases */
 } tstack_config;
 
 /* Appends the stack's views to v (room for tstack_nviews) at *n, from

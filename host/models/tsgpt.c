@@ -54,6 +54,9 @@ static const family_field tsgpt_fields[] = {
     { "L", "layers", "transformer blocks", 1, 256, 0 },
     { "NH", "heads", "attention heads", 1, 256, 0 },
     { "C", "width", "model width", 1, 1 << 14, 0 },
+    /* optional: checkpoints from before the switch have biases */
+    { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
 };
 
 static const char *const tsgpt_preset_names = "tsgpt-etth1 tsgpt-tiny";
@@ -61,8 +64,8 @@ static const char *const tsgpt_preset_names = "tsgpt-etth1 tsgpt-tiny";
 static int tsgpt_preset(const char *name, int *v, char *err)
 {
     static const struct { const char *name; tsgpt_config c; } p[] = {
-        { "tsgpt-etth1", { 7, 96, 24, 256, 20, 2, 4, 64 } },
-        { "tsgpt-tiny", { 7, 24, 8, 64, 5, 1, 2, 16 } },
+        { "tsgpt-etth1", { 7, 96, 24, 256, 20, 2, 4, 64, 0 } },
+        { "tsgpt-tiny", { 7, 24, 8, 64, 5, 1, 2, 16, 0 } },
     };
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (strcmp(name, p[i].name) == 0) {
@@ -76,7 +79,8 @@ static int tsgpt_check(const int *v, char *err)
 {
     const tsgpt_config *c = (const tsgpt_config *)v;
     if (c->C % c->NH)
-        return errf(err, "--heads: %d heads do not divide the width %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if (c->lookback + c->horizon - 1 > 1 << 14)
         return errf(err, "--lookback: %d + %d steps make too long a sequence", c->lookback,
                     c->horizon);
@@ -90,7 +94,8 @@ static int padded_bins(int bins) { return (bins + 127) / 128 * 128; }
 
 static tstack_config stack_of(const tsgpt_config *c)
 {
-    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 1, .post_ln = 0 };
+    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 1, .post_ln = 0,
+                            .nobias = c->nobias };
 }
 
 static void add_view(param_view *v, int *n, size_t *off, const char *name, int d0, int d1)

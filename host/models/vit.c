@@ -25,16 +25,19 @@
 
 /* ---- config ---- */
 
-#define NFIELDS 7
+#define NFIELDS 8
 
 static const family_field vit_fields[NFIELDS] = {
     { "image", "image-size", "image height and width in pixels", 1, 4096, 0 },
     { "channels", "channels", "image channels (1 grey, 3 RGB)", 1, 64, 0 },
     { "patch", "patch", "patch side P in pixels (divides the image size)", 1, 4096, 0 },
     { "classes", "classes", "classes the head scores", 2, 1 << 20, 0 },
-    { "L", NULL, "transformer blocks", 1, 1024, 0 },
-    { "NH", NULL, "attention heads", 1, 1024, 0 },
-    { "C", NULL, "width (embedding size)", 1, 65536, 0 },
+    { "L", "layers", "transformer blocks", 1, 1024, 0 },
+    { "NH", "heads", "attention heads", 1, 1024, 0 },
+    { "C", "width", "model width (embedding size)", 1, 65536, 0 },
+    /* optional: checkpoints from before the switch have biases */
+    { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
 };
 
 static const struct {
@@ -42,17 +45,17 @@ static const struct {
     vit_config c;
 } vit_preset_table[] = {
     /* ViT-Ti/16, ViT-S/16, ViT-B/16 on ImageNet-sized inputs */
-    { "vit-tiny", { 224, 3, 16, 1000, 12, 3, 192 } },
-    { "vit-small", { 224, 3, 16, 1000, 12, 6, 384 } },
-    { "vit-base", { 224, 3, 16, 1000, 12, 12, 768 } },
+    { "vit-tiny", { 224, 3, 16, 1000, 12, 3, 192, 0 } },
+    { "vit-small", { 224, 3, 16, 1000, 12, 6, 384, 0 } },
+    { "vit-base", { 224, 3, 16, 1000, 12, 12, 768, 0 } },
     /* 28 x 28 grey (MNIST, Fashion-MNIST): 7 x 7 patches of 4 x 4, 50 positions */
-    { "vit-mnist", { 28, 1, 4, 10, 6, 4, 128 } },
+    { "vit-mnist", { 28, 1, 4, 10, 6, 4, 128, 0 } },
     /* the same, 16 patches of 7 x 7: a third of the positions, for CPU runs
      * (bench/vit_fashion_mnist.sh), and a tiny one for tests */
-    { "vit-mnist-p7", { 28, 1, 7, 10, 6, 4, 64 } },
-    { "vit-mnist-tiny", { 28, 1, 7, 10, 2, 2, 32 } },
+    { "vit-mnist-p7", { 28, 1, 7, 10, 6, 4, 64, 0 } },
+    { "vit-mnist-tiny", { 28, 1, 7, 10, 2, 2, 32, 0 } },
     /* 32 x 32 RGB (CIFAR-10): 8 x 8 patches of 4 x 4, 65 positions */
-    { "vit-cifar", { 32, 3, 4, 10, 6, 6, 192 } },
+    { "vit-cifar", { 32, 3, 4, 10, 6, 6, 192, 0 } },
 };
 
 #define NPRESETS ((int)(sizeof vit_preset_table / sizeof vit_preset_table[0]))
@@ -73,7 +76,8 @@ static int vit_check(const int *v, char *err)
     if (c->image % c->patch)
         return errf(err, "--patch: %d does not divide the image size %d", c->patch, c->image);
     if (c->C % c->NH)
-        return errf(err, "NH: %d heads do not divide the width C = %d", c->NH, c->C);
+        return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
+                         "the heads)", c->NH, c->C);
     if ((long long)vit_patches(c) + 1 > 1 << 20)
         return errf(err, "--patch: %d patches per image is too many", vit_patches(c));
     return 0;
@@ -84,9 +88,17 @@ static int vit_check(const int *v, char *err)
 /* Views before the stack, in buffer order. */
 enum { V_PE_W, V_PE_B, V_CLS, V_POS, V_STACK };
 
+/* The view index of one of the above: without biases V_PE_B is left out and
+ * the later ones move up by one. */
+static int vidx(const vit_config *c, int slot)
+{
+    return c->nobias && slot > V_PE_B ? slot - 1 : slot;
+}
+
 static tstack_config stack_config(const vit_config *c)
 {
-    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 0, .post_ln = 0 };
+    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 0, .post_ln = 0,
+                            .nobias = c->nobias };
 }
 
 /* patch_embed.{weight [C, ch*P*P], bias}, cls_token [C], pos_embed [N+1, C],
@@ -97,7 +109,7 @@ static size_t vit_layout(const int *cv, param_view **views, int *nviews)
 {
     const vit_config *c = (const vit_config *)cv;
     tstack_config sc = stack_config(c);
-    int n = 0, total = V_STACK + tstack_nviews(&sc) + 2;
+    int n = 0, total = vidx(c, V_STACK) + tstack_nviews(&sc) + 2;
     size_t off = 0;
     param_view *v = calloc((size_t)total, sizeof *v);
 
@@ -106,13 +118,15 @@ static size_t vit_layout(const int *cv, param_view **views, int *nviews)
     if (!v)
         return 0;
     model_add_view(v, &n, &off, "patch_embed.weight", 2, c->C, vit_patch_dim(c));
-    model_add_view(v, &n, &off, "patch_embed.bias", 1, c->C, 0);
+    if (!c->nobias)
+        model_add_view(v, &n, &off, "patch_embed.bias", 1, c->C, 0);
     model_add_view(v, &n, &off, "cls_token", 1, c->C, 0);
     model_add_view(v, &n, &off, "pos_embed", 2, vit_patches(c) + 1, c->C);
     v[n - 1].decay = 0;
     tstack_layout(&sc, "h", "ln_f", v, &n, &off);
     model_add_view(v, &n, &off, "head.weight", 2, c->classes, c->C);
-    model_add_view(v, &n, &off, "head.bias", 1, c->classes, 0);
+    if (!c->nobias)
+        model_add_view(v, &n, &off, "head.bias", 1, c->classes, 0);
     *nviews = n;
     return off;
 }
@@ -146,10 +160,10 @@ static void vit_init(const int *cv, float *host, uint64_t seed)
     memset(host, 0, total * sizeof *host);
     for (size_t k = 0; k < views[V_PE_W].count; k++)
         host[views[V_PE_W].offset + k] = (float)(pe_std * rng_normal(&r));
-    for (int i = V_CLS; i <= V_POS; i++)
+    for (int i = vidx(c, V_CLS); i <= vidx(c, V_POS); i++)
         for (size_t k = 0; k < views[i].count; k++)
             host[views[i].offset + k] = (float)(0.02 * rng_normal(&r));
-    tstack_init(&sc, &views[V_STACK], host, &r);
+    tstack_init(&sc, &views[vidx(c, V_STACK)], host, &r);
     /* head.weight and head.bias stay zero */
     free(views);
 }
@@ -322,7 +336,7 @@ static void vit_backward(model *m)
     be->fill(be, s->dpooled, t, 0.0, (size_t)B * C);
     be->matmul_backward(be, s->dpooled, s->dhead_w, s->dhead_b, s->dlogits, s->pooled,
                         s->head_w, B, C, K);
-    model_views_ready(m, m->nviews - 2, m->nviews - 1); /* head */
+    model_views_ready(m, m->nviews - (s->cfg.nobias ? 1 : 2), m->nviews - 1); /* head */
     be->fill(be, s->dout, t, 0.0, (size_t)B * s->T * C);
     be->rows_select_backward(be, s->dout, s->dpooled, B, s->T, C, 0);
     void *dx0 = tstack_backward(s->stack, s->dout); /* reports the stack's views */
@@ -331,7 +345,7 @@ static void vit_backward(model *m)
     be->sequence_embed_backward(be, s->demb, s->dcls, s->dpos, dx0, B, s->T, C);
     /* the patches are data: no gradient for them */
     be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, s->demb, s->patches, s->pe_w, BN, s->D, C);
-    model_views_ready(m, V_PE_W, V_POS);
+    model_views_ready(m, V_PE_W, vidx(&s->cfg, V_POS));
     s->have_grad = 0;
     range(be, "backward", 0);
 }
@@ -410,18 +424,20 @@ static model *vit_create(backend *be, const int *v, char *err)
     }
     if (model_alloc(m, err))
         goto fail;
-    s->stack = tstack_create(m, &sc, V_STACK, err);
+    s->stack = tstack_create(m, &sc, vidx(c, V_STACK), err);
     if (!s->stack)
         goto fail;
-    int head = m->nviews - 2;
+    int head = m->nviews - (c->nobias ? 1 : 2);
 #define P(i) model_view_at(m, m->params, i)
 #define G(i) model_view_at(m, m->grads, i)
     s->pe_w = P(V_PE_W), s->dpe_w = G(V_PE_W);
-    s->pe_b = P(V_PE_B), s->dpe_b = G(V_PE_B);
-    s->cls = P(V_CLS), s->dcls = G(V_CLS);
-    s->pos = P(V_POS), s->dpos = G(V_POS);
+    s->cls = P(vidx(c, V_CLS)), s->dcls = G(vidx(c, V_CLS));
+    s->pos = P(vidx(c, V_POS)), s->dpos = G(vidx(c, V_POS));
     s->head_w = P(head), s->dhead_w = G(head);
-    s->head_b = P(head + 1), s->dhead_b = G(head + 1);
+    if (!c->nobias) { /* else NULL: the matmuls take a NULL bias as none */
+        s->pe_b = P(V_PE_B), s->dpe_b = G(V_PE_B);
+        s->head_b = P(head + 1), s->dhead_b = G(head + 1);
+    }
 #undef P
 #undef G
     return m;

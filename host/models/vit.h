@@ -15,6 +15,7 @@ typedef struct {
     int patch;    /* P: patch side in pixels, divides image */
     int classes;
     int L, NH, C; /* blocks, heads, width */
+    int nobias;   /* 1: no biases: patch embedding, stack and head weights only */
 } vit_config;
 
 /* Patches per image and their length: N = (image/P)^2, ch*P*P values. */

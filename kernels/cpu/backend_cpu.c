@@ -365,9 +365,15 @@ static void cpu_layernorm_forward(backend *be, void *out_, void *mean_, void *rs
         for (int c = 0; c < C; c++)
             v += (x[c] - m) * (x[c] - m); /* two passes: no cancellation */
         real s = 1 / sqrt_r(v / C + (real)1e-5);
+        if (b) {
 #pragma omp simd
-        for (int c = 0; c < C; c++)
-            y[c] = (x[c] - m) * s * w[c] + b[c];
+            for (int c = 0; c < C; c++)
+                y[c] = (x[c] - m) * s * w[c] + b[c];
+        } else { /* a layernorm without bias (nanoGPT's bias=False) */
+#pragma omp simd
+            for (int c = 0; c < C; c++)
+                y[c] = (x[c] - m) * s * w[c];
+        }
         if (mean)
             mean[i] = m;
         if (rstd)

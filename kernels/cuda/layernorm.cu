@@ -66,7 +66,13 @@ UNROLL
 		float g[V], bb[V];
 		load_f<T, V>(f, x + c);
 		load_f<T, V>(g, w + c);
-		load_f<T, V>(bb, b + c);
+		if (b) {
+			load_f<T, V>(bb, b + c);
+		} else { /* no bias (nanoGPT's bias=False) */
+UNROLL
+			for (int k = 0; k < V; k++)
+				bb[k] = 0.0f;
+		}
 UNROLL
 		for (int k = 0; k < V; k++)
 			f[k] = (f[k] - m) * r * g[k] + bb[k];

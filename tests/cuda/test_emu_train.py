@@ -46,7 +46,9 @@ def shard(tmp_path):
 # (--dropout: the mask is a function of seed and element, so both drop the same)
 @pytest.mark.parametrize("precision,tol,extra,both", [
     ("fp32", 1e-5, [], []), ("bf16", 1e-2, [], []), ("fp32", 1e-5, ["--recompute"], []),
-    ("fp32", 1e-5, [], ["--dropout", "0.2"]), ("bf16", 1e-2, [], ["--dropout", "0.2"])])
+    ("fp32", 1e-5, [], ["--dropout", "0.2"]), ("bf16", 1e-2, [], ["--dropout", "0.2"]),
+    # no biases (nanoGPT's bias=False): NULL biases through every op
+    ("fp32", 1e-5, [], ["--no-bias"]), ("bf16", 1e-2, [], ["--no-bias"])])
 def test_train_matches_cpu(shard, tmp_path, precision, tol, extra, both):
     args = ["train", *TINY, "--data", shard, "--batch", "2", "--seq", "32", "--steps", "6",
             "--lr", "3e-3", "--warmup", "2", "--seed", "3", *both]
