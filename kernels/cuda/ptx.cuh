@@ -148,17 +148,23 @@ static __forceinline__ void ptx_ldmatrix(uint32_t *r, const void *smem_row, int 
 
 #endif /* ANATOMY_EMU */
 
+#ifndef ANATOMY_EMU
+/* mma.sync m16n8k16 with fp32 accumulation, A and B of type T ("bf16", "f16"). */
+#define PTX_MMA_M16N8K16(T, d, a, b, c)                                                             \
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 "                        \
+		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"                     \
+		     : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                   \
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),     \
+		       "f"(c[1]), "f"(c[2]), "f"(c[3]))
+#endif
+
 /* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: all 32 lanes. */
 static __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4])
 {
 #ifdef ANATOMY_EMU
 	ptx_mma(d, a, b, c, ptx_mma_m16n8k16_bf16_warp, "mma.sync.m16n8k16.bf16");
 #else
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
-		     : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-		       "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+	PTX_MMA_M16N8K16("bf16", d, a, b, c);
 #endif
 }
 
@@ -169,11 +175,7 @@ static __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32
 #ifdef ANATOMY_EMU
 	ptx_mma(d, a, b, c, ptx_mma_m16n8k16_f16_warp, "mma.sync.m16n8k16.f16");
 #else
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
-		     : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-		       "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+	PTX_MMA_M16N8K16("f16", d, a, b, c);
 #endif
 }
 

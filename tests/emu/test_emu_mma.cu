@@ -36,30 +36,8 @@ __global__ void k_mma(const __nv_bfloat16 *A, const __nv_bfloat16 *B, const floa
 		D[(i < 2 ? g : g + 8) * 8 + 2 * t + (i & 1)] = d[i];
 }
 
-static void run_mma(const float *hA, const float *hB, const float *hC, float *hD)
-{
-	__nv_bfloat16 a[256], b[128];
-	for (int i = 0; i < 256; i++)
-		a[i] = __float2bfloat16(hA[i]);
-	for (int i = 0; i < 128; i++)
-		b[i] = __float2bfloat16(hB[i]);
-	__nv_bfloat16 *dA, *dB;
-	float *dC, *dD;
-	CUDA_OK(cudaMalloc(&dA, sizeof(a)));
-	CUDA_OK(cudaMalloc(&dB, sizeof(b)));
-	CUDA_OK(cudaMalloc(&dC, 128 * sizeof(float)));
-	CUDA_OK(cudaMalloc(&dD, 128 * sizeof(float)));
-	CUDA_OK(cudaMemcpy(dA, a, sizeof(a), cudaMemcpyHostToDevice));
-	CUDA_OK(cudaMemcpy(dB, b, sizeof(b), cudaMemcpyHostToDevice));
-	CUDA_OK(cudaMemcpy(dC, hC, 128 * sizeof(float), cudaMemcpyHostToDevice));
-	CUDA_LAUNCH(1, 32, 0, 0, k_mma)(dA, dB, dC, dD);
-	CUDA_OK(cudaGetLastError());
-	CUDA_OK(cudaMemcpy(hD, dD, 128 * sizeof(float), cudaMemcpyDeviceToHost));
-	cudaFree(dA);
-	cudaFree(dB);
-	cudaFree(dC);
-	cudaFree(dD);
-}
+/* below, beside k_mma_f16 */
+static void run_mma(const float *hA, const float *hB, const float *hC, float *hD);
 
 START_TEST(test_mma_identity)
 {
@@ -151,13 +129,19 @@ __global__ void k_mma_f16(const unsigned short *A, const unsigned short *B, cons
 		D[(g + crow[i]) * 8 + 2 * t + ccol[i]] = d[i];
 }
 
-static void run_mma_f16(const float *hA, const float *hB, const float *hC, float *hD)
+/* Uploads A, B (rounded to bf16, or to fp16 when f16) and C, runs one
+ * m16n8k16 through k_mma (bf16) or k_mma_f16, and downloads D. */
+static void run_mma_any(const float *hA, const float *hB, const float *hC, float *hD, int f16)
 {
 	unsigned short a[256], b[128];
-	for (int i = 0; i < 256; i++)
-		a[i] = __half_as_ushort(__float2half(hA[i]));
-	for (int i = 0; i < 128; i++)
-		b[i] = __half_as_ushort(__float2half(hB[i]));
+	for (int i = 0; i < 384; i++) {
+		float x = i < 256 ? hA[i] : hB[i - 256];
+		unsigned short bits = f16 ? __half_as_ushort(__float2half(x)) : __bfloat16_as_ushort(__float2bfloat16(x));
+		if (i < 256)
+			a[i] = bits;
+		else
+			b[i - 256] = bits;
+	}
 	unsigned short *dA, *dB;
 	float *dC, *dD;
 	CUDA_OK(cudaMalloc(&dA, sizeof(a)));
@@ -167,7 +151,10 @@ static void run_mma_f16(const float *hA, const float *hB, const float *hC, float
 	CUDA_OK(cudaMemcpy(dA, a, sizeof(a), cudaMemcpyHostToDevice));
 	CUDA_OK(cudaMemcpy(dB, b, sizeof(b), cudaMemcpyHostToDevice));
 	CUDA_OK(cudaMemcpy(dC, hC, 128 * sizeof(float), cudaMemcpyHostToDevice));
-	CUDA_LAUNCH(1, 32, 0, 0, k_mma_f16)(dA, dB, dC, dD);
+	if (f16)
+		CUDA_LAUNCH(1, 32, 0, 0, k_mma_f16)(dA, dB, dC, dD);
+	else
+		CUDA_LAUNCH(1, 32, 0, 0, k_mma)((const __nv_bfloat16 *)dA, (const __nv_bfloat16 *)dB, dC, dD);
 	CUDA_OK(cudaGetLastError());
 	CUDA_OK(cudaMemcpy(hD, dD, 128 * sizeof(float), cudaMemcpyDeviceToHost));
 	cudaFree(dA);
@@ -175,6 +162,10 @@ static void run_mma_f16(const float *hA, const float *hB, const float *hC, float
 	cudaFree(dC);
 	cudaFree(dD);
 }
+
+static void run_mma(const float *hA, const float *hB, const float *hC, float *hD) { run_mma_any(hA, hB, hC, hD, 0); }
+
+static void run_mma_f16(const float *hA, const float *hB, const float *hC, float *hD) { run_mma_any(hA, hB, hC, hD, 1); }
 
 START_TEST(test_mma_f16_single_entry)
 {
