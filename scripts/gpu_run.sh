@@ -153,9 +153,25 @@ if [ "${1:-}" != --call ]; then
     for s in $sites; do
         for d in "$s"/nvidia/*/lib "$s"/nvidia/lib; do [ -d "$d" ] && search="$search $d"; done
     done
-    LD_LIBRARY_PATH=$(echo $search | tr ' ' ':')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export LD_LIBRARY_PATH
+    # only our binaries get this path (through the wrappers below): PyTorch
+    # keeps finding its own CUDA libraries first, as it does without us
+    GPU_RUN_LIBS=$(echo $search | tr ' ' ':')
+    export GPU_RUN_LIBS
+    mkdir -p "$work/bin"
+    for f in "$ANATOMY" "$PARITY" "$SEQ_PARITY" "$BENCH_ATT" "$BENCH_OPS" "$LLMC" "$here/bin/allreduce_bench" \
+        $KERNEL_TESTS; do
+        printf '#!/bin/sh\nLD_LIBRARY_PATH="$GPU_RUN_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' "$f" \
+            >"$work/bin/$(basename "$f")"
+        chmod +x "$work/bin/$(basename "$f")"
+    done
 fi
+# the binaries as the steps run them: through their wrappers; RAW_* as built
+RAW_PARITY=$PARITY RAW_BINS="$ANATOMY $PARITY $SEQ_PARITY $BENCH_ATT $BENCH_OPS $LLMC $KERNEL_TESTS"
+RAW_BINS="$RAW_BINS $(ls "$here"/bin/* "$here"/lib/*.so 2>/dev/null | tr '\n' ' ')"
+w() { echo "$work/bin/$(basename "$1")"; }
+ANATOMY=$(w "$ANATOMY") PARITY=$(w "$PARITY") SEQ_PARITY=$(w "$SEQ_PARITY") BENCH_ATT=$(w "$BENCH_ATT")
+BENCH_OPS=$(w "$BENCH_OPS") LLMC=$(w "$LLMC") ALLREDUCE=$(w "$here/bin/allreduce_bench")
+KERNEL_TESTS=$(for t in $KERNEL_TESTS; do w "$t"; done)
 
 env_check() {
     echo "host: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
@@ -165,15 +181,17 @@ env_check() {
     else
         echo "nvidia-smi: not found (no GPU driver here)"
     fi
-    echo "library search path: $LD_LIBRARY_PATH"
+    echo "library search path of our binaries: $GPU_RUN_LIBS"
     local f miss=0 lib
-    for f in "$ANATOMY" "$PARITY" "$SEQ_PARITY" "$BENCH_ATT" "$BENCH_OPS" "$LLMC" "$here"/bin/* $KERNEL_TESTS; do
+    export LD_LIBRARY_PATH="$GPU_RUN_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    for f in $RAW_BINS; do
         [ -e "$f" ] || { echo "MISSING: $f (not built)"; miss=1; continue; }
         lib=$(ldd "$f" 2>&1 | grep 'not found')
         [ -z "$lib" ] || { echo "$lib" | sed "s|^[[:space:]]*|MISSING: $(basename "$f") needs |"; miss=1; }
     done
     for lib in libcudnn.so.9 libnccl.so.2 libcublasLt.so.13 libnvrtc.so.13; do
-        echo "$lib: $(ldd "$here/lib/libanatomy_gpu.so" "$LLMC" 2>/dev/null | awk -v l=$lib '$1 == l { print $3; exit }')"
+        echo "$lib: $(ldd "$here/lib/libanatomy_gpu.so" "$here/bin/llmc_train_gpt2cu" 2>/dev/null |
+            awk -v l=$lib '$1 == l { print $3; exit }')"
     done
     return $miss
 }
@@ -212,7 +230,8 @@ memcheck() {
         echo "rehearsal: no compute-sanitizer; the emulator's own race and bounds checks stand in"
         CK_FORK=no CK_RUN_CASE=ops ANATOMY_TEST_SEED=12345 "$PARITY"
     elif command -v compute-sanitizer >/dev/null 2>&1; then
-        CK_FORK=no CK_RUN_CASE=ops ANATOMY_TEST_SEED=12345 compute-sanitizer --tool memcheck --error-exitcode 3 "$PARITY"
+        CK_FORK=no CK_RUN_CASE=ops ANATOMY_TEST_SEED=12345 LD_LIBRARY_PATH="$GPU_RUN_LIBS" \
+            compute-sanitizer --tool memcheck --error-exitcode 3 "$RAW_PARITY"
     else
         echo "compute-sanitizer: not found"
         return 1
@@ -220,8 +239,8 @@ memcheck() {
 }
 
 racecheck() {
-    CK_FORK=no CK_RUN_CASE=attention ANATOMY_TEST_SEED=12345 compute-sanitizer --tool racecheck \
-        --racecheck-report hazard --error-exitcode 3 "$PARITY"
+    CK_FORK=no CK_RUN_CASE=attention ANATOMY_TEST_SEED=12345 LD_LIBRARY_PATH="$GPU_RUN_LIBS" \
+        compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 3 "$RAW_PARITY"
 }
 
 # ---- GPT-2 124M, one shape for all three ----
@@ -266,7 +285,7 @@ if [ $mode != second ]; then
         say "== gpt2-torch-compile: left for the second call (under 120 s left)"
     fi
 else
-    step nccl 90 env ALLREDUCE_BENCH="$here/bin/allreduce_bench" sh "$repo/bench/bench_allreduce.sh" "$ANATOMY"
+    step nccl 90 env ALLREDUCE_BENCH="$ALLREDUCE" sh "$repo/bench/bench_allreduce.sh" "$ANATOMY"
     step racecheck 120 racecheck
     # 500 steps of the loss-curve comparison (PARITY_STEPS), PyTorch eager, in what is left
     step loss-parity 400 env -u B -u T ANATOMY="$ANATOMY" ANATOMY_CPU="$ANATOMY" STEPS=${PARITY_STEPS:-500} \
