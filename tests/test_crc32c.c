@@ -160,6 +160,7 @@ START_TEST(test_flipped_bit_is_named)
     ckpt_meta md;
     ck_assert_msg(ckpt_read_meta(path, &md, err) == 0, "%s", err); /* metadata still reads */
     ck_assert_ptr_null(ckpt_meta_get(&md, CKPT_CRC_KEY));
+    ckpt_meta_free(&md);
     free(p); free(m); free(s); free(q); free(v);
 }
 END_TEST
