@@ -1,6 +1,9 @@
 /* fsutil.c: see fsutil.h. */
 #include "fsutil.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -47,4 +50,13 @@ int fs_open_regular(const char *path, char *err)
         return errf(err, "%s: %s", path, strerror(e));
     }
     return fd;
+}
+
+char *fs_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
 }

@@ -19,4 +19,7 @@ int fs_open_regular(const char *path, char *err);
 /* "a FIFO", "a directory", "a character device", ... for st_mode. */
 const char *fs_kind(mode_t mode);
 
+/* "dir/name" in a new allocation (the caller frees it), or NULL when out of memory. */
+char *fs_join(const char *dir, const char *name);
+
 #endif

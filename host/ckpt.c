@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../data/errbuf.h"
+#include "../data/fsutil.h"
 #include "../data/json.h"
 #include "ckpt_crc.h"
 #include "safetensors.h"
@@ -361,18 +362,9 @@ int ckpt_load(const char *path, const param_view *views, int nviews, size_t tota
 
 /* ---- Hugging Face GPT-2 ---- */
 
-static char *join(const char *dir, const char *file)
-{
-    size_t n = strlen(dir) + strlen(file) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, file);
-    return p;
-}
-
 static int file_exists(const char *dir, const char *file)
 {
-    char *p = join(dir, file);
+    char *p = fs_join(dir, file);
     int ok = p && access(p, F_OK) == 0;
     free(p);
     return ok;
@@ -431,7 +423,7 @@ static int cfg_variant(const char *path, const json_value *root, const gpt2_conf
 /* Reads config.json into a validated config. */
 static int hf_read_config(const char *dir, gpt2_config *c, char *err)
 {
-    char *path = join(dir, "config.json");
+    char *path = fs_join(dir, "config.json");
     if (!path)
         return errf(err, "%s: out of memory", dir);
     json_doc *doc = json_parse_file(path, 1 << 20, err);
@@ -571,7 +563,7 @@ int hf_gpt2_import(const char *dir, gpt2_config *cfg, float **params, char *err)
                         "(convert it with safetensors first)", dir);
         return errf(err, "%s: model.safetensors missing", dir);
     }
-    char *path = join(dir, "model.safetensors");
+    char *path = fs_join(dir, "model.safetensors");
     param_view *views = NULL;
     int nviews = 0, rc = -1;
     st_file *f = path ? st_open(path, err) : NULL;
@@ -599,7 +591,7 @@ out:
 
 static int hf_write_config(const char *dir, const gpt2_config *c, char *err)
 {
-    char *path = join(dir, "config.json");
+    char *path = fs_join(dir, "config.json");
     if (!path)
         return errf(err, "%s: out of memory", dir);
     int eos = c->V > 50256 ? 50256 : c->V - 1;
@@ -645,7 +637,7 @@ int hf_gpt2_export(const char *dir, const gpt2_config *cfg, const float *params,
     param_view *views = NULL;
     int nviews = 0, rc = -1;
     gpt2_layout(cfg, &views, &nviews);
-    char *path = join(dir, "model.safetensors");
+    char *path = fs_join(dir, "model.safetensors");
     st_out_tensor *t = views ? calloc((size_t)nviews, sizeof(*t)) : NULL;
     if (!t || !path) {
         errf(err, "%s: out of memory", dir);

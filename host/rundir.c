@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "../data/errbuf.h"
+#include "../data/fsutil.h"
 #include "safetensors.h"
 
 int rundir_mkdir_p(const char *dir, char *err)
@@ -46,20 +47,11 @@ void rundir_ckpt_path(const char *out, int step, char *path, size_t cap)
     snprintf(path, cap, "%s/step_%06d.safetensors", out, step);
 }
 
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 /* ---- the lock ---- */
 
 static int take_lock(rundir *rd, char *err)
 {
-    char *path = join(rd->dir, "lock");
+    char *path = fs_join(rd->dir, "lock");
     if (!path)
         return errf(err, "--out %s: out of memory", rd->dir);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
@@ -143,7 +135,7 @@ static int scan_dir(rundir *rd, int after, int overwrite, char *err)
          * reused pid) keeps its files. Our own pid's are stale all the same:
          * we have written nothing yet (a restarted container reuses pids). */
         if (pid && (pid == (long)getpid() || (kill((pid_t)pid, 0) && errno == ESRCH))) {
-            char *p = join(rd->dir, e->d_name);
+            char *p = fs_join(rd->dir, e->d_name);
             if (p && unlink(p) == 0)
                 stale++;
             free(p);
@@ -153,7 +145,7 @@ static int scan_dir(rundir *rd, int after, int overwrite, char *err)
         if (s < 0 || s <= after)
             continue;
         if (overwrite) {
-            char *p = join(rd->dir, e->d_name);
+            char *p = fs_join(rd->dir, e->d_name);
             if (!p || unlink(p)) {
                 rc = errf(err, "--out %s: cannot remove %s: %s", rd->dir, e->d_name,
                           p ? strerror(errno) : "out of memory");
@@ -254,7 +246,7 @@ int rundir_open(rundir *rd, const char *dir, int step, int overwrite, char *err)
     if (rundir_mkdir_p(dir, err))
         return -1;
     rd->dir = strdup(dir);
-    rd->log_path = join(dir, "log.jsonl");
+    rd->log_path = fs_join(dir, "log.jsonl");
     rd->cap = 4096;
     rd->line = malloc(rd->cap);
     if (!rd->dir || !rd->log_path || !rd->line) {
