@@ -38,7 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
+#include "../blas.h"
 #include <omp.h>
 
 #include "../ops.h"

@@ -226,7 +226,7 @@ static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, con
 
 #else /* ------------------------------------------- emulated: OpenBLAS sgemm */
 
-#include <cblas.h>
+#include "../blas.h"
 
 struct mm_ctx {
 	float *buf[3];
