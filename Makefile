@@ -104,7 +104,7 @@ help:
 	@echo "make deps       install dependencies (root) or print the commands"
 	@echo "make test       build and run every test (C suites, then PyTorch/HF references)"
 	@echo "make demo       train a small GPT-2 on tinyshakespeare on the CPU, print samples"
-	@echo "make bench      time a d4 training step beside PyTorch on the CPU"
+	@echo "make bench      d12 training steps beside llm.c's PyTorch trainer on the CPU"
 	@echo "make asan       run the C suites under ASan + UBSan"
 	@echo "make test-kernels / test-cuda / test-dist / test-fuzz   one part of make test"
 	@echo "make emu        build/anatomy-emu: the CUDA backend on the device emulator"

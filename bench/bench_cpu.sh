@@ -9,13 +9,16 @@
 #                           SDPA, F.cross_entropy, AdamW (fused=False)
 #   llm.c C (train_gpt2.c)  not run: this workplace has no copy of it (see
 #                           bench/NOTES.md); the line says so
-# Median ms/step over steps 3..STEPS of each (the first two are warm-up).
+# Median ms/step over steps 3..STEPS of each (the first two are warm-up);
+# ROUNDS rounds of all of them in turn, each trainer's lowest median kept
+# (on a machine shared with other work, the round it was least disturbed).
 # No environment variable is set for the BLAS: each runs as a user would.
 #
 # usage: sh bench/bench_cpu.sh [ANATOMY_BIN]
 #   PRESET=NAME  d12 (default; L 12, C 768, 124M parameters), d4 or d2
 #   SHAPES="BxT ..."  micro-batches (default "4x64 8x256")
 #   STEPS=N      steps each (default 6)
+#   ROUNDS=N     rounds (default 2)
 #   THREADS=N    threads for all (default: all cores)
 #   OURS_TORCH=0 leave out bench/torch_gpt2_step.py
 #   ANCHORS=DIR  llm.c's folder (default ../shared/anchors/llm.c); none: skip it
@@ -27,6 +30,7 @@ threads=${THREADS:-$(nproc)}
 preset=${PRESET:-d12}
 shapes=${SHAPES:-4x64 8x256}
 ours_torch=${OURS_TORCH:-1}
+rounds=${ROUNDS:-2}
 py=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
 llmc=${ANCHORS:-}
@@ -70,45 +74,61 @@ fi
 
 blas=$("$bin" info | sed -n 's/^blas  *//p' | head -1)
 results=""
+best() { # the lower of two figures; a message (not run, failed) only when neither is one
+    case $1 in [0-9]*) ;; *) echo "$2"; return ;; esac
+    case $2 in [0-9]*) ;; *) echo "$1"; return ;; esac
+    $py -c "import sys; print(min(sys.argv[1:], key=float))" "$1" "$2"
+}
 for s in $shapes; do
     B=${s%x*}
     T=${s#*x}
-    echo "== $preset, B $B, T $T: anatomy ..."
-    OMP_NUM_THREADS=$threads "$bin" train --preset "$preset" --data "$tmp/tokens.bin" \
-        --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" --out "$tmp/run$s" \
-        >"$tmp/ours$s.txt" 2>&1 || { echo "bench_cpu.sh: anatomy train failed:" >&2; tail -5 "$tmp/ours$s.txt" >&2; exit 1; }
-    ours=$(sed -n 's/.*"ms": *\([0-9.]*\).*/\1/p' "$tmp/run$s/log.jsonl" | median)
-    if [ -z "$llmc" ] || [ "$llmc" = none ]; then
-        llm="not run (no llm.c folder: ANCHORS=DIR)"
-    elif [ "$preset" != d12 ]; then
-        llm="not run (llm.c's trainer has no $preset)"
-    else
-        echo "== $preset, B $B, T $T: llm.c train_gpt2.py ..."
-        if ( cd "$tmp" && OMP_NUM_THREADS=$threads TIKTOKEN_CACHE_DIR="$tmp/tiktoken" \
-            $py "$llmc/train_gpt2.py" --input_bin "$tmp/tokens.bin" --model d12 --batch_size "$B" \
-            --sequence_length "$T" --total_batch_size $((B * T)) --num_iterations "$steps" \
-            --device cpu --dtype float32 --compile 0 --flash 0 --tensorcores 0 --write_tensors 0 \
-            --overfit_single_batch 0 --learning_rate 6e-4 ) >"$tmp/llmc$s.txt" 2>&1; then
-            llm=$(sed -n 's/^step .*| (\([0-9.]*\) ms |.*/\1/p' "$tmp/llmc$s.txt" | median)
+    ours=none llm=none torch=none
+    for round in $(seq "$rounds"); do
+        tag="$s.$round"
+        echo "== $preset, B $B, T $T, round $round/$rounds: anatomy ..."
+        OMP_NUM_THREADS=$threads "$bin" train --preset "$preset" --data "$tmp/tokens.bin" \
+            --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" --out "$tmp/run$tag" \
+            >"$tmp/ours$tag.txt" 2>&1 || {
+            echo "bench_cpu.sh: anatomy train failed:" >&2
+            tail -5 "$tmp/ours$tag.txt" >&2
+            exit 1
+        }
+        ours=$(best "$ours" "$(sed -n 's/.*"ms": *\([0-9.]*\).*/\1/p' "$tmp/run$tag/log.jsonl" | median)")
+        if [ -z "$llmc" ] || [ "$llmc" = none ]; then
+            llm="not run (no llm.c folder: ANCHORS=DIR)"
+        elif [ "$preset" != d12 ]; then
+            llm="not run (llm.c's trainer has no $preset)"
         else
-            llm="failed: $(tail -1 "$tmp/llmc$s.txt")"
+            echo "== $preset, B $B, T $T, round $round/$rounds: llm.c train_gpt2.py ..."
+            if ( cd "$tmp" && OMP_NUM_THREADS=$threads TIKTOKEN_CACHE_DIR="$tmp/tiktoken" \
+                $py "$llmc/train_gpt2.py" --input_bin "$tmp/tokens.bin" --model d12 \
+                --batch_size "$B" --sequence_length "$T" --total_batch_size $((B * T)) \
+                --num_iterations "$steps" --device cpu --dtype float32 --compile 0 --flash 0 \
+                --tensorcores 0 --write_tensors 0 --overfit_single_batch 0 --learning_rate 6e-4 ) \
+                >"$tmp/llmc$tag.txt" 2>&1; then
+                llm=$(best "$llm" "$(sed -n 's/^step .*| (\([0-9.]*\) ms |.*/\1/p' "$tmp/llmc$tag.txt" | median)")
+            else
+                llm=$(best "$llm" "failed: $(tail -1 "$tmp/llmc$tag.txt")")
+            fi
         fi
-    fi
-    torch="not run (OURS_TORCH=0)"
-    if [ "$ours_torch" != 0 ]; then
-        echo "== $preset, B $B, T $T: bench/torch_gpt2_step.py ..."
-        torch=$(OMP_NUM_THREADS=$threads $py "$here/torch_gpt2_step.py" --data "$tmp/tokens.bin" \
-            --preset "$preset" --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" 2>&1 |
-            sed -n 's/^pytorch  *\([0-9.]*\) .*/\1/p')
-        [ -n "$torch" ] || torch=failed
-    fi
+        if [ "$ours_torch" = 0 ]; then
+            torch="not run (OURS_TORCH=0)"
+        else
+            echo "== $preset, B $B, T $T, round $round/$rounds: bench/torch_gpt2_step.py ..."
+            t=$(OMP_NUM_THREADS=$threads $py "$here/torch_gpt2_step.py" --data "$tmp/tokens.bin" \
+                --preset "$preset" --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" 2>&1 |
+                sed -n 's/^pytorch  *\([0-9.]*\) .*/\1/p')
+            torch=$(best "$torch" "${t:-failed}")
+        fi
+    done
     results="$results$B $T $ours $llm|$torch
 "
 done
 
 echo
 echo "GPT-2 $preset (V 50257), fp32, forward + backward + AdamW, $threads threads each," \
-     "median ms/step of steps 3..$steps"
+     "median ms/step of steps 3..$steps," \
+     "the lower of $rounds rounds"
 echo "anatomy's BLAS: $blas"
 echo "torch $($py -c 'import torch; print(torch.__version__, "BLAS:", "MKL" if torch.backends.mkl.is_available() else "?", "oneDNN:", torch.backends.mkldnn.is_available())' 2>/dev/null)"
 printf '%-9s %12s %18s %18s %12s %12s\n' "B x T" "anatomy ms" "llm.c PyTorch ms" "PyTorch(ours) ms" "x llm.c-py" "x ours-py"
