@@ -13,7 +13,7 @@ CC := gcc
 endif
 OPT      ?= -O3 -march=native
 CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) -fno-math-errno -Wall -Wextra -fopenmp -MMD -MP
-LDLIBS   += -lopenblas -lm -lpthread
+LDLIBS   += -lm -lpthread   # the BLAS: mk/blas.mk
 # Model families are found through weak references (host/family.c), which
 # would not pull their objects out of libanatomy.a: name each one to the linker.
 FAMILIES := gpt2 bert vit ffnn rnn lstm patchts tsgpt
@@ -25,8 +25,6 @@ export PYTHON
 
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
-OPENBLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
-CFLAGS += $(OPENBLAS_CFLAGS)
 
 CPU_SRCS  := $(wildcard kernels/cpu/*.c)
 LIB_SRCS  := $(wildcard data/*.c) $(filter-out host/main.c,$(wildcard host/*.c)) $(wildcard host/models/*.c)
@@ -106,7 +104,7 @@ help:
 	@echo "make deps       install dependencies (root) or print the commands"
 	@echo "make test       build and run every test (C suites, then PyTorch/HF references)"
 	@echo "make demo       train a small GPT-2 on tinyshakespeare on the CPU, print samples"
-	@echo "make bench      time a d4 training step beside PyTorch on the CPU"
+	@echo "make bench      d12 training steps beside llm.c's PyTorch trainer on the CPU"
 	@echo "make asan       run the C suites under ASan + UBSan"
 	@echo "make test-kernels / test-cuda / test-dist / test-fuzz / test-gpu-bundle   one part of make test"
 	@echo "make emu        build/anatomy-emu: the CUDA backend on the device emulator"

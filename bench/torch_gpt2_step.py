@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PRESETS = {"d4": dict(L=4, NH=4, C=256), "d2": dict(L=2, NH=2, C=128)}
+PRESETS = {"d12": dict(L=12, NH=12, C=768), "d4": dict(L=4, NH=4, C=256),
+           "d2": dict(L=2, NH=2, C=128)}
 WARMUP = 2  # steps left out of the median on both sides
 
 

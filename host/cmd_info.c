@@ -1,5 +1,6 @@
 /* cmd_info.c: `anatomy info`: a model's configuration, parameter count and
- * (with --views) its parameter table. Needs no backend. */
+ * (with --views) its parameter table; and the BLAS the CPU backend runs its
+ * matmuls on (alone when no model is named). Needs no backend. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,12 +10,21 @@
 #include "setup.h"
 
 static const char usage[] =
-    "usage: anatomy info (--preset NAME | --model NAME | --init PATH) [model options] [--views]\n"
+    "usage: anatomy info [(--preset NAME | --model NAME | --init PATH) [model options] [--views]]\n"
     "\n"
     "Prints the model's family, configuration, the context it sees, and its parameter\n"
-    "count (padding excluded).\n"
+    "count (padding excluded); then the BLAS of the CPU backend: library, version, the\n"
+    "kernel it chose for this CPU, threads (OMP_NUM_THREADS, else all cores), and the\n"
+    "file it was loaded from. With no model, only the BLAS.\n"
     "  --views   also list every parameter tensor with its shape and offset\n"
     "\n";
+
+static void print_blas(void)
+{
+    char buf[256];
+    printf("%-12s %s\n", "blas", blas_describe(0, buf, sizeof buf));
+    printf("%-12s %s\n", "blas library", blas_library_path());
+}
 
 static void print_count(const char *label, size_t n)
 {
@@ -65,6 +75,10 @@ int cmd_info(int argc, char **argv)
     free(longopts);
     if (optind < argc)
         cli_die("info: unexpected argument '%s'", argv[optind]);
+    if (!src.preset && !src.model && !src.init && !src.nset && !views) {
+        print_blas();
+        return 0;
+    }
     if (!!(src.preset || src.model) + !!src.init != 1)
         cli_die("info: give exactly one of --preset (or --model) or --init");
     if (src.init && src.nset)
@@ -80,6 +94,7 @@ int cmd_info(int argc, char **argv)
     cfg.family->describe(cfg.v, stdout);
     setup_print_settings(&cfg, stdout);
     print_count("parameters", cfg.family->real_params(cfg.v));
+    print_blas();
     if (views) {
         printf("\n%-40s %-14s %12s %12s %s\n", "tensor", "shape", "offset", "count", "decay");
         for (int i = 0; i < nviews; i++) {

@@ -392,6 +392,8 @@ int cmd_train(int argc, char **argv)
     o.dist = dd;
     o.rank = dd->rank;
     o.world = dd->world;
+    if (o.rank == 0 && strcmp(be->name, "cpu") == 0) /* which kernel the matmuls run on */
+        printf("blas: %s\n", blas_describe(threads, (char[256]){ 0 }, 256));
     model *m = setup_model(be, &src, &md);
     m->recompute = recompute;
     if (resume_path && !ckpt_meta_get(&md, "step"))

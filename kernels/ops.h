@@ -301,6 +301,16 @@ struct backend {
 /* Backends. Each returns NULL and fills err (ERRBUF bytes) when unavailable. */
 backend *backend_cpu_create(int threads, char *err);
 backend *backend_cpu64_create(int threads, char *err); /* fp64 oracle for the gradient checks */
+/* The CPU backend's BLAS (kernels/cpu/blas_info.c), as this process loaded it.
+ * blas_describe: one line naming the library, its version, the kernel it chose
+ * for this CPU and the threads (threads <= 0: OpenMP's default), in buf.
+ * blas_kernel: the kernel's name ("SkylakeX", "Haswell", "Prescott", ...).
+ * blas_kernel_mismatch: NULL, or what is wrong when that kernel is a generic
+ * fallback on a CPU with AVX2 or AVX-512. blas_library_path: the file loaded. */
+const char *blas_describe(int threads, char *buf, size_t n);
+const char *blas_kernel(void);
+const char *blas_kernel_mismatch(void);
+const char *blas_library_path(void);
 /* The CUDA backend (kernels/cuda/), linked only into builds that have it: its
  * symbol is weak here so that callers can test for it (NULL: not built in).
  * device: GPU index; act: DT_BF16 (mixed precision) or DT_F32 (verification). */

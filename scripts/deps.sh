@@ -3,7 +3,9 @@
 # prints the commands to run. Safe to run again: installed packages are skipped.
 set -e
 APT_PKGS="build-essential pkg-config check libsubunit-dev libopenblas-dev libopenmpi-dev openmpi-bin libpcre2-dev clang libclang-rt-14-dev curl gnuplot-nox dataset-fashion-mnist"
-PIP_PKGS="numpy torch transformers safetensors tiktoken tokenizers pytest"
+# scipy-openblas32: a current OpenBLAS that picks its kernel by CPU features
+# (mk/blas.mk links it; Debian's 0.3.21 falls back to SSE3 on newer CPUs).
+PIP_PKGS="numpy torch transformers safetensors tiktoken tokenizers pytest scipy-openblas32"
 PYTHON=${PYTHON:-python3}
 
 missing_apt=""
@@ -12,7 +14,8 @@ for p in $APT_PKGS; do
 done
 missing_pip=""
 for p in $PIP_PKGS; do
-    $PYTHON -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('$p') else 1)" 2>/dev/null \
+    mod=$(echo "$p" | tr - _)  # the module a package installs: scipy-openblas32 -> scipy_openblas32
+    $PYTHON -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('$mod') else 1)" 2>/dev/null \
         || missing_pip="$missing_pip $p"
 done
 

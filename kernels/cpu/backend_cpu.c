@@ -38,7 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
+#include "../blas.h"
 #include <omp.h>
 
 #include "../ops.h"
@@ -64,6 +64,8 @@ typedef float real;
 typedef struct {
     backend be; /* first, so a backend * is a cpu_backend * */
     int threads; /* <= 0: OpenMP's default at each call */
+    real *att_buf; /* attention's score blocks, ATT_ROWS x T x 2 per thread */
+    size_t att_cap; /* reals in att_buf */
 } cpu_backend;
 
 static int nthreads(const backend *be)
@@ -291,7 +293,11 @@ static void cpu_fill(backend *be, void *dst, dtype t, double value, size_t n)
 
 static void cpu_sync(backend *be) { (void)be; }
 
-static void cpu_destroy(backend *be) { free(be); }
+static void cpu_destroy(backend *be)
+{
+    free(((cpu_backend *)be)->att_buf);
+    free(be);
+}
 
 /* ---- encoder ------------------------------------------------------------- */
 
@@ -735,6 +741,105 @@ static void att_block_forward(real *out, real *lse, const real *q, const real *k
     }
 }
 
+/* ---- attention through the BLAS -------------------------------------------
+ * The same op as above with its matrix products made by sgemm: for each
+ * (b, h), query rows in blocks of ATT_ROWS, the block's scores S = q k^T
+ * against the keys it may see (causal: up to its last row) in a scratch of
+ * ATT_ROWS x T, softmax in place, then out = P v. Backward recomputes S and
+ * P from lse the same way, dP = dO v^T beside it, dS = P (dP - D) in place,
+ * and three products accumulate dv += P^T dO, dk += dS^T q, dq += dS k.
+ * At GPT-2 d12's B 8, T 256 (hs 64) forward + backward take 1.5x less time
+ * than the tiled code (bench/NOTES.md), though the masked upper triangle of
+ * each diagonal block is computed and zeroed. One (b, h) per task, so each task owns its output
+ * rows and sums into dk, dv in a fixed order; one BLAS call per product on
+ * the calling thread. Needs 2 ATT_ROWS T reals per thread (att_scratch);
+ * where that cannot be had the tiled code above runs instead. */
+
+#define ATT_ROWS 64
+
+/* The calling backend's scratch for `threads` threads of `per` reals each,
+ * grown on first use of a longer T; NULL when out of memory. */
+static real *att_scratch(backend *be, int threads, size_t per)
+{
+    cpu_backend *cb = (cpu_backend *)be;
+    size_t need = per * (size_t)threads;
+    if (need > cb->att_cap) {
+        size_t bytes = (need * sizeof(real) + ALIGN - 1) / ALIGN * ALIGN;
+        real *p = aligned_alloc(ALIGN, bytes);
+        if (!p)
+            return NULL;
+        free(cb->att_buf);
+        cb->att_buf = p;
+        cb->att_cap = need;
+    }
+    return cb->att_buf;
+}
+
+/* One (b, h): q, k, v point at the head's columns of row 0 and advance by
+ * `stride`; out by C. S: ATT_ROWS x T reals. */
+static void att_head_forward_blas(real *out, real *lse, const real *q, const real *k,
+                                  const real *v, size_t stride, int C, int T, int hs,
+                                  real scale, int causal, real *S)
+{
+    for (int i0 = 0; i0 < T; i0 += ATT_ROWS) {
+        int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, kend = causal ? i0 + rows : T;
+        GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kend, hs, scale, q + i0 * stride,
+             (int)stride, k, (int)stride, 0, S, kend);
+        for (int r = 0; r < rows; r++) {
+            real *s = S + (size_t)r * kend, m = -INFINITY, l = 0;
+            int n = causal ? i0 + r + 1 : T;
+            for (int t = 0; t < n; t++)
+                m = s[t] > m ? s[t] : m;
+#pragma omp simd reduction(+ : l)
+            for (int t = 0; t < kend; t++) {
+                real p = t < n ? exp_r(s[t] - m) : 0;
+                s[t] = p;
+                l += p;
+            }
+            real inv = 1 / l;
+#pragma omp simd
+            for (int t = 0; t < kend; t++)
+                s[t] *= inv;
+            lse[i0 + r] = m + log(l);
+        }
+        GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, kend, 1, S, kend, v,
+             (int)stride, 0, out + (size_t)i0 * C, C);
+    }
+}
+
+/* One (b, h), pointers as att_head_backward's. P, dP: ATT_ROWS x T reals. */
+static void att_head_backward_blas(real *dq, real *dk, real *dv, const real *q, const real *k,
+                                   const real *v, const real *dout, const real *out,
+                                   const real *lse, size_t stride, size_t ostride, int T, int hs,
+                                   real scale, int causal, real *P, real *dP)
+{
+    for (int i0 = 0; i0 < T; i0 += ATT_ROWS) {
+        int rows = T - i0 < ATT_ROWS ? T - i0 : ATT_ROWS, kend = causal ? i0 + rows : T;
+        const real *qb = q + i0 * stride, *dob = dout + i0 * ostride;
+        GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kend, hs, scale, qb, (int)stride, k,
+             (int)stride, 0, P, kend);
+        GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kend, hs, 1, dob, (int)ostride, v,
+             (int)stride, 0, dP, kend);
+        for (int r = 0; r < rows; r++) {
+            int i = i0 + r, n = causal ? i + 1 : T;
+            real *p = P + (size_t)r * kend, *dp = dP + (size_t)r * kend;
+            real D = dot(dout + i * ostride, out + i * ostride, hs), L = lse[i];
+#pragma omp simd
+            for (int t = 0; t < kend; t++) {
+                real pt = t < n ? exp_r(p[t] - L) : 0;
+                p[t] = pt;                          /* p_ij */
+                dp[t] = pt * (dp[t] - D) * scale;   /* ds_ij / sqrt(hs) */
+            }
+        }
+        GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, kend, hs, rows, 1, P, kend, dob,
+             (int)ostride, 1, dv, (int)stride);
+        GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, kend, hs, rows, 1, dP, kend, qb,
+             (int)stride, 1, dk, (int)stride);
+        GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, kend, 1, dP, kend, k,
+             (int)stride, 1, dq + i0 * stride, (int)stride);
+    }
+}
+
 static void cpu_attention_forward(backend *be, void *out_, void *lse_, const void *qkv_, int B,
                                   int T, int C, int NH, int causal)
 {
@@ -743,6 +848,21 @@ static void cpu_attention_forward(backend *be, void *out_, void *lse_, const voi
     int hs = C / NH, nblk = (T + QB - 1) / QB;
     size_t C3 = 3 * (size_t)C;
     real scale = (real)(1 / sqrt((double)hs));
+    size_t per = (size_t)ATT_ROWS * T;
+    int nt = nthreads(be);
+    real *buf = B > 0 && T > 0 ? att_scratch(be, nt, per) : NULL;
+    if (buf) {
+        int heads = B * NH;
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)heads * T * T * hs))
+        for (int bh = 0; bh < heads; bh++) {
+            int b = bh / NH, h = bh % NH;
+            const real *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
+            att_head_forward_blas(out + (size_t)b * T * C + (size_t)h * hs, lse + (size_t)bh * T,
+                                  base, base + C, base + 2 * (size_t)C, C3, C, T, hs, scale,
+                                  causal, buf + per * omp_get_thread_num());
+        }
+        return;
+    }
     long tasks = (long)B * NH * nblk;
     /* Blocks are independent; dealing them out one at a time balances the
      * causal triangle across threads. */
@@ -811,6 +931,22 @@ static void cpu_attention_backward(backend *be, void *dqkv_, const void *dout_,
     size_t C3 = 3 * (size_t)C;
     real scale = (real)(1 / sqrt((double)hs));
     int heads = B * NH;
+    size_t per = 2 * (size_t)ATT_ROWS * T;
+    real *buf = B > 0 && T > 0 ? att_scratch(be, nthreads(be), per) : NULL;
+    if (buf) {
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)heads * T * T * hs))
+        for (int bh = 0; bh < heads; bh++) {
+            int b = bh / NH, h = bh % NH;
+            size_t qo = (size_t)b * T * C3 + (size_t)h * hs;
+            size_t oo = (size_t)b * T * C + (size_t)h * hs;
+            real *P = buf + per * omp_get_thread_num();
+            att_head_backward_blas(dqkv + qo, dqkv + qo + C, dqkv + qo + 2 * (size_t)C, qkv + qo,
+                                   qkv + qo + C, qkv + qo + 2 * (size_t)C, dout + oo, out + oo,
+                                   lse + (size_t)bh * T, C3, (size_t)C, T, hs, scale, causal, P,
+                                   P + per / 2);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) num_threads(team(be, (double)heads * T * T * hs))
     for (int bh = 0; bh < heads; bh++) {
         int b = bh / NH, h = bh % NH;

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <cblas.h>
+#include "../blas.h"
 #include <omp.h>
 
 #include "cpu_ops.h"

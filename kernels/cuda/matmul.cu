@@ -246,7 +246,7 @@ static void mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, con
 
 #else /* ------------------------------------------- emulated: OpenBLAS sgemm */
 
-#include <cblas.h>
+#include "../blas.h"
 
 /* A plan as the native build would cache it, with the alignment every
  * pointer really had when it was made: cuBLASLt picks an algorithm for those,

@@ -1,0 +1,104 @@
+"""The BLAS the CPU backend runs its matmuls on: `anatomy info` and train's
+start-up line name the library, its version, the kernel and the threads, and
+the kernel in use is not a generic fallback on a CPU with AVX2 or AVX-512
+(an OpenBLAS older than the CPU picks its SSE3 kernel without a word, 5x
+slower at GPT-2's shapes: bench/NOTES.md). No environment variable may be
+needed for that: the tests run with OPENBLAS_* removed."""
+import os
+import platform
+import re
+
+import pytest
+
+BLAS = re.compile(r"^blas\s+OpenBLAS (\d+\.\d+\.\d+\S*) \((\S+)\), kernel (\S+), "
+                  r"(\d+) threads? \(", re.M)
+
+# OpenBLAS's x86 kernels without AVX2 (lower case, as openblas_get_corename()
+# names them): on a CPU with AVX2 or AVX-512 each is a generic fallback.
+PRE_AVX2 = {"prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge", "atom",
+            "katmai", "coppermine", "northwood", "banias", "athlon", "opteron", "opteron_sse3",
+            "barcelona", "bobcat", "bulldozer", "piledriver", "steamroller", "nano", "generic",
+            "unknown"}
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture
+def clean(binary):
+    """run(*args, **env) with every OPENBLAS_* / GOTO* variable removed."""
+    import subprocess
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "GOTO"))}
+
+    def _run(*args, **env):
+        p = subprocess.run([binary] + [str(a) for a in args], capture_output=True, text=True,
+                           env=dict(base, OMP_NUM_THREADS="2", **env), timeout=300)
+        return p.returncode, p.stdout, p.stderr
+    return _run
+
+
+def test_info_names_blas_version_kernel_threads(clean):
+    rc, out, err = clean("info")
+    assert rc == 0, err
+    m = BLAS.search(out)
+    assert m, out
+    version, build, kernel, threads = m.groups()
+    assert int(threads) == 2, out  # OMP_NUM_THREADS
+    assert build in ("scipy-openblas32", "libopenblas"), out
+    assert re.search(r"^blas library\s+/\S+", out, re.M), out
+    # with a model too, after its parameter count
+    rc, out, err = clean("info", "--preset", "d2")
+    assert rc == 0 and BLAS.search(out), out
+
+
+def test_train_startup_names_blas(clean, shard, tmp_path):
+    rc, out, err = clean("train", "--preset", "d2", "--vocab-size", "256", "--max-seq", "32",
+                         "--data", shard, "--batch", "2", "--seq", "32", "--steps", "1",
+                         "--device", "cpu", "--threads", "2")
+    assert rc == 0, err
+    m = re.search(r"^blas: OpenBLAS \S+ \(\S+\), kernel (\S+), 2 threads \(", out, re.M)
+    assert m, out
+
+
+def test_kernel_is_not_a_generic_fallback(clean):
+    """Fails when the kernel in use lacks AVX2 on a CPU that has AVX2 or
+    AVX-512 (or is the AVX2 kernel on an Intel CPU with AVX-512)."""
+    flags = cpu_flags()
+    if platform.machine() not in ("x86_64", "AMD64", "i686") or flags is None:
+        pytest.skip(f"not an x86 Linux CPU ({platform.machine()}): no AVX2/AVX-512 to check for")
+    if "avx2" not in flags and "avx512f" not in flags:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512: any OpenBLAS kernel is its best")
+    rc, out, err = clean("info")
+    assert rc == 0, err
+    m = BLAS.search(out)
+    assert m, out
+    kernel = m.group(3)
+    has = "AVX-512" if "avx512f" in flags else "AVX2"
+    assert kernel.lower() not in PRE_AVX2, (
+        f"the BLAS runs its generic {kernel} kernel on a CPU with {has}: link a BLAS that "
+        f"knows this CPU (make deps installs scipy-openblas32; mk/blas.mk)\n{out}")
+    intel = "GenuineIntel" in open("/proc/cpuinfo").read()
+    if "avx512f" in flags and intel:
+        assert kernel.lower() != "haswell", f"the AVX2 kernel on an AVX-512 CPU\n{out}"
+    assert "WARNING" not in out, out
+
+
+def test_fallback_is_reported(clean):
+    """A forced generic kernel (OPENBLAS_CORETYPE=Prescott) is named as one."""
+    flags = cpu_flags() or set()
+    if "avx2" not in flags and "avx512f" not in flags:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512: nothing to flag")
+    rc, out, err = clean("info", OPENBLAS_CORETYPE="Prescott")
+    assert rc == 0, err
+    m = BLAS.search(out)
+    assert m and m.group(3).lower() in PRE_AVX2, out
+    assert "WARNING, generic fallback" in out, out
