@@ -766,11 +766,11 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             if (isnan(vl))
                 goto done;
             if (o->rank == 0) {
-                printf("val   %5d/%d | loss %.6f | %d batches, %lld tokens", st->step, o->steps,
-                       vl, nval, (long long)nval * B * T);
+                /* the figures first, as before; what they were averaged over last */
+                printf("val   %5d/%d | loss %.6f", st->step, o->steps, vl);
                 for (int k = 0; m->metrics && k < m->nmetrics; k++)
                     printf(" | %s %.6f", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
-                printf("\n");
+                printf(" | %d batches, %lld tokens\n", nval, (long long)nval * B * T);
                 if (log) {
                     rundir_logf(log, "{\"step\": %d, \"val_loss\": %.9g", st->step, vl);
                     for (int k = 0; m->metrics && k < m->nmetrics; k++)
