@@ -73,9 +73,10 @@ $(BUILD)/.deps: scripts/deps.sh
 	@touch $@
 
 # The test ladder: C suites (op gradient checks, model checks, behaviour,
-# bad input) then the references (PyTorch, Hugging Face transformers).
+# bad input) then the references (PyTorch, Hugging Face transformers), then
+# the rest (mk/*.mk); -k: a failing part does not hide the parts after it.
 test: deps
-	$(MAKE) test-c test-py $(EXTRA_TESTS)
+	$(MAKE) -k test-c test-py $(EXTRA_TESTS)
 
 test-c: $(BUILD)/anatomy $(TEST_BINS)
 	@sh tests/run_c_tests.sh $(BUILD) $(TEST_BINS)

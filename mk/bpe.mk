@@ -38,11 +38,11 @@ $(FUZZ_DIR)/fuzz_bpe: tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c data/bpe
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_bpe.c data/bpe.c data/tokenizer.c -o $@ -lpthread
 
-$(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/shard.h data/rng.h data/errbuf.h \
-		data/readat.h
+$(FUZZ_DIR)/fuzz_shard: tests/fuzz/fuzz_shard.c data/shard.c data/fsutil.c data/shard.h data/rng.h \
+		data/errbuf.h data/readat.h data/fsutil.h
 	$(FUZZ_HAVE_CC)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_shard.c data/shard.c -o $@ -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_shard.c data/shard.c data/fsutil.c -o $@ -lm
 
 # Each target runs FUZZ_TIME seconds from its corpus of earlier runs (kept in
 # $(FUZZ_DIR)); a crash leaves the input as $(FUZZ_DIR)/crash-* and fails.
