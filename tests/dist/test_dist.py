@@ -297,8 +297,12 @@ def nompi_binary(tmp_path_factory):
     if "__asan_init" in syms:
         cc.append("-fsanitize=address,undefined")
     subprocess.run(cc + ["-c", os.path.join(REPO, "host/dist.c"), "-o", obj], check=True)
-    subprocess.run(cc + [main, obj, lib, "-o", exe, "-lopenblas", "-lm", "-lpthread"],
-                   check=True)
+    # the BLAS the build links (mk/blas.mk): its flags as `make blas-info` prints them
+    info = subprocess.run(["make", "-s", "--no-print-directory", "blas-info"], cwd=REPO,
+                          capture_output=True, text=True).stdout
+    blas = next((l.split(":", 1)[1].split() for l in info.splitlines()
+                 if l.strip().startswith("LIBS:")), ["-lopenblas"])
+    subprocess.run(cc + [main, obj, lib, "-o", exe] + blas + ["-lm", "-lpthread"], check=True)
     return exe
 
 
