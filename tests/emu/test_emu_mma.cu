@@ -37,7 +37,7 @@ __global__ void k_mma(const __nv_bfloat16 *A, const __nv_bfloat16 *B, const floa
 }
 
 /* below, beside k_mma_f16 */
-static void run_mma(const float *hA, const float *hB, const float *hC, float *hD);
+static void run_mma_any(const float *hA, const float *hB, const float *hC, float *hD, int f16);
 
 START_TEST(test_mma_identity)
 {
@@ -49,58 +49,13 @@ START_TEST(test_mma_identity)
 		B[i] = (float)(i + 1);
 		C[i] = 0.5f * (float)(i % 7);
 	}
-	run_mma(A, B, C, D);
+	run_mma_any(A, B, C, D, 0);
 	for (int m = 0; m < 16; m++)
 		for (int n = 0; n < 8; n++)
 			ck_assert_msg(D[m * 8 + n] == B[m * 8 + n] + C[m * 8 + n], "D[%d][%d] = %g", m, n, D[m * 8 + n]);
 }
 END_TEST
 
-START_TEST(test_mma_single_entry)
-{
-	/* A = e_i e_j^T: row i of D is row j of B, every other row is C */
-	uint64_t s = test_seed("mma_single_entry");
-	for (int round = 0; round < 4; round++) {
-		float A[256] = {0}, B[128], C[128], D[128];
-		int i = (int)(test_rng(&s) % 16), j = (int)(test_rng(&s) % 16);
-		A[i * 16 + j] = 2.0f;
-		for (int k = 0; k < 128; k++) {
-			B[k] = (float)((int)(test_rng(&s) % 200) - 100);
-			C[k] = (float)((int)(test_rng(&s) % 50));
-		}
-		run_mma(A, B, C, D);
-		for (int m = 0; m < 16; m++)
-			for (int n = 0; n < 8; n++) {
-				float want = C[m * 8 + n] + (m == i ? 2.0f * B[j * 8 + n] : 0.0f);
-				ck_assert_msg(D[m * 8 + n] == want, "e_%d e_%d^T: D[%d][%d] = %g, want %g", i, j, m, n,
-					      D[m * 8 + n], want);
-			}
-	}
-}
-END_TEST
-
-START_TEST(test_mma_random)
-{
-	uint64_t s = test_seed("mma_random");
-	float A[256], B[128], C[128], D[128];
-	double ref[128];
-	for (int i = 0; i < 256; i++)
-		A[i] = __bfloat162float(__float2bfloat16(test_uniform(&s, -2, 2)));
-	for (int i = 0; i < 128; i++) {
-		B[i] = __bfloat162float(__float2bfloat16(test_uniform(&s, -2, 2)));
-		C[i] = test_uniform(&s, -1, 1);
-	}
-	for (int m = 0; m < 16; m++)
-		for (int n = 0; n < 8; n++) {
-			ref[m * 8 + n] = C[m * 8 + n];
-			for (int k = 0; k < 16; k++)
-				ref[m * 8 + n] += (double)A[m * 16 + k] * B[k * 8 + n];
-		}
-	run_mma(A, B, C, D);
-	double err = rel_l2(D, ref, 128);
-	ck_assert_msg(err < 1e-6, "mma rel err %g", err);
-}
-END_TEST
 
 /* ---- mma.sync f16: the ISA's fragment tables typed per register ----
  * Written out again, one row per register (PTX ISA, "Matrix Fragments for
@@ -163,43 +118,48 @@ static void run_mma_any(const float *hA, const float *hB, const float *hC, float
 	cudaFree(dD);
 }
 
-static void run_mma(const float *hA, const float *hB, const float *hC, float *hD) { run_mma_any(hA, hB, hC, hD, 0); }
-
-static void run_mma_f16(const float *hA, const float *hB, const float *hC, float *hD) { run_mma_any(hA, hB, hC, hD, 1); }
-
-START_TEST(test_mma_f16_single_entry)
+/* The value a bf16 (_i 0) or fp16 (_i 1) operand register holds for x. */
+static float round16(float x, int f16)
 {
-	/* A = e_i e_j^T with values fp16 holds exactly but bf16 does not
-	 * (1 + 2^-9): row i of D is that multiple of row j of B */
-	uint64_t s = test_seed("mma_f16_single_entry");
+	return f16 ? __half2float(__float2half(x)) : __bfloat162float(__float2bfloat16(x));
+}
+
+START_TEST(test_mma_single_entry)
+{
+	/* A = e_i e_j^T: row i of D is that multiple of row j of B, every other
+	 * row is C. fp16's multiple, 1 + 2^-9, is one bf16 cannot hold. */
+	int f16 = _i;
+	float a = f16 ? 1.0f + 1.0f / 512 : 2.0f;
+	uint64_t s = test_seed(f16 ? "mma_f16_single_entry" : "mma_single_entry");
 	for (int round = 0; round < 6; round++) {
 		float A[256] = {0}, B[128], C[128], D[128];
 		int i = (int)(test_rng(&s) % 16), j = (int)(test_rng(&s) % 16);
-		A[i * 16 + j] = 1.0f + 1.0f / 512;
+		A[i * 16 + j] = a;
 		for (int k = 0; k < 128; k++) {
 			B[k] = (float)((int)(test_rng(&s) % 200) - 100);
 			C[k] = (float)((int)(test_rng(&s) % 50));
 		}
-		run_mma_f16(A, B, C, D);
+		run_mma_any(A, B, C, D, f16);
 		for (int m = 0; m < 16; m++)
 			for (int n = 0; n < 8; n++) {
-				float want = C[m * 8 + n] + (m == i ? A[i * 16 + j] * B[j * 8 + n] : 0.0f);
-				ck_assert_msg(D[m * 8 + n] == want, "f16 e_%d e_%d^T: D[%d][%d] = %.9g, want %.9g", i, j, m, n,
-					      D[m * 8 + n], want);
+				float want = C[m * 8 + n] + (m == i ? a * B[j * 8 + n] : 0.0f);
+				ck_assert_msg(D[m * 8 + n] == want, "%s e_%d e_%d^T: D[%d][%d] = %.9g, want %.9g",
+					      f16 ? "f16" : "bf16", i, j, m, n, D[m * 8 + n], want);
 			}
 	}
 }
 END_TEST
 
-START_TEST(test_mma_f16_random)
+START_TEST(test_mma_random)
 {
-	uint64_t s = test_seed("mma_f16_random");
+	int f16 = _i;
+	uint64_t s = test_seed(f16 ? "mma_f16_random" : "mma_random");
 	float A[256], B[128], C[128], D[128];
 	double ref[128];
 	for (int i = 0; i < 256; i++)
-		A[i] = __half2float(__float2half(test_uniform(&s, -2, 2)));
+		A[i] = round16(test_uniform(&s, -2, 2), f16);
 	for (int i = 0; i < 128; i++) {
-		B[i] = __half2float(__float2half(test_uniform(&s, -2, 2)));
+		B[i] = round16(test_uniform(&s, -2, 2), f16);
 		C[i] = test_uniform(&s, -1, 1);
 	}
 	for (int m = 0; m < 16; m++)
@@ -208,9 +168,9 @@ START_TEST(test_mma_f16_random)
 			for (int k = 0; k < 16; k++)
 				ref[m * 8 + n] += (double)A[m * 16 + k] * B[k * 8 + n];
 		}
-	run_mma_f16(A, B, C, D);
+	run_mma_any(A, B, C, D, f16);
 	double err = rel_l2(D, ref, 128);
-	ck_assert_msg(err < 1e-6, "mma f16 rel err %g", err);
+	ck_assert_msg(err < 1e-6, "mma %s rel err %g", f16 ? "f16" : "bf16", err);
 }
 END_TEST
 
@@ -495,10 +455,8 @@ int main(void)
 	TCase *tc = tcase_create("mma");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_mma_identity);
-	tcase_add_test(tc, test_mma_single_entry);
-	tcase_add_test(tc, test_mma_random);
-	tcase_add_test(tc, test_mma_f16_single_entry);
-	tcase_add_test(tc, test_mma_f16_random);
+	tcase_add_loop_test(tc, test_mma_single_entry, 0, 2); /* bf16, fp16 */
+	tcase_add_loop_test(tc, test_mma_random, 0, 2);
 	tcase_add_test(tc, test_shfl_modes_and_widths);
 	tcase_add_test(tc, test_ldmatrix);
 	tcase_add_test(tc, test_cp_async_zfill);
