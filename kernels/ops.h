@@ -11,7 +11,8 @@
  *    for the others.
  *  - Token ids and targets are int32 device buffers.
  *  - Every backward op ACCUMULATES (+=) into every gradient it writes, inputs
- *    and parameters alike, so residual branches and micro-batches simply add.
+ *    and parameters alike, so residual branches and micro-batches simply add;
+ *    except where an op takes a grad_mode (below) or says "written".
  *  - Row-major shapes; [N, C] means N rows of C contiguous elements.
  *  - Ops are asynchronous with respect to the host where the backend allows;
  *    `download` and the scalar-returning ops synchronise.
@@ -68,6 +69,13 @@ typedef struct {
                         * (CUDA, with master weights); hashed with step and
                         * element index; ignored by the CPU backend */
 } adamw_params;
+
+/* How a backward op writes an input gradient of which it is the first
+ * writer. GRAD_ADD: += (the rule above). GRAD_SET: = , for a scratch buffer
+ * whose old contents are garbage: the caller skips zero-filling it, and the
+ * op does not read it (the CUDA backend's matmul runs with beta = 0, which
+ * neither reads the zeros nor needs them written first). */
+typedef enum { GRAD_ADD = 0, GRAD_SET = 1 } grad_mode;
 
 typedef struct backend backend;
 struct backend {
@@ -141,11 +149,12 @@ struct backend {
      * Saves nothing (backward needs inp and weight). */
     void (*matmul_forward)(backend *be, void *out, const void *inp, const void *weight,
                            const void *bias, int N, int IC, int OC);
-    /* dinp += dout @ weight;  dweight += dout^T @ inp;  dbias += sum_n dout.
+    /* dinp += dout @ weight (dinp_mode GRAD_ADD) or dinp = dout @ weight (GRAD_SET);
+     * dweight += dout^T @ inp;  dbias += sum_n dout.
      * dinp or dbias may be NULL when not wanted. */
     void (*matmul_backward)(backend *be, void *dinp, void *dweight, void *dbias,
                             const void *dout, const void *inp, const void *weight,
-                            int N, int IC, int OC);
+                            int N, int IC, int OC, grad_mode dinp_mode);
 
     /* matmul + gelu: pre[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be
      * NULL), out[N,OC] = gelu(pre) (gelu as below). Writes both: pre is what
@@ -155,6 +164,16 @@ struct backend {
      * Backward: gelu_backward into dpre, then matmul_backward. */
     void (*matmul_gelu_forward)(backend *be, void *pre, void *out, const void *inp,
                                 const void *weight, const void *bias, int N, int IC, int OC);
+    /* matmul backward through the GELU that made its input: the forward was
+     * out[N,OC] = inp @ weight^T + bias with inp = gelu(pre), pre and inp: [N,IC].
+     * dpre = (dout @ weight) * gelu'(pre), WRITTEN (GRAD_SET: dpre is scratch);
+     * dweight += dout^T @ inp;  dbias += sum_n dout (dbias may be NULL).
+     * Equal to matmul_backward (GRAD_SET) into a buffer d, then gelu_backward
+     * from d into a zeroed dpre, but on CUDA (bf16) one cuBLASLt call with the
+     * DGELU epilogue: no write and re-read of d, no GELU-backward pass. */
+    void (*matmul_gelu_backward)(backend *be, void *dpre, void *dweight, void *dbias,
+                                 const void *dout, const void *inp, const void *pre,
+                                 const void *weight, int N, int IC, int OC);
 
     /* attention: multi-head scaled dot-product attention.
      * qkv: [B,T,3C] holding q, k, v for NH heads of size hs = C/NH each
@@ -315,6 +334,18 @@ const char *blas_library_path(void);
  * symbol is weak here so that callers can test for it (NULL: not built in).
  * device: GPU index; act: DT_BF16 (mixed precision) or DT_F32 (verification). */
 __attribute__((weak)) backend *backend_cuda_create(int device, dtype act, char *err);
+/* The CUDA backend's cuBLASLt matmuls since it was created, counted by the
+ * epilogue each ran with (CUDA_MM_*), so that a test can tell a fused path
+ * from its fallback. Weak like backend_cuda_create. */
+enum {
+    CUDA_MM_PLAIN,         /* no epilogue */
+    CUDA_MM_BIAS,          /* + bias */
+    CUDA_MM_GELU_AUX,      /* GELU, pre-activation kept (+ bias or not) */
+    CUDA_MM_DGELU,         /* times GELU'(aux): matmul_gelu_backward's dpre */
+    CUDA_MM_BGRADB,        /* bias gradient: column sums of op(B) over k */
+    CUDA_MM_EPILOGUES
+};
+__attribute__((weak)) unsigned long backend_cuda_matmul_count(backend *be, int epilogue);
 
 #ifdef __cplusplus
 }

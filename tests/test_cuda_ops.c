@@ -296,8 +296,35 @@ END_TEST
 
 typedef struct {
     int N, IC, OC, bias, dinp, dbias, offset; /* offset: elements, to misalign every buffer */
+    int set;                                  /* dinp GRAD_SET (into NaN) instead of += */
     double *inp, *w, *b, *dout;
 } mm_case;
+
+/* The CUDA backend's count of matmuls run with a cuBLASLt epilogue. */
+static unsigned long mm_count(backend *be, int epi)
+{
+    ck_assert_msg(backend_cuda_matmul_count != NULL, "linked without the CUDA backend");
+    return backend_cuda_matmul_count(be, epi);
+}
+
+/* Defined only by the device emulator's runtime: lets the one test source
+ * pick emulator-sized or GPU-sized shapes. */
+extern uint64_t emu_get_seed(void) __attribute__((weak));
+static int native_gpu(void) { return emu_get_seed == NULL; }
+
+/* That a fused epilogue ran `runs` times where `want` were expected. The
+ * emulator's heuristic offers every documented epilogue, so there a miss is
+ * a failure; a GPU's cuBLASLt may offer no algorithm (the op then falls back
+ * correctly), which is printed, not failed, so that the first GPU run says so. */
+static void fused_check(const char *what, const char *epi, unsigned long runs, unsigned long want)
+{
+    if (native_gpu() && runs < want) {
+        printf("note: %s: cuBLASLt ran %lu of %lu %s epilogues (no algorithm: the fallback ran)\n", what, runs,
+               want, epi);
+        return;
+    }
+    ck_assert_msg(runs == want, "%s: %lu %s epilogue calls, expected %lu", what, runs, epi, want);
+}
 
 static void *up_off(backend *be, dtype t, const double *h, size_t n, int off, void **base)
 {
@@ -321,16 +348,20 @@ static void mm_run(backend *be, const mm_case *c, double *out, double *dx, doubl
     bgx = grad_buf(be, NULL, ni + c->offset), bgw = grad_buf(be, NULL, nw + c->offset);
     bgb = grad_buf(be, NULL, c->OC + c->offset);
     void *gx = buf_at(bgx, c->offset, a), *gw = buf_at(bgw, c->offset, a), *gb = buf_at(bgb, c->offset, a);
-    if (p[0]) {
+    if (c->set && c->dinp && p[0])
+        be->fill(be, gx, a, NAN, ni); /* GRAD_SET must not read it */
+    else if (p[0])
         be->upload(be, gx, a, p[0], DT_F64, ni);
+    if (p[0]) {
         be->upload(be, gw, a, p[1], DT_F64, nw);
         be->upload(be, gb, a, p[2], DT_F64, c->OC);
     }
-    be->matmul_backward(be, c->dinp ? gx : NULL, gw, c->dbias ? gb : NULL, dy, inp, w, c->N, c->IC, c->OC);
+    be->matmul_backward(be, c->dinp ? gx : NULL, gw, c->dbias ? gb : NULL, dy, inp, w, c->N, c->IC, c->OC,
+                        c->set ? GRAD_SET : GRAD_ADD);
     be->download(be, dx, DT_F64, gx, a, ni);
     be->download(be, dw, DT_F64, gw, a, nw);
     be->download(be, db, DT_F64, gb, a, c->OC);
-    for (size_t i = 0; p[0] && i < ni; i++)
+    for (size_t i = 0; p[0] && !c->set && i < ni; i++)
         dx[i] -= p[0][i];
     for (size_t i = 0; p[0] && i < nw; i++)
         dw[i] -= p[1][i];
@@ -345,15 +376,17 @@ START_TEST(test_matmul)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
-    /* N, IC, OC, bias, dinp, dbias, offset */
-    static const int cases[][7] = {
-        { 64, 64, 96, 1, 1, 1, 0 }, { 37, 24, 40, 0, 1, 1, 0 }, { 33, 40, 20, 1, 0, 1, 1 },
-        { 130, 16, 48, 1, 1, 0, 0 }, { 5, 200, 8, 1, 1, 1, 3 },
+    /* N, IC, OC, bias, dinp, dbias, offset, dinp GRAD_SET */
+    static const int cases[][8] = {
+        { 64, 64, 96, 1, 1, 1, 0, 0 }, { 37, 24, 40, 0, 1, 1, 0, 0 }, { 33, 40, 20, 1, 0, 1, 1, 0 },
+        { 130, 16, 48, 1, 1, 0, 0, 0 }, { 5, 200, 8, 1, 1, 1, 3, 0 }, { 37, 21, 13, 1, 1, 1, 0, 1 },
+        { 16, 40, 24, 0, 1, 0, 1, 1 },
     };
     seed("matmul", _i);
-    for (int s = 0; s < 5; s++) {
+    for (int s = 0; s < 7; s++) {
         mm_case c = { cases[s][0], cases[s][1], cases[s][2], cases[s][3], cases[s][4], cases[s][5],
-                      cases[s][6], NULL, NULL, NULL, NULL };
+                      cases[s][6], cases[s][7], NULL, NULL, NULL, NULL };
+        unsigned long bgrad0 = mm_count(g, CUDA_MM_BGRADB);
         size_t ni = (size_t)c.N * c.IC, nw = (size_t)c.OC * c.IC, no = (size_t)c.N * c.OC;
         c.inp = rnd(ni, 1, act), c.w = rnd(nw, 1, act), c.b = rnd(c.OC, 1, act), c.dout = rnd(no, 1, act);
         double *o[2], *dx[2], *dw[2], *db[2], *none[3] = { NULL, NULL, NULL };
@@ -369,7 +402,7 @@ START_TEST(test_matmul)
         snprintf(what, sizeof what, "matmul %dx%dx%d dweight", c.N, c.IC, c.OC);
         expect_close(what, act, dw[1], dw[0], nw, tol(act));
         if (c.dinp) {
-            snprintf(what, sizeof what, "matmul %dx%dx%d dinp", c.N, c.IC, c.OC);
+            snprintf(what, sizeof what, "matmul %dx%dx%d dinp%s", c.N, c.IC, c.OC, c.set ? " (set)" : "");
             expect_close(what, act, dx[1], dx[0], ni, tol(act));
         } else {
             for (size_t i = 0; i < ni; i++)
@@ -378,6 +411,8 @@ START_TEST(test_matmul)
         if (c.dbias) {
             snprintf(what, sizeof what, "matmul %dx%dx%d dbias", c.N, c.IC, c.OC);
             expect_close(what, act, db[1], db[0], c.OC, tol(act));
+            /* the bias gradient came from the dweight product's BGRADB epilogue */
+            fused_check(what, "BGRADB", mm_count(g, CUDA_MM_BGRADB) - bgrad0, 1);
         } else {
             for (int i = 0; i < c.OC; i++)
                 ck_assert_msg(db[1][i] == 0.0, "dbias changed though NULL was passed");
@@ -549,6 +584,98 @@ START_TEST(test_matmul_gelu)
 }
 END_TEST
 
+/* ---- matmul backward through GELU ---- */
+
+/* matmul_gelu_backward against the oracle: dpre written over NaN, dweight
+ * and dbias added to a prefill. inp = gelu(pre) is computed here and
+ * uploaded to both, so the op is compared, not the forward's rounding. bf16
+ * takes cuBLASLt's DGELU epilogue when IC % 8 == 0 and pre is 16-byte
+ * aligned (counted), else the matmul and gelu.cu's in-place kernel; fp32
+ * always the latter. In the emulator a second pass makes the heuristic
+ * refuse DGELU and BGRADB (ANATOMY_EMU_LT_REFUSE): the fallbacks in bf16. */
+START_TEST(test_matmul_gelu_backward)
+{
+    dtype act = mode(_i);
+    backend *r = oracle();
+    /* N, IC, OC, bias, offset */
+    static const int cases[][5] = {
+        { 64, 64, 96, 1, 0 }, { 37, 40, 13, 1, 0 }, { 33, 20, 24, 1, 0 }, { 5, 24, 13, 0, 3 },
+        { 130, 16, 8, 1, 8 }, { 7, 13, 5, 1, 0 },
+    };
+    seed("matmul_gelu_backward", _i);
+    for (int refuse = 0; refuse < 1 + !native_gpu(); refuse++) {
+        if (refuse)
+            setenv("ANATOMY_EMU_LT_REFUSE", "DGELU,BGRADB", 1);
+        backend *g = gpu(act);
+        unsetenv("ANATOMY_EMU_LT_REFUSE");
+        for (int s = 0; s < 6; s++) {
+            int N = cases[s][0], IC = cases[s][1], OC = cases[s][2], bias = cases[s][3], off = cases[s][4];
+            size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+            double *pre = rnd(ni, 1.5, act), *w = rnd(nw, 1, act), *dout = rnd(no, 1, act), *h = xmalloc(ni * 8);
+            for (size_t i = 0; i < ni; i++) {
+                double x = pre[i];
+                h[i] = in_type(0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))), act);
+            }
+            double *got[2][3];
+            double *p[3] = { NULL, NULL, NULL };
+            unsigned long dgelu0 = mm_count(g, CUDA_MM_DGELU), bgrad0 = mm_count(g, CUDA_MM_BGRADB);
+            for (int k = 0; k < 2; k++) {
+                backend *e = k ? g : r;
+                dtype a = e->act;
+                int o = k ? off : 0;
+                void *bp, *bh, *bw, *bd;
+                void *dp = up_off(e, a, pre, ni, o, &bp), *dh = up_off(e, a, h, ni, o, &bh);
+                void *dw = up_off(e, a, w, nw, o, &bw), *dd = up_off(e, a, dout, no, o, &bd);
+                void *bdpre = poisoned(e, a, ni + o), *bgw = grad_buf(e, NULL, nw + o), *bgb = grad_buf(e, NULL, OC + o);
+                void *gp = buf_at(bdpre, o, a), *gw = buf_at(bgw, o, a), *gb = buf_at(bgb, o, a);
+                if (k) {
+                    e->upload(e, gw, a, p[1], DT_F64, nw);
+                    e->upload(e, gb, a, p[2], DT_F64, OC);
+                }
+                e->matmul_gelu_backward(e, gp, gw, bias ? gb : NULL, dd, dh, dp, dw, N, IC, OC);
+                for (int j = 0; j < 3; j++)
+                    got[k][j] = xmalloc((j == 0 ? ni : j == 1 ? nw : (size_t)OC) * 8);
+                e->download(e, got[k][0], DT_F64, gp, a, ni);
+                e->download(e, got[k][1], DT_F64, gw, a, nw);
+                e->download(e, got[k][2], DT_F64, gb, a, OC);
+                for (size_t i = 0; k && i < nw; i++)
+                    got[k][1][i] -= p[1][i];
+                for (int i = 0; k && i < OC; i++)
+                    got[k][2][i] -= p[2][i];
+                void *bufs[] = { bp, bh, bw, bd, bdpre, bgw, bgb };
+                for (int i = 0; i < 7; i++)
+                    e->free(e, bufs[i]);
+                if (!k) {
+                    p[0] = NULL;
+                    p[1] = prefill_for(got[0][1], nw, act);
+                    p[2] = prefill_for(got[0][2], OC, act);
+                }
+            }
+            char what[112];
+            const char *tag = off ? " unaligned" : refuse ? " (refused)" : "";
+            snprintf(what, sizeof what, "matmul_gelu_backward %dx%dx%d%s dpre", N, IC, OC, tag);
+            expect_close(what, act, got[1][0], got[0][0], ni, tol(act));
+            int fused = !refuse && act == DT_BF16 && IC % 8 == 0 && (off * 2) % 16 == 0;
+            fused_check(what, "DGELU", mm_count(g, CUDA_MM_DGELU) - dgelu0, fused);
+            snprintf(what, sizeof what, "matmul_gelu_backward %dx%dx%d%s dweight", N, IC, OC, tag);
+            expect_close(what, act, got[1][1], got[0][1], nw, tol(act));
+            snprintf(what, sizeof what, "matmul_gelu_backward %dx%dx%d%s dbias", N, IC, OC, tag);
+            if (bias)
+                expect_close(what, act, got[1][2], got[0][2], OC, tol(act));
+            for (int i = 0; !bias && i < OC; i++)
+                ck_assert_msg(got[1][2][i] == 0.0, "dbias changed though NULL was passed");
+            fused_check(what, "BGRADB", mm_count(g, CUDA_MM_BGRADB) - bgrad0, bias && !refuse);
+            for (int k = 0; k < 2; k++)
+                for (int j = 0; j < 3; j++)
+                    free(got[k][j]);
+            free(p[1]), free(p[2]), free(pre), free(w), free(dout), free(h);
+        }
+        g->destroy(g);
+    }
+    r->destroy(r);
+}
+END_TEST
+
 /* ---- attention ---- */
 
 static void att_run(backend *be, int B, int T, int C, int NH, int causal, const double *qkv,
@@ -570,11 +697,6 @@ static void att_run(backend *be, int B, int T, int C, int NH, int causal, const 
     }
     be->free(be, dq);
 }
-
-/* Defined only by the device emulator's runtime: lets the one test source
- * pick emulator-sized or GPU-sized shapes. */
-extern uint64_t emu_get_seed(void) __attribute__((weak));
-static int native_gpu(void) { return emu_get_seed == NULL; }
 
 /* One attention case: the CUDA backend's forward (out, lse) and backward (the
  * dqkv it adds) against the fp64 CPU oracle, on fresh random inputs. */
@@ -1106,7 +1228,13 @@ START_TEST(test_gpt2)
     /* loss and every gradient */
     model_zero_grad(mr), model_zero_grad(mg);
     double lr_ = mr->forward(mr, &(model_batch){ .tokens = in, .targets = tg }, 1.0f), lg = mg->forward(mg, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
+    unsigned long dgelu0 = mm_count(g, CUDA_MM_DGELU), bgrad0 = mm_count(g, CUDA_MM_BGRADB);
     mr->backward(mr), mg->backward(mg);
+    /* the model's backward takes the fused paths: GELU' in the fc-proj
+     * matmul of each layer (bf16), every biased matmul's dbias by BGRADB */
+    fused_check("gpt2 backward", "DGELU", mm_count(g, CUDA_MM_DGELU) - dgelu0,
+                act == DT_BF16 ? (unsigned long)tiny.L : 0);
+    fused_check("gpt2 backward", "BGRADB", mm_count(g, CUDA_MM_BGRADB) - bgrad0, 4ul * tiny.L);
     double e = fabs(lg - lr_) / fabs(lr_);
     if (getenv("ANATOMY_TEST_VERBOSE"))
         printf("  %-5s gpt2 loss %.9g vs %.9g: rel %.3g\n", dtype_name(act), lg, lr_, e);
@@ -1167,6 +1295,7 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(ops, test_residual_layernorm, 0, 2);
     tcase_add_loop_test(ops, test_matmul, 0, 2);
     tcase_add_loop_test(ops, test_matmul_gelu, 0, 2);
+    tcase_add_loop_test(ops, test_matmul_gelu_backward, 0, 2);
     tcase_add_loop_test(ops, test_matmul_bias_alignment, 0, 2);
     tcase_add_loop_test(att, test_attention, 0, 2);
     tcase_add_loop_test(att, test_attention_decode, 0, 2);

@@ -150,6 +150,7 @@ struct op_case {
     const char *name;
     int B, T, C, NH, causal, N, IC, OC, V, Vp, maxT;
     int no_bias, no_dinp, no_dbias;
+    int set_dinp; /* matmul: dinp written (GRAD_SET) into a NaN buffer, not added */
     float scale;
     int32_t *ints; /* tokens or targets */
     int nin;
@@ -266,12 +267,17 @@ static void mm_bwd(backend *be, op_case *c, double **g)
 {
     void *x = dup_to(be, be->act, c->in[0], c->len[0]);
     void *w = dup_to(be, be->act, c->in[1], c->len[1]);
-    double *g0[3];
-    void *dx = c->no_dinp ? NULL : prefilled(be, c->len[0], &g0[0]);
+    double *g0[3] = { NULL };
+    void *dx = c->no_dinp ? NULL
+               : c->set_dinp ? poisoned(be, be->act, c->len[0])
+                             : prefilled(be, c->len[0], &g0[0]);
     void *dw = prefilled(be, c->len[1], &g0[1]);
     void *db = c->no_dbias ? NULL : prefilled(be, c->len[2], &g0[2]);
     void *dout = dup_to(be, be->act, c->R, c->nout);
-    be->matmul_backward(be, dx, dw, db, dout, x, w, c->N, c->IC, c->OC);
+    be->matmul_backward(be, dx, dw, db, dout, x, w, c->N, c->IC, c->OC,
+                        c->set_dinp ? GRAD_SET : GRAD_ADD);
+    if (dx && c->set_dinp)
+        g0[0] = calloc(c->len[0], sizeof(double)); /* nothing to take off */
     g[0] = dx ? added(be, dx, g0[0], c->len[0]) : NULL;
     g[1] = added(be, dw, g0[1], c->len[1]);
     g[2] = db ? added(be, db, g0[2], c->len[2]) : NULL;
@@ -311,7 +317,7 @@ static void mmg_bwd(backend *be, op_case *c, double **g)
     void *dx = prefilled(be, c->len[0], &g0[0]);
     void *dw = prefilled(be, c->len[1], &g0[1]);
     void *db = c->no_bias ? NULL : prefilled(be, c->len[2], &g0[2]);
-    be->matmul_backward(be, dx, dw, db, dpre, x, w, c->N, c->IC, c->OC);
+    be->matmul_backward(be, dx, dw, db, dpre, x, w, c->N, c->IC, c->OC, GRAD_ADD);
     g[0] = added(be, dx, g0[0], c->len[0]);
     g[1] = added(be, dw, g0[1], c->len[1]);
     g[2] = db ? added(be, db, g0[2], c->len[2]) : NULL;
@@ -319,6 +325,42 @@ static void mmg_bwd(backend *be, op_case *c, double **g)
     be->free(be, dpre), be->free(be, dout);
     if (b)
         be->free(be, b);
+}
+
+/* gelu then matmul (an MLP's second half): in = pre [N,IC], weight [OC,IC],
+ * bias [OC]; out = gelu(pre) @ weight^T + bias. Its backward is
+ * matmul_gelu_backward, whose dpre is written: into a NaN buffer, taken as is. */
+static void gm_fwd(backend *be, op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    void *pre = dup_to(be, be->act, c->in[0], c->len[0]);
+    void *w = dup_to(be, be->act, c->in[1], c->len[1]);
+    void *b = c->no_bias ? NULL : dup_to(be, be->act, c->in[2], c->len[2]);
+    void *h = poisoned(be, be->act, c->len[0]), *o = poisoned(be, be->act, c->nout);
+    be->gelu_forward(be, h, pre, c->len[0]);
+    be->matmul_forward(be, o, h, w, b, c->N, c->IC, c->OC);
+    get(be, out, o, be->act, c->nout);
+    be->free(be, pre), be->free(be, w), be->free(be, h), be->free(be, o);
+    if (b)
+        be->free(be, b);
+}
+
+static void gm_bwd(backend *be, op_case *c, double **g)
+{
+    void *pre = dup_to(be, be->act, c->in[0], c->len[0]);
+    void *w = dup_to(be, be->act, c->in[1], c->len[1]);
+    void *h = poisoned(be, be->act, c->len[0]);
+    be->gelu_forward(be, h, pre, c->len[0]);
+    double *g0[3];
+    void *dpre = poisoned(be, be->act, c->len[0]);
+    void *dw = prefilled(be, c->len[1], &g0[1]);
+    void *db = c->no_bias ? NULL : prefilled(be, c->len[2], &g0[2]);
+    void *dout = dup_to(be, be->act, c->R, c->nout);
+    be->matmul_gelu_backward(be, dpre, dw, db, dout, h, pre, w, c->N, c->IC, c->OC);
+    g[0] = added(be, dpre, calloc(c->len[0], sizeof(double)), c->len[0]);
+    g[1] = added(be, dw, g0[1], c->len[1]);
+    g[2] = db ? added(be, db, g0[2], c->len[2]) : NULL;
+    be->free(be, pre), be->free(be, w), be->free(be, h), be->free(be, dout);
 }
 
 /* attention: in = qkv [B,T,3C]; aux = lse [B,NH,T] */
@@ -475,6 +517,21 @@ static void mmg_ref(const op_case *c, double *out, double *aux)
     }
 }
 
+static void gm_ref(const op_case *c, double *out, double *aux)
+{
+    (void)aux;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->OC; o++) {
+            double s = c->no_bias ? 0 : c->in[2][o];
+            for (int i = 0; i < c->IC; i++) {
+                double x = c->in[0][(size_t)n * c->IC + i];
+                double h = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+                s += h * c->in[1][(size_t)o * c->IC + i];
+            }
+            out[(size_t)n * c->OC + o] = s;
+        }
+}
+
 static void att_ref(const op_case *c, double *out, double *aux)
 {
     int T = c->T, C = c->C, NH = c->NH, hs = C / NH;
@@ -604,6 +661,17 @@ static op_case mmg_case(int N, int IC, int OC, int no_bias)
     add_input(&c, (size_t)OC * IC, 1.0);
     add_input(&c, (size_t)OC, 1.0);
     set_out(&c, (size_t)N * OC, (size_t)N * OC);
+    return c;
+}
+
+static op_case gm_case(int N, int IC, int OC, int no_bias)
+{
+    op_case c = { .name = "gelu_matmul", .N = N, .IC = IC, .OC = OC, .no_bias = no_bias,
+                  .fwd = gm_fwd, .bwd = gm_bwd, .ref = gm_ref };
+    add_input(&c, (size_t)N * IC, 1.5);
+    add_input(&c, (size_t)OC * IC, 1.0);
+    add_input(&c, (size_t)OC, 1.0);
+    set_out(&c, (size_t)N * OC, 0);
     return c;
 }
 
@@ -745,6 +813,23 @@ START_TEST(test_grad_matmul)
     c = mm_case(1, 17, 67, 0, 0, 0); /* one row, dbias over two column blocks */
     gradcheck(&c, 300);
     free_case(&c);
+    c = mm_case(7, 13, 5, 0, 0, 0); /* dinp written (GRAD_SET) over NaN */
+    c.set_dinp = 1;
+    gradcheck(&c, 1000);
+    free_case(&c);
+}
+END_TEST
+
+/* matmul_gelu_backward: dpre written over NaN, dweight and dbias added. */
+START_TEST(test_grad_gelu_matmul)
+{
+    seed(109);
+    op_case c = gm_case(6, 9, 7, 0);
+    gradcheck(&c, 1000);
+    free_case(&c);
+    c = gm_case(3, 20, 5, 1); /* no bias */
+    gradcheck(&c, 300);
+    free_case(&c);
 }
 END_TEST
 
@@ -841,6 +926,7 @@ START_TEST(test_forward_reference)
     seed(150);
     op_case cs[] = { enc_case(2, 9, 13, 10, 12), ln_case(9, 75), mm_case(7, 19, 70, 0, 0, 0),
                      mm_case(4, 5, 3, 1, 0, 0), mmg_case(7, 19, 72, 0), mmg_case(5, 6, 9, 1),
+                     gm_case(5, 6, 9, 0),
                      att_case(2, 9, 12, 3, 0),
                      att_case(2, 9, 12, 3, 1), att_case(1, 140, 8, 2, 1), att_case(1, 70, 40, 2, 0),
                      gelu_case(301),
@@ -966,6 +1052,9 @@ START_TEST(test_f32_parity)
     parity(&c, F32_TOL);
     free_case(&c);
     c = mmg_case(37, 131, 64, 0);
+    parity(&c, F32_TOL);
+    free_case(&c);
+    c = gm_case(37, 131, 67, 0);
     parity(&c, F32_TOL);
     free_case(&c);
     /* T = 150 spans two key tiles; sums of 150 exps and 16-term dots in
@@ -1391,6 +1480,7 @@ static Suite *ops_suite(void)
     tcase_add_test(g, test_grad_attention);
     tcase_add_test(g, test_grad_gelu);
     tcase_add_test(g, test_grad_matmul_gelu);
+    tcase_add_test(g, test_grad_gelu_matmul);
     tcase_add_test(g, test_grad_residual);
     tcase_add_test(g, test_grad_crossentropy);
     suite_add_tcase(s, g);

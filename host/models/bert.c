@@ -465,25 +465,22 @@ static void bert_backward(model *m)
         return; /* forward ran without a loss to differentiate */
     range(be, "backward", 1);
     /* masked-LM head, from d logits (in the logits buffer) down to dh */
-    be->fill(be, s->d1, t, 0.0, btc);
-    be->matmul_backward(be, s->d1, g->wte, g->obias, s->logits, s->tln, p->wte, BT, C, s->Vp);
+    be->matmul_backward(be, s->d1, g->wte, g->obias, s->logits, s->tln, p->wte, BT, C, s->Vp,
+                        GRAD_SET);
     be->fill(be, s->d2, t, 0.0, btc);
     be->layernorm_backward(be, s->d2, g->tlnw, g->tlnb, s->d1, s->tgel, p->tlnw, s->tln_mean,
                            s->tln_rstd, BT, C);
     be->fill(be, s->d1, t, 0.0, btc);
     be->gelu_backward(be, s->d1, s->tpre, s->d2, btc);
-    be->fill(be, s->dh, t, 0.0, btc);
-    be->matmul_backward(be, s->dh, g->tw, g->tb, s->d1, s->h, p->tw, BT, C, C);
+    be->matmul_backward(be, s->dh, g->tw, g->tb, s->d1, s->h, p->tw, BT, C, C, GRAD_SET);
     /* next-sentence head and pooler, into dh at [CLS] */
     if (c->nsp && s->have_nsp) {
-        be->fill(be, s->dpooled, t, 0.0, bc);
         be->matmul_backward(be, s->dpooled, g->nspw, g->nspb, s->dnlogits, s->pooled, p->nspw,
-                            B, C, 2);
+                            B, C, 2, GRAD_SET);
         be->fill(be, s->dppre, t, 0.0, bc);
         be->tanh_backward(be, s->dppre, s->pooled, s->dpooled, bc);
-        be->fill(be, s->dcls, t, 0.0, bc);
         be->matmul_backward(be, s->dcls, g->poolw, g->poolb, s->dppre, s->cls, p->poolw, B, C,
-                            C);
+                            C, GRAD_SET);
         be->rows_select_backward(be, s->dh, s->dcls, B, T, C, 0);
     }
     model_views_ready(m, s->first_head, m->nviews - 1); /* heads (but the tied decoder) */

@@ -300,17 +300,17 @@ static void ffnn_backward(model *m)
     if (!s->have_grad)
         return;
     range(be, "backward", 1);
-    be->fill(be, s->dh, t, 0.0, (size_t)BT * c->H);
-    be->fill(be, s->de, t, 0.0, (size_t)BT * nC);
     be->matmul_backward(be, s->dh, g->ow, g->ob, s->logits, model_dropped(m, s->hd, s->h), p->ow,
-                        BT, c->H, s->Vp);
+                        BT, c->H, s->Vp, GRAD_SET);
     model_dropout(m, s->dh, (size_t)BT * c->H, DROPOUT_SITE_HEAD);
     if (c->direct)
-        be->matmul_backward(be, s->de, g->dw, NULL, s->logits, s->e, p->dw, BT, nC, s->Vp);
+        be->matmul_backward(be, s->de, g->dw, NULL, s->logits, s->e, p->dw, BT, nC, s->Vp,
+                            GRAD_SET);
     model_views_ready(m, 3, m->nviews - 1); /* out (and direct) */
     be->fill(be, s->da, t, 0.0, (size_t)BT * c->H);
     be->tanh_backward(be, s->da, s->h, s->dh, (size_t)BT * c->H);
-    be->matmul_backward(be, s->de, g->hw, g->hb, s->da, s->e, p->hw, BT, nC, c->H);
+    be->matmul_backward(be, s->de, g->hw, g->hb, s->da, s->e, p->hw, BT, nC, c->H,
+                        c->direct ? GRAD_ADD : GRAD_SET); /* de's first writer sets it */
     model_views_ready(m, 1, 2);
     be->embedding_backward(be, g->wte, s->de, s->ids, BT * c->n, c->C);
     model_views_ready(m, 0, 0);

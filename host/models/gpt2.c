@@ -247,8 +247,8 @@ static void gpt2_backward(model *m)
         return; /* forward ran without a loss to differentiate */
     range(be, "backward", 1);
     /* classifier: logits = out @ wte^T (the logits buffer now holds dlogits) */
-    be->fill(be, s->dln, be->act, 0.0, (size_t)BT * C);
-    be->matmul_backward(be, s->dln, s->dwte, NULL, s->logits, s->out, s->wte, BT, C, s->Vp);
+    be->matmul_backward(be, s->dln, s->dwte, NULL, s->logits, s->out, s->wte, BT, C, s->Vp,
+                        GRAD_SET);
     void *dx = tstack_backward(s->stack, s->dln);
     model_dropout(m, dx, (size_t)BT * C, DROPOUT_SITE_EMBED);
     be->encoder_backward(be, s->dwte, s->dwpe, dx, s->tokens, B, T, C);

@@ -395,15 +395,15 @@ static void pts_backward(model *m)
         return;
     if (be->range)
         be->range(be, "backward", 1);
-    be->fill(be, s->dflat, be->act, 0.0, (size_t)rows * NP * C);
     be->matmul_backward(be, s->dflat, s->dhead_w, s->dhead_b, s->dpred, s->z, s->head_w, rows,
-                        NP * C, H);
+                        NP * C, H, GRAD_SET);
     views_ready(m, m->nviews - (s->cfg.nobias ? 1 : 2), m->nviews - 1);
     void *dx = tstack_backward(s->stack, s->dflat);
     model_dropout(m, dx, (size_t)rows * NP * C, DROPOUT_SITE_EMBED);
     /* x0 = emb + pos: emb's gradient is dx itself */
     be->sequence_embed_backward(be, NULL, NULL, s->dpos, dx, rows, NP, C);
-    be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, dx, s->patches, s->pe_w, rows * NP, P, C);
+    be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, dx, s->patches, s->pe_w, rows * NP, P, C,
+                        GRAD_ADD);
     views_ready(m, 0, stack_first(&s->cfg) - 1);
     s->have_grad = 0;
     if (be->range)

@@ -555,9 +555,8 @@ static void rnn_backward(model *m)
     if (!s->have_grad)
         return;
     range(be, "backward", 1);
-    be->fill(be, dy, t, 0.0, (size_t)BT * H);
     be->matmul_backward(be, dy, s->ddec_w, s->ddec_b, s->logits, layer_out(m, c->L - 1),
-                        s->dec_w, BT, H, s->Vp);
+                        s->dec_w, BT, H, s->Vp, GRAD_SET);
     model_views_ready(m, m->nviews - 2, m->nviews - 1);
     for (int l = c->L - 1; l >= 0; l--) {
         const rnn_layer_ptrs *p = &s->lp[l], *g = &s->lg[l];

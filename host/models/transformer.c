@@ -115,7 +115,8 @@ struct tstack {
     void *lnf, *lnf_mean, *lnf_rstd; /* pre-LN: the final LN's output */
     void *scratch;                 /* a branch's output before its residual add */
     void *d0, *d1, *d2;            /* [B,T,C] gradients of the residual stream */
-    void *d4a, *d4b;               /* [B,T,4C] */
+    void *d4a;                     /* [B,T,4C]: dqkv, then the MLP's dpre */
+    void *d4b;                     /* [B,T,C]: a branch's gradient through its dropout */
     int B, T;
     /* incremental decoding: per block [maxlen, 3C] qkv rows, one-row buffers */
     void *dec_buf, *dec_stat, **dec_qkv;
@@ -231,7 +232,7 @@ static void carve_all(tstack *s, carver *a, carver *st, int B, int T, int recomp
     s->d1 = carve(a, BT * C);
     s->d2 = carve(a, BT * C);
     s->d4a = carve(a, BT * 4 * C);
-    s->d4b = carve(a, BT * 4 * C);
+    s->d4b = carve(a, BT * C);
 }
 
 int tstack_plan(tstack *s, int B, int T, int V, char *err)
@@ -363,9 +364,10 @@ void *tstack_forward(tstack *s, const void *x)
 /* The attention sublayer's backward, shared by both block kinds: from dres2
  * (the gradient at the residual add after attention, read only) through the
  * projection and attention into d4a (dqkv), then through the qkv matmul
- * whose input was `qkv_in`, accumulating its input gradient into dqkv_in. */
+ * whose input was `qkv_in`, into dqkv_in: accumulated (GRAD_ADD) or
+ * written (GRAD_SET, when dqkv_in holds nothing yet). */
 static void attention_branch_backward(tstack *s, int l, const void *dres2, const void *qkv_in,
-                                      void *dqkv_in)
+                                      void *dqkv_in, grad_mode mode)
 {
     backend *be = s->m->be;
     blk_acts *a = &s->la[l];
@@ -377,38 +379,33 @@ static void attention_branch_backward(tstack *s, int l, const void *dres2, const
      * (into d4a, free until the attention's gradient below) */
     const void *dproj = model_dropout_to(s->m, s->d4a, dres2, btc, DROPOUT_SITE_BLOCK(l, 0));
 
-    be->fill(be, datty, t, 0.0, btc);
     be->matmul_backward(be, datty, GV(s, l, P_PROJW), GV(s, l, P_PROJB), dproj, a->atty,
-                        PV(s, l, P_PROJW), BT, C, C);
+                        PV(s, l, P_PROJW), BT, C, C, GRAD_SET);
     be->fill(be, s->d4a, t, 0.0, btc * 3);
     be->attention_backward(be, s->d4a, datty, a->qkv, a->atty, a->lse, B, T, C, NH,
                            s->c.causal);
     be->matmul_backward(be, dqkv_in, GV(s, l, P_QKVW), GV(s, l, P_QKVB), s->d4a, qkv_in,
-                        PV(s, l, P_QKVW), BT, C, 3 * C);
+                        PV(s, l, P_QKVW), BT, C, 3 * C, mode);
 }
 
 /* The MLP sublayer's backward: from dres3 (read only) through fc_proj, GELU
- * and fc, whose input was mlp_in, accumulating into dmlp_in. */
+ * and fc, whose input was mlp_in, into dmlp_in (mode as above). */
 static void mlp_branch_backward(tstack *s, int l, const void *dres3, const void *mlp_in,
-                                void *dmlp_in)
+                                void *dmlp_in, grad_mode mode)
 {
     backend *be = s->m->be;
     blk_acts *a = &s->la[l];
     int BT = s->B * s->T, C = s->c.C;
     size_t btc = (size_t)BT * C;
-    dtype t = be->act;
 
     if (s->m->recompute)
         be->gelu_forward(be, a->fch_gelu, a->fch, btc * 4);
-    /* dres3 through the dropout (into d4b, free until GELU's gradient) */
+    /* dres3 through the dropout (into d4b, free: GELU's gradient goes to d4a) */
     const void *dfcproj = model_dropout_to(s->m, s->d4b, dres3, btc, DROPOUT_SITE_BLOCK(l, 1));
-    be->fill(be, s->d4a, t, 0.0, btc * 4);
-    be->matmul_backward(be, s->d4a, GV(s, l, P_FCPROJW), GV(s, l, P_FCPROJB), dfcproj,
-                        a->fch_gelu, PV(s, l, P_FCPROJW), BT, 4 * C, C);
-    be->fill(be, s->d4b, t, 0.0, btc * 4);
-    be->gelu_backward(be, s->d4b, a->fch, s->d4a, btc * 4);
-    be->matmul_backward(be, dmlp_in, GV(s, l, P_FCW), GV(s, l, P_FCB), s->d4b, mlp_in,
-                        PV(s, l, P_FCW), BT, C, 4 * C);
+    be->matmul_gelu_backward(be, s->d4a, GV(s, l, P_FCPROJW), GV(s, l, P_FCPROJB), dfcproj,
+                             a->fch_gelu, a->fch, PV(s, l, P_FCPROJW), BT, 4 * C, C);
+    be->matmul_backward(be, dmlp_in, GV(s, l, P_FCW), GV(s, l, P_FCB), s->d4a, mlp_in,
+                        PV(s, l, P_FCW), BT, C, 4 * C, mode);
 }
 
 static void block_ready(tstack *s, int l)
@@ -443,16 +440,14 @@ static void *backward_pre(tstack *s, const void *dout)
         if (s->m->recompute)
             be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
                                   PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
-        be->fill(be, dln, t, 0.0, btc);
-        mlp_branch_backward(s, l, dres, a->ln2, dln);
+        mlp_branch_backward(s, l, dres, a->ln2, dln, GRAD_SET);
         be->layernorm_backward(be, dres, GV(s, l, P_LN2W), GV(s, l, P_LN2B), dln, a->res2,
                                PV(s, l, P_LN2W), a->ln2_mean, a->ln2_rstd, BT, C);
         /* attention: res2 = res + attproj(attn(qkv(LN1(res)))) */
         if (s->m->recompute)
             be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, res, PV(s, l, P_LN1W),
                                   PV(s, l, P_LN1B), BT, C);
-        be->fill(be, dln, t, 0.0, btc);
-        attention_branch_backward(s, l, dres, a->ln1, dln);
+        attention_branch_backward(s, l, dres, a->ln1, dln, GRAD_SET);
         be->layernorm_backward(be, dres, GV(s, l, P_LN1W), GV(s, l, P_LN1B), dln, res,
                                PV(s, l, P_LN1W), a->ln1_mean, a->ln1_rstd, BT, C);
         layer_range(be, l, "backward", 0);
@@ -488,14 +483,14 @@ static void *backward_post(tstack *s, const void *dout)
                                PV(s, l, P_LN2W), a->ln2_mean, a->ln2_rstd, BT, C);
         be->fill(be, dln1, t, 0.0, btc);
         be->accumulate(be, dln1, dres, btc); /* the residual path */
-        mlp_branch_backward(s, l, dres, a->ln1, dln1);
+        mlp_branch_backward(s, l, dres, a->ln1, dln1, GRAD_ADD);
         /* ln1 = LN1(res2), res2 = in + attn(in) */
         be->fill(be, dres, t, 0.0, btc);
         be->layernorm_backward(be, dres, GV(s, l, P_LN1W), GV(s, l, P_LN1B), dln1, a->res2,
                                PV(s, l, P_LN1W), a->ln1_mean, a->ln1_rstd, BT, C);
         be->fill(be, din, t, 0.0, btc); /* dcur (== din below the top) is consumed */
         be->accumulate(be, din, dres, btc);
-        attention_branch_backward(s, l, dres, in, din);
+        attention_branch_backward(s, l, dres, in, din, GRAD_ADD);
         dcur = din;
         layer_range(be, l, "backward", 0);
         block_ready(s, l);

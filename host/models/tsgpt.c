@@ -361,8 +361,7 @@ static void tsg_backward(model *m)
     if (be->range)
         be->range(be, "backward", 1);
     /* logits = z wte^T: the logits buffer holds dlogits now */
-    be->fill(be, s->dz, be->act, 0.0, (size_t)N * C);
-    be->matmul_backward(be, s->dz, s->dwte, NULL, s->logits, s->z, s->wte, N, C, s->Vp);
+    be->matmul_backward(be, s->dz, s->dwte, NULL, s->logits, s->z, s->wte, N, C, s->Vp, GRAD_SET);
     void *dx = tstack_backward(s->stack, s->dz);
     model_dropout(m, dx, (size_t)N * C, DROPOUT_SITE_EMBED);
     be->encoder_backward(be, s->dwte, s->dwpe, dx, s->tokens, s->rows, s->T, C);

@@ -333,9 +333,8 @@ static void vit_backward(model *m)
     if (!s->have_grad)
         return;
     range(be, "backward", 1);
-    be->fill(be, s->dpooled, t, 0.0, (size_t)B * C);
     be->matmul_backward(be, s->dpooled, s->dhead_w, s->dhead_b, s->dlogits, s->pooled,
-                        s->head_w, B, C, K);
+                        s->head_w, B, C, K, GRAD_SET);
     model_views_ready(m, m->nviews - (s->cfg.nobias ? 1 : 2), m->nviews - 1); /* head */
     be->fill(be, s->dout, t, 0.0, (size_t)B * s->T * C);
     be->rows_select_backward(be, s->dout, s->dpooled, B, s->T, C, 0);
@@ -344,7 +343,8 @@ static void vit_backward(model *m)
     be->fill(be, s->demb, t, 0.0, (size_t)BN * C);
     be->sequence_embed_backward(be, s->demb, s->dcls, s->dpos, dx0, B, s->T, C);
     /* the patches are data: no gradient for them */
-    be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, s->demb, s->patches, s->pe_w, BN, s->D, C);
+    be->matmul_backward(be, NULL, s->dpe_w, s->dpe_b, s->demb, s->patches, s->pe_w, BN, s->D, C,
+                        GRAD_ADD);
     model_views_ready(m, V_PE_W, vidx(&s->cfg, V_POS));
     s->have_grad = 0;
     range(be, "backward", 0);

@@ -525,12 +525,13 @@ static void cpu_matmul_forward(backend *be, void *out_, const void *inp, const v
 
 static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias_,
                                 const void *dout_, const void *inp, const void *weight, int N,
-                                int IC, int OC)
+                                int IC, int OC, grad_mode dinp_mode)
 {
     const real *dout = dout_;
     real *dbias = dbias_;
+    /* beta 0: BLAS then writes dinp without reading it (garbage stays out) */
     if (dinp)
-        gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, 1, dinp, IC);
+        gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, dinp_mode == GRAD_SET ? 0 : 1, dinp, IC);
     if (dweight)
         gemm(be, 1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC);
     if (!dbias || N <= 0)
@@ -995,6 +996,32 @@ static void cpu_gelu_backward(backend *be, void *dinp_, const void *inp_, const 
     }
 }
 
+/* The fused op of ops.h as its definition: dpre = dout @ weight, then times
+ * gelu'(pre) in place; the parameter gradients as matmul_backward's. */
+static void cpu_matmul_gelu_backward(backend *be, void *dpre_, void *dweight, void *dbias,
+                                     const void *dout, const void *inp, const void *pre_,
+                                     const void *weight, int N, int IC, int OC)
+{
+    real *dp = dpre_;
+    const real *x = pre_;
+    size_t n = (size_t)N * IC;
+    if (N <= 0 || IC <= 0)
+        return;
+    if (OC <= 0) { /* an empty product: dpre = 0 */
+        memset(dp, 0, n * sizeof(real));
+        return;
+    }
+    gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, 0, dp, IC);
+#pragma omp parallel for simd schedule(static) num_threads(team(be, (double)n))
+    for (size_t i = 0; i < n; i++) {
+        real xi = x[i], x2 = xi * xi;
+        real t = tanh_r(GELU_K * (xi + GELU_A * x2 * xi));
+        real du = GELU_K * (1 + 3 * GELU_A * x2);
+        dp[i] *= (real)0.5 * (1 + t) + (real)0.5 * xi * (1 - t * t) * du;
+    }
+    cpu_matmul_backward(be, NULL, dweight, dbias, dout, inp, weight, N, IC, OC, GRAD_ADD);
+}
+
 static void cpu_residual_forward(backend *be, void *out_, const void *a_, const void *b_,
                                  size_t N)
 {
@@ -1179,6 +1206,7 @@ backend *CPU_CREATE(int threads, char *err)
     be->gelu_forward = cpu_gelu_forward;
     be->matmul_gelu_forward = cpu_matmul_gelu_forward;
     be->gelu_backward = cpu_gelu_backward;
+    be->matmul_gelu_backward = cpu_matmul_gelu_backward;
     be->residual_forward = cpu_residual_forward;
     be->accumulate = cpu_accumulate;
     be->crossentropy = cpu_crossentropy;

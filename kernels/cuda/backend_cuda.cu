@@ -429,6 +429,13 @@ static void cu_destroy(backend *be)
 /* Fails (NULL, err filled) when no usable device is there: no driver or GPU,
  * a bad index, a card older than sm_80 (bf16 and the kernels' targets), or
  * no memory for the context. */
+extern "C" unsigned long backend_cuda_matmul_count(backend *be, int epilogue)
+{
+	if (!be || be->destroy != cu_destroy || epilogue < 0 || epilogue >= CUDA_MM_EPILOGUES)
+		return 0;
+	return mm_runs(cuda_of(be)->mm, epilogue);
+}
+
 extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 {
 	char tmp[256];
@@ -511,6 +518,7 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->matmul_forward = cuda_matmul_forward;
 	be->matmul_backward = cuda_matmul_backward;
 	be->matmul_gelu_forward = cuda_matmul_gelu_forward;
+	be->matmul_gelu_backward = cuda_matmul_gelu_backward;
 	be->attention_forward = cuda_attention_forward;
 	be->attention_backward = cuda_attention_backward;
 	be->gelu_forward = cuda_gelu_forward;

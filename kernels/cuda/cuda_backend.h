@@ -318,9 +318,11 @@ void cuda_matmul_forward(backend *be, void *out, const void *inp, const void *we
 			 const void *bias, int N, int IC, int OC);
 void cuda_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias,
 			  const void *dout, const void *inp, const void *weight, int N, int IC,
-			  int OC);
+			  int OC, grad_mode dinp_mode);
 void cuda_matmul_gelu_forward(backend *be, void *out_pre, void *out_gelu, const void *inp,
 			      const void *weight, const void *bias, int N, int IC, int OC);
+void cuda_matmul_gelu_backward(backend *be, void *dpre, void *dweight, void *dbias, const void *dout,
+			       const void *inp, const void *pre, const void *weight, int N, int IC, int OC);
 /* attention.cu */
 void cuda_attention_forward(backend *be, void *out, void *lse, const void *qkv, int B, int T,
 			    int C, int NH, int causal);
@@ -330,6 +332,9 @@ void cuda_attention_backward(backend *be, void *dqkv, const void *dout, const vo
 /* gelu.cu */
 void cuda_gelu_forward(backend *be, void *out, const void *inp, size_t N);
 void cuda_gelu_backward(backend *be, void *dinp, const void *inp, const void *dout, size_t N);
+/* dinp = dinp * gelu'(inp), in place: the GELU backward of a gradient
+ * already written into dinp (matmul_gelu_backward's fallback) */
+void cuda_gelu_backward_scale(backend *be, void *dinp, const void *inp, size_t N);
 /* residual.cu */
 void cuda_residual_forward(backend *be, void *out, const void *a, const void *b, size_t N);
 void cuda_accumulate(backend *be, void *dst, const void *src, size_t N);

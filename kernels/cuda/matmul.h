@@ -16,7 +16,11 @@
  * rounds to D's type once, round to nearest even, as cuBLASLt's epilogue does.
  * It keeps the same plan cache, by the same key, and dies when a cached plan
  * is reused with a pointer less aligned than the one it was made for (a key
- * missing an alignment), or when the GELU epilogue is asked for in fp32. */
+ * missing an alignment), or when a GELU epilogue is asked for in fp32.
+ * ANATOMY_EMU_LT_REFUSE=DGELU,BGRADB makes its heuristic find no algorithm
+ * for those epilogues, so that the callers' fallbacks run.
+ *
+ * Both builds count the calls run with each epilogue (mm_runs). */
 #ifndef ANATOMY_CUDA_MATMUL_H
 #define ANATOMY_CUDA_MATMUL_H
 
@@ -55,5 +59,21 @@ static inline int mm_gelu_ok(int ldd, const void *aux)
 {
 	return ldd % 8 == 0 && ((uintptr_t)aux & 15) == 0;
 }
+
+/* D = (op(A) op(B)) * GELU'(aux), unbatched, alpha 1, beta 0 (D written,
+ * not read): cuBLASLt's DGELU epilogue, aux as for mm_gemm_gelu (the saved
+ * pre-activation; mm_gelu_ok must hold). Returns 0, doing nothing, when
+ * cuBLASLt has no algorithm for it. */
+int mm_gemm_dgelu(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+		  const void *B, int ldb, dtype dd, void *D, int ldd, const void *aux);
+
+/* D = op(A) op(B) + beta D, unbatched, and dbias[j] = sum over k of
+ * op(B)[k, j] for the n columns, WRITTEN in D's type: cuBLASLt's BGRADB
+ * epilogue. Returns 0, doing nothing, when cuBLASLt has no algorithm for it. */
+int mm_gemm_bgradb(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
+		   const void *B, int ldb, dtype dd, void *D, int ldd, float beta, void *dbias);
+
+/* The calls run with epilogue epi (CUDA_MM_*, ops.h) since mm_create. */
+unsigned long mm_runs(const mm_ctx *c, int epi);
 
 #endif
