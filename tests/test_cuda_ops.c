@@ -591,8 +591,8 @@ END_TEST
  * uploaded to both, so the op is compared, not the forward's rounding. bf16
  * takes cuBLASLt's DGELU epilogue when IC % 8 == 0 and pre is 16-byte
  * aligned (counted), else the matmul and gelu.cu's in-place kernel; fp32
- * always the latter. In the emulator a second pass makes the heuristic
- * refuse DGELU and BGRADB (ANATOMY_EMU_LT_REFUSE): the fallbacks in bf16. */
+ * always the latter. A second pass makes the plans refuse DGELU and BGRADB
+ * (ANATOMY_LT_REFUSE): the fallbacks in bf16 too. */
 START_TEST(test_matmul_gelu_backward)
 {
     dtype act = mode(_i);
@@ -603,11 +603,11 @@ START_TEST(test_matmul_gelu_backward)
         { 130, 16, 8, 1, 8 }, { 7, 13, 5, 1, 0 },
     };
     seed("matmul_gelu_backward", _i);
-    for (int refuse = 0; refuse < 1 + !native_gpu(); refuse++) {
+    for (int refuse = 0; refuse < 2; refuse++) {
         if (refuse)
-            setenv("ANATOMY_EMU_LT_REFUSE", "DGELU,BGRADB", 1);
+            setenv("ANATOMY_LT_REFUSE", "DGELU,BGRADB", 1);
         backend *g = gpu(act);
-        unsetenv("ANATOMY_EMU_LT_REFUSE");
+        unsetenv("ANATOMY_LT_REFUSE");
         for (int s = 0; s < 6; s++) {
             int N = cases[s][0], IC = cases[s][1], OC = cases[s][2], bias = cases[s][3], off = cases[s][4];
             size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;

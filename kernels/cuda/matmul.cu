@@ -68,6 +68,21 @@ static void mm_key_make(mm_key *key, int ta, int tb, int m, int n, int k, dtype 
 
 #define MM_CACHE 64
 
+/* ANATOMY_LT_REFUSE=DGELU,BGRADB (either or both): plans of those epilogues
+ * are made as if cuBLASLt's heuristic had no algorithm for them, so the ops'
+ * fallbacks run: in the emulator to test them in bf16, on a GPU to time the
+ * fused path against them in one build. Read once, when a context is made. */
+static unsigned mm_refuse_from_env(void)
+{
+	const char *e = getenv("ANATOMY_LT_REFUSE");
+	unsigned r = 0;
+	if (e && strstr(e, "DGELU"))
+		r |= 1u << CUDA_MM_DGELU;
+	if (e && strstr(e, "BGRADB"))
+		r |= 1u << CUDA_MM_BGRADB;
+	return r;
+}
+
 /* Which pointers an epilogue takes: bias (read for BIAS, written for BGRADB)
  * and the aux matrix (written by GELU_AUX, read by DGELU). */
 static int epi_aux(int epi) { return epi == CUDA_MM_GELU_AUX || epi == CUDA_MM_DGELU; }
@@ -111,6 +126,7 @@ struct mm_ctx {
 	void *ws;
 	mm_plan plan[MM_CACHE];
 	int next;	/* round-robin victim when the cache is full */
+	unsigned refuse;	/* bit e: treat epilogue e as having no algorithm (ANATOMY_LT_REFUSE) */
 	unsigned long runs[CUDA_MM_EPILOGUES];
 };
 
@@ -207,6 +223,8 @@ static int plan_build(mm_ctx *c, mm_plan *p, const mm_key *k, const void *bias, 
 	int nres = 0;
 	LT_CHECK(cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &nres));
 	cublasLtMatmulPreferenceDestroy(pref);
+	if ((c->refuse >> q->epi) & 1)
+		nres = 0;
 	p->key = *k;
 	p->valid = 1;
 	p->none = nres < 1;
@@ -248,6 +266,7 @@ mm_ctx *mm_create(cudaStream_t stream, char *err)
 		return NULL;
 	}
 	c->stream = stream;
+	c->refuse = mm_refuse_from_env();
 	cublasStatus_t s = cublasLtCreate(&c->lt);
 	if (s != CUBLAS_STATUS_SUCCESS) {
 		snprintf(err, 256, "cublasLtCreate: %s", cublasLtGetStatusString(s));
@@ -313,7 +332,7 @@ static int mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, cons
 struct mm_emu_plan {
 	mm_key key;
 	int valid;
-	int none;	/* the emulated heuristic refused it (ANATOMY_EMU_LT_REFUSE) */
+	int none;	/* the emulated heuristic refused it (ANATOMY_LT_REFUSE) */
 	unsigned al[5];	/* A, B, D, bias, aux */
 };
 
@@ -357,20 +376,6 @@ static int mm_plan_check(mm_ctx *c, const mm_key *k, const void *bias, const voi
 }
 
 unsigned long mm_runs(const mm_ctx *c, int epi) { return c->runs[epi]; }
-
-/* ANATOMY_EMU_LT_REFUSE=DGELU,BGRADB (any of them): the emulated heuristic
- * finds no algorithm for those epilogues, as cuBLASLt's may on some GPU or
- * version, so that tests can run the fallbacks in bf16 too. */
-static unsigned mm_refuse_from_env(void)
-{
-	const char *e = getenv("ANATOMY_EMU_LT_REFUSE");
-	unsigned r = 0;
-	if (e && strstr(e, "DGELU"))
-		r |= 1u << CUDA_MM_DGELU;
-	if (e && strstr(e, "BGRADB"))
-		r |= 1u << CUDA_MM_BGRADB;
-	return r;
-}
 
 mm_ctx *mm_create(cudaStream_t stream, char *err)
 {

@@ -17,10 +17,10 @@
  * It keeps the same plan cache, by the same key, and dies when a cached plan
  * is reused with a pointer less aligned than the one it was made for (a key
  * missing an alignment), or when a GELU epilogue is asked for in fp32.
- * ANATOMY_EMU_LT_REFUSE=DGELU,BGRADB makes its heuristic find no algorithm
- * for those epilogues, so that the callers' fallbacks run.
  *
- * Both builds count the calls run with each epilogue (mm_runs). */
+ * Both builds count the calls run with each epilogue (mm_runs), and in both
+ * ANATOMY_LT_REFUSE=DGELU,BGRADB makes the plans of those epilogues as if
+ * the heuristic had no algorithm, so that the callers' fallbacks run. */
 #ifndef ANATOMY_CUDA_MATMUL_H
 #define ANATOMY_CUDA_MATMUL_H
 
