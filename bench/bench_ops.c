@@ -13,7 +13,12 @@
  * copy bandwidth is the fraction of the memory ceiling it reaches. The time
  * is the mean of --iters calls after 3 warm-ups, between backend syncs.
  * The ceiling itself comes from the same run: bench/torch_gpt2_gpu.py
- * --ceilings (device-to-device copy, bytes read + written). */
+ * --ceilings (device-to-device copy, bytes read + written).
+ * Two rows time the MLP's c_proj backward (a matmul of N x 4C x C, so
+ * compute-bound: compare their ms, not their GB/s): "fused" as the model
+ * runs it (matmul_gelu_backward: cuBLASLt DGELU, BGRADB) and "unfused" as it
+ * ran before (zero-fill, matmul_backward, zero-fill, gelu_backward).
+ * ANATOMY_LT_REFUSE=DGELU,BGRADB makes both take the fallbacks. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +77,7 @@ typedef struct {
     void *logits, *losses;
     int32_t *targets;
     void *params, *master, *grads, *m, *v;
+    void *pre, *h, *d4, *d4b, *w4, *dw4; /* the MLP's [N,4C] tensors, c_proj's [C,4C] weight */
     param_segment seg[2];
     adamw_params hp;
 } shapes;
@@ -104,6 +110,22 @@ static void gelu_bwd(void *a)
 {
     shapes *s = a;
     be->gelu_backward(be, s->dx, s->x, s->dy, (size_t)s->N * s->C);
+}
+
+static void mlp_proj_bwd_fused(void *a)
+{
+    shapes *s = a;
+    be->matmul_gelu_backward(be, s->d4, s->dw4, s->db, s->dy, s->h, s->pre, s->w4, s->N, 4 * s->C, s->C);
+}
+
+static void mlp_proj_bwd_unfused(void *a)
+{
+    shapes *s = a;
+    size_t n4 = (size_t)s->N * 4 * s->C;
+    be->fill(be, s->d4, be->act, 0.0, n4);
+    be->matmul_backward(be, s->d4, s->dw4, s->db, s->dy, s->h, s->w4, s->N, 4 * s->C, s->C, GRAD_ADD);
+    be->fill(be, s->d4b, be->act, 0.0, n4);
+    be->gelu_backward(be, s->d4b, s->pre, s->d4, n4);
 }
 
 /* forward and gradient in one call, in place over the logits, as training does */
@@ -172,6 +194,9 @@ int main(int argc, char **argv)
     s.dg = dev_buf(be->act, s.C, &st), s.db = dev_buf(be->act, s.C, &st);
     s.mean = dev_buf(be->stat, s.N, &st), s.rstd = dev_buf(be->stat, s.N, &st);
     s.losses = dev_buf(be->stat, s.N, &st);
+    s.pre = dev_buf(be->act, 4 * nc, &st), s.h = dev_buf(be->act, 4 * nc, &st);
+    s.d4 = dev_buf(be->act, 4 * nc, &st), s.d4b = dev_buf(be->act, 4 * nc, &st);
+    s.w4 = dev_buf(be->act, 4 * (size_t)s.C * s.C, &st), s.dw4 = dev_buf(be->act, 4 * (size_t)s.C * s.C, &st);
     s.logits = dev_buf(be->act, (size_t)s.N * s.Vp, &st);
     int32_t *tg = malloc(s.N * sizeof *tg);
     s.targets = be->alloc(be, s.N * sizeof *tg);
@@ -208,6 +233,9 @@ int main(int argc, char **argv)
         {"gelu_bwd", gelu_bwd, 4.0 * nc * a},
         /* logits read, their gradient written in place, losses out */
         {"crossentropy_fwdbwd", xent, 2.0 * s.N * (double)s.Vp * a + s.N * (f + 4.0)},
+        /* dy, pre, gelu(pre), weight in; dpre written; dweight read and written */
+        {"mlp_proj_bwd_fused", mlp_proj_bwd_fused, (nc + 3.0 * 4 * nc + 3.0 * 4 * s.C * s.C) * a},
+        {"mlp_proj_bwd_unfused", mlp_proj_bwd_unfused, (nc + 3.0 * 4 * nc + 3.0 * 4 * s.C * s.C) * a},
         /* grads, params(act) in; master, m, v read and written; params written */
         {"adamw", adamw, (double)s.P * (a + 6.0 * o + a)},
     };
