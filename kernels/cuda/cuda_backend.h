@@ -67,7 +67,7 @@ struct nvtx_scope {
  * training nothing allocates. */
 enum {
 	SCR_ATT,	/* attention backward: D_i = dO_i . O_i, fp32 [B, NH, T] */
-	SCR_COLSUM,	/* per-row-chunk partial column sums (dbias, layernorm dw/db) */
+	SCR_COLSUM,	/* per-row-chunk partial column sums (dbias, layernorm dw/db); BGRADB's dbias vector */
 	SCR_ENC,	/* encoder backward: positions sorted by token, buckets */
 	SCR_NORM,	/* sumsq partial sums */
 	SCR_ADAMW,	/* AdamW segment table */
