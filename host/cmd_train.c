@@ -287,15 +287,15 @@ static void check_memory(const model_config *cfg, backend *be, const train_opts 
     if (!limit || mem_plan_total(&p) <= limit)
         return;
     int fits = mem_plan_largest_batch(cfg, be, &ms, limit);
-    double gib = 1024.0 * 1024.0 * 1024.0;
+    char need[40], have[40];
+    mem_human(mem_plan_total(&p), need, sizeof need);
+    mem_human(limit, have, sizeof have);
     if (fits > 0)
-        cli_die("--batch %d: the memory plan needs %.2f GiB per rank, more than the %.2f GiB "
-                "of %s; the largest batch that fits is --batch %d%s", o->B,
-                mem_plan_total(&p) / gib, limit / gib, against, fits,
+        cli_die("--batch %d: the memory plan needs %s per rank, more than the %s of %s; the "
+                "largest batch that fits is --batch %d%s", o->B, need, have, against, fits,
                 recompute ? "" : " (--recompute or --zero 1 with more ranks may fit more)");
-    cli_die("--batch %d: the memory plan needs %.2f GiB per rank, more than the %.2f GiB of %s; "
-            "not even --batch 1 fits at --seq %d", o->B, mem_plan_total(&p) / gib, limit / gib,
-            against, o->T);
+    cli_die("--batch %d: the memory plan needs %s per rank, more than the %s of %s; not even "
+            "--batch 1 fits at --seq %d", o->B, need, have, against, o->T);
 }
 
 int cmd_train(int argc, char **argv)

@@ -80,19 +80,22 @@ static size_t cnt_rnn_work_bytes(backend *be, int cell, int B, int T, int D, int
     return r->rnn_work_bytes(r, cell, B, T, D, H);
 }
 
-/* A backend with be's name and dtypes whose memory entries count and whose
- * ops are absent: building and planning a model calls no op. */
+/* real's table with counting memory entries: building and planning a model
+ * calls no op (families only look at which ops exist), and what touches
+ * memory does nothing here. */
 static void counting_init(counting_backend *c, backend *real)
 {
     memset(c, 0, sizeof *c);
     c->real = real;
     c->next = (uintptr_t)1 << 40;
     backend *be = &c->be;
-    be->name = real->name;
-    be->act = real->act;
-    be->stat = real->stat;
-    be->opt = real->opt;
+    *be = *real;
     be->ctx = c;
+    be->destroy = NULL;
+    be->range = NULL;
+    be->stream = NULL;
+    be->mem_info = NULL;
+    be->workspace_bytes = NULL;
     be->alloc = cnt_alloc;
     be->free = cnt_free;
     be->upload = cnt_copy;
@@ -184,13 +187,13 @@ static const char *grouped(size_t n, char *buf)
 
 const char *mem_plan_format(const mem_plan *p, char *buf, size_t n)
 {
-    char a[6][40], t[40];
+    char a[6][40], t[40], h[40];
     snprintf(buf, n, "params %s B | grads %s B | master %s B | moments %s B | activations %s B "
-                     "| workspace %s B | total %s B (%.2f GiB)",
+                     "| workspace %s B | total %s B (%s)",
              grouped(p->params, a[0]), grouped(p->grads, a[1]), grouped(p->master, a[2]),
              grouped(p->moments, a[3]), grouped(p->activations, a[4]),
              grouped(p->workspace, a[5]), grouped(mem_plan_total(p), t),
-             (double)mem_plan_total(p) / (1u << 30));
+             mem_human(mem_plan_total(p), h, sizeof h));
     return buf;
 }
 
@@ -221,4 +224,13 @@ size_t mem_in_use(backend *be)
     if (!be->mem_info || be->mem_info(be, &free_b, &total))
         return 0;
     return total > free_b ? total - free_b : 0;
+}
+
+const char *mem_human(size_t bytes, char *buf, size_t n)
+{
+    if (bytes >= (size_t)1 << 30)
+        snprintf(buf, n, "%.2f GiB", (double)bytes / (1u << 30));
+    else
+        snprintf(buf, n, "%.1f MiB", (double)bytes / (1u << 20));
+    return buf;
 }

@@ -53,6 +53,9 @@ const char *mem_plan_format(const mem_plan *p, char *buf, size_t n);
  * the device's total less its free memory); 0 without a report. */
 size_t mem_in_use(backend *be);
 
+/* "12.34 GiB", or "56.7 MiB" below a GiB, into buf. */
+const char *mem_human(size_t bytes, char *buf, size_t n);
+
 /* Parses a byte count with an optional K, M, G or T suffix (powers of 1024):
  * "80G", "512M", "1048576". -1 when malformed or zero. */
 int mem_parse_bytes(const char *s, size_t *out);
