@@ -1704,7 +1704,12 @@ extern "C" cudaError_t emu_malloc_at(void **p, size_t n, const void *pc)
 	if (!raw)
 		return host_error(cudaErrorMemoryAllocation, "cudaMalloc: out of memory for %zu bytes", n);
 	char *user = (char *)(((uintptr_t)raw + REDZONE + 255) & ~(uintptr_t)255);
-	memset(user, 0xff, n);	/* uninitialised device memory: NaN, not zero */
+	/* uninitialised device memory: NaN, not zero; but from 1 GiB on the pages
+	 * are left untouched (zero) until written, so that a test can allocate
+	 * a buffer past 2^31 elements and use only its far end (index
+	 * arithmetic) without the host paying for all of it */
+	if (n < ((size_t)1 << 30))
+		memset(user, 0xff, n);
 	poison(raw, (size_t)(user - raw));
 	poison(user + n, (size_t)(raw + raw_size - (user + n)));
 	pthread_mutex_lock(&g_lock);
