@@ -84,3 +84,30 @@ def test_run_that_does_not_fit_the_device_stops_before_allocating(shard):
     assert figures(USED, ok.stdout)["total"] <= 16 << 20
     over = emu(*args, "--batch", fits + 1, ANATOMY_EMU_DEVICE_MB="16")
     assert over.returncode == 1 and f"is --batch {fits}" in over.stderr
+
+
+def test_gpt2_124m_at_batch_64_fits_80_gib():
+    """GPT-2 124M at B 64, T 1024 in bf16 plans to fit 80 GiB, with and
+    without --recompute (which saves activations); at a 20 GiB limit train
+    stops before allocating and names the largest batch that fits."""
+    base = ["info", "--preset", "gpt2-124m", "--batch", "64", "--seq", "1024", "--device",
+            "cuda", "--precision", "bf16", "--memory-limit", "80G"]
+    plans = []
+    for extra in ([], ["--recompute"]):
+        p = emu(*base, *extra)
+        assert p.returncode == 0, p.stderr
+        assert "fits in --memory-limit 80.00 GiB" in p.stdout, p.stdout
+        got = dict(re.findall(r"^  (\w+)\s+([0-9]+) B", p.stdout, re.M))
+        plans.append({k: int(v) for k, v in got.items()})
+    full, rec = plans
+    assert rec["activations"] < full["activations"] and rec["total"] < full["total"] < 80 << 30
+    # the logits alone: 64 x 1024 x 50,304 bf16, more than 2^31 elements
+    assert full["activations"] > 64 * 1024 * 50304 * 2
+    p = emu("train", "--preset", "gpt2-124m", "--data", "/nonexistent_*.bin", "--batch", "64",
+            "--seq", "1024", "--device", "cuda", "--precision", "bf16", "--memory-limit", "20G")
+    assert p.returncode == 1
+    m = re.search(r"--batch 64: the memory plan needs [0-9.]+ GiB per rank, more than the "
+                  r"20.00 GiB of --memory-limit; the largest batch that fits is --batch ([0-9]+)",
+                  p.stderr)
+    assert m, p.stderr
+    assert 40 <= int(m.group(1)) < 64
