@@ -322,16 +322,16 @@ static int gather_shards(const train_opts *o, float *a, size_t n, const char *wh
 int train_save(model *m, const train_opts *o, const train_state *st, const char *path, char *err)
 {
     size_t n = m->nparams;
-    float *p = malloc(n * sizeof *p), *mm = malloc(n * sizeof *mm), *vv = malloc(n * sizeof *vv);
-    ckpt_meta md = { 0 };
-    int rc = 0;
     /* sharded optimizer state (ZeRO stage 1): every rank's part to every
      * rank, so that rank 0 writes the same single file as without ZeRO, one
      * that resumes on any world size, with or without ZeRO */
     int sharded = m->state_lo > 0 || m->state_hi < n;
-
     if (!sharded && o->rank != 0)
         return 0; /* rank 0 holds it all and writes */
+    float *p = malloc(n * sizeof *p), *mm = malloc(n * sizeof *mm), *vv = malloc(n * sizeof *vv);
+    ckpt_meta md = { 0 };
+    int rc = 0;
+
     if (!p || !mm || !vv)
         rc = errf(err, "%s: out of memory for the checkpoint copy", path);
     if (sharded && o->dist) { /* every rank must take part, even one out of memory */
@@ -586,6 +586,30 @@ static void train_range(backend *be, const char *name, int push)
         be->range(be, name, push);
 }
 
+/* Device memory the backend holds for itself now (memplan.h: workspace). */
+static size_t workspace_held(backend *be)
+{
+    return be->workspace_bytes ? be->workspace_bytes(be, 0, 0, 0, 0, 0) : 0;
+}
+
+/* The memory plan's check (cmd_train printed the plan): what each category
+ * took on the device, as its report saw it. The model measured its own
+ * buffers (model_alloc, model_shard_state); the activations are what the
+ * plan added to the device's use, less what the backend's scratch grew by
+ * (in_use, held: the device's use and the backend's before the plan). */
+static void print_memory_in_use(model *m, size_t in_use, size_t held)
+{
+    backend *be = m->be;
+    mem_plan used = { m->used_params, m->used_grads, m->used_master, m->used_moments, 0, 0 };
+    char line[512];
+    size_t now = mem_in_use(be), total = 0, dev_free = 0;
+    used.workspace = workspace_held(be);
+    used.activations = now - in_use - (used.workspace - held);
+    be->mem_info(be, &dev_free, &total);
+    printf("memory in use per rank: %s; the device reports %zu B in use of %.2f GiB\n",
+           mem_plan_format(&used, line, sizeof line), now, total / 1073741824.0);
+}
+
 int train_run(model *m, const train_opts *o, train_state *st, char *err)
 {
     backend *be = m->be;
@@ -619,19 +643,11 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
      * activations take their memory */
     if (sync_params(m, o, err) || zero_init(&z, m, o, err))
         goto done;
-    size_t in_use = mem_in_use(be), held = be->workspace_bytes ? be->workspace_bytes(be, 0, 0, 0, 0, 0) : 0;
+    size_t in_use = mem_in_use(be), held = workspace_held(be);
     if (m->plan(m, B, T, err))
         goto done;
-    if (be->mem_info && o->rank == 0) { /* the memory plan's check: what was allocated */
-        mem_plan used = { m->used_params, m->used_grads, m->used_master, m->used_moments, 0, 0 };
-        char line[512];
-        size_t now = mem_in_use(be), total = 0, dev_free = 0;
-        used.workspace = be->workspace_bytes ? be->workspace_bytes(be, 0, 0, 0, 0, 0) : 0;
-        used.activations = now - in_use - (used.workspace - held);
-        be->mem_info(be, &dev_free, &total);
-        printf("memory in use per rank: %s; the device reports %zu B in use of %.2f GiB\n",
-               mem_plan_format(&used, line, sizeof line), now, total / 1073741824.0);
-    }
+    if (be->mem_info && o->rank == 0)
+        print_memory_in_use(m, in_use, held);
     int overlap = dist_active(o->dist) && !z.on;
     if (o->hellaswag) {
         hs_in = malloc((size_t)B * T * sizeof *hs_in);
