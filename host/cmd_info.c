@@ -7,16 +7,32 @@
 
 #include "../data/errbuf.h"
 #include "cli.h"
+#include "memplan.h"
 #include "setup.h"
 
 static const char usage[] =
-    "usage: anatomy info [(--preset NAME | --model NAME | --init PATH) [model options] [--views]]\n"
+    "usage: anatomy info [(--preset NAME | --model NAME | --init PATH) [model options] [--views]\n"
+    "                    [--batch B [--seq T] [--device D] [--precision P] [--world W]\n"
+    "                     [--zero 1] [--recompute] [--memory-limit BYTES]]]\n"
     "\n"
     "Prints the model's family, configuration, the context it sees, and its parameter\n"
     "count (padding excluded); then the BLAS of the CPU backend: library, version, the\n"
     "kernel it chose for this CPU, threads (OMP_NUM_THREADS, else all cores), and the\n"
     "file it was loaded from. With no model, only the BLAS.\n"
     "  --views   also list every parameter tensor with its shape and offset\n"
+    "memory plan (with --batch): the device memory each rank of `anatomy train` with\n"
+    "these options will allocate, by category (parameters, gradients, master weights,\n"
+    "AdamW moments, activations, the backend's workspace), as train prints it at\n"
+    "start-up; nothing is allocated. The options mean what they mean to train:\n"
+    "  --batch B            micro-batch sequences\n"
+    "  --seq T              sequence length (default: the model's context, at most 1024)\n"
+    "  --device D           cpu or cuda (default: cuda when this build has it, else cpu)\n"
+    "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
+    "  --world W            data-parallel ranks (default 1)\n"
+    "  --zero 1             ZeRO stage 1: moments and master weights are 1/W per rank\n"
+    "  --recompute          layernorm and GELU outputs recomputed in backward\n"
+    "  --memory-limit BYTES device memory per rank (e.g. 80G): says whether the plan\n"
+    "                       fits, and the largest --batch that does\n"
     "\n";
 
 static void print_blas(void)
@@ -39,14 +55,65 @@ static void print_count(const char *label, size_t n)
     printf("%-12s %s\n", label, out);
 }
 
+/* The memory plan of `train` with these options (memplan.h), on the backend
+ * they name (created for its dtypes and workspace; nothing else allocated). */
+static void print_plan(const model_config *cfg, mem_shape *ms, const char *device,
+                       const char *precision, size_t limit)
+{
+    char err[ERRBUF];
+    backend *be = setup_backend(device, 1, precision);
+    int maxT = mem_plan_max_seq(cfg, be, err);
+    mem_plan p;
+    int fits;
+    if (maxT < 0)
+        cli_die("%s", err);
+    if (!ms->T)
+        ms->T = maxT < 1024 ? maxT : 1024;
+    if (ms->T > maxT)
+        cli_die("--seq: %d is longer than the model's context length %d", ms->T, maxT);
+    if (mem_plan_compute(cfg, be, ms, &p, err))
+        cli_die("%s", err);
+    printf("\nmemory plan per rank: %s %s, batch %d x seq %d, %d rank%s%s%s\n", be->name,
+           dtype_name(be->act), ms->B, ms->T, ms->world, ms->world > 1 ? "s" : "",
+           ms->zero && ms->world > 1 ? ", ZeRO stage 1" : "", ms->recompute ? ", recompute" : "");
+    const char *names[] = { "params", "grads", "master", "moments", "activations", "workspace",
+                            "total" };
+    size_t bytes[] = { p.params, p.grads, p.master, p.moments, p.activations, p.workspace,
+                       mem_plan_total(&p) };
+    for (int i = 0; i < 7; i++) {
+        char label[32];
+        snprintf(label, sizeof label, "  %s", names[i]);
+        printf("%-14s %16zu B %10.2f GiB\n", label, bytes[i], bytes[i] / 1073741824.0);
+    }
+    if (limit) {
+        if (mem_plan_total(&p) <= limit)
+            printf("fits in --memory-limit %.2f GiB\n", limit / 1073741824.0);
+        else if ((fits = mem_plan_largest_batch(cfg, be, ms, limit)) > 0)
+            printf("does not fit in --memory-limit %.2f GiB: the largest batch that fits is "
+                   "--batch %d\n", limit / 1073741824.0, fits);
+        else
+            printf("does not fit in --memory-limit %.2f GiB: not even --batch 1 does at "
+                   "--seq %d\n", limit / 1073741824.0, ms->T);
+    }
+    be->destroy(be);
+}
+
 int cmd_info(int argc, char **argv)
 {
-    enum { O_PRESET = 256, O_MODEL, O_INIT, O_VIEWS, O_HELP };
+    enum { O_PRESET = 256, O_MODEL, O_INIT, O_VIEWS, O_HELP, O_BATCH, O_SEQ, O_DEVICE,
+           O_PRECISION, O_WORLD, O_ZERO, O_RECOMPUTE, O_MEMLIMIT };
     static const struct option base[] = {
         { "preset", 1, 0, O_PRESET }, { "model", 1, 0, O_MODEL }, { "init", 1, 0, O_INIT },
         { "views", 0, 0, O_VIEWS },   { "help", 0, 0, O_HELP },
+        { "batch", 1, 0, O_BATCH },   { "seq", 1, 0, O_SEQ },   { "device", 1, 0, O_DEVICE },
+        { "precision", 1, 0, O_PRECISION }, { "world", 1, 0, O_WORLD },
+        { "zero", 1, 0, O_ZERO },     { "recompute", 0, 0, O_RECOMPUTE },
+        { "memory-limit", 1, 0, O_MEMLIMIT },
         { 0, 0, 0, 0 },
     };
+    mem_shape ms = { 0, 0, 0, 1, 0 };
+    const char *device = NULL, *precision = NULL;
+    size_t limit = 0;
     struct option *longopts = setup_longopts(base);
     model_source src = { 0 };
     int views = 0, c, nviews;
@@ -64,6 +131,17 @@ int cmd_info(int argc, char **argv)
         case O_MODEL: src.model = optarg; break;
         case O_INIT: src.init = optarg; break;
         case O_VIEWS: views = 1; break;
+        case O_BATCH: ms.B = (int)cli_int("--batch", optarg, 1, 1 << 20); break;
+        case O_SEQ: ms.T = (int)cli_int("--seq", optarg, 1, 1 << 20); break;
+        case O_DEVICE: device = optarg; break;
+        case O_PRECISION: precision = optarg; break;
+        case O_WORLD: ms.world = (int)cli_int("--world", optarg, 1, 1 << 16); break;
+        case O_ZERO: ms.zero = (int)cli_int("--zero", optarg, 0, 1); break;
+        case O_RECOMPUTE: ms.recompute = 1; break;
+        case O_MEMLIMIT:
+            if (mem_parse_bytes(optarg, &limit))
+                cli_die("--memory-limit: '%s' is not a byte count (e.g. 80G, 512M)", optarg);
+            break;
         case O_HELP:
             fputs(usage, stdout);
             setup_print_model_help(stdout);
@@ -75,7 +153,12 @@ int cmd_info(int argc, char **argv)
     free(longopts);
     if (optind < argc)
         cli_die("info: unexpected argument '%s'", argv[optind]);
-    if (!src.preset && !src.model && !src.init && !src.nset && !views) {
+    int planning = ms.B || ms.T || device || precision || ms.world > 1 || ms.zero ||
+                   ms.recompute || limit;
+    if (planning && !ms.B)
+        cli_die("info: --seq, --device, --precision, --world, --zero, --recompute and "
+                "--memory-limit are memory plan options: give --batch too");
+    if (!src.preset && !src.model && !src.init && !src.nset && !views && !planning) {
         print_blas();
         return 0;
     }
@@ -109,5 +192,7 @@ int cmd_info(int argc, char **argv)
     }
     (void)total;
     free(v);
+    if (planning)
+        print_plan(&cfg, &ms, device, precision, limit);
     return 0;
 }

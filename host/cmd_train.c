@@ -7,6 +7,7 @@
 
 #include "../data/errbuf.h"
 #include "cli.h"
+#include "memplan.h"
 #include "rundir.h"
 #include "setup.h"
 #include "train.h"
@@ -60,6 +61,10 @@ static const char usage[] =
     "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
     "  --recompute          keep no per-layer layernorm and GELU outputs; recompute them in\n"
     "                       the backward pass (less activation memory, same results)\n"
+    "  --memory-limit BYTES device memory a rank may use (e.g. 80G, 512M): the run stops\n"
+    "                       before allocating when its memory plan (printed at start-up)\n"
+    "                       needs more, naming the largest --batch that fits (default: the\n"
+    "                       device's free memory on cuda, no limit on cpu)\n"
     "run:\n"
     "  --out DIR            write log.jsonl and checkpoints here: one trainer per directory\n"
     "                       (locked); a fresh run refuses one that holds checkpoints\n"
@@ -86,10 +91,11 @@ static const char usage[] =
     "                       --total-batch stays the global batch (default B*T*ranks)\n"
     "  --dist-timeout S     end the job when a rank waits in a collective, or reaches\n"
     "                       none, for S seconds (a dead or hung rank; default 300)\n"
-    "  --zero 1             ZeRO stage 1: each rank keeps and updates 1/ranks of the AdamW\n"
-    "                       state (gradients reduce-scattered, parameters all-gathered);\n"
-    "                       checkpoints gather it into the usual single file (default 0;\n"
-    "                       no effect with one rank)\n"
+    "  --zero 1             ZeRO stage 1: each rank keeps (on its device) and updates\n"
+    "                       1/ranks of the AdamW moments and master weights (gradients\n"
+    "                       reduce-scattered, parameters all-gathered); checkpoints gather\n"
+    "                       them into the usual single file, which resumes on any number of\n"
+    "                       ranks with or without ZeRO (default 0; no effect with one rank)\n"
     "  --dist-init SPEC     how the ranks find each other for NCCL when MPI is not linked:\n"
     "                       tcp (rank 0 at MASTER_ADDR:MASTER_PORT; the default) or\n"
     "                       file:PATH (a new file on a filesystem all ranks share)\n"
@@ -108,7 +114,7 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT
 };
 
 static const struct option base_opts[] = {
@@ -135,7 +141,7 @@ static const struct option base_opts[] = {
     { "hellaswag", 1, 0, O_HS },        { "hellaswag-every", 1, 0, O_HSEVERY },
     { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
-    { "rows", 1, 0, O_ROWS },
+    { "rows", 1, 0, O_ROWS },           { "memory-limit", 1, 0, O_MEMLIMIT },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
     { 0, 0, 0, 0 },
 };
@@ -253,6 +259,45 @@ static int cpu_share(int local)
     return n > local ? (int)(n / local) : 1;
 }
 
+/* The memory plan of this run (memplan.h), printed by rank 0 before anything
+ * is allocated, and checked against --memory-limit or, on a device that
+ * reports its memory, what it has free (plus what the backend already holds
+ * for itself, which the plan counts): a run that would not fit stops here,
+ * naming the largest --batch that would. */
+static void check_memory(const model_config *cfg, backend *be, const train_opts *o,
+                         int recompute, size_t limit)
+{
+    char err[ERRBUF], line[512];
+    mem_shape ms = { o->B, o->T, recompute, o->world, o->zero };
+    mem_plan p;
+    const char *against = "--memory-limit";
+    size_t free_b = 0, total_b = 0;
+
+    if (mem_plan_compute(cfg, be, &ms, &p, err))
+        cli_die("%s", err);
+    if (o->rank == 0)
+        printf("memory plan per rank (%s %s, batch %d x seq %d%s%s): %s\n", be->name,
+               dtype_name(be->act), o->B, o->T, recompute ? ", recompute" : "",
+               o->zero && o->world > 1 ? ", ZeRO stage 1" : "",
+               mem_plan_format(&p, line, sizeof line));
+    if (!limit && be->mem_info && !be->mem_info(be, &free_b, &total_b)) {
+        limit = free_b + (be->workspace_bytes ? be->workspace_bytes(be, 0, 0, 0, 0, 0) : 0);
+        against = "free device memory";
+    }
+    if (!limit || mem_plan_total(&p) <= limit)
+        return;
+    int fits = mem_plan_largest_batch(cfg, be, &ms, limit);
+    char need[40], have[40];
+    mem_human(mem_plan_total(&p), need, sizeof need);
+    mem_human(limit, have, sizeof have);
+    if (fits > 0)
+        cli_die("--batch %d: the memory plan needs %s per rank, more than the %s of %s; the "
+                "largest batch that fits is --batch %d%s", o->B, need, have, against, fits,
+                recompute ? "" : " (--recompute or --zero 1 with more ranks may fit more)");
+    cli_die("--batch %d: the memory plan needs %s per rank, more than the %s of %s; not even "
+            "--batch 1 fits at --seq %d", o->B, need, have, against, o->T);
+}
+
 int cmd_train(int argc, char **argv)
 {
     model_source src = { 0 };
@@ -268,6 +313,7 @@ int cmd_train(int argc, char **argv)
     dist_env denv;
     char err[ERRBUF];
     ckpt_meta md = { 0 };
+    size_t mem_limit = 0;
 
     o.B = 8;
     o.steps = 1000;
@@ -298,6 +344,10 @@ int cmd_train(int argc, char **argv)
         case O_SEQ: seq = (int)cli_int("--seq", optarg, 1, 1 << 20); break;
         case O_TOTAL: o.total_batch = cli_int("--total-batch", optarg, 1, 1LL << 40); break;
         case O_SHUFFLE: o.shuffle = 1; break;
+        case O_MEMLIMIT:
+            if (mem_parse_bytes(optarg, &mem_limit))
+                cli_die("--memory-limit: '%s' is not a byte count (e.g. 80G, 512M)", optarg);
+            break;
         case O_ROWS:
             if (strcmp(optarg, "random") && strcmp(optarg, "contiguous"))
                 cli_die("--rows: unknown mode '%s' (expected contiguous or random)", optarg);
@@ -394,7 +444,18 @@ int cmd_train(int argc, char **argv)
     o.world = dd->world;
     if (o.rank == 0 && strcmp(be->name, "cpu") == 0) /* which kernel the matmuls run on */
         printf("blas: %s\n", blas_describe(threads, (char[256]){ 0 }, 256));
-    model *m = setup_model(be, &src, &md);
+    model_config cfg;
+    float *params;
+    if (setup_load(&src, &cfg, &params, &md, err))
+        cli_die("%s", err);
+    int maxT = mem_plan_max_seq(&cfg, be, err);
+    if (maxT < 0)
+        cli_die("%s", err);
+    o.T = seq ? seq : (maxT < 1024 ? maxT : 1024);
+    if (o.T > maxT)
+        cli_die("--seq: %d is longer than the model's context length %d", o.T, maxT);
+    check_memory(&cfg, be, &o, recompute, mem_limit);
+    model *m = setup_model_from(be, &src, &cfg, params);
     m->recompute = recompute;
     if (resume_path && !ckpt_meta_get(&md, "step"))
         cli_die("--resume %s: not a training checkpoint (use --init to start from weights)",
@@ -405,9 +466,6 @@ int cmd_train(int argc, char **argv)
     if (o.random_rows && o.shuffle)
         cli_die("--rows random: rows at random offsets have no chunk order to --shuffle; give "
                 "one of them");
-    o.T = seq ? seq : (m->maxT < 1024 ? m->maxT : 1024);
-    if (o.T > m->maxT)
-        cli_die("--seq: %d is longer than the model's context length %d", o.T, m->maxT);
     if (!o.total_batch)
         o.total_batch = (long long)o.B * o.T * o.world;
     if (resume_path) {

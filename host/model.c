@@ -9,6 +9,7 @@
 #include "../data/errbuf.h"
 #include "../kernels/dropout_mask.h"
 #include "family.h"
+#include "memplan.h"
 
 static int build_segments(model *m)
 {
@@ -28,6 +29,17 @@ static int build_segments(model *m)
     return 0;
 }
 
+/* be->alloc, adding the device memory it took (by the backend's report) to *used. */
+static void *alloc_counted(backend *be, size_t bytes, size_t *used)
+{
+    size_t before = mem_in_use(be);
+    void *p = be->alloc(be, bytes);
+    size_t after = mem_in_use(be);
+    if (p && after > before)
+        *used += after - before;
+    return p;
+}
+
 int model_alloc(model *m, char *err)
 {
     backend *be = m->be;
@@ -36,11 +48,12 @@ int model_alloc(model *m, char *err)
 
     if (build_segments(m))
         return errf(err, "out of memory");
-    m->params = be->alloc(be, act);
-    m->grads = be->alloc(be, act);
-    m->m = be->alloc(be, opt);
-    m->v = be->alloc(be, opt);
-    m->master = be->act != be->opt ? be->alloc(be, opt) : NULL;
+    m->used_params = m->used_grads = m->used_master = m->used_moments = 0;
+    m->params = alloc_counted(be, act, &m->used_params);
+    m->grads = alloc_counted(be, act, &m->used_grads);
+    m->m = alloc_counted(be, opt, &m->used_moments);
+    m->v = alloc_counted(be, opt, &m->used_moments);
+    m->master = be->act != be->opt ? alloc_counted(be, opt, &m->used_master) : NULL;
     if (!m->params || !m->grads || !m->m || !m->v || (be->act != be->opt && !m->master)) {
         double gib = (2.0 * act + 3.0 * opt) / (1 << 30);
         model_free_buffers(m);
@@ -48,9 +61,53 @@ int model_alloc(model *m, char *err)
                          "gradients and AdamW state, which could not be allocated",
                     m->family, m->nparams, gib, be->name);
     }
+    m->state_lo = 0;
+    m->state_hi = n;
     model_zero_grad(m);
     be->fill(be, m->m, be->opt, 0.0, n);
     be->fill(be, m->v, be->opt, 0.0, n);
+    return 0;
+}
+
+int model_shard_state(model *m, size_t lo, size_t hi, char *err)
+{
+    backend *be = m->be;
+    size_t n = hi - lo, es = dtype_size(be->opt), from = lo - m->state_lo;
+    size_t used_m = 0, used_master = 0;
+    void *old[3] = { m->m, m->v, m->master }, *fresh[3] = { NULL, NULL, NULL };
+    float *host = malloc((n ? n : 1) * sizeof *host);
+    int k, nbuf = m->master ? 3 : 2;
+
+    if (lo < m->state_lo || hi > m->state_hi || lo > hi) {
+        free(host);
+        return errf(err, "optimizer state shard [%zu, %zu) is outside [%zu, %zu)", lo, hi,
+                    m->state_lo, m->state_hi);
+    }
+    /* the parts first, then the wholes go: at no time more than both */
+    for (k = 0; k < nbuf && host; k++) {
+        fresh[k] = alloc_counted(be, (n ? n : 1) * es, k == 2 ? &used_master : &used_m);
+        if (!fresh[k])
+            break;
+        be->download(be, host, DT_F32, buf_at(old[k], from, be->opt), be->opt, n);
+        be->upload(be, fresh[k], be->opt, host, DT_F32, n);
+    }
+    free(host);
+    if (k < nbuf) {
+        for (int j = 0; j < nbuf; j++)
+            if (fresh[j])
+                be->free(be, fresh[j]);
+        return errf(err, "out of device memory for the optimizer state shard (%zu elements)",
+                    n);
+    }
+    for (k = 0; k < nbuf; k++)
+        be->free(be, old[k]);
+    m->m = fresh[0];
+    m->v = fresh[1];
+    m->master = nbuf == 3 ? fresh[2] : NULL;
+    m->state_lo = lo;
+    m->state_hi = hi;
+    m->used_moments = used_m;
+    m->used_master = used_master;
     return 0;
 }
 
@@ -75,30 +132,34 @@ void model_set_params(model *m, const float *host)
     backend *be = m->be;
     be->upload(be, m->params, be->act, host, DT_F32, m->nparams);
     if (m->master)
-        be->upload(be, m->master, be->opt, host, DT_F32, m->nparams);
+        be->upload(be, m->master, be->opt, host + m->state_lo, DT_F32,
+                   m->state_hi - m->state_lo);
 }
 
 void model_get_params(model *m, float *host)
 {
     backend *be = m->be;
-    if (m->master)
-        be->download(be, host, DT_F32, m->master, be->opt, m->nparams);
-    else
+    size_t lo = m->state_lo, hi = m->state_hi;
+    if (!m->master || lo > 0 || hi < m->nparams)
         be->download(be, host, DT_F32, m->params, be->act, m->nparams);
+    if (m->master) /* the exact values where this process keeps them */
+        be->download(be, host + lo, DT_F32, m->master, be->opt, hi - lo);
 }
 
 void model_set_moments(model *m, const float *mh, const float *vh)
 {
     backend *be = m->be;
-    be->upload(be, m->m, be->opt, mh, DT_F32, m->nparams);
-    be->upload(be, m->v, be->opt, vh, DT_F32, m->nparams);
+    size_t lo = m->state_lo, n = m->state_hi - lo;
+    be->upload(be, m->m, be->opt, mh + lo, DT_F32, n);
+    be->upload(be, m->v, be->opt, vh + lo, DT_F32, n);
 }
 
 void model_get_moments(model *m, float *mh, float *vh)
 {
     backend *be = m->be;
-    be->download(be, mh, DT_F32, m->m, be->opt, m->nparams);
-    be->download(be, vh, DT_F32, m->v, be->opt, m->nparams);
+    size_t lo = m->state_lo, n = m->state_hi - lo;
+    be->download(be, mh + lo, DT_F32, m->m, be->opt, n);
+    be->download(be, vh + lo, DT_F32, m->v, be->opt, n);
 }
 
 const param_view *model_find_view(const model *m, const char *name)

@@ -55,6 +55,13 @@ struct model {
     int nsegs;
     /* device buffers: params/grads in be->act; master (NULL when act == opt), m, v in be->opt */
     void *params, *grads, *master, *m, *v;
+    /* The optimizer state (master, m, v) holds parameter elements [state_lo,
+     * state_hi): all of them after model_alloc, this rank's shard after
+     * model_shard_state (ZeRO stage 1). */
+    size_t state_lo, state_hi;
+    /* Device bytes each buffer took as the backend's memory report saw them
+     * (be->mem_info; all 0 without it): the memory plan's check. */
+    size_t used_params, used_grads, used_master, used_moments;
     int B, T;               /* planned micro-batch (0 before plan) */
     int recompute;          /* set before plan: keep no per-layer copy of activations that
                                are cheap to recompute (layernorm and GELU outputs); the
@@ -156,10 +163,18 @@ void model_delete(model *m);
 int model_alloc(model *m, char *err);
 void model_free_buffers(model *m);
 void model_zero_grad(model *m);
-/* Host fp32 copy of all parameters [nparams] <-> device (and master). */
+/* Keeps only elements [lo, hi) of the optimizer state (master, m, v): new
+ * buffers of hi - lo elements get that part of the old ones, which are
+ * freed (ZeRO stage 1: each rank's shard). -1 with err when out of memory
+ * (the model is then unchanged). */
+int model_shard_state(model *m, size_t lo, size_t hi, char *err);
+/* Host fp32 copy of all parameters [nparams] <-> device (and master). With a
+ * sharded master, get reads the shard from it and the rest from params (the
+ * act-typed copy); set writes only the shard of master. */
 void model_set_params(model *m, const float *host);
 void model_get_params(model *m, float *host);
-/* AdamW moments as host fp32 [nparams] each. */
+/* AdamW moments as host fp32 [nparams] each; only [state_lo, state_hi) is
+ * read or written (the rest of the host arrays is left alone). */
 void model_set_moments(model *m, const float *mh, const float *vh);
 void model_get_moments(model *m, float *mh, float *vh);
 const param_view *model_find_view(const model *m, const char *name);

@@ -480,10 +480,19 @@ model *setup_model(backend *be, const model_source *src, ckpt_meta *md)
     char err[ERRBUF];
     model_config cfg;
     float *params;
-    model *m;
 
     if (setup_load(src, &cfg, &params, md, err))
         cli_die("%s", err);
+    return setup_model_from(be, src, &cfg, params);
+}
+
+model *setup_model_from(backend *be, const model_source *src, const model_config *cfg_in,
+                        float *params)
+{
+    char err[ERRBUF];
+    model_config cfg = *cfg_in;
+    model *m;
+
     if (src->init) { /* eval, sample and train all refuse NaN weights */
         param_view *views = NULL;
         int nviews = 0;

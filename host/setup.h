@@ -69,6 +69,10 @@ int setup_preset_config(const model_source *src, model_config *cfg, char *err);
 
 /* Builds the model on the backend with the parameters uploaded. Dies on error. */
 model *setup_model(backend *be, const model_source *src, ckpt_meta *md);
+/* The same from what setup_load gave (params is freed), for a command that
+ * looks at the config before anything is allocated (train's memory plan). */
+model *setup_model_from(backend *be, const model_source *src, const model_config *cfg,
+                        float *params);
 
 /* The config a model was built with. */
 model_config setup_config_of(const model *m);

@@ -26,6 +26,7 @@
 #include "batches.h"
 #include "family.h"
 #include "hellaswag_eval.h"
+#include "memplan.h"
 #include "rundir.h"
 #include "setup.h"
 
@@ -305,29 +306,61 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
 }
 
+/* Every rank's shard [lo, hi) of the host array a [n] (the ranks' parts of
+ * a ZeRO-sharded state, each filled in by its owner) to every rank. */
+static int gather_shards(const train_opts *o, float *a, size_t n, const char *what, char *err)
+{
+    for (int r = 0; r < o->world; r++) {
+        size_t lo, hi;
+        dist_shard(o->dist, r, n, &lo, &hi);
+        if (hi > lo && dist_bcast_f32(o->dist, a + lo, hi - lo, r, what, err))
+            return -1;
+    }
+    return 0;
+}
+
 int train_save(model *m, const train_opts *o, const train_state *st, const char *path, char *err)
 {
     size_t n = m->nparams;
+    /* sharded optimizer state (ZeRO stage 1): every rank's part to every
+     * rank, so that rank 0 writes the same single file as without ZeRO, one
+     * that resumes on any world size, with or without ZeRO */
+    int sharded = m->state_lo > 0 || m->state_hi < n;
+    if (!sharded && o->rank != 0)
+        return 0; /* rank 0 holds it all and writes */
     float *p = malloc(n * sizeof *p), *mm = malloc(n * sizeof *mm), *vv = malloc(n * sizeof *vv);
     ckpt_meta md = { 0 };
-    int rc;
+    int rc = 0;
 
-    if (!p || !mm || !vv) {
-        free(p);
-        free(mm);
-        free(vv);
-        return errf(err, "%s: out of memory for the checkpoint copy", path);
+    if (!p || !mm || !vv)
+        rc = errf(err, "%s: out of memory for the checkpoint copy", path);
+    if (sharded && o->dist) { /* every rank must take part, even one out of memory */
+        int bad = rc != 0;
+        double v = bad;
+        if (dist_allreduce_f64(o->dist, &v, 1, 0, "checkpoint", err))
+            rc = -1;
+        else if (v > 0 && !bad)
+            rc = errf(err, "rank %d: another rank is out of memory for the checkpoint copy",
+                      o->rank);
     }
-    model_get_params(m, p);
-    model_get_moments(m, mm, vv);
-    model_config cfg = setup_config_of(m);
-    setup_meta_put_config(&md, &cfg);
-    put_state(&md, o, st);
-    ckpt_extra carried = { "train.carried", 2,
-                           { st->carried_world, (int64_t)st->carried_n }, st->carried };
-    rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
-                         st->carried ? 1 : 0, err);
-    ckpt_meta_free(&md);
+    if (!rc) {
+        model_get_params(m, p);
+        model_get_moments(m, mm, vv);
+        if (sharded && (gather_shards(o, mm, n, "AdamW m", err) ||
+                        gather_shards(o, vv, n, "AdamW v", err) ||
+                        (m->master && gather_shards(o, p, n, "master weights", err))))
+            rc = -1;
+    }
+    if (!rc && o->rank == 0) {
+        model_config cfg = setup_config_of(m);
+        setup_meta_put_config(&md, &cfg);
+        put_state(&md, o, st);
+        ckpt_extra carried = { "train.carried", 2,
+                               { st->carried_world, (int64_t)st->carried_n }, st->carried };
+        rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
+                             st->carried ? 1 : 0, err);
+        ckpt_meta_free(&md);
+    }
     free(p);
     free(mm);
     free(vv);
@@ -406,11 +439,10 @@ done:
 }
 
 /* ZeRO stage 1: this rank's shard [lo, hi) of the flat parameter vector
- * (dist_shard) and AdamW's segments intersected with it. Off (on == 0), the
- * shard is everything and segs are the model's. The moments (and master
- * weights) stay full-size buffers because model_alloc owns them; only the
- * shard is read or written between checkpoints, so the memory saving is a
- * matter of allocating shard-sized buffers there, not of this logic. */
+ * (dist_shard) and AdamW's segments intersected with it. The model keeps
+ * only that part of the optimizer state (moments, master weights) on the
+ * device (model_shard_state), and AdamW updates only it. Off (on == 0), the
+ * shard is everything and segs are the model's. */
 typedef struct {
     int on;
     size_t lo, hi;
@@ -428,6 +460,8 @@ static int zero_init(zero_plan *z, model *m, const train_opts *o, char *err)
     if (!z->on)
         return 0;
     dist_shard(o->dist, o->rank, m->nparams, &z->lo, &z->hi);
+    if (model_shard_state(m, z->lo, z->hi, err))
+        return -1;
     z->segs = malloc(((size_t)m->nsegs + 1) * sizeof *z->segs);
     if (!z->segs)
         return errf(err, "rank %d: out of memory for the ZeRO plan", o->rank);
@@ -488,23 +522,6 @@ static int reduce_grads(model *m, const train_opts *o, const zero_plan *z, doubl
     return 0;
 }
 
-/* Before a checkpoint under ZeRO: every rank's shard of the optimizer state
- * to every rank, so rank 0 writes the same single file as without ZeRO (and
- * it resumes on any world size, with or without ZeRO). */
-static int zero_gather_state(model *m, const train_opts *o, const zero_plan *z, char *err)
-{
-    backend *be = m->be;
-    if (!z->on)
-        return 0;
-    if (m->master && dist_allgather_buf(o->dist, m->master, be->opt, m->nparams,
-                                        "master weights", err))
-        return -1;
-    if (dist_allgather_buf(o->dist, m->m, be->opt, m->nparams, "AdamW m", err) ||
-        dist_allgather_buf(o->dist, m->v, be->opt, m->nparams, "AdamW v", err))
-        return -1;
-    return 0;
-}
-
 /* Every rank's carried state (model.h) of the training source into
  * all[world * n], rank r's at all + r * n. Ranks other than r add zeros to
  * its part, so the sum is exact. wide: [world * n] scratch (world > 1). */
@@ -529,14 +546,17 @@ static int gather_carried(model *m, const train_opts *o, const void *key, float 
     return 0;
 }
 
+/* Collective under ZeRO (the state's shards are gathered): every rank calls it. */
 static int save_step(model *m, const train_opts *o, const train_state *st, char *err)
 {
     char path[4200];
     rundir_ckpt_path(o->out, st->step, path, sizeof path);
     if (train_save(m, o, st, path, err))
         return -1;
-    printf("checkpoint %s\n", path);
-    fflush(stdout);
+    if (o->rank == 0) {
+        printf("checkpoint %s\n", path);
+        fflush(stdout);
+    }
     return 0;
 }
 
@@ -564,6 +584,30 @@ static void train_range(backend *be, const char *name, int push)
 {
     if (be->range)
         be->range(be, name, push);
+}
+
+/* Device memory the backend holds for itself now (memplan.h: workspace). */
+static size_t workspace_held(backend *be)
+{
+    return be->workspace_bytes ? be->workspace_bytes(be, 0, 0, 0, 0, 0) : 0;
+}
+
+/* The memory plan's check (cmd_train printed the plan): what each category
+ * took on the device, as its report saw it. The model measured its own
+ * buffers (model_alloc, model_shard_state); the activations are what the
+ * plan added to the device's use, less what the backend's scratch grew by
+ * (in_use, held: the device's use and the backend's before the plan). */
+static void print_memory_in_use(model *m, size_t in_use, size_t held)
+{
+    backend *be = m->be;
+    mem_plan used = { m->used_params, m->used_grads, m->used_master, m->used_moments, 0, 0 };
+    char line[512];
+    size_t now = mem_in_use(be), total = 0, dev_free = 0;
+    used.workspace = workspace_held(be);
+    used.activations = now - in_use - (used.workspace - held);
+    be->mem_info(be, &dev_free, &total);
+    printf("memory in use per rank: %s; the device reports %zu B in use of %.2f GiB\n",
+           mem_plan_format(&used, line, sizeof line), now, total / 1073741824.0);
 }
 
 int train_run(model *m, const train_opts *o, train_state *st, char *err)
@@ -594,8 +638,16 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                   "ranks = %lld", o->total_batch, per_micro);
         goto done;
     }
-    if (m->plan(m, B, T, err) || zero_init(&z, m, o, err))
+    /* the parameters first, while every rank holds the whole master copy;
+     * then the optimizer state shrinks to this rank's shard before the
+     * activations take their memory */
+    if (sync_params(m, o, err) || zero_init(&z, m, o, err))
         goto done;
+    size_t in_use = mem_in_use(be), held = workspace_held(be);
+    if (m->plan(m, B, T, err))
+        goto done;
+    if (be->mem_info && o->rank == 0)
+        print_memory_in_use(m, in_use, held);
     int overlap = dist_active(o->dist) && !z.on;
     if (o->hellaswag) {
         hs_in = malloc((size_t)B * T * sizeof *hs_in);
@@ -655,8 +707,6 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                 goto done;
         }
     }
-    if (sync_params(m, o, err))
-        goto done;
     if (o->dist && dist_reserve(o->dist, m->nparams, err))
         goto done;
     if (o->out && o->rank == 0) { /* lock, checks, stale files, the log cut to st->step */
@@ -718,7 +768,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         /* seed: stochastic rounding of bf16 params; the backend mixes in the step */
         adamw_params hp = { (float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                             (float)o->weight_decay, step + 1, gscale,
-                            (uint32_t)(o->seed ^ (o->seed >> 32)) };
+                            (uint32_t)(o->seed ^ (o->seed >> 32)), m->state_lo };
         if (z.on) { /* this rank's shard, then everyone's parameters to everyone */
             train_range(be, "optimizer", 1);
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, z.segs, z.nsegs, &hp);
@@ -791,27 +841,21 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             train_sample(&sp, o, st, sample_toks, st->step);
         /* the same condition on every rank: the ZeRO gather is collective */
         if (o->out && ((o->ckpt_every > 0 && st->step % o->ckpt_every == 0) || last)) {
-            if (zero_gather_state(m, o, &z, err))
-                goto done;
             if (ncarried && gather_carried(m, o, ld->batch.resets, carried, carried_wide,
                                            ncarried, err))
                 goto done;
             st->carried = carried;
             st->carried_n = ncarried;
             st->carried_world = o->world;
-            int bad = o->rank == 0 && save_step(m, o, st, err);
+            int bad = save_step(m, o, st, err);
             st->carried = NULL;
             if (bad)
                 goto done;
             saved = st->step;
         }
         if (stop && !last) { /* every rank decided this at the same step */
-            if (o->out && saved != st->step) {
-                if (zero_gather_state(m, o, &z, err))
-                    goto done;
-                if (o->rank == 0 && save_step(m, o, st, err))
-                    goto done;
-            }
+            if (o->out && saved != st->step && save_step(m, o, st, err))
+                goto done;
             if (o->rank == 0) {
                 if (o->out)
                     printf("stopped by %s at step %d; resume with --resume %s\n",

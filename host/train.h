@@ -82,7 +82,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err);
  * is an --out: the command exits with RUNDIR_STOP_STATUS (rundir.h). */
 #define TRAIN_STOPPED 1
 
-/* Writes <out>/step_NNNNNN.safetensors with parameters, moments and state. */
+/* Writes <out>/step_NNNNNN.safetensors with parameters, moments and state:
+ * rank 0 writes; with the optimizer state sharded (ZeRO stage 1) every rank
+ * must call it, as it gathers the shards. */
 int train_save(model *m, const train_opts *o, const train_state *st, const char *path,
                char *err);
 /* Restores moments and state from a checkpoint written by train_save (the

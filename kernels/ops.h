@@ -68,6 +68,11 @@ typedef struct {
     uint32_t seed;     /* random bits for stochastic rounding of bf16 params
                         * (CUDA, with master weights); hashed with step and
                         * element index; ignored by the CPU backend */
+    size_t state_offset; /* master, m and v hold the state of the parameters from
+                          * this element on: parameter i's is their element
+                          * i - state_offset (0: all of it; ZeRO stage 1: the
+                          * first element of this rank's shard). Segments lie
+                          * at or after it. */
 } adamw_params;
 
 /* How a backward op writes an input gradient of which it is the first
@@ -113,6 +118,15 @@ struct backend {
     /* Optional (NULL on the CPU): the native stream the ops are queued on
      * (CUDA: a cudaStream_t), for libraries that must queue on it too (NCCL). */
     void *(*stream)(backend *be);
+    /* Optional (NULL on the CPU): the device's free and total memory in bytes
+     * (CUDA: cudaMemGetInfo), for the trainer's memory plan and its check. */
+    int (*mem_info)(backend *be, size_t *free_bytes, size_t *total_bytes);
+    /* Optional (NULL: the backend holds no device memory of its own): the
+     * bytes of device memory the backend holds for itself (fixed buffers such
+     * as the matmul library's workspace, plus the scratch `plan` reserves)
+     * once plan(B, T, C, NH, V) has run; B = 0: what it holds now. The memory
+     * plan (host/memplan.c) asks before allocating anything. */
+    size_t (*workspace_bytes)(backend *be, int B, int T, int C, int NH, int V);
 
     /* ---- ops (types: act unless stated) ---- */
 
@@ -312,7 +326,7 @@ struct backend {
      * w is `master` (opt) when not NULL, and `params` (act) is then set from it
      * (bf16: rounded stochastically, unbiased, bits from hp->seed, step, index);
      * with master NULL the update happens in `params` directly (act == opt).
-     * m, v, master: opt. */
+     * m, v, master: opt, indexed from hp->state_offset (ZeRO: shard-sized). */
     void (*adamw)(backend *be, void *params, void *master, const void *grads, void *m, void *v,
                   const param_segment *segs, int nsegs, const adamw_params *hp);
 };

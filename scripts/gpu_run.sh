@@ -320,6 +320,8 @@ summary() {
     row "llm.c (cuDNN attention)" "$([ -n "$llmc_tok" ] && awk -v t="$llmc_tok" -v n=$((B * T)) 'BEGIN { printf "%.1f", n / t * 1e3 }')" "$llmc_tok"
     row "PyTorch eager (SDPA flash)" "$torch_ms" "$(tok "$torch_ms")"
     row "PyTorch torch.compile" "$comp_ms" "$(tok "$comp_ms")"
+    echo "anatomy's device memory: the plan printed before allocating, then what the device held before step 1:"
+    grep -E '^memory (plan|in use)' "$L/gpt2-anatomy.log" 2>/dev/null | sed 's/^/  /'
     echo "attention (TFLOP/s; ours, then SDPA's backends):"
     cat "$L/attention-ours.log" "$L/attention-sdpa.log" 2>/dev/null | grep -E '^[a-z]+ (fwd|bwd|fwdbwd) ' | sort -k3,3 -k4,4 -k5,5 -k2,2 | sed 's/^/  /'
     echo "memory-bound ops (GB/s; the copy ceiling is ${copy:-?} TB/s):"

@@ -274,7 +274,7 @@ START_TEST(test_overfit_one_batch)
         if (loss < 0.05)
             break;
         m->backward(m);
-        adamw_params hp = { 3e-3f, 0.9f, 0.99f, 1e-8f, 0.0f, step, 1.0f, 0 };
+        adamw_params hp = { 3e-3f, 0.9f, 0.99f, 1e-8f, 0.0f, step, 1.0f, 0, 0 };
         be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
     }
     /* ln(68) + ln(2) at the start */

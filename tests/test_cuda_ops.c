@@ -882,6 +882,122 @@ START_TEST(test_crossentropy)
 }
 END_TEST
 
+/* ---- offsets past 2^31 elements ----
+ * GPT-2 124M at B 64, T 1024 has 3.3e9 logits (B*T*Vp), more than a 32-bit
+ * index reaches: every op must form row offsets in 64 bits. These cases put
+ * the rows an op reads or writes past element 2^31 of its buffer with few
+ * rows (the classifier: 514 rows of ~4.2M classes, only the last scored;
+ * the encoder: a table of ~2^31 elements, tokens at its far end), at the odd
+ * sizes too (an unpadded odd vocabulary, C not a multiple of 8: the scalar
+ * paths). The buffers are mostly never touched (the host's zero pages; the
+ * emulator leaves allocations of 1 GiB and more unfilled), so this costs
+ * little memory; an offset that wraps reads or writes outside the buffer,
+ * which the emulator reports and the CPU faults on. */
+
+/* Only the last of N rows (at element (N-1)*Vp > 2^31) has a target. */
+static void large_xent(backend *be, int V, int Vp)
+{
+    dtype a = be->act;
+    int N = (int)(((size_t)1 << 31) / (size_t)Vp) + 2;
+    size_t last = (size_t)(N - 1) * Vp;
+    ck_assert(last > ((size_t)1 << 31));
+    void *x = dalloc(be, a, (size_t)N * Vp);
+    double *row = rnd((size_t)Vp, 3, a), *loss = xmalloc((size_t)N * sizeof(double));
+    be->upload(be, buf_at(x, last, a), a, row, DT_F64, (size_t)Vp);
+    int32_t *tg = xmalloc((size_t)N * sizeof *tg);
+    for (int i = 0; i < N; i++)
+        tg[i] = -1;
+    tg[N - 1] = V - 1 - irand(7);
+    void *t = up_i32(be, tg, (size_t)N), *l = poisoned(be, be->stat, (size_t)N);
+    be->crossentropy(be, l, NULL, x, t, N, V, Vp, 1.0f);
+    take(be, l, be->stat, NULL, (size_t)N, loss);
+    double m = -INFINITY, sum = 0;
+    for (int v = 0; v < V; v++)
+        m = row[v] > m ? row[v] : m;
+    for (int v = 0; v < V; v++)
+        sum += exp(row[v] - m);
+    double want = m + log(sum) - row[tg[N - 1]];
+    ck_assert_msg(fabs(loss[N - 1] - want) <= 2e-3, "%s %s crossentropy V %d Vp %d, row %d at "
+                  "element %zu: loss %.6f, want %.6f", be->name, dtype_name(a), V, Vp, N - 1, last,
+                  loss[N - 1], want);
+    for (int i = 0; i < N - 1; i++)
+        ck_assert_msg(loss[i] == 0.0, "ignored row %d: loss %g", i, loss[i]);
+    be->free(be, x), be->free(be, t);
+    free(row), free(loss), free(tg);
+}
+
+/* A table of Vp rows of C, Vp * C > 2^31: tokens at its far end, forward
+ * (out = wte[tok] + wpe[t]) and backward (dwte[tok] += dout). */
+static void large_encoder(backend *be, int C)
+{
+    enum { B = 2, T = 3 };
+    dtype a = be->act;
+    int Vp = (int)(((size_t)1 << 31) / (size_t)C) + 64;
+    int32_t tok[B * T] = { Vp - 1, 5, Vp - 2, Vp - 1, Vp - 40, 0 };
+    size_t btc = (size_t)B * T * C;
+    void *wte = dalloc(be, a, (size_t)Vp * C), *dwte = dalloc(be, a, (size_t)Vp * C);
+    double *rows = rnd((size_t)B * T * C, 1, a), *wpe = rnd((size_t)T * C, 1, a);
+    double *dout = rnd(btc, 1, a), *out = xmalloc(btc * sizeof(double));
+    double *got = xmalloc((size_t)C * sizeof(double));
+    for (int i = 0; i < B * T; i++) { /* a repeated token gets the later row; both see it */
+        be->upload(be, buf_at(wte, (size_t)tok[i] * C, a), a, rows + (size_t)i * C, DT_F64,
+                   (size_t)C);
+        be->fill(be, buf_at(dwte, (size_t)tok[i] * C, a), a, 0.0, (size_t)C);
+    }
+    void *dpe = up(be, a, wpe, (size_t)T * C), *dtok = up_i32(be, tok, B * T);
+    void *o = poisoned(be, a, btc);
+    be->encoder_forward(be, o, dtok, wte, dpe, B, T, C);
+    take(be, o, a, NULL, btc, out);
+    for (int i = 0; i < B * T; i++) {
+        int src = i; /* the row last uploaded for this token */
+        for (int j = 0; j < B * T; j++)
+            if (tok[j] == tok[i])
+                src = j;
+        for (int c = 0; c < C; c++) {
+            double want = rows[(size_t)src * C + c] + wpe[(size_t)(i % T) * C + c];
+            ck_assert_msg(fabs(out[(size_t)i * C + c] - want) <= 1e-2 * fabs(want) + 1e-6,
+                          "%s %s encoder_forward C %d, token %d (row at element %zu): out[%d] "
+                          "%g, want %g", be->name, dtype_name(a), C, tok[i], (size_t)tok[i] * C,
+                          c, out[(size_t)i * C + c], want);
+        }
+    }
+    void *dy = up(be, a, dout, btc), *dpe_g = dalloc(be, a, (size_t)T * C);
+    be->fill(be, dpe_g, a, 0.0, (size_t)T * C);
+    be->encoder_backward(be, dwte, dpe_g, dy, dtok, B, T, C);
+    for (int i = 0; i < B * T; i++) {
+        be->download(be, got, DT_F64, buf_at(dwte, (size_t)tok[i] * C, a), a, (size_t)C);
+        for (int c = 0; c < C; c++) {
+            double want = 0;
+            for (int j = 0; j < B * T; j++)
+                if (tok[j] == tok[i])
+                    want += dout[(size_t)j * C + c];
+            ck_assert_msg(fabs(got[c] - want) <= 1e-2 * fabs(want) + 1e-6,
+                          "%s %s encoder_backward C %d, token %d: dwte[%d] %g, want %g",
+                          be->name, dtype_name(a), C, tok[i], c, got[c], want);
+        }
+    }
+    be->free(be, wte), be->free(be, dwte), be->free(be, dpe), be->free(be, dtok);
+    be->free(be, dy), be->free(be, dpe_g);
+    free(rows), free(wpe), free(dout), free(out), free(got);
+}
+
+START_TEST(test_large_offsets)
+{
+    dtype act = mode(_i);
+    char err[512] = "";
+    backend *bes[2] = { gpu(act), act == DT_F32 ? backend_cpu_create(0, err) : NULL };
+    seed("large offsets", _i);
+    for (int k = 0; k < 2 && bes[k]; k++) {
+        /* odd and unpadded (scalar path); padded to a multiple of 8 (vector path) */
+        large_xent(bes[k], (1 << 22) + 1, (1 << 22) + 1);
+        large_xent(bes[k], (1 << 22) - 47, 1 << 22);
+        large_encoder(bes[k], 12); /* C % 8 != 0 */
+        large_encoder(bes[k], 16);
+        bes[k]->destroy(bes[k]);
+    }
+}
+END_TEST
+
 /* ---- attention_decode ---- */
 
 /* One new position over a cache of pos + 1 keys, against the CPU op, at
@@ -970,7 +1086,7 @@ START_TEST(test_adamw)
         double *gr = rnd(n, 0.1 * step, act);
         for (int k = 0; k < 50; k++) /* some exact zeros */
             gr[irand((int)n)] = 0.0;
-        adamw_params hp = { 1e-2f * step, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f, (uint32_t)rnext() };
+        adamw_params hp = { 1e-2f * step, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f, (uint32_t)rnext(), 0 };
         void *rg = up(r, r->act, gr, n), *gg = up(g, act, gr, n);
         r->adamw(r, rp, NULL, rg, rm, rv, segs, 4, &hp);
         g->adamw(g, gp, gw, gg, gm, gv, segs, 4, &hp);
@@ -1043,7 +1159,7 @@ START_TEST(test_adamw_rounding)
     for (int run = 0; run < 3; run++) {
         void *gp = up(g, act, w, n), *gw = act != g->opt ? up(g, g->opt, w, n) : NULL;
         void *gm = up(g, g->opt, zero, n), *gv = up(g, g->opt, zero, n), *gg = up(g, act, zero, n);
-        adamw_params hp = { 0.0f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, 1.0f, seeds[run] };
+        adamw_params hp = { 0.0f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, 1.0f, seeds[run], 0 };
         g->adamw(g, gp, gw, gg, gm, gv, segs, 1, &hp);
         out[run] = xmalloc(n * 8);
         g->download(g, out[run], DT_F64, gp, act, n);
@@ -1141,7 +1257,7 @@ static double train_step(model *m, const int32_t *in, const int32_t *tg, int ste
     double loss = m->forward(m, &(model_batch){ .tokens = in, .targets = tg }, 1.0f);
     m->backward(m);
     double norm = sqrt(be->sumsq(be, m->grads, m->nparams));
-    adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, norm > 1.0 ? (float)(1.0 / norm) : 1.0f, 7 };
+    adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, norm > 1.0 ? (float)(1.0 / norm) : 1.0f, 7, 0 };
     be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
     be->sync(be);
     return loss;
@@ -1301,6 +1417,7 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(att, test_attention_decode, 0, 2);
     tcase_add_loop_test(ops, test_elementwise, 0, 2);
     tcase_add_loop_test(ops, test_crossentropy, 0, 2);
+    tcase_add_loop_test(ops, test_large_offsets, 0, 2);
     tcase_add_loop_test(ops, test_sumsq, 0, 2);
     tcase_add_loop_test(ops, test_adamw, 0, 2);
     tcase_add_loop_test(ops, test_adamw_rounding, 0, 2);

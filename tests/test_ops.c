@@ -1272,12 +1272,65 @@ static void adamw_run(int fp64, int with_master)
     be->destroy(be);
 }
 
+/* ZeRO stage 1's update: the state (m, v, master) of elements [lo, hi) only,
+ * in buffers of hi - lo elements (hp.state_offset = lo), with the segments
+ * cut to the shard. The shard's parameters and state must be the whole
+ * update's bit for bit, and nothing outside the shard may change. */
+static void adamw_shard_run(int fp64, int with_master)
+{
+    enum { n = 1000, lo = 200, hi = 700, steps = 4 };
+    const param_segment segs[3] = { { 0, 300, 1 }, { 300, 50, 0 }, { 360, 640, 1 } };
+    const param_segment cut[3] = { { lo, 100, 1 }, { 300, 50, 0 }, { 360, hi - 360, 1 } };
+    backend *be = mk(fp64, 3);
+    dtype t = be->act;
+    double *w = rand_vec(n, 1.0), a[n], b[n];
+    round_f32(w, n);
+    void *pw = dup_to(be, t, w, n), *sw = dup_to(be, t, w, n);
+    void *pm = dalloc(be, t, n), *pv = dalloc(be, t, n), *sm = dalloc(be, t, hi - lo);
+    void *sv = dalloc(be, t, hi - lo);
+    void *pmaster = with_master ? dup_to(be, t, w, n) : NULL;
+    void *smaster = with_master ? dup_to(be, t, w + lo, hi - lo) : NULL;
+    be->fill(be, pm, t, 0.0, n), be->fill(be, pv, t, 0.0, n);
+    be->fill(be, sm, t, 0.0, hi - lo), be->fill(be, sv, t, 0.0, hi - lo);
+    for (int s = 1; s <= steps; s++) {
+        adamw_params hp = { .lr = 0.05f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
+                            .weight_decay = 0.1f, .step = s, .grad_scale = 0.7f };
+        double *g = rand_vec(n, 1.0);
+        void *dg = dup_to(be, t, g, n);
+        be->adamw(be, pw, pmaster, dg, pm, pv, segs, 3, &hp);
+        hp.state_offset = lo;
+        be->adamw(be, sw, smaster, dg, sm, sv, cut, 3, &hp);
+        be->free(be, dg);
+        free(g);
+    }
+    get(be, a, pw, t, n);
+    get(be, b, sw, t, n);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(i >= lo && i < hi ? a[i] == b[i] : b[i] == w[i],
+                      "adamw shard %s master=%d: params[%d] %.17g, whole update %.17g (start %.17g)",
+                      be->name, with_master, i, b[i], a[i], w[i]);
+    void *whole[3] = { pm, pv, pmaster }, *part[3] = { sm, sv, smaster };
+    for (int k = 0; k < (with_master ? 3 : 2); k++) {
+        get(be, a, whole[k], t, n);
+        get(be, b, part[k], t, hi - lo);
+        for (int i = lo; i < hi; i++)
+            ck_assert_msg(a[i] == b[i - lo], "adamw shard %s: state %d element %d differs",
+                          be->name, k, i);
+        be->free(be, whole[k]), be->free(be, part[k]);
+    }
+    be->free(be, pw), be->free(be, sw);
+    free(w);
+    be->destroy(be);
+}
+
 START_TEST(test_adamw)
 {
     seed(401);
     for (int fp64 = 0; fp64 < 2; fp64++)
-        for (int wm = 0; wm < 2; wm++)
+        for (int wm = 0; wm < 2; wm++) {
             adamw_run(fp64, wm);
+            adamw_shard_run(fp64, wm);
+        }
 }
 END_TEST
 

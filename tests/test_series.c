@@ -659,7 +659,7 @@ START_TEST(test_patchts_learns)
         if (step == 1)
             first = loss;
         m->backward(m);
-        adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0 };
+        adamw_params hp = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0, 0 };
         be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
     }
     ck_assert_msg(loss < 0.02 && loss < first / 10, "loss %g after 300 steps (first %g)", loss,
@@ -751,7 +751,7 @@ START_TEST(test_tsgpt_learns)
         if (step == 1)
             first = loss;
         m->backward(m);
-        adamw_params hp = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0 };
+        adamw_params hp = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0, 0 };
         be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
     }
     ck_assert_msg(loss < 0.3 * first, "loss %g after 150 steps (first %g)", loss, first);

@@ -1125,19 +1125,23 @@ typedef struct {
     real b1, b2, eps, gs, step, bc2s, keep;
 } adamw_consts;
 
-/* AdamW on elements [lo, hi); w is master or params, and params gets w. */
-static void adamw_range(real *params, real *w, const real *grads, real *m, real *v, size_t lo,
-                        size_t hi, const adamw_consts *k)
+/* AdamW on parameter elements [lo, hi); w is master or params, and params
+ * gets w. m and v hold the state from parameter element so on (ops.h:
+ * state_offset), parameter i's at i - so; w likewise from wo on (the master
+ * copy: wo = so; params themselves: wo = 0). */
+static void adamw_range(real *params, real *w, size_t wo, const real *grads, real *m, real *v,
+                        size_t so, size_t lo, size_t hi, const adamw_consts *k)
 {
     real b1 = k->b1, b2 = k->b2, eps = k->eps, gs = k->gs, step = k->step, bc2s = k->bc2s;
     real keep = k->keep;
 #pragma omp simd
     for (size_t i = lo; i < hi; i++) {
+        size_t j = i - so;
         real g = gs * grads[i];
-        m[i] = b1 * m[i] + (1 - b1) * g;
-        v[i] = b2 * v[i] + (1 - b2) * g * g;
-        real wi = w[i] * keep - step * (m[i] / (sqrt_r(v[i]) / bc2s + eps));
-        w[i] = wi;
+        m[j] = b1 * m[j] + (1 - b1) * g;
+        v[j] = b2 * v[j] + (1 - b2) * g * g;
+        real wi = w[i - wo] * keep - step * (m[j] / (sqrt_r(v[j]) / bc2s + eps));
+        w[i - wo] = wi;
         params[i] = wi; /* the same store when master is NULL */
     }
 }
@@ -1149,6 +1153,7 @@ static void cpu_adamw(backend *be, void *params_, void *master_, const void *gra
                       void *v, const param_segment *segs, int nsegs, const adamw_params *hp)
 {
     real *params = params_, *w = master_ ? (real *)master_ : params;
+    size_t so = hp->state_offset, wo = master_ ? so : 0; /* params are always whole */
     int t = hp->step < 1 ? 1 : hp->step;
     double bc1 = 1 - pow(hp->beta1, t), bc2 = 1 - pow(hp->beta2, t);
     adamw_consts on = { hp->beta1, hp->beta2, hp->eps, hp->grad_scale, (real)(hp->lr / bc1),
@@ -1164,7 +1169,8 @@ static void cpu_adamw(backend *be, void *params_, void *master_, const void *gra
         for (int k = 0; k < nsegs; k++) {
             size_t lo, hi, o = segs[k].offset;
             thread_range(segs[k].count, me, all, &lo, &hi);
-            adamw_range(params, w, grads, m, v, o + lo, o + hi, segs[k].decay ? &on : &off);
+            adamw_range(params, w, wo, grads, m, v, so, o + lo, o + hi,
+                        segs[k].decay ? &on : &off);
         }
     }
 }

@@ -15,6 +15,9 @@
  * round-to-nearest. The random bits are a hash of (hp->seed, element index),
  * so a run is deterministic and ZeRO shards round as one process would.
  *
+ * The state (master, m, v) may be a ZeRO shard: parameter element i's is
+ * element i - hp->state_offset of it; the rounding bits still hash i.
+ *
  * Launch: a grid of blocks of ADAMW_EPB elements, each block inside one
  * segment; the segment table (offset, count, decay, first block) lives on the
  * device and is uploaded only when it changes, i.e. once per model. A block
@@ -65,7 +68,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 adamw_round<__nv_bfloat16>(
 template <class T>
 __global__ void adamw_kernel(T *params, float *master, const T *grads, float *m, float *v,
 			     const adamw_seg *segs, int nsegs, adamw_consts on, adamw_consts off,
-			     unsigned seed)
+			     unsigned seed, unsigned long long so)
 {
 	unsigned b = blockIdx.x;
 	int lo = 0, hi = nsegs - 1;
@@ -83,16 +86,16 @@ __global__ void adamw_kernel(T *params, float *master, const T *grads, float *m,
 		size_t j = start + e;
 		if (j >= s.count)
 			break;
-		size_t i = s.offset + j;
+		size_t i = s.offset + j, q = i - so;	/* q: the element of the state */
 		float g = k.gs * to_f(grads[i]);
-		float mi = k.b1 * m[i] + (1.0f - k.b1) * g;
-		float vi = k.b2 * v[i] + (1.0f - k.b2) * g * g;
-		float w = master ? master[i] : to_f(params[i]);
+		float mi = k.b1 * m[q] + (1.0f - k.b1) * g;
+		float vi = k.b2 * v[q] + (1.0f - k.b2) * g * g;
+		float w = master ? master[q] : to_f(params[i]);
 		w = w * k.keep - k.step * (mi / (sqrtf(vi) / k.bc2s + k.eps));
-		m[i] = mi;
-		v[i] = vi;
+		m[q] = mi;
+		v[q] = vi;
 		if (master)
-			master[i] = w;
+			master[q] = w;
 		params[i] = master ? adamw_round<T>(w, adamw_hash(seed, i)) : from_f<T>(w);
 	}
 }
@@ -162,10 +165,10 @@ void cuda_adamw(backend *be, void *params, void *master, const void *grads, void
 	if (be->act == DT_BF16)
 		CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, adamw_kernel<__nv_bfloat16>)(
 			(__nv_bfloat16 *)params, (float *)master, (const __nv_bfloat16 *)grads, (float *)m, (float *)v,
-			table, n, on, off, seed);
+			table, n, on, off, seed, hp->state_offset);
 	else
 		CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, adamw_kernel<float>)(
 			(float *)params, (float *)master, (const float *)grads, (float *)m, (float *)v, table, n, on,
-			off, seed);
+			off, seed, hp->state_offset);
 	LAUNCH_CHECK();
 }

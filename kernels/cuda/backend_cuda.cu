@@ -69,31 +69,65 @@ void *cuda_scratch_try(cuda_backend *cb, int slot, size_t bytes)
 	return p;
 }
 
-/* Reserves the scratch of every op at the model's largest shapes: attention
- * over [B, T, C] with NH heads, column sums (bias and layernorm gradients) of
+/* The scratch every op needs at the model's largest shapes: attention over
+ * [B, T, C] with NH heads, column sums (bias and layernorm gradients) of
  * [B*T, 4C] (the widest biased matmul, the MLP's c_fc) and the encoder's
- * buckets. V is unused: the classifier needs no scratch. */
+ * buckets. V is unused: the classifier needs no scratch. Fills want[slot]
+ * (SCR_COUNT entries; the slots reserved only at the first step, the sumsq
+ * partials and the AdamW table, a few KiB, are 0). */
+static void plan_scratch(backend *be, int B, int T, int C, int NH, size_t *want)
+{
+	size_t BT = (size_t)B * T;
+	size_t col = cuda_colsum_scratch_bytes((int)BT, 4 * C), ln = cuda_layernorm_scratch_bytes((int)BT, C);
+	for (int i = 0; i < SCR_COUNT; i++)
+		want[i] = 0;
+	want[SCR_ATT] = cuda_attention_scratch_bytes(dtype_size(be->act), B, T, C, NH);
+	want[SCR_COLSUM] = col > ln ? col : ln;
+	want[SCR_ENC] = cuda_encoder_scratch_bytes((int)BT);
+}
+
+/* Reserves the scratch of plan_scratch before the first step. */
 int cuda_plan(backend *be, int B, int T, int C, int NH, int V, char *err)
 {
 	(void)V;
 	cuda_backend *cb = cuda_of(be);
-	int BT = B * T;
-	size_t col = cuda_colsum_scratch_bytes(BT, 4 * C), ln = cuda_layernorm_scratch_bytes(BT, C);
-	struct {
-		int slot;
-		size_t bytes;
-	} want[] = {
-		{SCR_ATT, cuda_attention_scratch_bytes(dtype_size(be->act), B, T, C, NH)},
-		{SCR_COLSUM, col > ln ? col : ln},
-		{SCR_ENC, cuda_encoder_scratch_bytes(BT)},
-	};
-	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-		if (!cuda_scratch_try(cb, want[i].slot, want[i].bytes)) {
+	size_t want[SCR_COUNT];
+	plan_scratch(be, B, T, C, NH, want);
+	for (int slot = 0; slot < SCR_COUNT; slot++) {
+		if (want[slot] && !cuda_scratch_try(cb, slot, want[slot])) {
 			snprintf(err, 256, "--batch/--seq: %d x %d needs %.3f GiB more of device memory for "
-				 "scratch (slot %d), which %.100s does not have", B, T, want[i].bytes / 1073741824.0,
-				 want[i].slot, cb->devname);
+				 "scratch (slot %d), which %.100s does not have", B, T, want[slot] / 1073741824.0,
+				 slot, cb->devname);
 			return -1;
 		}
+	}
+	return 0;
+}
+
+/* Device memory the backend holds for itself: the fixed buffers allocated
+ * with it (the matmul workspace, the layernorm backward's completion
+ * counter) and the scratch slots, as they are now (B = 0) or as cuda_plan
+ * would leave them for these shapes. */
+static size_t cu_workspace_bytes(backend *be, int B, int T, int C, int NH, int V)
+{
+	(void)V;
+	cuda_backend *cb = cuda_of(be);
+	size_t want[SCR_COUNT], total = mm_device_bytes() + sizeof *cb->ln_done;
+	if (B > 0)
+		plan_scratch(be, B, T, C, NH, want);
+	for (int slot = 0; slot < SCR_COUNT; slot++) {
+		size_t have = cb->scr[slot].cap;
+		total += B > 0 && want[slot] > have ? want[slot] : have;
+	}
+	return total;
+}
+
+static int cu_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+	(void)be;
+	if (cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+		cudaGetLastError();
+		return -1;
 	}
 	return 0;
 }
@@ -532,6 +566,8 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	cuda_seq_install(be);
 	cuda_rnn_install(be);
 	be->plan = cuda_plan;
+	be->mem_info = cu_mem_info;
+	be->workspace_bytes = cu_workspace_bytes;
 	be->range = cu_range;
 	be->stream = cu_stream;
 	return be;

@@ -517,6 +517,15 @@ static int mm_run(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, cons
 
 #endif /* ANATOMY_EMU */
 
+size_t mm_device_bytes(void)
+{
+#ifdef ANATOMY_EMU
+	return 0;	/* the emulated matmul needs no workspace */
+#else
+	return MM_WORKSPACE;
+#endif
+}
+
 void mm_gemm(mm_ctx *c, int ta, int tb, int m, int n, int k, dtype ab, const void *A, int lda,
 	     long long sA, const void *B, int ldb, long long sB, dtype dd, void *D, int ldd,
 	     long long sD, int batch, float alpha, float beta, const void *bias)

@@ -38,6 +38,8 @@ typedef struct mm_ctx mm_ctx;
 /* Creates the context on `stream`; NULL with err filled (256 bytes) on failure. */
 mm_ctx *mm_create(cudaStream_t stream, char *err);
 void mm_destroy(mm_ctx *c);
+/* Device bytes a context holds: MM_WORKSPACE (none in the emulator). */
+size_t mm_device_bytes(void);
 
 /* D = alpha op(A) op(B) + beta D (+ bias[m]), column-major, batched by
  * strides (elements). ta/tb: 1 = transposed. A is (ta ? k x m : m x k) with

@@ -167,6 +167,53 @@ def test_resume_on_another_world_size(launch, shards, tmp_path, zero):
     assert p.returncode == 1 and "--total-batch" in p.stderr
 
 
+def test_zero_matches_plain_bit_for_bit(launch, shards, tmp_path):
+    """ZeRO stage 1 on 2 ranks: each rank keeps half of the AdamW moments
+    (the start-up memory plan says so) and updates only its half, yet the
+    losses and the checkpoint (the shards gathered into one file) are those
+    of the plain 2-rank run, bit for bit."""
+    train, _ = shards
+    common = RUN + MODEL + ["--data", train, "--total-batch", "128", "--steps", "6",
+                            "--seed", seed(), "--ckpt-every", "3"]
+    plain = ok(launch(2, *common, "--zero", "0", "--out", tmp_path / "plain"))
+    zero = ok(launch(2, *common, "--zero", "1", "--out", tmp_path / "zero"))
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "zero")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(a[s] == b[s] for s in a), (a, b)
+    for step in (3, 6):
+        ta = load_file(str(tmp_path / "plain" / f"step_{step:06d}.safetensors"))
+        tb = load_file(str(tmp_path / "zero" / f"step_{step:06d}.safetensors"))
+        assert sorted(ta) == sorted(tb) and any(k.startswith("adamw.v.") for k in ta)
+        for k in ta:
+            assert np.array_equal(ta[k], tb[k]), (step, k)
+    def plan(p):
+        m = re.search(r"memory plan per rank .*\| moments ([0-9,]+) B", p.stdout)
+        assert m, p.stdout
+        return int(m.group(1).replace(",", ""))
+    assert plan(plain) == 2 * plan(zero)
+
+
+def test_zero_resumes_on_another_world_size_with_zero(launch, shards, tmp_path):
+    """A 2-rank ZeRO checkpoint resumes on 4 ranks under ZeRO (every rank
+    takes its new, smaller shard of the one file): the losses follow the
+    uninterrupted 2-rank run to summation order."""
+    train, _ = shards
+    common = RUN + ["--data", train, "--total-batch", "128", "--steps", "10", "--seed", seed(),
+                    "--zero", "1"]
+    ok(launch(2, *common, *MODEL, "--ckpt-every", "5", "--out", tmp_path / "full"))
+    ok(launch(4, *common, "--resume", tmp_path / "full" / "step_000005.safetensors",
+              "--out", tmp_path / "four"))
+    full, four = losses(tmp_path / "full"), losses(tmp_path / "four")
+    assert sorted(four) == list(range(6, 11))
+    worst = max(abs(full[s] - four[s]) / abs(full[s]) for s in four)
+    assert worst <= 1e-6, worst
+    a = load_file(str(tmp_path / "full" / "step_000010.safetensors"))
+    b = load_file(str(tmp_path / "four" / "step_000010.safetensors"))
+    assert sorted(a) == sorted(b)
+    state = lambda t: np.concatenate([t[k].ravel().astype(np.float64) for k in sorted(t)])
+    assert rel_l2(state(b), state(a)) <= 1e-5
+
+
 @pytest.mark.parametrize("kind", ["exit", "kill", "hang"])
 def test_failed_rank_ends_job(launch, shards, kind):
     """Rank 1 exits, is killed (SIGKILL) or hangs outside communication at

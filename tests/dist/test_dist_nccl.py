@@ -152,6 +152,35 @@ def test_nccl_bf16(launch_emu, reference, tmp_path):
     assert np.isfinite(worst) and worst <= 1e-2, (a, b)
 
 
+USED = re.compile(r"^memory in use per rank: params ([0-9,]+) B \| grads ([0-9,]+) B \| "
+                  r"master ([0-9,]+) B \| moments ([0-9,]+) B", re.M)
+
+
+def test_nccl_bf16_zero_shards_state_on_device(launch_emu, reference, tmp_path):
+    """bf16 under ZeRO stage 1 on 2 emulated ranks: the device holds half of
+    the fp32 master weights and of the AdamW moments (as the emulator's
+    allocator counts them), and the losses and the checkpoint (the shards
+    gathered) are the plain 2-rank run's, bit for bit."""
+    d = reference["dir"]
+    common = RUN + MODEL + ["--data", d / "t_train_*.bin", "--total-batch", "64", "--steps",
+                            "3", "--seed", seed(), "--device", "cuda", "--precision", "bf16"]
+    plain = ok(launch_emu(2, *common, "--zero", "0", "--out", tmp_path / "plain"))
+    zero = ok(launch_emu(2, *common, "--zero", "1", "--out", tmp_path / "zero"))
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "zero")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    assert all(a[s] == b[s] for s in a), (a, b)
+    ta = load_file(str(tmp_path / "plain" / "step_000003.safetensors"))
+    tb = load_file(str(tmp_path / "zero" / "step_000003.safetensors"))
+    assert sorted(ta) == sorted(tb)
+    for k in ta:
+        assert np.array_equal(ta[k], tb[k]), k
+    used = lambda p: [int(x.replace(",", "")) for x in USED.search(p.stdout).groups()]
+    (pp, pg, pm, pv), (zp, zg, zm, zv) = used(plain), used(zero)
+    assert (zp, zg) == (pp, pg) and pm > 0 and pv > 0
+    # rank 0's shard is ceil(n / 2) elements of fp32
+    assert zm == (pm // 4 + 1) // 2 * 4 and zv == 2 * ((pv // 8 + 1) // 2 * 4), (pm, zm, pv, zv)
+
+
 def test_nccl_forced_on_one_process_is_exact(emu, reference, tmp_path):
     """ANATOMY_DIST_NCCL=1 at world 1 sends the loss and the gradients through
     NCCL (what scripts/gpu-check.sh does on a real GPU): nothing changes, bit

@@ -205,6 +205,12 @@ static std::vector<shadow> g_dshadow;
 static const size_t DYN_REDZONE = 256;
 
 static std::map<uintptr_t, dev_alloc> g_allocs;
+/* Device memory as cudaMemGetInfo reports it: the bytes that cudaMalloc
+ * holds now (exactly what was asked for, so that a program's own account of
+ * its allocations can be checked against it), and the device's size:
+ * ANATOMY_EMU_DEVICE_MB when set, past which cudaMalloc fails as a full GPU
+ * would; otherwise the host's physical memory. */
+static size_t g_live_bytes, g_device_bytes;
 static freed_alloc g_freed[64];
 static unsigned g_nfreed;
 static std::set<void *> g_streams, g_events;
@@ -315,6 +321,9 @@ static void env_init(void)
 	s = getenv("ANATOMY_EMU_PTXAS");
 	if (s && *s)
 		kernel_regs_load(s);
+	s = getenv("ANATOMY_EMU_DEVICE_MB");
+	if (s && atoll(s) > 0)
+		g_device_bytes = (size_t)atoll(s) << 20;
 }
 
 /* Source location of a return address as "file:line", relative to the
@@ -1683,16 +1692,29 @@ extern "C" cudaError_t emu_malloc_at(void **p, size_t n, const void *pc)
 	*p = NULL;
 	if (n == 0)
 		return cudaSuccess;
+	env_init();
+	pthread_mutex_lock(&g_lock);
+	int full = g_device_bytes && g_live_bytes + n > g_device_bytes;
+	pthread_mutex_unlock(&g_lock);
+	if (full)
+		return host_error(cudaErrorMemoryAllocation, "cudaMalloc: %zu bytes do not fit the emulated device's %zu MiB (ANATOMY_EMU_DEVICE_MB), %zu in use",
+				  n, g_device_bytes >> 20, g_live_bytes);
 	size_t raw_size = n + 2 * REDZONE + 256;
 	char *raw = (char *)malloc(raw_size);
 	if (!raw)
 		return host_error(cudaErrorMemoryAllocation, "cudaMalloc: out of memory for %zu bytes", n);
 	char *user = (char *)(((uintptr_t)raw + REDZONE + 255) & ~(uintptr_t)255);
-	memset(user, 0xff, n);	/* uninitialised device memory: NaN, not zero */
+	/* uninitialised device memory: NaN, not zero; but from 1 GiB on the pages
+	 * are left untouched (zero) until written, so that a test can allocate
+	 * a buffer past 2^31 elements and use only its far end (index
+	 * arithmetic) without the host paying for all of it */
+	if (n < ((size_t)1 << 30))
+		memset(user, 0xff, n);
 	poison(raw, (size_t)(user - raw));
 	poison(user + n, (size_t)(raw + raw_size - (user + n)));
 	pthread_mutex_lock(&g_lock);
 	g_allocs[(uintptr_t)user] = dev_alloc{n, raw, raw_size, pc, 0};
+	g_live_bytes += n;
 	pthread_mutex_unlock(&g_lock);
 	*p = user;
 	return cudaSuccess;
@@ -1710,6 +1732,8 @@ static cudaError_t free_alloc(void *p, int pinned, const char *who)
 	}
 	dev_alloc a = it->second;
 	g_allocs.erase(it);
+	if (!pinned)
+		g_live_bytes -= a.size;
 	g_freed[g_nfreed++ % 64] = freed_alloc{(uintptr_t)p, a.size};
 	pthread_mutex_unlock(&g_lock);
 	unpoison(a.raw, a.raw_size);
@@ -1808,10 +1832,13 @@ extern "C" cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s)
 
 extern "C" cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
-	size_t total = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
-	size_t avail = (size_t)sysconf(_SC_AVPHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+	env_init();
+	size_t total = g_device_bytes ? g_device_bytes : (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+	pthread_mutex_lock(&g_lock);
+	size_t live = g_live_bytes;
+	pthread_mutex_unlock(&g_lock);
 	if (free_bytes)
-		*free_bytes = avail;
+		*free_bytes = total > live ? total - live : 0;
 	if (total_bytes)
 		*total_bytes = total;
 	return cudaSuccess;
