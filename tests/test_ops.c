@@ -1437,6 +1437,26 @@ START_TEST(test_memory)
                 ck_assert(y[i] == 0 && !signbit(y[i]));
             be->free(be, f);
         }
+        /* above the one-thread threshold: the zeroing and same-type copies
+         * split across the threads in page blocks, with an odd tail */
+        {
+            size_t nb = 3 * 16384 + 1037;
+            float *src = malloc(nb * sizeof *src), *back = malloc(nb * sizeof *back);
+            ck_assert(src && back);
+            for (size_t i = 0; i < nb; i++)
+                src[i] = (float)x[i % n] + (float)i;
+            void *big = dalloc(be, t, nb);
+            be->upload(be, big, t, src, DT_F32, nb);
+            be->download(be, back, DT_F32, big, t, nb);
+            ck_assert(!memcmp(src, back, nb * sizeof *src));
+            be->fill(be, big, t, 0.0, nb - 5); /* the last 5 stay */
+            be->download(be, back, DT_F32, big, t, nb);
+            for (size_t i = 0; i < nb; i++)
+                ck_assert_msg(back[i] == (i < nb - 5 ? 0.0f : src[i]) && !signbit(back[i]),
+                              "zero fill: [%zu] = %g", i, back[i]);
+            be->free(be, big);
+            free(src), free(back);
+        }
         /* a zero-byte allocation is still a pointer that can be freed */
         void *z = be->alloc(be, 0);
         ck_assert_ptr_nonnull(z);

@@ -228,6 +228,40 @@ static void store_elem(void *p, dtype t, size_t i, double x)
     }
 }
 
+/* dst = src (src NULL: dst = 0) over `bytes`, split across the threads in
+ * blocks of whole pages. One thread cannot use the machine's memory
+ * bandwidth alone, and while it works the others would only wait: zeroing
+ * the gradients (4 bytes a parameter, every step) and the checkpoint's
+ * copies are the large cases. Overlapping ranges (memmove) stay on one
+ * thread, as do small ones. */
+static void copy_bytes(backend *be, void *dst, const void *src, size_t bytes)
+{
+    const size_t block = 4096;
+    size_t blocks = (bytes + block - 1) / block;
+    int nt = team(be, (double)bytes / 4);
+    int overlap = src && (char *)dst < (const char *)src + bytes &&
+                  (const char *)src < (char *)dst + bytes;
+    if (nt <= 1 || blocks < 2 || overlap) {
+        if (!src)
+            memset(dst, 0, bytes);
+        else if (dst != src)
+            memmove(dst, src, bytes);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        size_t lo, hi;
+        thread_range(blocks, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        size_t a = lo * block, b = hi * block < bytes ? hi * block : bytes;
+        if (a < b) {
+            if (src)
+                memcpy((char *)dst + a, (const char *)src + a, b - a);
+            else
+                memset((char *)dst + a, 0, b - a);
+        }
+    }
+}
+
 /* Copies n elements converting src type st to dst type dt. Every pair is
  * served (int32 pairs with the float types by value), so a caller's type
  * mistake gives wrong numbers, never a crash. The usual pairs get loops the
@@ -239,7 +273,7 @@ static void convert(backend *be, void *dst, dtype dt, const void *src, dtype st,
         return;
     int nt = team(be, (double)n);
     if (dt == st) {
-        memmove(dst, src, n * dtype_size(dt));
+        copy_bytes(be, dst, src, n * dtype_size(dt));
     } else if (dt == DT_F32 && st == DT_F64) {
         float *d = dst;
         const double *s = src;
@@ -274,7 +308,7 @@ static void cpu_fill(backend *be, void *dst, dtype t, double value, size_t n)
     if (!n || !dst)
         return;
     if (value == 0.0 && !signbit(value)) { /* all-zero bytes for every type */
-        memset(dst, 0, n * dtype_size(t));
+        copy_bytes(be, dst, NULL, n * dtype_size(t));
         return;
     }
     int nt = team(be, (double)n);
