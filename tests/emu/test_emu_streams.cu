@@ -132,6 +132,23 @@ START_TEST(test_legacy_default_stream)
 	CUDA_OK(cudaGetLastError());
 	ck_assert_int_ne(cudaMemcpy(h, x, sizeof h, cudaMemcpyDeviceToHost), cudaSuccess);
 	expect_race("cudaMemcpy", "k_produce");
+	/* a copy from pageable memory returns once staged, before it lands: a
+	 * non-blocking stream's kernel must still be ordered after it */
+	float *y;
+	CUDA_OK(cudaDeviceSynchronize());
+	CUDA_OK(cudaMalloc(&y, N * sizeof(float)));
+	CUDA_OK(cudaMemcpy(x, h, sizeof h, cudaMemcpyHostToDevice));
+	CUDA_LAUNCH(1, 256, 0, nonblocking, k_consume)(x, y, N);
+	ck_assert_int_eq(cudaGetLastError(), cudaErrorLaunchFailure);
+	expect_race("k_consume", "cudaMemcpy");
+	/* ... while one into host memory has landed when it returns */
+	ck_assert_int_eq(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+	CUDA_OK(cudaMemcpy(h, y, sizeof h, cudaMemcpyDeviceToHost));
+	CUDA_LAUNCH(1, 256, 0, nonblocking, k_produce)(y, N, 1.0f);
+	CUDA_OK(cudaGetLastError());
+	CUDA_OK(cudaDeviceSynchronize());
+	expect_clean();
+	cudaFree(y);
 #endif
 	cudaFree(x);
 	cudaStreamDestroy(blocking);

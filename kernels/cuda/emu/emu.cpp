@@ -223,6 +223,7 @@ static std::map<const void *, size_t> g_static_smem;
  * build's ptxas.txt) or set by emu_set_kernel_regs; kernels not in it are not
  * checked. And each launched kernel's key into it. */
 static std::map<std::string, int> g_kernel_regs;
+static std::map<std::string, int> g_kernel_regs_sm90;	/* the occupancy calculator's (sm_90) */
 static std::map<const void *, std::string> g_kernel_names;
 /* sm_80/sm_90: 64K 32-bit registers per SM (and so per block), at most 255 per
  * thread, allocated per warp in units of 256 */
@@ -298,6 +299,9 @@ static void kernel_regs_load(const char *path)
 		std::string k = kernel_key(sig);
 		if (!k.empty() && regs > g_kernel_regs[k])
 			g_kernel_regs[k] = regs;
+		char arch[16] = "";
+		if (!k.empty() && sscanf(line, "%*s %15s", arch) == 1 && !strcmp(arch, "sm_90"))
+			g_kernel_regs_sm90[k] = regs;
 	}
 	fclose(f);
 }
@@ -2200,6 +2204,16 @@ static cudaError_t copy_on(emu_stream *s, const char *api, const void *pc, void 
 		return e;
 	if ((e = check_range(api, "source", src, n, dev_src)) != cudaSuccess)
 		return e;
+	if (sync) {
+		/* CUDA's "API synchronization behavior": the host waits for a copy
+		 * into host memory or out of pinned memory; not for one from
+		 * pageable memory to the device (done once staged) nor between
+		 * device buffers. */
+		pthread_mutex_lock(&g_lock);
+		const dev_alloc *da = alloc_containing(dst, n), *sa = alloc_containing(src, n);
+		sync = !da || da->pinned || (sa && sa->pinned);
+		pthread_mutex_unlock(&g_lock);
+	}
 	pthread_mutex_lock(&g_slock);
 	env_init();
 	begin_now(s);
@@ -2209,7 +2223,7 @@ static cudaError_t copy_on(emu_stream *s, const char *api, const void *pc, void 
 	return take_pending();
 }
 
-/* On the legacy default stream, and the host waits for it. */
+/* On the legacy default stream; the host waits for it as copy_on says. */
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind)
 {
 	return copy_on(&g_legacy_stream, "cudaMemcpy", __builtin_return_address(0), dst, src, n, kind, 1);
@@ -2574,7 +2588,8 @@ extern "C" cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribu
 /* ---- emulator controls ---- */
 /* As the CUDA occupancy calculator for sm_90: the blocks of `block` threads
  * and `dyn` bytes of dynamic shared memory one SM holds at once, limited by
- * registers (ptxas's count per thread, allocated per warp in units of 256),
+ * registers (ptxas's count per thread for sm_90, else the largest of the
+ * report's, allocated per warp in units of 256),
  * shared memory (static plus dynamic plus the reserved 1 KiB per block),
  * warps and blocks. Needs the kernel's register count (ANATOMY_EMU_PTXAS). */
 extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *nb, const void *fn, int block, size_t dyn)
@@ -2591,6 +2606,9 @@ extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *nb, co
 		return host_error(cudaErrorInvalidDeviceFunction, "cudaOccupancyMaxActiveBlocksPerMultiprocessor: no "
 				  "register count for %s (ANATOMY_EMU_PTXAS names the build's ptxas report)", name.c_str());
 	}
+	auto r90 = g_kernel_regs_sm90.find(name);
+	if (r90 != g_kernel_regs_sm90.end())
+		r = r90;
 	size_t stat = static_smem_of(fn);
 	auto a = g_max_dyn_smem.find(fn);
 	size_t dyn_max = a == g_max_dyn_smem.end() ? SMEM_DEFAULT - std::min(stat, SMEM_DEFAULT) : (size_t)a->second;
@@ -2619,6 +2637,7 @@ extern "C" void emu_set_kernel_regs(const char *kernel, int regs)
 	pthread_mutex_lock(&g_lock);
 	env_init();
 	g_kernel_regs[kernel_key(kernel)] = regs;
+	g_kernel_regs_sm90[kernel_key(kernel)] = regs;
 	pthread_mutex_unlock(&g_lock);
 }
 extern "C" uint64_t emu_get_seed(void) { env_init(); return g_seed; }
