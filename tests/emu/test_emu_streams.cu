@@ -185,6 +185,16 @@ START_TEST(test_missing_wait_is_a_race)
 	CUDA_LAUNCH(1, 256, 0, s1, k_consume)(x, y, N);
 	ck_assert_int_eq(cudaGetLastError(), cudaErrorLaunchFailure);
 	expect_race("k_consume", "cudaMemsetAsync");
+	/* an operation kept across a synchronisation of another stream still
+	 * races: the memset on s2 is not ordered by synchronising s1 */
+	ck_assert_int_eq(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+	CUDA_OK(cudaMemsetAsync(x, 0, N * sizeof(float), s2));
+	for (int i = 0; i < 70; i++) /* past the history's periodic clean-up */
+		CUDA_LAUNCH(1, 256, 0, s1, k_produce)(y, N, 1.0f);
+	CUDA_OK(cudaStreamSynchronize(s1));
+	CUDA_LAUNCH(1, 256, 0, s1, k_consume)(x, y, N);
+	ck_assert_int_eq(cudaGetLastError(), cudaErrorLaunchFailure);
+	expect_race("k_consume", "cudaMemsetAsync");
 	/* a host synchronisation is an edge: no report (after the error above) */
 	ck_assert_int_eq(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
 	CUDA_LAUNCH(1, 256, 0, s1, k_produce)(x, N, 1.0f);

@@ -1659,9 +1659,13 @@ static void hist_gc(void)
 		if (all[k] != UINT64_MAX)
 			cover[k] = std::max(cover[k], all[k]);
 	size_t k = 0;
-	for (size_t i = 0; i < g_hist.size(); i++)
-		if (g_hist[i].seq > vc_at(cover, g_hist[i].stream))
-			g_hist[k++] = std::move(g_hist[i]);
+	for (size_t i = 0; i < g_hist.size(); i++) {
+		if (g_hist[i].seq <= vc_at(cover, g_hist[i].stream))
+			continue;
+		if (k != i)	/* a self-move would empty it */
+			g_hist[k] = std::move(g_hist[i]);
+		k++;
+	}
 	g_hist.resize(k);
 }
 
