@@ -1437,10 +1437,10 @@ extern "C" long long emu_clock64(void)
  * are ordered after: the emulated libraries (cuBLASLt, cuDNN's recurrent op)
  * read device memory when called, so the stream a library call is on must
  * be current. Work queued with emu_stream_enqueue (the emulated NCCL's
- * collectives) waits in its stream's queue until something ordered after it
- * needs it, or a coin drawn from ANATOMY_EMU_SEED runs it earlier (seed 0:
- * at once); so a missing wait shows up as wrong numbers too, not only as a
- * report. A kernel's bytes are the ones it touched: while it runs, the
+ * collectives) runs either when issued or, on a coin drawn from
+ * ANATOMY_EMU_SEED, only once something ordered after it needs it (seed 0:
+ * always when issued); so a missing wait shows up as wrong numbers too, not
+ * only as a report. A kernel's bytes are the ones it touched: while it runs, the
  * allocations its pointer arguments point into are poisoned, and each access
  * (seen through AddressSanitizer, as shared memory is) is recorded. That
  * happens only once two streams are in use, so one-stream programs pay
@@ -1713,21 +1713,10 @@ static void run_queued(emu_stream *t)
 		t_pending_error = cudaErrorLaunchFailure;
 }
 
-/* The seeded coin: each queue's oldest work may run now. */
-static void maybe_progress(void)
-{
-	for (size_t k = 0; k < g_stream_ids.size(); k++) {
-		emu_stream *t = g_stream_ids[k];
-		if (t && t->qhead < t->q.size() && (rng_next(&g_srng) >> 33) % 3 == 0)
-			run_queued(t);
-	}
-}
-
 /* Before an operation on s that runs now: its clock, and every queued
  * operation it comes after, done. */
 static void begin_now(emu_stream *s)
 {
-	maybe_progress();
 	stream_deps(s);
 	flush_to(s->vc);
 	/* its own queue too: stream order */
@@ -2451,11 +2440,13 @@ extern "C" cudaError_t emu_stream_enqueue(cudaStream_t s, const char *what, cons
 	op.what = op_name(what, caller);
 	int race = hist_add(std::move(op));
 	es->q.push_back(pending_op{es->seq, es->vc, fn, ctx});
-	if (!g_seed)
+	/* the seeded coin: now (after its stream's queue), or when needed.
+	 * Only these two points: a host blocked in a collective elsewhere (at
+	 * a kernel launch, say) is where no GPU program blocks, and a peer's
+	 * failure would then be reported from there. */
+	if (!g_seed || (rng_next(&g_srng) >> 32) & 1)
 		while (es->qhead < es->q.size())
 			run_queued(es);
-	else
-		maybe_progress();
 	pthread_mutex_unlock(&g_slock);
 	return race ? cudaErrorLaunchFailure : cudaSuccess;
 }

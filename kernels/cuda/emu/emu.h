@@ -394,8 +394,8 @@ void emu_set_seed(uint64_t seed);
 void emu_set_kernel_regs(const char *kernel, int regs);
 uint64_t emu_get_seed(void);
 /* Stream work the emulator runs on the host (the emulated NCCL's
- * collectives): fn(ctx) runs once, in s's order, when work ordered after it
- * needs it or earlier by a coin drawn from the seed (at once with seed 0);
+ * collectives): fn(ctx) runs once, in s's order, either now or once work
+ * ordered after it needs it, by a coin drawn from the seed (now with seed 0);
  * nonzero from fn is the next synchronisation's error. The ranges are the
  * bytes it reads and writes, for the cross-stream race check; a race is
  * reported and returned as cudaErrorLaunchFailure (fn still runs). */

@@ -9,8 +9,9 @@
  * against either.
  *
  * Semantics kept: every collective is queued on its stream and runs in that
- * stream's order, when the emulated runtime runs it (once work ordered after
- * it needs it, or earlier by a seeded coin; emu_stream_enqueue in emu.h), and
+ * stream's order, when the emulated runtime runs it (when called, or once
+ * work ordered after it needs it, by a seeded coin; emu_stream_enqueue in
+ * emu.h), and
  * reads its inputs then; the buffers it reads and writes go through the
  * runtime's cross-stream race check; a failure while it runs is reported by
  * ncclCommGetAsyncError and the next synchronisation of its stream; all
