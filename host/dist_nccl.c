@@ -72,6 +72,22 @@ static int cuda_fail(const dist_nccl *c, cudaError_t r, const char *call, char *
                 cudaGetErrorString(r));
 }
 
+/* A synchronisation that fails after collectives were queued: NCCL's own
+ * error (a peer aborted, say) says more than the CUDA one. */
+static int sync_fail(const dist_nccl *c, cudaError_t r, const char *call, char *err)
+{
+    ncclResult_t a = ncclSuccess;
+    if (ncclCommGetAsyncError(c->comm, &a) == ncclSuccess && a != ncclSuccess && a != ncclInProgress)
+        return nccl_fail(c, a, "a queued collective", err);
+    return cuda_fail(c, r, call, err);
+}
+
+#define SYNC_TRY(call)                                                                         \
+    do {                                                                                       \
+        cudaError_t r_ = (call);                                                               \
+        if (r_ != cudaSuccess)                                                                 \
+            return sync_fail(c, r_, #call, err);                                               \
+    } while (0)
 #define NCCL_TRY(call)                                                                         \
     do {                                                                                       \
         ncclResult_t r_ = (call);                                                              \
@@ -178,7 +194,7 @@ static int compute_after_comm(dist_nccl *c, char *err)
 {
     CUDA_TRY(cudaEventRecord(c->comm_done, c->comm_stream));
     CUDA_TRY(cudaStreamWaitEvent(c->compute, c->comm_done, 0));
-    CUDA_TRY(cudaEventSynchronize(c->comm_done));
+    SYNC_TRY(cudaEventSynchronize(c->comm_done));
     return 0;
 }
 
@@ -331,7 +347,7 @@ static int host_chunk(dist_nccl *c, void *v, size_t bytes, ncclDataType_t t, siz
     else
         NCCL_TRY(ncclBroadcast(c->dev, c->dev, count, t, root, c->comm, c->comm_stream));
     CUDA_TRY(cudaMemcpyAsync(c->pinned, c->dev, bytes, cudaMemcpyDeviceToHost, c->comm_stream));
-    CUDA_TRY(cudaStreamSynchronize(c->comm_stream));
+    SYNC_TRY(cudaStreamSynchronize(c->comm_stream));
     memcpy(v, c->pinned, bytes);
     return 0;
 }

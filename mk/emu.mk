@@ -31,6 +31,8 @@ EMU_HDRS        := $(wildcard kernels/cuda/*.cuh kernels/cuda/emu/*.h tests/emu/
 EMU_KERNEL_CU   := $(shell find kernels/cuda -name '*.cu' 2>/dev/null | sort)
 EMU_TEST_CU     := $(sort $(wildcard tests/emu/*.cu))
 EMU_RT_OBJ      := $(EMU_DIR)/rt/emu.o
+# the emulated NCCL, for the stream tests' collective on a second stream
+EMU_NCCL_OBJ    := $(EMU_DIR)/rt/nccl_emu.o
 EMU_KERNEL_OBJS := $(EMU_KERNEL_CU:%.cu=$(EMU_DIR)/obj/%.o)
 EMU_TEST_BINS   := $(EMU_TEST_CU:tests/emu/%.cu=$(EMU_DIR)/tests/%)
 EMU_NVCC_OBJS   := $(if $(NVCC),$(EMU_KERNEL_CU:%.cu=$(EMU_DIR)/nvcc/%.o) $(EMU_TEST_CU:%.cu=$(EMU_DIR)/nvcc/%.o))
@@ -43,13 +45,17 @@ $(EMU_RT_OBJ): kernels/cuda/emu/emu.cpp $(EMU_HDRS)
 	@mkdir -p $(dir $@)
 	$(CXX_EMU) $(EMU_RT_FLAGS) -c $< -o $@
 
+$(EMU_NCCL_OBJ): kernels/cuda/emu/nccl_emu.cpp $(EMU_HDRS)
+	@mkdir -p $(dir $@)
+	$(CXX_EMU) $(EMU_RT_FLAGS) -c $< -o $@
+
 $(EMU_DIR)/obj/%.o: %.cu $(EMU_HDRS)
 	@mkdir -p $(dir $@)
 	$(CXX_EMU) $(EMU_CXXFLAGS) $(EMU_SAN) $(CHECK_CFLAGS) -x c++ -c $< -o $@
 
-$(EMU_DIR)/tests/%: $(EMU_DIR)/obj/tests/emu/%.o $(EMU_RT_OBJ)
+$(EMU_DIR)/tests/%: $(EMU_DIR)/obj/tests/emu/%.o $(EMU_RT_OBJ) $(EMU_NCCL_OBJ)
 	@mkdir -p $(dir $@)
-	$(CXX_EMU) -fsanitize=address -fsanitize=alignment $^ -o $@ $(CHECK_LIBS) -ldl -lpthread
+	$(CXX_EMU) -fsanitize=address -fsanitize=alignment $^ -o $@ $(CHECK_LIBS) -ldl -lpthread -lrt
 
 $(EMU_DIR)/nvcc/%.o: %.cu $(EMU_HDRS)
 	@mkdir -p $(dir $@)

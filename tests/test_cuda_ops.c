@@ -25,6 +25,7 @@
 
 #include "../host/model.h"
 #include "../host/models/gpt2.h"
+#include "../kernels/cuda/attention.h"
 #include "../kernels/ops.h"
 #include "cuda_parity.h"
 
@@ -764,6 +765,41 @@ START_TEST(test_attention)
 }
 END_TEST
 
+/* The flash kernels keep at least two blocks resident per SM at head sizes
+ * 64 and 128 (an sm_90 SM: 64K registers, 228 KiB of shared memory), so that
+ * one block's loads and barriers hide behind another's matmuls. Emulated,
+ * from ptxas's register counts (make test-cuda passes build/cuda/ptxas.txt;
+ * without nvcc there are none and the check says so); on a GPU, the
+ * driver's occupancy calculator. */
+START_TEST(test_flash_occupancy)
+{
+    backend *g = gpu(DT_BF16); /* the device, initialised */
+    static const int hss[] = { 64, 128 };
+    int unknown = 0;
+    for (int k = 0; k < 2; k++) {
+        for (int which = 0; which < 3; which++) {
+            const char *name;
+            int n = cuda_flash_occupancy(hss[k], which, &name);
+            if (n < 0) {
+                unknown++;
+                continue;
+            }
+            printf("  %-26s %d resident blocks per SM\n", name, n);
+            ck_assert_msg(n >= 2, "%s: %d resident block(s) per SM; registers x threads or shared memory "
+                          "leave no room for a second", name, n);
+        }
+    }
+    if (unknown) {
+        const char *ptxas = getenv("ANATOMY_EMU_PTXAS");
+        ck_assert_msg(!native_gpu() && !(ptxas && *ptxas),
+                      "%d flash kernels have no occupancy figure (ANATOMY_EMU_PTXAS=%s)", unknown,
+                      ptxas ? ptxas : "");
+        printf("  flash occupancy: not checked, no ptxas register counts (nvcc not found)\n");
+    }
+    g->destroy(g);
+}
+END_TEST
+
 /* ---- elementwise: gelu, residual, accumulate ---- */
 
 /* op 0: gelu forward, 1: gelu backward, 2: residual, 3: accumulate; at
@@ -1415,6 +1451,7 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(ops, test_matmul_bias_alignment, 0, 2);
     tcase_add_loop_test(att, test_attention, 0, 2);
     tcase_add_loop_test(att, test_attention_decode, 0, 2);
+    tcase_add_test(att, test_flash_occupancy);
     tcase_add_loop_test(ops, test_elementwise, 0, 2);
     tcase_add_loop_test(ops, test_crossentropy, 0, 2);
     tcase_add_loop_test(ops, test_large_offsets, 0, 2);

@@ -30,6 +30,7 @@
  * Both read q, k, v straight from the [B, T, 3C] layout of the fused QKV
  * projection and write [B, T, C] (and += into [B, T, 3C]): no permutes. The
  * only scratch is D, fp32 [B, NH, T]. */
+#include "attention.h"
 #include "cuda_backend.h"
 #include "ptx.cuh"
 
@@ -749,6 +750,45 @@ static void flash_backward(cuda_backend *cb, bf16 *dqkv, const bf16 *dout, const
 	CUDA_LAUNCH(grid, FA_THREADS, smem, cb->stream, flash_bwd_dq_kernel<HS>)(dqkv, dout, qkv, lse, D, T, C, NH,
 										causal, scale_log2, scale);
 	LAUNCH_CHECK();
+}
+
+template <int HS> static int flash_occupancy(int which, const char **name)
+{
+	static const char *names[3] = { "flash_fwd_kernel", "flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel" };
+	static char buf[3][48];
+	size_t smem = which == 0 ? fa_cfg<HS>::fwd_smem() : fa_cfg<HS>::bwd_smem();
+	const void *k;
+	if (which == 0) {
+		fa_smem_attr(flash_fwd_kernel<HS>, smem);
+		k = (const void *)flash_fwd_kernel<HS>;
+	} else if (which == 1) {
+		fa_smem_attr(flash_bwd_dkdv_kernel<HS>, smem);
+		k = (const void *)flash_bwd_dkdv_kernel<HS>;
+	} else {
+		fa_smem_attr(flash_bwd_dq_kernel<HS>, smem);
+		k = (const void *)flash_bwd_dq_kernel<HS>;
+	}
+	snprintf(buf[which], sizeof buf[which], "%s<%d>", names[which], HS);
+	*name = buf[which];
+	int n = 0;
+	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, FA_THREADS, smem) != cudaSuccess) {
+		cudaGetLastError();
+		return -1;
+	}
+	return n;
+}
+
+extern "C" int cuda_flash_occupancy(int hs, int which, const char **name)
+{
+	*name = "";
+	if (which < 0 || which > 2)
+		return -1;
+	switch (hs) {
+	case 32: return flash_occupancy<32>(which, name);
+	case 64: return flash_occupancy<64>(which, name);
+	case 128: return flash_occupancy<128>(which, name);
+	}
+	return -1;
 }
 
 /* Output columns per lane of the SIMT kernels: the smallest of 1, 2, 4, 8

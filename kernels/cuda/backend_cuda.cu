@@ -518,7 +518,9 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	    cudaEventCreateWithFlags(&cb->enc_done, cudaEventDisableTiming) != cudaSuccess ||
 	    cudaMallocHost(&cb->stage, STAGE_BYTES) != cudaSuccess ||
 	    cudaMalloc(&cb->ln_done, sizeof *cb->ln_done) != cudaSuccess ||
-	    cudaMemset(cb->ln_done, 0, sizeof *cb->ln_done) != cudaSuccess) {
+	    /* on the backend's stream: the legacy stream's memset would not be
+	     * ordered before the layernorm kernels on this non-blocking one */
+	    cudaMemsetAsync(cb->ln_done, 0, sizeof *cb->ln_done, cb->stream) != cudaSuccess) {
 		snprintf(err, 256, "CUDA device %d: cannot create a stream and staging buffers: %s", device,
 			 cudaGetErrorString(cudaGetLastError()));
 		cu_destroy(&cb->be);

@@ -528,6 +528,40 @@ START_TEST(test_register_limit)
 	cudaFree(d);
 }
 END_TEST
+
+/* Resident blocks per SM as the CUDA occupancy calculator gives them for
+ * sm_90 (64K registers allocated per warp in units of 256, 228 KiB of shared
+ * memory less 1 KiB per block, 64 warps, 32 blocks), worked by hand. */
+__global__ void k_occupancy(int *x) { x[threadIdx.x] = (int)threadIdx.x; }
+
+START_TEST(test_occupancy)
+{
+	int n = -1;
+	emu_set_quiet(1);
+	/* no register count: no figure */
+	ck_assert_int_eq(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_occupancy, 128, 0),
+			 cudaErrorInvalidDeviceFunction);
+	emu_set_quiet(0);
+	emu_clear_report();
+	static const struct { int regs, threads; size_t smem; int want; } c[] = {
+		{ 168, 128, 0, 3 },	   /* 5376 a warp: 12 warps of registers */
+		{ 255, 128, 0, 2 },	   /* 8192 a warp: 8 warps */
+		{ 168, 256, 0, 1 },
+		{ 32, 128, 0, 16 },	   /* 64 warps of registers, 16 blocks of 4 */
+		{ 16, 32, 0, 32 },	   /* the block limit */
+		{ 64, 128, 100 * 1024, 2 }, /* 101 KiB a block */
+		{ 64, 128, 120 * 1024, 1 },
+		{ 64, 128, 228 * 1024, 0 }, /* more than the opt-in allows */
+	};
+	CUDA_OK(cudaFuncSetAttribute(k_occupancy, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+	for (unsigned i = 0; i < sizeof c / sizeof c[0]; i++) {
+		emu_set_kernel_regs("k_occupancy", c[i].regs);
+		CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_occupancy, c[i].threads, c[i].smem));
+		ck_assert_msg(n == c[i].want, "%d registers x %d threads, %zu bytes: %d blocks, want %d", c[i].regs,
+			      c[i].threads, c[i].smem, n, c[i].want);
+	}
+}
+END_TEST
 #endif
 
 START_TEST(test_api_errors)
@@ -635,6 +669,7 @@ int main(void)
 	tcase_add_test(tc, test_static_shared_counts);
 #ifdef ANATOMY_EMU
 	tcase_add_test(tc, test_register_limit);
+	tcase_add_test(tc, test_occupancy);
 #endif
 	tcase_add_test(tc, test_switch_cost);
 	suite_add_tcase(s, tc);

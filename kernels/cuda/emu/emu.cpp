@@ -182,6 +182,7 @@ static __thread cudaError_t t_last_error, t_pending_error;
 
 static int g_init;
 static uint64_t g_seed = 1;
+static uint64_t g_srng;		/* the coin that runs queued stream work early */
 static int g_quiet, g_initcheck = 1;
 static size_t g_stack_size = 256 * 1024;
 static uint64_t g_switches;
@@ -214,6 +215,8 @@ static size_t g_live_bytes, g_device_bytes;
 static freed_alloc g_freed[64];
 static unsigned g_nfreed;
 static std::set<void *> g_streams, g_events;
+/* a kernel's access to an allocation watched for the cross-stream race check */
+static int watch_record(uintptr_t a, size_t n, int write);
 static std::map<const void *, int> g_max_dyn_smem;
 /* Mangled names of the program's functions by address (to find a kernel's
  * static __shared__ variables, _ZZ<kernel>E<var>), and the static shared
@@ -226,12 +229,17 @@ static std::map<const void *, size_t> g_static_smem;
  * build's ptxas.txt) or set by emu_set_kernel_regs; kernels not in it are not
  * checked. And each launched kernel's key into it. */
 static std::map<std::string, int> g_kernel_regs;
+static std::map<std::string, int> g_kernel_regs_sm90;	/* the occupancy calculator's (sm_90) */
 static std::map<const void *, std::string> g_kernel_names;
 /* sm_80/sm_90: 64K 32-bit registers per SM (and so per block), at most 255 per
  * thread, allocated per warp in units of 256 */
 static const int REGS_PER_SM = 65536, REGS_MAX = 255, REG_UNIT = 256;
 /* sm_90: 48 KiB of shared memory per block without the opt-in, 227 KiB with it */
 static const size_t SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 227 * 1024;
+/* an sm_90 SM: shared memory (a block also takes 1 KiB the system reserves),
+ * resident warps and blocks */
+static const size_t SMEM_PER_SM = 228 * 1024, SMEM_RESERVED = 1024;
+static const int WARPS_PER_SM = 64, BLOCKS_PER_SM = 32;
 
 static char g_report[8192];
 static char g_pending[4096];
@@ -297,6 +305,9 @@ static void kernel_regs_load(const char *path)
 		std::string k = kernel_key(sig);
 		if (!k.empty() && regs > g_kernel_regs[k])
 			g_kernel_regs[k] = regs;
+		char arch[16] = "";
+		if (!k.empty() && sscanf(line, "%*s %15s", arch) == 1 && !strcmp(arch, "sm_90"))
+			g_kernel_regs_sm90[k] = regs;
 	}
 	fclose(f);
 }
@@ -318,6 +329,7 @@ static void env_init(void)
 	s = getenv("ANATOMY_EMU_QUIET");
 	if (s && *s == '1')
 		g_quiet = 1;
+	g_srng = g_seed * 0x2545f4914f6cdd1dull + 0x9e3779b97f4a7c15ull;
 	s = getenv("ANATOMY_EMU_PTXAS");
 	if (s && *s)
 		kernel_regs_load(s);
@@ -819,6 +831,8 @@ static int on_poisoned(uintptr_t a, size_t n, int write, const void *pc)
 		detect(sh, n, write, 0, t, pc, where);
 		return 1;
 	}
+	if (watch_record(a, n, write))
+		return 1;
 	global_bad_access(a, n, write, pc);
 	return 0;
 }
@@ -1312,7 +1326,7 @@ extern "C" void emu_atomic_begin(void *p, size_t n)
 		detect(sh, n, 1, 1, t_self, pc, where);
 		return;
 	}
-	if (__asan_region_is_poisoned && __asan_region_is_poisoned(p, n)) {
+	if (__asan_region_is_poisoned && __asan_region_is_poisoned(p, n) && !watch_record((uintptr_t)p, n, 1)) {
 		global_bad_access((uintptr_t)p, n, 1, pc);
 		fail(cudaErrorIllegalAddress, pc, NULL, "atomic on invalid address %p at @PC0@", p);
 	}
@@ -1339,7 +1353,8 @@ extern "C" void emu_cp_async(void *smem, const void *gmem, int cp_size, int src_
 	if ((uintptr_t)smem % cp_size || (uintptr_t)gmem % cp_size)
 		fail(cudaErrorMisalignedAddress, pc, NULL,
 		     "cp.async at @PC0@: %d-byte copy from %p to %p is not %d-byte aligned", cp_size, gmem, smem, cp_size);
-	if (src_size && __asan_region_is_poisoned && __asan_region_is_poisoned((void *)gmem, (size_t)src_size)) {
+	if (src_size && __asan_region_is_poisoned && __asan_region_is_poisoned((void *)gmem, (size_t)src_size) &&
+	    !watch_record((uintptr_t)gmem, (size_t)src_size, 0)) {
 		global_bad_access((uintptr_t)gmem, (size_t)src_size, 0, pc);
 		fail(cudaErrorIllegalAddress, pc, NULL, "cp.async at @PC0@: source %p is not valid memory", gmem);
 	}
@@ -1416,6 +1431,358 @@ extern "C" long long emu_clock64(void)
 	return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+/* ---- streams: queues, ordering, and the cross-stream race check ----
+ * Every piece of stream work (a launch, an async copy or memset, a
+ * collective of the emulated NCCL) is an operation with a vector clock:
+ * clock[k] is the last operation of stream k ordered before it, by stream
+ * order, events (record, then wait or synchronize), host synchronisation and
+ * the legacy default stream's rules (it waits for, and is waited for by, the
+ * streams created without cudaStreamNonBlocking). Two operations on
+ * different streams, neither ordered before the other, may run in either
+ * order or at once on a GPU; when they touch a common byte and one writes
+ * it, the emulator reports a cross-stream race naming both.
+ *
+ * Launches, copies and memsets run when issued, after the queued work they
+ * are ordered after: the emulated libraries (cuBLASLt, cuDNN's recurrent op)
+ * read device memory when called, so the stream a library call is on must
+ * be current. Work queued with emu_stream_enqueue (the emulated NCCL's
+ * collectives) runs either when issued or, on a coin drawn from
+ * ANATOMY_EMU_SEED, only once something ordered after it needs it (seed 0:
+ * always when issued); so a missing wait shows up as wrong numbers too, not
+ * only as a report. A kernel's bytes are the ones it touched: while it runs, the
+ * allocations its pointer arguments point into are poisoned, and each access
+ * (seen through AddressSanitizer, as shared memory is) is recorded. That
+ * happens only once two streams are in use, so one-stream programs pay
+ * nothing. */
+struct srange { uintptr_t lo, hi; };
+struct stream_op {
+	int stream;
+	uint64_t seq;
+	std::vector<uint64_t> vc;
+	std::vector<srange> rd, wr;	/* sorted, disjoint */
+	std::string what;
+};
+struct pending_op {
+	uint64_t seq;
+	std::vector<uint64_t> vc;
+	int (*fn)(void *);
+	void *ctx;
+};
+struct emu_stream {
+	unsigned flags;
+	int id, alive;
+	uint64_t seq;			/* operations issued */
+	std::vector<uint64_t> vc;	/* the clock of its last operation */
+	std::vector<pending_op> q;	/* queued, oldest first */
+	size_t qhead;
+};
+struct emu_event {
+	double t;
+	int recorded;
+	std::vector<uint64_t> vc;	/* the recording stream's clock at the record */
+};
+
+static pthread_mutex_t g_slock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+static emu_stream g_legacy_stream = {0, 0, 1, 0, {}, {}, 0};
+static std::vector<emu_stream *> g_stream_ids = {&g_legacy_stream};
+static std::vector<uint64_t> g_host_vc;	/* what the host has waited for */
+static std::vector<stream_op> g_hist;	/* operations that may still race */
+static int g_legacy_used, g_nstreams;
+static unsigned g_issued;
+/* the kernel being recorded: its watched allocations and what it touched */
+static std::vector<srange> g_watch, g_acc_rd, g_acc_wr;
+
+static uint64_t vc_at(const std::vector<uint64_t> &v, int k) { return (size_t)k < v.size() ? v[k] : 0; }
+
+static void vc_join(std::vector<uint64_t> &a, const std::vector<uint64_t> &b)
+{
+	if (a.size() < b.size())
+		a.resize(b.size());
+	for (size_t i = 0; i < b.size(); i++)
+		a[i] = std::max(a[i], b[i]);
+}
+
+static emu_stream *stream_of(cudaStream_t s) { return s ? s : &g_legacy_stream; }
+
+static const char *stream_name(int id, char *buf, size_t n)
+{
+	if (id)
+		snprintf(buf, n, "stream %d", id);
+	else
+		snprintf(buf, n, "the legacy default stream");
+	return buf;
+}
+
+/* s's clock joined with what its next operation must come after. */
+static void stream_deps(emu_stream *s)
+{
+	vc_join(s->vc, g_host_vc);
+	if (s == &g_legacy_stream) {
+		for (emu_stream *b : g_stream_ids)
+			if (b && b != s && b->alive && !(b->flags & cudaStreamNonBlocking))
+				vc_join(s->vc, b->vc);
+	} else if (!(s->flags & cudaStreamNonBlocking)) {
+		vc_join(s->vc, g_legacy_stream.vc);
+	}
+}
+
+/* A new operation on s: its clock is s's afterwards. */
+static void stream_advance(emu_stream *s)
+{
+	stream_deps(s);
+	s->seq++;
+	if (s->vc.size() <= (size_t)s->id)
+		s->vc.resize(s->id + 1);
+	s->vc[s->id] = s->seq;
+	if (s == &g_legacy_stream)
+		g_legacy_used = 1;
+}
+
+static void ranges_norm(std::vector<srange> &v)
+{
+	std::sort(v.begin(), v.end(), [](const srange &a, const srange &b) { return a.lo < b.lo; });
+	size_t k = 0;
+	for (size_t i = 0; i < v.size(); i++) {
+		if (k && v[i].lo <= v[k - 1].hi)
+			v[k - 1].hi = std::max(v[k - 1].hi, v[i].hi);
+		else
+			v[k++] = v[i];
+	}
+	v.resize(k);
+}
+
+static int ranges_meet(const std::vector<srange> &a, const std::vector<srange> &b, uintptr_t *at)
+{
+	size_t i = 0, j = 0;
+	while (i < a.size() && j < b.size()) {
+		if (a[i].hi <= b[j].lo) {
+			i++;
+		} else if (b[j].hi <= a[i].lo) {
+			j++;
+		} else {
+			*at = std::max(a[i].lo, b[j].lo);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static cudaError_t take_pending(void)
+{
+	cudaError_t e = t_pending_error;
+	t_pending_error = cudaSuccess;
+	return e;
+}
+
+static int stream_ok(cudaStream_t s)
+{
+	pthread_mutex_lock(&g_lock);
+	int ok = !s || g_streams.count(s);
+	pthread_mutex_unlock(&g_lock);
+	return ok;
+}
+
+static int event_ok(cudaEvent_t e)
+{
+	pthread_mutex_lock(&g_lock);
+	int ok = g_events.count(e) != 0;
+	pthread_mutex_unlock(&g_lock);
+	return ok;
+}
+
+static const dev_alloc *alloc_containing(const void *p, size_t n);
+
+/* "byte 40 of a 4096-byte device allocation (made at x.c:12)" */
+static void describe_byte(uintptr_t a, char *buf, size_t n)
+{
+	pthread_mutex_lock(&g_lock);
+	auto it = g_allocs.upper_bound(a);
+	int found = 0;
+	dev_alloc da = {};
+	uintptr_t beg = 0;
+	if (it != g_allocs.begin()) {
+		--it;
+		if (a >= it->first && a < it->first + it->second.size) {
+			found = 1;
+			da = it->second;
+			beg = it->first;
+		}
+	}
+	pthread_mutex_unlock(&g_lock);
+	if (!found) {
+		snprintf(buf, n, "host memory at %p", (void *)a);
+		return;
+	}
+	char at[256];
+	symbolize(da.pc, at, sizeof at);
+	snprintf(buf, n, "byte %zu of a %zu-byte %s allocation (made at %s)", (size_t)(a - beg), da.size,
+		 da.pinned ? "pinned host" : "device", at);
+}
+
+/* b against every earlier operation it is not ordered after; reports the
+ * first conflict. */
+static int race_check(const stream_op &b)
+{
+	for (const stream_op &a : g_hist) {
+		if (a.stream == b.stream || a.seq <= vc_at(b.vc, a.stream))
+			continue;
+		uintptr_t at;
+		const char *aw, *bw;
+		if (ranges_meet(a.wr, b.wr, &at))
+			aw = "wrote", bw = "writes";
+		else if (ranges_meet(a.wr, b.rd, &at))
+			aw = "wrote", bw = "reads";
+		else if (ranges_meet(a.rd, b.wr, &at))
+			aw = "read", bw = "writes";
+		else
+			continue;
+		char mem[512], sa[48], sb[48], msg[2048];
+		describe_byte(at, mem, sizeof mem);
+		snprintf(msg, sizeof msg,
+			 "emu: error: cross-stream race: %s on %s %s %s, which %s on %s %s with nothing ordering "
+			 "the two (cudaEventRecord on one stream and cudaStreamWaitEvent on the other, or a "
+			 "synchronisation between them, is missing) [ANATOMY_EMU_SEED=%llu]",
+			 b.what.c_str(), stream_name(b.stream, sb, sizeof sb), bw, mem, a.what.c_str(),
+			 stream_name(a.stream, sa, sizeof sa), aw, (unsigned long long)g_seed);
+		publish_report(msg);
+		t_last_error = t_pending_error = cudaErrorLaunchFailure;
+		return 1;
+	}
+	return 0;
+}
+
+/* Drops the operations that everything issued from now on comes after. */
+static void hist_gc(void)
+{
+	std::vector<uint64_t> cover = g_host_vc;
+	size_t ns = g_stream_ids.size();
+	cover.resize(ns);
+	std::vector<uint64_t> all(ns, UINT64_MAX);
+	for (emu_stream *s : g_stream_ids) {
+		if (!s || !s->alive || (s == &g_legacy_stream && !g_legacy_used))
+			continue;
+		for (size_t k = 0; k < ns; k++)
+			all[k] = std::min(all[k], std::max(vc_at(s->vc, (int)k), vc_at(g_host_vc, (int)k)));
+	}
+	for (size_t k = 0; k < ns; k++)
+		if (all[k] != UINT64_MAX)
+			cover[k] = std::max(cover[k], all[k]);
+	size_t k = 0;
+	for (size_t i = 0; i < g_hist.size(); i++) {
+		if (g_hist[i].seq <= vc_at(cover, g_hist[i].stream))
+			continue;
+		if (k != i)	/* a self-move would empty it */
+			g_hist[k] = std::move(g_hist[i]);
+		k++;
+	}
+	g_hist.resize(k);
+}
+
+/* Checks b and keeps it for the operations after it; 1 on a race. */
+static int hist_add(stream_op &&b)
+{
+	int race = race_check(b);
+	if (!b.rd.empty() || !b.wr.empty()) {
+		if (g_hist.size() >= 8192)	/* a bound: the oldest may then race unseen */
+			g_hist.erase(g_hist.begin());
+		g_hist.push_back(std::move(b));
+	}
+	if (++g_issued % 64 == 0)
+		hist_gc();
+	return race;
+}
+
+static void host_waits(const std::vector<uint64_t> &vc)
+{
+	vc_join(g_host_vc, vc);
+	hist_gc();
+}
+
+static void run_queued(emu_stream *t);
+
+/* Runs the queued work clock v comes after (and what that work comes after). */
+static void flush_to(const std::vector<uint64_t> &v)
+{
+	for (size_t k = 0; k < g_stream_ids.size(); k++) {
+		emu_stream *t = g_stream_ids[k];
+		while (t && t->qhead < t->q.size() && t->q[t->qhead].seq <= vc_at(v, (int)k))
+			run_queued(t);
+	}
+}
+
+static void run_queued(emu_stream *t)
+{
+	pending_op p = t->q[t->qhead++];
+	if (t->qhead == t->q.size()) {
+		t->q.clear();
+		t->qhead = 0;
+	}
+	flush_to(p.vc);
+	if (p.fn(p.ctx))
+		t_pending_error = cudaErrorLaunchFailure;
+}
+
+/* Before an operation on s that runs now: its clock, and every queued
+ * operation it comes after, done. */
+static void begin_now(emu_stream *s)
+{
+	stream_deps(s);
+	flush_to(s->vc);
+	/* its own queue too: stream order */
+	while (s->qhead < s->q.size())
+		run_queued(s);
+}
+
+static int recording_wanted(void) { return asan_on() && g_nstreams + g_legacy_used >= 2; }
+
+/* Records a kernel's access to a watched allocation; 0 if not watched. */
+static int watch_record(uintptr_t a, size_t n, int write)
+{
+	for (const srange &w : g_watch) {
+		if (a < w.lo || a + n > w.hi)
+			continue;
+		std::vector<srange> &v = write ? g_acc_wr : g_acc_rd;
+		if (!v.empty() && a <= v.back().hi && a + n >= v.back().lo) {
+			v.back().lo = std::min(v.back().lo, a);
+			v.back().hi = std::max(v.back().hi, (uintptr_t)(a + n));
+		} else {
+			v.push_back(srange{a, a + n});
+			if (v.size() >= (1u << 20))
+				ranges_norm(v);
+		}
+		return 1;
+	}
+	return 0;
+}
+
+static std::string op_name(const char *api, const void *pc)
+{
+	if (!pc)
+		return api;
+	char at[256];
+	symbolize(pc, at, sizeof at);
+	return std::string(api) + " at " + at;
+}
+
+/* A copy or memset that runs now on s (sync: the host waits for it). */
+static int plain_op(emu_stream *s, const char *api, const void *pc, const void *rd, const void *wr, size_t n, int sync)
+{
+	stream_advance(s);
+	stream_op op;
+	op.stream = s->id;
+	op.seq = s->seq;
+	op.vc = s->vc;
+	if (rd)
+		op.rd.push_back(srange{(uintptr_t)rd, (uintptr_t)rd + n});
+	op.wr.push_back(srange{(uintptr_t)wr, (uintptr_t)wr + n});
+	op.what = op_name(api, pc);
+	std::vector<uint64_t> vc = s->vc;
+	int race = hist_add(std::move(op));
+	if (sync)
+		host_waits(vc);
+	return race;
+}
+
 /* ---- launches ---- */
 static const dev_alloc *alloc_containing(const void *p, size_t n)
 {
@@ -1432,6 +1799,16 @@ static const dev_alloc *alloc_containing(const void *p, size_t n)
 /* Bytes of static __shared__ memory the kernel fn declares: its
  * function-scope statics, _ZZ<fn's mangled name without _Z>E<var> (the
  * kernels keep their __shared__ arrays in the kernel body itself). */
+/* The static __shared__ variables, found once (g_lock held). */
+static void svars_ready(void)
+{
+	static int done;
+	if (!done) {
+		done = 1;
+		svars_find();
+	}
+}
+
 static size_t static_smem_of(const void *fn)
 {
 	auto hit = g_static_smem.find(fn);
@@ -1617,17 +1994,46 @@ extern "C" cudaError_t emu_launch(emu_launch_desc *d)
 	if (t_self)
 		fail(cudaErrorLaunchFailure, __builtin_return_address(0), NULL,
 		     "launch of %s from a kernel at @PC0@: dynamic parallelism is not emulated", d->name);
+	pthread_mutex_lock(&g_slock);
 	pthread_mutex_lock(&g_lock);
 	env_init();
-	static int svars_done;
-	if (!svars_done) {
-		svars_done = 1;
-		svars_find();
-	}
+	svars_ready();
 	cudaError_t err = launch_check(d);
 	if (err) {
 		pthread_mutex_unlock(&g_lock);
+		pthread_mutex_unlock(&g_slock);
 		return err;
+	}
+	/* stream order: what the launch comes after runs first (the queued
+	 * work runs without g_lock: a collective may wait for other ranks) */
+	emu_stream *es = stream_of(d->stream);
+	pthread_mutex_unlock(&g_lock);
+	begin_now(es);
+	pthread_mutex_lock(&g_lock);
+	stream_advance(es);
+	stream_op sop;
+	sop.stream = es->id;
+	sop.seq = es->seq;
+	sop.vc = es->vc;
+	int record = recording_wanted();
+	if (record) {
+		for (int i = 0; i < d->nptr; i++) {
+			uintptr_t p = (uintptr_t)d->ptrs[i];
+			auto it = g_allocs.upper_bound(p);
+			if (!p || it == g_allocs.begin())
+				continue;
+			--it;
+			uintptr_t lo = it->first, hi = it->first + it->second.size;
+			if (p > hi)
+				continue;
+			int dup = 0;
+			for (const srange &w : g_watch)
+				dup |= w.lo == lo;
+			if (!dup && hi > lo) {
+				g_watch.push_back(srange{lo, hi});
+				poison((const void *)lo, hi - lo);
+			}
+		}
 	}
 	unsigned n = d->block.x * d->block.y * d->block.z;
 	stacks_reserve(n);
@@ -1674,7 +2080,22 @@ extern "C" cudaError_t emu_launch(emu_launch_desc *d)
 	}
 	shared_teardown();
 	S = NULL;
+	for (const srange &w : g_watch)
+		unpoison((const void *)w.lo, w.hi - w.lo);
+	g_watch.clear();
+	ranges_norm(g_acc_rd);
+	ranges_norm(g_acc_wr);
+	sop.rd.swap(g_acc_rd);
+	sop.wr.swap(g_acc_wr);
+	g_acc_rd.clear();
+	g_acc_wr.clear();
 	pthread_mutex_unlock(&g_lock);
+	char where[64];
+	snprintf(where, sizeof where, "%d", d->line);
+	sop.what = std::string("kernel ") + d->name + " (launched at " + d->file + ":" + where + ")";
+	if (hist_add(std::move(sop)) && !rc)
+		rc = cudaErrorLaunchFailure;
+	pthread_mutex_unlock(&g_slock);
 	if (rc) {
 		t_last_error = (cudaError_t)rc;
 		t_pending_error = (cudaError_t)rc;
@@ -1784,50 +2205,81 @@ static cudaError_t check_range(const char *api, const char *which, const void *p
 			  api, n, which, p, avail);
 }
 
-extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind)
+static cudaError_t copy_on(emu_stream *s, const char *api, const void *pc, void *dst, const void *src, size_t n,
+			  enum cudaMemcpyKind kind, int sync)
 {
 	cudaError_t e;
 	if (n == 0)
 		return cudaSuccess;
 	if ((unsigned)kind > cudaMemcpyDefault)
-		return host_error(cudaErrorInvalidMemcpyDirection, "cudaMemcpy: invalid direction %d", (int)kind);
+		return host_error(cudaErrorInvalidMemcpyDirection, "%s: invalid direction %d", api, (int)kind);
 	if (!dst || !src)
-		return host_error(cudaErrorInvalidValue, "cudaMemcpy: null pointer");
+		return host_error(cudaErrorInvalidValue, "%s: null pointer", api);
 	int dev_dst = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
 	int dev_src = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-	if ((e = check_range("cudaMemcpy", "destination", dst, n, dev_dst)) != cudaSuccess)
+	if ((e = check_range(api, "destination", dst, n, dev_dst)) != cudaSuccess)
 		return e;
-	if ((e = check_range("cudaMemcpy", "source", src, n, dev_src)) != cudaSuccess)
+	if ((e = check_range(api, "source", src, n, dev_src)) != cudaSuccess)
 		return e;
+	if (sync) {
+		/* CUDA's "API synchronization behavior": the host waits for a copy
+		 * into host memory or out of pinned memory; not for one from
+		 * pageable memory to the device (done once staged) nor between
+		 * device buffers. */
+		pthread_mutex_lock(&g_lock);
+		const dev_alloc *da = alloc_containing(dst, n), *sa = alloc_containing(src, n);
+		sync = !da || da->pinned || (sa && sa->pinned);
+		pthread_mutex_unlock(&g_lock);
+	}
+	pthread_mutex_lock(&g_slock);
+	env_init();
+	begin_now(s);
 	memmove(dst, src, n);
-	e = t_pending_error;
-	t_pending_error = cudaSuccess;
-	return e;
+	plain_op(s, api, pc, src, dst, n, sync);
+	pthread_mutex_unlock(&g_slock);
+	return take_pending();
+}
+
+/* On the legacy default stream; the host waits for it as copy_on says. */
+extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind)
+{
+	return copy_on(&g_legacy_stream, "cudaMemcpy", __builtin_return_address(0), dst, src, n, kind, 1);
 }
 
 extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s)
 {
-	if (s && !g_streams.count(s))
+	if (!stream_ok(s))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: invalid stream");
-	return cudaMemcpy(dst, src, n, kind);
+	return copy_on(stream_of(s), "cudaMemcpyAsync", __builtin_return_address(0), dst, src, n, kind, 0);
 }
 
-extern "C" cudaError_t cudaMemset(void *p, int v, size_t n)
+static cudaError_t set_on(emu_stream *s, const char *api, const void *pc, void *p, int v, size_t n)
 {
 	if (n == 0)
 		return cudaSuccess;
-	cudaError_t e = check_range("cudaMemset", "pointer", p, n, 1);
+	cudaError_t e = check_range(api, "pointer", p, n, 1);
 	if (e)
 		return e;
+	pthread_mutex_lock(&g_slock);
+	env_init();
+	begin_now(s);
 	memset(p, v, n);
-	return cudaSuccess;
+	int race = plain_op(s, api, pc, NULL, p, n, 0);
+	pthread_mutex_unlock(&g_slock);
+	return race ? cudaErrorLaunchFailure : cudaSuccess;
+}
+
+/* On the legacy default stream; asynchronous to the host for device memory. */
+extern "C" cudaError_t cudaMemset(void *p, int v, size_t n)
+{
+	return set_on(&g_legacy_stream, "cudaMemset", __builtin_return_address(0), p, v, n);
 }
 
 extern "C" cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s)
 {
-	if (s && !g_streams.count(s))
+	if (!stream_ok(s))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: invalid stream");
-	return cudaMemset(p, v, n);
+	return set_on(stream_of(s), "cudaMemsetAsync", __builtin_return_address(0), p, v, n);
 }
 
 extern "C" cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
@@ -1844,50 +2296,72 @@ extern "C" cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 	return cudaSuccess;
 }
 
-struct emu_stream { unsigned flags; };
-struct emu_event { double t; int recorded; };
-
 extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {
 	if (!s)
 		return host_error(cudaErrorInvalidValue, "cudaStreamCreate: null result pointer");
-	*s = new emu_stream{flags};
+	pthread_mutex_lock(&g_slock);
+	emu_stream *ns = new emu_stream();
+	ns->flags = flags;
+	ns->id = (int)g_stream_ids.size();
+	ns->alive = 1;
+	ns->vc = g_host_vc;
+	g_stream_ids.push_back(ns);
+	g_nstreams++;
 	pthread_mutex_lock(&g_lock);
-	g_streams.insert(*s);
+	g_streams.insert(ns);
 	pthread_mutex_unlock(&g_lock);
+	pthread_mutex_unlock(&g_slock);
+	*s = ns;
 	return cudaSuccess;
 }
 extern "C" cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 
+/* As CUDA: returns at once; the work already queued still runs. */
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
+	pthread_mutex_lock(&g_slock);
 	pthread_mutex_lock(&g_lock);
 	int ok = g_streams.erase(s) == 1;
 	pthread_mutex_unlock(&g_lock);
-	if (!ok)
+	if (!ok) {
+		pthread_mutex_unlock(&g_slock);
 		return host_error(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: invalid stream %p", (void *)s);
-	delete s;
+	}
+	while (s->qhead < s->q.size())
+		run_queued(s);
+	s->alive = 0;
+	g_nstreams--;
+	/* the id stays: operations in the history and clocks refer to it */
+	pthread_mutex_unlock(&g_slock);
 	return cudaSuccess;
-}
-
-static cudaError_t take_pending(void)
-{
-	cudaError_t e = t_pending_error;
-	t_pending_error = cudaSuccess;
-	return e;
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
-	if (s && !g_streams.count(s))
+	if (!stream_ok(s))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: invalid stream");
+	pthread_mutex_lock(&g_slock);
+	emu_stream *es = stream_of(s);
+	stream_deps(es);
+	flush_to(es->vc);
+	while (es->qhead < es->q.size())
+		run_queued(es);
+	host_waits(es->vc);
+	pthread_mutex_unlock(&g_slock);
 	return take_pending();
 }
+/* "done" orders like a synchronisation, and everything is done once run */
 extern "C" cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
+
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned)
 {
-	if ((s && !g_streams.count(s)) || !g_events.count(e))
+	if (!stream_ok(s) || !event_ok(e))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: invalid stream or event");
+	pthread_mutex_lock(&g_slock);
+	if (e->recorded)	/* waiting for an event never recorded waits for nothing */
+		vc_join(stream_of(s)->vc, e->vc);
+	pthread_mutex_unlock(&g_slock);
 	return cudaSuccess;
 }
 
@@ -1895,7 +2369,7 @@ extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned)
 {
 	if (!e)
 		return host_error(cudaErrorInvalidValue, "cudaEventCreate: null result pointer");
-	*e = new emu_event{0, 0};
+	*e = new emu_event();
 	pthread_mutex_lock(&g_lock);
 	g_events.insert(*e);
 	pthread_mutex_unlock(&g_lock);
@@ -1914,10 +2388,19 @@ extern "C" cudaError_t cudaEventDestroy(cudaEvent_t e)
 	return cudaSuccess;
 }
 
+/* The event captures the work issued to s so far (its clock), whether or not
+ * that work has run yet. */
 extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
-	if (!g_events.count(e) || (s && !g_streams.count(s)))
+	if (!event_ok(e) || !stream_ok(s))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaEventRecord: invalid event or stream");
+	pthread_mutex_lock(&g_slock);
+	emu_stream *es = stream_of(s);
+	stream_deps(es);
+	e->vc = es->vc;
+	if (es == &g_legacy_stream)
+		g_legacy_used = 1;
+	pthread_mutex_unlock(&g_slock);
 	e->t = now_ms();
 	e->recorded = 1;
 	return cudaSuccess;
@@ -1925,15 +2408,19 @@ extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 
 extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
-	if (!g_events.count(e))
+	if (!event_ok(e))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: invalid event");
+	pthread_mutex_lock(&g_slock);
+	flush_to(e->vc);
+	host_waits(e->vc);
+	pthread_mutex_unlock(&g_slock);
 	return take_pending();
 }
 extern "C" cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
 
 extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
 {
-	if (!ms || !g_events.count(a) || !g_events.count(b))
+	if (!ms || !event_ok(a) || !event_ok(b))
 		return host_error(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: invalid event");
 	if (!a->recorded || !b->recorded)
 		return host_error(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event not recorded");
@@ -1941,7 +2428,56 @@ extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_
 	return cudaSuccess;
 }
 
-extern "C" cudaError_t cudaDeviceSynchronize(void) { return take_pending(); }
+extern "C" cudaError_t cudaDeviceSynchronize(void)
+{
+	pthread_mutex_lock(&g_slock);
+	for (emu_stream *s : g_stream_ids)
+		if (s)
+			while (s->qhead < s->q.size())
+				run_queued(s);
+	for (emu_stream *s : g_stream_ids)
+		if (s)
+			vc_join(g_host_vc, s->vc);
+	host_waits(g_host_vc);
+	pthread_mutex_unlock(&g_slock);
+	return take_pending();
+}
+
+extern "C" cudaError_t emu_stream_enqueue(cudaStream_t s, const char *what, const void *caller, int (*fn)(void *),
+					  void *ctx, const struct emu_range *r, int nr)
+{
+	if (!stream_ok(s))
+		return host_error(cudaErrorInvalidResourceHandle, "%s: invalid stream", what);
+	pthread_mutex_lock(&g_slock);
+	env_init();
+	emu_stream *es = stream_of(s);
+	stream_advance(es);
+	stream_op op;
+	op.stream = es->id;
+	op.seq = es->seq;
+	op.vc = es->vc;
+	for (int i = 0; i < nr; i++) {
+		if (!r[i].n)
+			continue;
+		srange x = {(uintptr_t)r[i].p, (uintptr_t)r[i].p + r[i].n};
+		(r[i].write ? op.wr : op.rd).push_back(x);
+	}
+	ranges_norm(op.rd);
+	ranges_norm(op.wr);
+	op.what = op_name(what, caller);
+	int race = hist_add(std::move(op));
+	es->q.push_back(pending_op{es->seq, es->vc, fn, ctx});
+	/* the seeded coin: now (after its stream's queue), or when needed.
+	 * Only these two points: a host blocked in a collective elsewhere (at
+	 * a kernel launch, say) is where no GPU program blocks, and a peer's
+	 * failure would then be reported from there. */
+	if (!g_seed || (rng_next(&g_srng) >> 32) & 1)
+		while (es->qhead < es->q.size())
+			run_queued(es);
+	pthread_mutex_unlock(&g_slock);
+	return race ? cudaErrorLaunchFailure : cudaSuccess;
+}
+
 extern "C" cudaError_t cudaDeviceReset(void) { t_pending_error = t_last_error = cudaSuccess; return cudaSuccess; }
 
 extern "C" cudaError_t cudaGetLastError(void)
@@ -2072,15 +2608,58 @@ extern "C" cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribu
 }
 
 /* ---- emulator controls ---- */
+/* As the CUDA occupancy calculator for sm_90: the blocks of `block` threads
+ * and `dyn` bytes of dynamic shared memory one SM holds at once, limited by
+ * registers (ptxas's count per thread for sm_90, else the largest of the
+ * report's, allocated per warp in units of 256),
+ * shared memory (static plus dynamic plus the reserved 1 KiB per block),
+ * warps and blocks. Needs the kernel's register count (ANATOMY_EMU_PTXAS). */
+extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *nb, const void *fn, int block, size_t dyn)
+{
+	if (!nb || !fn || block <= 0 || block > 1024)
+		return host_error(cudaErrorInvalidValue, "cudaOccupancyMaxActiveBlocksPerMultiprocessor: invalid argument");
+	pthread_mutex_lock(&g_lock);
+	env_init();
+	svars_ready();
+	const std::string &name = kernel_name_of(fn);
+	auto r = g_kernel_regs.find(name);
+	if (r == g_kernel_regs.end()) {
+		pthread_mutex_unlock(&g_lock);
+		return host_error(cudaErrorInvalidDeviceFunction, "cudaOccupancyMaxActiveBlocksPerMultiprocessor: no "
+				  "register count for %s (ANATOMY_EMU_PTXAS names the build's ptxas report)", name.c_str());
+	}
+	auto r90 = g_kernel_regs_sm90.find(name);
+	if (r90 != g_kernel_regs_sm90.end())
+		r = r90;
+	size_t stat = static_smem_of(fn);
+	auto a = g_max_dyn_smem.find(fn);
+	size_t dyn_max = a == g_max_dyn_smem.end() ? SMEM_DEFAULT - std::min(stat, SMEM_DEFAULT) : (size_t)a->second;
+	int regs = r->second;
+	pthread_mutex_unlock(&g_lock);
+	int warps = (block + 31) / 32;
+	int per_warp = (regs * 32 + REG_UNIT - 1) / REG_UNIT * REG_UNIT;
+	int by_regs = regs > REGS_MAX ? 0 : REGS_PER_SM / per_warp / warps;
+	int by_smem = dyn > dyn_max || stat + dyn > SMEM_OPTIN ? 0 : (int)(SMEM_PER_SM / (stat + dyn + SMEM_RESERVED));
+	int by_warps = WARPS_PER_SM / warps;
+	*nb = std::min(std::min(by_regs, by_smem), std::min(by_warps, BLOCKS_PER_SM));
+	return cudaSuccess;
+}
+
 extern "C" const char *emu_last_report(void) { return g_report; }
 extern "C" void emu_clear_report(void) { g_report[0] = 0; }
 extern "C" void emu_set_quiet(int quiet) { env_init(); g_quiet = quiet; }
-extern "C" void emu_set_seed(uint64_t seed) { env_init(); g_seed = seed; }
+extern "C" void emu_set_seed(uint64_t seed)
+{
+	env_init();
+	g_seed = seed;
+	g_srng = g_seed * 0x2545f4914f6cdd1dull + 0x9e3779b97f4a7c15ull;
+}
 extern "C" void emu_set_kernel_regs(const char *kernel, int regs)
 {
 	pthread_mutex_lock(&g_lock);
 	env_init();
 	g_kernel_regs[kernel_key(kernel)] = regs;
+	g_kernel_regs_sm90[kernel_key(kernel)] = regs;
 	pthread_mutex_unlock(&g_lock);
 }
 extern "C" uint64_t emu_get_seed(void) { env_init(); return g_seed; }

@@ -378,6 +378,7 @@ cudaError_t cudaGetDevice(int *d);
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d);
 cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d);
 cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute a, int v);
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *nb, const void *fn, int block, size_t dyn_smem);
 
 /* ---- emulator controls, for tests and tools (no CUDA equivalent) ---- */
 /* The last error report (empty if none since emu_clear_report). */
@@ -392,6 +393,15 @@ void emu_set_seed(uint64_t seed);
  * (ANATOMY_EMU_PTXAS=build/cuda/ptxas.txt loads every kernel's count). */
 void emu_set_kernel_regs(const char *kernel, int regs);
 uint64_t emu_get_seed(void);
+/* Stream work the emulator runs on the host (the emulated NCCL's
+ * collectives): fn(ctx) runs once, in s's order, either now or once work
+ * ordered after it needs it, by a coin drawn from the seed (now with seed 0);
+ * nonzero from fn is the next synchronisation's error. The ranges are the
+ * bytes it reads and writes, for the cross-stream race check; a race is
+ * reported and returned as cudaErrorLaunchFailure (fn still runs). */
+struct emu_range { const void *p; size_t n; int write; };
+cudaError_t emu_stream_enqueue(cudaStream_t s, const char *what, const void *caller, int (*fn)(void *), void *ctx,
+			       const struct emu_range *r, int nr);
 /* Context switches since start (for the cost figure in tests). */
 uint64_t emu_switch_count(void);
 /* Nonzero when built with AddressSanitizer, i.e. shared-memory race and
@@ -406,6 +416,8 @@ template <class T> __attribute__((noinline)) cudaError_t cudaMalloc(T **p, size_
 template <class T> static inline cudaError_t cudaMallocHost(T **p, size_t n) { return cudaMallocHost((void **)p, n); }
 template <class T> static inline cudaError_t cudaFuncSetAttribute(T *fn, enum cudaFuncAttribute a, int v)
 { return cudaFuncSetAttribute((const void *)fn, a, v); }
+template <class T> static inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *nb, T *fn, int block, size_t dyn_smem)
+{ return cudaOccupancyMaxActiveBlocksPerMultiprocessor(nb, (const void *)fn, block, dyn_smem); }
 template <class T> static inline cudaError_t cudaMemcpyToSymbol(T &sym, const void *src, size_t n, size_t off = 0, enum cudaMemcpyKind = cudaMemcpyHostToDevice)
 { if (off + n > sizeof(T)) return cudaErrorInvalidValue; memcpy((char *)&sym + off, src, n); return cudaSuccess; }
 template <class T> static inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &sym, size_t n, size_t off = 0, enum cudaMemcpyKind = cudaMemcpyDeviceToHost)

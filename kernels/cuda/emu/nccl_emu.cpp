@@ -46,6 +46,7 @@ struct ncclComm {
 	size_t map_bytes;
 	int nranks, rank;
 	uint32_t aborted; /* this process called ncclCommAbort */
+	ncclResult_t async_err; /* the first failure of a queued collective */
 	char last[256];	  /* ncclGetLastError */
 };
 
@@ -150,11 +151,10 @@ void reduce_slots(const ncclComm *c, void *dst, ncclDataType_t t, ncclRedOp_t op
 	}
 }
 
-/* Common argument checks; syncs the stream so that the data the caller
- * queued before the collective is in place (the emulator's streams are
- * synchronous already; this keeps the order explicit). */
+/* Common argument checks, when the collective is called. */
 ncclResult_t begin(ncclComm *c, ncclDataType_t t, cudaStream_t s, size_t *esz)
 {
+	(void)s;
 	if (!c || !c->h)
 		return ncclInvalidArgument;
 	if (load(&c->aborted) || load(&c->h->aborted))
@@ -162,8 +162,6 @@ ncclResult_t begin(ncclComm *c, ncclDataType_t t, cudaStream_t s, size_t *esz)
 	*esz = type_size(t);
 	if (!*esz)
 		return fail(c, ncclInvalidArgument, "unknown datatype");
-	if (cudaStreamSynchronize(s) != cudaSuccess)
-		return fail(c, ncclUnhandledCudaError, "cudaStreamSynchronize failed");
 	return ncclSuccess;
 }
 
@@ -186,9 +184,73 @@ void trace(const ncclComm *c, const char *coll, size_t count, ncclDataType_t t, 
 			(int)t, root);
 }
 
+/* A collective as queued on its stream: it runs when the emulated runtime
+ * says (stream order, events; see emu_stream_enqueue), reading its inputs
+ * then, as the GPU would. */
+struct coll {
+	ncclResult_t (*body)(const coll *);
+	const void *send;
+	void *recv;
+	size_t count, esz;
+	ncclDataType_t t;
+	ncclRedOp_t op;
+	int root;
+	ncclComm *c;
+};
+
+int coll_run(void *p)
+{
+	coll *x = (coll *)p;
+	ncclResult_t r = x->body(x);
+	if (r != ncclSuccess && x->c->async_err == ncclSuccess)
+		x->c->async_err = r;
+	delete x;
+	return r != ncclSuccess;
+}
+
+/* Queues x on s with the bytes it reads (send) and writes (recv). */
+ncclResult_t enqueue(const coll &x, const char *name, const void *caller, cudaStream_t s, size_t send_bytes,
+		     size_t recv_bytes)
+{
+	emu_range r[2] = { { x.send, send_bytes, 0 }, { x.recv, recv_bytes, 1 } };
+	coll *q = new coll(x);
+	cudaError_t e = emu_stream_enqueue(s, name, caller, coll_run, q, r, 2);
+	if (e == cudaErrorInvalidResourceHandle) {
+		delete q;
+		return fail(x.c, ncclInvalidArgument, "invalid stream");
+	}
+	if (e != cudaSuccess)
+		return fail(x.c, ncclUnhandledCudaError, "cross-stream race (see the emulator's report)");
+	return ncclSuccess;
+}
+
+ncclResult_t reduce_body(const coll *x)
+{
+	const void *send = x->send;
+	void *recv = x->recv;
+	size_t count = x->count, esz = x->esz;
+	ncclDataType_t t = x->t;
+	ncclRedOp_t op = x->op;
+	int root = x->root;
+	ncclComm *c = x->c;
+	ncclResult_t r;
+	size_t chunk = SLOT_BYTES / esz;
+	for (size_t off = 0; off < count; off += chunk) {
+		size_t k = count - off < chunk ? count - off : chunk;
+		memcpy(c->slots + c->rank * SLOT_BYTES, (const char *)send + off * esz, k * esz);
+		if ((r = barrier(c)) != ncclSuccess)
+			return r;
+		if (root < 0 || root == c->rank)
+			reduce_slots(c, (char *)recv + off * esz, t, op, k);
+		if ((r = barrier(c)) != ncclSuccess)
+			return r;
+	}
+	return ncclSuccess;
+}
+
 /* Reduce (root >= 0: only root writes recv) or all-reduce (root < 0). */
 ncclResult_t reduce_common(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
-			   int root, ncclComm *c, cudaStream_t s)
+			   int root, ncclComm *c, cudaStream_t s, const void *caller)
 {
 	size_t esz;
 	ncclResult_t r = begin(c, t, s, &esz);
@@ -199,14 +261,63 @@ ncclResult_t reduce_common(const void *send, void *recv, size_t count, ncclDataT
 	if (root >= c->nranks)
 		return fail(c, ncclInvalidArgument, "root out of range");
 	trace(c, root < 0 ? "AllReduce" : "Reduce", count, t, root);
-	size_t chunk = SLOT_BYTES / esz;
-	for (size_t off = 0; off < count; off += chunk) {
-		size_t k = count - off < chunk ? count - off : chunk;
-		memcpy(c->slots + c->rank * SLOT_BYTES, (const char *)send + off * esz, k * esz);
+	coll x = { reduce_body, send, recv, count, esz, t, op, root, c };
+	return enqueue(x, root < 0 ? "ncclAllReduce" : "ncclReduce", caller, s, count * esz,
+		       root < 0 || root == c->rank ? count * esz : 0);
+}
+
+ncclResult_t reduce_scatter_body(const coll *x)
+{
+	ncclComm *c = x->c;
+	size_t recvcount = x->count, esz = x->esz, chunk = SLOT_BYTES / esz;
+	ncclResult_t r;
+	for (int d = 0; d < c->nranks; d++) {
+		const char *block = (const char *)x->send + (size_t)d * recvcount * esz;
+		for (size_t off = 0; off < recvcount; off += chunk) {
+			size_t k = recvcount - off < chunk ? recvcount - off : chunk;
+			memcpy(c->slots + c->rank * SLOT_BYTES, block + off * esz, k * esz);
+			if ((r = barrier(c)) != ncclSuccess)
+				return r;
+			if (d == c->rank)
+				reduce_slots(c, (char *)x->recv + off * esz, x->t, x->op, k);
+			if ((r = barrier(c)) != ncclSuccess)
+				return r;
+		}
+	}
+	return ncclSuccess;
+}
+
+ncclResult_t all_gather_body(const coll *x)
+{
+	ncclComm *c = x->c;
+	size_t sendcount = x->count, esz = x->esz, chunk = SLOT_BYTES / esz;
+	ncclResult_t r;
+	for (size_t off = 0; off < sendcount; off += chunk) {
+		size_t k = sendcount - off < chunk ? sendcount - off : chunk;
+		memcpy(c->slots + c->rank * SLOT_BYTES, (const char *)x->send + off * esz, k * esz);
 		if ((r = barrier(c)) != ncclSuccess)
 			return r;
-		if (root < 0 || root == c->rank)
-			reduce_slots(c, (char *)recv + off * esz, t, op, k);
+		for (int q = 0; q < c->nranks; q++)
+			memcpy((char *)x->recv + ((size_t)q * sendcount + off) * esz, c->slots + q * SLOT_BYTES,
+			       k * esz);
+		if ((r = barrier(c)) != ncclSuccess)
+			return r;
+	}
+	return ncclSuccess;
+}
+
+ncclResult_t broadcast_body(const coll *x)
+{
+	ncclComm *c = x->c;
+	size_t count = x->count, esz = x->esz, chunk = SLOT_BYTES / esz;
+	ncclResult_t r;
+	for (size_t off = 0; off < count; off += chunk) {
+		size_t k = count - off < chunk ? count - off : chunk;
+		if (c->rank == x->root)
+			memcpy(c->slots + x->root * SLOT_BYTES, (const char *)x->send + off * esz, k * esz);
+		if ((r = barrier(c)) != ncclSuccess)
+			return r;
+		memmove((char *)x->recv + off * esz, c->slots + x->root * SLOT_BYTES, k * esz);
 		if ((r = barrier(c)) != ncclSuccess)
 			return r;
 	}
@@ -324,7 +435,9 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *async_error)
 {
 	if (!c)
 		return ncclInvalidArgument;
-	*async_error = load(&c->h->aborted) && !load(&c->aborted) ? ncclRemoteError : ncclSuccess;
+	*async_error = c->async_err != ncclSuccess			  ? c->async_err
+		       : load(&c->h->aborted) && !load(&c->aborted) ? ncclRemoteError
+								      : ncclSuccess;
 	return ncclSuccess;
 }
 
@@ -363,7 +476,7 @@ const char *ncclGetLastError(ncclComm_t c)
 ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
 			   ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)
 {
-	return reduce_common(sendbuff, recvbuff, count, datatype, op, -1, comm, stream);
+	return reduce_common(sendbuff, recvbuff, count, datatype, op, -1, comm, stream, __builtin_return_address(0));
 }
 
 ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
@@ -371,7 +484,7 @@ ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t count, nccl
 {
 	if (root < 0)
 		return fail(comm, ncclInvalidArgument, "root out of range");
-	return reduce_common(sendbuff, recvbuff, count, datatype, op, root, comm, stream);
+	return reduce_common(sendbuff, recvbuff, count, datatype, op, root, comm, stream, __builtin_return_address(0));
 }
 
 /* Rank r receives the reduction of every rank's block r (recvcount each).
@@ -386,21 +499,9 @@ ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recv
 	if (!reducible(datatype, op))
 		return fail(c, ncclInvalidArgument, "the emulator reduces only fp32, fp64, bf16 with sum or avg");
 	trace(c, "ReduceScatter", recvcount, datatype, -1);
-	size_t chunk = SLOT_BYTES / esz;
-	for (int d = 0; d < c->nranks; d++) {
-		const char *block = (const char *)sendbuff + (size_t)d * recvcount * esz;
-		for (size_t off = 0; off < recvcount; off += chunk) {
-			size_t k = recvcount - off < chunk ? recvcount - off : chunk;
-			memcpy(c->slots + c->rank * SLOT_BYTES, block + off * esz, k * esz);
-			if ((r = barrier(c)) != ncclSuccess)
-				return r;
-			if (d == c->rank)
-				reduce_slots(c, (char *)recvbuff + off * esz, datatype, op, k);
-			if ((r = barrier(c)) != ncclSuccess)
-				return r;
-		}
-	}
-	return ncclSuccess;
+	coll x = { reduce_scatter_body, sendbuff, recvbuff, recvcount, esz, datatype, op, -1, c };
+	return enqueue(x, "ncclReduceScatter", __builtin_return_address(0), stream,
+		       (size_t)c->nranks * recvcount * esz, recvcount * esz);
 }
 
 ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcount, ncclDataType_t datatype,
@@ -411,19 +512,9 @@ ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcoun
 	if (r != ncclSuccess)
 		return r;
 	trace(c, "AllGather", sendcount, datatype, -1);
-	size_t chunk = SLOT_BYTES / esz;
-	for (size_t off = 0; off < sendcount; off += chunk) {
-		size_t k = sendcount - off < chunk ? sendcount - off : chunk;
-		memcpy(c->slots + c->rank * SLOT_BYTES, (const char *)sendbuff + off * esz, k * esz);
-		if ((r = barrier(c)) != ncclSuccess)
-			return r;
-		for (int q = 0; q < c->nranks; q++)
-			memcpy((char *)recvbuff + ((size_t)q * sendcount + off) * esz, c->slots + q * SLOT_BYTES,
-			       k * esz);
-		if ((r = barrier(c)) != ncclSuccess)
-			return r;
-	}
-	return ncclSuccess;
+	coll x = { all_gather_body, sendbuff, recvbuff, sendcount, esz, datatype, ncclSum, -1, c };
+	return enqueue(x, "ncclAllGather", __builtin_return_address(0), stream, sendcount * esz,
+		       (size_t)c->nranks * sendcount * esz);
 }
 
 ncclResult_t ncclBroadcast(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
@@ -436,18 +527,9 @@ ncclResult_t ncclBroadcast(const void *sendbuff, void *recvbuff, size_t count, n
 	if (root < 0 || root >= c->nranks)
 		return fail(c, ncclInvalidArgument, "root out of range");
 	trace(c, "Broadcast", count, datatype, root);
-	size_t chunk = SLOT_BYTES / esz;
-	for (size_t off = 0; off < count; off += chunk) {
-		size_t k = count - off < chunk ? count - off : chunk;
-		if (c->rank == root)
-			memcpy(c->slots + root * SLOT_BYTES, (const char *)sendbuff + off * esz, k * esz);
-		if ((r = barrier(c)) != ncclSuccess)
-			return r;
-		memmove((char *)recvbuff + off * esz, c->slots + root * SLOT_BYTES, k * esz);
-		if ((r = barrier(c)) != ncclSuccess)
-			return r;
-	}
-	return ncclSuccess;
+	coll x = { broadcast_body, sendbuff, recvbuff, count, esz, datatype, ncclSum, root, c };
+	return enqueue(x, "ncclBroadcast", __builtin_return_address(0), stream, c->rank == root ? count * esz : 0,
+		       count * esz);
 }
 
 ncclResult_t ncclGroupStart(void)

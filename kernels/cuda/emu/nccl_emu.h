@@ -8,9 +8,14 @@
  * signatures are those of the real nccl.h (2.x), so the same caller compiles
  * against either.
  *
- * Semantics kept: every collective is ordered on its stream (the emulator's
- * streams run synchronously, so a collective syncs its stream, then runs to
- * completion before returning); all ranks must call the same collectives in
+ * Semantics kept: every collective is queued on its stream and runs in that
+ * stream's order, when the emulated runtime runs it (when called, or once
+ * work ordered after it needs it, by a seeded coin; emu_stream_enqueue in
+ * emu.h), and
+ * reads its inputs then; the buffers it reads and writes go through the
+ * runtime's cross-stream race check; a failure while it runs is reported by
+ * ncclCommGetAsyncError and the next synchronisation of its stream; all
+ * ranks must call the same collectives in
  * the same order; ncclAvg is the sum times 1/nranks; sums run in rank order
  * in float (double for ncclFloat64), so every rank gets the same bits;
  * in-place operations (recvbuff == sendbuff, or recvbuff == sendbuff +
