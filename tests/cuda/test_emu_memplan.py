@@ -6,13 +6,11 @@ total must be what the emulated device reports in use. Then the fit check
 against a small emulated device (ANATOMY_EMU_DEVICE_MB)."""
 import os
 import re
+import subprocess
 
-import numpy as np
 import pytest
 
-from test_emu_train import binary
-
-import subprocess
+from test_emu_train import binary, shard  # noqa: F401 (a fixture)
 
 CATS = ["params", "grads", "master", "moments", "activations", "workspace", "total"]
 LINE = (r"{}: " + r" \| ".join(rf"{c} ([0-9,]+) B" for c in CATS))
@@ -32,16 +30,6 @@ def figures(regex, out):
     m = regex.search(out)
     assert m, out
     return dict(zip(CATS, (int(g.replace(",", "")) for g in m.groups())))
-
-
-@pytest.fixture
-def shard(tmp_path):
-    tokens = np.random.default_rng().integers(0, 256, 4000).astype(np.uint16)
-    header = np.zeros(256, dtype=np.int32)
-    header[:3] = [20240520, 1, len(tokens)]
-    path = tmp_path / "tokens.bin"
-    path.write_bytes(header.tobytes() + tokens.tobytes())
-    return path
 
 
 GPT2 = ["--preset", "d2", "--vocab-size", "256", "--max-seq", "64"]
