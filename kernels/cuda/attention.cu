@@ -641,7 +641,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_kernel(bf16 *dqkv, float
 /* dqkv's q part += scale * dqacc (the fused backward's fp32 dQ, [bh, T, HS]),
  * two columns a thread. */
 template <int HS>
-__global__ void flash_dq_add_kernel(bf16 *dqkv, const float *dqacc, int B, int T, int C, int NH, float scale)
+__global__ void att_dq_add_kernel(bf16 *dqkv, const float *dqacc, int B, int T, int C, int NH, float scale)
 {
 	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 2, n = (size_t)B * T * C;
 	if (i >= n)
@@ -1003,7 +1003,7 @@ static void flash_backward_fused(cuda_backend *cb, bf16 *dqkv, const bf16 *dout,
 										  scale_log2, scale);
 	LAUNCH_CHECK();
 	size_t n2 = (size_t)B * T * C / 2;
-	CUDA_LAUNCH((unsigned)cdiv(n2, 256), 256, 0, cb->stream, flash_dq_add_kernel<HS>)(dqkv, dqacc, B, T, C, NH,
+	CUDA_LAUNCH((unsigned)cdiv(n2, 256), 256, 0, cb->stream, att_dq_add_kernel<HS>)(dqkv, dqacc, B, T, C, NH,
 											  scale);
 	LAUNCH_CHECK();
 }
