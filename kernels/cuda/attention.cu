@@ -92,7 +92,8 @@ static size_t att_sem_count(int B, int T, int NH) { return (size_t)B * NH * ((T 
 size_t cuda_attention_scratch_bytes(size_t es, int B, int T, int C, int NH)
 {
 	size_t d = ((size_t)B * NH * T * sizeof(float) + 255) & ~(size_t)255;	/* D */
-	if (es == 2 && !att_split())	/* bf16: the flash kernels' fused backward */
+	int split = att_split();	/* here, at the plan: a bad ANATOMY_ATTN_BWD stops the run before it starts */
+	if (es == 2 && !split)	/* bf16: the flash kernels' fused backward */
 		d += att_dq_bytes(B, T, C) + att_sem_count(B, T, NH) * sizeof(int);
 	return d;
 }
