@@ -311,6 +311,8 @@ static unsigned long mm_count(backend *be, int epi)
 /* Defined only by the device emulator's runtime: lets the one test source
  * pick emulator-sized or GPU-sized shapes. */
 extern uint64_t emu_get_seed(void) __attribute__((weak));
+extern void emu_set_seed(uint64_t seed) __attribute__((weak));
+extern void emu_set_resident_blocks(int n) __attribute__((weak));
 static int native_gpu(void) { return emu_get_seed == NULL; }
 
 /* That a fused epilogue ran `runs` times where `want` were expected. The
@@ -747,19 +749,77 @@ START_TEST(test_attention)
      * emulator (minutes per long case) runs the long rows only as bf16,
      * T 1024, hs 32, causal, and fp32 mode (SIMT, covered at T 100 and 161
      * above) only up to T 17; a GPU runs every case. */
+    /* bf16: both flash backwards (fused, then split), the emulator's long
+     * rows with the fused one only */
     static const int hss[] = { 32, 64, 128 }, Ts[] = { 1, 17, 100, 1024, 2048 };
-    for (int t = 0; t < 5; t++) {
-        for (int k = 0; k < 3; k++) {
-            for (int causal = 0; causal < 2; causal++) {
-                int T = Ts[t], hs = hss[k];
-                int emu_ok = act == DT_BF16 ? T < 1024 || (T == 1024 && hs == 32 && causal) : T < 100;
-                if (!native_gpu() && !emu_ok)
-                    continue;
-                int B = T >= 1024 ? 1 : 2, NH = T >= 1024 ? 1 + native_gpu() : 1 + (k & 1);
-                att_case(r, g, act, B, T, NH * hs, NH, causal);
+    static const char *const variants[] = { "fused", "split" };
+    for (int v = 0; v < (act == DT_BF16 ? 2 : 1); v++) {
+        ck_assert_int_eq(cuda_attention_set_backward(variants[v]), 0);
+        backend *gv = v ? gpu(act) : g; /* a backend planned with the variant in force */
+        for (int t = 0; t < 5; t++) {
+            for (int k = 0; k < 3; k++) {
+                for (int causal = 0; causal < 2; causal++) {
+                    int T = Ts[t], hs = hss[k];
+                    int emu_ok = act == DT_BF16 ? T < 1024 || (T == 1024 && hs == 32 && causal && !v) : T < 100;
+                    if (!native_gpu() && !emu_ok)
+                        continue;
+                    int B = T >= 1024 ? 1 : 2, NH = T >= 1024 ? 1 + native_gpu() : 1 + (k & 1);
+                    att_case(r, gv, act, B, T, NH * hs, NH, causal);
+                }
             }
         }
+        if (v)
+            gv->destroy(gv);
     }
+    cuda_attention_set_backward("fused");
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
+/* The fused flash backward adds each key tile's dQ in a fixed order, so its
+ * dqkv is the same bits in every run: on the emulator, across seeds (other
+ * block start orders, thread orders and 1-4 blocks started at once, where
+ * blocks really wait for each other) and with every block resident; on a GPU,
+ * across repeated runs. hs 64 and 128 (query tiles of 64 and 32 rows). */
+START_TEST(test_attention_deterministic)
+{
+    backend *r = oracle(), *g = gpu(DT_BF16);
+    ck_assert_int_eq(cuda_attention_set_backward("fused"), 0);
+    ck_assert_int_eq(cuda_attention_set_backward("fastest"), -1);
+    seed("attention_deterministic", 0);
+    static const int hss[] = { 64, 128 };
+    for (int k = 0; k < 2; k++) {
+        for (int causal = 0; causal < 2; causal++) {
+            int B = 2, T = 150, NH = 2, C = NH * hss[k];
+            size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C, nl = (size_t)B * NH * T;
+            double *qkv = rnd(n3, 1, DT_BF16), *dout = rnd(n1, 1, DT_BF16);
+            double *o = xmalloc(n1 * 8), *l = xmalloc(nl * 8), *first = xmalloc(n3 * 8), *dq = xmalloc(n3 * 8);
+            double *o2 = xmalloc(n1 * 8), *l2 = xmalloc(nl * 8), *pre = rnd(n3, 0.1, DT_BF16);
+            att_run(r, B, T, C, NH, causal, qkv, dout, NULL, NULL, NULL, o, l, NULL);
+            for (size_t i = 0; i < n1; i++) /* out as the bf16 tensor a backward is given */
+                o[i] = bf16_round(o[i]);
+            int runs = native_gpu() ? 4 : 5;
+            for (int run = 0; run < runs; run++) {
+                if (!native_gpu()) {
+                    emu_set_seed(run == 0 ? 0 : (uint64_t)run * 7919);
+                    emu_set_resident_blocks(run == runs - 1 ? 1 << 20 : 0); /* last: every block at once */
+                }
+                att_run(g, B, T, C, NH, causal, qkv, dout, o, l, pre, o2, l2, run ? dq : first);
+                if (run)
+                    ck_assert_msg(!memcmp(first, dq, n3 * 8),
+                                  "fused backward hs %d %s: run %d differs from run 0 (not deterministic)",
+                                  hss[k], causal ? "causal" : "full", run);
+            }
+            if (!native_gpu()) {
+                emu_set_seed(1);
+                emu_set_resident_blocks(0);
+            }
+            free(qkv), free(dout), free(o), free(l), free(first), free(dq), free(o2), free(l2), free(pre);
+        }
+    }
+    printf("  fused flash backward: dqkv bit-identical across %s\n",
+           native_gpu() ? "4 runs" : "5 emulator seeds and resident counts");
     r->destroy(r);
     g->destroy(g);
 }
@@ -777,7 +837,7 @@ START_TEST(test_flash_occupancy)
     static const int hss[] = { 64, 128 };
     int unknown = 0;
     for (int k = 0; k < 2; k++) {
-        for (int which = 0; which < 3; which++) {
+        for (int which = 0; which < 4; which++) {
             const char *name;
             int n = cuda_flash_occupancy(hss[k], which, &name);
             if (n < 0) {
@@ -1452,6 +1512,7 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(att, test_attention, 0, 2);
     tcase_add_loop_test(att, test_attention_decode, 0, 2);
     tcase_add_test(att, test_flash_occupancy);
+    tcase_add_test(att, test_attention_deterministic);
     tcase_add_loop_test(ops, test_elementwise, 0, 2);
     tcase_add_loop_test(ops, test_crossentropy, 0, 2);
     tcase_add_loop_test(ops, test_large_offsets, 0, 2);

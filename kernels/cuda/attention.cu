@@ -10,11 +10,21 @@
  * backward recomputes P tile by tile from q, k and the saved lse:
  *   D_i = dO_i . O_i;  dP = dO v^T;  dS = P (dP - D) / sqrt(hs)
  *   dq = dS k;  dk = dS^T q;  dv = P^T dO;  then dqkv += (dq, dk, dv)
- * in two kernels, so that every gradient element has one writer and the sum
- * order is fixed (deterministic, no atomics): one owns a key tile and loops
- * over the query tiles (dk, dv), the other owns a query tile and loops over
- * the key tiles (dq). The price is recomputing S and dP in both: 7 tile
- * matmuls per (query tile, key tile) pair instead of 5.
+ * Every sum is taken in a fixed order (bit-identical from run to run, no
+ * floating-point atomics), in one of two ways:
+ *  - fused (the default): one kernel per key tile loops over the query
+ *    tiles, computes P and dS once and does all 5 tile matmuls (S, dP, dV,
+ *    dK, dQ). Its dQ part goes into an fp32 buffer in key-tile order: key
+ *    tile j adds into query tile i's rows after key tile j - 1 did, behind a
+ *    per-query-tile counter in global memory (ptx.cuh's flag_wait_geq /
+ *    flag_release_add); a last pass adds the buffer into dqkv. Scratch: that
+ *    buffer, fp32 [B, NH, T, hs].
+ *  - split: two kernels, so that every gradient element has one writer: one
+ *    owns a key tile and loops over the query tiles (dk, dv), the other owns
+ *    a query tile and loops over the key tiles (dq). The price is
+ *    recomputing S and dP in both: 7 tile matmuls per tile pair instead of 5.
+ * cuda_attention_set_backward (attention.h; ANATOMY_ATTN_BWD=split|fused)
+ * chooses; the SIMT path below is always split.
  *
  * Two implementations of the same algorithm:
  *  - bf16 with head size 32, 64 or 128 (the mixed-precision mode): tensor
@@ -47,10 +57,45 @@ typedef __nv_bfloat16 bf16;
 
 /* ---------------------------------------------------------------- scratch */
 
+/* The backward variant: -1 not yet chosen (ANATOMY_ATTN_BWD decides), 0
+ * fused, 1 split. */
+static int g_att_split = -1;
+
+extern "C" int cuda_attention_set_backward(const char *name)
+{
+	if (!name || !strcmp(name, "fused"))
+		g_att_split = 0;
+	else if (!strcmp(name, "split"))
+		g_att_split = 1;
+	else
+		return -1;
+	return 0;
+}
+
+static int att_split(void)
+{
+	if (g_att_split < 0) {
+		const char *e = getenv("ANATOMY_ATTN_BWD");
+		if (e && *e && cuda_attention_set_backward(e) != 0)
+			cuda_die(__FILE__, __LINE__, "ANATOMY_ATTN_BWD=%s: expected fused or split", e);
+		if (g_att_split < 0)
+			g_att_split = 0;
+	}
+	return g_att_split;
+}
+
+/* The fused backward's dQ buffer, fp32 [B, NH, T, hs], and its counters, one
+ * per (b, h, query tile of at least 32 rows), plus the block ticket. */
+static size_t att_dq_bytes(int B, int T, int C) { return ((size_t)B * T * C * sizeof(float) + 255) & ~(size_t)255; }
+static size_t att_sem_count(int B, int T, int NH) { return (size_t)B * NH * ((T + 31) / 32) + 1; }
+
 size_t cuda_attention_scratch_bytes(size_t es, int B, int T, int C, int NH)
 {
-	(void)es, (void)C;
-	return (size_t)B * NH * T * sizeof(float);	/* D */
+	size_t d = ((size_t)B * NH * T * sizeof(float) + 255) & ~(size_t)255;	/* D */
+	int split = att_split();	/* here, at the plan: a bad ANATOMY_ATTN_BWD stops the run before it starts */
+	if (es == 2 && !split)	/* bf16: the flash kernels' fused backward */
+		d += att_dq_bytes(B, T, C) + att_sem_count(B, T, NH) * sizeof(int);
+	return d;
 }
 
 /* D[bh, t] = dO[b, t, h, :] . O[b, t, h, :] in fp32: one warp per row. */
@@ -84,10 +129,14 @@ template <int HS> struct fa_cfg {
 	 * accumulators in registers */
 	static const int bn_fwd = 64;
 	static const int bn_bwd = HS == 128 ? 32 : 64;
+	/* the fused backward's dS^T tile: 64 keys x bn_bwd queries, padded */
+	static const int ld_ds = bn_bwd + 8;
 	static size_t fwd_smem() { return (size_t)(FA_ROWS + 2 * bn_fwd) * lds * sizeof(bf16); }
 	/* backward: the block's own two tiles, the two streamed tiles twice
 	 * (double-buffered), and the query tiles' lse and D twice (dk/dv) */
 	static size_t bwd_smem() { return (size_t)(2 * FA_ROWS + 4 * bn_bwd) * lds * sizeof(bf16) + 4 * bn_bwd * sizeof(float); }
+	/* fused: the same, the dS^T tile and the block's ticket */
+	static size_t fused_smem() { return bwd_smem() + (size_t)FA_ROWS * ld_ds * sizeof(bf16) + 16; }
 };
 
 /* rows x HS bf16 from global (row stride ld elements, rows >= nvalid
@@ -115,6 +164,20 @@ static __device__ __forceinline__ void fa_load_a(uint32_t (&a)[K / 16][4], const
 	FA_UNROLL
 	for (int kk = 0; kk < K / 16; kk++)
 		ldmatrix_x4(a[kk], p + kk * 16);
+}
+
+/* A fragments of the 16 x K tile A whose transpose is stored: A[m][k] =
+ * s[k * ld + m0 + m], k in [0, K). .trans ldmatrix on the stored rows (k)
+ * hands each lane A's (row g, columns 2t, 2t+1) as the plain form does. */
+template <int K>
+static __device__ __forceinline__ void fa_load_a_trans(uint32_t (&a)[K / 16][4], const bf16 *s, int ld, int m0)
+{
+	int lane = threadIdx.x & 31;
+	/* matrices: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15) */
+	const bf16 *p = s + ((lane >> 4) * 8 + (lane & 7)) * ld + m0 + ((lane >> 3) & 1) * 8;
+	FA_UNROLL
+	for (int kk = 0; kk < K / 16; kk++)
+		ldmatrix_x4_trans(a[kk], p + kk * 16 * ld);
 }
 
 /* acc[N/8] (16 x N) += A (16 x K, fragments) * Bm^T, where Bm is N x K
@@ -419,6 +482,176 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_dkdv_kernel(bf16 *dqkv, 
 	bf16 *base = dqkv + (size_t)b * T * ld + (size_t)h * HS;
 	fa_write_rows<HS, true>(base + C, ld, n0 + warp * 16, T, dk, scale, scale);
 	fa_write_rows<HS, true>(base + 2 * C, ld, n0 + warp * 16, T, dv, 1.0f, 1.0f);
+}
+
+/* Backward, fused: dk, dv and dq with 5 tile matmuls per tile pair. As the
+ * dk/dv kernel (64 key rows per block, query tiles of BM rows streamed
+ * through two buffers), plus, per query tile: dS^T goes to shared memory
+ * (the bf16 values dk uses), and the block computes its share of that query
+ * tile's dQ, dS K_j (warp (wm, wn) of WM x WN: query rows 16 wm.., columns
+ * DN wn..), which it adds into dqacc (fp32 [bh, T, HS]) in key-tile order:
+ * key tile j waits until the tile's counter says the j key tiles before it
+ * have added theirs (key tile 0 stores), adds, and releases the counter. Key
+ * tiles 0 .. j all touch the query tiles key tile j touches (causal: every
+ * tile from its diagonal on), so the counter is the number of contributions
+ * so far and the sum order is the same in every run.
+ *
+ * Hangs are impossible on a GPU: a block's (key tile, head) comes from a
+ * ticket it takes when it starts (atomicAdd), key tiles of one head in
+ * increasing order, so it only waits on blocks that took smaller tickets,
+ * i.e. started before it; the unfinished block with the smallest ticket waits
+ * on nothing unfinished and runs on (CUDA keeps started blocks running), and
+ * so on (ptx.cuh, "ordering between blocks"). */
+template <int HS>
+__global__ void __launch_bounds__(FA_THREADS) flash_bwd_kernel(bf16 *dqkv, float *dqacc, int *sem, int *ticket,
+							     const bf16 *dout, const bf16 *qkv, const float *lse,
+							     const float *Dv, int T, int C, int NH, int causal,
+							     float scale_log2, float scale)
+{
+	typedef fa_cfg<HS> cfg;
+	const int BM = cfg::bn_bwd, lds = cfg::lds, ldd = cfg::ld_ds;
+	const int WM = BM / 16, WN = 4 / WM, DN = HS / WN;	/* the dQ tile's warp grid */
+	DYNAMIC_SHARED(bf16, smem);
+	bf16 *sK = smem, *sV = sK + FA_ROWS * lds, *sQ0 = sV + FA_ROWS * lds;
+	float *sL0 = (float *)(sQ0 + 4 * BM * lds);
+	bf16 *sdS = (bf16 *)(sL0 + 4 * BM);	/* dS^T: [64 keys][BM queries] */
+	int *sTicket = (int *)(sdS + FA_ROWS * ldd);
+	if (threadIdx.x == 0)
+		*sTicket = atomicAdd(ticket, 1);
+	__syncthreads();
+	int nkb = (T + FA_ROWS - 1) / FA_ROWS, nqt = (T + BM - 1) / BM;
+	int kb = *sTicket % nkb, bh = *sTicket / nkb;
+	int n0 = kb * FA_ROWS, b = bh / NH, h = bh % NH;
+	int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	int wm = warp % WM, wn = warp / WM;
+	size_t ld = (size_t)3 * C;
+	const bf16 *gq = qkv + (size_t)b * T * ld + (size_t)h * HS, *gk = gq + C, *gv = gq + 2 * C;
+	const bf16 *gdo = dout + (size_t)b * T * C + (size_t)h * HS;
+	const float *gl = lse + (size_t)bh * T, *gd = Dv + (size_t)bh * T;
+	int key0 = n0 + warp * 16 + g, key1 = key0 + 8;
+	int i_start = causal ? n0 / BM * BM : 0;
+
+	fa_load_tile<HS, FA_ROWS>(sK, gk + (size_t)n0 * ld, ld, T - n0);
+	fa_load_tile<HS, FA_ROWS>(sV, gv + (size_t)n0 * ld, ld, T - n0);
+	fa_load_tile<HS, BM>(sQ0, gq + (size_t)i_start * ld, ld, T - i_start);
+	fa_load_tile<HS, BM>(sQ0 + BM * lds, gdo + (size_t)i_start * C, C, T - i_start);
+	cp_async_commit();
+	for (int r = threadIdx.x; r < BM; r += FA_THREADS) {
+		int i = i_start + r;
+		sL0[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
+		sL0[BM + r] = i < T ? gd[i] : 0.0f;
+	}
+
+	float dk[HS / 8][4], dv[HS / 8][4];
+	fa_zero<HS>(dk);
+	fa_zero<HS>(dv);
+	for (int i0 = i_start, buf = 0; i0 < T; i0 += BM, buf ^= 1) {
+		cp_async_wait<0>();
+		__syncthreads();	/* this query tile is in; every warp is done with the other buffer */
+		const bf16 *sQ = sQ0 + buf * 2 * BM * lds, *sO = sQ + BM * lds;
+		const float *sL = sL0 + buf * 2 * BM, *sD = sL + BM;
+		int i1 = i0 + BM;
+		if (i1 < T) {
+			bf16 *nQ = sQ0 + (buf ^ 1) * 2 * BM * lds;
+			float *nL = sL0 + (buf ^ 1) * 2 * BM;
+			fa_load_tile<HS, BM>(nQ, gq + (size_t)i1 * ld, ld, T - i1);
+			fa_load_tile<HS, BM>(nQ + BM * lds, gdo + (size_t)i1 * C, C, T - i1);
+			cp_async_commit();
+			for (int r = threadIdx.x; r < BM; r += FA_THREADS) {
+				int i = i1 + r;
+				nL[r] = i < T ? gl[i] * 1.44269504089f : INFINITY;
+				nL[BM + r] = i < T ? gd[i] : 0.0f;
+			}
+		}
+		uint32_t a[HS / 16][4];
+		float st[BM / 8][4], dpt[BM / 8][4];
+		fa_load_a<HS>(a, sK, lds, warp * 16);
+		fa_zero<BM>(st);
+		fa_mma_abt<HS, BM>(st, a, sQ, lds, 0);
+		fa_load_a<HS>(a, sV, lds, warp * 16);
+		fa_zero<BM>(dpt);
+		fa_mma_abt<HS, BM>(dpt, a, sO, lds, 0);
+
+		int need = n0 + FA_ROWS > T || (causal && i0 < n0 + warp * 16 + 15);
+		FA_UNROLL
+		for (int nt = 0; nt < BM / 8; nt++) {
+			FA_UNROLL
+			for (int e = 0; e < 4; e++) {
+				int c = nt * 8 + 2 * t4 + (e & 1), key = e < 2 ? key0 : key1;
+				float p = exp2f(st[nt][e] * scale_log2 - sL[c]);
+				if (need && (key >= T || (causal && i0 + c < key)))
+					p = 0.0f;
+				st[nt][e] = p;
+				dpt[nt][e] = p * (dpt[nt][e] - sD[c]);
+			}
+		}
+		uint32_t pa[BM / 16][4], da[BM / 16][4];
+		fa_acc_to_a<BM>(pa, st);
+		fa_acc_to_a<BM>(da, dpt);
+		/* the warp's 16 rows of dS^T, as rounded for dk: n-tile 2kk + x of
+		 * the accumulator is da[kk][2x] (row g) and da[kk][2x + 1] (g + 8) */
+		bf16 *w0 = sdS + (warp * 16 + g) * ldd + 2 * t4;
+		FA_UNROLL
+		for (int nt = 0; nt < BM / 8; nt++) {
+			*(uint32_t *)(w0 + nt * 8) = da[nt >> 1][2 * (nt & 1)];
+			*(uint32_t *)(w0 + 8 * ldd + nt * 8) = da[nt >> 1][2 * (nt & 1) + 1];
+		}
+		fa_mma_ab<BM, HS>(dv, pa, sO, lds, 0);
+		fa_mma_ab<BM, HS>(dk, da, sQ, lds, 0);
+		__syncthreads();	/* dS^T complete */
+
+		/* dQ of the tile, this key tile's part: dS (BM x 64) K_j (64 x HS) */
+		uint32_t sa[FA_ROWS / 16][4];
+		float dq[DN / 8][4];
+		fa_load_a_trans<FA_ROWS>(sa, sdS, ldd, wm * 16);
+		fa_zero<DN>(dq);
+		fa_mma_ab<FA_ROWS, DN>(dq, sa, sK + wn * DN, lds, 0);
+		int *flag = sem + (size_t)bh * nqt + i0 / BM;
+		if (threadIdx.x == 0)
+			flag_wait_geq(flag, kb);	/* key tiles 0 .. kb - 1 have added theirs */
+		__syncthreads();
+		int r0 = i0 + wm * 16 + g, r1 = r0 + 8;
+		float *q0 = dqacc + ((size_t)bh * T + r0) * HS + wn * DN + 2 * t4, *q1 = q0 + 8 * HS;
+		FA_UNROLL
+		for (int nt = 0; nt < DN / 8; nt++) {
+			float2 x0 = make_float2(dq[nt][0], dq[nt][1]), x1 = make_float2(dq[nt][2], dq[nt][3]);
+			if (kb) {	/* key tile 0 stores: no zeroing pass */
+				if (r0 < T) {
+					float2 o = *(float2 *)(q0 + nt * 8);
+					x0.x += o.x, x0.y += o.y;
+				}
+				if (r1 < T) {
+					float2 o = *(float2 *)(q1 + nt * 8);
+					x1.x += o.x, x1.y += o.y;
+				}
+			}
+			if (r0 < T)
+				*(float2 *)(q0 + nt * 8) = x0;
+			if (r1 < T)
+				*(float2 *)(q1 + nt * 8) = x1;
+		}
+		__syncthreads();	/* every thread's adds precede the release */
+		if (threadIdx.x == 0)
+			flag_release_add(flag, 1);
+	}
+	bf16 *base = dqkv + (size_t)b * T * ld + (size_t)h * HS;
+	fa_write_rows<HS, true>(base + C, ld, n0 + warp * 16, T, dk, scale, scale);
+	fa_write_rows<HS, true>(base + 2 * C, ld, n0 + warp * 16, T, dv, 1.0f, 1.0f);
+}
+
+/* dqkv's q part += scale * dqacc (the fused backward's fp32 dQ, [bh, T, HS]),
+ * two columns a thread. */
+template <int HS>
+__global__ void att_dq_add_kernel(bf16 *dqkv, const float *dqacc, int B, int T, int C, int NH, float scale)
+{
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 2, n = (size_t)B * T * C;
+	if (i >= n)
+		return;
+	size_t bt = i / C;
+	int c = (int)(i % C), h = c / HS, d = c % HS, b = (int)(bt / T), t = (int)(bt % T);
+	float2 x = *(const float2 *)(dqacc + (((size_t)b * NH + h) * T + t) * HS + d);
+	bf16 *o = dqkv + bt * 3 * C + c;
+	fa_store2<true>(o, x.x * scale, x.y * scale);
 }
 
 /* Backward, dq. Block: 64 query rows of one (b, h), 4 warps x 16; key and
@@ -752,13 +985,41 @@ static void flash_backward(cuda_backend *cb, bf16 *dqkv, const bf16 *dout, const
 	LAUNCH_CHECK();
 }
 
+/* The fused backward; scratch holds D, then the dQ buffer and counters. */
+template <int HS>
+static void flash_backward_fused(cuda_backend *cb, bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse,
+				 const float *D, int B, int T, int C, int NH, int causal)
+{
+	size_t smem = fa_cfg<HS>::fused_smem();
+	fa_smem_attr(flash_bwd_kernel<HS>, smem);
+	char *scr = (char *)D + (((size_t)B * NH * T * sizeof(float) + 255) & ~(size_t)255);
+	float *dqacc = (float *)scr;
+	int *sem = (int *)(scr + att_dq_bytes(B, T, C));
+	size_t nsem = att_sem_count(B, T, NH);	/* the counters, the ticket last */
+	CUDA_CHECK(cudaMemsetAsync(sem, 0, nsem * sizeof(int), cb->stream));
+	unsigned blocks = (unsigned)(cdiv(T, FA_ROWS) * B * NH);
+	float scale = (float)(1.0 / sqrt((double)HS)), scale_log2 = (float)(1.4426950408889634 / sqrt((double)HS));
+	CUDA_LAUNCH(blocks, FA_THREADS, smem, cb->stream, flash_bwd_kernel<HS>)(dqkv, dqacc, sem, sem + nsem - 1, dout,
+										  qkv, lse, D, T, C, NH, causal,
+										  scale_log2, scale);
+	LAUNCH_CHECK();
+	size_t n2 = (size_t)B * T * C / 2;
+	CUDA_LAUNCH((unsigned)cdiv(n2, 256), 256, 0, cb->stream, att_dq_add_kernel<HS>)(dqkv, dqacc, B, T, C, NH,
+											  scale);
+	LAUNCH_CHECK();
+}
+
 template <int HS> static int flash_occupancy(int which, const char **name)
 {
-	static const char *names[3] = { "flash_fwd_kernel", "flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel" };
-	static char buf[3][48];
-	size_t smem = which == 0 ? fa_cfg<HS>::fwd_smem() : fa_cfg<HS>::bwd_smem();
+	static const char *names[4] = { "flash_fwd_kernel", "flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel",
+					 "flash_bwd_kernel" };
+	static char buf[4][48];
+	size_t smem = which == 0 ? fa_cfg<HS>::fwd_smem() : which == 3 ? fa_cfg<HS>::fused_smem() : fa_cfg<HS>::bwd_smem();
 	const void *k;
-	if (which == 0) {
+	if (which == 3) {
+		fa_smem_attr(flash_bwd_kernel<HS>, smem);
+		k = (const void *)flash_bwd_kernel<HS>;
+	} else if (which == 0) {
 		fa_smem_attr(flash_fwd_kernel<HS>, smem);
 		k = (const void *)flash_fwd_kernel<HS>;
 	} else if (which == 1) {
@@ -781,7 +1042,7 @@ template <int HS> static int flash_occupancy(int which, const char **name)
 extern "C" int cuda_flash_occupancy(int hs, int which, const char **name)
 {
 	*name = "";
-	if (which < 0 || which > 2)
+	if (which < 0 || which > 3)
 		return -1;
 	switch (hs) {
 	case 32: return flash_occupancy<32>(which, name);
@@ -897,12 +1158,20 @@ void cuda_attention_backward(backend *be, void *dqkv, const void *dout, const vo
 	if (flash_ok(be, hs, dqkv, dout, qkv, NULL)) {
 		bf16 *g = (bf16 *)dqkv;
 		const bf16 *dy = (const bf16 *)dout, *x = (const bf16 *)qkv;
-		if (hs == 32)
-			flash_backward<32>(cb, g, dy, x, L, D, B, T, C, NH, causal);
-		else if (hs == 64)
-			flash_backward<64>(cb, g, dy, x, L, D, B, T, C, NH, causal);
-		else
-			flash_backward<128>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		if (att_split()) {
+			if (hs == 32)
+				flash_backward<32>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+			else if (hs == 64)
+				flash_backward<64>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+			else
+				flash_backward<128>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		} else if (hs == 32) {
+			flash_backward_fused<32>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		} else if (hs == 64) {
+			flash_backward_fused<64>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		} else {
+			flash_backward_fused<128>(cb, g, dy, x, L, D, B, T, C, NH, causal);
+		}
 	} else if (be->act == DT_BF16) {
 		simt_backward(cb, (bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)qkv, L, D, B, T, C, NH, causal);
 	} else {

@@ -13,6 +13,9 @@
  *   mma_m16n8k16_f16    the same with fp16 A and B (.f32.f16.f16.f32)
  *   ldmatrix_x1/x2/x4 (+_trans)   8x8 b16 matrices from shared memory
  *   cp_async_16 / cp_async_16_zfill / cp_async_commit / cp_async_wait<N>
+ *   flag_wait_geq / flag_release_add   ordering between blocks through a
+ *                       counter in global memory (ld.acquire.gpu,
+ *                       red.release.gpu)
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating
  * point type"; g = lane >> 2, t = lane & 3; a register holds two 16-bit
@@ -284,6 +287,57 @@ template <int N> static __device__ __forceinline__ void cp_async_wait(void)
 	emu_cp_async_wait(N);
 #else
 	asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#endif
+}
+
+/* ---- ordering between blocks ----
+ * A producer block publishes its global writes to a consumer block through a
+ * counter in global memory, as the PTX memory model's release/acquire
+ * patterns do ("Memory Consistency Model", release and acquire patterns):
+ *
+ *   producer: writes; __syncthreads(); one thread: flag_release_add(f, 1)
+ *   consumer: one thread: flag_wait_geq(f, n); __syncthreads(); reads
+ *
+ * The barrier orders the other threads' writes before the releasing
+ * thread's red.release.gpu (bar.sync is part of the causality order at CTA
+ * scope, and release is cumulative over what precedes it), and orders the
+ * acquiring thread's ld.acquire.gpu before the other threads' reads. Both
+ * sides use .gpu scope: the blocks may run on any SM.
+ *
+ * A block may only wait on blocks that have already started: CUDA schedules
+ * blocks in no promised order and keeps a started block running, so a grid
+ * in which every wait targets an earlier-started block cannot hang (the
+ * earliest-started unfinished block waits on nothing unfinished). The
+ * caller's job is to make that so, e.g. with tiles handed out by an atomic
+ * ticket. In the emulator the wait sleeps the thread and lets the other
+ * started blocks run (emu_spin_wait); a grid where none can is reported as a
+ * deadlock. */
+
+/* Waits until the int at flag is at least value (acquire, GPU scope). */
+static __device__ __forceinline__ void flag_wait_geq(const int *flag, int value)
+{
+#ifdef ANATOMY_EMU
+	while (*(const volatile int *)flag < value)
+		emu_spin_wait((const volatile int *)flag, value);
+#else
+	int v;
+	for (;;) {
+		asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+		if (v >= value)
+			break;
+		__nanosleep(64);
+	}
+#endif
+}
+
+/* *flag += v (release, GPU scope). */
+static __device__ __forceinline__ void flag_release_add(int *flag, int v)
+{
+#ifdef ANATOMY_EMU
+	atomicAdd(flag, v);
+	emu_released();
+#else
+	asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" :: "l"(flag), "r"(v) : "memory");
 #endif
 }
 

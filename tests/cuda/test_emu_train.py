@@ -69,6 +69,31 @@ def test_train_matches_cpu(shard, tmp_path, precision, tol, extra, both):
     assert abs(a - b) / abs(a) < tol, f"eval: cpu {a} cuda {b}"
 
 
+def test_attention_backward_choice(shard, tmp_path):
+    """ANATOMY_ATTN_BWD chooses the flash backward (bf16, head size 64 here):
+    the fused and the split one train to the same losses within bf16's
+    tolerance; any other value stops the run with a one-line error."""
+    args = ["train", *TINY, "--data", shard, "--batch", "2", "--seq", "32", "--steps", "3",
+            "--lr", "3e-3", "--seed", "3", "--device", "cuda", "--precision", "bf16"]
+    losses = {}
+    for variant in ("fused", "split"):
+        os.environ["ANATOMY_ATTN_BWD"] = variant
+        try:
+            losses[variant] = [float(x) for x in STEP.findall(run("anatomy-emu", *args))]
+        finally:
+            del os.environ["ANATOMY_ATTN_BWD"]
+    assert len(losses["fused"]) == len(losses["split"]) == 3
+    rel = np.abs(np.array(losses["fused"]) - np.array(losses["split"])) / np.array(losses["split"])
+    assert rel.max() < 1e-2, losses
+    env = dict(os.environ, ANATOMY_ATTN_BWD="fastest",
+               ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0")
+    p = subprocess.run([binary("anatomy-emu")] + [str(a) for a in args], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert p.returncode != 0
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "ANATOMY_ATTN_BWD=fastest: expected fused or split" in err[0], p.stderr
+
+
 def test_default_device(shard, tmp_path):
     """No --device: cuda where the build has a device (the emulator counts as
     one), else cpu; the "training ..." header names the choice."""

@@ -1,11 +1,17 @@
 /* kernels/cuda/emu/emu.cpp: the device emulator's runtime.
  *
- * A launch runs its blocks one after another on the calling host thread.
+ * A launch runs its blocks on the calling host thread, in a shuffled order.
  * Within a block every CUDA thread is a coroutine with its own stack; a
  * thread runs until it reaches a barrier, a warp collective or its end, and
  * the scheduler then picks the next runnable thread in an order drawn from
  * ANATOMY_EMU_SEED, so code that depends on an unsynchronised order gives
- * different answers than it would by luck.
+ * different answers than it would by luck. Blocks are coroutines too: up to
+ * a few of them (the resident limit) are started at once, each with its own
+ * threads, stacks and shared memory, and the grid scheduler switches between
+ * them when one waits on a flag another block has yet to release
+ * (emu_spin_wait, behind flag_wait_geq in ptx.cuh) or releases one. When no
+ * started block can go on and none may start, the grid is deadlocked and
+ * reported, as it would hang on a GPU.
  *
  * Bug finding rides on AddressSanitizer when the kernels are built with
  * -fsanitize=address -fsanitize-recover=address: during a launch all shared
@@ -105,7 +111,7 @@ asm(".text\n"
     ".size emu_ctx_switch, .-emu_ctx_switch\n");
 
 /* ---- state ---- */
-enum { T_RUNNABLE, T_BARRIER, T_WARP, T_EXITED };
+enum { T_RUNNABLE, T_BARRIER, T_WARP, T_EXITED, T_SPIN };
 
 struct cp_entry {
 	void *dst;
@@ -131,6 +137,8 @@ struct emu_thread {
 	std::vector<cp_entry> *cp;
 	int cp_groups;
 	void *fake_stack;
+	const volatile int *spin_addr;	/* T_SPIN: waits until *spin_addr >= spin_value */
+	int spin_value;
 };
 
 /* One shadow cell per shared byte. */
@@ -164,7 +172,9 @@ struct freed_alloc {
 struct sched {
 	emu_launch_desc *d;
 	emu_thread *t;
-	unsigned n, live, nbar;
+	unsigned n, live, nbar, nspin;
+	unsigned slot;			/* which resident slot (stacks, shared memory) */
+	int preempt;			/* go back to the grid scheduler at the next switch */
 	std::vector<unsigned> runq;
 	size_t runq_head;
 	unsigned warp_arrived[32];
@@ -199,8 +209,9 @@ static size_t g_stacks_bytes;
 static int g_stacks_dirty;
 
 static std::vector<svar> g_svars;
-static std::vector<shadow> g_sshadow;	/* static shared */
-static char *g_dyn;			/* dynamic shared arena */
+static std::vector<shadow> g_sshadow;	/* static shared (the running block's) */
+static size_t g_sshadow_n;
+static char *g_dyn;			/* dynamic shared arena (the running block's) */
 static size_t g_dyn_size, g_dyn_cap;
 static std::vector<shadow> g_dshadow;
 static const size_t DYN_REDZONE = 256;
@@ -649,6 +660,7 @@ out:
 				v.restore++;
 	}
 	g_sshadow.assign(off, shadow());
+	g_sshadow_n = off;
 }
 
 /* The shared variable holding [a, a+n), or the one whose end a overran. */
@@ -889,7 +901,8 @@ static void describe_threads(char *buf, size_t n)
 		for (; k < leaders.size(); k++) {
 			emu_thread *l = &S->t[leaders[k]];
 			if (l->state == t->state && (t->state == T_EXITED || t->state == T_RUNNABLE ||
-			    (l->wait_pc == t->wait_pc && (t->state != T_WARP || l->wmask == t->wmask))))
+			    (l->wait_pc == t->wait_pc && (t->state != T_WARP || l->wmask == t->wmask) &&
+			     (t->state != T_SPIN || (l->spin_addr == t->spin_addr && l->spin_value == t->spin_value)))))
 				break;
 		}
 		if (k == leaders.size()) {
@@ -915,7 +928,7 @@ static void describe_threads(char *buf, size_t n)
 		if (runs == 4 && m.size() > 0)
 			who += ",...";
 		char loc[512] = "";
-		if (t->state == T_BARRIER || t->state == T_WARP)
+		if (t->state == T_BARRIER || t->state == T_WARP || t->state == T_SPIN)
 			symbolize(t->wait_pc, loc, sizeof(loc));
 		const char *sep = k ? "; " : "";
 		const char *noun = m.size() > 1 ? "threads" : "thread";
@@ -926,6 +939,9 @@ static void describe_threads(char *buf, size_t n)
 		else if (t->state == T_WARP)
 			len += snprintf(buf + len, n - len, "%s%s %s wait at %s (mask 0x%08x) at %s", sep, noun, who.c_str(),
 					t->wait_what, t->wmask, loc);
+		else if (t->state == T_SPIN)
+			len += snprintf(buf + len, n - len, "%s%s %s wait at %s for the flag at %p to reach %d (it holds %d)",
+					sep, noun, who.c_str(), loc, (const void *)t->spin_addr, t->spin_value, *t->spin_addr);
 		else
 			len += snprintf(buf + len, n - len, "%s%s %s runnable", sep, noun, who.c_str());
 	}
@@ -998,20 +1014,58 @@ static unsigned pick_next(void)
 	return i;
 }
 
-/* Runs one block to completion. Returns 0, or a cudaError_t with the message
- * in msg. */
+/* Threads of block s waiting on a flag that now holds their value become
+ * runnable (when wake); returns how many can. */
+static unsigned spinners_ready(sched *s, int wake)
+{
+	unsigned k = 0;
+	for (unsigned i = 0; i < s->n && s->nspin; i++) {
+		emu_thread *t = &s->t[i];
+		if (t->state != T_SPIN || *t->spin_addr < t->spin_value)
+			continue;
+		k++;
+		if (wake) {
+			t->state = T_RUNNABLE;
+			s->nspin--;
+			s->runq.push_back(i);
+		}
+	}
+	return k;
+}
+
+/* The block paused: it waits on other blocks, or gave way after a release or
+ * a barrier. */
+static const int BLOCK_PAUSED = -1;
+static unsigned g_resident_now;	/* blocks this launch may have started at once */
+
+/* Runs the current block until it ends or pauses. Returns 0, BLOCK_PAUSED,
+ * or a cudaError_t with the message in msg. */
 static int run_block(char *msg, size_t mn)
 {
 	for (;;) {
-		while (S->runq.size() > S->runq_head && !S->abort)
+		while (S->runq.size() > S->runq_head && !S->abort) {
 			switch_to_thread(&S->t[pick_next()]);
+			if (S->preempt && !S->abort) {
+				S->preempt = 0;
+				return BLOCK_PAUSED;
+			}
+		}
 		if (S->abort)
 			return S->abort;
 		if (S->live == 0)
 			return 0;
+		if (S->nspin) {		/* no thread runs: the waits decide */
+			if (spinners_ready(S, 1))
+				continue;
+			return BLOCK_PAUSED;
+		}
 		if (S->nbar == S->live) {
 			if (release_barrier(msg, mn) != 0)
 				return cudaErrorLaunchTimeout;
+			/* other started blocks may run between two barrier
+			 * intervals of this one, as on a GPU's other SMs */
+			if (g_resident_now > 1 && g_seed != 0 && (rng_next(&S->rng) & 3) == 0)
+				return BLOCK_PAUSED;
 			continue;
 		}
 		char who[1500];
@@ -1044,6 +1098,28 @@ extern "C" void emu_yield(void)
 	emu_thread *t = t_self;
 	runq_push(t->tid);
 	switch_to_sched(t, 0);
+}
+
+extern "C" void emu_spin_wait(const volatile int *flag, int value)
+{
+	emu_thread *t = t_self;
+	t->state = T_SPIN;
+	t->spin_addr = flag;
+	t->spin_value = value;
+	t->wait_pc = __builtin_return_address(0);
+	t->wait_what = "flag_wait_geq";
+	S->nspin++;
+	switch_to_sched(t, 0);
+}
+
+/* After a release: on a coin (never with seed 0), give the other started
+ * blocks a turn now, so that a waiter may run before the releaser goes on. */
+extern "C" void emu_released(void)
+{
+	if (g_resident_now > 1 && g_seed != 0 && (rng_next(&S->rng) & 1)) {
+		S->preempt = 1;
+		emu_yield();
+	}
 }
 
 extern "C" void emu_trap(void)
@@ -1902,24 +1978,98 @@ static cudaError_t launch_check(emu_launch_desc *d)
 	return cudaSuccess;
 }
 
-static void shared_setup(size_t dyn)
+/* ---- resident blocks ----
+ * A slot holds one started block: its scheduler state, threads, thread
+ * stacks (stack_of(slot * n + i)), dynamic shared arena and shadow cells. The
+ * static __shared__ variables live at fixed addresses, so their contents are
+ * copied out when a paused block leaves and back when it resumes. */
+struct blk_slot {
+	sched *s;
+	std::vector<emu_thread> threads;
+	char *dyn;
+	size_t dyn_cap;
+	std::vector<shadow> dshadow, sshadow;
+	std::vector<unsigned char> svars;	/* static shared while paused */
+	int saved;
+};
+static std::vector<blk_slot *> g_slots;
+static int g_resident_set;	/* emu_set_resident_blocks; 0: ANATOMY_EMU_RESIDENT or drawn */
+
+static void shared_setup(size_t dyn, unsigned nslots, unsigned nthreads)
 {
-	if (dyn > g_dyn_cap || !g_dyn) {
-		free(g_dyn);
-		g_dyn_cap = dyn > 256 ? dyn : 256;
-		g_dyn = (char *)aligned_alloc(128, (g_dyn_cap + DYN_REDZONE + 127) & ~(size_t)127);
-		g_dshadow.assign(g_dyn_cap, shadow());
-	}
+	if (dyn > g_dyn_cap)
+		g_dyn_cap = dyn;
+	if (g_dyn_cap < 256)
+		g_dyn_cap = 256;
 	g_dyn_size = dyn;
+	while (g_slots.size() < nslots) {
+		blk_slot *b = new blk_slot();
+		b->s = new sched();
+		b->dyn = NULL;
+		b->dyn_cap = 0;
+		g_slots.push_back(b);
+	}
+	for (unsigned k = 0; k < nslots; k++) {
+		blk_slot *b = g_slots[k];
+		if (b->dyn_cap != g_dyn_cap) {
+			free(b->dyn);
+			b->dyn_cap = g_dyn_cap;
+			b->dyn = (char *)aligned_alloc(128, (g_dyn_cap + DYN_REDZONE + 127) & ~(size_t)127);
+			b->dshadow.assign(g_dyn_cap, shadow());
+		}
+		if (b->sshadow.size() != g_sshadow_n)
+			b->sshadow.assign(g_sshadow_n, shadow());
+		if (b->threads.size() < nthreads)
+			b->threads.resize(nthreads);
+		b->s->slot = k;
+		b->s->t = b->threads.data();
+		b->s->n = nthreads;
+		b->saved = 0;
+		poison(b->dyn, g_dyn_cap + DYN_REDZONE);
+	}
 	for (svar &v : g_svars)
 		poison((const void *)v.beg, v.span);
 }
 
-static void shared_teardown(void)
+static void shared_teardown(unsigned nslots)
 {
 	for (svar &v : g_svars)
 		unpoison((const void *)v.beg, v.restore);
-	unpoison(g_dyn, g_dyn_cap + DYN_REDZONE);
+	for (unsigned k = 0; k < nslots; k++)
+		unpoison(g_slots[k]->dyn, g_dyn_cap + DYN_REDZONE);
+}
+
+/* Makes b's block the running one. */
+static void slot_enter(blk_slot *b)
+{
+	S = b->s;
+	g_dyn = b->dyn;
+	g_dshadow.swap(b->dshadow);
+	g_sshadow.swap(b->sshadow);
+	if (b->saved) {
+		size_t off = 0;
+		for (svar &v : g_svars) {
+			raw_copy((void *)v.beg, b->svars.data() + off, v.span);
+			off += v.span;
+		}
+		b->saved = 0;
+	}
+}
+
+/* Switches b's block out; a paused one keeps its static shared memory. */
+static void slot_leave(blk_slot *b, int paused)
+{
+	if (paused) {
+		size_t off = 0;
+		b->svars.resize(g_sshadow_n);
+		for (svar &v : g_svars) {
+			raw_copy(b->svars.data() + off, (const void *)v.beg, v.span);
+			off += v.span;
+		}
+		b->saved = 1;
+	}
+	g_dshadow.swap(b->dshadow);
+	g_sshadow.swap(b->sshadow);
 }
 
 static void block_begin(emu_launch_desc *d, uint64_t linear)
@@ -1942,7 +2092,7 @@ static void block_begin(emu_launch_desc *d, uint64_t linear)
 		t->pub.bidx = S->bid;
 		t->pub.bdim = b;
 		t->pub.gdim = g;
-		t->stack = stack_of(i);
+		t->stack = stack_of(S->slot * S->n + i);
 		t->stack_size = g_stack_size;
 		t->state = T_RUNNABLE;
 		t->started = 0;
@@ -1962,6 +2112,8 @@ static void block_begin(emu_launch_desc *d, uint64_t linear)
 	memset(S->warp_arrived, 0, sizeof(S->warp_arrived));
 	S->live = S->n;
 	S->nbar = 0;
+	S->nspin = 0;
+	S->preempt = 0;
 	S->abort = 0;
 	g_gen++;
 	S->blk_gen = S->bar_gen = g_gen;
@@ -2036,38 +2188,103 @@ extern "C" cudaError_t emu_launch(emu_launch_desc *d)
 		}
 	}
 	unsigned n = d->block.x * d->block.y * d->block.z;
-	stacks_reserve(n);
+	uint64_t grng = g_seed * 0x9e3779b97f4a7c15ull + 1;	/* block order and choices */
+	uint64_t nblocks = (uint64_t)d->grid.x * d->grid.y * d->grid.z;
+	/* Blocks started at once: CUDA promises none beyond the running one (a
+	 * block may wait only on blocks that have started), so seed 0 runs one
+	 * at a time, as before; other seeds draw 1-4, ANATOMY_EMU_RESIDENT or
+	 * emu_set_resident_blocks set it. */
+	unsigned resident = g_seed ? 1 + (unsigned)(rng_next(&grng) % 4) : 1;
+	const char *rs = getenv("ANATOMY_EMU_RESIDENT");
+	if (g_resident_set > 0)
+		resident = (unsigned)g_resident_set;
+	else if (rs && atoi(rs) > 0)
+		resident = (unsigned)atoi(rs);
+	if (resident > nblocks)
+		resident = nblocks ? (unsigned)nblocks : 1;
+	if (resident > 64)
+		resident = 64;
+	g_resident_now = resident;
+	stacks_reserve(n * resident);
 	if (!g_stacks) {
 		pthread_mutex_unlock(&g_lock);
 		return host_error(cudaErrorMemoryAllocation, "launch of %s: cannot map thread stacks", d->name);
 	}
-	static sched *sch;
-	static std::vector<emu_thread> threads;
-	if (!sch)
-		sch = new sched();
-	if (threads.size() < n)
-		threads.resize(n);
-	S = sch;
-	S->d = d;
-	S->t = threads.data();
-	S->n = n;
-	S->rng = g_seed * 0x9e3779b97f4a7c15ull + 1;
-	shared_setup(d->smem);
+	shared_setup(d->smem, resident, n);
+	for (unsigned k = 0; k < resident; k++) {
+		g_slots[k]->s->d = d;
+		g_slots[k]->s->rng = g_seed * 0x9e3779b97f4a7c15ull + 1 + k;
+	}
 
-	uint64_t nblocks = (uint64_t)d->grid.x * d->grid.y * d->grid.z;
 	std::vector<uint32_t> order;
 	if (g_seed && nblocks > 1 && nblocks <= (1u << 22)) {
 		order.resize(nblocks);
 		for (uint32_t i = 0; i < nblocks; i++)
 			order[i] = i;
 		for (uint32_t i = (uint32_t)nblocks - 1; i > 0; i--)
-			std::swap(order[i], order[rng_next(&S->rng) % (i + 1)]);
+			std::swap(order[i], order[rng_next(&grng) % (i + 1)]);
 	}
 	int rc = 0;
 	char msg[2048] = "";
-	for (uint64_t b = 0; b < nblocks && !rc; b++) {
-		block_begin(d, order.empty() ? b : order[b]);
+	std::vector<blk_slot *> started, ready;	/* blocks started and not ended */
+	uint64_t next = 0;
+	while (!rc) {
+		/* what can go on: a started block with a thread to run or a flag
+		 * it waits for now set, or a new block while a slot is free */
+		ready.clear();
+		for (blk_slot *b : started)
+			if (b->s->runq.size() > b->s->runq_head || spinners_ready(b->s, 0))
+				ready.push_back(b);
+		int can_start = next < nblocks && started.size() < resident;
+		if (ready.empty() && !can_start) {
+			if (started.empty())
+				break;
+			/* deadlock: every started block waits, none may start */
+			std::string all;
+			for (blk_slot *b : started) {
+				char who[1500];
+				S = b->s;
+				describe_threads(who, sizeof(who));
+				char head[64];
+				snprintf(head, sizeof head, "%sblock (%u,%u,%u): ", all.empty() ? "" : "; ", S->bid.x, S->bid.y,
+					 S->bid.z);
+				all += head;
+				all += who;
+			}
+			S = started[0]->s;
+			snprintf(msg, sizeof msg, "grid deadlock: no started block can proceed (on a GPU this hangs) and %llu "
+				 "of %llu blocks have not started (%u may be resident at once here; a block may only wait on "
+				 "blocks that have started): %s", (unsigned long long)(nblocks - next),
+				 (unsigned long long)nblocks, resident, all.c_str());
+			g_pending_pc[0] = g_pending_pc[1] = NULL;
+			finish_report(d, msg);
+			g_stacks_dirty = 1;
+			rc = cudaErrorLaunchTimeout;
+			break;
+		}
+		size_t pick = g_seed ? (size_t)(rng_next(&grng) % (ready.size() + can_start)) : 0;
+		blk_slot *b;
+		int fresh = pick >= ready.size();
+		if (!fresh) {
+			b = ready[pick];
+		} else {	/* the first free slot */
+			b = NULL;
+			for (unsigned k = 0; k < resident && !b; k++)
+				if (std::find(started.begin(), started.end(), g_slots[k]) == started.end())
+					b = g_slots[k];
+			started.push_back(b);
+		}
+		slot_enter(b);
+		if (fresh) {
+			block_begin(d, order.empty() ? next : order[next]);
+			next++;
+		}
 		rc = run_block(msg, sizeof(msg));
+		if (rc == BLOCK_PAUSED) {
+			rc = 0;
+			slot_leave(b, 1);
+			continue;
+		}
 		if (rc) {
 			if (S->abort) {
 				finish_report(d, g_pending);
@@ -2077,8 +2294,10 @@ extern "C" cudaError_t emu_launch(emu_launch_desc *d)
 			}
 			g_stacks_dirty = 1;
 		}
+		slot_leave(b, 0);
+		started.erase(std::find(started.begin(), started.end(), b));
 	}
-	shared_teardown();
+	shared_teardown(resident);
 	S = NULL;
 	for (const srange &w : g_watch)
 		unpoison((const void *)w.lo, w.hi - w.lo);
@@ -2663,5 +2882,6 @@ extern "C" void emu_set_kernel_regs(const char *kernel, int regs)
 	pthread_mutex_unlock(&g_lock);
 }
 extern "C" uint64_t emu_get_seed(void) { env_init(); return g_seed; }
+extern "C" void emu_set_resident_blocks(int n) { g_resident_set = n > 0 ? n : 0; }
 extern "C" uint64_t emu_switch_count(void) { return g_switches; }
 extern "C" int emu_checks_active(void) { return asan_on(); }

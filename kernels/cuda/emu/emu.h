@@ -127,6 +127,11 @@ void emu_cp_async_commit(void);
 void emu_cp_async_wait(int n);
 
 void *emu_dynamic_shared(void);
+/* Waiting on another block (flag_wait_geq in ptx.cuh): the thread sleeps
+ * until *flag >= value, and the grid scheduler runs other blocks meanwhile;
+ * emu_released, after a release, may give them a turn at once. */
+void emu_spin_wait(const volatile int *flag, int value);
+void emu_released(void);
 long long emu_clock64(void);
 void emu_report_error(const char *what);
 }
@@ -404,6 +409,9 @@ cudaError_t emu_stream_enqueue(cudaStream_t s, const char *what, const void *cal
 			       const struct emu_range *r, int nr);
 /* Context switches since start (for the cost figure in tests). */
 uint64_t emu_switch_count(void);
+/* Blocks of a grid started at once (each launch; 0: ANATOMY_EMU_RESIDENT, or
+ * 1 with seed 0 and 1-4 drawn from other seeds). */
+void emu_set_resident_blocks(int n);
 /* Nonzero when built with AddressSanitizer, i.e. shared-memory race and
  * bounds checking is active. */
 int emu_checks_active(void);
