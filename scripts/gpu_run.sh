@@ -4,7 +4,9 @@
 #
 # usage (on the GPU machine, from the repository root, carrying build/gpu):
 #   build/gpu/run.sh             the first call: under 9 minutes on one H100
-#   build/gpu/run.sh --second    the optional second call: the NCCL path,
+#   build/gpu/run.sh --second    the optional second call: the two-kernel
+#                                attention backward beside the fused one
+#                                (ANATOMY_ATTN_BWD=split), the NCCL path,
 #                                racecheck on the attention kernels, the
 #                                loss-curve parity with PyTorch (500 steps)
 #   build/gpu/run.sh --rehearse  on a machine without a GPU: the same steps,
@@ -285,6 +287,8 @@ if [ $mode != second ]; then
         say "== gpt2-torch-compile: left for the second call (under 120 s left)"
     fi
 else
+    # the two-kernel attention backward beside the fused default (first call)
+    step attention-split 40 env ANATOMY_ATTN_BWD=split "$BENCH_ATT" $ATT_ARGS
     step nccl 90 env ALLREDUCE_BENCH="$ALLREDUCE" sh "$repo/bench/bench_allreduce.sh" "$ANATOMY"
     step racecheck 120 racecheck
     # 500 steps of the loss-curve comparison (PARITY_STEPS), PyTorch eager, in what is left
