@@ -172,12 +172,16 @@ struct backend {
                                const void *out, const void *lse, int B, int T, int C, int NH,
                                int causal);
 
-    /* attention for one new position (incremental decoding with a key/value
-     * cache, batch 1): qkv: [>pos, 3C], the rows of positions 0..pos of one
-     * sequence in attention_forward's layout; out: [C], the causal attention
-     * of row pos's q over rows 0..pos (the row pos of attention_forward's
-     * output for T = pos + 1). Saves nothing; no backward. */
-    void (*attention_decode)(backend *be, void *out, const void *qkv, int pos, int C, int NH);
+    /* attention for one new position of B sequences (incremental decoding
+     * with a key/value cache): qkv: [pos+1, ld, 3C], position-major, the row
+     * of position j of sequence b at j*ld + b (b < B <= ld), each row in
+     * attention_forward's layout; out: [B, C], for each sequence the causal
+     * attention of its row pos's q over its rows 0..pos (the row pos of
+     * attention_forward's output for T = pos + 1). Position-major so that a
+     * step's new q, k, v rows of all B sequences are one contiguous [B, 3C]
+     * matmul output. Saves nothing; no backward. */
+    void (*attention_decode)(backend *be, void *out, const void *qkv, int B, int ld, int pos,
+                             int C, int NH);
 
     /* gelu (tanh approximation, as GPT-2):
      * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y: [N]. */

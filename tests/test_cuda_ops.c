@@ -762,34 +762,38 @@ END_TEST
 
 /* ---- attention_decode ---- */
 
-/* One new position over a cache of pos + 1 keys, against the CPU op, at
- * short caches and at long ones whose scores pass 48 KiB of shared memory
- * with the kernel's static reduction array (12,257 keys and more: such a
- * launch needs the opt-in, and fails without it on the hardware and on the
+/* One new position of B sequences over caches of pos + 1 keys (position-major,
+ * ld sequences per position of which the first B are read), against the CPU
+ * op, at short caches and at long ones whose scores pass 48 KiB of shared
+ * memory with the kernel's static reduction array (12,257 keys and more: such
+ * a launch needs the opt-in, and fails without it on the hardware and on the
  * emulator). */
 START_TEST(test_attention_decode)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
     seed("attention_decode", _i);
-    static const int cases[][3] = { { 0, 16, 2 }, { 37, 64, 4 }, { 300, 24, 3 }, { 12287, 8, 2 }, { 20000, 8, 1 } };
+    static const int cases[][5] = { /* pos, C, NH, B, ld */
+        { 0, 16, 2, 1, 1 }, { 37, 64, 4, 3, 5 }, { 300, 24, 3, 2, 2 }, { 12287, 8, 2, 1, 2 },
+        { 20000, 8, 1, 1, 1 } };
     for (int k = 0; k < 5; k++) {
-        int pos = cases[k][0], C = cases[k][1], NH = cases[k][2];
-        size_t n = (size_t)(pos + 1) * 3 * C;
-        double *qkv = rnd(n, 1, act), *want = xmalloc((size_t)C * sizeof *want), *got = xmalloc((size_t)C * sizeof *got);
-        void *rq = up(r, DT_F64, qkv, n), *ro = dalloc(r, DT_F64, (size_t)C);
-        r->attention_decode(r, ro, rq, pos, C, NH);
-        take(r, ro, DT_F64, NULL, (size_t)C, want);
+        int pos = cases[k][0], C = cases[k][1], NH = cases[k][2], B = cases[k][3], ld = cases[k][4];
+        size_t n = (size_t)(pos + 1) * ld * 3 * C, no = (size_t)B * C;
+        double *qkv = rnd(n, 1, act), *want = xmalloc(no * sizeof *want), *got = xmalloc(no * sizeof *got);
+        void *rq = up(r, DT_F64, qkv, n), *ro = dalloc(r, DT_F64, no);
+        r->attention_decode(r, ro, rq, B, ld, pos, C, NH);
+        take(r, ro, DT_F64, NULL, no, want);
         r->free(r, rq);
-        void *gq = up(g, act, qkv, n), *go = poisoned(g, act, (size_t)C);
-        g->attention_decode(g, go, gq, pos, C, NH);
-        take(g, go, act, NULL, (size_t)C, got);
+        void *gq = up(g, act, qkv, n), *go = poisoned(g, act, no);
+        g->attention_decode(g, go, gq, B, ld, pos, C, NH);
+        take(g, go, act, NULL, no, got);
         g->free(g, gq);
-        double e = rel_l2(got, want, (size_t)C);
+        double e = rel_l2(got, want, no);
         if (getenv("ANATOMY_TEST_VERBOSE"))
-            printf("  %-5s attention_decode pos %d C %d NH %d rel L2 %.3g\n", dtype_name(act), pos, C, NH, e);
-        ck_assert_msg(e <= tol(act), "attention_decode pos %d C %d NH %d (%s): relative L2 error %.3g", pos, C, NH,
-                      dtype_name(act), e);
+            printf("  %-5s attention_decode pos %d C %d NH %d B %d rel L2 %.3g\n", dtype_name(act), pos, C, NH, B,
+                   e);
+        ck_assert_msg(e <= tol(act), "attention_decode pos %d C %d NH %d B %d (%s): relative L2 error %.3g", pos, C,
+                      NH, B, dtype_name(act), e);
         free(qkv), free(want), free(got);
     }
     r->destroy(r);

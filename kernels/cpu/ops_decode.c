@@ -1,8 +1,8 @@
 /* ops_decode.c: attention for one new position over a key/value cache
  * (kernels/ops.h, attention_decode), for incremental sampling. Compiled
- * twice like every file here (fp32, fp64 with -DCPU_REAL_DOUBLE). One
- * sequence, one query: the heads run in parallel, each in one thread, so
- * the result does not depend on the thread count. */
+ * twice like every file here (fp32, fp64 with -DCPU_REAL_DOUBLE). One query
+ * per sequence: the (sequence, head) pairs run in parallel, each in one
+ * thread, so the result does not depend on the thread count. */
 #include <math.h>
 
 #include "../ops.h"
@@ -19,21 +19,22 @@ void CPU_DECODE_INSTALL(backend *be);
 
 /* One pass per head with an online softmax (running max, sum and output,
  * rescaled when the max grows): no buffer of scores, so nothing allocates. */
-static void cpu_attention_decode(backend *be, void *out, const void *qkv, int pos, int C, int NH)
+static void cpu_attention_decode(backend *be, void *out, const void *qkv, int B, int ld,
+                                 int pos, int C, int NH)
 {
-    const real *x = qkv;
-    real *o = out;
     int hs = C / NH, n = pos + 1;
     real scale = (real)(1.0 / sqrt((double)hs));
     (void)be;
-#pragma omp parallel for schedule(static) if ((double)n * C > 65536.0)
-    for (int h = 0; h < NH; h++) {
-        const real *q = x + (size_t)pos * 3 * C + h * hs;
-        real *oh = o + h * hs, mx = -INFINITY, sum = 0;
+#pragma omp parallel for schedule(static) if ((double)B * n * C > 65536.0)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const real *x = (const real *)qkv + (size_t)b * 3 * C; /* position j: x + j*ld*3C */
+        const real *q = x + (size_t)pos * ld * 3 * C + h * hs;
+        real *oh = (real *)out + (size_t)b * C + h * hs, mx = -INFINITY, sum = 0;
         for (int i = 0; i < hs; i++)
             oh[i] = 0;
         for (int j = 0; j < n; j++) {
-            const real *k = x + (size_t)j * 3 * C + C + h * hs;
+            const real *k = x + (size_t)j * ld * 3 * C + C + h * hs;
             const real *v = k + C;
             real d = 0;
             for (int i = 0; i < hs; i++)
