@@ -173,15 +173,15 @@ struct backend {
                                int causal);
 
     /* attention for one new position of B sequences (incremental decoding
-     * with a key/value cache): qkv: [pos+1, ld, 3C], position-major, the row
-     * of position j of sequence b at j*ld + b (b < B <= ld), each row in
-     * attention_forward's layout; out: [B, C], for each sequence the causal
-     * attention of its row pos's q over its rows 0..pos (the row pos of
-     * attention_forward's output for T = pos + 1). Position-major so that a
-     * step's new q, k, v rows of all B sequences are one contiguous [B, 3C]
-     * matmul output. Saves nothing; no backward. */
-    void (*attention_decode)(backend *be, void *out, const void *qkv, int B, int ld, int pos,
-                             int C, int NH);
+     * with a key/value cache): qkv: [B, 3C], the new position pos of each
+     * sequence in attention_forward's layout; kv: [B, maxlen, 2C], each
+     * sequence's cached k and v rows (pos < maxlen). Writes each sequence's
+     * new k, v into its row pos of kv, then out: [B, C], the causal attention
+     * of its q over its rows 0..pos (the row pos of attention_forward's
+     * output for T = pos + 1). Sequence-major, so that the rows one query
+     * reads are contiguous. No backward. */
+    void (*attention_decode)(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
+                             int maxlen, int C, int NH);
 
     /* gelu (tanh approximation, as GPT-2):
      * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y: [N]. */

@@ -117,10 +117,10 @@ struct tstack {
     void *d0, *d1, *d2;            /* [B,T,C] gradients of the residual stream */
     void *d4a, *d4b;               /* [B,T,4C] */
     int B, T;
-    /* incremental decoding: per block [maxlen, dec_B, 3C] qkv rows
-     * (position-major), dec_B-row buffers */
-    void *dec_buf, *dec_stat, **dec_qkv;
-    void *dec_ln, *dec_att, *dec_scratch, *dec_res2, *dec_res[2], *dec_fch, *dec_gelu, *dec_out;
+    /* incremental decoding: per block [dec_B, maxlen, 2C] cached k, v rows;
+     * dec_B-row buffers */
+    void *dec_buf, *dec_stat, **dec_kv;
+    void *dec_qkv, *dec_ln, *dec_att, *dec_scratch, *dec_res2, *dec_res[2], *dec_fch, *dec_gelu, *dec_out;
     int dec_max, dec_B;
 };
 
@@ -177,9 +177,9 @@ static void free_decode(tstack *s)
         be->free(be, s->dec_buf);
     if (s->dec_stat)
         be->free(be, s->dec_stat);
-    free(s->dec_qkv);
+    free(s->dec_kv);
     s->dec_buf = s->dec_stat = NULL;
-    s->dec_qkv = NULL;
+    s->dec_kv = NULL;
     s->dec_max = s->dec_B = 0;
 }
 
@@ -515,7 +515,8 @@ static void carve_decode(tstack *s, carver *a, int B, int maxlen)
 {
     size_t C = s->c.C, BC = (size_t)B * C;
     for (int l = 0; l < s->c.L; l++)
-        s->dec_qkv[l] = carve(a, (size_t)maxlen * B * 3 * C);
+        s->dec_kv[l] = carve(a, (size_t)B * maxlen * 2 * C);
+    s->dec_qkv = carve(a, 3 * BC);
     s->dec_ln = carve(a, BC);
     s->dec_att = carve(a, BC);
     s->dec_scratch = carve(a, BC);
@@ -539,8 +540,8 @@ int tstack_decode_plan(tstack *s, int B, int maxlen, char *err)
         return errf(err, "decoding %d sequences of %d positions: both must be positive", B,
                     maxlen);
     free_decode(s);
-    s->dec_qkv = calloc((size_t)s->c.L + 1, sizeof *s->dec_qkv);
-    if (!s->dec_qkv)
+    s->dec_kv = calloc((size_t)s->c.L + 1, sizeof *s->dec_kv);
+    if (!s->dec_kv)
         return errf(err, "out of memory for the decoding cache");
     carve_decode(s, &a, B, maxlen);
     s->dec_buf = be->alloc(be, a.used * a.esize);
@@ -576,12 +577,11 @@ void *tstack_decode_step(tstack *s, const void *x, int n, int pos)
     be->layernorm_forward(be, s->dec_ln, mean, rstd, x, PV(s, 0, P_LN1W), PV(s, 0, P_LN1B), n,
                           C);
     for (int l = 0; l < L; l++) {
-        /* position pos of sequences 0..n-1: n contiguous rows of the cache */
-        void *qkv_rows = buf_at(s->dec_qkv[l], (size_t)pos * B * 3 * C, be->act);
         void *res3 = s->dec_res[l & 1];
-        be->matmul_forward(be, qkv_rows, s->dec_ln, PV(s, l, P_QKVW), PV(s, l, P_QKVB), n, C,
+        be->matmul_forward(be, s->dec_qkv, s->dec_ln, PV(s, l, P_QKVW), PV(s, l, P_QKVB), n, C,
                            3 * C);
-        be->attention_decode(be, s->dec_att, s->dec_qkv[l], n, B, pos, C, s->c.NH);
+        be->attention_decode(be, s->dec_att, s->dec_kv[l], s->dec_qkv, n, pos, s->dec_max, C,
+                             s->c.NH);
         be->matmul_forward(be, s->dec_scratch, s->dec_att, PV(s, l, P_PROJW), PV(s, l, P_PROJB),
                            n, C, C);
         be->residual_layernorm_forward(be, s->dec_res2, s->dec_ln, mean, rstd, res,
@@ -602,20 +602,18 @@ void *tstack_decode_step(tstack *s, const void *x, int n, int pos)
     return s->dec_out;
 }
 
-/* The backends have no device-to-device copy; dst = 0 + src is one, exactly. */
-void tstack_decode_repeat(tstack *s, int n, int copies, int npos)
+/* The backends have no device-to-device copy; dst = 0 + src is one, exactly.
+ * Whole caches (all maxlen positions): n sequences are one block. */
+void tstack_decode_repeat(tstack *s, int n, int copies)
 {
     backend *be = s->m->be;
-    size_t row = (size_t)n * 3 * s->c.C;
-    if (copies * n > s->dec_B || npos > s->dec_max)
+    size_t block = (size_t)n * s->dec_max * 2 * s->c.C;
+    if (copies * n > s->dec_B)
         return;
     for (int l = 0; l < s->c.L; l++)
-        for (int j = 0; j < npos; j++) {
-            void *src = buf_at(s->dec_qkv[l], (size_t)j * s->dec_B * 3 * s->c.C, be->act);
-            for (int k = 1; k < copies; k++) {
-                void *dst = buf_at(src, k * row, be->act);
-                be->fill(be, dst, be->act, 0.0, row);
-                be->accumulate(be, dst, src, row);
-            }
+        for (int k = 1; k < copies; k++) {
+            void *dst = buf_at(s->dec_kv[l], k * block, be->act);
+            be->fill(be, dst, be->act, 0.0, block);
+            be->accumulate(be, dst, s->dec_kv[l], block);
         }
 }

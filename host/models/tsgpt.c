@@ -530,7 +530,7 @@ static int sample_cached(model *m, uint64_t seed, char *err)
             s->hdec_tok[r] = s->htok[(size_t)r * T + pos];
         decode_step(m, R, pos);
     }
-    tstack_decode_repeat(s->stack, R, S, Lb);
+    tstack_decode_repeat(s->stack, R, S);
     for (int j = 0; j < H; j++) {
         for (int p = 0; p < S; p++)
             for (int r = 0; r < R; r++) {
