@@ -35,6 +35,11 @@ static const char usage[] =
     "  --total-batch N      tokens per optimizer step, a multiple of B*T*ranks (default\n"
     "                       B*T*ranks): gradients accumulate over N/(B*T*ranks) micro-batches\n"
     "  --shuffle            visit the stream's B*T chunks in a seeded random order\n"
+    "  --crop-pad N         vit: training images cropped at a random offset from the image\n"
+    "                       padded by N black pixels (0-16); with --flip, replaces the\n"
+    "                       default augmentation (CIFAR: 4 and flips; grey images: none)\n"
+    "  --flip 0|1           vit: mirror training images with probability 1/2 (see\n"
+    "                       --crop-pad; the one not given is then off)\n"
     "  --rows R             how a micro-batch's B rows are cut from the token stream\n"
     "                       (gpt2, ffnn): contiguous (default) takes B*T consecutive\n"
     "                       tokens, in stream order or --shuffle's chunk order, so an\n"
@@ -108,7 +113,7 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_CROPPAD, O_FLIP
 };
 
 static const struct option base_opts[] = {
@@ -136,6 +141,7 @@ static const struct option base_opts[] = {
     { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "rows", 1, 0, O_ROWS },
+    { "crop-pad", 1, 0, O_CROPPAD },    { "flip", 1, 0, O_FLIP },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
     { 0, 0, 0, 0 },
 };
@@ -298,6 +304,14 @@ int cmd_train(int argc, char **argv)
         case O_SEQ: seq = (int)cli_int("--seq", optarg, 1, 1 << 20); break;
         case O_TOTAL: o.total_batch = cli_int("--total-batch", optarg, 1, 1LL << 40); break;
         case O_SHUFFLE: o.shuffle = 1; break;
+        case O_CROPPAD:
+            o.augment = 1;
+            o.crop_pad = (int)cli_int("--crop-pad", optarg, 0, 16);
+            break;
+        case O_FLIP:
+            o.augment = 1;
+            o.flip = (int)cli_int("--flip", optarg, 0, 1);
+            break;
         case O_ROWS:
             if (strcmp(optarg, "random") && strcmp(optarg, "contiguous"))
                 cli_die("--rows: unknown mode '%s' (expected contiguous or random)", optarg);
