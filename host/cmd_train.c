@@ -60,6 +60,8 @@ static const char usage[] =
     "  --eps X              AdamW denominator term (default 1e-8, as PyTorch and llm.c);\n"
     "                       the three are saved in checkpoints, and --resume keeps them\n"
     "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
+    "  --label-smoothing E  vit: training targets (1 - E) one-hot + E / classes (as PyTorch's\n"
+    "                       cross_entropy label_smoothing; default 0); validation unsmoothed\n"
     "  --dropout P          drop probability in training forwards, at most 0.9 (default 0:\n"
     "                       none); the run's first lines name where the model drops\n"
     "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
@@ -113,7 +115,7 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_CROPPAD, O_FLIP
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_CROPPAD, O_FLIP, O_SMOOTH
 };
 
 static const struct option base_opts[] = {
@@ -142,6 +144,7 @@ static const struct option base_opts[] = {
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "rows", 1, 0, O_ROWS },
     { "crop-pad", 1, 0, O_CROPPAD },    { "flip", 1, 0, O_FLIP },
+    { "label-smoothing", 1, 0, O_SMOOTH },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
     { 0, 0, 0, 0 },
 };
@@ -328,6 +331,7 @@ int cmd_train(int argc, char **argv)
         case O_BETA2: o.beta2 = cli_float("--beta2", optarg, 0, 0.999999); adamw_given[1] = 1; break;
         case O_EPS: o.eps = cli_float("--eps", optarg, 1e-30, 0.5); adamw_given[2] = 1; break;
         case O_DROPOUT: o.dropout = cli_float("--dropout", optarg, 0, 0.9); break;
+        case O_SMOOTH: o.label_smoothing = cli_float("--label-smoothing", optarg, 0, 0.99); break;
         case O_SEED: o.seed = (uint64_t)cli_int("--seed", optarg, 0, (1LL << 62)); break;
         case O_OUT: o.out = optarg; break;
         case O_CKPT: o.ckpt_every = (int)cli_int("--ckpt-every", optarg, 0, 100000000); break;

@@ -25,6 +25,7 @@ typedef struct {
                              * (checkpoints carry them; a resume keeps them) */
     double dropout;         /* drop probability of training forwards (model.h's dropout);
                              * 0: none. Validation and sampling never drop. */
+    double label_smoothing; /* --label-smoothing (model.h's); 0: none */
     int val_every, val_batches;
     int sample_every, sample_tokens;
     int ckpt_every;

@@ -144,6 +144,12 @@ START_TEST(test_gradcheck_fp64)
         ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "dropout 0.3 leaves the loss at %.9f", plain);
     }
+    if (_i == 4) { /* label smoothing (the gradient term added to dlogits) */
+        double plain = loss_grad(m, p, &b, NULL);
+        m->label_smoothing = 0.2f;
+        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+                      "label smoothing 0.2 leaves the loss at %.9f", plain);
+    }
     loss_grad(m, p, &b, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -883,7 +889,7 @@ static Suite *vit_suite(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_patchify);
-    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 4); /* 2: with dropout; 3: no bias */
+    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 5); /* 2: dropout; 3: no bias; 4: label smoothing */
     tcase_add_test(tm, test_fp32_matches_fp64);
     tcase_add_test(tm, test_grads_accumulate);
     tcase_add_test(tm, test_overfit_one_batch);
