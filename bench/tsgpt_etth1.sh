@@ -48,6 +48,9 @@ for v in H LOOKBACK STEPS BATCH EVAL_BATCH THREADS; do
 done
 [ -x "$BIN" ] || { echo "tsgpt_etth1.sh: $BIN is missing: run 'make' first" >&2; exit 2; }
 [ -f "$ETTH1" ] || { echo "tsgpt_etth1.sh: $ETTH1 is missing (ETDataset, ETT-small/ETTh1.csv)" >&2; exit 2; }
+# idle OpenMP workers sleep: spinning ones burn the shared cores (a 2-thread
+# forecast spent 3.5x the CPU of a 1-thread one on a loaded machine)
+export OMP_WAIT_POLICY=passive
 mkdir -p "$OUT"
 ckpt=$OUT/step_$(printf %06d "$STEPS").safetensors
 
