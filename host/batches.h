@@ -35,6 +35,10 @@ typedef struct {
                          * of the B rows is T+1 tokens from an independent
                          * random offset, as nanoGPT's get_batch; only
                          * families with model_family.random_rows take it */
+    int augment;        /* 0: the family's default augmentation of SPLIT_TRAIN;
+                         * 1: crop_pad and flip below instead (images) */
+    int crop_pad;       /* random crops of the image padded by this many pixels */
+    int flip;           /* 1: horizontal flips with probability 1/2 */
 } data_spec;
 
 typedef struct batch_source batch_source;

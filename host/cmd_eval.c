@@ -238,7 +238,7 @@ int cmd_eval(int argc, char **argv)
     if (m->plan(m, B, T, err))
         cli_die("%s", err);
     /* read in order, unaugmented: the split's own masks and draws (seed 0) */
-    data_spec ds = { data, B, T, 0, 1, 0, 0, sp, 0 };
+    data_spec ds = { .path = data, .B = B, .T = T, .world = 1, .split = sp };
     batch_source *bs = m->fam->open_data(m, &ds, err);
     if (!bs)
         cli_die("%s", err);

@@ -36,6 +36,11 @@ static const char usage[] =
     "  --total-batch N      tokens per optimizer step, a multiple of B*T*ranks (default\n"
     "                       B*T*ranks): gradients accumulate over N/(B*T*ranks) micro-batches\n"
     "  --shuffle            visit the stream's B*T chunks in a seeded random order\n"
+    "  --crop-pad N         vit: training images cropped at a random offset from the image\n"
+    "                       padded by N black pixels (0-16); with --flip, replaces the\n"
+    "                       default augmentation (CIFAR: 4 and flips; grey images: none)\n"
+    "  --flip 0|1           vit: mirror training images with probability 1/2 (see\n"
+    "                       --crop-pad; the one not given is then off)\n"
     "  --rows R             how a micro-batch's B rows are cut from the token stream\n"
     "                       (gpt2, ffnn): contiguous (default) takes B*T consecutive\n"
     "                       tokens, in stream order or --shuffle's chunk order, so an\n"
@@ -56,6 +61,8 @@ static const char usage[] =
     "  --eps X              AdamW denominator term (default 1e-8, as PyTorch and llm.c);\n"
     "                       the three are saved in checkpoints, and --resume keeps them\n"
     "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
+    "  --label-smoothing E  vit: training targets (1 - E) one-hot + E / classes (as PyTorch's\n"
+    "                       cross_entropy label_smoothing; default 0); validation unsmoothed\n"
     "  --dropout P          drop probability in training forwards, at most 0.9 (default 0:\n"
     "                       none); the run's first lines name where the model drops\n"
     "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
@@ -114,7 +121,7 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT, O_CROPPAD, O_FLIP, O_SMOOTH
 };
 
 static const struct option base_opts[] = {
@@ -142,6 +149,8 @@ static const struct option base_opts[] = {
     { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "rows", 1, 0, O_ROWS },           { "memory-limit", 1, 0, O_MEMLIMIT },
+    { "crop-pad", 1, 0, O_CROPPAD },    { "flip", 1, 0, O_FLIP },
+    { "label-smoothing", 1, 0, O_SMOOTH },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
     { 0, 0, 0, 0 },
 };
@@ -348,6 +357,14 @@ int cmd_train(int argc, char **argv)
             if (mem_parse_bytes(optarg, &mem_limit))
                 cli_die("--memory-limit: '%s' is not a byte count (e.g. 80G, 512M)", optarg);
             break;
+        case O_CROPPAD:
+            o.augment = 1;
+            o.crop_pad = (int)cli_int("--crop-pad", optarg, 0, 16);
+            break;
+        case O_FLIP:
+            o.augment = 1;
+            o.flip = (int)cli_int("--flip", optarg, 0, 1);
+            break;
         case O_ROWS:
             if (strcmp(optarg, "random") && strcmp(optarg, "contiguous"))
                 cli_die("--rows: unknown mode '%s' (expected contiguous or random)", optarg);
@@ -364,6 +381,7 @@ int cmd_train(int argc, char **argv)
         case O_BETA2: o.beta2 = cli_float("--beta2", optarg, 0, 0.999999); adamw_given[1] = 1; break;
         case O_EPS: o.eps = cli_float("--eps", optarg, 1e-30, 0.5); adamw_given[2] = 1; break;
         case O_DROPOUT: o.dropout = cli_float("--dropout", optarg, 0, 0.9); break;
+        case O_SMOOTH: o.label_smoothing = cli_float("--label-smoothing", optarg, 0, 0.99); break;
         case O_SEED: o.seed = (uint64_t)cli_int("--seed", optarg, 0, (1LL << 62)); break;
         case O_OUT: o.out = optarg; break;
         case O_CKPT: o.ckpt_every = (int)cli_int("--ckpt-every", optarg, 0, 100000000); break;

@@ -78,6 +78,11 @@ struct model {
     uint64_t dropout_seed;
     const char *has_dropout; /* where the family drops, for --help and info (NULL:
                                 nowhere; the trainer refuses --dropout) */
+    /* Label smoothing of the class targets, set by the trainer for each
+     * training forward like dropout (0 for everything else); only families
+     * with has_label_smoothing read it (the trainer refuses it for others). */
+    float label_smoothing;
+    int has_label_smoothing;
     /* Optional, set by the trainer: backward calls it as soon as the
      * gradients [offset, offset+count) of the parameter buffer are final for
      * this micro-batch (a layer's, while backward goes on below it), so that

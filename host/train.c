@@ -633,6 +633,10 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         errf(err, "--dropout: the %s model has nowhere to drop", m->family);
         goto done;
     }
+    if (o->label_smoothing > 0 && !m->has_label_smoothing) {
+        errf(err, "--label-smoothing: the %s model has no class targets to smooth", m->family);
+        goto done;
+    }
     if (accum < 1 || o->total_batch % per_micro) {
         errf(err, "--total-batch: %lld tokens is not a positive multiple of batch x seq x "
                   "ranks = %lld", o->total_batch, per_micro);
@@ -670,7 +674,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     {
         data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN,
-                         o->random_rows };
+                         o->random_rows, o->augment, o->crop_pad, o->flip };
         ld = m->fam->open_data(m, &ds, err);
         if (!ld)
             goto done;
@@ -740,6 +744,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                 goto done;
             m->dropout = (float)o->dropout;
             m->dropout_seed = dropout_seed(o->seed, mb);
+            m->label_smoothing = (float)o->label_smoothing;
             loss += m->forward(m, &ld->batch, 1.0f / (float)accum) / accum;
             /* the last micro-batch's gradients are the step's: their
              * all-reduce may start layer by layer (not under ZeRO, whose
@@ -749,6 +754,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             m->backward(m);
             m->grads_ready = NULL;
             m->dropout = 0.0f; /* nothing else drops: validation, samples */
+            m->label_smoothing = 0.0f;
         }
         st->data_pos = ld->position(ld);
         double tc = now_ms(), norm;

@@ -25,6 +25,7 @@ typedef struct {
                              * (checkpoints carry them; a resume keeps them) */
     double dropout;         /* drop probability of training forwards (model.h's dropout);
                              * 0: none. Validation and sampling never drop. */
+    double label_smoothing; /* --label-smoothing (model.h's); 0: none */
     int val_every, val_batches;
     int sample_every, sample_tokens;
     int ckpt_every;
@@ -33,6 +34,7 @@ typedef struct {
     uint64_t seed;
     int shuffle;
     int random_rows;        /* --rows random: each row at its own random offset */
+    int augment, crop_pad, flip; /* --crop-pad, --flip (data_spec's; augment 0: defaults) */
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
     dist *dist;             /* the communicator; NULL: one process */
     int zero;               /* 1: ZeRO stage 1 (sharded AdamW state) when world > 1 */

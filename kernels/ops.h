@@ -205,12 +205,16 @@ struct backend {
                                const void *out, const void *lse, int B, int T, int C, int NH,
                                int causal);
 
-    /* attention for one new position (incremental decoding with a key/value
-     * cache, batch 1): qkv: [>pos, 3C], the rows of positions 0..pos of one
-     * sequence in attention_forward's layout; out: [C], the causal attention
-     * of row pos's q over rows 0..pos (the row pos of attention_forward's
-     * output for T = pos + 1). Saves nothing; no backward. */
-    void (*attention_decode)(backend *be, void *out, const void *qkv, int pos, int C, int NH);
+    /* attention for one new position of B sequences (incremental decoding
+     * with a key/value cache): qkv: [B, 3C], the new position pos of each
+     * sequence in attention_forward's layout; kv: [B, maxlen, 2C], each
+     * sequence's cached k and v rows (pos < maxlen). Writes each sequence's
+     * new k, v into its row pos of kv, then out: [B, C], the causal attention
+     * of its q over its rows 0..pos (the row pos of attention_forward's
+     * output for T = pos + 1). Sequence-major, so that the rows one query
+     * reads are contiguous. No backward. */
+    void (*attention_decode)(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
+                             int maxlen, int C, int NH);
 
     /* gelu (tanh approximation, as GPT-2):
      * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y: [N]. */

@@ -492,7 +492,7 @@ START_TEST(test_source_seek)
     memset(&fake, 0, sizeof fake);
     fake.fam = &bert_family;
     memcpy(fake.config, &c, sizeof c);
-    data_spec ds = { pattern, B, T, 0, 1, 1, SEED(72), SPLIT_TRAIN, 0 };
+    data_spec ds = { pattern, B, T, 0, 1, 1, SEED(72), SPLIT_TRAIN, 0, 0, 0, 0 };
     batch_source *a = bert_family.open_data(&fake, &ds, err), *b;
     ck_assert_msg(a != NULL, "%s", err);
     b = bert_family.open_data(&fake, &ds, err);

@@ -1096,35 +1096,44 @@ END_TEST
 
 /* ---- attention_decode ---- */
 
-/* One new position over a cache of pos + 1 keys, against the CPU op, at
- * short caches and at long ones whose scores pass 48 KiB of shared memory
- * with the kernel's static reduction array (12,257 keys and more: such a
- * launch needs the opt-in, and fails without it on the hardware and on the
- * emulator). */
+/* One new position of B sequences over caches of pos + 1 keys (the new k, v
+ * written into row pos of each sequence's cache first), against the CPU op:
+ * the outputs and the caches, at short caches and at long ones whose scores
+ * pass 48 KiB of shared memory with the kernel's static reduction array
+ * (12,257 keys and more: such a launch needs the opt-in, and fails without it
+ * on the hardware and on the emulator). */
 START_TEST(test_attention_decode)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
     seed("attention_decode", _i);
-    static const int cases[][3] = { { 0, 16, 2 }, { 37, 64, 4 }, { 300, 24, 3 }, { 12287, 8, 2 }, { 20000, 8, 1 } };
+    static const int cases[][5] = { /* pos, C, NH, B, maxlen */
+        { 0, 16, 2, 1, 1 }, { 37, 64, 4, 3, 40 }, { 300, 24, 3, 2, 301 }, { 12287, 8, 2, 1, 12290 },
+        { 20000, 8, 1, 1, 20001 } };
     for (int k = 0; k < 5; k++) {
-        int pos = cases[k][0], C = cases[k][1], NH = cases[k][2];
-        size_t n = (size_t)(pos + 1) * 3 * C;
-        double *qkv = rnd(n, 1, act), *want = xmalloc((size_t)C * sizeof *want), *got = xmalloc((size_t)C * sizeof *got);
-        void *rq = up(r, DT_F64, qkv, n), *ro = dalloc(r, DT_F64, (size_t)C);
-        r->attention_decode(r, ro, rq, pos, C, NH);
-        take(r, ro, DT_F64, NULL, (size_t)C, want);
+        int pos = cases[k][0], C = cases[k][1], NH = cases[k][2], B = cases[k][3], maxlen = cases[k][4];
+        size_t nkv = (size_t)B * maxlen * 2 * C, nq = (size_t)B * 3 * C, no = (size_t)B * C;
+        double *kv = rnd(nkv, 1, act), *qkv = rnd(nq, 1, act);
+        double *want = xmalloc((no + nkv) * sizeof *want), *got = xmalloc((no + nkv) * sizeof *got);
+        void *rk = up(r, DT_F64, kv, nkv), *rq = up(r, DT_F64, qkv, nq), *ro = dalloc(r, DT_F64, no);
+        r->attention_decode(r, ro, rk, rq, B, pos, maxlen, C, NH);
+        take(r, ro, DT_F64, NULL, no, want);
+        take(r, rk, DT_F64, NULL, nkv, want + no); /* take frees */
         r->free(r, rq);
-        void *gq = up(g, act, qkv, n), *go = poisoned(g, act, (size_t)C);
-        g->attention_decode(g, go, gq, pos, C, NH);
-        take(g, go, act, NULL, (size_t)C, got);
+        void *gk = up(g, act, kv, nkv), *gq = up(g, act, qkv, nq), *go = poisoned(g, act, no);
+        g->attention_decode(g, go, gk, gq, B, pos, maxlen, C, NH);
+        take(g, go, act, NULL, no, got);
+        take(g, gk, act, NULL, nkv, got + no);
         g->free(g, gq);
-        double e = rel_l2(got, want, (size_t)C);
+        double e = rel_l2(got, want, no), ek = rel_l2(got + no, want + no, nkv);
         if (getenv("ANATOMY_TEST_VERBOSE"))
-            printf("  %-5s attention_decode pos %d C %d NH %d rel L2 %.3g\n", dtype_name(act), pos, C, NH, e);
-        ck_assert_msg(e <= tol(act), "attention_decode pos %d C %d NH %d (%s): relative L2 error %.3g", pos, C, NH,
-                      dtype_name(act), e);
-        free(qkv), free(want), free(got);
+            printf("  %-5s attention_decode pos %d C %d NH %d B %d rel L2 %.3g, cache %.3g\n", dtype_name(act), pos,
+                   C, NH, B, e, ek);
+        ck_assert_msg(e <= tol(act), "attention_decode pos %d C %d NH %d B %d (%s): relative L2 error %.3g", pos, C,
+                      NH, B, dtype_name(act), e);
+        ck_assert_msg(ek <= tol(act), "attention_decode pos %d B %d (%s): the cache's relative L2 error %.3g", pos, B,
+                      dtype_name(act), ek);
+        free(kv), free(qkv), free(want), free(got);
     }
     r->destroy(r);
     g->destroy(g);

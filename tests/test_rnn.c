@@ -664,7 +664,7 @@ START_TEST(test_stream_source)
     uint64_t K = (N - 1) / T / ((uint64_t)B * world);
     batch_source *src[2];
     for (int r = 0; r < world; r++) {
-        data_spec ds = { path, B, T, r, world, 1, 5, SPLIT_TRAIN, 0 };
+        data_spec ds = { path, B, T, r, world, 1, 5, SPLIT_TRAIN, 0, 0, 0, 0 };
         src[r] = rnn_family.open_data(m, &ds, err);
         ck_assert_msg(src[r] != NULL, "%s", err);
         ck_assert_uint_eq(src[r]->epoch_batches(src[r]), K);
@@ -697,7 +697,7 @@ START_TEST(test_stream_source)
     ck_assert_int_eq(src[0]->batch.resets[0], 0);
     for (int r = 0; r < world; r++)
         src[r]->close(src[r]);
-    data_spec big = { path, 100, 50, 0, 1, 0, 0, SPLIT_VAL, 0 };
+    data_spec big = { path, 100, 50, 0, 1, 0, 0, SPLIT_VAL, 0, 0, 0, 0 };
     ck_assert_ptr_null(rnn_family.open_data(m, &big, err));
     ck_assert_ptr_nonnull(strstr(err, "too few"));
     ck_assert_ptr_nonnull(strstr(err, path));

@@ -729,6 +729,53 @@ START_TEST(test_tsgpt_tokens_and_forecast)
 }
 END_TEST
 
+/* tsgpt's batched, cached forecast (every row and path in one decoding batch,
+ * the look-back's cache copied to each path) equals the reference that runs
+ * a full forward per path and value: the same draws, the same bins, so the
+ * same median and quantiles. fp64 so that no logit rounds differently; with
+ * and without biases; weights away from init so that the bins spread. */
+START_TEST(test_tsgpt_cached_forecast_matches_uncached)
+{
+    rng_seed(&test_rng, SEED(65));
+    char err[ERRBUF];
+    backend *be = backend_cpu64_create(1, err);
+    for (int nb = 0; nb < 2; nb++) {
+        tsgpt_config c = tsg_tiny;
+        c.samples = 7;
+        c.nobias = nb;
+        model *m = tsgpt_family.create(be, (const int *)&c, err);
+        ck_assert_msg(m != NULL, "%s", err);
+        int B = 3, ch = c.channels, rows = B * ch, n = rows * 3 * c.horizon;
+        ck_assert_int_eq(m->plan(m, B, 0, err), 0);
+        float *p = malloc(m->nparams * sizeof *p), x[3 * 2 * 6], y[3 * 2 * 4];
+        float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+        tsgpt_family.init((const int *)&c, p, SEED(66 + nb));
+        for (size_t i = 0; i < m->nparams; i++)
+            p[i] *= 4.0f;
+        model_set_params(m, p);
+        random_series_batch(x, y, B, ch, c.lookback, c.horizon, -1);
+        ck_assert_msg(tsgpt_forecast(m, x, 1, 99, a, err) == 0, "%s", err);
+        ck_assert_msg(tsgpt_forecast(m, x, 0, 99, b, err) == 0, "%s", err);
+        int spread = 0;
+        for (int i = 0; i < n; i++) {
+            ck_assert_msg(a[i] == b[i], "nobias %d: forecast value %d: cached %g, uncached %g", nb,
+                          i, a[i], b[i]);
+            spread += a[i] != a[0];
+        }
+        ck_assert_msg(spread > n / 2, "the forecast is nearly constant (%d of %d differ)", spread,
+                      n);
+        /* another seed draws other paths */
+        ck_assert_msg(tsgpt_forecast(m, x, 1, 100, b, err) == 0, "%s", err);
+        ck_assert(memcmp(a, b, n * sizeof *a) != 0);
+        free(p);
+        free(a);
+        free(b);
+        m->destroy(m);
+    }
+    be->destroy(be);
+}
+END_TEST
+
 /* tsgpt learns: one fixed batch, its next-bin cross-entropy falls. */
 START_TEST(test_tsgpt_learns)
 {
@@ -805,6 +852,7 @@ static Suite *series_suite(void)
     tcase_add_test(tm, test_patchts_learns);
     tcase_add_test(tm, test_tsgpt_tokens_and_forecast);
     tcase_add_test(tm, test_tsgpt_learns);
+    tcase_add_test(tm, test_tsgpt_cached_forecast_matches_uncached);
     tcase_add_test(tm, test_presets_and_config);
     suite_add_tcase(s, tm);
     return s;

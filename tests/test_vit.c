@@ -144,6 +144,12 @@ START_TEST(test_gradcheck_fp64)
         ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "dropout 0.3 leaves the loss at %.9f", plain);
     }
+    if (_i == 4) { /* label smoothing (the gradient term added to dlogits) */
+        double plain = loss_grad(m, p, &b, NULL);
+        m->label_smoothing = 0.2f;
+        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+                      "label smoothing 0.2 leaves the loss at %.9f", plain);
+    }
     loss_grad(m, p, &b, g);
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
@@ -313,7 +319,7 @@ START_TEST(test_presets)
 {
     static const struct { const char *name; size_t params; } want[] = {
         { "vit-tiny", 5717416 }, { "vit-small", 22050664 }, { "vit-base", 86567656 },
-        { "vit-mnist", 1199882 }, { "vit-mnist-p7", 305034 },
+        { "vit-mnist", 1199882 }, { "vit-mnist-p7", 305034 }, { "vit-mnist-p4", 305034 },
     };
     char err[ERRBUF];
     int v[16];
@@ -764,6 +770,77 @@ START_TEST(test_source_idx)
 }
 END_TEST
 
+/* --crop-pad and --flip (data_spec.augment) on grey images, which have no
+ * default augmentation: each training row is its image shifted by at most
+ * the padding and maybe mirrored, both seen; validation rows untouched; and
+ * augment with pad 0 and no flip turns CIFAR's default off. */
+START_TEST(test_source_augment_options)
+{
+    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0 };
+    int n = 9, B = 3;
+    uint8_t pix[9 * 36], lab[9];
+    char err[ERRBUF];
+    model fake;
+    memset(&fake, 0, sizeof fake);
+    memcpy(fake.config, &c, sizeof c);
+    make_tmpdir();
+    write_idx_images(tpath("train-images-idx3-ubyte"), 0x803, n, 6, 6, 0, 0, pix, SEED(120));
+    write_idx_labels(tpath("train-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(121));
+    write_idx_images(tpath("t10k-images-idx3-ubyte"), 0x803, n, 6, 6, 0, 0, pix, SEED(120));
+    write_idx_labels(tpath("t10k-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(121));
+    data_spec spec = { .path = tmpdir, .B = B, .world = 1, .shuffle = 1, .seed = SEED(122),
+                       .split = SPLIT_TRAIN, .augment = 1, .crop_pad = 2, .flip = 1 };
+    batch_source *s = vit_family.open_data(&fake, &spec, err);
+    ck_assert_msg(s != NULL, "%s", err);
+    int moved = 0, flipped = 0, far = 0;
+    for (int j = 0; j < 20; j++) {
+        ck_assert_int_eq(s->next(s, err), 0);
+        for (int i = 0; i < B; i++) {
+            int m0 = moved, k = match_augmented(s->batch.x + i * 36, pix, n, 1, 6, 6, 2, 1, &moved,
+                                                &flipped);
+            ck_assert_msg(k >= 0, "row %d of batch %d is no 2-pixel crop/flip of an image", i, j);
+            ck_assert_int_eq(s->batch.targets[i], lab[k]);
+            /* a shift of 2 is reachable: not only the default of 1 */
+            if (moved > m0 && match_augmented(s->batch.x + i * 36, pix, n, 1, 6, 6, 1, 1, &m0,
+                                              &m0) < 0)
+                far++;
+        }
+    }
+    ck_assert_msg(moved > 0 && flipped > 0 && far > 0, "moved %d flipped %d far %d", moved,
+                  flipped, far);
+    s->close(s);
+    spec.split = SPLIT_VAL;
+    s = vit_family.open_data(&fake, &spec, err);
+    ck_assert_msg(s != NULL, "%s", err);
+    ck_assert_int_eq(s->next(s, err), 0);
+    for (int q = 0; q < B * 36; q++)
+        ck_assert(fabsf(s->batch.x[q] - (pix[q] / 127.5f - 1.0f)) < 1e-6f);
+    s->close(s);
+    remove_tmpdir();
+    /* CIFAR with augment on, pad 0, no flip: the images as they are */
+    vit_config cc = { 32, 3, 8, 10, 1, 1, 4, 0 };
+    uint8_t *cp = malloc(4 * 3072), cl[4];
+    memcpy(fake.config, &cc, sizeof cc);
+    make_tmpdir();
+    write_cifar(tpath("one.bin"), 4, 10, 0, cp, cl, SEED(123));
+    data_spec off = { .path = tpath("one.bin"), .B = 4, .world = 1, .seed = SEED(124),
+                      .split = SPLIT_TRAIN, .augment = 1 };
+    s = vit_family.open_data(&fake, &off, err);
+    ck_assert_msg(s != NULL, "%s", err);
+    for (int j = 0; j < 3; j++) {
+        ck_assert_int_eq(s->next(s, err), 0);
+        for (int i = 0; i < 4; i++) {
+            int mv = 0, fl = 0;
+            ck_assert_int_eq(match_augmented(s->batch.x + i * 3072, cp, 4, 3, 32, 32, 0, 0, &mv, &fl),
+                             i);
+        }
+    }
+    s->close(s);
+    free(cp);
+    remove_tmpdir();
+}
+END_TEST
+
 /* CIFAR training batches are augmented: each row is its image shifted by at
  * most 4 pixels (black where it came from the padding) and maybe mirrored;
  * the same micro-batch index draws the same augmentation. */
@@ -812,7 +889,7 @@ static Suite *vit_suite(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_patchify);
-    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 4); /* 2: with dropout; 3: no bias */
+    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 5); /* 2: dropout; 3: no bias; 4: label smoothing */
     tcase_add_test(tm, test_fp32_matches_fp64);
     tcase_add_test(tm, test_grads_accumulate);
     tcase_add_test(tm, test_overfit_one_batch);
@@ -826,6 +903,7 @@ static Suite *vit_suite(void)
     tcase_add_test(tf, test_bad_cifar);
     tcase_add_test(tf, test_source_idx);
     tcase_add_test(tf, test_source_cifar_augment);
+    tcase_add_test(tf, test_source_augment_options);
     suite_add_tcase(s, tf);
     return s;
 }

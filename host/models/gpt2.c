@@ -281,7 +281,7 @@ static int gpt2_decode_plan(model *m, int maxlen, char *err)
     s->dec_tok = s->dec_buf;
     s->dec_x = (char *)s->dec_buf + xoff;
     s->dec_logits = (char *)s->dec_buf + loff;
-    return tstack_decode_plan(s->stack, maxlen, err);
+    return tstack_decode_plan(s->stack, 1, maxlen, err);
 }
 
 static void gpt2_decode_step(model *m, int32_t tok, int pos, float *logits)
@@ -293,7 +293,7 @@ static void gpt2_decode_step(model *m, int32_t tok, int pos, float *logits)
     /* one token at position pos: the positions table from row pos on */
     be->encoder_forward(be, s->dec_x, s->dec_tok, s->wte, buf_at(s->wpe, (size_t)pos * C, be->act),
                         1, 1, C);
-    void *out = tstack_decode_step(s->stack, s->dec_x, pos);
+    void *out = tstack_decode_step(s->stack, s->dec_x, 1, pos);
     be->matmul_forward(be, s->dec_logits, out, s->wte, NULL, 1, C, s->Vp);
     be->download(be, logits, DT_F32, s->dec_logits, be->act, (size_t)s->cfg.V);
 }

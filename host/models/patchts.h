@@ -17,6 +17,7 @@
 #ifndef ANATOMY_PATCHTS_H
 #define ANATOMY_PATCHTS_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "../batches.h"
@@ -60,6 +61,16 @@ batch_source *series_source_open(const data_spec *spec, int channels, int lookba
 double tsgpt_scale(const float *x, int n);
 int tsgpt_bin(double scaled, int bins);
 double tsgpt_unbin(int bin, int bins);
+
+/* tsgpt's forecast of a micro-batch x [B, channels, lookback] of the current
+ * plan's B: `samples` sampled paths per row; their median and 10% and 90%
+ * quantiles into fc [B * channels, 3, horizon] (NULL: kept for
+ * tsgpt_write_forecast only). cached 1: incremental decoding, every row and
+ * path in one batch, one step per new value; 0: a full forward of each path
+ * per new value (the reference). Both draw the same numbers (from seed), so
+ * they agree but for rounding. -1 with err filled when the decoding cache
+ * cannot be allocated. */
+int tsgpt_forecast(model *m, const float *x, int cached, uint64_t seed, float *fc, char *err);
 
 /* The forecast of tsgpt's last evaluated micro-batch (after its metrics):
  * one CSV line per row and step, "row,step,median,q10,q90,target", padding

@@ -118,10 +118,11 @@ struct tstack {
     void *d4a;                     /* [B,T,4C]: dqkv, then the MLP's dpre */
     void *d4b;                     /* [B,T,C]: a branch's gradient through its dropout */
     int B, T;
-    /* incremental decoding: per block [maxlen, 3C] qkv rows, one-row buffers */
-    void *dec_buf, *dec_stat, **dec_qkv;
-    void *dec_ln, *dec_att, *dec_scratch, *dec_res2, *dec_res[2], *dec_fch, *dec_gelu, *dec_out;
-    int dec_max;
+    /* incremental decoding: per block [dec_B, maxlen, 2C] cached k, v rows;
+     * dec_B-row buffers */
+    void *dec_buf, *dec_stat, **dec_kv;
+    void *dec_qkv, *dec_ln, *dec_att, *dec_scratch, *dec_res2, *dec_res[2], *dec_fch, *dec_gelu, *dec_out;
+    int dec_max, dec_B;
 };
 
 #define PV(s, l, k) ((s)->p[(l) * TSTACK_VIEWS_PER_BLOCK + (k)])
@@ -177,10 +178,10 @@ static void free_decode(tstack *s)
         be->free(be, s->dec_buf);
     if (s->dec_stat)
         be->free(be, s->dec_stat);
-    free(s->dec_qkv);
+    free(s->dec_kv);
     s->dec_buf = s->dec_stat = NULL;
-    s->dec_qkv = NULL;
-    s->dec_max = 0;
+    s->dec_kv = NULL;
+    s->dec_max = s->dec_B = 0;
 }
 
 void tstack_destroy(tstack *s)
@@ -505,23 +506,24 @@ void *tstack_backward(tstack *s, const void *dout)
 
 /* ---- incremental decoding ---- */
 
-static void carve_decode(tstack *s, carver *a, int maxlen)
+static void carve_decode(tstack *s, carver *a, int B, int maxlen)
 {
-    size_t C = s->c.C;
+    size_t C = s->c.C, BC = (size_t)B * C;
     for (int l = 0; l < s->c.L; l++)
-        s->dec_qkv[l] = carve(a, (size_t)maxlen * 3 * C);
-    s->dec_ln = carve(a, C);
-    s->dec_att = carve(a, C);
-    s->dec_scratch = carve(a, C);
-    s->dec_res2 = carve(a, C);
-    s->dec_res[0] = carve(a, C);
-    s->dec_res[1] = carve(a, C);
-    s->dec_fch = carve(a, 4 * C);
-    s->dec_gelu = carve(a, 4 * C);
-    s->dec_out = carve(a, C);
+        s->dec_kv[l] = carve(a, (size_t)B * maxlen * 2 * C);
+    s->dec_qkv = carve(a, 3 * BC);
+    s->dec_ln = carve(a, BC);
+    s->dec_att = carve(a, BC);
+    s->dec_scratch = carve(a, BC);
+    s->dec_res2 = carve(a, BC);
+    s->dec_res[0] = carve(a, BC);
+    s->dec_res[1] = carve(a, BC);
+    s->dec_fch = carve(a, 4 * BC);
+    s->dec_gelu = carve(a, 4 * BC);
+    s->dec_out = carve(a, BC);
 }
 
-int tstack_decode_plan(tstack *s, int maxlen, char *err)
+int tstack_decode_plan(tstack *s, int B, int maxlen, char *err)
 {
     backend *be = s->m->be;
     carver a = { NULL, 0, dtype_size(be->act) };
@@ -529,64 +531,84 @@ int tstack_decode_plan(tstack *s, int maxlen, char *err)
         return errf(err, "incremental decoding needs a causal pre-LN stack");
     if (!be->attention_decode)
         return errf(err, "the %s backend has no attention_decode op", be->name);
+    if (B < 1 || maxlen < 1)
+        return errf(err, "decoding %d sequences of %d positions: both must be positive", B,
+                    maxlen);
     free_decode(s);
-    s->dec_qkv = calloc((size_t)s->c.L + 1, sizeof *s->dec_qkv);
-    if (!s->dec_qkv)
+    s->dec_kv = calloc((size_t)s->c.L + 1, sizeof *s->dec_kv);
+    if (!s->dec_kv)
         return errf(err, "out of memory for the decoding cache");
-    carve_decode(s, &a, maxlen);
+    carve_decode(s, &a, B, maxlen);
     s->dec_buf = be->alloc(be, a.used * a.esize);
-    s->dec_stat = be->alloc(be, 2 * dtype_size(be->stat)); /* mean, rstd of one row */
+    s->dec_stat = be->alloc(be, 2 * (size_t)B * dtype_size(be->stat)); /* mean, rstd per row */
     if (!s->dec_buf || !s->dec_stat) {
         double mib = (double)a.used * a.esize / (1 << 20);
         free_decode(s);
-        return errf(err, "the decoding cache for %d positions needs %.1f MiB on %s, which "
-                         "could not be allocated", maxlen, mib, be->name);
+        return errf(err, "the decoding cache for %d sequences of %d positions needs %.1f MiB "
+                         "on %s, which could not be allocated", B, maxlen, mib, be->name);
     }
     a.base = s->dec_buf;
     a.used = 0;
-    carve_decode(s, &a, maxlen);
+    carve_decode(s, &a, B, maxlen);
     s->dec_max = maxlen;
+    s->dec_B = B;
     return 0;
 }
 
-void *tstack_decode_step(tstack *s, const void *x, int pos)
+void *tstack_decode_step(tstack *s, const void *x, int n, int pos)
 {
     backend *be = s->m->be;
-    int C = s->c.C, L = s->c.L;
-    void *mean = s->dec_stat, *rstd = buf_at(s->dec_stat, 1, be->stat);
+    int C = s->c.C, L = s->c.L, B = s->dec_B;
+    void *mean = s->dec_stat, *rstd = buf_at(s->dec_stat, (size_t)B, be->stat);
     const void *res = x;
 
-    if (pos < 0 || pos >= s->dec_max)
+    if (pos < 0 || pos >= s->dec_max || n < 1 || n > B)
         return NULL;
     if (!L) {
-        be->layernorm_forward(be, s->dec_out, mean, rstd, x, LNF_W(s, s->p), LNF_B(s, s->p), 1,
+        be->layernorm_forward(be, s->dec_out, mean, rstd, x, LNF_W(s, s->p), LNF_B(s, s->p), n,
                               C);
         return s->dec_out;
     }
-    be->layernorm_forward(be, s->dec_ln, mean, rstd, x, PV(s, 0, P_LN1W), PV(s, 0, P_LN1B), 1,
+    be->layernorm_forward(be, s->dec_ln, mean, rstd, x, PV(s, 0, P_LN1W), PV(s, 0, P_LN1B), n,
                           C);
     for (int l = 0; l < L; l++) {
-        void *qkv_row = buf_at(s->dec_qkv[l], (size_t)pos * 3 * C, be->act);
         void *res3 = s->dec_res[l & 1];
-        be->matmul_forward(be, qkv_row, s->dec_ln, PV(s, l, P_QKVW), PV(s, l, P_QKVB), 1, C,
+        be->matmul_forward(be, s->dec_qkv, s->dec_ln, PV(s, l, P_QKVW), PV(s, l, P_QKVB), n, C,
                            3 * C);
-        be->attention_decode(be, s->dec_att, s->dec_qkv[l], pos, C, s->c.NH);
+        be->attention_decode(be, s->dec_att, s->dec_kv[l], s->dec_qkv, n, pos, s->dec_max, C,
+                             s->c.NH);
         be->matmul_forward(be, s->dec_scratch, s->dec_att, PV(s, l, P_PROJW), PV(s, l, P_PROJB),
-                           1, C, C);
+                           n, C, C);
         be->residual_layernorm_forward(be, s->dec_res2, s->dec_ln, mean, rstd, res,
-                                       s->dec_scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), 1, C);
+                                       s->dec_scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), n, C);
         be->matmul_gelu_forward(be, s->dec_fch, s->dec_gelu, s->dec_ln, PV(s, l, P_FCW),
-                                PV(s, l, P_FCB), 1, C, 4 * C);
+                                PV(s, l, P_FCB), n, C, 4 * C);
         be->matmul_forward(be, s->dec_scratch, s->dec_gelu, PV(s, l, P_FCPROJW),
-                           PV(s, l, P_FCPROJB), 1, 4 * C, C);
+                           PV(s, l, P_FCPROJB), n, 4 * C, C);
         if (l + 1 < L)
             be->residual_layernorm_forward(be, res3, s->dec_ln, mean, rstd, s->dec_res2,
                                            s->dec_scratch, PV(s, l + 1, P_LN1W),
-                                           PV(s, l + 1, P_LN1B), 1, C);
+                                           PV(s, l + 1, P_LN1B), n, C);
         else
             be->residual_layernorm_forward(be, res3, s->dec_out, mean, rstd, s->dec_res2,
-                                           s->dec_scratch, LNF_W(s, s->p), LNF_B(s, s->p), 1, C);
+                                           s->dec_scratch, LNF_W(s, s->p), LNF_B(s, s->p), n, C);
         res = res3;
     }
     return s->dec_out;
+}
+
+/* The backends have no device-to-device copy; dst = 0 + src is one, exactly.
+ * Whole caches (all maxlen positions): n sequences are one block. */
+void tstack_decode_repeat(tstack *s, int n, int copies)
+{
+    backend *be = s->m->be;
+    size_t block = (size_t)n * s->dec_max * 2 * s->c.C;
+    if (copies * n > s->dec_B)
+        return;
+    for (int l = 0; l < s->c.L; l++)
+        for (int k = 1; k < copies; k++) {
+            void *dst = buf_at(s->dec_kv[l], k * block, be->act);
+            be->fill(be, dst, be->act, 0.0, block);
+            be->accumulate(be, dst, s->dec_kv[l], block);
+        }
 }

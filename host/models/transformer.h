@@ -79,12 +79,17 @@ void *tstack_forward(tstack *s, const void *x);
  * for the final layernorm's and each block's views as they are done. */
 void *tstack_backward(tstack *s, const void *dout);
 
-/* Incremental decoding (pre-LN, causal stacks): decode_plan reserves every
- * block's qkv rows for up to maxlen positions and one-row buffers;
- * decode_step runs the input row x [C] of position pos through the stack
- * (rows 0..pos-1 cached by earlier steps) and returns the output row [C]
- * (owned by the stack). The same math as tstack_forward's row pos. */
-int tstack_decode_plan(tstack *s, int maxlen, char *err);
-void *tstack_decode_step(tstack *s, const void *x, int pos);
+/* Incremental decoding (pre-LN, causal stacks) of up to B sequences at once:
+ * decode_plan reserves every block's k, v rows for B sequences of up to
+ * maxlen positions and B-row buffers; decode_step runs the input rows x
+ * [n, C] (n <= B) of sequences 0..n-1 at position pos through the stack
+ * (their rows 0..pos-1 cached by earlier steps) and returns the output rows
+ * [n, C] (owned by the stack). The same math as tstack_forward's row pos of
+ * each sequence. decode_repeat copies the cache of sequences 0..n-1 into
+ * sequences k*n..k*n+n-1 for k = 1..copies-1 (copies * n <= B): a shared
+ * prefix computed once and continued `copies` ways. */
+int tstack_decode_plan(tstack *s, int B, int maxlen, char *err);
+void *tstack_decode_step(tstack *s, const void *x, int n, int pos);
+void tstack_decode_repeat(tstack *s, int n, int copies);
 
 #endif

@@ -8,6 +8,11 @@
  *   forecast  sample the horizon token by token, `samples` paths; each value
  *           is its bin's centre times s; the median path is the forecast, the
  *           10% and 90% quantiles its band; mse and mae of the median.
+ *           Incremental decoding (tstack_decode_*): the look-back of every
+ *           row runs once, its key/value cache is copied to each path, and
+ *           every path of every row advances together, one batched step per
+ *           new value. The full forward per value and path stays as the
+ *           reference the test compares with.
  *
  * The parameter names are GPT-2's (wte.weight, wpe.weight, h.N.*, ln_f.*), so
  * a GPT-2 reference reads the checkpoint as it is. */
@@ -190,9 +195,28 @@ typedef struct {
     float *fc;                           /* [rows, 3, horizon]: median, q10, q90 */
     unsigned char *valid;
     uint64_t draws;                      /* metrics calls, for the sampling seed */
+    /* incremental decoding of rows * samples paths (planned on first use) */
+    int dec_rows;                        /* rows the decoding buffers hold; 0: none */
+    void *dec_buf;                       /* tokens [n] | x [n, C] | logits [n, Vp] */
+    int32_t *dec_tok, *hdec_tok;         /* device, host [n] */
+    void *dec_x, *dec_logits;
+    float *hdec_logits;                  /* host [n, Vp] */
     int have_grad, have_target;
     const float *last_y;
 } tsg_state;
+
+static void free_decode(model *m)
+{
+    tsg_state *s = m->priv;
+    if (s->dec_buf)
+        m->be->free(m->be, s->dec_buf);
+    free(s->hdec_tok);
+    free(s->hdec_logits);
+    s->dec_buf = NULL;
+    s->hdec_tok = NULL;
+    s->hdec_logits = NULL;
+    s->dec_rows = 0;
+}
 
 static void tsg_free_plan(model *m)
 {
@@ -209,6 +233,7 @@ static void tsg_free_plan(model *m)
     free(s->paths);
     free(s->fc);
     free(s->valid);
+    free_decode(m);
     s->act_buf = s->stat_buf = s->id_buf = NULL;
     s->htok = s->htgt = NULL;
     s->scale = s->hloss = NULL;
@@ -235,7 +260,7 @@ static int tsg_plan(model *m, int B, int T, char *err)
     s->htgt = malloc(N * sizeof *s->htgt);
     s->scale = malloc(rows * sizeof *s->scale);
     s->hloss = malloc(N * sizeof *s->hloss);
-    s->hlog = malloc((size_t)s->Vp * sizeof *s->hlog);
+    s->hlog = malloc(2 * (size_t)s->Vp * sizeof *s->hlog); /* a row of logits, scratch */
     s->paths = malloc((size_t)c->samples * rows * c->horizon * sizeof *s->paths);
     s->fc = malloc(rows * 3 * c->horizon * sizeof *s->fc);
     s->valid = malloc(rows);
@@ -394,54 +419,175 @@ static float quantile(const float *v, int n, double q)
     return (float)(v[lo] + (pos - lo) * (v[hi] - v[lo]));
 }
 
-/* Samples `samples` forecast paths for every row from the look-back tokens
- * in htok, and keeps the median and 10/90% quantiles in s->fc. */
-static void tsg_sample_forecast(model *m)
+/* The uniform draw of path p, row r, step j of a forecast: a hash of the
+ * forecast's seed and the three indices, so the draws do not depend on the
+ * order the paths are generated in (batched and cached, or one by one). */
+static double draw(uint64_t seed, int p, int r, int j)
+{
+    uint64_t x = seed ^ ((uint64_t)p << 44) ^ ((uint64_t)r << 16) ^ (uint64_t)j;
+    x = rng_splitmix(&x) ^ seed;
+    return (double)(rng_splitmix(&x) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* A bin drawn from softmax(logits[0..bins)) by the uniform u; e: scratch [bins]. */
+static int sample_bin(const float *logits, int bins, double u, float *e)
+{
+    float mx = logits[0];
+    for (int v = 1; v < bins; v++)
+        mx = logits[v] > mx ? logits[v] : mx;
+    double z = 0;
+    for (int v = 0; v < bins; v++)
+        z += e[v] = expf(logits[v] - mx);
+    double t = u * z, acc = 0;
+    for (int v = 0; v < bins; v++) {
+        acc += e[v];
+        if (t < acc)
+            return v;
+    }
+    return bins - 1;
+}
+
+static void keep_path(tsg_state *s, int p, int row, int j, int k)
+{
+    s->paths[((size_t)p * s->rows + row) * s->cfg.horizon + j] =
+        (float)(tsgpt_unbin(k, s->cfg.bins) * s->scale[row]);
+}
+
+/* The reference: every path one at a time, a full forward per new value. */
+static void sample_uncached(model *m, uint64_t seed)
 {
     tsg_state *s = m->priv;
     const tsgpt_config *c = &s->cfg;
-    int Lb = c->lookback, H = c->horizon, S = c->samples, T = s->T;
-    rng_state r;
-    rng_seed(&r, 0x7453475054ULL + s->draws++); /* the same forecast for the same eval */
-    for (int p = 0; p < S; p++) {
+    int Lb = c->lookback, H = c->horizon, T = s->T;
+    for (int p = 0; p < c->samples; p++)
         for (int j = 0; j < H; j++) {
             tsg_run(m); /* causal: positions past Lb-1+j do not matter */
             for (int row = 0; row < s->rows; row++) {
                 tsg_logits(m, row, Lb - 1 + j, s->hlog);
-                float mx = s->hlog[0];
-                for (int v = 1; v < c->bins; v++)
-                    mx = s->hlog[v] > mx ? s->hlog[v] : mx;
-                double z = 0;
-                for (int v = 0; v < c->bins; v++)
-                    z += exp((double)s->hlog[v] - mx);
-                double u = rng_uniform(&r) * z, acc = 0;
-                int k = c->bins - 1;
-                for (int v = 0; v < c->bins; v++) {
-                    acc += exp((double)s->hlog[v] - mx);
-                    if (u < acc) {
-                        k = v;
-                        break;
-                    }
-                }
+                int k = sample_bin(s->hlog, c->bins, draw(seed, p, row, j), s->hlog + s->Vp);
                 if (Lb + j < T)
                     s->htok[(size_t)row * T + Lb + j] = k;
-                s->paths[((size_t)p * s->rows + row) * H + j] =
-                    (float)(tsgpt_unbin(k, c->bins) * s->scale[row]);
+                keep_path(s, p, row, j, k);
             }
         }
+}
+
+/* The decoding cache for rows * samples paths and its one-step buffers. */
+static int decode_ready(model *m, char *err)
+{
+    tsg_state *s = m->priv;
+    backend *be = m->be;
+    size_t n = (size_t)s->rows * s->cfg.samples, C = (size_t)s->cfg.C, es = dtype_size(be->act);
+    size_t xoff = (n * sizeof(int32_t) + 255) / 256 * 256, loff = xoff + (n * C * es + 255) / 256 * 256;
+    if (s->dec_rows == s->rows)
+        return 0;
+    free_decode(m);
+    if (n > 1 << 30)
+        return errf(err, "--samples: %zu paths in one batch are too many", n);
+    s->dec_buf = be->alloc(be, loff + n * s->Vp * es);
+    s->hdec_tok = malloc(n * sizeof *s->hdec_tok);
+    s->hdec_logits = malloc(n * s->Vp * sizeof *s->hdec_logits);
+    if (!s->dec_buf || !s->hdec_tok || !s->hdec_logits)
+        return errf(err, "out of memory for decoding %zu forecast paths", n);
+    s->dec_tok = s->dec_buf;
+    s->dec_x = (char *)s->dec_buf + xoff;
+    s->dec_logits = (char *)s->dec_buf + loff;
+    if (tstack_decode_plan(s->stack, (int)n, s->T, err))
+        return -1;
+    s->dec_rows = s->rows;
+    return 0;
+}
+
+/* Runs tokens hdec_tok[0..n) at position pos through the decoder and leaves
+ * their logits in hdec_logits [n, Vp]. Path p of row r is sequence
+ * p * rows + r. */
+static void decode_step(model *m, int n, int pos)
+{
+    tsg_state *s = m->priv;
+    backend *be = m->be;
+    int C = s->cfg.C;
+    be->upload(be, s->dec_tok, DT_I32, s->hdec_tok, DT_I32, (size_t)n);
+    be->encoder_forward(be, s->dec_x, s->dec_tok, s->wte, buf_at(s->wpe, (size_t)pos * C, be->act),
+                        n, 1, C);
+    void *out = tstack_decode_step(s->stack, s->dec_x, n, pos);
+    be->matmul_forward(be, s->dec_logits, out, s->wte, NULL, n, C, s->Vp);
+    be->download(be, s->hdec_logits, DT_F32, s->dec_logits, be->act, (size_t)n * s->Vp);
+}
+
+/* Every path of every row at once: the look-back of the rows (shared by
+ * their paths) once, its cache copied to each path, then one step of all
+ * rows * samples paths per new value. */
+static int sample_cached(model *m, uint64_t seed, char *err)
+{
+    tsg_state *s = m->priv;
+    const tsgpt_config *c = &s->cfg;
+    int Lb = c->lookback, H = c->horizon, T = s->T, R = s->rows, S = c->samples;
+    if (decode_ready(m, err))
+        return -1;
+    for (int pos = 0; pos < Lb; pos++) {
+        for (int r = 0; r < R; r++)
+            s->hdec_tok[r] = s->htok[(size_t)r * T + pos];
+        decode_step(m, R, pos);
     }
-    float *v = malloc((size_t)S * sizeof *v);
+    tstack_decode_repeat(s->stack, R, S);
+    for (int j = 0; j < H; j++) {
+        for (int p = 0; p < S; p++)
+            for (int r = 0; r < R; r++) {
+                /* the first value's logits are the look-back's, the same for every path */
+                const float *lg = s->hdec_logits + (size_t)(j ? p * R + r : r) * s->Vp;
+                int k = sample_bin(lg, c->bins, draw(seed, p, r, j), s->hlog);
+                keep_path(s, p, r, j, k);
+                s->hdec_tok[(size_t)p * R + r] = k;
+            }
+        if (j + 1 < H)
+            decode_step(m, R * S, Lb + j);
+    }
+    return 0;
+}
+
+/* The median and 10/90% quantiles of the sampled paths into s->fc. */
+static void summarise_paths(tsg_state *s)
+{
+    int H = s->cfg.horizon, S = s->cfg.samples;
+    float *buf = malloc((size_t)S * sizeof *buf);
     for (int row = 0; row < s->rows; row++)
         for (int j = 0; j < H; j++) {
             for (int p = 0; p < S; p++)
-                v[p] = s->paths[((size_t)p * s->rows + row) * H + j];
-            qsort(v, (size_t)S, sizeof *v, cmp_float);
+                buf[p] = s->paths[((size_t)p * s->rows + row) * H + j];
+            qsort(buf, (size_t)S, sizeof *buf, cmp_float);
             float *f = s->fc + (size_t)row * 3 * H;
-            f[j] = quantile(v, S, 0.5);
-            f[H + j] = quantile(v, S, 0.1);
-            f[2 * H + j] = quantile(v, S, 0.9);
+            f[j] = quantile(buf, S, 0.5);
+            f[H + j] = quantile(buf, S, 0.1);
+            f[2 * H + j] = quantile(buf, S, 0.9);
         }
-    free(v);
+    free(buf);
+}
+
+static int forecast(model *m, const float *x, int cached, uint64_t seed, char *err)
+{
+    tsg_state *s = m->priv;
+    tsg_tokenize_inputs(s, x);
+    s->have_grad = 0; /* the sampling passes overwrite the activations */
+    if (cached) {
+        if (sample_cached(m, seed, err))
+            return -1;
+    } else {
+        sample_uncached(m, seed);
+    }
+    summarise_paths(s);
+    return 0;
+}
+
+int tsgpt_forecast(model *m, const float *x, int cached, uint64_t seed, float *fc, char *err)
+{
+    tsg_state *s = m->priv;
+    if (!s->rows)
+        return errf(err, "tsgpt forecast before a plan");
+    if (forecast(m, x, cached, seed, err))
+        return -1;
+    if (fc)
+        memcpy(fc, s->fc, (size_t)s->rows * 3 * s->cfg.horizon * sizeof *fc);
+    return 0;
 }
 
 /* mse and mae of the median sampled forecast (normalised space). */
@@ -449,10 +595,18 @@ static void tsg_metrics(model *m, const model_batch *b, double *sums, double *co
 {
     tsg_state *s = m->priv;
     int H = s->cfg.horizon;
+    char err[ERRBUF];
     if (!s->have_target || !b->y)
         return;
-    s->have_grad = 0; /* the sampling passes overwrite the activations */
-    tsg_sample_forecast(m);
+    uint64_t seed = 0x7453475054ULL + s->draws++; /* the same forecast for the same eval */
+    int cached = m->be->attention_decode != NULL;
+    if (cached && forecast(m, b->x, 1, seed, err)) {
+        /* no room for the cache: the full forwards give the same forecast, slowly */
+        fprintf(stderr, "anatomy: warning: tsgpt forecast without a decoding cache: %s\n", err);
+        cached = 0;
+    }
+    if (!cached)
+        forecast(m, b->x, 0, seed, err);
     for (int r = 0; r < s->rows; r++) {
         if (!s->valid[r])
             continue;

@@ -347,7 +347,8 @@ double cuda_sumsq(backend *be, const void *grads, size_t n);
 void cuda_adamw(backend *be, void *params, void *master, const void *grads, void *m, void *v,
 		const param_segment *segs, int nsegs, const adamw_params *hp);
 /* decode.cu */
-void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int C, int NH);
+void cuda_attention_decode(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
+			   int maxlen, int C, int NH);
 /* seq.cu: puts embedding, sequence_embed, rows_select, tanh, mse and dropout into be. */
 void cuda_seq_install(backend *be);
 /* rnn.cu: puts rnn_work_bytes, rnn_forward and rnn_backward (cuDNN) into be. */

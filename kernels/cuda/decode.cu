@@ -3,7 +3,8 @@
  *
  *   s_j = q_pos . k_j / sqrt(hs)  (j = 0..pos);  p = softmax(s);  out = sum_j p_j v_j
  *
- * One block per head. The pos + 1 scores sit in dynamic shared memory (4
+ * One block per (sequence, head); it first stores its head's new k and v in
+ * the cache. The pos + 1 scores sit in dynamic shared memory (4
  * bytes each, up to DECODE_MAX_KEYS keys); a block-wide max and sum, then
  * each thread accumulates output elements over j, reading the v rows
  * coalesced. Work per step is O(pos * C): generation is linear in length per
@@ -37,15 +38,24 @@ template <bool MAX> static __device__ float block_reduce(float x, float *red)
 }
 
 template <class T>
-__global__ void attention_decode_kernel(T *out, const T *qkv, int pos, int C, int hs, float scale)
+__global__ void attention_decode_kernel(T *out, T *kv, const T *qkv, int pos, int maxlen, int C,
+					int hs, float scale)
 {
 	DYNAMIC_SHARED(float, s);
 	__shared__ float red[32];
 	int h = blockIdx.x, n = pos + 1;
-	const T *q = qkv + (size_t)pos * 3 * C + h * hs;
+	const T *q = qkv + (size_t)blockIdx.y * 3 * C + h * hs;
+	kv += (size_t)blockIdx.y * maxlen * 2 * C; /* this block's sequence */
+	out += (size_t)blockIdx.y * C;
+	/* the new k and v of this head: only this block reads or writes them */
+	for (int i = threadIdx.x; i < hs; i += blockDim.x) {
+		kv[(size_t)pos * 2 * C + h * hs + i] = q[C + i];
+		kv[(size_t)pos * 2 * C + C + h * hs + i] = q[2 * C + i];
+	}
+	__syncthreads();
 	float mx = -INFINITY;
 	for (int j = threadIdx.x; j < n; j += blockDim.x) {
-		const T *k = qkv + (size_t)j * 3 * C + C + h * hs;
+		const T *k = kv + (size_t)j * 2 * C + h * hs;
 		float d = 0.0f;
 		for (int i = 0; i < hs; i++)
 			d += to_f(q[i]) * to_f(k[i]);
@@ -62,12 +72,13 @@ __global__ void attention_decode_kernel(T *out, const T *qkv, int pos, int C, in
 	for (int i = threadIdx.x; i < hs; i += blockDim.x) {
 		float acc = 0.0f;
 		for (int j = 0; j < n; j++)
-			acc += s[j] * to_f(qkv[(size_t)j * 3 * C + 2 * C + h * hs + i]);
+			acc += s[j] * to_f(kv[(size_t)j * 2 * C + C + h * hs + i]);
 		out[h * hs + i] = from_f<T>(acc / sum);
 	}
 }
 
-void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int C, int NH)
+void cuda_attention_decode(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
+			   int maxlen, int C, int NH)
 {
 	NVTX_RANGE("attention_decode");
 	cuda_backend *cb = cuda_of(be);
@@ -75,21 +86,26 @@ void cuda_attention_decode(backend *be, void *out, const void *qkv, int pos, int
 	if (pos + 1 > DECODE_MAX_KEYS)
 		cuda_die(__FILE__, __LINE__, "attention_decode: %d cached positions exceed the %d "
 			 "this kernel holds in shared memory", pos + 1, DECODE_MAX_KEYS);
+	if (B > 65535)
+		cuda_die(__FILE__, __LINE__, "attention_decode: %d sequences exceed the grid's 65535 "
+			 "blocks in y", B);
 	size_t smem = (size_t)(pos + 1) * sizeof(float);
+	dim3 grid((unsigned)NH, (unsigned)B);
 	float scale = 1.0f / sqrtf((float)hs);
 	int optin = smem > (size_t)DECODE_SMEM_DEFAULT ? (int)smem : 0;
 	if (be->act == DT_BF16) {
 		if (optin)
 			CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<__nv_bfloat16>,
 							cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-		CUDA_LAUNCH(NH, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<__nv_bfloat16>)(
-			(__nv_bfloat16 *)out, (const __nv_bfloat16 *)qkv, pos, C, hs, scale);
+		CUDA_LAUNCH(grid, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<__nv_bfloat16>)(
+			(__nv_bfloat16 *)out, (__nv_bfloat16 *)kv, (const __nv_bfloat16 *)qkv, pos, maxlen,
+			C, hs, scale);
 	} else {
 		if (optin)
 			CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<float>,
 							cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-		CUDA_LAUNCH(NH, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<float>)(
-			(float *)out, (const float *)qkv, pos, C, hs, scale);
+		CUDA_LAUNCH(grid, DECODE_THREADS, smem, cb->stream, attention_decode_kernel<float>)(
+			(float *)out, (float *)kv, (const float *)qkv, pos, maxlen, C, hs, scale);
 	}
 	LAUNCH_CHECK();
 }

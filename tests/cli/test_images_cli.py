@@ -160,3 +160,49 @@ def test_bad_files_eval(run, tmp_path):
                        "--split", "test")
     assert rc == 0, err
     assert any(l.startswith("accuracy ") for l in out.splitlines()), out
+
+
+def test_augmentation_options(run, tmp_path):
+    """--crop-pad, --flip and --label-smoothing train a ViT on grey images;
+    out-of-range values get one line naming the option."""
+    img = pair(tmp_path)
+    rc, out, err = run("train", *GREY, *TRAIN, "--data", img, "--crop-pad", 2, "--flip", 1,
+                       "--label-smoothing", 0.1, "--out", tmp_path / "run")
+    assert rc == 0, err
+    for opt, bad in (("--crop-pad", 17), ("--crop-pad", -1), ("--flip", 2),
+                     ("--label-smoothing", 1), ("--label-smoothing", -0.1)):
+        expect_error(run, ["train", *GREY, *TRAIN, "--data", img, opt, bad], opt, "out of range")
+
+
+def test_vit_recipe_options(tmp_path):
+    """bench/vit_fmnist_recipe.sh hands its recipe to the trainer: the patch-4
+    preset, crops and flips, warmup of one epoch then cosine to zero; the
+    environment overrides it; a bad number stops it with status 2. A
+    stand-in binary records the arguments and fails, which stops the recipe
+    right after the trainer."""
+    import os
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, FMNIST_DIR=str(tmp_path))
+    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET"):
+        env.pop(k, None)
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert q.returncode != 0
+    got = args.read_text().split()
+    opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
+    assert opt["--preset"] == "vit-mnist-p4" and opt["--crop-pad"] == "2" and opt["--flip"] == "1"
+    assert opt["--schedule"] == "cosine" and opt["--lr-min-frac"] == "0"
+    assert opt["--label-smoothing"] == "0.1"
+    assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
+                       cwd=repo, env=dict(env, CROP_PAD="4", SEED="7"), capture_output=True,
+                       text=True, timeout=60)
+    got = args.read_text().split()
+    assert got[got.index("--crop-pad") + 1] == "4" and got[got.index("--seed") + 1] == "7"
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "many"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert q.returncode == 2 and "EPOCHS" in q.stderr, q.stderr

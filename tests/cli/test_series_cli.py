@@ -213,3 +213,38 @@ def test_etth1_recipe_learning_rate(tmp_path, horizon, env_lr, want):
     assert head.startswith(f"etth1: horizon {horizon},") and f", lr {want}," in head, head
     got = args.read_text().split()
     assert got[got.index("--lr") + 1] == want, got
+
+
+def test_tsgpt_recipe_end_to_end(binary, tmp_path):
+    """bench/tsgpt_etth1.sh on the real ETTh1, shrunk to the tiny preset and
+    a few steps: trains, forecasts the whole test split with the batched,
+    cached decoder and ends with `test mse X mae Y`, computed from the
+    forecast CSV (one line per window, channel and step: every test window)
+    and checked there against eval's own mse line; the PatchTST windows'
+    line before it. A bad number stops it with status 2."""
+    import os
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    csv = os.path.join(repo, "..", "shared", "data", "ett", "ETTh1.csv")
+    assert os.path.isfile(csv), f"{csv} is missing (shared/data/ett)"
+    env = dict(os.environ, ANATOMY_BIN=binary, ETTH1=csv, PRESET="tsgpt-tiny", HORIZON="8",
+               LOOKBACK="24", STEPS="4", BATCH="64", EVAL_BATCH="200", THREADS="2",
+               OUT=str(tmp_path / "run"))
+    p = subprocess.run(["sh", "bench/tsgpt_etth1.sh"], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + p.stdout[-2000:]
+    out = p.stdout.splitlines()
+    assert out[0].startswith("tsgpt-etth1: tsgpt-tiny, look-back 24, horizon 8, 4 steps"), out[0]
+    lines = (tmp_path / "run" / "test_forecast.csv").read_text().splitlines()
+    assert lines[0] == "batch,row,step,median,q10,q90,target", lines[0]
+    assert len(lines) - 1 == (2880 - 8 + 1) * 7 * 8, len(lines)
+    pt = [re.fullmatch(r"test \(first (\d+) windows, as PatchTST evaluates\) mse (\S+) mae (\S+)", l)
+          for l in out]
+    pt = [x for x in pt if x]
+    assert len(pt) == 1 and int(pt[0].group(1)) == (2880 - 8 + 1) // 128 * 128, out
+    m = re.fullmatch(r"test mse (\S+) mae (\S+)", out[-2])
+    assert m and 0 < float(m.group(1)) < 10 and 0 < float(m.group(2)) < 10, out
+    assert out[-1].startswith("time: training "), out[-1]
+    q = subprocess.run(["sh", "bench/tsgpt_etth1.sh"], cwd=repo, env=dict(env, STEPS="many"),
+                       capture_output=True, text=True, timeout=60)
+    assert q.returncode == 2 and "STEPS" in q.stderr and "many" in q.stderr, q.stderr

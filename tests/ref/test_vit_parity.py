@@ -249,3 +249,34 @@ def test_vit_matches_hf(anatomy, tmp_path, name):
     else:
         path = write_cifar(tmp_path / "test_batch.bin", images, labels)
     check_parity(anatomy, tmp_path, cfg, path, images, labels, SEED + len(name))
+
+
+def test_label_smoothing_matches_torch(anatomy, tmp_path):
+    """--label-smoothing E: the first training step's loss (the first B
+    images in file order: no --shuffle, grey images unaugmented) against
+    PyTorch's cross_entropy(label_smoothing=E) of the same logits; and 0
+    against the plain loss. The gradient term is checked by test_vit.c's
+    finite differences."""
+    from conftest import STEP_RE
+    cfg = CONFIGS["idx"]
+    rng = np.random.default_rng(SEED + 7)
+    images = rng.integers(0, 256, (B, 1, cfg["image"], cfg["image"]), dtype=np.uint8)
+    labels = rng.integers(0, cfg["classes"], B)
+    n, _, h, wd = images.shape
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        np.array([0x803, n, h, wd], ">u4").tobytes() + images.tobytes())
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        np.array([0x801, n], ">u4").tobytes() + labels.astype(np.uint8).tobytes())
+    w = random_weights(cfg, torch.Generator().manual_seed(SEED + 7))
+    ck = tmp_path / "ours.safetensors"
+    write_checkpoint(ck, cfg, w)
+    with torch.no_grad():
+        logits = hf_model(cfg, w)(pixel_values=pixels(images).double()).logits
+    y = torch.from_numpy(labels.astype(np.int64))
+    msg = f"(ANATOMY_TEST_SEED={SEED})"
+    for e in (0.0, 0.1, 0.3):
+        out = anatomy("train", "--init", ck, "--data", tmp_path, "--batch", B, "--steps", 1,
+                      "--label-smoothing", e, "--device", "cpu", "--out", tmp_path / f"run{e}")
+        loss = float(next(STEP_RE.match(l) for l in out.splitlines() if STEP_RE.match(l)).group(3))
+        ref = torch.nn.functional.cross_entropy(logits, y, label_smoothing=e).item()
+        assert abs(loss - ref) / ref < RTOL, f"label smoothing {e}: loss {loss} vs torch {ref} {msg}"
