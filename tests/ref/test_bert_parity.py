@@ -14,6 +14,7 @@ printed in every failure message; ANATOMY_TEST_SEED=N replays one.
 """
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -32,60 +33,13 @@ EVAL_SEED = 0x6265727465766131  # bert.c: BERT_EVAL_SEED, the masks of --split v
 RTOL = 1e-5
 
 # ---- data/rng.h and data/mlm.c, independently -------------------------------
+# The generator (xoshiro256** through splitmix64) and mix3 are the Python
+# reference's, bench/mlm_ref.py (bench/bert_vs_hf.py's batches): one
+# implementation of data/rng.h outside C; the pairs and masks are below.
 
-M64 = (1 << 64) - 1
-
-
-def splitmix(x):
-    x = (x + 0x9E3779B97F4A7C15) & M64
-    z = x
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return x, z ^ (z >> 31)
-
-
-def rotl(x, k):
-    return ((x << k) | (x >> (64 - k))) & M64
-
-
-class Rng:
-    """xoshiro256** seeded through splitmix64, as data/rng.h."""
-
-    def __init__(self, seed):
-        self.s = []
-        x = seed & M64
-        for _ in range(4):
-            x, z = splitmix(x)
-            self.s.append(z)
-
-    def next(self):
-        s = self.s
-        result = (rotl((s[1] * 5) & M64, 7) * 9) & M64
-        t = (s[1] << 17) & M64
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= t
-        s[3] = rotl(s[3], 45)
-        return result
-
-    def uniform(self):
-        return (self.next() >> 11) * (1.0 / 9007199254740992.0)
-
-    def below(self, n):
-        lim = ((1 << 64) - n) % n
-        while True:
-            x = self.next()
-            if x >= lim:
-                return x % n
-
-
-def mix3(seed, index, tag):
-    _, z = splitmix(seed)
-    _, z = splitmix(z ^ index)
-    _, z = splitmix(z ^ ((tag * 0x632BE59BD9B4E019) & M64))
-    return z
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+from mlm_ref import Rng, mix3  # noqa: E402
 
 
 CLS, SEP, MASK, PAD = V - 4, V - 3, V - 2, V - 1
