@@ -12,6 +12,7 @@
 
 #include "dist_nccl.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@
 #endif
 
 #include "../data/errbuf.h"
+#include "../kernels/ops.h"
 
 _Static_assert(sizeof(ncclUniqueId) == DIST_NCCL_ID_BYTES, "ncclUniqueId size");
 
@@ -111,10 +113,27 @@ int dist_nccl_new_id(void *id, char *err)
     return 0;
 }
 
+/* The CUDA backend's failure cause (ops.h): NCCL's asynchronous error, when
+ * a collective queued on the comm stream failed (a peer aborted or died);
+ * a backend synchronisation that waits for it fails with a CUDA error that
+ * would name only the backend's call. */
+static int nccl_failure_cause(void *ctx, char *buf, size_t n)
+{
+    const dist_nccl *c = ctx;
+    ncclResult_t a = ncclSuccess;
+    if (!c->comm || ncclCommGetAsyncError(c->comm, &a) != ncclSuccess || a == ncclSuccess ||
+        a == ncclInProgress)
+        return 0;
+    snprintf(buf, n, "rank %d: a queued collective: %s", c->d->rank, ncclGetErrorString(a));
+    return 1;
+}
+
 void dist_nccl_close(dist_nccl *c)
 {
     if (!c)
         return;
+    if (backend_cuda_set_failure_cause)
+        backend_cuda_set_failure_cause(NULL, NULL);
     if (c->comm_stream)
         cudaStreamSynchronize(c->comm_stream);
     if (c->comm)
@@ -146,6 +165,8 @@ static int open_resources(dist_nccl *c, const void *id, char *err)
         return errf(err, "rank %d: out of memory", c->d->rank);
     memcpy(&u, id, sizeof u);
     NCCL_TRY(ncclCommInitRank(&c->comm, c->d->world, u, c->d->rank));
+    if (backend_cuda_set_failure_cause)
+        backend_cuda_set_failure_cause(nccl_failure_cause, c);
     return 0;
 }
 

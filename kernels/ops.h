@@ -352,6 +352,16 @@ const char *blas_library_path(void);
  * symbol is weak here so that callers can test for it (NULL: not built in).
  * device: GPU index; act: DT_BF16 (mixed precision) or DT_F32 (verification). */
 __attribute__((weak)) backend *backend_cuda_create(int device, dtype act, char *err);
+/* A fatal CUDA error in the CUDA backend first asks `cause` (when set)
+ * whether something outside the backend explains it, and reports that
+ * first: a synchronisation that fails because a queued NCCL collective's
+ * peer died says more as NCCL's error than as the CUDA one. cause writes one
+ * line into buf and returns 1, or returns 0. The NCCL layer sets it while
+ * its communicator lives, and clears it (NULL) when it closes. Weak like
+ * backend_cuda_create. */
+__attribute__((weak)) void backend_cuda_set_failure_cause(int (*cause)(void *ctx, char *buf,
+                                                                       size_t n),
+                                                          void *ctx);
 /* The CUDA backend's cuBLASLt matmuls since it was created, counted by the
  * epilogue each ran with (CUDA_MM_*), so that a test can tell a fused path
  * from its fallback. Weak like backend_cuda_create. */

@@ -20,15 +20,29 @@
 
 /* ------------------------------------------------------------ errors */
 
+static int (*failure_cause)(void *ctx, char *buf, size_t n);
+static void *failure_ctx;
+
+void backend_cuda_set_failure_cause(int (*cause)(void *ctx, char *buf, size_t n), void *ctx)
+{
+	failure_cause = cause;
+	failure_ctx = ctx;
+}
+
 void cuda_die(const char *file, int line, const char *fmt, ...)
 {
 	va_list ap;
+	char cause[256];
 	fflush(stdout);
-	fprintf(stderr, "anatomy: error: cuda: %s:%d: ", file, line);
+	int have_cause = failure_cause && failure_cause(failure_ctx, cause, sizeof cause);
+	if (have_cause)
+		fprintf(stderr, "anatomy: error: %s (then cuda: %s:%d: ", cause, file, line);
+	else
+		fprintf(stderr, "anatomy: error: cuda: %s:%d: ", file, line);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	fputs(have_cause ? ")\n" : "\n", stderr);
 	exit(1);
 }
 
