@@ -33,40 +33,23 @@ EVAL_SEED = 0x6265727465766131  # bert.c: BERT_EVAL_SEED, the masks of --split v
 RTOL = 1e-5
 
 # ---- data/rng.h and data/mlm.c, independently -------------------------------
-# The generator (xoshiro256** through splitmix64) and mix3 are the Python
-# reference's, bench/mlm_ref.py (bench/bert_vs_hf.py's batches): one
-# implementation of data/rng.h outside C; the pairs and masks are below.
+# The generator (xoshiro256** through splitmix64), mix3 and the masking rule
+# are the Python reference's, bench/mlm_ref.py (bench/bert_vs_hf.py's
+# batches): one implementation of data/rng.h and mlm_mask outside C; the
+# sentence pairs are below.
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "bench"))
+import mlm_ref  # noqa: E402
 from mlm_ref import Rng, mix3  # noqa: E402
 
 
-CLS, SEP, MASK, PAD = V - 4, V - 3, V - 2, V - 1
+CLS, SEP, PAD = V - 4, V - 3, V - 1  # [MASK] (V - 2): mlm_ref.Vocab
 
 
 def mask_rows(tokens, seed, index):
     """mlm_mask: tokens [rows, T] int64 modified in place; returns targets."""
-    r = Rng(mix3(seed, index, 1))
-    targets = np.full(tokens.shape, -1, dtype=np.int64)
-    for row, tg in zip(tokens, targets):
-        maskable = [t for t in range(len(row)) if row[t] < TOKVOCAB]
-        n = len(maskable)
-        k = min(int(0.15 * n + r.uniform()), n)
-        seen = chosen = 0
-        for t in maskable:
-            if chosen == k:
-                break
-            if r.below(n - seen) < k - chosen:
-                u = r.uniform()
-                tg[t] = row[t]
-                if u < 0.8:
-                    row[t] = MASK
-                elif u < 0.9:
-                    row[t] = r.below(TOKVOCAB)
-                chosen += 1
-            seen += 1
-    return targets
+    return mlm_ref.mask_rows(tokens, mlm_ref.Vocab(V), seed, index)
 
 
 def make_batch(stream, nsp, seed, g):
