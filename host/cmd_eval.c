@@ -26,7 +26,8 @@ static const char usage[] =
     "and unaugmented (the mean over every scored token, masked token, example or\n"
     "forecast element, as PyTorch's over the whole set), then one line per figure the model reports (e.g. 'accuracy',\n"
     "'mlm_accuracy', 'mse', 'mae'); with --hellaswag 'hellaswag acc <accuracy> count\n"
-    "<examples>'.\n"
+    "<examples>'. A forecaster's loss is the one its checkpoint trained with (train\n"
+    "--loss); its 'mse' and 'mae' lines are those errors whatever the loss.\n"
     "\n"
     "  --init PATH     Hugging Face GPT-2 directory, llm.c .bin, or anatomy checkpoint\n"
     "  --preset NAME   or a randomly initialised preset (with --seed; --model too)\n"
@@ -232,7 +233,13 @@ int cmd_eval(int argc, char **argv)
         B = 8;
 
     backend *be = setup_backend(device, threads, precision);
-    model *m = setup_model(be, &src, NULL);
+    ckpt_meta md = { 0 };
+    model *m = setup_model(be, &src, &md);
+    /* a checkpoint's loss is the one its run trained and validated with */
+    if (setup_meta_get_loss(&md, src.init ? src.init : "--preset", &m->loss_kind,
+                            &m->huber_delta, err))
+        cli_die("%s", err);
+    ckpt_meta_free(&md);
     if (!T)
         T = m->maxT < 1024 ? m->maxT : 1024;
     if (m->plan(m, B, T, err))

@@ -63,6 +63,12 @@ static const char usage[] =
     "  --grad-clip X        clip the global gradient norm to X; 0 disables (default 1.0)\n"
     "  --label-smoothing E  vit: training targets (1 - E) one-hot + E / classes (as PyTorch's\n"
     "                       cross_entropy label_smoothing; default 0); validation unsmoothed\n"
+    "  --loss L             patchts: the loss trained and validated: mse (default), mae or\n"
+    "                       huber (PyTorch's mse_loss, l1_loss, huber_loss) of the forecast\n"
+    "                       error in the data's units; eval reports mse and mae whatever it\n"
+    "                       is. Saved in checkpoints; --resume keeps it\n"
+    "  --huber-delta D      with --loss huber: where the loss turns from squared to linear,\n"
+    "                       in the data's units (> 0, default 1)\n"
     "  --dropout P          drop probability in training forwards, at most 0.9 (default 0:\n"
     "                       none); the run's first lines name where the model drops\n"
     "  --seed S             initialisation, shuffling and sampling seed (default 1337)\n"
@@ -121,7 +127,8 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT, O_CROPPAD, O_FLIP, O_SMOOTH
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT, O_CROPPAD, O_FLIP, O_SMOOTH,
+    O_LOSS, O_HUBER
 };
 
 static const struct option base_opts[] = {
@@ -151,6 +158,7 @@ static const struct option base_opts[] = {
     { "rows", 1, 0, O_ROWS },           { "memory-limit", 1, 0, O_MEMLIMIT },
     { "crop-pad", 1, 0, O_CROPPAD },    { "flip", 1, 0, O_FLIP },
     { "label-smoothing", 1, 0, O_SMOOTH },
+    { "loss", 1, 0, O_LOSS },           { "huber-delta", 1, 0, O_HUBER },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
     { 0, 0, 0, 0 },
 };
@@ -206,6 +214,30 @@ static void resume_adamw(const ckpt_meta *md, const char *path, train_opts *o,
                     k[i].opt);
         *k[i].v = have;
     }
+}
+
+/* The regression loss, as AdamW's settings: an option left out takes the
+ * checkpoint's (mse for one written before it was saved), one given must
+ * equal it. loss_given, delta_given: --loss, --huber-delta were given. */
+static void resume_loss(const ckpt_meta *md, const char *path, train_opts *o, int loss_given,
+                        int delta_given)
+{
+    char err[ERRBUF];
+    int kind;
+    double delta;
+    if (setup_meta_get_loss(md, path, &kind, &delta, err))
+        cli_die("--resume %s", err);
+    if (loss_given && o->loss_kind != kind)
+        cli_die("--resume %s: --loss is %s but the checkpoint was trained with %s; resuming "
+                "keeps the loss (leave --loss out)", path, model_loss_name(o->loss_kind),
+                model_loss_name(kind));
+    if (delta_given && kind == LOSS_HUBER && o->huber_delta != delta)
+        cli_die("--resume %s: --huber-delta is %g but the checkpoint was trained with %.9g; "
+                "resuming keeps the loss (leave --huber-delta out)", path, o->huber_delta,
+                delta);
+    o->loss_kind = kind;
+    if (kind == LOSS_HUBER)
+        o->huber_delta = delta;
 }
 
 /* The checkpoint's data position counts micro-batches per rank of its own
@@ -318,6 +350,7 @@ int cmd_train(int argc, char **argv)
     tokenizer *hs_tok = NULL;
     hellaswag_set *hs_set = NULL;
     int threads = 0, c, seq = 0, dist_info = 0, recompute = 0, adamw_given[3] = { 0 };
+    int loss_given = 0, delta_given = 0;
     double dist_timeout = 300;
     dist_env denv;
     char err[ERRBUF];
@@ -333,6 +366,8 @@ int cmd_train(int argc, char **argv)
     o.beta1 = 0.9;
     o.beta2 = 0.95;
     o.eps = 1e-8;
+    o.loss_kind = LOSS_MSE;
+    o.huber_delta = 1.0;
     o.val_batches = 20;
     o.sample_tokens = 64;
     o.seed = 1337;
@@ -382,6 +417,17 @@ int cmd_train(int argc, char **argv)
         case O_EPS: o.eps = cli_float("--eps", optarg, 1e-30, 0.5); adamw_given[2] = 1; break;
         case O_DROPOUT: o.dropout = cli_float("--dropout", optarg, 0, 0.9); break;
         case O_SMOOTH: o.label_smoothing = cli_float("--label-smoothing", optarg, 0, 0.99); break;
+        case O_LOSS:
+            if ((o.loss_kind = model_loss_kind(optarg)) < 0)
+                cli_die("--loss: unknown loss '%s' (expected %s)", optarg, MODEL_LOSS_NAMES);
+            loss_given = 1;
+            break;
+        case O_HUBER:
+            o.huber_delta = cli_float("--huber-delta", optarg, -1e30, 1e30);
+            if (!(o.huber_delta > 0))
+                cli_die("--huber-delta: %g is not > 0 (the Huber loss's delta)", o.huber_delta);
+            delta_given = 1;
+            break;
         case O_SEED: o.seed = (uint64_t)cli_int("--seed", optarg, 0, (1LL << 62)); break;
         case O_OUT: o.out = optarg; break;
         case O_CKPT: o.ckpt_every = (int)cli_int("--ckpt-every", optarg, 0, 100000000); break;
@@ -489,6 +535,7 @@ int cmd_train(int argc, char **argv)
     if (resume_path) {
         check_resume_matches(&md, resume_path, &o);
         resume_adamw(&md, resume_path, &o, adamw_given);
+        resume_loss(&md, resume_path, &o, loss_given, delta_given);
         if (train_restore(m, resume_path, &md, &st, err))
             cli_die("%s", err);
         convert_data_pos(&md, resume_path, &o, &st);
@@ -497,6 +544,9 @@ int cmd_train(int argc, char **argv)
     } else {
         rng_seed(&st.rng, o.seed ^ 0x5a4d504c45ULL);
     }
+    if (delta_given && o.loss_kind != LOSS_HUBER)
+        cli_die("--huber-delta: only with --loss huber (the loss is %s)",
+                model_loss_name(o.loss_kind));
     if (!tok_kind)
         tok_kind = ckpt_meta_get(&md, "tokenizer");
     if (!tok_kind)

@@ -170,6 +170,23 @@ const param_view *model_find_view(const model *m, const char *name)
     return NULL;
 }
 
+static const char *const loss_names[] = { [LOSS_MSE] = "mse", [LOSS_MAE] = "mae",
+                                          [LOSS_HUBER] = "huber" };
+
+int model_loss_kind(const char *name)
+{
+    for (int k = 0; k < (int)(sizeof loss_names / sizeof loss_names[0]); k++)
+        if (strcmp(name, loss_names[k]) == 0)
+            return k;
+    return -1;
+}
+
+const char *model_loss_name(int kind)
+{
+    return kind >= 0 && kind < (int)(sizeof loss_names / sizeof loss_names[0])
+               ? loss_names[kind] : "?";
+}
+
 void model_add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
                     int d1)
 {
@@ -240,6 +257,8 @@ model *model_new(backend *be, const model_family *fam, const int *config, size_t
     memcpy(m->config, config, (size_t)fam->nfields * sizeof *config);
     m->be = be;
     m->priv = s;
+    m->loss_kind = LOSS_MSE;
+    m->huber_delta = 1.0;
     return m;
 }
 

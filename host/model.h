@@ -83,6 +83,15 @@ struct model {
      * with has_label_smoothing read it (the trainer refuses it for others). */
     float label_smoothing;
     int has_label_smoothing;
+    /* The regression loss of every forward with targets, training and
+     * validation alike (ops.h regression_loss: LOSS_MSE, LOSS_MAE or
+     * LOSS_HUBER with huber_delta > 0), set by the command that builds the
+     * model (train: --loss, --huber-delta; eval: the checkpoint's); only
+     * families with has_loss_kind read it (the trainer refuses it for
+     * others). Starts as LOSS_MSE, delta 1. */
+    int loss_kind;
+    double huber_delta;
+    int has_loss_kind;
     /* Optional, set by the trainer: backward calls it as soon as the
      * gradients [offset, offset+count) of the parameter buffer are final for
      * this micro-batch (a layer's, while backward goes on below it), so that
@@ -183,6 +192,12 @@ void model_get_params(model *m, float *host);
 void model_set_moments(model *m, const float *mh, const float *vh);
 void model_get_moments(model *m, float *mh, float *vh);
 const param_view *model_find_view(const model *m, const char *name);
+/* The names of the regression losses ("mse", "mae", "huber"), for options
+ * and checkpoint metadata: model_loss_kind returns the kind of a name, or
+ * -1; model_loss_name the name of a kind. MODEL_LOSS_NAMES lists them. */
+#define MODEL_LOSS_NAMES "mse, mae or huber"
+int model_loss_kind(const char *name);
+const char *model_loss_name(int kind);
 
 /* For a family's forward: records the loss's first part (sum of the scored
  * items' losses, their count) and returns its mean (0 with no items);

@@ -346,6 +346,33 @@ int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *c
     return 0;
 }
 
+void setup_meta_put_loss(ckpt_meta *md, const model *m)
+{
+    if (!m->has_loss_kind)
+        return;
+    ckpt_meta_set(md, "regression_loss", "%s", model_loss_name(m->loss_kind));
+    ckpt_meta_set(md, "huber_delta", "%.17g", m->huber_delta);
+}
+
+int setup_meta_get_loss(const ckpt_meta *md, const char *path, int *kind, double *delta,
+                        char *err)
+{
+    const char *k = ckpt_meta_get(md, "regression_loss"), *d = ckpt_meta_get(md, "huber_delta");
+    char *end;
+    *kind = LOSS_MSE;
+    *delta = 1.0;
+    if (k && (*kind = model_loss_kind(k)) < 0)
+        return errf(err, "%s: metadata 'regression_loss' = '%s' is not %s", path, k,
+                    MODEL_LOSS_NAMES);
+    if (d) {
+        errno = 0;
+        *delta = strtod(d, &end);
+        if (end == d || *end || errno || !(*delta > 0 && *delta <= 1e30))
+            return errf(err, "%s: metadata 'huber_delta' = '%s' is not a number > 0", path, d);
+    }
+    return 0;
+}
+
 /* The family and config of --model / --preset with the field options applied. */
 int setup_preset_config(const model_source *src, model_config *cfg, char *err)
 {

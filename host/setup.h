@@ -80,5 +80,13 @@ model_config setup_config_of(const model *m);
  * them back (err names the file and the key). */
 void setup_meta_put_config(ckpt_meta *md, const model_config *cfg);
 int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *cfg, char *err);
+/* The regression loss a model trains with (model.h loss_kind, huber_delta),
+ * as checkpoint metadata "regression_loss" (mse, mae, huber) and
+ * "huber_delta": put writes them for families that have a loss kind; get
+ * reads them (a checkpoint without them: mse, delta 1, what every earlier
+ * run trained with), err naming the file and the key. */
+void setup_meta_put_loss(ckpt_meta *md, const model *m);
+int setup_meta_get_loss(const ckpt_meta *md, const char *path, int *kind, double *delta,
+                        char *err);
 
 #endif

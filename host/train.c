@@ -355,6 +355,7 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
         model_config cfg = setup_config_of(m);
         setup_meta_put_config(&md, &cfg);
         put_state(&md, o, st);
+        setup_meta_put_loss(&md, m);
         ckpt_extra carried = { "train.carried", 2,
                                { st->carried_world, (int64_t)st->carried_n }, st->carried };
         rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
@@ -637,6 +638,14 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         errf(err, "--label-smoothing: the %s model has no class targets to smooth", m->family);
         goto done;
     }
+    if (o->loss_kind != LOSS_MSE && !m->has_loss_kind) {
+        errf(err, "--loss %s: the %s model's loss is its own (only patchts has a choice)",
+             model_loss_name(o->loss_kind), m->family);
+        goto done;
+    }
+    /* for every forward, validation's too */
+    m->loss_kind = o->loss_kind;
+    m->huber_delta = o->huber_delta;
     if (accum < 1 || o->total_batch % per_micro) {
         errf(err, "--total-batch: %lld tokens is not a positive multiple of batch x seq x "
                   "ranks = %lld", o->total_batch, per_micro);
@@ -726,6 +735,11 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
                o->out ? "" : "; no --out: nothing is saved");
     if (o->rank == 0 && o->dropout > 0)
         printf("dropout %g: %s\n", o->dropout, m->has_dropout);
+    if (o->rank == 0 && o->loss_kind == LOSS_MAE)
+        printf("loss: mae (training and validation; evaluation reports mse and mae too)\n");
+    if (o->rank == 0 && o->loss_kind == LOSS_HUBER)
+        printf("loss: huber, delta %g (training and validation; evaluation reports mse and mae "
+               "too)\n", o->huber_delta);
     if (o->rank == 0 && o->random_rows)
         printf("rows: each of the %d rows of a micro-batch at its own random offset "
                "(--rows random)\n", B);

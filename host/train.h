@@ -26,6 +26,9 @@ typedef struct {
     double dropout;         /* drop probability of training forwards (model.h's dropout);
                              * 0: none. Validation and sampling never drop. */
     double label_smoothing; /* --label-smoothing (model.h's); 0: none */
+    int loss_kind;          /* --loss: LOSS_MSE (default), LOSS_MAE, LOSS_HUBER (model.h's,
+                             * for every forward; checkpoints carry it) */
+    double huber_delta;     /* --huber-delta (> 0; LOSS_HUBER's delta, default 1) */
     int val_every, val_batches;
     int sample_every, sample_tokens;
     int ckpt_every;

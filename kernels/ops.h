@@ -82,6 +82,9 @@ typedef struct {
  * neither reads the zeros nor needs them written first). */
 typedef enum { GRAD_ADD = 0, GRAD_SET = 1 } grad_mode;
 
+/* The regression_loss op's kinds (its comment has their math). */
+typedef enum { LOSS_MSE = 0, LOSS_MAE = 1, LOSS_HUBER = 2 } regression_loss_kind;
+
 typedef struct backend backend;
 struct backend {
     const char *name;   /* "cpu", "cpu-fp64", "cuda" */
@@ -270,12 +273,24 @@ struct backend {
     void (*tanh_forward)(backend *be, void *out, const void *inp, size_t N);
     void (*tanh_backward)(backend *be, void *dinp, const void *out, const void *dout, size_t N);
 
-    /* squared error: losses[n] (stat) = sum_c (pred[n,c] - target[n,c])^2 over C columns;
-     * target: act [N,C]. If dpred is not NULL: dpred[n,c] = scale * 2 (pred - target)
-     * (written, not accumulated: like crossentropy's dlogits, it starts the backward).
-     * dpred may alias pred. */
-    void (*mse)(backend *be, void *losses, void *dpred, const void *pred, const void *target,
-                int N, int C, float scale);
+    /* regression loss: per row n, the error e = pred[n,c] - target[n,c] in units of
+     * unit[n] > 0 (stat [N]; NULL: all 1), i.e. the error u = unit[n] * e in the data's
+     * units, scored by l(u) of `kind` (regression_loss_kind) and given back in the row's
+     * units squared, l(u) / unit^2 (MSE's is e^2 whatever the unit), so that a caller
+     * whose rows were normalised by unit multiplies losses and gradients by unit^2 to
+     * get the data's (patchts: RevIN's sd, in double on the host). With d = delta / unit:
+     *   LOSS_MSE    l(u) = u^2                         per element e^2           grad 2e
+     *   LOSS_MAE    l(u) = |u|                         |e| / unit                sign(e) / unit
+     *   LOSS_HUBER  l(u) = u^2/2 if |u| < delta,       e^2/2 if |e| < d,         clamp(e, -d, d)
+     *                      delta (|u| - delta/2) else  d (|e| - d/2) else
+     * (PyTorch's mse_loss, l1_loss, huber_loss; sign(0) = 0 as l1_loss's gradient; delta > 0,
+     * read by LOSS_HUBER only). losses[n] (stat) = sum_c of the per-element loss over C
+     * columns; target: act [N,C]. If dpred is not NULL: dpred[n,c] = scale * grad (written,
+     * not accumulated: like crossentropy's dlogits, it starts the backward). dpred may
+     * alias pred. */
+    void (*regression_loss)(backend *be, void *losses, void *dpred, const void *pred,
+                            const void *target, const void *unit, int N, int C, int kind,
+                            float delta, float scale);
 
     /* dropout (training only; models skip it at p = 0):
      *   out[i] = inp[i] * keep(i) / (1 - p),  keep(i) = dropout_keep(seed, i, dropout_threshold(p))

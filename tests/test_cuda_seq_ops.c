@@ -1,8 +1,8 @@
 /* test_cuda_seq_ops.c: backend parity for the ops shared by the model
  * families other than GPT-2 (kernels/cuda/seq.cu): embedding,
- * sequence_embed, rows_select, tanh, mse and dropout of the CUDA backend against the
- * CPU backend's fp64 build, in both CUDA modes: fp32 to 1e-5 relative L2,
- * bf16 to 1e-2 (mse losses, fp32 statistics, to 1e-5 in both).
+ * sequence_embed, rows_select, tanh, regression_loss and dropout of the CUDA backend
+ * against the CPU backend's fp64 build, in both CUDA modes: fp32 to 1e-5 relative L2,
+ * bf16 to 1e-2 (the losses, fp32 statistics, to 1e-5 in both).
  *
  * As test_cuda_ops.c: fresh random inputs (the seed is printed;
  * ANATOMY_TEST_SEED=<n> repeats a run), made representable in the mode's
@@ -11,7 +11,8 @@
  * compared. Shapes cover the 16-byte vector path (C a multiple of 8) and the
  * scalar one (odd C, a row wider than a block), ids with repeats and
  * negatives, more positions than a block scans at once, t = 0 and t = T-1,
- * sequence_embed with and without a first row and without dx, mse with dpred
+ * sequence_embed with and without a first row and without dx, each regression
+ * loss (squared, absolute, Huber) with and without row units, with dpred
  * aliasing pred and without dpred. Dropout: the same elements dropped as on
  * the CPU (the mask is a function of seed and index), the kept ones within
  * the tolerance, in place and out of place, on the vector path and the
@@ -45,20 +46,22 @@ static void expect_close(const char *name, const char *what, dtype act, const do
  * in[k]: inputs; pre[k]: prior contents of in[k]'s gradient buffer (NULL:
  * not asked for); dout: the backward's incoming gradient; aux: tanh's y for
  * the backward (the oracle's forward, in the mode's type, fed to both, so the
- * backward is measured alone) or mse's target. All in the mode's type. */
+ * backward is measured alone) or the loss's target. All in the mode's type;
+ * the loss's row units in fp32 (the stat type). */
 
-enum { OP_EMB, OP_SEQ, OP_ROWS, OP_TANH, OP_MSE };
+enum { OP_EMB, OP_SEQ, OP_ROWS, OP_TANH, OP_LOSS };
 
 typedef struct {
     char name[96];
     int op;
     int B, T, C, N, rows, t, first, acc, alias, no_dpred;
-    float scale;
+    float scale, delta;
+    int kind;
     int32_t *ids;
     int nin;
     double *in[3], *pre[3];
     size_t len[3];
-    double *aux, *prior, *dout;
+    double *aux, *prior, *dout, *unit;
     size_t nout;
 } sq_case;
 
@@ -130,13 +133,26 @@ static sq_case tanh_case(int N, dtype t)
     return c;
 }
 
-static sq_case mse_case(int N, int C, int alias, int no_dpred, dtype t)
+/* Units in [0.5, 2] (or none) and delta in [0.5, 1]: Huber's errors lie on
+ * both sides of delta; every 7th target equals its prediction (MAE's
+ * gradient there is sign(0) = 0 on both backends). */
+static sq_case loss_case(int N, int C, int alias, int no_dpred, int kind, int with_unit, dtype t)
 {
-    sq_case c = { .op = OP_MSE, .N = N, .C = C, .alias = alias, .no_dpred = no_dpred };
-    snprintf(c.name, sizeof c.name, "mse N%d C%d%s%s", N, C, alias ? " aliased" : "", no_dpred ? " no dpred" : "");
+    static const char *names[] = { "mse", "mae", "huber" };
+    sq_case c = { .op = OP_LOSS, .N = N, .C = C, .alias = alias, .no_dpred = no_dpred, .kind = kind };
+    snprintf(c.name, sizeof c.name, "regression_loss %s N%d C%d%s%s%s", names[kind], N, C,
+             with_unit ? " units" : "", alias ? " aliased" : "", no_dpred ? " no dpred" : "");
     c.scale = (float)(0.25 + urand());
+    c.delta = (float)(0.5 + 0.5 * urand());
     add_input(&c, (size_t)N * C, t, 0);
     c.aux = rnd((size_t)N * C, 1, t);
+    for (size_t i = 0; i < (size_t)N * C; i += 7)
+        c.aux[i] = c.in[0][i];
+    if (with_unit) {
+        c.unit = xmalloc((size_t)N * sizeof(double));
+        for (int n = 0; n < N; n++)
+            c.unit[n] = in_type(0.5 + 1.5 * urand(), DT_F32);
+    }
     c.nout = (size_t)N;
     return c;
 }
@@ -145,11 +161,11 @@ static void free_case(sq_case *c)
 {
     for (int k = 0; k < c->nin; k++)
         free(c->in[k]), free(c->pre[k]);
-    free(c->ids), free(c->aux), free(c->prior), free(c->dout);
+    free(c->ids), free(c->aux), free(c->prior), free(c->dout), free(c->unit);
 }
 
 /* Forward into out[nout]; backward: what it added to each wanted gradient
- * into g[k] (mse: dpred into g[0], which it writes). */
+ * into g[k] (regression_loss: dpred into g[0], which it writes). */
 static void run(backend *be, const sq_case *c, double *out, double **g)
 {
     dtype a = be->act;
@@ -160,6 +176,7 @@ static void run(backend *be, const sq_case *c, double *out, double **g)
             gr[k] = up(be, a, c->pre[k], c->len[k]);
     }
     void *dout = c->dout ? up(be, a, c->dout, c->nout) : NULL, *ids = NULL, *aux = NULL, *o;
+    void *unit = NULL;
     switch (c->op) {
     case OP_EMB:
         ids = up_i32(be, c->ids, (size_t)c->N);
@@ -183,12 +200,13 @@ static void run(backend *be, const sq_case *c, double *out, double **g)
         be->tanh_forward(be, o, in[0], (size_t)c->N);
         be->tanh_backward(be, gr[0], aux, dout, (size_t)c->N);
         break;
-    default: { /* OP_MSE */
+    default: { /* OP_LOSS */
         size_t nc = (size_t)c->N * c->C;
         aux = up(be, a, c->aux, nc);
+        unit = c->unit ? up(be, be->stat, c->unit, (size_t)c->N) : NULL;
         o = poisoned(be, be->stat, c->nout);
         void *d = c->no_dpred ? NULL : c->alias ? in[0] : poisoned(be, a, nc);
-        be->mse(be, o, d, in[0], aux, c->N, c->C, c->scale);
+        be->regression_loss(be, o, d, in[0], aux, unit, c->N, c->C, c->kind, c->delta, c->scale);
         if (d)
             take(be, d, a, NULL, nc, g[0]);
         if (d == in[0])
@@ -212,6 +230,8 @@ static void run(backend *be, const sq_case *c, double *out, double **g)
         be->free(be, ids);
     if (aux)
         be->free(be, aux);
+    if (unit)
+        be->free(be, unit);
 }
 
 /* Runs c on the oracle and on the CUDA backend and compares everything. */
@@ -220,19 +240,19 @@ static void parity(sq_case *c, backend *r, backend *g, dtype act)
     double *out[2], *gr[2][3] = { { NULL } };
     int has_g[3] = { 0, 0, 0 };
     for (int k = 0; k < c->nin; k++)
-        has_g[k] = c->pre[k] != NULL || (k == 0 && c->op == OP_MSE && !c->no_dpred);
+        has_g[k] = c->pre[k] != NULL || (k == 0 && c->op == OP_LOSS && !c->no_dpred);
     for (int b = 0; b < 2; b++) {
         out[b] = xmalloc(c->nout * sizeof(double));
         for (int k = 0; k < c->nin; k++)
             gr[b][k] = xmalloc(c->len[k] * sizeof(double));
         run(b ? g : r, c, out[b], gr[b]);
     }
-    double ftol = c->op == OP_MSE ? TOL_F32 : tol(act); /* mse losses: fp32 stat */
-    expect_close(c->name, c->op == OP_MSE ? "losses" : "forward", act, out[1], out[0], c->nout, ftol);
+    double ftol = c->op == OP_LOSS ? TOL_F32 : tol(act); /* the losses: fp32 stat */
+    expect_close(c->name, c->op == OP_LOSS ? "losses" : "forward", act, out[1], out[0], c->nout, ftol);
     for (int k = 0; k < c->nin; k++) {
         if (has_g[k]) {
             char what[32];
-            snprintf(what, sizeof what, c->op == OP_MSE ? "dpred" : "gradient %d", k);
+            snprintf(what, sizeof what, c->op == OP_LOSS ? "dpred" : "gradient %d", k);
             expect_close(c->name, what, act, gr[1][k], gr[0][k], c->len[k], tol(act));
         }
         free(gr[0][k]), free(gr[1][k]);
@@ -379,17 +399,19 @@ START_TEST(test_tanh)
 }
 END_TEST
 
-START_TEST(test_mse)
+START_TEST(test_regression_loss)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
-    seed("mse", _i);
+    seed("regression_loss", _i);
     static const int shapes[][2] = { { 19, 32 }, { 10, 70 }, { 5, 1 }, { 3, 300 } }; /* N C */
-    for (int s = 0; s < 4; s++)
-        for (int v = 0; v < 3; v++) { /* separate dpred; aliasing pred; none */
-            sq_case c = mse_case(shapes[s][0], shapes[s][1], v == 1, v == 2, act);
-            parity(&c, r, g, act);
-        }
+    for (int kind = LOSS_MSE; kind <= LOSS_HUBER; kind++)
+        for (int s = 0; s < 4; s++)
+            for (int v = 0; v < 3; v++) { /* separate dpred; aliasing pred; none */
+                sq_case c = loss_case(shapes[s][0], shapes[s][1], v == 1, v == 2, kind,
+                                      (s + v) % 2, act);
+                parity(&c, r, g, act);
+            }
     r->destroy(r);
     g->destroy(g);
 }
@@ -453,7 +475,7 @@ static Suite *seq_suite(void)
     tcase_add_loop_test(tc, test_sequence_embed, 0, 2);
     tcase_add_loop_test(tc, test_rows_select, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);
-    tcase_add_loop_test(tc, test_mse, 0, 2);
+    tcase_add_loop_test(tc, test_regression_loss, 0, 2);
     tcase_add_loop_test(tc, test_dropout, 0, 2);
     suite_add_tcase(s, tc);
     return s;

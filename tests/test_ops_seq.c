@@ -1,12 +1,12 @@
 /* test_ops_seq.c: the first rung of the test ladder for the ops shared by the
  * model families other than GPT-2 (embedding, sequence_embed, rows_select,
- * tanh, mse, dropout): each forward against a plain double reference, each backward
+ * tanh, regression_loss, dropout): each forward against a plain double reference, each backward
  * against central differences in double precision (the fp64 build of the CPU
  * backend), the fp32 build against the fp64 one, and run-to-run / thread-count
  * determinism of the sums.
  *
- * Gradient checks: objective L = sum(out * R) for a random R (mse: L = scale *
- * sum(losses), whose gradient is what mse writes into dpred). Gradient
+ * Gradient checks: objective L = sum(out * R) for a random R (regression_loss:
+ * L = scale * sum(losses), whose gradient is what it writes into dpred). Gradient
  * buffers start from random values and what the backward ADDED is compared,
  * so += is checked, not assumed; outputs start as NaN, so every element must
  * be written. Inputs are fresh random numbers every run; the seed is printed
@@ -124,18 +124,20 @@ static void take(backend *be, void *d, dtype t, const double *prefill, size_t n,
  * their gradient buffers (NULL: that gradient is not asked for); R: the
  * objective's weights, also the dout given to the backward. */
 
-enum { OP_EMB, OP_SEQ, OP_ROWS, OP_TANH, OP_MSE };
+enum { OP_EMB, OP_SEQ, OP_ROWS, OP_TANH, OP_LOSS };
 
 typedef struct {
     const char *name;
     int op;
     int B, T, C, N, rows, maxT, t, first, acc, alias;
-    float scale;
+    float scale, delta;
+    int kind;      /* regression_loss's */
     int32_t *ids;
     int nin;
     double *in[3], *pre[3];
     size_t len[3];
-    double *target, *prior; /* mse target; embedding's accumulate prior */
+    double *target, *unit; /* regression_loss's target and row units (unit NULL: none) */
+    double *prior;         /* embedding's accumulate prior */
     size_t nout;
     double *R;
 } sq_case;
@@ -206,13 +208,27 @@ static sq_case tanh_case(int N)
     return c;
 }
 
-/* R is scale everywhere: L = scale * sum(losses), dL/dpred = what mse writes. */
-static sq_case mse_case(int N, int C, int alias)
+/* R is scale everywhere: L = scale * sum(losses), dL/dpred = what the op
+ * writes. Units in [0.5, 2] (or none), delta in [0.5, 1]: errors of either
+ * side of Huber's delta; every 5th target equals its prediction, where MAE's
+ * gradient is sign(0) = 0 (and central differences of |x| at 0 give 0 too). */
+static sq_case loss_case(int N, int C, int alias, int kind, int with_unit)
 {
-    sq_case c = { .name = alias ? "mse aliased" : "mse", .op = OP_MSE, .N = N, .C = C, .alias = alias };
+    static const char *names[] = { "regression_loss mse", "regression_loss mae",
+                                   "regression_loss huber" };
+    sq_case c = { .name = names[kind], .op = OP_LOSS, .N = N, .C = C, .alias = alias,
+                  .kind = kind };
     c.scale = (float)(0.25 + urand());
+    c.delta = (float)(0.5 + 0.5 * urand());
     add_input(&c, (size_t)N * C, 1, 1);
     c.target = rnd((size_t)N * C, 1);
+    for (size_t i = 0; i < (size_t)N * C; i += 5)
+        c.target[i] = c.in[0][i];
+    if (with_unit) {
+        c.unit = xmalloc((size_t)N * sizeof(double));
+        for (int n = 0; n < N; n++)
+            c.unit[n] = 0.5 + 1.5 * urand();
+    }
     set_out(&c, (size_t)N);
     for (int n = 0; n < N; n++)
         c.R[n] = c.scale;
@@ -223,7 +239,7 @@ static void free_case(sq_case *c)
 {
     for (int k = 0; k < c->nin; k++)
         free(c->in[k]), free(c->pre[k]);
-    free(c->R), free(c->ids), free(c->target), free(c->prior);
+    free(c->R), free(c->ids), free(c->target), free(c->unit), free(c->prior);
 }
 
 /* Runs the forward into out (nout values) and, when g is not NULL, the
@@ -235,10 +251,10 @@ static void run(backend *be, sq_case *c, double *out, double **g)
     void *in[3] = { NULL, NULL, NULL }, *gr[3] = { NULL, NULL, NULL };
     for (int k = 0; k < c->nin; k++) {
         in[k] = up(be, a, c->in[k], c->len[k]);
-        if (g && c->pre[k] && c->op != OP_MSE) /* mse writes dpred: no prior */
+        if (g && c->pre[k] && c->op != OP_LOSS) /* the loss writes dpred: no prior */
             gr[k] = up(be, a, c->pre[k], c->len[k]);
     }
-    void *dout = up(be, a, c->R, c->nout), *ids = NULL, *tg = NULL, *o;
+    void *dout = up(be, a, c->R, c->nout), *ids = NULL, *tg = NULL, *un = NULL, *o;
     switch (c->op) {
     case OP_EMB:
         ids = up_i32(be, c->ids, (size_t)c->N);
@@ -269,19 +285,21 @@ static void run(backend *be, sq_case *c, double *out, double **g)
             be->tanh_backward(be, gr[0], o, dout, (size_t)c->N);
         take(be, o, a, NULL, c->nout, out);
         break;
-    default: /* OP_MSE: losses alone, then losses with dpred (written, not added) */
+    default: /* OP_LOSS: losses alone, then losses with dpred (written, not added) */
         tg = up(be, a, c->target, (size_t)c->N * c->C);
+        un = c->unit ? up(be, be->stat, c->unit, (size_t)c->N) : NULL;
         o = poisoned(be, be->stat, c->nout);
-        be->mse(be, o, NULL, in[0], tg, c->N, c->C, c->scale);
+        be->regression_loss(be, o, NULL, in[0], tg, un, c->N, c->C, c->kind, c->delta, c->scale);
         take(be, o, be->stat, NULL, c->nout, out);
         if (g) {
             void *l = poisoned(be, be->stat, c->nout);
             void *d = c->alias ? in[0] : poisoned(be, a, c->len[0]);
-            be->mse(be, l, d, in[0], tg, c->N, c->C, c->scale);
+            be->regression_loss(be, l, d, in[0], tg, un, c->N, c->C, c->kind, c->delta, c->scale);
             double *l2 = xmalloc(c->nout * sizeof(double));
             take(be, l, be->stat, NULL, c->nout, l2);
             for (size_t i = 0; i < c->nout; i++) /* with or without dpred: the same losses */
-                ck_assert_msg(l2[i] == out[i], "mse: loss %zu is %g with dpred, %g without", i, l2[i], out[i]);
+                ck_assert_msg(l2[i] == out[i], "%s: loss %zu is %g with dpred, %g without", c->name, i,
+                              l2[i], out[i]);
             free(l2);
             be->download(be, g[0], DT_F64, d, a, c->len[0]);
             if (d != in[0])
@@ -299,6 +317,8 @@ static void run(backend *be, sq_case *c, double *out, double **g)
         be->free(be, ids);
     if (tg)
         be->free(be, tg);
+    if (un)
+        be->free(be, un);
 }
 
 /* ---- plain double references of the forwards ---- */
@@ -332,12 +352,15 @@ static void ref_forward(const sq_case *c, double *out)
         for (int n = 0; n < c->N; n++)
             out[n] = tanh(c->in[0][n]);
         break;
-    default:
+    default: /* as ops.h defines it: l(u) of the data's error u = unit * e, over unit^2 */
         for (int n = 0; n < c->N; n++) {
-            double s = 0;
+            double s = 0, w = c->unit ? c->unit[n] : 1;
             for (int j = 0; j < c->C; j++) {
-                double e = c->in[0][(size_t)n * c->C + j] - c->target[(size_t)n * c->C + j];
-                s += e * e;
+                double u = w * (c->in[0][(size_t)n * c->C + j] - c->target[(size_t)n * c->C + j]);
+                double l = c->kind == LOSS_MSE ? u * u
+                         : c->kind == LOSS_MAE ? fabs(u)
+                         : fabs(u) < c->delta ? u * u / 2 : c->delta * (fabs(u) - c->delta / 2);
+                s += l / (w * w);
             }
             out[n] = s;
         }
@@ -479,15 +502,66 @@ START_TEST(test_tanh)
 }
 END_TEST
 
-START_TEST(test_mse)
+/* Huber's case holds errors on both sides of delta, so that both branches
+ * are measured. */
+static void expect_both_huber_sides(const sq_case *c)
 {
-    seed("mse", _i);
-    for (int alias = 0; alias < 2; alias++) {
-        sq_case c = mse_case(7, 13, alias);
-        check_case(&c, 300, _i);
-        c = mse_case(3, 1, alias); /* one column (a scalar regression) */
-        check_case(&c, 300, _i);
-    }
+    int below = 0, above = 0;
+    for (int n = 0; n < c->N; n++)
+        for (int j = 0; j < c->C; j++) {
+            size_t i = (size_t)n * c->C + j;
+            double u = (c->unit ? c->unit[n] : 1) * fabs(c->in[0][i] - c->target[i]);
+            below += u > 0 && u < c->delta;
+            above += u > c->delta;
+        }
+    ck_assert_msg(below > 0 && above > 0, "huber case: %d errors below delta %g, %d above", below,
+                  c->delta, above);
+}
+
+START_TEST(test_regression_loss)
+{
+    seed("regression_loss", _i);
+    for (int kind = LOSS_MSE; kind <= LOSS_HUBER; kind++)
+        for (int alias = 0; alias < 2; alias++)
+            for (int with_unit = 0; with_unit < 2; with_unit++) {
+                sq_case c = loss_case(7, 13, alias, kind, with_unit);
+                if (kind == LOSS_HUBER)
+                    expect_both_huber_sides(&c);
+                check_case(&c, 300, _i);
+                c = loss_case(3, 1, alias, kind, with_unit); /* one column (a scalar regression) */
+                check_case(&c, 300, _i);
+            }
+}
+END_TEST
+
+/* MAE's gradient at a zero error is 0 (sign(0), as PyTorch's l1_loss), and
+ * each kind's value and gradient at a few hand-checked points, unit 2,
+ * delta 1 (data errors u = 2e): e = 0.25 (u 0.5, inside delta), -1 (u -2,
+ * beyond), 0. */
+START_TEST(test_regression_loss_points)
+{
+    backend *be = mk(_i, 1);
+    dtype a = be->act;
+    double pred[3] = { 0.25, -1, 3 }, target[3] = { 0, 0, 3 }, unit = 2;
+    /* per element l(u) / unit^2 and dpred / scale (scale 1) */
+    static const double want_l[3][3] = { { 0.0625, 1, 0 }, { 0.125, 0.5, 0 },
+                                         { 0.03125, 0.375, 0 } };
+    static const double want_g[3][3] = { { 0.5, -2, 0 }, { 0.5, -0.5, 0 }, { 0.25, -0.5, 0 } };
+    for (int kind = LOSS_MSE; kind <= LOSS_HUBER; kind++)
+        for (int j = 0; j < 3; j++) {
+            void *p = up(be, a, &pred[j], 1), *t = up(be, a, &target[j], 1);
+            void *u = up(be, be->stat, &unit, 1), *l = poisoned(be, be->stat, 1),
+                 *d = poisoned(be, a, 1);
+            double hl, hg;
+            be->regression_loss(be, l, d, p, t, u, 1, 1, kind, 1.0f, 1.0f);
+            be->download(be, &hl, DT_F64, l, be->stat, 1);
+            be->download(be, &hg, DT_F64, d, a, 1);
+            ck_assert_msg(hl == want_l[kind][j] && hg == want_g[kind][j],
+                          "kind %d, e %g: loss %g gradient %g, expected %g and %g", kind,
+                          pred[j] - target[j], hl, hg, want_l[kind][j], want_g[kind][j]);
+            be->free(be, p), be->free(be, t), be->free(be, u), be->free(be, l), be->free(be, d);
+        }
+    be->destroy(be);
 }
 END_TEST
 
@@ -637,7 +711,8 @@ static Suite *seq_suite(void)
     tcase_add_loop_test(tc, test_sequence_embed, 0, 2);
     tcase_add_loop_test(tc, test_rows_select, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);
-    tcase_add_loop_test(tc, test_mse, 0, 2);
+    tcase_add_loop_test(tc, test_regression_loss, 0, 2);
+    tcase_add_loop_test(tc, test_regression_loss_points, 0, 2);
     tcase_add_loop_test(tc, test_dropout, 0, 2);
     tcase_add_test(tc, test_determinism);
     suite_add_tcase(s, tc);

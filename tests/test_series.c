@@ -437,9 +437,11 @@ static double loss_grad(model *m, const double *p, const model_batch *b, double 
     return loss;
 }
 
-/* dropout: the model's drop probability during the check (0: none) */
+/* dropout: the model's drop probability during the check (0: none);
+ * loss_kind, delta: the model's regression loss (patchts; LOSS_MSE for
+ * tsgpt, which has none) */
 static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, int H, int B,
-                      double tol, float dropout)
+                      double tol, float dropout, int loss_kind, double delta)
 {
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
@@ -447,6 +449,8 @@ static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, i
     model *m = fam->create(be, cfg, err);
     ck_assert_msg(m != NULL, "%s", err);
     ck_assert_msg(m->plan(m, B, 0, err) == 0, "%s", err);
+    m->loss_kind = loss_kind;
+    m->huber_delta = delta;
     size_t n = m->nparams;
     double *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g), *fd = malloc(n * sizeof *fd);
     float *x = malloc((size_t)B * ch * Lb * sizeof *x), *y = malloc((size_t)B * ch * H * sizeof *y);
@@ -461,7 +465,21 @@ static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, i
         ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "%s: dropout %g leaves the loss at %.9f", fam->name, dropout, plain);
     }
-    loss_grad(m, p, &b, g);
+    double loss = loss_grad(m, p, &b, g);
+    if (loss_kind != LOSS_MSE) { /* the loss of the data's errors, which metrics give */
+        double sums[4] = { 0 }, counts[4] = { 0 };
+        m->metrics(m, &b, sums, counts);
+        double mse = sums[0] / counts[0], mae = sums[1] / counts[1];
+        if (loss_kind == LOSS_MAE)
+            ck_assert_double_eq_tol(loss, mae, 1e-12 * mae);
+        /* Huber: strictly between its value with every error beyond delta
+         * (delta (mae - delta / 2), below it elsewhere) and with every error
+         * inside (mse / 2, above it elsewhere): both branches are checked */
+        if (loss_kind == LOSS_HUBER)
+            ck_assert_msg(loss < mse / 2 - 1e-9 && loss > delta * (mae - delta / 2) + 1e-9,
+                          "huber %.9g, mse/2 %.9g, linear %.9g", loss, mse / 2,
+                          delta * (mae - delta / 2));
+    }
     const double h = 1e-5;
     for (size_t i = 0; i < n; i++) {
         double keep = p[i];
@@ -503,12 +521,14 @@ START_TEST(test_patchts_gradcheck_fp64)
     patchts_config c = pts_tiny;
     /* _i = 0, 1: without and with end padding; 2: with dropout; 3, 4: post-LN
      * blocks, without and with dropout; 5, 6: without biases (--no-bias),
-     * pre-LN and post-LN */
+     * pre-LN and post-LN; 7, 8: the absolute and Huber losses (post-LN, with
+     * dropout for Huber) */
     c.pad = _i & 1;
     c.post_ln = _i >= 3 && _i != 5;
-    c.nobias = _i >= 5;
+    c.nobias = _i == 5 || _i == 6;
+    int kind = _i == 7 ? LOSS_MAE : _i == 8 ? LOSS_HUBER : LOSS_MSE;
     gradcheck(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7,
-              _i == 2 || _i == 4 ? 0.3f : 0.0f);
+              _i == 2 || _i == 4 || _i == 8 ? 0.3f : 0.0f, kind, 0.5);
 }
 END_TEST
 
@@ -517,14 +537,14 @@ START_TEST(test_tsgpt_gradcheck_fp64)
     rng_seed(&test_rng, SEED(20));
     const tsgpt_config *c = &tsg_tiny;
     gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7,
-              0.0f);
+              0.0f, LOSS_MSE, 1.0);
     gradcheck(&tsgpt_family, (const int *)c, c->channels, c->lookback, c->horizon, 3, 1e-7,
-              0.3f);
+              0.3f, LOSS_MSE, 1.0);
     /* without biases (--no-bias): the stack's views are the weights alone */
     tsgpt_config nb = *c;
     nb.nobias = 1;
     gradcheck(&tsgpt_family, (const int *)&nb, c->channels, c->lookback, c->horizon, 3, 1e-7,
-              0.0f);
+              0.0f, LOSS_MSE, 1.0);
 }
 END_TEST
 
@@ -845,7 +865,7 @@ static Suite *series_suite(void)
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("models");
     tcase_set_timeout(tm, 120);
-    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 7);
+    tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 9);
     tcase_add_test(tm, test_tsgpt_gradcheck_fp64);
     tcase_add_loop_test(tm, test_patchts_fp32_and_metrics, 0, 2);
     tcase_add_test(tm, test_patchts_revin_shift);

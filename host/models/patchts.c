@@ -9,13 +9,16 @@
  *                                     post-LN in PatchTST's order with post_ln)
  *   f   = W_H flatten(z) + b_H       (the next H values, in RevIN units)
  *   forecast = f * sd + mu
- *   loss = mean over elements of (forecast - y)^2
- *        = mean of sd^2 (f - (y - mu)/sd)^2
- * The last line is how the loss is computed: the mse op compares f with the
- * target (y - mu)/sd (uploaded, the batch is host data), and the host weights
- * each row's squared error and gradient by sd^2. So the loss, its gradient
- * and the metrics are those of the de-normalised forecast in the
- * training-normalised space, as PatchTST trains and reports them. */
+ *   loss = mean over elements of l(forecast - y)  (l: m->loss_kind, squared error
+ *                                                  by default; absolute, Huber)
+ *        = mean of sd^2 l_sd(f - (y - mu)/sd)
+ * The last line is how the loss is computed: the regression_loss op compares
+ * f with the target (y - mu)/sd (uploaded, the batch is host data) in each
+ * row's unit sd (ops.h: l_sd(e) = l(sd e) / sd^2, e^2 for the squared error),
+ * and the host weights each row's loss and gradient by sd^2 in double. So the
+ * loss, its gradient and the metrics (mse and mae, whatever the loss) are
+ * those of the de-normalised forecast in the training-normalised space, as
+ * PatchTST trains and reports them. */
 #include "patchts.h"
 
 #include <math.h>
@@ -211,7 +214,7 @@ typedef struct {
     void *dpe_w, *dpe_b, *dpos, *dhead_w, *dhead_b;  /* grads */
     /* planned activations */
     void *act_buf, *stat_buf;
-    void *patches, *emb, *x0, *z, *pred, *target, *dpred, *dflat, *losses;
+    void *patches, *emb, *x0, *z, *pred, *target, *dpred, *dflat, *losses, *unit;
     /* host side: RevIN statistics per row, staging in double (exact on the
      * fp64 oracle backend) */
     double *hbuf, *hpred, *mu, *sd, *hloss;
@@ -252,7 +255,7 @@ static int pts_plan(model *m, int B, int T, char *err)
     if (rows > (1u << 30) / (NP * (C > P ? C : P)))
         return errf(err, "--batch: %d windows are too many", B);
     s->act_buf = be->alloc(be, n_act * dtype_size(be->act));
-    s->stat_buf = be->alloc(be, rows * dtype_size(be->stat));
+    s->stat_buf = be->alloc(be, 2 * rows * dtype_size(be->stat));
     size_t hn = rows * (NP * P > H ? NP * P : H);
     s->hbuf = malloc(hn * sizeof *s->hbuf);
     s->hpred = malloc(rows * H * sizeof *s->hpred);
@@ -279,6 +282,7 @@ static int pts_plan(model *m, int B, int T, char *err)
     CARVE(s->dpred, rows * H);
 #undef CARVE
     s->losses = s->stat_buf;
+    s->unit = buf_at(s->stat_buf, rows, be->stat);
     if (tstack_plan(s->stack, (int)rows, s->NP, c->horizon, err)) {
         pts_free_plan(m);
         return -1;
@@ -359,9 +363,11 @@ static double pts_forward(model *m, const model_batch *b, float grad_scale)
             s->hbuf[(size_t)r * H + j] = s->valid[r] ? (yr[j] - s->mu[r]) / s->sd[r] : 0.0;
     }
     be->upload(be, s->target, be->act, s->hbuf, DT_F64, (size_t)rows * H);
+    be->upload(be, s->unit, be->stat, s->sd, DT_F64, (size_t)rows);
     double count = (double)s->nvalid * H;
     float scale = grad_scale > 0 && count > 0 ? (float)(grad_scale / count) : 0.0f;
-    be->mse(be, s->losses, scale > 0 ? s->dpred : NULL, s->pred, s->target, rows, H, scale);
+    be->regression_loss(be, s->losses, scale > 0 ? s->dpred : NULL, s->pred, s->target, s->unit,
+                        rows, H, m->loss_kind, (float)m->huber_delta, scale);
     be->download(be, s->hloss, DT_F64, s->losses, be->stat, (size_t)rows);
     if (scale > 0) {
         /* the RevIN weight sd^2 of each row's gradient (0 for padding rows) */
@@ -500,6 +506,7 @@ static model *patchts_create(backend *be, const int *v, char *err)
     m->metric_names[1] = "mae";
     m->destroy = pts_destroy;
     m->has_dropout = TSTACK_DROPOUT_SITES;
+    m->has_loss_kind = 1;
     m->nparams = patchts_layout(v, &m->views, &m->nviews);
     m->nparams_real = m->nparams;
     if (!m->views) {
@@ -542,7 +549,7 @@ static batch_source *patchts_open_data(const model *m, const data_spec *spec, ch
 const model_family patchts_family = {
     .name = "patchts",
     .summary = "PatchTST-style forecaster: patches of each channel, transformer encoder, "
-               "linear head, MSE (CSV series)",
+               "linear head, MSE (or --loss mae, huber) (CSV series)",
     .presets = "patchts-etth1 patchts-small patchts-tiny",
     .fields = patchts_fields,
     .nfields = (int)(sizeof patchts_fields / sizeof patchts_fields[0]),

@@ -1,7 +1,7 @@
 /* ops_seq.c: the CPU backend's ops shared by the model families other than
  * GPT-2 (ops.h, "ops shared by the other model families"): embedding lookup,
  * sequence embedding (a first row such as ViT's [CLS], plus positions), row
- * selection ([CLS] pooling), tanh, the squared-error loss and dropout.
+ * selection ([CLS] pooling), tanh, the regression losses (squared, absolute, Huber) and dropout.
  *
  * Compiled twice like backend_cpu.c: `real` is float, or double with
  * -DCPU_REAL_DOUBLE (the gradient checks' oracle); the install function has
@@ -201,26 +201,49 @@ static void cpu_tanh_backward(backend *be, void *dinp_, const void *out_, const 
         dx[i] += dy[i] * (1 - y[i] * y[i]);
 }
 
-/* ---- squared error ------------------------------------------------------- */
+/* ---- regression loss ----------------------------------------------------- */
 
-/* Each element of pred is read before its own dpred slot is written, by the
- * same thread, so dpred may alias pred (no restrict here on purpose). */
-static void cpu_mse(backend *be, void *losses_, void *dpred_, const void *pred_, const void *target_,
-                    int N, int C, float scale_)
+/* Rows are split among threads; each row's sum is one thread's, in column
+ * order. Each element of pred is read before its own dpred slot is written,
+ * by the same thread, so dpred may alias pred (no restrict here on purpose).
+ * One loop per kind, so that each stays a plain loop the compiler can fuse
+ * (MSE's is the squared-error op this one grew from, to the last bit). */
+static void cpu_regression_loss(backend *be, void *losses_, void *dpred_, const void *pred_,
+                                const void *target_, const void *unit_, int N, int C, int kind,
+                                float delta, float scale_)
 {
     real *losses = losses_, *dpred = dpred_;
-    const real *pred = pred_, *target = target_;
-    real f = 2 * (real)scale_;
+    const real *pred = pred_, *target = target_, *unit = unit_;
+    real f = (kind == LOSS_MSE ? 2 : 1) * (real)scale_;
 #pragma omp parallel for schedule(static) num_threads(team(be, (double)N * C))
     for (int n = 0; n < N; n++) {
         const real *p = pred + (size_t)n * C, *y = target + (size_t)n * C;
         real *d = dpred ? dpred + (size_t)n * C : NULL;
+        /* MAE and Huber in the row's units: |u| = |e| * unit, delta / unit */
+        real inv = unit ? 1 / unit[n] : 1, dl = (real)delta * inv;
         real s = 0;
-        for (int c = 0; c < C; c++) {
-            real e = p[c] - y[c];
-            s += e * e;
-            if (d)
-                d[c] = f * e;
+        if (kind == LOSS_MAE) {
+            for (int c = 0; c < C; c++) {
+                real e = p[c] - y[c];
+                real sg = e > 0 ? 1 : e < 0 ? -1 : 0; /* sign(0) = 0 */
+                s += sg * e * inv;
+                if (d)
+                    d[c] = f * sg * inv;
+            }
+        } else if (kind == LOSS_HUBER) {
+            for (int c = 0; c < C; c++) {
+                real e = p[c] - y[c], a = e < 0 ? -e : e;
+                s += a < dl ? e * e / 2 : dl * (a - dl / 2);
+                if (d)
+                    d[c] = f * (e < -dl ? -dl : e > dl ? dl : e);
+            }
+        } else {
+            for (int c = 0; c < C; c++) {
+                real e = p[c] - y[c];
+                s += e * e;
+                if (d)
+                    d[c] = f * e;
+            }
         }
         losses[n] = s;
     }
@@ -257,5 +280,5 @@ void CPU_SEQ_INSTALL(backend *be, cpu_team_fn team_fn)
     be->tanh_forward = cpu_tanh_forward;
     be->tanh_backward = cpu_tanh_backward;
     be->dropout_forward = cpu_dropout_forward;
-    be->mse = cpu_mse;
+    be->regression_loss = cpu_regression_loss;
 }

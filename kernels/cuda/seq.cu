@@ -7,7 +7,8 @@
  *                   dx += dout rows;  dfirst, dpos += sums over b
  *   rows_select:    out[b,:] = x[b,t,:];  dx[b,t,:] += dout[b,:]
  *   tanh:           y = tanh(x);  dx += dy (1 - y^2)
- *   mse:            losses[n] = sum_c (pred - target)^2;  dpred = 2 scale (pred - target)
+ *   regression_loss: losses[n] = sum_c l(pred - target) (squared, absolute or Huber,
+ *                   in the row's units);  dpred = scale l'(pred - target)
  *   dropout:        y = x keep(i) / (1 - p)  (also its own backward, on dy)
  *                   (keep: the counter-based mask of kernels/dropout_mask.h)
  *
@@ -294,30 +295,52 @@ static void cuda_tanh_backward(backend *be, void *dinp, const void *out, const v
 	ew_launch<tanh_bwd_op>(be, dinp, out, dout, N);
 }
 
-/* ---- squared error ---- */
+/* ---- regression loss ---- */
 
-#define MSE_WARPS 8
+#define LOSS_WARPS 8
+
+/* One per-element loss of regression_loss (ops.h) in the row's units: e =
+ * pred - target, inv = 1 / unit, dl = delta / unit; *g gets the gradient
+ * factor that scale multiplies (MSE's 2 is in its scale). KIND is a template
+ * argument, so each kind's loop holds only its own arithmetic. */
+template <int KIND>
+__device__ __forceinline__ float loss_elem(float e, float inv, float dl, float *g)
+{
+	if (KIND == LOSS_MAE) {
+		float sg = e > 0.0f ? 1.0f : e < 0.0f ? -1.0f : 0.0f;	/* sign(0) = 0 */
+		*g = sg * inv;
+		return sg * e * inv;
+	}
+	if (KIND == LOSS_HUBER) {
+		float a = fabsf(e);
+		*g = fminf(fmaxf(e, -dl), dl);
+		return a < dl ? 0.5f * e * e : dl * (a - 0.5f * dl);
+	}
+	*g = e;
+	return e * e;
+}
 
 /* One warp per row. Each element of pred is read, then its dpred slot
  * written, by the same lane, so dpred may alias pred. */
-template <class T, int V>
-__global__ void mse_kernel(float *losses, T *dpred, const T *pred, const T *target, int N, int C, float scale)
+template <class T, int V, int KIND>
+__global__ void regression_loss_kernel(float *losses, T *dpred, const T *pred, const T *target,
+				       const float *unit, int N, int C, float delta, float f)
 {
-	int lane = threadIdx.x & 31, n = blockIdx.x * MSE_WARPS + (threadIdx.x >> 5);
+	int lane = threadIdx.x & 31, n = blockIdx.x * LOSS_WARPS + (threadIdx.x >> 5);
 	if (n >= N)
 		return;	/* uniform over the warp */
 	const T *p = pred + (size_t)n * C, *y = target + (size_t)n * C;
 	T *d = dpred ? dpred + (size_t)n * C : NULL;
-	float s = 0.0f, f = 2.0f * scale;
+	float inv = unit ? 1.0f / unit[n] : 1.0f, dl = delta * inv, s = 0.0f;
 	for (int c = lane * V; c < C; c += 32 * V) {
 		float a[V], b[V];
 		load_f<T, V>(a, p + c);
 		load_f<T, V>(b, y + c);
 UNROLL
 		for (int k = 0; k < V; k++) {
-			float e = a[k] - b[k];
-			s += e * e;
-			a[k] = f * e;
+			float g;
+			s += loss_elem<KIND>(a[k] - b[k], inv, dl, &g);
+			a[k] = f * g;
 		}
 		if (d)
 			store_f<T, V>(d + c, a);
@@ -328,22 +351,34 @@ UNROLL
 }
 
 template <class T, int V>
-static void mse_launch(cuda_backend *cb, void *losses, void *dpred, const void *pred, const void *target, int N,
-		       int C, float scale)
+static void regression_loss_launch(cuda_backend *cb, void *losses, void *dpred, const void *pred,
+				   const void *target, const void *unit, int N, int C, int kind,
+				   float delta, float scale)
 {
-	CUDA_LAUNCH(cdiv((size_t)N, MSE_WARPS), 32 * MSE_WARPS, 0, cb->stream, mse_kernel<T, V>)(
-		(float *)losses, (T *)dpred, (const T *)pred, (const T *)target, N, C, scale);
+	dim3 grid((unsigned)cdiv((size_t)N, LOSS_WARPS));
+	float f = kind == LOSS_MSE ? 2.0f * scale : scale;
+#define LOSS_ARGS (float *)losses, (T *)dpred, (const T *)pred, (const T *)target, \
+		  (const float *)unit, N, C, delta, f
+	if (kind == LOSS_MAE)
+		CUDA_LAUNCH(grid, 32 * LOSS_WARPS, 0, cb->stream, regression_loss_kernel<T, V, LOSS_MAE>)(LOSS_ARGS);
+	else if (kind == LOSS_HUBER)
+		CUDA_LAUNCH(grid, 32 * LOSS_WARPS, 0, cb->stream, regression_loss_kernel<T, V, LOSS_HUBER>)(LOSS_ARGS);
+	else
+		CUDA_LAUNCH(grid, 32 * LOSS_WARPS, 0, cb->stream, regression_loss_kernel<T, V, LOSS_MSE>)(LOSS_ARGS);
+#undef LOSS_ARGS
 	LAUNCH_CHECK();
 }
 
-static void cuda_mse(backend *be, void *losses, void *dpred, const void *pred, const void *target, int N, int C,
-	      float scale)
+static void cuda_regression_loss(backend *be, void *losses, void *dpred, const void *pred,
+				 const void *target, const void *unit, int N, int C, int kind,
+				 float delta, float scale)
 {
-	NVTX_RANGE("mse");
+	NVTX_RANGE("regression_loss");
 	if (N <= 0)
 		return;
 	int vec = C > 0 && seq_vec(be, C, dpred, pred, target, NULL);
-	SEQ_DISPATCH(be, vec, mse_launch, cuda_of(be), losses, dpred, pred, target, N, C, scale);
+	SEQ_DISPATCH(be, vec, regression_loss_launch, cuda_of(be), losses, dpred, pred, target, unit,
+		     N, C, kind, delta, scale);
 }
 
 /* ---- dropout ---- */
@@ -405,6 +440,6 @@ void cuda_seq_install(backend *be)
 	be->rows_select_backward = cuda_rows_select_backward;
 	be->tanh_forward = cuda_tanh_forward;
 	be->tanh_backward = cuda_tanh_backward;
-	be->mse = cuda_mse;
+	be->regression_loss = cuda_regression_loss;
 	be->dropout_forward = cuda_dropout_forward;
 }
