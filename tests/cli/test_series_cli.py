@@ -143,6 +143,134 @@ def test_eval_forecast_csv(run, tmp_path):
     assert rc == 1 and "--forecast" in err, err
 
 
+def huber(e, delta):
+    a = np.abs(e)
+    return np.where(a < delta, 0.5 * e * e, delta * (a - 0.5 * delta))
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae", "huber"])
+def test_loss_option(run, tmp_path, loss):
+    """--loss: the checkpoint records it, training and validation report it,
+    and eval's loss is it over the test forecasts (recomputed here from eval
+    --forecast's CSV, as PyTorch's mse_loss, l1_loss and huber_loss score the
+    forecast against the target), while its mse and mae lines stay those
+    errors. Without --loss: mse, the loss equal to the mse line."""
+    from safetensors import safe_open
+    path = good_csv(tmp_path / "good.csv", rows=400)
+    delta = 0.3
+    opts = [] if loss == "mse" else ["--loss", loss] + (["--huber-delta", delta]
+                                                        if loss == "huber" else [])
+    rc, out, err = run("train", *TINY, *opts, "--data", path, "--val-data", path, "--steps", 3,
+                       "--batch", 8, "--lr", "3e-3", "--out", tmp_path / "run")
+    assert rc == 0, err
+    val = re.search(r"^val\s+3/3 \| loss (\S+) \| mse (\S+) \| mae (\S+) \| (\d+) batches",
+                    out, re.M)
+    assert val, out
+    assert (f"loss: {loss}" in out) == (loss != "mse"), out
+    ck = sorted((tmp_path / "run").glob("step_*.safetensors"))[-1]
+    with safe_open(str(ck), "np") as f:
+        meta = f.metadata()
+    assert meta["regression_loss"] == loss, meta
+    if loss == "huber":
+        assert float(meta["huber_delta"]) == delta, meta
+    fc = tmp_path / "fc.csv"
+    rc, out, err = run("eval", "--init", ck, "--data", path, "--split", "test", "--batch", 19,
+                       "--forecast", fc)
+    assert rc == 0, err
+    figs = {k: float(v) for k, v in re.findall(r"^(loss|mse|mae) (\S+)$", out, re.M)}
+    rows = np.array([[float(x) for x in l.split(",")] for l in fc.read_text().splitlines()[1:]])
+    e = rows[:, 3] - rows[:, 4]
+    want = {"mse": (e ** 2).mean(), "mae": np.abs(e).mean(), "huber": huber(e, delta).mean()}
+    for k in ("mse", "mae"):
+        assert abs(figs[k] - want[k]) < 1e-4 * want[k], (k, figs, want)
+    assert abs(figs["loss"] - want[loss]) < 1e-4 * want[loss], (loss, figs, want)
+    if loss == "huber": # errors on both sides of delta, so both branches were scored
+        assert (np.abs(e) < delta).any() and (np.abs(e) > delta).any()
+    # the validation split evaluates to the trainer's last validation line
+    rc, out, err = run("eval", "--init", ck, "--data", path, "--split", "val", "--batch", 8,
+                       "--batches", val.group(4))
+    assert rc == 0, err
+    ev = {k: v for k, v in re.findall(r"^(loss|mse|mae) (\S+)$", out, re.M)}
+    assert (ev["loss"], ev["mse"], ev["mae"]) == val.groups()[:3], (ev, val.groups())
+
+
+def test_loss_bad_values(run, tmp_path):
+    """Bad --loss and --huber-delta values: one error line naming the option,
+    status 1, nothing written."""
+    path = good_csv(tmp_path / "good.csv", rows=400)
+    cases = [
+        (["--loss", "l2"], "--loss: unknown loss 'l2' (expected mse, mae or huber)"),
+        (["--loss", "Huber"], "--loss: unknown loss 'Huber'"),
+        (["--loss", "huber", "--huber-delta", "0"], "--huber-delta: 0 is not > 0"),
+        (["--loss", "huber", "--huber-delta", "-0.5"], "--huber-delta: -0.5 is not > 0"),
+        (["--loss", "huber", "--huber-delta", "abc"], "--huber-delta: 'abc' is not a number"),
+        (["--loss", "huber", "--huber-delta", "nan"], "--huber-delta: 'nan' is not a number"),
+        (["--huber-delta", "2"], "--huber-delta: only with --loss huber (the loss is mse)"),
+        (["--loss", "mae", "--huber-delta", "2"], "--huber-delta: only with --loss huber"),
+    ]
+    for opts, want in cases:
+        out = tmp_path / "o"
+        rc, _, err = run("train", *TINY, *opts, "--data", path, "--steps", 1, "--out", out)
+        line = one_error(rc, err)
+        assert want in line, (opts, line)
+        assert not out.exists() or not list(out.glob("*.safetensors")), opts
+    # a family whose loss is its own
+    rc, _, err = run("train", "--model", "tsgpt", "--preset", "tsgpt-tiny", "--channels", 2,
+                     "--loss", "mae", "--data", path, "--steps", 1)
+    line = one_error(rc, err)
+    assert "--loss mae: the tsgpt model's loss is its own" in line, line
+
+
+def test_loss_resume(run, tmp_path):
+    """--resume keeps the checkpoint's loss: left out, the run goes on with it
+    and matches an uninterrupted one step for step; a different --loss or
+    --huber-delta is refused by name. A checkpoint from before the loss was
+    saved resumes as mse."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+    path = good_csv(tmp_path / "good.csv", rows=400)
+    common = ["--data", path, "--batch", 8, "--lr", "3e-3", "--shuffle", "--seed", 5]
+    steps = re.compile(r"^step\s+(\d+)/4 \| loss (\S+)", re.M)
+    hub = ["--loss", "huber", "--huber-delta", "0.25"]
+    rc, full, err = run("train", *TINY, *hub, *common, "--steps", 4, "--out", tmp_path / "a")
+    assert rc == 0, err
+    rc, _, err = run("train", *TINY, *hub, *common, "--steps", 4, "--ckpt-every", 2,
+                     "--out", tmp_path / "b")
+    assert rc == 0, err
+    ck2 = tmp_path / "b" / "step_000002.safetensors"
+    rc, out, err = run("train", "--resume", ck2, *common, "--steps", 4, "--out", tmp_path / "c")
+    assert rc == 0, err
+    assert "loss: huber, delta 0.25" in out, out
+    assert steps.findall(out) == steps.findall(full)[2:], (out, full)
+    with safe_open(str(tmp_path / "c" / "step_000004.safetensors"), "np") as f:
+        meta = f.metadata()
+    assert (meta["regression_loss"], float(meta["huber_delta"])) == ("huber", 0.25), meta
+    for opts, want in [(["--loss", "mse"], "--loss is mse but the checkpoint was trained with "
+                                           "huber; resuming keeps the loss"),
+                       (["--huber-delta", "0.5"], "--huber-delta is 0.5 but the checkpoint was "
+                                                  "trained with 0.25")]:
+        rc, _, err = run("train", "--resume", ck2, *common, *opts, "--steps", 4,
+                         "--out", tmp_path / "d")
+        line = one_error(rc, err)
+        assert want in line, (opts, line)
+    # the same options as the checkpoint's are accepted
+    rc, _, err = run("train", "--resume", ck2, *common, *hub, "--steps", 3, "--out", tmp_path / "e")
+    assert rc == 0, err
+    # without the keys (an older checkpoint): mse, and --loss huber is refused
+    with safe_open(str(ck2), "np") as f:
+        meta = f.metadata()
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(ck2)), str(old), metadata={k: v for k, v in meta.items()
+                                                       if k not in ("regression_loss",
+                                                                    "huber_delta")})
+    rc, out, err = run("train", "--resume", old, *common, "--steps", 3, "--out", tmp_path / "f")
+    assert rc == 0 and "loss: " not in out, (out, err)
+    rc, _, err = run("train", "--resume", old, *common, "--loss", "huber", "--steps", 3,
+                     "--out", tmp_path / "g")
+    line = one_error(rc, err)
+    assert "--loss is huber but the checkpoint was trained with mse" in line, line
+
+
 def test_etth1_recipe_end_to_end(binary, tmp_path):
     """scripts/etth1.sh on the real ETTh1 (../shared/data/ett), shrunk to the
     tiny preset and 2 epochs with dropout: trains, validates every epoch's
