@@ -2,7 +2,8 @@
 (the CUDA backend on the device emulator) trains patchts and tsgpt for a few
 steps on a small CSV and must match the CPU backend within design.md's
 tolerances (fp32 losses 1e-5 relative, bf16 1e-2); the checkpoint the CUDA
-run wrote evaluates alike (loss, mse, mae) on both.
+run wrote evaluates alike (loss, mse, mae) on both; patchts also with
+--loss huber and --loss mae.
 
 ANATOMY_BIN and ANATOMY_EMU_BIN pick the binaries (default build/anatomy and
 build/anatomy-emu)."""
@@ -19,6 +20,9 @@ STEP = re.compile(r"^step\s+\d+/\d+ \| loss (\S+)", re.M)
 FIG = re.compile(r"^(loss|mse|mae) (\S+)$", re.M)
 PATCHTS = ["--model", "patchts", "--preset", "patchts-tiny", "--channels", 2]
 PATCHTS_POST = PATCHTS + ["--post-ln", 1]      # PatchTST's block order
+# the other regression losses (the loss op's kinds, in each row's RevIN units)
+PATCHTS_HUBER = PATCHTS_POST + ["--loss", "huber", "--huber-delta", "0.5"]
+PATCHTS_MAE = PATCHTS + ["--loss", "mae"]
 TSGPT = ["--model", "tsgpt", "--preset", "tsgpt-tiny", "--channels", 2, "--samples", 3]
 
 
@@ -55,6 +59,8 @@ def csv(tmp_path):
 
 @pytest.mark.parametrize("model,precision,tol", [(PATCHTS, "fp32", 1e-5), (PATCHTS, "bf16", 1e-2),
                                                  (PATCHTS_POST, "fp32", 1e-5),
+                                                 (PATCHTS_HUBER, "fp32", 1e-5),
+                                                 (PATCHTS_MAE, "bf16", 1e-2),
                                                  (TSGPT, "fp32", 1e-5)])
 def test_train_matches_cpu(csv, tmp_path, model, precision, tol):
     args = ["train", *model, "--data", csv, "--batch", 4, "--steps", 4, "--lr", "3e-3",
