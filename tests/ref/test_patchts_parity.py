@@ -8,7 +8,11 @@ gradient of its loss by parameter name. This file re-reads the CSV itself
 (numpy), normalises it with the training split's statistics, cuts the same
 windows, runs the same model in float64 on the checkpoint's weights and
 compares: loss and mse/mae to 1e-5 relative, gradients to 1e-5 relative L2
-over all parameters (and 1e-4 for each tensor).
+over all parameters (and 1e-4 for each tensor). patchts is compared under
+each training loss (--loss mse, mae, huber): the reference scores the
+de-normalised forecast with torch.nn.functional's mse_loss, l1_loss and
+huber_loss, and checks that this equals the loss op's form (each row's
+error in its RevIN units, weighted by sd^2) that anatomy computes.
 
 The CSV is fresh random data on every run, from a seed printed in every
 failure message; ANATOMY_TEST_SEED=N replays one.
@@ -131,9 +135,34 @@ def stack(x, p, L, NH, causal, post_ln=False):
     return x if post_ln else layernorm(x, p["ln_f.weight"], p["ln_f.bias"])
 
 
-def patchts_ref(p, x, y, cfg):
+def regression_loss(forecast, y, loss, delta):
+    """PyTorch's own loss functions, mean over every element."""
+    if loss == "mae":
+        return F.l1_loss(forecast, y)
+    if loss == "huber":
+        return F.huber_loss(forecast, y, delta=delta)
+    return F.mse_loss(forecast, y)
+
+
+def row_unit_loss(f, t, sd, loss, delta):
+    """The same loss as anatomy's regression_loss op computes it: each row's
+    error e = f - t in RevIN units (t = (y - mu) / sd), scored as l(sd e) /
+    sd^2 (MAE: |e| / sd; Huber: with delta / sd), then weighted by sd^2 and
+    averaged (reduction='none', then the per-row weights)."""
+    if loss == "mae":
+        per = F.l1_loss(f, t, reduction="none") / sd
+    elif loss == "huber":
+        per = torch.stack([F.huber_loss(f[r], t[r], reduction="none", delta=(delta / sd[r]).item())
+                           for r in range(f.shape[0])])
+    else:
+        per = F.mse_loss(f, t, reduction="none")
+    return (per * sd ** 2).mean()
+
+
+def patchts_ref(p, x, y, cfg, loss="mse", delta=1.0):
     """Loss, forecast: RevIN, patches (end padded by `stride` copies of the last
-    value), patch embedding + positions, encoder, flatten + head, de-normalise."""
+    value), patch embedding + positions, encoder, flatten + head, de-normalise,
+    then the training loss of the forecast."""
     Lb, P, S, L, NH = cfg["lookback"], cfg["patch"], cfg["stride"], cfg["L"], cfg["NH"]
     x = torch.from_numpy(x).double()
     y = torch.from_numpy(y).double()
@@ -149,7 +178,10 @@ def patchts_ref(p, x, y, cfg):
     z = stack(e, p, L, NH, causal=False, post_ln=cfg["post_ln"])
     f = linear(z.reshape(n * ch, -1), p, "head")       # [rows, H]
     forecast = (f * sd + mu).reshape(n, ch, -1)
-    return ((forecast - y) ** 2).mean(), forecast
+    ref = regression_loss(forecast, y, loss, delta)
+    op_form = row_unit_loss(f, (y.reshape(n * ch, -1) - mu) / sd, sd, loss, delta)
+    assert rel(op_form.item(), ref.item()) < 1e-12, (loss, op_form.item(), ref.item())
+    return ref, forecast
 
 
 def tsgpt_tokens(v, scale, bins):
@@ -221,16 +253,21 @@ def compare(params, loss_ref, figures, grads, what):
             assert ek < TENSOR_RTOL, f"{what} gradient of {k}: rel L2 {ek:.3g} {seedmsg()}"
 
 
-@pytest.mark.parametrize("post_ln", [0, 1])
-def test_patchts_parity(anatomy, tmp_path, post_ln):
+@pytest.mark.parametrize("post_ln,loss", [(0, "mse"), (1, "mse"), (1, "mae"), (0, "huber"),
+                                          (1, "huber")])
+def test_patchts_parity(anatomy, tmp_path, post_ln, loss):
     cfg = dict(lookback=24, horizon=8, patch=6, stride=3, pad=1, L=2, NH=2, C=16,
                post_ln=post_ln)
+    # Huber's delta from the seed, in the errors' range: both branches occur
+    delta = round(0.3 + 0.7 * random.Random(SEED).random(), 6)
     opts = ["--preset", "patchts-tiny", "--channels", CH, "--lookback", 24, "--horizon", 8,
             "--patch", 6, "--stride", 3, "--layers", 2, "--heads", 2, "--width", 16,
-            "--post-ln", post_ln]
+            "--post-ln", post_ln, "--loss", loss] + (["--huber-delta", delta]
+                                                     if loss == "huber" else [])
     csv, fig, params, grads, meta = run_family(anatomy, tmp_path, "patchts", opts)
     assert int(meta["pad"]) == cfg["pad"], f"pad {meta['pad']}"
     assert int(meta["post_ln"]) == post_ln, f"post_ln {meta['post_ln']}"
+    assert meta["regression_loss"] == loss, f"regression_loss {meta.get('regression_loss')}"
     assert set(grads) == {"patch_embed.weight", "patch_embed.bias", "pos_embed", "head.weight",
                           "head.bias"} | ({"ln_f.weight", "ln_f.bias"} if not post_ln else set()) | {
         f"h.{l}.{leaf}" for l in range(2) for leaf in (
@@ -238,13 +275,17 @@ def test_patchts_parity(anatomy, tmp_path, post_ln):
             "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
             "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")}
     x, y = windows(csv, 24, 8, 2, B)
-    loss, forecast = patchts_ref(params, x, y, cfg)
+    loss_ref, forecast = patchts_ref(params, x, y, cfg, loss, delta)
     yt = torch.from_numpy(y).double()
+    if loss == "huber":
+        err = (forecast - yt).abs()
+        assert (err < delta).any() and (err > delta).any(), \
+            f"errors all on one side of delta {delta} {seedmsg()}"
     mse = ((forecast - yt) ** 2).mean().item()
     mae = (forecast - yt).abs().mean().item()
     assert rel(fig["mse"], mse) < LOSS_RTOL, f"mse {fig['mse']} vs {mse} {seedmsg()}"
     assert rel(fig["mae"], mae) < LOSS_RTOL, f"mae {fig['mae']} vs {mae} {seedmsg()}"
-    compare(params, loss, fig, grads, "patchts" + (" post-LN" if post_ln else ""))
+    compare(params, loss_ref, fig, grads, f"patchts {loss}" + (" post-LN" if post_ln else ""))
 
 
 def test_tsgpt_parity(anatomy, tmp_path):
