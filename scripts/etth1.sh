@@ -19,6 +19,11 @@
 #   LR [1e-3 up to horizon 96, 2e-4 beyond: what validation picked; at 1e-3
 #      the longer horizons overfit within 1-3 epochs]
 #   DROPOUT [0.3] (PatchTST's on ETTh1; 0: none)
+#   LOSS [mse]   the training loss: mse, mae or huber (the trainer's --loss;
+#                checkpoints are still picked by validation mse, and the test
+#                line is mse and mae whatever the loss)
+#   HUBER_DELTA  with LOSS=huber: its delta in the normalised units (the
+#                trainer's --huber-delta; default 1)
 #   LOOKBACK [336] (PatchTST/64 looks back 512)
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
@@ -44,7 +49,13 @@ WD=${WD:-0.05}
 DROPOUT=${DROPOUT:-0.3}
 SEED=${SEED:-2021}
 EXTRA=${EXTRA:-}
+# only what was given: a resumed run takes its loss from the checkpoint
+LOSS_OPTS="${LOSS:+--loss $LOSS} ${HUBER_DELTA:+--huber-delta $HUBER_DELTA}"
 LOOKBACK=${LOOKBACK:-336}
+case ${LOSS:-mse} in
+    mse|mae|huber) ;;
+    *) echo "etth1.sh: LOSS must be mse, mae or huber, got '$LOSS'" >&2; exit 2 ;;
+esac
 case $LOOKBACK in
     ''|*[!0-9]*) echo "etth1.sh: LOOKBACK must be a number, got '$LOOKBACK'" >&2; exit 2 ;;
 esac
@@ -60,7 +71,7 @@ SPE=$(((NWIN + BATCH - 1) / BATCH))
 STEPS=$((EPOCHS * SPE))
 WARMUP=$SPE
 start=$(date +%s)
-echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, dropout $DROPOUT -> $OUT"
+echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, dropout $DROPOUT, loss ${LOSS:-mse}${HUBER_DELTA:+ (delta $HUBER_DELTA)} -> $OUT"
 mkdir -p "$OUT"
 if [ "${RESUME:-0}" = 1 ] && ls "$OUT"/step_*.safetensors > /dev/null 2>&1; then
     MODEL="--resume $OUT"    # the checkpoint carries the model's config
@@ -73,7 +84,8 @@ fi
 "$BIN" train $MODEL \
     --data "$ETTH1" --batch "$BATCH" --shuffle --steps "$STEPS" --lr "$LR" \
     --warmup "$WARMUP" --schedule cosine --lr-min-frac 0.01 --weight-decay "$WD" \
-    --grad-clip 1.0 --dropout "$DROPOUT" --seed "$SEED" --ckpt-every "$SPE" --out "$OUT" $EXTRA \
+    --grad-clip 1.0 --dropout "$DROPOUT" --seed "$SEED" --ckpt-every "$SPE" --out "$OUT" \
+    $LOSS_OPTS $EXTRA \
     > "$LOG"
 tail -n 2 "$LOG"
 

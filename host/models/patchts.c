@@ -549,7 +549,7 @@ static batch_source *patchts_open_data(const model *m, const data_spec *spec, ch
 const model_family patchts_family = {
     .name = "patchts",
     .summary = "PatchTST-style forecaster: patches of each channel, transformer encoder, "
-               "linear head, MSE (or --loss mae, huber) (CSV series)",
+               "linear head, MSE, MAE or Huber loss (--loss) (CSV series)",
     .presets = "patchts-etth1 patchts-small patchts-tiny",
     .fields = patchts_fields,
     .nfields = (int)(sizeof patchts_fields / sizeof patchts_fields[0]),

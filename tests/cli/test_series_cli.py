@@ -289,7 +289,7 @@ def test_etth1_recipe_end_to_end(binary, tmp_path):
     assert p.returncode == 0, p.stderr + p.stdout[-2000:]
     out = p.stdout.splitlines()
     assert out[0].startswith("etth1: horizon 24, look-back 48, patchts-tiny, 2 epochs"), out[0]
-    assert "dropout 0.1 ->" in out[0], out[0]
+    assert "dropout 0.1, loss mse ->" in out[0], out[0]
     vals = [l for l in out if l.startswith("val mse ")]
     assert len(vals) == 2, out
     best = [l for l in out if l.startswith("best: ")]
@@ -341,6 +341,40 @@ def test_etth1_recipe_learning_rate(tmp_path, horizon, env_lr, want):
     assert head.startswith(f"etth1: horizon {horizon},") and f", lr {want}," in head, head
     got = args.read_text().split()
     assert got[got.index("--lr") + 1] == want, got
+
+
+@pytest.mark.parametrize("env_loss,want", [
+    ({}, []), ({"LOSS": "mae"}, ["--loss", "mae"]),
+    ({"LOSS": "huber", "HUBER_DELTA": "0.5"}, ["--loss", "huber", "--huber-delta", "0.5"]),
+    ({"LOSS": "l2"}, None)])
+def test_etth1_recipe_loss(tmp_path, env_loss, want):
+    """LOSS and HUBER_DELTA reach the trainer as --loss and --huber-delta, and
+    only when given (a resumed run keeps its checkpoint's); the first line
+    names the loss; an unknown LOSS stops the recipe with status 2. A
+    stand-in binary records the trainer's arguments and fails."""
+    import os
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
+    stub.chmod(0o755)
+    csv = tmp_path / "ETTh1.csv"
+    csv.write_text("date,a\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOSS", "HUBER_DELTA")}
+    env.update(env_loss, ANATOMY_BIN=str(stub), ETTH1=str(csv), OUT=str(tmp_path / "run"))
+    q = subprocess.run(["sh", "scripts/etth1.sh", "96"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=60)
+    if want is None:
+        assert q.returncode == 2 and "LOSS" in q.stderr and "l2" in q.stderr, q.stderr
+        assert not args.exists()
+        return
+    assert q.returncode != 0, q.stdout
+    head = q.stdout.splitlines()[0]
+    assert f", loss {env_loss.get('LOSS', 'mse')}" in head, head
+    got = args.read_text().split()
+    seen = [a for i, a in enumerate(got) if a in ("--loss", "--huber-delta") or
+            (i and got[i - 1] in ("--loss", "--huber-delta"))]
+    assert seen == want, got
 
 
 def test_tsgpt_recipe_end_to_end(binary, tmp_path):
