@@ -279,15 +279,16 @@ struct backend {
      * units squared, l(u) / unit^2 (MSE's is e^2 whatever the unit), so that a caller
      * whose rows were normalised by unit multiplies losses and gradients by unit^2 to
      * get the data's (patchts: RevIN's sd, in double on the host). With d = delta / unit:
-     *   LOSS_MSE    l(u) = u^2                         per element e^2           grad 2e
-     *   LOSS_MAE    l(u) = |u|                         |e| / unit                sign(e) / unit
-     *   LOSS_HUBER  l(u) = u^2/2 if |u| < delta,       e^2/2 if |e| < d,         clamp(e, -d, d)
-     *                      delta (|u| - delta/2) else  d (|e| - d/2) else
+     *              l(u)                          per element, returned    dpred / scale
+     *   LOSS_MSE    u^2                           e^2                      2e
+     *   LOSS_MAE    |u|                           |e| / unit               sign(e) / unit
+     *   LOSS_HUBER  u^2/2 if |u| < delta,         e^2/2 if |e| < d,        clamp(e, -d, d)
+     *               delta (|u| - delta/2) else    d (|e| - d/2) else
      * (PyTorch's mse_loss, l1_loss, huber_loss; sign(0) = 0 as l1_loss's gradient; delta > 0,
      * read by LOSS_HUBER only). losses[n] (stat) = sum_c of the per-element loss over C
-     * columns; target: act [N,C]. If dpred is not NULL: dpred[n,c] = scale * grad (written,
-     * not accumulated: like crossentropy's dlogits, it starts the backward). dpred may
-     * alias pred. */
+     * columns; target: act [N,C]. If dpred is not NULL: dpred[n,c] = scale times the last
+     * column (written, not accumulated: like crossentropy's dlogits, it starts the
+     * backward). dpred may alias pred. */
     void (*regression_loss)(backend *be, void *losses, void *dpred, const void *pred,
                             const void *target, const void *unit, int N, int C, int kind,
                             float delta, float scale);
