@@ -315,6 +315,19 @@ def test_etth1_recipe_end_to_end(binary, tmp_path):
         assert q.returncode == 2 and var in q.stderr and bad in q.stderr, q.stderr
 
 
+def _recipe_stub(tmp_path):
+    """The repository, a stand-in trainer that writes its arguments to
+    args.txt and fails with status 3, that file, and a one-column CSV."""
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
+    stub.chmod(0o755)
+    csv = tmp_path / "ETTh1.csv"
+    csv.write_text("date,a\n")
+    return repo, stub, args, csv
+
+
 @pytest.mark.parametrize("horizon,env_lr,want", [("96", None, "1e-3"), ("192", None, "2e-4"),
                                                  ("720", None, "2e-4"), ("336", "5e-4", "5e-4")])
 def test_etth1_recipe_learning_rate(tmp_path, horizon, env_lr, want):
@@ -324,12 +337,7 @@ def test_etth1_recipe_learning_rate(tmp_path, horizon, env_lr, want):
     the recipe right after it reports its settings."""
     import os
     import subprocess
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
-    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
-    stub.chmod(0o755)
-    csv = tmp_path / "ETTh1.csv"
-    csv.write_text("date,a\n")
+    repo, stub, args, csv = _recipe_stub(tmp_path)
     env = dict(os.environ, ANATOMY_BIN=str(stub), ETTH1=str(csv), OUT=str(tmp_path / "run"))
     env.pop("LR", None)
     if env_lr:
@@ -354,12 +362,7 @@ def test_etth1_recipe_loss(tmp_path, env_loss, want):
     stand-in binary records the trainer's arguments and fails."""
     import os
     import subprocess
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
-    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
-    stub.chmod(0o755)
-    csv = tmp_path / "ETTh1.csv"
-    csv.write_text("date,a\n")
+    repo, stub, args, csv = _recipe_stub(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("LOSS", "HUBER_DELTA")}
     env.update(env_loss, ANATOMY_BIN=str(stub), ETTH1=str(csv), OUT=str(tmp_path / "run"))
     q = subprocess.run(["sh", "scripts/etth1.sh", "96"], cwd=repo, env=env,
