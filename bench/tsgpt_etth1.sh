@@ -11,11 +11,13 @@
 # Trains STEPS steps (no checkpoint selection: the last one is tested), then
 # evaluates the whole test split and ends with
 #   test (first N windows, as PatchTST evaluates) mse <v> mae <v>
+#   test, the paths' mean as the forecast: mse <v> mae <v>
 #   test mse <v> mae <v>
 # the first over the windows PatchTST's test loader keeps (it drops the last
-# incomplete batch of 128), the second over all of them; both computed from
-# the forecast CSV that eval writes, and the second checked against eval's
-# own mse line.
+# incomplete batch of 128), the last over all of them, the middle one of the
+# paths' mean (the squared error's optimal point forecast; the median is the
+# absolute error's) over all of them; all computed from the forecast CSV that
+# eval writes, and the last checked against eval's own mse line.
 #
 #   sh bench/tsgpt_etth1.sh
 #
@@ -86,6 +88,8 @@ print(f"test (first {ntest // 128 * 128} windows, as PatchTST evaluates) "
 mse = np.mean(err ** 2)
 said = float([l.split()[1] for l in open(report) if l.startswith("mse ")][0])
 assert abs(mse - said) <= 1e-5 * max(1.0, said), f"eval's mse {said}, the CSV's {mse}"
+em = d["mean"] - d["target"]
+print(f"test, the paths' mean as the forecast: mse {np.mean(em ** 2):.6f} mae {np.mean(np.abs(em)):.6f}")
 print(f"test mse {mse:.6f} mae {np.mean(np.abs(err)):.6f}")
 EOF
 echo "time: training $((trained - start)) s, test forecast $((end - trained)) s ($THREADS threads)"

@@ -38,7 +38,7 @@ static const char usage[] =
     "  --grads FILE    also write the gradient of the first micro-batch's loss, by\n"
     "                  parameter name, as safetensors (for reference checks)\n"
     "  --forecast FILE forecasters (patchts, tsgpt): every evaluated window's forecast\n"
-    "                  as CSV (batch,row,step,forecast or median/q10/q90,target)\n"
+    "                  as CSV (batch,row,step,forecast or median/q10/q90/mean,target)\n"
     "  --hellaswag FILE\n"
     "                  HellaSwag JSON Lines (ctx, endings, label); GPT-2 tokenizer\n"
     "  --limit N       with --hellaswag: the first N examples only\n"

@@ -733,13 +733,14 @@ START_TEST(test_tsgpt_tokens_and_forecast)
     for (size_t i = 0; i < len; i++)
         lines += buf[i] == '\n';
     ck_assert_int_eq(lines, 2 * ch * c->horizon);
-    /* q10 <= median <= q90 on every line */
+    /* q10 <= median <= q90 on every line, and a mean */
     char *s = buf;
     for (int i = 0; i < lines; i++) {
         int r, j;
-        double md, lo, hi, yv;
-        ck_assert_int_eq(sscanf(s, "%d,%d,%lf,%lf,%lf,%lf", &r, &j, &md, &lo, &hi, &yv), 6);
-        ck_assert(lo <= md && md <= hi);
+        double md, lo, hi, mean, yv;
+        ck_assert_int_eq(sscanf(s, "%d,%d,%lf,%lf,%lf,%lf,%lf", &r, &j, &md, &lo, &hi, &mean, &yv),
+                         7);
+        ck_assert(lo <= md && md <= hi && isfinite(mean));
         s = strchr(s, '\n') + 1;
     }
     free(buf);
@@ -765,7 +766,7 @@ START_TEST(test_tsgpt_cached_forecast_matches_uncached)
         c.nobias = nb;
         model *m = tsgpt_family.create(be, (const int *)&c, err);
         ck_assert_msg(m != NULL, "%s", err);
-        int B = 3, ch = c.channels, rows = B * ch, n = rows * 3 * c.horizon;
+        int B = 3, ch = c.channels, rows = B * ch, n = rows * 4 * c.horizon;
         ck_assert_int_eq(m->plan(m, B, 0, err), 0);
         float *p = malloc(m->nparams * sizeof *p), x[3 * 2 * 6], y[3 * 2 * 4];
         float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
@@ -792,6 +793,70 @@ START_TEST(test_tsgpt_cached_forecast_matches_uncached)
         free(b);
         m->destroy(m);
     }
+    be->destroy(be);
+}
+END_TEST
+
+/* The paths' mean beside their quantiles. Path p's draws depend on (seed, p,
+ * row, step) only, so a forecast of S paths holds the paths of one of S - 1
+ * and one more: from the median of 1 path (path 0) and of 2 (their average)
+ * the first two paths are known, the mean of 3 gives the third, and the three
+ * sorted must give back the 3-path median and 10/90% quantiles (numpy's
+ * linear interpolation: v0 + 0.2 (v1 - v0), v1, v1 + 0.8 (v2 - v1)). */
+START_TEST(test_tsgpt_forecast_mean_of_paths)
+{
+    char err[ERRBUF];
+    backend *be = backend_cpu64_create(1, err);
+    int B = 3, H = tsg_tiny.horizon, rows = B * tsg_tiny.channels, n = rows * 4 * H;
+    float *fc[3], x[3 * 2 * 6], y[3 * 2 * 4], *p = NULL;
+    random_series_batch(x, y, B, tsg_tiny.channels, tsg_tiny.lookback, H, -1);
+    for (int S = 1; S <= 3; S++) {
+        tsgpt_config c = tsg_tiny;
+        c.samples = S;
+        model *m = tsgpt_family.create(be, (const int *)&c, err);
+        ck_assert_msg(m != NULL, "%s", err);
+        ck_assert_int_eq(m->plan(m, B, 0, err), 0);
+        if (!p) { /* the same weights for every S, away from init so that the bins spread */
+            p = malloc(m->nparams * sizeof *p);
+            tsgpt_family.init((const int *)&c, p, SEED(69));
+            for (size_t i = 0; i < m->nparams; i++)
+                p[i] *= 4.0f;
+        }
+        model_set_params(m, p);
+        fc[S - 1] = malloc(n * sizeof *fc[0]);
+        ck_assert_msg(tsgpt_forecast(m, x, 0, 7, fc[S - 1], err) == 0, "%s", err);
+        m->destroy(m);
+    }
+    int differ = 0;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < H; j++) {
+            const float *f1 = fc[0] + (size_t)r * 4 * H, *f2 = fc[1] + (size_t)r * 4 * H;
+            const float *f3 = fc[2] + (size_t)r * 4 * H;
+            double tol = 1e-5 * (1 + fabs(f3[j]) + fabs(f3[2 * H + j]) + fabs(f3[H + j]));
+            /* one path: all four are the path */
+            ck_assert(f1[H + j] == f1[j] && f1[2 * H + j] == f1[j] && f1[3 * H + j] == f1[j]);
+            double p0 = f1[j], p1 = 2.0 * f2[j] - p0;
+            ck_assert_msg(fabs(f2[3 * H + j] - (p0 + p1) / 2) <= tol, "row %d step %d: mean of 2", r,
+                          j);
+            double v[3] = { p0, p1, 3.0 * f3[3 * H + j] - p0 - p1 };
+            for (int a = 0; a < 3; a++) /* sort three */
+                for (int b = a + 1; b < 3; b++)
+                    if (v[b] < v[a]) {
+                        double t = v[a];
+                        v[a] = v[b];
+                        v[b] = t;
+                    }
+            ck_assert_msg(fabs(f3[j] - v[1]) <= tol && fabs(f3[H + j] - (v[0] + 0.2 * (v[1] - v[0]))) <= tol &&
+                              fabs(f3[2 * H + j] - (v[1] + 0.8 * (v[2] - v[1]))) <= tol,
+                          "row %d step %d: paths %g %g %g give median %g q10 %g q90 %g", r, j, v[0],
+                          v[1], v[2], f3[j], f3[H + j], f3[2 * H + j]);
+            differ += v[0] != v[2];
+        }
+    ck_assert_msg(differ > rows * H / 2, "the three paths mostly agree (%d of %d differ)", differ,
+                  rows * H);
+    for (int k = 0; k < 3; k++)
+        free(fc[k]);
+    free(p);
     be->destroy(be);
 }
 END_TEST
@@ -873,6 +938,7 @@ static Suite *series_suite(void)
     tcase_add_test(tm, test_tsgpt_tokens_and_forecast);
     tcase_add_test(tm, test_tsgpt_learns);
     tcase_add_test(tm, test_tsgpt_cached_forecast_matches_uncached);
+    tcase_add_test(tm, test_tsgpt_forecast_mean_of_paths);
     tcase_add_test(tm, test_presets_and_config);
     suite_add_tcase(s, tm);
     return s;

@@ -63,8 +63,8 @@ int tsgpt_bin(double scaled, int bins);
 double tsgpt_unbin(int bin, int bins);
 
 /* tsgpt's forecast of a micro-batch x [B, channels, lookback] of the current
- * plan's B: `samples` sampled paths per row; their median and 10% and 90%
- * quantiles into fc [B * channels, 3, horizon] (NULL: kept for
+ * plan's B: `samples` sampled paths per row; their median, 10% and 90%
+ * quantiles and mean into fc [B * channels, 4, horizon] (NULL: kept for
  * tsgpt_write_forecast only). cached 1: incremental decoding, every row and
  * path in one batch, one step per new value; 0: a full forward of each path
  * per new value (the reference). Both draw the same numbers (from seed), so
@@ -73,7 +73,7 @@ double tsgpt_unbin(int bin, int bins);
 int tsgpt_forecast(model *m, const float *x, int cached, uint64_t seed, float *fc, char *err);
 
 /* The forecast of tsgpt's last evaluated micro-batch (after its metrics):
- * one CSV line per row and step, "row,step,median,q10,q90,target", padding
+ * one CSV line per row and step, "row,step,median,q10,q90,mean,target", padding
  * rows left out. -1 when there is none. For `anatomy eval` to offer. */
 int tsgpt_write_forecast(model *m, FILE *out);
 /* patchts's: "row,step,forecast,target" lines, the same way. */

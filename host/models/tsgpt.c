@@ -7,7 +7,9 @@
  *   loss    cross-entropy of the next bin, every position of look-back + horizon
  *   forecast  sample the horizon token by token, `samples` paths; each value
  *           is its bin's centre times s; the median path is the forecast, the
- *           10% and 90% quantiles its band; mse and mae of the median.
+ *           10% and 90% quantiles its band; mse and mae of the median. The
+ *           paths' mean is reported beside it (the squared error's optimal
+ *           point forecast, where the median is the absolute error's).
  *           Incremental decoding (tstack_decode_*): the look-back of every
  *           row runs once, its key/value cache is copied to each path, and
  *           every path of every row advances together, one batched step per
@@ -27,6 +29,7 @@
 #include "transformer.h"
 
 #define TSGPT_RANGE 8.0 /* scaled values beyond +-R fall in the end bins */
+#define FC_STATS 4       /* per row and step: median, q10, q90, mean of the paths */
 
 double tsgpt_scale(const float *x, int n)
 {
@@ -174,7 +177,7 @@ static void tsgpt_describe(const int *v, FILE *out)
                  "values / mean|look-back|, in %d bins over [-%g, %g]\n",
             c->lookback, c->channels, c->lookback, c->bins, TSGPT_RANGE, TSGPT_RANGE);
     fprintf(out, "training: next-bin cross-entropy over %d + %d tokens (causal); "
-                 "forecast: %d sampled paths of %d steps, median and 10/90%% quantiles\n",
+                 "forecast: %d sampled paths of %d steps, median and 10/90%% quantiles, mean\n",
             c->lookback, c->horizon, c->samples, c->horizon);
 }
 
@@ -192,7 +195,7 @@ typedef struct {
     double *scale, *hloss;               /* [rows], [rows*T] */
     float *hlog;                         /* [Vp] one row of logits */
     float *paths;                        /* [samples, rows, horizon] sampled values */
-    float *fc;                           /* [rows, 3, horizon]: median, q10, q90 */
+    float *fc;                           /* [rows, FC_STATS, horizon]: median, q10, q90, mean */
     unsigned char *valid;
     uint64_t draws;                      /* metrics calls, for the sampling seed */
     /* incremental decoding of rows * samples paths (planned on first use) */
@@ -262,7 +265,7 @@ static int tsg_plan(model *m, int B, int T, char *err)
     s->hloss = malloc(N * sizeof *s->hloss);
     s->hlog = malloc(2 * (size_t)s->Vp * sizeof *s->hlog); /* a row of logits, scratch */
     s->paths = malloc((size_t)c->samples * rows * c->horizon * sizeof *s->paths);
-    s->fc = malloc(rows * 3 * c->horizon * sizeof *s->fc);
+    s->fc = malloc(rows * FC_STATS * c->horizon * sizeof *s->fc);
     s->valid = malloc(rows);
     if (!s->act_buf || !s->stat_buf || !s->id_buf || !s->htok || !s->htgt || !s->scale ||
         !s->hloss || !s->hlog || !s->paths || !s->fc || !s->valid) {
@@ -545,7 +548,7 @@ static int sample_cached(model *m, uint64_t seed, char *err)
     return 0;
 }
 
-/* The median and 10/90% quantiles of the sampled paths into s->fc. */
+/* The median, 10/90% quantiles and mean of the sampled paths into s->fc. */
 static void summarise_paths(tsg_state *s)
 {
     int H = s->cfg.horizon, S = s->cfg.samples;
@@ -555,10 +558,14 @@ static void summarise_paths(tsg_state *s)
             for (int p = 0; p < S; p++)
                 buf[p] = s->paths[((size_t)p * s->rows + row) * H + j];
             qsort(buf, (size_t)S, sizeof *buf, cmp_float);
-            float *f = s->fc + (size_t)row * 3 * H;
+            float *f = s->fc + (size_t)row * FC_STATS * H;
+            double sum = 0;
+            for (int p = 0; p < S; p++) /* ascending, so the sum is the same whatever the order */
+                sum += buf[p];
             f[j] = quantile(buf, S, 0.5);
             f[H + j] = quantile(buf, S, 0.1);
             f[2 * H + j] = quantile(buf, S, 0.9);
+            f[3 * H + j] = (float)(sum / S);
         }
     free(buf);
 }
@@ -586,7 +593,7 @@ int tsgpt_forecast(model *m, const float *x, int cached, uint64_t seed, float *f
     if (forecast(m, x, cached, seed, err))
         return -1;
     if (fc)
-        memcpy(fc, s->fc, (size_t)s->rows * 3 * s->cfg.horizon * sizeof *fc);
+        memcpy(fc, s->fc, (size_t)s->rows * FC_STATS * s->cfg.horizon * sizeof *fc);
     return 0;
 }
 
@@ -611,7 +618,7 @@ static void tsg_metrics(model *m, const model_batch *b, double *sums, double *co
         if (!s->valid[r])
             continue;
         for (int j = 0; j < H; j++) {
-            double e = s->fc[(size_t)r * 3 * H + j] - b->y[(size_t)r * H + j];
+            double e = s->fc[(size_t)r * FC_STATS * H + j] - b->y[(size_t)r * H + j];
             sums[0] += e * e;
             sums[1] += fabs(e);
         }
@@ -657,7 +664,7 @@ static model *tsgpt_create(backend *be, const int *v, char *err)
     m->logits = tsg_logits;
     m->metrics = tsg_metrics;
     m->write_forecast = tsgpt_write_forecast;
-    m->forecast_header = "row,step,median,q10,q90,target";
+    m->forecast_header = "row,step,median,q10,q90,mean,target";
     m->nmetrics = 2;
     m->metric_names[0] = "mse";
     m->metric_names[1] = "mae";
@@ -691,7 +698,7 @@ static batch_source *tsgpt_open_data(const model *m, const data_spec *spec, char
     return series_source_open(spec, c->channels, c->lookback, c->horizon, err);
 }
 
-/* The last forecast (after metrics) as CSV rows: row,step,median,q10,q90,y. */
+/* The last forecast (after metrics) as CSV rows: row,step,median,q10,q90,mean,y. */
 int tsgpt_write_forecast(model *m, FILE *out)
 {
     tsg_state *s = m->priv;
@@ -701,10 +708,10 @@ int tsgpt_write_forecast(model *m, FILE *out)
     for (int r = 0; r < s->rows; r++) {
         if (!s->valid[r])
             continue;
-        const float *f = s->fc + (size_t)r * 3 * H;
+        const float *f = s->fc + (size_t)r * FC_STATS * H;
         for (int j = 0; j < H; j++)
-            fprintf(out, "%d,%d,%.6g,%.6g,%.6g,%.6g\n", r, j, f[j], f[H + j], f[2 * H + j],
-                    s->last_y ? s->last_y[(size_t)r * H + j] : NAN);
+            fprintf(out, "%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g\n", r, j, f[j], f[H + j], f[2 * H + j],
+                    f[3 * H + j], s->last_y ? s->last_y[(size_t)r * H + j] : NAN);
     }
     return 0;
 }

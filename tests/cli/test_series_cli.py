@@ -401,7 +401,7 @@ def test_tsgpt_recipe_end_to_end(binary, tmp_path):
     out = p.stdout.splitlines()
     assert out[0].startswith("tsgpt-etth1: tsgpt-tiny, look-back 24, horizon 8, 4 steps"), out[0]
     lines = (tmp_path / "run" / "test_forecast.csv").read_text().splitlines()
-    assert lines[0] == "batch,row,step,median,q10,q90,target", lines[0]
+    assert lines[0] == "batch,row,step,median,q10,q90,mean,target", lines[0]
     assert len(lines) - 1 == (2880 - 8 + 1) * 7 * 8, len(lines)
     pt = [re.fullmatch(r"test \(first (\d+) windows, as PatchTST evaluates\) mse (\S+) mae (\S+)", l)
           for l in out]
@@ -409,6 +409,12 @@ def test_tsgpt_recipe_end_to_end(binary, tmp_path):
     assert len(pt) == 1 and int(pt[0].group(1)) == (2880 - 8 + 1) // 128 * 128, out
     m = re.fullmatch(r"test mse (\S+) mae (\S+)", out[-2])
     assert m and 0 < float(m.group(1)) < 10 and 0 < float(m.group(2)) < 10, out
+    d = np.genfromtxt(tmp_path / "run" / "test_forecast.csv", delimiter=",", names=True)
+    mm = re.fullmatch(r"test, the paths' mean as the forecast: mse (\S+) mae (\S+)", out[-3])
+    assert mm, out
+    e = d["mean"] - d["target"]
+    assert math.isclose(float(mm.group(1)), np.mean(e ** 2), rel_tol=1e-5), (mm.group(1), np.mean(e ** 2))
+    assert math.isclose(float(mm.group(2)), np.mean(np.abs(e)), rel_tol=1e-5)
     assert out[-1].startswith("time: training "), out[-1]
     q = subprocess.run(["sh", "bench/tsgpt_etth1.sh"], cwd=repo, env=dict(env, STEPS="many"),
                        capture_output=True, text=True, timeout=60)
