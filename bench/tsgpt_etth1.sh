@@ -24,7 +24,7 @@
 # Environment (defaults in brackets): ANATOMY_BIN [build/anatomy], ETTH1
 # [../shared/data/ett/ETTh1.csv, else data/ett/ETTh1.csv], OUT
 # [runs/tsgpt-etth1-HORIZON], HORIZON [96], LOOKBACK [96], PRESET
-# [tsgpt-etth1], STEPS [400], BATCH [32], LR [1e-3], SEED [2021],
+# [tsgpt-etth1], STEPS [1600], BATCH [32], LR [1e-3], SEED [2021],
 # EVAL_BATCH [16] (windows per decoding batch: the cache holds
 # EVAL_BATCH x 7 x samples paths), THREADS [1], EVAL_ONLY=1 (test the
 # checkpoint already in OUT).
@@ -37,7 +37,7 @@ fi
 H=${HORIZON:-96}
 LOOKBACK=${LOOKBACK:-96}
 PRESET=${PRESET:-tsgpt-etth1}
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-1600}
 BATCH=${BATCH:-32}
 LR=${LR:-1e-3}
 SEED=${SEED:-2021}
