@@ -1017,7 +1017,8 @@ static const double *decode_key(const double *kv, const double *pre, int b, int 
  * same arithmetic in the same order wherever a row lies). Shapes: B a
  * multiple of the prefix rows and not (the order of work groups a row's
  * sequences), more rows than sequences, the first position after the prefix,
- * and one large enough to run on both threads. */
+ * more sequences per row than the CPU op takes together (16), and one large
+ * enough to run on both threads. */
 START_TEST(test_attention_decode)
 {
     seed(170);
@@ -1025,7 +1026,7 @@ START_TEST(test_attention_decode)
                                     { 3, 0, 0, 9, 12, 12, 3 },  { 6, 3, 5, 9, 6, 12, 3 },
                                     { 7, 3, 5, 9, 6, 12, 3 },   { 4, 2, 6, 6, 3, 8, 2 },
                                     { 2, 5, 4, 6, 3, 8, 1 },    { 1, 1, 1, 1, 1, 4, 1 },
-                                    { 40, 8, 96, 120, 30, 64, 4 } };
+                                    { 37, 2, 20, 25, 8, 16, 2 }, { 40, 8, 96, 120, 30, 64, 4 } };
     for (int fp64 = 0; fp64 < 2; fp64++) {
         backend *be = mk(fp64, 2);
         dtype t = be->act;
