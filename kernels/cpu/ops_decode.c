@@ -103,9 +103,10 @@ static void decode_prefix_lanes(const real *const *q, const real *pre, int plen,
  * rows, then the sequence's own; the same arithmetic, in the same order,
  * wherever a position's row lies. The work comes in units of up to
  * DECODE_LANES sequences of one prefix row (b = r, r + rows, r + 2 rows,
- * ...), which go through the prefix's rows together (decode_prefix_lanes);
- * units of one row follow each other. Without a prefix a unit is one
- * sequence. */
+ * ...), which go through the prefix's rows together (decode_prefix_lanes),
+ * then through their own rows position by position, a sequence after the
+ * other (independent sums side by side, several rows in flight); units of
+ * one row follow each other. Without a prefix a unit is one sequence. */
 static void cpu_attention_decode(backend *be, void *out, void *kv, const void *qkv, int B,
                                  int pos, int maxlen, const void *prefix, int prefix_rows,
                                  int prefix_len, int C, int NH)
@@ -136,10 +137,11 @@ static void cpu_attention_decode(backend *be, void *out, void *kv, const void *q
         if (prefix_len && w)
             decode_prefix_lanes(q, (const real *)prefix + (size_t)r * prefix_len * 2 * C,
                                 prefix_len, o, mx, sum, w, scale, C, NH);
-        for (int t = 0; t < w; t++) {
-            for (int j = 0; j < own; j++)
+        for (int j = 0; j < own; j++)
+            for (int t = 0; t < w; t++)
                 decode_row(q[t], x[t] + (size_t)j * 2 * C, o[t], mx + t * NH, sum + t * NH, scale,
                            C, NH);
+        for (int t = 0; t < w; t++) {
             for (int h = 0; h < NH; h++)
                 for (int i = 0; i < hs; i++)
                     o[t][h * hs + i] /= sum[t * NH + h];
