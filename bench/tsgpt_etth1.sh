@@ -5,8 +5,9 @@
 # training split's statistics, mse and mae of the forecast over every test
 # window and channel, in normalised units. tsgpt's forecast is the median of
 # `samples` sampled paths (the preset's 20), decoded with the key/value
-# cache: every window, channel and path of an evaluation batch advance
-# together, one batched step per forecast value.
+# cache: each channel's look-back cached once and read by all its paths,
+# every window, channel and path of an evaluation batch advancing together,
+# one batched step per forecast value.
 #
 # Trains STEPS steps (no checkpoint selection: the last one is tested), then
 # evaluates the whole test split and ends with

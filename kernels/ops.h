@@ -210,14 +210,23 @@ struct backend {
 
     /* attention for one new position of B sequences (incremental decoding
      * with a key/value cache): qkv: [B, 3C], the new position pos of each
-     * sequence in attention_forward's layout; kv: [B, maxlen, 2C], each
-     * sequence's cached k and v rows (pos < maxlen). Writes each sequence's
-     * new k, v into its row pos of kv, then out: [B, C], the causal attention
-     * of its q over its rows 0..pos (the row pos of attention_forward's
-     * output for T = pos + 1). Sequence-major, so that the rows one query
-     * reads are contiguous. No backward. */
+     * sequence in attention_forward's layout. A sequence's cached k and v
+     * (a row of 2C per position) lie in two places: its positions below
+     * prefix_len in a shared prefix, prefix: [prefix_rows, prefix_len, 2C],
+     * sequence b's being prefix row b % prefix_rows (sampled paths that
+     * continue one prompt read its rows once, not a copy each); its positions
+     * prefix_len..pos in its own cache, kv: [B, maxlen, 2C], position j in
+     * row j - prefix_len (prefix_len <= pos < prefix_len + maxlen).
+     * prefix_len 0: no prefix (prefix, prefix_rows unused), kv holds all.
+     * Writes each sequence's new k, v into its row pos - prefix_len of kv,
+     * then out: [B, C], the causal attention of its q over its positions
+     * 0..pos (the row pos of attention_forward's output for T = pos + 1).
+     * Sequence-major, so that the rows one query reads are contiguous; the
+     * sequences of one prefix row run together, so that its rows are read
+     * from cache after the first. No backward. */
     void (*attention_decode)(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
-                             int maxlen, int C, int NH);
+                             int maxlen, const void *prefix, int prefix_rows, int prefix_len,
+                             int C, int NH);
 
     /* gelu (tanh approximation, as GPT-2):
      * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  x, y: [N]. */

@@ -1097,43 +1097,55 @@ END_TEST
 /* ---- attention_decode ---- */
 
 /* One new position of B sequences over caches of pos + 1 keys (the new k, v
- * written into row pos of each sequence's cache first), against the CPU op:
- * the outputs and the caches, at short caches and at long ones whose scores
+ * written into each sequence's own cache first), against the CPU op: the
+ * outputs and both caches, at short caches and at long ones whose scores
  * pass 48 KiB of shared memory with the kernel's static reduction array
  * (12,257 keys and more: such a launch needs the opt-in, and fails without it
- * on the hardware and on the emulator). */
+ * on the hardware and on the emulator); with no prefix (GPT-2's sampling)
+ * and with the first positions in a prefix shared by the sequences b of one
+ * b % prefix_rows (tsgpt's paths), B a multiple of the prefix rows or not. */
 START_TEST(test_attention_decode)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
     seed("attention_decode", _i);
-    static const int cases[][5] = { /* pos, C, NH, B, maxlen */
-        { 0, 16, 2, 1, 1 }, { 37, 64, 4, 3, 40 }, { 300, 24, 3, 2, 301 }, { 12287, 8, 2, 1, 12290 },
-        { 20000, 8, 1, 1, 20001 } };
-    for (int k = 0; k < 5; k++) {
+    static const int cases[][7] = { /* pos, C, NH, B, maxlen, prefix_rows, prefix_len */
+        { 0, 16, 2, 1, 1, 0, 0 }, { 37, 64, 4, 3, 40, 0, 0 }, { 300, 24, 3, 2, 301, 0, 0 },
+        { 12287, 8, 2, 1, 12290, 0, 0 }, { 20000, 8, 1, 1, 20001, 0, 0 },
+        { 37, 64, 4, 7, 10, 3, 30 }, { 30, 64, 4, 6, 10, 3, 30 }, { 300, 24, 3, 4, 7, 2, 296 },
+        { 12287, 8, 2, 3, 9, 2, 12280 } };
+    for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
         int pos = cases[k][0], C = cases[k][1], NH = cases[k][2], B = cases[k][3], maxlen = cases[k][4];
+        int prows = cases[k][5], plen = cases[k][6];
         size_t nkv = (size_t)B * maxlen * 2 * C, nq = (size_t)B * 3 * C, no = (size_t)B * C;
-        double *kv = rnd(nkv, 1, act), *qkv = rnd(nq, 1, act);
-        double *want = xmalloc((no + nkv) * sizeof *want), *got = xmalloc((no + nkv) * sizeof *got);
+        size_t npre = (size_t)prows * plen * 2 * C, nall = no + nkv + npre;
+        double *kv = rnd(nkv, 1, act), *qkv = rnd(nq, 1, act), *pre = rnd(npre ? npre : 1, 1, act);
+        double *want = xmalloc(nall * sizeof *want), *got = xmalloc(nall * sizeof *got);
         void *rk = up(r, DT_F64, kv, nkv), *rq = up(r, DT_F64, qkv, nq), *ro = dalloc(r, DT_F64, no);
-        r->attention_decode(r, ro, rk, rq, B, pos, maxlen, C, NH);
+        void *rp = plen ? up(r, DT_F64, pre, npre) : NULL;
+        r->attention_decode(r, ro, rk, rq, B, pos, maxlen, rp, prows, plen, C, NH);
         take(r, ro, DT_F64, NULL, no, want);
         take(r, rk, DT_F64, NULL, nkv, want + no); /* take frees */
+        if (rp)
+            take(r, rp, DT_F64, NULL, npre, want + no + nkv);
         r->free(r, rq);
         void *gk = up(g, act, kv, nkv), *gq = up(g, act, qkv, nq), *go = poisoned(g, act, no);
-        g->attention_decode(g, go, gk, gq, B, pos, maxlen, C, NH);
+        void *gp = plen ? up(g, act, pre, npre) : NULL;
+        g->attention_decode(g, go, gk, gq, B, pos, maxlen, gp, prows, plen, C, NH);
         take(g, go, act, NULL, no, got);
         take(g, gk, act, NULL, nkv, got + no);
+        if (gp)
+            take(g, gp, act, NULL, npre, got + no + nkv);
         g->free(g, gq);
-        double e = rel_l2(got, want, no), ek = rel_l2(got + no, want + no, nkv);
+        double e = rel_l2(got, want, no), ek = rel_l2(got + no, want + no, nkv + npre);
         if (getenv("ANATOMY_TEST_VERBOSE"))
-            printf("  %-5s attention_decode pos %d C %d NH %d B %d rel L2 %.3g, cache %.3g\n", dtype_name(act), pos,
-                   C, NH, B, e, ek);
-        ck_assert_msg(e <= tol(act), "attention_decode pos %d C %d NH %d B %d (%s): relative L2 error %.3g", pos, C,
-                      NH, B, dtype_name(act), e);
-        ck_assert_msg(ek <= tol(act), "attention_decode pos %d B %d (%s): the cache's relative L2 error %.3g", pos, B,
-                      dtype_name(act), ek);
-        free(kv), free(qkv), free(want), free(got);
+            printf("  %-5s attention_decode pos %d C %d NH %d B %d prefix %d x %d rel L2 %.3g, caches %.3g\n",
+                   dtype_name(act), pos, C, NH, B, prows, plen, e, ek);
+        ck_assert_msg(e <= tol(act), "attention_decode pos %d C %d NH %d B %d prefix %d x %d (%s): relative L2 "
+                      "error %.3g", pos, C, NH, B, prows, plen, dtype_name(act), e);
+        ck_assert_msg(ek <= tol(act), "attention_decode pos %d B %d prefix %d x %d (%s): the caches' relative L2 "
+                      "error %.3g", pos, B, prows, plen, dtype_name(act), ek);
+        free(kv), free(qkv), free(pre), free(want), free(got);
     }
     r->destroy(r);
     g->destroy(g);

@@ -996,6 +996,122 @@ START_TEST(test_residual_layernorm)
 }
 END_TEST
 
+/* ---- attention_decode ---- */
+
+/* Sequence b's k (v: + C) row of position j, as the op's contract places it:
+ * below plen in prefix row b % prows, then its own rows. */
+static const double *decode_key(const double *kv, const double *pre, int b, int j, int maxlen,
+                                int prows, int plen, int C)
+{
+    if (j < plen)
+        return pre + ((size_t)(b % prows) * plen + j) * 2 * C;
+    return kv + ((size_t)b * maxlen + (j - plen)) * 2 * C;
+}
+
+/* attention_decode with and without a shared prefix, in both builds, against
+ * a direct softmax in double over each sequence's keys gathered where the
+ * contract puts them: the output, the new k, v written to the sequence's own
+ * row pos - prefix_len and nothing else of either cache changed. Then the
+ * same sequences with their prefixes copied into full caches (prefix_len 0,
+ * as sequences with no shared prefix): the same output bit for bit (the
+ * same arithmetic in the same order wherever a row lies). Shapes: B a
+ * multiple of the prefix rows and not (the order of work groups a row's
+ * sequences), more rows than sequences, the first position after the prefix,
+ * more sequences per row than the CPU op takes together (16), and one large
+ * enough to run on both threads. */
+START_TEST(test_attention_decode)
+{
+    seed(170);
+    static const int cases[][7] = { /* B, prefix_rows, prefix_len, pos, maxlen, C, NH */
+                                    { 3, 0, 0, 9, 12, 12, 3 },  { 6, 3, 5, 9, 6, 12, 3 },
+                                    { 7, 3, 5, 9, 6, 12, 3 },   { 4, 2, 6, 6, 3, 8, 2 },
+                                    { 2, 5, 4, 6, 3, 8, 1 },    { 1, 1, 1, 1, 1, 4, 1 },
+                                    { 37, 2, 20, 25, 8, 16, 2 }, { 40, 8, 96, 120, 30, 64, 4 } };
+    for (int fp64 = 0; fp64 < 2; fp64++) {
+        backend *be = mk(fp64, 2);
+        dtype t = be->act;
+        for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
+            int B = cases[k][0], prows = cases[k][1], plen = cases[k][2], pos = cases[k][3];
+            int maxlen = cases[k][4], C = cases[k][5], NH = cases[k][6], hs = C / NH;
+            size_t nkv = (size_t)B * maxlen * 2 * C, npre = (size_t)prows * plen * 2 * C;
+            size_t nq = (size_t)B * 3 * C, no = (size_t)B * C;
+            double *kv = rand_vec(nkv, 1.0), *pre = rand_vec(npre, 1.0), *qkv = rand_vec(nq, 1.0);
+            round_f32(kv, nkv), round_f32(pre, npre), round_f32(qkv, nq);
+            double *want = malloc(no * sizeof *want), *wkv = malloc(nkv * sizeof *wkv);
+            ck_assert(want && wkv);
+            /* the reference: the new row in place, then a softmax per head */
+            memcpy(wkv, kv, nkv * sizeof *wkv);
+            for (int b = 0; b < B; b++)
+                memcpy(wkv + ((size_t)b * maxlen + pos - plen) * 2 * C, qkv + (size_t)b * 3 * C + C,
+                       2 * C * sizeof *wkv);
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < NH; h++) {
+                    const double *q = qkv + (size_t)b * 3 * C + h * hs;
+                    double *sc = malloc((size_t)(pos + 1) * sizeof *sc), mx = -INFINITY, sum = 0;
+                    for (int j = 0; j <= pos; j++) {
+                        const double *kj = decode_key(wkv, pre, b, j, maxlen, prows, plen, C);
+                        sc[j] = dotv(q, kj + h * hs, hs) / sqrt((double)hs);
+                        mx = fmax(mx, sc[j]);
+                    }
+                    for (int j = 0; j <= pos; j++)
+                        sum += sc[j] = exp(sc[j] - mx);
+                    for (int i = 0; i < hs; i++) {
+                        double acc = 0;
+                        for (int j = 0; j <= pos; j++)
+                            acc += sc[j] * decode_key(wkv, pre, b, j, maxlen, prows, plen,
+                                                      C)[C + h * hs + i];
+                        want[(size_t)b * C + h * hs + i] = acc / sum;
+                    }
+                    free(sc);
+                }
+            void *dkv = dup_to(be, t, kv, nkv), *dpre = dup_to(be, t, pre, npre);
+            void *dq = dup_to(be, t, qkv, nq), *dout = poisoned(be, t, no);
+            be->attention_decode(be, dout, dkv, dq, B, pos, maxlen, plen ? dpre : NULL, prows, plen,
+                                 C, NH);
+            double *got = malloc(no * sizeof *got), *gkv = malloc(nkv * sizeof *gkv);
+            double *gpre = malloc((npre ? npre : 1) * sizeof *gpre);
+            ck_assert(got && gkv && gpre);
+            get(be, got, dout, t, no);
+            get(be, gkv, dkv, t, nkv);
+            get(be, gpre, dpre, t, npre);
+            double e = rel_l2(got, want, no);
+            report("decode", be->name, k, e);
+            ck_assert_msg(e < (fp64 ? 1e-13 : F32_TOL),
+                          "%s attention_decode case %d: rel L2 %.3g against the direct softmax",
+                          be->name, k, e);
+            for (size_t i = 0; i < no; i++)
+                ck_assert_msg(!isnan(got[i]), "%s case %d: output %zu not written", be->name, k, i);
+            ck_assert_msg(memcmp(gkv, wkv, nkv * sizeof *gkv) == 0,
+                          "%s case %d: the own cache is not the old one with the new row",
+                          be->name, k);
+            ck_assert_msg(memcmp(gpre, pre, npre * sizeof *gpre) == 0,
+                          "%s case %d: the prefix changed", be->name, k);
+            if (plen) { /* the same sequences, every position in their own cache */
+                int full = plen + maxlen;
+                size_t nfull = (size_t)B * full * 2 * C;
+                double *fkv = malloc(nfull * sizeof *fkv), *fgot = malloc(no * sizeof *fgot);
+                ck_assert(fkv && fgot);
+                for (int b = 0; b < B; b++)
+                    for (int j = 0; j < full; j++)
+                        memcpy(fkv + ((size_t)b * full + j) * 2 * C,
+                               decode_key(kv, pre, b, j, maxlen, prows, plen, C),
+                               2 * C * sizeof *fkv);
+                void *dfull = dup_to(be, t, fkv, nfull), *dfout = poisoned(be, t, no);
+                be->attention_decode(be, dfout, dfull, dq, B, pos, full, NULL, 0, 0, C, NH);
+                get(be, fgot, dfout, t, no);
+                ck_assert_msg(memcmp(fgot, got, no * sizeof *got) == 0,
+                              "%s case %d: a shared prefix changes the output", be->name, k);
+                be->free(be, dfull), be->free(be, dfout);
+                free(fkv), free(fgot);
+            }
+            be->free(be, dkv), be->free(be, dpre), be->free(be, dq), be->free(be, dout);
+            free(kv), free(pre), free(qkv), free(want), free(wkv), free(got), free(gkv), free(gpre);
+        }
+        be->destroy(be);
+    }
+}
+END_TEST
+
 /* ---- fp32 against fp64 ---- */
 
 /* Runs forward and backward on both builds with the same (float-exact)
@@ -1568,6 +1684,7 @@ static Suite *ops_suite(void)
     tcase_add_test(r, test_crossentropy_nan);
     tcase_add_test(r, test_adamw);
     tcase_add_test(r, test_residual_layernorm);
+    tcase_add_test(r, test_attention_decode);
     tcase_add_test(r, test_sumsq);
     tcase_add_test(r, test_memory);
     tcase_add_test(r, test_determinism);

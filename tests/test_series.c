@@ -751,24 +751,32 @@ START_TEST(test_tsgpt_tokens_and_forecast)
 END_TEST
 
 /* tsgpt's batched, cached forecast (every row and path in one decoding batch,
- * the look-back's cache copied to each path) equals the reference that runs
- * a full forward per path and value: the same draws, the same bins, so the
- * same median and quantiles. fp64 so that no logit rounds differently; with
- * and without biases; weights away from init so that the bins spread. */
+ * the paths of a row reading its look-back from one shared cache prefix)
+ * equals the reference that runs a full forward per path and value: the
+ * same draws, the same bins, so the same median and quantiles. fp64 so that
+ * no logit rounds differently; with and without biases; weights away from
+ * init so that the bins spread. Shapes: several paths per row, one path (the
+ * prefix row is the sequence), an odd look-back, and a horizon of one value
+ * (no position after the prefix is ever cached). */
 START_TEST(test_tsgpt_cached_forecast_matches_uncached)
 {
     rng_seed(&test_rng, SEED(65));
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
-    for (int nb = 0; nb < 2; nb++) {
+    static const int shapes[][5] = { /* nobias, samples, batch, lookback, horizon */
+                                     { 0, 7, 3, 6, 4 }, { 1, 7, 3, 6, 4 }, { 0, 1, 2, 6, 4 },
+                                     { 1, 4, 1, 5, 7 }, { 0, 3, 3, 7, 1 } };
+    for (int k = 0; k < 5; k++) {
         tsgpt_config c = tsg_tiny;
-        c.samples = 7;
-        c.nobias = nb;
+        int nb = shapes[k][0];
+        c.nobias = nb, c.samples = shapes[k][1], c.lookback = shapes[k][3];
+        c.horizon = shapes[k][4];
         model *m = tsgpt_family.create(be, (const int *)&c, err);
         ck_assert_msg(m != NULL, "%s", err);
-        int B = 3, ch = c.channels, rows = B * ch, n = rows * 4 * c.horizon;
+        int B = shapes[k][2], ch = c.channels, rows = B * ch, n = rows * 4 * c.horizon;
         ck_assert_int_eq(m->plan(m, B, 0, err), 0);
-        float *p = malloc(m->nparams * sizeof *p), x[3 * 2 * 6], y[3 * 2 * 4];
+        float *p = malloc(m->nparams * sizeof *p), *x = malloc(rows * c.lookback * sizeof *x);
+        float *y = malloc(rows * c.horizon * sizeof *y);
         float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
         tsgpt_family.init((const int *)&c, p, SEED(66 + nb));
         for (size_t i = 0; i < m->nparams; i++)
@@ -779,18 +787,16 @@ START_TEST(test_tsgpt_cached_forecast_matches_uncached)
         ck_assert_msg(tsgpt_forecast(m, x, 0, 99, b, err) == 0, "%s", err);
         int spread = 0;
         for (int i = 0; i < n; i++) {
-            ck_assert_msg(a[i] == b[i], "nobias %d: forecast value %d: cached %g, uncached %g", nb,
+            ck_assert_msg(a[i] == b[i], "shape %d: forecast value %d: cached %g, uncached %g", k,
                           i, a[i], b[i]);
             spread += a[i] != a[0];
         }
-        ck_assert_msg(spread > n / 2, "the forecast is nearly constant (%d of %d differ)", spread,
-                      n);
+        ck_assert_msg(spread > n / 2, "shape %d: the forecast is nearly constant (%d of %d differ)",
+                      k, spread, n);
         /* another seed draws other paths */
         ck_assert_msg(tsgpt_forecast(m, x, 1, 100, b, err) == 0, "%s", err);
         ck_assert(memcmp(a, b, n * sizeof *a) != 0);
-        free(p);
-        free(a);
-        free(b);
+        free(p), free(x), free(y), free(a), free(b);
         m->destroy(m);
     }
     be->destroy(be);

@@ -281,7 +281,7 @@ static int gpt2_decode_plan(model *m, int maxlen, char *err)
     s->dec_tok = s->dec_buf;
     s->dec_x = (char *)s->dec_buf + xoff;
     s->dec_logits = (char *)s->dec_buf + loff;
-    return tstack_decode_plan(s->stack, 1, maxlen, err);
+    return tstack_decode_plan(s->stack, 1, maxlen, 0, 0, err);
 }
 
 static void gpt2_decode_step(model *m, int32_t tok, int pos, float *logits)

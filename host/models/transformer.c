@@ -118,11 +118,12 @@ struct tstack {
     void *d4a;                     /* [B,T,4C]: dqkv, then the MLP's dpre */
     void *d4b;                     /* [B,T,C]: a branch's gradient through its dropout */
     int B, T;
-    /* incremental decoding: per block [dec_B, maxlen, 2C] cached k, v rows;
-     * dec_B-row buffers */
-    void *dec_buf, *dec_stat, **dec_kv;
+    /* incremental decoding: per block, the shared prefix's cached k, v rows
+     * [dec_pre_rows, dec_pre_len, 2C] (dec_pre) and each sequence's rows after
+     * it [dec_B, dec_max, 2C] (dec_kv); dec_B-row buffers */
+    void *dec_buf, *dec_stat, **dec_kv, **dec_pre;
     void *dec_qkv, *dec_ln, *dec_att, *dec_scratch, *dec_res2, *dec_res[2], *dec_fch, *dec_gelu, *dec_out;
-    int dec_max, dec_B;
+    int dec_max, dec_B, dec_pre_rows, dec_pre_len;
 };
 
 #define PV(s, l, k) ((s)->p[(l) * TSTACK_VIEWS_PER_BLOCK + (k)])
@@ -178,10 +179,10 @@ static void free_decode(tstack *s)
         be->free(be, s->dec_buf);
     if (s->dec_stat)
         be->free(be, s->dec_stat);
-    free(s->dec_kv);
+    free(s->dec_kv); /* dec_pre points into it */
     s->dec_buf = s->dec_stat = NULL;
-    s->dec_kv = NULL;
-    s->dec_max = s->dec_B = 0;
+    s->dec_kv = s->dec_pre = NULL;
+    s->dec_max = s->dec_B = s->dec_pre_rows = s->dec_pre_len = 0;
 }
 
 void tstack_destroy(tstack *s)
@@ -506,11 +507,13 @@ void *tstack_backward(tstack *s, const void *dout)
 
 /* ---- incremental decoding ---- */
 
-static void carve_decode(tstack *s, carver *a, int B, int maxlen)
+static void carve_decode(tstack *s, carver *a)
 {
-    size_t C = s->c.C, BC = (size_t)B * C;
-    for (int l = 0; l < s->c.L; l++)
-        s->dec_kv[l] = carve(a, (size_t)B * maxlen * 2 * C);
+    size_t C = s->c.C, BC = (size_t)s->dec_B * C;
+    for (int l = 0; l < s->c.L; l++) {
+        s->dec_pre[l] = carve(a, (size_t)s->dec_pre_rows * s->dec_pre_len * 2 * C);
+        s->dec_kv[l] = carve(a, (size_t)s->dec_B * s->dec_max * 2 * C);
+    }
     s->dec_qkv = carve(a, 3 * BC);
     s->dec_ln = carve(a, BC);
     s->dec_att = carve(a, BC);
@@ -523,7 +526,7 @@ static void carve_decode(tstack *s, carver *a, int B, int maxlen)
     s->dec_out = carve(a, BC);
 }
 
-int tstack_decode_plan(tstack *s, int B, int maxlen, char *err)
+int tstack_decode_plan(tstack *s, int B, int maxlen, int prefix_rows, int prefix_len, char *err)
 {
     backend *be = s->m->be;
     carver a = { NULL, 0, dtype_size(be->act) };
@@ -531,38 +534,50 @@ int tstack_decode_plan(tstack *s, int B, int maxlen, char *err)
         return errf(err, "incremental decoding needs a causal pre-LN stack");
     if (!be->attention_decode)
         return errf(err, "the %s backend has no attention_decode op", be->name);
-    if (B < 1 || maxlen < 1)
+    if (prefix_len < 0 || (prefix_len && (prefix_rows < 1 || prefix_rows > B)))
+        return errf(err, "a shared prefix of %d positions in %d rows for %d sequences: the rows "
+                         "must be 1 to %d", prefix_len, prefix_rows, B, B);
+    if (B < 1 || maxlen < 0 || prefix_len + maxlen < 1)
         return errf(err, "decoding %d sequences of %d positions: both must be positive", B,
-                    maxlen);
+                    prefix_len + maxlen);
     free_decode(s);
-    s->dec_kv = calloc((size_t)s->c.L + 1, sizeof *s->dec_kv);
+    s->dec_kv = calloc(2 * (size_t)s->c.L + 1, sizeof *s->dec_kv);
     if (!s->dec_kv)
         return errf(err, "out of memory for the decoding cache");
-    carve_decode(s, &a, B, maxlen);
+    s->dec_pre = s->dec_kv + s->c.L;
+    s->dec_max = maxlen;
+    s->dec_B = B;
+    s->dec_pre_rows = prefix_len ? prefix_rows : 0;
+    s->dec_pre_len = prefix_len;
+    carve_decode(s, &a);
     s->dec_buf = be->alloc(be, a.used * a.esize);
     s->dec_stat = be->alloc(be, 2 * (size_t)B * dtype_size(be->stat)); /* mean, rstd per row */
     if (!s->dec_buf || !s->dec_stat) {
         double mib = (double)a.used * a.esize / (1 << 20);
         free_decode(s);
         return errf(err, "the decoding cache for %d sequences of %d positions needs %.1f MiB "
-                         "on %s, which could not be allocated", B, maxlen, mib, be->name);
+                         "on %s, which could not be allocated", B, prefix_len + maxlen, mib,
+                    be->name);
     }
     a.base = s->dec_buf;
     a.used = 0;
-    carve_decode(s, &a, B, maxlen);
-    s->dec_max = maxlen;
-    s->dec_B = B;
+    carve_decode(s, &a);
     return 0;
 }
 
+/* A position below the prefix's length is a step of the prefix rows, cached
+ * in the prefix (a cache of its own, with no prefix before it); a later one
+ * is a step of the sequences, cached in their own rows, each reading its
+ * prefix row before them. */
 void *tstack_decode_step(tstack *s, const void *x, int n, int pos)
 {
     backend *be = s->m->be;
-    int C = s->c.C, L = s->c.L, B = s->dec_B;
+    int C = s->c.C, L = s->c.L, B = s->dec_B, in_prefix = pos < s->dec_pre_len;
     void *mean = s->dec_stat, *rstd = buf_at(s->dec_stat, (size_t)B, be->stat);
     const void *res = x;
 
-    if (pos < 0 || pos >= s->dec_max || n < 1 || n > B)
+    if (pos < 0 || pos >= s->dec_pre_len + s->dec_max || n < 1 ||
+        n > (in_prefix ? s->dec_pre_rows : B))
         return NULL;
     if (!L) {
         be->layernorm_forward(be, s->dec_out, mean, rstd, x, LNF_W(s, s->p), LNF_B(s, s->p), n,
@@ -575,8 +590,12 @@ void *tstack_decode_step(tstack *s, const void *x, int n, int pos)
         void *res3 = s->dec_res[l & 1];
         be->matmul_forward(be, s->dec_qkv, s->dec_ln, PV(s, l, P_QKVW), PV(s, l, P_QKVB), n, C,
                            3 * C);
-        be->attention_decode(be, s->dec_att, s->dec_kv[l], s->dec_qkv, n, pos, s->dec_max, C,
-                             s->c.NH);
+        if (in_prefix)
+            be->attention_decode(be, s->dec_att, s->dec_pre[l], s->dec_qkv, n, pos,
+                                 s->dec_pre_len, NULL, 0, 0, C, s->c.NH);
+        else
+            be->attention_decode(be, s->dec_att, s->dec_kv[l], s->dec_qkv, n, pos, s->dec_max,
+                                 s->dec_pre[l], s->dec_pre_rows, s->dec_pre_len, C, s->c.NH);
         be->matmul_forward(be, s->dec_scratch, s->dec_att, PV(s, l, P_PROJW), PV(s, l, P_PROJB),
                            n, C, C);
         be->residual_layernorm_forward(be, s->dec_res2, s->dec_ln, mean, rstd, res,
@@ -595,20 +614,4 @@ void *tstack_decode_step(tstack *s, const void *x, int n, int pos)
         res = res3;
     }
     return s->dec_out;
-}
-
-/* The backends have no device-to-device copy; dst = 0 + src is one, exactly.
- * Whole caches (all maxlen positions): n sequences are one block. */
-void tstack_decode_repeat(tstack *s, int n, int copies)
-{
-    backend *be = s->m->be;
-    size_t block = (size_t)n * s->dec_max * 2 * s->c.C;
-    if (copies * n > s->dec_B)
-        return;
-    for (int l = 0; l < s->c.L; l++)
-        for (int k = 1; k < copies; k++) {
-            void *dst = buf_at(s->dec_kv[l], k * block, be->act);
-            be->fill(be, dst, be->act, 0.0, block);
-            be->accumulate(be, dst, s->dec_kv[l], block);
-        }
 }

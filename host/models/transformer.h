@@ -79,17 +79,21 @@ void *tstack_forward(tstack *s, const void *x);
  * for the final layernorm's and each block's views as they are done. */
 void *tstack_backward(tstack *s, const void *dout);
 
-/* Incremental decoding (pre-LN, causal stacks) of up to B sequences at once:
- * decode_plan reserves every block's k, v rows for B sequences of up to
- * maxlen positions and B-row buffers; decode_step runs the input rows x
- * [n, C] (n <= B) of sequences 0..n-1 at position pos through the stack
- * (their rows 0..pos-1 cached by earlier steps) and returns the output rows
- * [n, C] (owned by the stack). The same math as tstack_forward's row pos of
- * each sequence. decode_repeat copies the cache of sequences 0..n-1 into
- * sequences k*n..k*n+n-1 for k = 1..copies-1 (copies * n <= B): a shared
- * prefix computed once and continued `copies` ways. */
-int tstack_decode_plan(tstack *s, int B, int maxlen, char *err);
+/* Incremental decoding (pre-LN, causal stacks) of up to B sequences at once,
+ * whose first prefix_len positions may be shared: sequence b's are those of
+ * prefix row b % prefix_rows (1 <= prefix_rows <= B; e.g. the paths sampled
+ * from one prompt), cached once for all the sequences that continue them.
+ * decode_plan reserves every block's k, v rows for the prefix_rows prefixes
+ * and for each sequence's maxlen positions after them (prefix_len 0: no
+ * prefix, B sequences of maxlen positions) and B-row buffers. decode_step
+ * runs the input rows x [n, C] at position pos through the stack and returns
+ * the output rows [n, C] (owned by the stack), or NULL where pos or n is out
+ * of range: below prefix_len, the rows are prefix rows 0..n-1 (n <=
+ * prefix_rows); from prefix_len on, sequences 0..n-1 (n <= B), which read
+ * their prefix row's cached positions (all prefix_len of them: the prefix is
+ * decoded first) and their own positions prefix_len..pos-1 cached by earlier
+ * steps. The same math as tstack_forward's row pos of each sequence. */
+int tstack_decode_plan(tstack *s, int B, int maxlen, int prefix_rows, int prefix_len, char *err);
 void *tstack_decode_step(tstack *s, const void *x, int n, int pos);
-void tstack_decode_repeat(tstack *s, int n, int copies);
 
 #endif

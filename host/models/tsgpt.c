@@ -11,9 +11,10 @@
  *           paths' mean is reported beside it (the squared error's optimal
  *           point forecast, where the median is the absolute error's).
  *           Incremental decoding (tstack_decode_*): the look-back of every
- *           row runs once, its key/value cache is copied to each path, and
- *           every path of every row advances together, one batched step per
- *           new value. The full forward per value and path stays as the
+ *           row runs once, into a key/value cache that its paths share (the
+ *           decoding cache's prefix), and every path of every row advances
+ *           together, one batched step per new value, each path caching only
+ *           its own horizon. The full forward per value and path stays as the
  *           reference the test compares with.
  *
  * The parameter names are GPT-2's (wte.weight, wpe.weight, h.N.*, ln_f.*), so
@@ -475,7 +476,9 @@ static void sample_uncached(model *m, uint64_t seed)
         }
 }
 
-/* The decoding cache for rows * samples paths and its one-step buffers. */
+/* The decoding cache for rows * samples paths and its one-step buffers: the
+ * look-back's positions once per row (the prefix its paths share), the
+ * horizon's after them once per path. */
 static int decode_ready(model *m, char *err)
 {
     tsg_state *s = m->priv;
@@ -495,7 +498,8 @@ static int decode_ready(model *m, char *err)
     s->dec_tok = s->dec_buf;
     s->dec_x = (char *)s->dec_buf + xoff;
     s->dec_logits = (char *)s->dec_buf + loff;
-    if (tstack_decode_plan(s->stack, (int)n, s->T, err))
+    if (tstack_decode_plan(s->stack, (int)n, s->T - s->cfg.lookback, s->rows, s->cfg.lookback,
+                           err))
         return -1;
     s->dec_rows = s->rows;
     return 0;
@@ -517,9 +521,9 @@ static void decode_step(model *m, int n, int pos)
     be->download(be, s->hdec_logits, DT_F32, s->dec_logits, be->act, (size_t)n * s->Vp);
 }
 
-/* Every path of every row at once: the look-back of the rows (shared by
- * their paths) once, its cache copied to each path, then one step of all
- * rows * samples paths per new value. */
+/* Every path of every row at once: the look-back of the rows once, into the
+ * cache's prefix (path p of row r, sequence p * rows + r, reads prefix row
+ * r), then one step of all rows * samples paths per new value. */
 static int sample_cached(model *m, uint64_t seed, char *err)
 {
     tsg_state *s = m->priv;
@@ -532,7 +536,6 @@ static int sample_cached(model *m, uint64_t seed, char *err)
             s->hdec_tok[r] = s->htok[(size_t)r * T + pos];
         decode_step(m, R, pos);
     }
-    tstack_decode_repeat(s->stack, R, S);
     for (int j = 0; j < H; j++) {
         for (int p = 0; p < S; p++)
             for (int r = 0; r < R; r++) {
