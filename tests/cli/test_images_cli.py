@@ -176,7 +176,7 @@ def test_augmentation_options(run, tmp_path):
 
 def test_vit_recipe_options(tmp_path):
     """bench/vit_fmnist_recipe.sh hands its recipe to the trainer: the patch-4
-    preset, crops and flips, warmup of one epoch then cosine to zero; the
+    preset, flips (crops and dropout off), warmup of one epoch then cosine to zero; the
     environment overrides it; a bad number stops it with status 2. A
     stand-in binary records the arguments and fails, which stops the recipe
     right after the trainer."""
@@ -187,14 +187,15 @@ def test_vit_recipe_options(tmp_path):
     stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
     stub.chmod(0o755)
     env = dict(os.environ, FMNIST_DIR=str(tmp_path))
-    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET"):
+    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT"):
         env.pop(k, None)
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
                        cwd=repo, env=env, capture_output=True, text=True, timeout=60)
     assert q.returncode != 0
     got = args.read_text().split()
     opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
-    assert opt["--preset"] == "vit-mnist-p4" and opt["--crop-pad"] == "2" and opt["--flip"] == "1"
+    assert opt["--preset"] == "vit-mnist-p4" and opt["--crop-pad"] == "0" and opt["--flip"] == "1"
+    assert opt["--dropout"] == "0"
     assert opt["--schedule"] == "cosine" and opt["--lr-min-frac"] == "0"
     assert opt["--label-smoothing"] == "0.1"
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
