@@ -120,16 +120,20 @@ int ckpt_save(const char *path, const param_view *views, int nviews, size_t tota
               const float *params, const float *mom_m, const float *mom_v,
               const ckpt_meta *md, char *err)
 {
-    return ckpt_save_extra(path, views, nviews, total, params, mom_m, mom_v, md, NULL, 0, err);
+    return ckpt_save_extra(path, views, nviews, total, params, mom_m, mom_v, md, NULL, NULL, 0,
+                           err);
 }
 
 int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_t total,
                     const float *params, const float *mom_m, const float *mom_v,
-                    const ckpt_meta *md, const ckpt_extra *extra, int nextra, char *err)
+                    const ckpt_meta *md, const ckpt_state *state, const ckpt_extra *extra,
+                    int nextra, char *err)
 {
+    int nstate = state ? state->nviews : 0;
     if (!mom_m != !mom_v)
         return errf(err, "%s: both AdamW moments or neither must be saved", path);
-    if (check_views(path, views, nviews, total, err))
+    if (check_views(path, views, nviews, total, err) ||
+        (nstate && check_views(path, state->views, nstate, state->total, err)))
         return -1;
     for (int i = 0; i < nextra; i++)
         if (strncmp(extra[i].name, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)) ||
@@ -138,7 +142,7 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
     if (md && md->failed)
         return errf(err, "%s: out of memory for the metadata", path);
     int per = mom_m ? 3 : 1, nt = nviews * per, nmeta = 0, rc;
-    st_out_tensor *t = calloc((size_t)nt + (size_t)nextra + 1, sizeof(*t));
+    st_out_tensor *t = calloc((size_t)nt + (size_t)nstate + (size_t)nextra + 1, sizeof(*t));
     char (*names)[80] = calloc((size_t)nt + 1, sizeof(*names));
     const char **meta = calloc(2 * ((size_t)(md ? md->n : 0) + 3), sizeof(*meta));
     char *crc = NULL;
@@ -160,6 +164,15 @@ int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_
             view_shape(&views[i], o->shape);
             o->data = src[j] + views[i].offset;
         }
+    }
+    for (int i = 0; i < nstate; i++) { /* after the parameters' moments: not trained */
+        const param_view *v = &state->views[i];
+        st_out_tensor *o = &t[nt++];
+        o->name = v->name;
+        o->dtype = ST_F32;
+        o->ndim = v->ndim;
+        view_shape(v, o->shape);
+        o->data = state->data + v->offset;
     }
     for (int i = 0; i < nextra; i++) {
         st_out_tensor *o = &t[nt++];
@@ -313,9 +326,19 @@ static const param_view *view_of(const char *name, const param_view *views, int 
 int ckpt_load(const char *path, const param_view *views, int nviews, size_t total,
               float *params, float *mom_m, float *mom_v, int *has_moments, char *err)
 {
+    return ckpt_load_model(path, views, nviews, total, params, mom_m, mom_v, has_moments, NULL,
+                           err);
+}
+
+int ckpt_load_model(const char *path, const param_view *views, int nviews, size_t total,
+                    float *params, float *mom_m, float *mom_v, int *has_moments,
+                    const ckpt_state *state, char *err)
+{
+    int nstate = state ? state->nviews : 0;
     if (has_moments)
         *has_moments = 0;
-    if (check_views(path, views, nviews, total, err))
+    if (check_views(path, views, nviews, total, err) ||
+        (nstate && check_views(path, state->views, nstate, state->total, err)))
         return -1;
     st_file *f = ckpt_open(path, err);
     if (!f)
@@ -327,7 +350,7 @@ int ckpt_load(const char *path, const param_view *views, int nviews, size_t tota
         const char *n = st_at(f, i)->name;
         if (!strncmp(n, CKPT_TRAIN_PREFIX, strlen(CKPT_TRAIN_PREFIX)))
             continue; /* training state, for train_restore */
-        if (!view_of(n, views, nviews))
+        if (!view_of(n, views, nviews) && !(nstate && view_of(n, state->views, nstate)))
             rc = errf(err, "%s: tensor '%s' is not part of this model", path, n);
         nmom += !strncmp(n, MOM_M, strlen(MOM_M)) || !strncmp(n, MOM_V, strlen(MOM_V));
     }
@@ -336,6 +359,13 @@ int ckpt_load(const char *path, const param_view *views, int nviews, size_t tota
         rc = check_tensor(f, views[i].name, t, &views[i], err);
         if (!rc)
             memcpy(params + views[i].offset, st_data(f, t), views[i].count * sizeof(float));
+    }
+    for (int i = 0; i < nstate && !rc; i++) {
+        const param_view *v = &state->views[i];
+        const st_tensor *t = st_find(f, v->name);
+        rc = check_tensor(f, v->name, t, v, err);
+        if (!rc)
+            memcpy(state->data + v->offset, st_data(f, t), v->count * sizeof(float));
     }
     if (!rc && mom_m && mom_v && nmom) {
         for (int i = 0; i < nviews && !rc; i++) {

@@ -4,6 +4,8 @@
  *   tensors  "<view name>"            fp32 parameters, one per param_view, our shapes
  *            "adamw.m.<view name>"    fp32 first moments   (optional: weights-only files)
  *            "adamw.v.<view name>"    fp32 second moments  (optional)
+ *            "<state view name>"      fp32 model state that is not trained (running
+ *                                     statistics: model.h state_views), no moments
  *            "train.<name>"           fp32 training state beside the weights
  *                                     (optional: a recurrent model's carried state)
  *   __metadata__ (string -> string)
@@ -62,10 +64,21 @@ typedef struct {
     const float *data;
 } ckpt_extra;
 
-/* ckpt_save, plus nextra training-state tensors. */
+/* A model's state that is not trained (model.h state_views), laid out by its
+ * views over a host array `data` of `total` elements. */
+typedef struct {
+    const param_view *views;
+    int nviews;
+    size_t total;
+    float *data;
+} ckpt_state;
+
+/* ckpt_save, plus the model's state (NULL or no views: none) and nextra
+ * training-state tensors. */
 int ckpt_save_extra(const char *path, const param_view *views, int nviews, size_t total,
                     const float *params, const float *mom_m, const float *mom_v,
-                    const ckpt_meta *md, const ckpt_extra *extra, int nextra, char *err);
+                    const ckpt_meta *md, const ckpt_state *state, const ckpt_extra *extra,
+                    int nextra, char *err);
 /* Reads training-state tensor `name` (F32) of a checkpoint: *data (malloc'd,
  * the caller frees it) and its shape, or *data = NULL when the file has none. */
 int ckpt_load_extra(const char *path, const char *name, float **data, int64_t *shape,
@@ -78,6 +91,12 @@ int ckpt_read_meta(const char *path, ckpt_meta *md, char *err);
  * may be NULL; when not NULL and the file has no moments, *has_moments = 0. */
 int ckpt_load(const char *path, const param_view *views, int nviews, size_t total,
               float *params, float *mom_m, float *mom_v, int *has_moments, char *err);
+/* ckpt_load of a model with state: every state view must be present too,
+ * with exactly its shape, and is read into state->data (state NULL or no
+ * views: as ckpt_load). */
+int ckpt_load_model(const char *path, const param_view *views, int nviews, size_t total,
+                    float *params, float *mom_m, float *mom_v, int *has_moments,
+                    const ckpt_state *state, char *err);
 
 /* Hugging Face GPT-2 directory -> config and host params (malloc'd, gpt2_layout order). */
 int hf_gpt2_import(const char *dir, gpt2_config *cfg, float **params, char *err);

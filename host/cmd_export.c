@@ -67,11 +67,16 @@ int cmd_export(int argc, char **argv)
         int nviews;
         size_t total = cfg.family->layout(cfg.v, &views, &nviews);
         ckpt_meta md = { 0 };
+        ckpt_state state = { NULL, 0, 0, params + total }; /* after the parameters */
+        state.total = family_state_layout(cfg.family, cfg.v, (param_view **)&state.views,
+                                          &state.nviews);
         setup_meta_put_config(&md, &cfg);
-        if (ckpt_save(out, views, nviews, total, params, NULL, NULL, &md, err))
+        if (ckpt_save_extra(out, views, nviews, total, params, NULL, NULL, &md, &state, NULL, 0,
+                            err))
             cli_die("%s", err);
         ckpt_meta_free(&md);
         free(views);
+        free((void *)state.views);
     }
     printf("wrote %s\n", out);
     free(params);

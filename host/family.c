@@ -4,6 +4,7 @@
 #include "family.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../data/errbuf.h"
@@ -88,11 +89,56 @@ int family_field_index(const model_family *fam, const char *key)
     return -1;
 }
 
+size_t family_state_layout(const model_family *fam, const int *v, param_view **views,
+                           int *nviews)
+{
+    param_view *local = NULL;
+    size_t n = 0;
+    *nviews = 0;
+    if (fam->state_layout)
+        n = fam->state_layout(v, &local, nviews);
+    if (views)
+        *views = local;
+    else
+        free(local);
+    return n;
+}
+
+const char *family_choice_name(const family_field *fd, int value, char *buf, size_t n)
+{
+    const char *p = fd->choices;
+    for (int i = 0; p && *p; i++) {
+        size_t len = strcspn(p, " ");
+        if (i == value) {
+            snprintf(buf, n, "%.*s", (int)len, p);
+            return buf;
+        }
+        p += len + (p[len] == ' ');
+    }
+    return NULL;
+}
+
+int family_choice_index(const family_field *fd, const char *name)
+{
+    const char *p = fd->choices;
+    for (int i = 0; p && *p; i++) {
+        size_t len = strcspn(p, " ");
+        if (strlen(name) == len && !strncmp(p, name, len))
+            return i;
+        p += len + (p[len] == ' ');
+    }
+    return -1;
+}
+
 int family_check(const model_config *c, char *err)
 {
     const model_family *f = c->family;
     for (int i = 0; i < f->nfields; i++) {
         const family_field *fd = &f->fields[i];
+        char name[32];
+        if (fd->choices && !family_choice_name(fd, c->v[i], name, sizeof name))
+            return errf(err, "--%s: value %d is not one of '%s'", fd->option ? fd->option
+                        : fd->key, c->v[i], fd->choices);
         if (c->v[i] < fd->lo || c->v[i] > fd->hi)
             return errf(err, "%s%s: %d is out of range [%d, %d] (%s)",
                         fd->option ? "--" : "", fd->option ? fd->option : fd->key, c->v[i],

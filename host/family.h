@@ -28,6 +28,9 @@ typedef struct {
     const char *help;   /* one line for --help and info */
     int lo, hi;         /* accepted range */
     int flags;          /* FIELD_SWITCH | FIELD_OPTIONAL, or 0 */
+    const char *choices; /* NULL: the option takes a number; else its value is a
+                          * name of this space-separated list ("layer batch"),
+                          * the field holding its index */
 } family_field;
 
 /* family_field.flags */
@@ -64,7 +67,13 @@ struct model_family {
     size_t (*layout)(const int *v, param_view **views, int *nviews);
     /* Parameters as published (padding excluded), for info and logs. */
     size_t (*real_params)(const int *v);
-    /* Initial parameters into a host buffer laid out by layout. */
+    /* Optional (NULL: none): the table of the model's state that is not
+     * trained (model.h state_views; offsets into a state buffer), malloc'd;
+     * returns the state's element count (0: none, *views NULL). */
+    size_t (*state_layout)(const int *v, param_view **views, int *nviews);
+    /* Initial parameters into a host buffer laid out by layout, followed, when
+     * the family has state, by the initial state laid out by state_layout
+     * (a host snapshot of a model is its parameters, then its state). */
     void (*init)(const int *v, float *host, uint64_t seed);
     /* The model on a backend, buffers allocated, parameters uninitialised. */
     model *(*create)(backend *be, const int *v, char *err);
@@ -86,6 +95,14 @@ const model_family *family_find(const char *name);
 const model_family *family_of_preset(const char *preset);
 /* The field index of key in fam, or -1. */
 int family_field_index(const model_family *fam, const char *key);
+/* The state's element count and views of config v (0 and NULL when the
+ * family has none; views malloc'd, may be NULL for the caller). */
+size_t family_state_layout(const model_family *fam, const int *v, param_view **views,
+                           int *nviews);
+/* The name of value `value` of a field with choices, or NULL when out of
+ * range; family_choice_index: the index of name, or -1. */
+const char *family_choice_name(const family_field *fd, int value, char *buf, size_t n);
+int family_choice_index(const family_field *fd, const char *name);
 /* Range checks of every field, then fam->check. err names the field. */
 int family_check(const model_config *c, char *err);
 /* Space-separated list of every family's presets, for error messages. */

@@ -54,7 +54,9 @@ int model_alloc(model *m, char *err)
     m->m = alloc_counted(be, opt, &m->used_moments);
     m->v = alloc_counted(be, opt, &m->used_moments);
     m->master = be->act != be->opt ? alloc_counted(be, opt, &m->used_master) : NULL;
-    if (!m->params || !m->grads || !m->m || !m->v || (be->act != be->opt && !m->master)) {
+    m->state = m->nstate ? be->alloc(be, m->nstate * dtype_size(be->stat)) : NULL;
+    if (!m->params || !m->grads || !m->m || !m->v || (be->act != be->opt && !m->master) ||
+        (m->nstate && !m->state)) {
         double gib = (2.0 * act + 3.0 * opt) / (1 << 30);
         model_free_buffers(m);
         return errf(err, "%s model: %zu parameters need %.2f GiB on %s for weights, "
@@ -114,7 +116,7 @@ int model_shard_state(model *m, size_t lo, size_t hi, char *err)
 void model_free_buffers(model *m)
 {
     backend *be = m->be;
-    void **bufs[] = { &m->params, &m->grads, &m->master, &m->m, &m->v };
+    void **bufs[] = { &m->params, &m->grads, &m->master, &m->m, &m->v, &m->state };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if (*bufs[i])
             be->free(be, *bufs[i]);
@@ -160,6 +162,18 @@ void model_get_moments(model *m, float *mh, float *vh)
     size_t lo = m->state_lo, n = m->state_hi - lo;
     be->download(be, mh + lo, DT_F32, m->m, be->opt, n);
     be->download(be, vh + lo, DT_F32, m->v, be->opt, n);
+}
+
+void model_set_state(model *m, const float *host)
+{
+    if (m->nstate)
+        m->be->upload(m->be, m->state, m->be->stat, host, DT_F32, m->nstate);
+}
+
+void model_get_state(model *m, float *host)
+{
+    if (m->nstate)
+        m->be->download(m->be, host, DT_F32, m->state, m->be->stat, m->nstate);
 }
 
 const param_view *model_find_view(const model *m, const char *name)
@@ -268,6 +282,7 @@ void model_delete(model *m)
         return;
     model_free_buffers(m);
     free(m->views);
+    free(m->state_views);
     free(m->segs);
     free(m->priv);
     free(m);

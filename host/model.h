@@ -59,6 +59,15 @@ struct model {
      * state_hi): all of them after model_alloc, this rank's shard after
      * model_shard_state (ZeRO stage 1). */
     size_t state_lo, state_hi;
+    /* Model state that is not trained (batchnorm's running statistics; PyTorch's
+     * buffers): nstate elements in their own device buffer `state` (stat dtype:
+     * fp32 on CUDA), described by state_views (offsets into it), outside the
+     * parameter buffer so that no optimizer step writes it. Checkpoints save it
+     * under the views' names beside the parameters. nstate 0: none (NULL). */
+    param_view *state_views;
+    int nstate_views;
+    size_t nstate;
+    void *state;
     /* Device bytes each buffer took as the backend's memory report saw them
      * (be->mem_info; all 0 without it): the memory plan's check. */
     size_t used_params, used_grads, used_master, used_moments;
@@ -76,6 +85,12 @@ struct model {
      * the same two fields, so they must not change between the two. */
     float dropout;
     uint64_t dropout_seed;
+    /* 1 during a training micro-batch's forward and backward, set and reset
+     * by the trainer with dropout; 0 for every other forward (validation,
+     * evaluation, forecasts, sampling). Batchnorm reads it: a training forward
+     * normalises with the batch's statistics and updates the running ones, any
+     * other with the running statistics. */
+    int training;
     const char *has_dropout; /* where the family drops, for --help and info (NULL:
                                 nowhere; the trainer refuses --dropout) */
     /* Label smoothing of the class targets, set by the trainer for each
@@ -191,6 +206,9 @@ void model_get_params(model *m, float *host);
  * read or written (the rest of the host arrays is left alone). */
 void model_set_moments(model *m, const float *mh, const float *vh);
 void model_get_moments(model *m, float *mh, float *vh);
+/* The state (m->state, nstate elements) as host fp32 <-> device. */
+void model_set_state(model *m, const float *host);
+void model_get_state(model *m, float *host);
 const param_view *model_find_view(const model *m, const char *name);
 /* The names of the regression losses ("mse", "mae", "huber"), for options
  * and checkpoint metadata: model_loss_kind returns the kind of a name, or

@@ -218,8 +218,21 @@ int setup_take_option(model_source *src, int c, const char *arg)
         cli_die("--%s: too many model options", fd->option);
     snprintf(name, sizeof name, "--%s", fd->option);
     /* the range is the family's to check, once the family is known */
-    src->set_val[src->nset] =
-        is_switch(fd) ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    if (fd->choices) { /* a name; its index is the value */
+        int k = family_choice_index(fd, arg);
+        if (k < 0) {
+            char list[128];
+            snprintf(list, sizeof list, "%s", fd->choices);
+            for (char *p = list; *p; p++)
+                if (*p == ' ')
+                    *p = '|';
+            cli_die("%s: '%s' is not one of %s", name, arg, list);
+        }
+        src->set_val[src->nset] = k;
+    } else {
+        src->set_val[src->nset] =
+            is_switch(fd) ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    }
     src->set_opt[src->nset++] = fd->option;
     return 1;
 }
@@ -242,7 +255,14 @@ void setup_print_model_help(FILE *out)
         const char *opt = opt_fields[k]->option;
         const char *helps[32];
         int nh = 0;
-        snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
+        if (opt_fields[k]->choices) {
+            snprintf(left, sizeof left, "--%s %s", opt, opt_fields[k]->choices);
+            for (char *p = left + strlen(opt) + 3; *p; p++)
+                if (*p == ' ')
+                    *p = '|';
+        } else {
+            snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
+        }
         /* an option several families share: each meaning once, after the
          * families it is theirs in ("gpt2, bert, vit: attention heads") */
         i = 0;
@@ -284,9 +304,12 @@ void setup_print_settings(const model_config *c, FILE *out)
         const family_field *fd = &f->fields[i];
         if (!fd->option)
             continue;
+        char name[32];
         if (is_switch(fd)) {
             if (c->v[i])
                 fprintf(out, " --%s", fd->option);
+        } else if (fd->choices && family_choice_name(fd, c->v[i], name, sizeof name)) {
+            fprintf(out, " --%s %s", fd->option, name);
         } else {
             fprintf(out, " --%s %d", fd->option, c->v[i]);
         }
@@ -453,10 +476,11 @@ static int load_into(const model_source *src, model_config *cfg, float **params,
             return -1;
         total = cfg->family->layout(cfg->v, &views, &nviews);
         free(views);
+        total += family_state_layout(cfg->family, cfg->v, NULL, &nviews);
         *params = malloc(total * sizeof **params);
         if (!*params)
             return errf(err, "--preset: out of memory for %zu parameters", total);
-        cfg->family->init(cfg->v, *params, src->seed);
+        cfg->family->init(cfg->v, *params, src->seed); /* and the state after them */
         return 0;
     }
     if (is_run_dir(src->init)) {
@@ -477,13 +501,22 @@ static int load_into(const model_source *src, model_config *cfg, float **params,
     if (ckpt_read_meta(src->init, md, err) || setup_meta_get_config(md, src->init, cfg, err))
         return -1;
     total = cfg->family->layout(cfg->v, &views, &nviews);
-    *params = malloc(total * sizeof **params);
-    if (!views || !*params) {
+    ckpt_state state = { NULL, 0, 0, NULL };
+    state.total = family_state_layout(cfg->family, cfg->v, (param_view **)&state.views,
+                                      &state.nviews);
+    *params = malloc((total + state.total) * sizeof **params);
+    if (!views || !*params || (state.total && !state.views)) {
         free(views);
+        free((void *)state.views);
+        free(*params);
+        *params = NULL;
         return errf(err, "%s: out of memory", src->init);
     }
-    int rc = ckpt_load(src->init, views, nviews, total, *params, NULL, NULL, NULL, err);
+    state.data = *params + total; /* the snapshot: parameters, then state */
+    int rc = ckpt_load_model(src->init, views, nviews, total, *params, NULL, NULL, NULL, &state,
+                             err);
     free(views);
+    free((void *)state.views);
     if (rc) {
         free(*params);
         *params = NULL;
@@ -533,6 +566,7 @@ model *setup_model_from(backend *be, const model_source *src, const model_config
     if (!m)
         cli_die("%s", err);
     model_set_params(m, params);
+    model_set_state(m, params + m->nparams);
     free(params);
     return m;
 }

@@ -57,8 +57,9 @@ int setup_source_kind(const char *path, source_kind *kind, char *err);
  * (starting ": ...") when a directory has neither checkpoints nor config.json. */
 char *setup_latest_checkpoint(const char *path, char *err);
 
-/* Resolves the source into a config and host fp32 parameters (malloc'd, in
- * the family's layout order). When the source is our checkpoint, its
+/* Resolves the source into a config and a host fp32 snapshot of the model
+ * (malloc'd): its parameters in the family's layout order, then its state
+ * (family.h state_layout; nothing for most families). When the source is our checkpoint, its
  * metadata is copied to *md (if md is not NULL); otherwise md->n = 0. */
 int setup_load(const model_source *src, model_config *cfg, float **params, ckpt_meta *md,
                char *err);

@@ -329,10 +329,11 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
     if (!sharded && o->rank != 0)
         return 0; /* rank 0 holds it all and writes */
     float *p = malloc(n * sizeof *p), *mm = malloc(n * sizeof *mm), *vv = malloc(n * sizeof *vv);
+    float *sv = malloc((m->nstate ? m->nstate : 1) * sizeof *sv);
     ckpt_meta md = { 0 };
     int rc = 0;
 
-    if (!p || !mm || !vv)
+    if (!p || !mm || !vv || !sv)
         rc = errf(err, "%s: out of memory for the checkpoint copy", path);
     if (sharded && o->dist) { /* every rank must take part, even one out of memory */
         int bad = rc != 0;
@@ -346,6 +347,7 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
     if (!rc) {
         model_get_params(m, p);
         model_get_moments(m, mm, vv);
+        model_get_state(m, sv); /* the same on every rank: sync_state after each step */
         if (sharded && (gather_shards(o, mm, n, "AdamW m", err) ||
                         gather_shards(o, vv, n, "AdamW v", err) ||
                         (m->master && gather_shards(o, p, n, "master weights", err))))
@@ -358,10 +360,12 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
         setup_meta_put_loss(&md, m);
         ckpt_extra carried = { "train.carried", 2,
                                { st->carried_world, (int64_t)st->carried_n }, st->carried };
-        rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &carried,
+        ckpt_state state = { m->state_views, m->nstate_views, m->nstate, sv };
+        rc = ckpt_save_extra(path, m->views, m->nviews, n, p, mm, vv, &md, &state, &carried,
                              st->carried ? 1 : 0, err);
         ckpt_meta_free(&md);
     }
+    free(sv);
     free(p);
     free(mm);
     free(vv);
@@ -386,7 +390,7 @@ int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *
     size_t n = m->nparams;
     uint64_t step, pos;
     const char *r = ckpt_meta_get(md, "rng");
-    float *p, *mm, *vv;
+    float *p, *mm, *vv, *sv = NULL;
     int has = 0, rc;
 
     if (meta_u64(md, path, "step", &step, err) || meta_u64(md, path, "data_pos", &pos, err))
@@ -407,16 +411,20 @@ int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *
     p = malloc(n * sizeof *p);
     mm = malloc(n * sizeof *mm);
     vv = malloc(n * sizeof *vv);
-    if (!p || !mm || !vv) {
+    sv = malloc((m->nstate ? m->nstate : 1) * sizeof *sv);
+    if (!p || !mm || !vv || !sv) {
         rc = errf(err, "%s: out of memory", path);
         goto done;
     }
-    rc = ckpt_load(path, m->views, m->nviews, n, p, mm, vv, &has, err);
+    ckpt_state state = { m->state_views, m->nstate_views, m->nstate, sv };
+    rc = ckpt_load_model(path, m->views, m->nviews, n, p, mm, vv, &has, &state, err);
     if (!rc && !has)
         rc = errf(err, "%s: holds weights only (no AdamW moments); use --init to start "
                        "a new run from it", path);
-    if (!rc)
+    if (!rc) {
         model_set_moments(m, mm, vv);
+        model_set_state(m, sv);
+    }
     if (!rc) { /* a recurrent model's carried state, when the checkpoint has one */
         int64_t shape[MODEL_MAXDIM];
         int nd;
@@ -436,6 +444,7 @@ done:
     free(p);
     free(mm);
     free(vv);
+    free(sv);
     return rc;
 }
 
@@ -561,6 +570,27 @@ static int save_step(model *m, const train_opts *o, const train_state *st, char 
     return 0;
 }
 
+/* The model's state (batchnorm's running statistics, each rank's updated from
+ * its own micro-batches) replaced by its mean over the ranks after every
+ * step, so that every rank validates, saves and resumes with the same
+ * statistics (their mean; torch's DistributedDataParallel broadcasts rank
+ * 0's instead). hf [nstate], hd [nstate]: host room, allocated before the
+ * first step. */
+static int sync_state(model *m, const train_opts *o, float *hf, double *hd, char *err)
+{
+    if (!o->dist || o->world == 1 || !m->nstate)
+        return 0;
+    model_get_state(m, hf);
+    for (size_t i = 0; i < m->nstate; i++)
+        hd[i] = hf[i];
+    if (dist_allreduce_f64(o->dist, hd, (int)m->nstate, 1, "running statistics", err))
+        return -1;
+    for (size_t i = 0; i < m->nstate; i++)
+        hf[i] = (float)hd[i];
+    model_set_state(m, hf);
+    return 0;
+}
+
 /* The dropout masks' seed of global micro-batch mb of a run seeded with
  * seed: splitmix64 over both, so that every micro-batch (and every rank's)
  * draws its own masks, the same ones again after a resume. */
@@ -629,6 +659,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     float *carried = NULL;  /* [world * ncarried]: every rank's carried state, for checkpoints */
     double *carried_wide = NULL;
     size_t ncarried = 0;
+    float *state_f = NULL; /* [nstate] each, for sync_state */
+    double *state_d = NULL;
 
     if (o->dropout > 0 && !m->has_dropout) {
         errf(err, "--dropout: the %s model has nowhere to drop", m->family);
@@ -688,6 +720,14 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         if (!ld)
             goto done;
         ld->seek(ld, st->data_pos);
+        if (o->world > 1 && m->nstate) {
+            state_f = malloc(m->nstate * sizeof *state_f);
+            state_d = malloc(m->nstate * sizeof *state_d);
+            if (!state_f || !state_d || m->nstate > (size_t)1 << 30) {
+                errf(err, "out of memory for the running statistics");
+                goto done;
+            }
+        }
         if (m->carried_count && m->get_carried && m->set_carried)
             ncarried = m->carried_count(m);
         if (ncarried) {
@@ -756,6 +796,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             uint64_t mb = ld->position(ld) * (uint64_t)o->world + (uint64_t)o->rank;
             if (ld->next(ld, err))
                 goto done;
+            m->training = 1;
             m->dropout = (float)o->dropout;
             m->dropout_seed = dropout_seed(o->seed, mb);
             m->label_smoothing = (float)o->label_smoothing;
@@ -767,7 +808,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             m->grads_ready_ctx = &bucket;
             m->backward(m);
             m->grads_ready = NULL;
-            m->dropout = 0.0f; /* nothing else drops: validation, samples */
+            m->training = 0; /* nothing else trains or drops: validation, samples */
+            m->dropout = 0.0f;
             m->label_smoothing = 0.0f;
         }
         st->data_pos = ld->position(ld);
@@ -802,6 +844,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
             train_range(be, "optimizer", 0);
         }
+        if (sync_state(m, o, state_f, state_d, err))
+            goto done;
         be->sync(be);
         double ms = now_ms() - t0;
         st->step++;
@@ -902,6 +946,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
 done:
     free(carried);
     free(carried_wide);
+    free(state_f);
+    free(state_d);
     rundir_signals_off();
     free(z.segs);
     sampler_free(&sp);

@@ -162,6 +162,37 @@ struct backend {
                                        void *rstd, const void *a, const void *b,
                                        const void *weight, const void *bias, int N, int C);
 
+    /* batchnorm (torch.nn.BatchNorm1d over C features, the N rows its batch): per
+     * column c, y[i,c] = (x[i,c] - mean_c) * rstd_c * g[c] + b[c], rstd_c = 1/sqrt(var_c + 1e-5);
+     * bias may be NULL (b = 0). x, y: [N,C]; running_mean, running_var: stat [C].
+     *  train = 1: mean_c, var_c are column c's mean and biased variance over the N rows;
+     *    saves mean, rstd: stat [C] for the backward, and updates the running estimates
+     *    as torch does: running_mean = (1 - momentum) running_mean + momentum mean_c,
+     *    running_var = (1 - momentum) running_var + momentum var_c N / (N - 1) (unbiased;
+     *    the biased variance when N = 1).
+     *  train = 0 (evaluation): mean_c, var_c are running_mean, running_var, left unchanged;
+     *    mean and rstd (may be NULL) get what was used. */
+    void (*batchnorm_forward)(backend *be, void *out, void *mean, void *rstd,
+                              void *running_mean, void *running_var, const void *inp,
+                              const void *weight, const void *bias, float momentum, int train,
+                              int N, int C);
+    /* residual + batchnorm: res_out = a + b, then out = batchnorm(res_out) as above.
+     * a, b, res_out, out: [N,C]. Equal to residual_forward then batchnorm_forward
+     * (the post-norm blocks' order, as residual_layernorm_forward). */
+    void (*residual_batchnorm_forward)(backend *be, void *res_out, void *out, void *mean,
+                                       void *rstd, void *running_mean, void *running_var,
+                                       const void *a, const void *b, const void *weight,
+                                       const void *bias, float momentum, int train, int N,
+                                       int C);
+    /* From the forward's saved mean, rstd: xhat = (x - mean_c) rstd_c;
+     * dg[c] += sum_i dy xhat;  db[c] += sum_i dy (db may be NULL);
+     *  train = 1 (through the batch statistics):
+     *    dx += rstd_c g[c] (dy - mean_i(dy) - xhat mean_i(dy xhat)), means over the N rows;
+     *  train = 0 (the statistics were constants):  dx += rstd_c g[c] dy. */
+    void (*batchnorm_backward)(backend *be, void *dinp, void *dweight, void *dbias,
+                               const void *dout, const void *inp, const void *weight,
+                               const void *mean, const void *rstd, int train, int N, int C);
+
     /* matmul: out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be NULL).
      * Saves nothing (backward needs inp and weight). */
     void (*matmul_forward)(backend *be, void *out, const void *inp, const void *weight,

@@ -25,6 +25,9 @@
 #   HUBER_DELTA  with LOSS=huber: its delta in the normalised units (the
 #                trainer's --huber-delta; default 1)
 #   LOOKBACK [336] (PatchTST/64 looks back 512)
+#   NORM [layer] the post-LN blocks' norm: layer, or batch (PatchTST's
+#                BatchNorm1d: batch statistics in training, running ones for
+#                validation and test; the trainer's --norm)
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
 #                (same data order and schedule: the trainer's --resume)
@@ -52,9 +55,14 @@ EXTRA=${EXTRA:-}
 # only what was given: a resumed run takes its loss from the checkpoint
 LOSS_OPTS="${LOSS:+--loss $LOSS} ${HUBER_DELTA:+--huber-delta $HUBER_DELTA}"
 LOOKBACK=${LOOKBACK:-336}
+NORM=${NORM:-layer}
 case ${LOSS:-mse} in
     mse|mae|huber) ;;
     *) echo "etth1.sh: LOSS must be mse, mae or huber, got '$LOSS'" >&2; exit 2 ;;
+esac
+case $NORM in
+    layer|batch) ;;
+    *) echo "etth1.sh: NORM must be layer or batch, got '$NORM'" >&2; exit 2 ;;
 esac
 case $LOOKBACK in
     ''|*[!0-9]*) echo "etth1.sh: LOOKBACK must be a number, got '$LOOKBACK'" >&2; exit 2 ;;
@@ -71,13 +79,13 @@ SPE=$(((NWIN + BATCH - 1) / BATCH))
 STEPS=$((EPOCHS * SPE))
 WARMUP=$SPE
 start=$(date +%s)
-echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, dropout $DROPOUT, loss ${LOSS:-mse}${HUBER_DELTA:+ (delta $HUBER_DELTA)} -> $OUT"
+echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, norm $NORM, dropout $DROPOUT, loss ${LOSS:-mse}${HUBER_DELTA:+ (delta $HUBER_DELTA)} -> $OUT"
 mkdir -p "$OUT"
 if [ "${RESUME:-0}" = 1 ] && ls "$OUT"/step_*.safetensors > /dev/null 2>&1; then
     MODEL="--resume $OUT"    # the checkpoint carries the model's config
     LOG=$OUT/train-resumed.log
 else
-    MODEL="--model patchts --preset $PRESET --horizon $H --lookback $LOOKBACK"
+    MODEL="--model patchts --preset $PRESET --horizon $H --lookback $LOOKBACK --norm $NORM"
     LOG=$OUT/train.log
 fi
 # shellcheck disable=SC2086

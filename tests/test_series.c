@@ -20,6 +20,7 @@
 #include "../data/errbuf.h"
 #include "../data/series.h"
 #include "../host/models/patchts.h"
+#include "../host/models/transformer.h"
 #include "testrand.h"
 
 static uint64_t base_seed;
@@ -439,9 +440,11 @@ static double loss_grad(model *m, const double *p, const model_batch *b, double 
 
 /* dropout: the model's drop probability during the check (0: none);
  * loss_kind, delta: the model's regression loss (patchts; LOSS_MSE for
- * tsgpt, which has none) */
-static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, int H, int B,
-                      double tol, float dropout, int loss_kind, double delta)
+ * tsgpt, which has none); training: m->training during the check (batchnorm:
+ * 1 differentiates through the batch's statistics, 0 with the running ones,
+ * moved from their initial values by a training forward first) */
+static void gradcheck_mode(const model_family *fam, const int *cfg, int ch, int Lb, int H, int B,
+                           double tol, float dropout, int loss_kind, double delta, int training)
 {
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
@@ -458,6 +461,11 @@ static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, i
         p[i] = 0.3 * nrand();
     random_series_batch(x, y, B, ch, Lb, H, B - 1);
     model_batch b = { .x = x, .y = y };
+    if (!training && m->nstate) { /* running statistics that are not torch's initial ones */
+        m->training = 1;
+        loss_grad(m, p, &b, NULL);
+    }
+    m->training = training;
     if (dropout > 0) { /* a fixed mask: still a smooth function */
         double plain = loss_grad(m, p, &b, NULL);
         m->dropout = dropout;
@@ -501,7 +509,9 @@ static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, i
         int padded_rows = strcmp(v->name, "wte.weight") == 0;
         ck_assert_msg(s > 0 || padded_rows, "%s: view %s has zero gradient", fam->name, v->name);
     }
-    /* padding rows: changing their x changes nothing */
+    /* padding rows (evaluation only: a training batch has none, and its
+     * batch statistics would see them): changing their x changes nothing */
+    m->training = 0;
     double l0 = loss_grad(m, p, &b, NULL);
     for (int i = 0; i < ch * Lb; i++)
         x[(size_t)(B - 1) * ch * Lb + i] += (float)nrand();
@@ -513,6 +523,12 @@ static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, i
     free(y);
     m->destroy(m);
     be->destroy(be);
+}
+
+static void gradcheck(const model_family *fam, const int *cfg, int ch, int Lb, int H, int B,
+                      double tol, float dropout, int loss_kind, double delta)
+{
+    gradcheck_mode(fam, cfg, ch, Lb, H, B, tol, dropout, loss_kind, delta, 1);
 }
 
 START_TEST(test_patchts_gradcheck_fp64)
@@ -532,6 +548,21 @@ START_TEST(test_patchts_gradcheck_fp64)
 }
 END_TEST
 
+/* --norm batch (post-LN blocks with batchnorm): _i = 0: training (through the
+ * batch statistics); 1: with dropout; 2: without biases; 3: evaluation mode
+ * (the running statistics, constants). */
+START_TEST(test_patchts_batchnorm_gradcheck_fp64)
+{
+    rng_seed(&test_rng, SEED(70 + _i));
+    patchts_config c = pts_tiny;
+    c.post_ln = 1;
+    c.norm = TSTACK_NORM_BATCH;
+    c.nobias = _i == 2;
+    gradcheck_mode(&patchts_family, (const int *)&c, c.channels, c.lookback, c.horizon, 3, 1e-7,
+                   _i == 1 ? 0.3f : 0.0f, LOSS_MSE, 1.0, _i != 3);
+}
+END_TEST
+
 START_TEST(test_tsgpt_gradcheck_fp64)
 {
     rng_seed(&test_rng, SEED(20));
@@ -548,26 +579,31 @@ START_TEST(test_tsgpt_gradcheck_fp64)
 }
 END_TEST
 
-/* fp32 backend against the fp64 oracle; and the loss is the mse metric. */
+/* fp32 backend against the fp64 oracle; and the loss is the mse metric.
+ * _i = 0: pre-LN; 1: post-LN; 2: post-LN with batchnorm (training forwards). */
 START_TEST(test_patchts_fp32_and_metrics)
 {
     rng_seed(&test_rng, SEED(30 + _i));
     char err[ERRBUF];
-    patchts_config c = { 3, 48, 24, 8, 4, 1, 2, 2, 16, .post_ln = _i }; /* pre-LN, post-LN */
+    patchts_config c = { 3, 48, 24, 8, 4, 1, 2, 2, 16, .post_ln = _i > 0,
+                         .norm = _i == 2 ? TSTACK_NORM_BATCH : TSTACK_NORM_LAYER };
     backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
     model *m64 = patchts_family.create(b64, (int *)&c, err);
     model *m32 = patchts_family.create(b32, (int *)&c, err);
+    m64->training = m32->training = 1;
     int B = 5;
     ck_assert_int_eq(m64->plan(m64, B, 0, err), 0);
     ck_assert_int_eq(m32->plan(m32, B, 0, err), 0);
     size_t np = m64->nparams;
-    float *pf = malloc(np * sizeof *pf);
+    float *pf = malloc((np + m64->nstate) * sizeof *pf); /* init writes the state after */
     double *g64 = malloc(np * sizeof *g64), *g32 = malloc(np * sizeof *g32);
     float *x = malloc((size_t)B * 3 * 48 * sizeof *x), *y = malloc((size_t)B * 3 * 24 * sizeof *y);
     patchts_family.init((int *)&c, pf, SEED(31));
     random_series_batch(x, y, B, 3, 48, 24, 4);
     model_set_params(m64, pf);
     model_set_params(m32, pf);
+    model_set_state(m64, pf + np);
+    model_set_state(m32, pf + np);
     model_batch b = { .x = x, .y = y };
     double l64 = m64->forward(m64, &b, 1.0f), l32 = m32->forward(m32, &b, 1.0f);
     m64->backward(m64);
@@ -653,7 +689,7 @@ START_TEST(test_patchts_learns)
 {
     rng_seed(&test_rng, SEED(50));
     char err[ERRBUF];
-    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16, 0, 0 };
+    patchts_config c = { 1, 32, 8, 8, 4, 1, 1, 2, 16, 0, 0, 0 };
     backend *be = backend_cpu_create(0, err);
     model *m = patchts_family.create(be, (int *)&c, err);
     int B = 16;
@@ -937,8 +973,9 @@ static Suite *series_suite(void)
     TCase *tm = tcase_create("models");
     tcase_set_timeout(tm, 120);
     tcase_add_loop_test(tm, test_patchts_gradcheck_fp64, 0, 9);
+    tcase_add_loop_test(tm, test_patchts_batchnorm_gradcheck_fp64, 0, 4);
     tcase_add_test(tm, test_tsgpt_gradcheck_fp64);
-    tcase_add_loop_test(tm, test_patchts_fp32_and_metrics, 0, 2);
+    tcase_add_loop_test(tm, test_patchts_fp32_and_metrics, 0, 3);
     tcase_add_test(tm, test_patchts_revin_shift);
     tcase_add_test(tm, test_patchts_learns);
     tcase_add_test(tm, test_tsgpt_tokens_and_forecast);

@@ -38,16 +38,16 @@ static int nemb(const bert_config *c)
 
 static const family_field bert_fields[] = {
     { "V", "vocab-size", "model vocabulary: tokenizer ids + [CLS] [SEP] [MASK] [PAD]", 5,
-      1 << 24, 0 },
-    { "maxT", "max-seq", "longest sequence (learned positions)", 3, 1 << 20, 0 },
-    { "L", "layers", "post-LN transformer blocks", 1, 1024, 0 },
-    { "NH", "heads", "attention heads", 1, 1024, 0 },
-    { "C", "width", "model width", 1, 1 << 16, 0 },
+      1 << 24, 0, NULL },
+    { "maxT", "max-seq", "longest sequence (learned positions)", 3, 1 << 20, 0, NULL },
+    { "L", "layers", "post-LN transformer blocks", 1, 1024, 0, NULL },
+    { "NH", "heads", "attention heads", 1, 1024, 0, NULL },
+    { "C", "width", "model width", 1, 1 << 16, 0, NULL },
     { "nsp", "nsp", "next-sentence prediction: sentence pairs, pooler and 2-way head", 0, 1,
-      FIELD_SWITCH },
+      FIELD_SWITCH, NULL },
     /* optional: checkpoints from before the switch have biases */
     { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
-      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL, NULL },
 };
 
 #define BERT_PRESETS "bert-tiny bert-mini bert-small bert-medium bert-base bert-large"
@@ -605,7 +605,7 @@ static model *bert_create(backend *be, const int *cv, char *err)
         goto fail;
     resolve(m, m->params, &s->p);
     resolve(m, m->grads, &s->g);
-    s->stack = tstack_create(m, &tc, nemb(c), err);
+    s->stack = tstack_create(m, &tc, nemb(c), 0, err);
     if (!s->stack)
         goto fail;
     return m;

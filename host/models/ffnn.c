@@ -24,12 +24,12 @@
 #include "../../data/rng.h"
 
 static const family_field ffnn_fields[] = {
-    { "V", "vocab-size", "vocabulary size (token ids below it)", 2, 1 << 24, 0 },
-    { "n", "window", "context window: the previous n tokens predict the next", 1, 1024, 0 },
-    { "C", NULL, "embedding width per token", 1, 1 << 16, 0 },
-    { "H", "width", "hidden (tanh) layer width (--hidden: the same)", 1, 1 << 16, 0 },
+    { "V", "vocab-size", "vocabulary size (token ids below it)", 2, 1 << 24, 0, NULL },
+    { "n", "window", "context window: the previous n tokens predict the next", 1, 1024, 0, NULL },
+    { "C", NULL, "embedding width per token", 1, 1 << 16, 0, NULL },
+    { "H", "width", "hidden (tanh) layer width (--hidden: the same)", 1, 1 << 16, 0, NULL },
     { "direct", "direct", "direct connections from the embeddings to the output", 0, 1,
-      FIELD_SWITCH },
+      FIELD_SWITCH, NULL },
 };
 
 #define FFNN_PRESETS "ffnn-small ffnn-tiny ffnn-bengio ffnn-medium"

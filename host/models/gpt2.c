@@ -351,7 +351,7 @@ model *gpt2_create(backend *be, const gpt2_config *cfg, char *err)
     }
     if (model_alloc(m, err))
         goto fail;
-    s->stack = tstack_create(m, &sc, 2, err);
+    s->stack = tstack_create(m, &sc, 2, 0, err);
     if (!s->stack)
         goto fail;
     s->wte = model_view_at(m, m->params, 0);
@@ -367,14 +367,14 @@ fail:
 /* ---- the family table entry ---- */
 
 static const family_field gpt2_fields[] = {
-    { "V", "vocab-size", "vocabulary size (50257: GPT-2's BPE; 256: bytes)", 2, 1 << 24, 0 },
-    { "maxT", "max-seq", "context length (learned positions)", 1, 1 << 20, 0 },
-    { "L", "layers", "transformer blocks", 1, 1024, 0 },
-    { "NH", "heads", "attention heads", 1, 1 << 16, 0 },
-    { "C", "width", "model width", 1, 1 << 16, 0 },
+    { "V", "vocab-size", "vocabulary size (50257: GPT-2's BPE; 256: bytes)", 2, 1 << 24, 0, NULL },
+    { "maxT", "max-seq", "context length (learned positions)", 1, 1 << 20, 0, NULL },
+    { "L", "layers", "transformer blocks", 1, 1024, 0, NULL },
+    { "NH", "heads", "attention heads", 1, 1 << 16, 0, NULL },
+    { "C", "width", "model width", 1, 1 << 16, 0, NULL },
     /* optional: checkpoints from before the switch have biases */
     { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
-      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL, NULL },
 };
 
 static int fam_preset(const char *name, int *v, char *err)

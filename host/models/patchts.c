@@ -36,20 +36,24 @@
 /* ---- config ---- */
 
 static const family_field patchts_fields[] = {
-    { "channels", "channels", "series channels (numeric CSV columns)", 1, 4096, 0 },
-    { "lookback", "lookback", "input steps per channel", 1, 1 << 16, 0 },
-    { "horizon", "horizon", "steps forecast", 1, 1 << 16, 0 },
-    { "patch", "patch", "patch length", 1, 4096, 0 },
-    { "stride", "stride", "patch stride", 1, 4096, 0 },
-    { "pad", NULL, "1: pad the window's end by one stride (one more patch)", 0, 1, 0 },
-    { "L", "layers", "transformer blocks", 1, 256, 0 },
-    { "NH", "heads", "attention heads", 1, 256, 0 },
-    { "C", "width", "model width", 1, 1 << 14, 0 },
+    { "channels", "channels", "series channels (numeric CSV columns)", 1, 4096, 0, NULL },
+    { "lookback", "lookback", "input steps per channel", 1, 1 << 16, 0, NULL },
+    { "horizon", "horizon", "steps forecast", 1, 1 << 16, 0, NULL },
+    { "patch", "patch", "patch length", 1, 4096, 0, NULL },
+    { "stride", "stride", "patch stride", 1, 4096, 0, NULL },
+    { "pad", NULL, "1: pad the window's end by one stride (one more patch)", 0, 1, 0, NULL },
+    { "L", "layers", "transformer blocks", 1, 256, 0, NULL },
+    { "NH", "heads", "attention heads", 1, 256, 0, NULL },
+    { "C", "width", "model width", 1, 1 << 14, 0, NULL },
     { "post_ln", "post-ln", "1: post-LN blocks, a layernorm after each residual add (PatchTST's "
-      "order); 0: pre-LN", 0, 1, FIELD_OPTIONAL },
+      "order); 0: pre-LN", 0, 1, FIELD_OPTIONAL, NULL },
+    /* optional: checkpoints from before the choice are layernorm ones */
+    { "norm", "norm", "the post-LN blocks' norm: layer (layernorm over each token's features) "
+      "or batch (PatchTST's BatchNorm1d over the batch's tokens, running statistics for "
+      "evaluation)", 0, 1, FIELD_OPTIONAL, "layer batch" },
     /* optional: checkpoints from before the switch have biases */
     { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
-      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL, NULL },
 };
 
 static const char *const patchts_preset_names = "patchts-etth1 patchts-small patchts-tiny";
@@ -59,9 +63,9 @@ static int patchts_preset(const char *name, int *v, char *err)
     /* patchts-etth1: PatchTST's ETTh1 setting (look-back 336, P 16, S 8, end
      * padding: 42 patches; 3 post-LN layers, 4 heads, width 16). */
     static const struct { const char *name; patchts_config c; } p[] = {
-        { "patchts-etth1", { 7, 336, 96, 16, 8, 1, 3, 4, 16, 1, 0 } },
-        { "patchts-small", { 7, 336, 96, 16, 8, 1, 2, 4, 32, 0, 0 } },
-        { "patchts-tiny", { 7, 48, 24, 8, 4, 1, 1, 2, 8, 0, 0 } },
+        { "patchts-etth1", { 7, 336, 96, 16, 8, 1, 3, 4, 16, 1, TSTACK_NORM_LAYER, 0 } },
+        { "patchts-small", { 7, 336, 96, 16, 8, 1, 2, 4, 32, 0, TSTACK_NORM_LAYER, 0 } },
+        { "patchts-tiny", { 7, 48, 24, 8, 4, 1, 1, 2, 8, 0, TSTACK_NORM_LAYER, 0 } },
     };
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (strcmp(name, p[i].name) == 0) {
@@ -85,6 +89,9 @@ static int patchts_check(const int *v, char *err)
     if (c->C % c->NH)
         return errf(err, "--heads %d does not divide --width %d (the width is split evenly among "
                          "the heads)", c->NH, c->C);
+    if (c->norm == TSTACK_NORM_BATCH && !c->post_ln)
+        return errf(err, "--norm batch: only with post-LN blocks (--post-ln 1), where PatchTST "
+                         "has it");
     if ((long)patchts_patches(c) * c->C > 1 << 24)
         return errf(err, "--lookback: %d patches of width %d make a head too large",
                     patchts_patches(c), c->C);
@@ -94,7 +101,7 @@ static int patchts_check(const int *v, char *err)
 static tstack_config stack_of(const patchts_config *c)
 {
     return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 0,
-                           .post_ln = c->post_ln, .nobias = c->nobias };
+                           .post_ln = c->post_ln, .nobias = c->nobias, .norm = c->norm };
 }
 
 static void add_view(param_view *v, int *n, size_t *off, const char *name, int ndim, int d0,
@@ -144,6 +151,25 @@ static size_t patchts_layout(const int *v, param_view **views, int *nviews)
     return off;
 }
 
+/* The state: the stack's running statistics (batchnorm), "h.N.bn_K.*". */
+static size_t patchts_state_layout(const int *v, param_view **views, int *nviews)
+{
+    tstack_config tc = stack_of((const patchts_config *)v);
+    int n = 0, nv = tstack_nstate_views(&tc);
+    size_t off = 0;
+    *views = NULL;
+    *nviews = 0;
+    if (!nv)
+        return 0;
+    param_view *pv = calloc((size_t)nv, sizeof *pv);
+    if (!pv)
+        return 0;
+    tstack_state_layout(&tc, "h", pv, &n, &off);
+    *views = pv;
+    *nviews = n;
+    return off;
+}
+
 static size_t patchts_real_params(const int *v)
 {
     param_view *views;
@@ -184,6 +210,10 @@ static void patchts_init(const int *v, float *host, uint64_t seed)
         fill_uniform(host + views[k].offset, views[k].count, 1.0 / sqrt((double)NP * c->C),
                      &r);
     free(views);
+    /* the state after the parameters (family.h) */
+    if (patchts_state_layout(v, &views, &n) && views)
+        tstack_state_init(&tc, views, host + total);
+    free(views);
 }
 
 static void patchts_describe(const int *v, FILE *out)
@@ -195,7 +225,8 @@ static void patchts_describe(const int *v, FILE *out)
             c->lookback, c->channels, NP, c->patch, c->stride, c->pad ? ", end padded" : "",
             NP);
     fprintf(out, "encoder: %d %s blocks, %d heads, width %d, bidirectional\n", c->L,
-            c->post_ln ? "post-LN" : "pre-LN", c->NH, c->C);
+            !c->post_ln ? "pre-LN" : c->norm == TSTACK_NORM_BATCH ? "post-norm (batchnorm)"
+                                                                 : "post-LN", c->NH, c->C);
     fprintf(out, "forecast: the next %d steps per channel from a linear head over all %d "
                  "patch outputs; loss MSE after RevIN de-normalisation\n",
             c->horizon, NP);
@@ -509,14 +540,15 @@ static model *patchts_create(backend *be, const int *v, char *err)
     m->has_loss_kind = 1;
     m->nparams = patchts_layout(v, &m->views, &m->nviews);
     m->nparams_real = m->nparams;
-    if (!m->views) {
+    m->nstate = patchts_state_layout(v, &m->state_views, &m->nstate_views);
+    if (!m->views || (m->nstate && !m->state_views)) {
         errf(err, "out of memory");
         goto fail;
     }
     if (model_alloc(m, err))
         goto fail;
     tstack_config tc = stack_of(c);
-    s->stack = tstack_create(m, &tc, stack_first(c), err);
+    s->stack = tstack_create(m, &tc, stack_first(c), 0, err);
     if (!s->stack)
         goto fail;
     dtype t = be->act;
@@ -556,6 +588,7 @@ const model_family patchts_family = {
     .preset = patchts_preset,
     .check = patchts_check,
     .layout = patchts_layout,
+    .state_layout = patchts_state_layout,
     .real_params = patchts_real_params,
     .init = patchts_init,
     .create = patchts_create,

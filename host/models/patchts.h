@@ -33,6 +33,8 @@ typedef struct {
     int pad;       /* 1: extend the window by S copies of its last value (one more patch) */
     int L, NH, C;  /* transformer: blocks, heads, width */
     int post_ln;   /* 1: post-LN blocks (PatchTST's order); 0: pre-LN with a final layernorm */
+    int norm;      /* the post-LN blocks' norm: TSTACK_NORM_LAYER or TSTACK_NORM_BATCH
+                    * (PatchTST's BatchNorm1d; transformer.h) */
     int nobias;    /* 1: no biases: patch embedding, stack and head weights only */
 } patchts_config;
 

@@ -55,13 +55,14 @@ static int eot_of(const rnn_config *c)
 }
 
 static const family_field rnn_fields[] = {
-    { "V", "vocab-size", "vocabulary size (token ids below it)", 2, 1 << 24, 0 },
-    { "C", NULL, "embedding width (the first layer's input)", 1, 1 << 16, 0 },
-    { "H", "width", "state width of each recurrent layer (--hidden: the same)", 1, 1 << 16, 0 },
-    { "L", "layers", "recurrent layers", 1, 64, 0 },
+    { "V", "vocab-size", "vocabulary size (token ids below it)", 2, 1 << 24, 0, NULL },
+    { "C", NULL, "embedding width (the first layer's input)", 1, 1 << 16, 0, NULL },
+    { "H", "width", "state width of each recurrent layer (--hidden: the same)", 1, 1 << 16, 0,
+      NULL },
+    { "L", "layers", "recurrent layers", 1, 64, 0, NULL },
     { "eot", "eot", "end-of-text token: the state is reset where a document starts there "
                     "(-1: none; -2: GPT-2's 50256 with its 50257 tokens, else none)", -2,
-      (1 << 24) - 1, 0 },
+      (1 << 24) - 1, 0, NULL },
 };
 
 #define RNN_PRESETS "rnn-small rnn-tiny rnn-medium"

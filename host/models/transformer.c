@@ -14,6 +14,10 @@
 enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_PROJW, P_PROJB, P_LN2W, P_LN2B, P_FCW, P_FCB,
        P_FCPROJW, P_FCPROJB };
 
+/* The leaf names of the two norms' views in batchnorm stacks (in place of ln_1,
+ * ln_2), each norm's parameters then its running statistics. */
+static const char *const bn_name[2] = { "bn_1", "bn_2" };
+
 static const struct { const char *leaf; int ndim, rows, cols; } block_views[] = {
     /* rows/cols in units of C (0: none) */
     { "ln_1.weight", 1, 1, 0 },        { "ln_1.bias", 1, 1, 0 },
@@ -51,7 +55,12 @@ void tstack_layout(const tstack_config *c, const char *block_prefix, const char 
         for (int k = 0; k < TSTACK_VIEWS_PER_BLOCK; k++) {
             if (!slot_present(c, k))
                 continue;
-            snprintf(name, sizeof name, "%s.%d.%s", block_prefix, l, block_views[k].leaf);
+            if (c->norm == TSTACK_NORM_BATCH && (k == P_LN1W || k == P_LN1B || k == P_LN2W ||
+                                                  k == P_LN2B))
+                snprintf(name, sizeof name, "%s.%d.%s.%s", block_prefix, l,
+                         bn_name[k >= P_LN2W], k % 2 ? "bias" : "weight");
+            else
+                snprintf(name, sizeof name, "%s.%d.%s", block_prefix, l, block_views[k].leaf);
             model_add_view(v, n, off, name, block_views[k].ndim, block_views[k].rows * c->C,
                            block_views[k].cols * c->C);
         }
@@ -64,6 +73,34 @@ void tstack_layout(const tstack_config *c, const char *block_prefix, const char 
             model_add_view(v, n, off, name, 1, c->C, 0);
         }
     }
+}
+
+int tstack_nstate_views(const tstack_config *c)
+{
+    return c->norm == TSTACK_NORM_BATCH ? 4 * c->L : 0;
+}
+
+void tstack_state_layout(const tstack_config *c, const char *block_prefix, param_view *v,
+                         int *n, size_t *off)
+{
+    static const char *const stat[2] = { "running_mean", "running_var" };
+    char name[64];
+    if (c->norm != TSTACK_NORM_BATCH)
+        return;
+    for (int l = 0; l < c->L; l++)
+        for (int k = 0; k < 4; k++) {
+            snprintf(name, sizeof name, "%s.%d.%s.%s", block_prefix, l, bn_name[k / 2],
+                     stat[k % 2]);
+            model_add_view(v, n, off, name, 1, c->C, 0);
+            v[*n - 1].decay = 0;
+        }
+}
+
+void tstack_state_init(const tstack_config *c, const param_view *views, float *host)
+{
+    for (int i = 0; i < tstack_nstate_views(c); i++)
+        for (size_t j = 0; j < views[i].count; j++)
+            host[views[i].offset + j] = i % 2 ? 1.0f : 0.0f; /* torch's: mean 0, var 1 */
 }
 
 void tstack_init(const tstack_config *c, const param_view *views, float *host, rng_state *r)
@@ -109,6 +146,8 @@ struct tstack {
     int first_view;
     void **p, **g; /* [L * 12 + 2] parameter and gradient addresses by slot
                     * (NULL: a bias the stack does not have) */
+    void **rs;     /* batchnorm: [L * 4] running mean, var of bn_1, then of bn_2 */
+    int bn_train;  /* batchnorm: the last forward was a training one */
     void *act_buf, *stat_buf;
     blk_acts *la;
     const void *x;                 /* the input of the last forward */
@@ -131,12 +170,14 @@ struct tstack {
 #define LNF_W(s, a) ((a)[(s)->c.L * TSTACK_VIEWS_PER_BLOCK])
 #define LNF_B(s, a) ((a)[(s)->c.L * TSTACK_VIEWS_PER_BLOCK + 1])
 
-tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *err)
+tstack *tstack_create(model *m, const tstack_config *c, int first_view, int first_state,
+                      char *err)
 {
     tstack *s = calloc(1, sizeof *s);
-    int ns = nslots(c), view = first_view;
+    int ns = nslots(c), view = first_view, nst = tstack_nstate_views(c);
     if (!s || !(s->p = calloc((size_t)ns, sizeof *s->p)) ||
-        !(s->g = calloc((size_t)ns, sizeof *s->g))) {
+        !(s->g = calloc((size_t)ns, sizeof *s->g)) ||
+        !(s->rs = calloc((size_t)nst + 1, sizeof *s->rs))) {
         tstack_destroy(s);
         errf(err, "out of memory");
         return NULL;
@@ -147,9 +188,33 @@ tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *er
                   "the heads)", c->NH, c->C);
         return NULL;
     }
+    if (c->norm == TSTACK_NORM_BATCH && !c->post_ln) {
+        tstack_destroy(s);
+        errf(err, "--norm batch: only with post-norm blocks (--post-ln 1)");
+        return NULL;
+    }
+    if (nst && (!m->be->batchnorm_forward || !m->be->residual_batchnorm_forward ||
+                !m->be->batchnorm_backward)) {
+        tstack_destroy(s);
+        errf(err, "--norm batch: the %s backend has no batchnorm ops", m->be->name);
+        return NULL;
+    }
+    if (first_state + nst > m->nstate_views) {
+        tstack_destroy(s);
+        errf(err, "the model lays out %d state views, the stack needs %d from view %d",
+             m->nstate_views, nst, first_state);
+        return NULL;
+    }
     s->m = m;
     s->c = *c;
     s->first_view = first_view;
+    /* the running statistics start as torch's (mean 0, var 1) until the model's
+     * state is set from a checkpoint or an initialisation */
+    for (int i = 0; i < nst; i++) {
+        const param_view *v = &m->state_views[first_state + i];
+        s->rs[i] = buf_at(m->state, v->offset, m->be->stat);
+        m->be->fill(m->be, s->rs[i], m->be->stat, i % 2 ? 1.0 : 0.0, v->count);
+    }
     for (int i = 0; i < ns; i++) {
         if (!slot_present(c, i))
             continue; /* p[i], g[i] stay NULL: the ops take a NULL bias as none */
@@ -195,12 +260,15 @@ void tstack_destroy(tstack *s)
     }
     free(s->p);
     free(s->g);
+    free(s->rs);
     free(s);
 }
 
 static void carve_all(tstack *s, carver *a, carver *st, int B, int T, int recompute)
 {
     size_t BT = (size_t)B * T, C = s->c.C, L = s->c.L;
+    /* a norm's saved statistics: per row (layernorm) or per feature (batchnorm) */
+    size_t NS = s->c.norm == TSTACK_NORM_BATCH ? C : BT;
     /* with recompute, every pre-LN block's LN1/LN2 outputs share one buffer
      * and every block's GELU outputs another: forward consumes each right
      * after writing it, and backward writes it again just before its one
@@ -211,15 +279,15 @@ static void carve_all(tstack *s, carver *a, carver *st, int B, int T, int recomp
     for (size_t l = 0; l < L; l++) {
         blk_acts *x = &s->la[l];
         x->ln1 = share_ln ? ln_shared : carve(a, BT * C);
-        x->ln1_mean = carve(st, BT);
-        x->ln1_rstd = carve(st, BT);
+        x->ln1_mean = carve(st, NS);
+        x->ln1_rstd = carve(st, NS);
         x->qkv = carve(a, BT * 3 * C);
         x->atty = carve(a, BT * C);
         x->lse = carve(st, BT * s->c.NH);
         x->res2 = carve(a, BT * C);
         x->ln2 = share_ln ? ln_shared : carve(a, BT * C);
-        x->ln2_mean = carve(st, BT);
-        x->ln2_rstd = carve(st, BT);
+        x->ln2_mean = carve(st, NS);
+        x->ln2_rstd = carve(st, NS);
         x->fch = carve(a, BT * 4 * C);
         x->fch_gelu = recompute ? gelu_shared : carve(a, BT * 4 * C);
         x->res3 = carve(a, BT * C);
@@ -327,6 +395,40 @@ static void *forward_pre(tstack *s, const void *x)
     return s->lnf;
 }
 
+/* Post-norm block l's norm k (0: after the attention, 1: after the MLP):
+ * res_out = a + b, out = norm(res_out), saving mean and rstd. Layernorm, or
+ * batchnorm: batch statistics in a training forward (the running ones
+ * updated), the running statistics otherwise. */
+static void post_norm_forward(tstack *s, int l, int k, void *res_out, void *out, void *mean,
+                              void *rstd, const void *a, const void *b)
+{
+    backend *be = s->m->be;
+    int BT = s->B * s->T, C = s->c.C;
+    void *w = PV(s, l, k ? P_LN2W : P_LN1W), *bias = PV(s, l, k ? P_LN2B : P_LN1B);
+    if (s->c.norm == TSTACK_NORM_BATCH)
+        be->residual_batchnorm_forward(be, res_out, out, mean, rstd, s->rs[4 * l + 2 * k],
+                                       s->rs[4 * l + 2 * k + 1], a, b, w, bias,
+                                       TSTACK_BN_MOMENTUM, s->bn_train, BT, C);
+    else
+        be->residual_layernorm_forward(be, res_out, out, mean, rstd, a, b, w, bias, BT, C);
+}
+
+/* The backward of post_norm_forward into dinp (accumulated), from dout at
+ * its output, inp being its res_out. */
+static void post_norm_backward(tstack *s, int l, int k, void *dinp, const void *dout,
+                               const void *inp, const void *mean, const void *rstd)
+{
+    backend *be = s->m->be;
+    int BT = s->B * s->T, C = s->c.C;
+    int wk = k ? P_LN2W : P_LN1W, bk = k ? P_LN2B : P_LN1B;
+    if (s->c.norm == TSTACK_NORM_BATCH)
+        be->batchnorm_backward(be, dinp, GV(s, l, wk), GV(s, l, bk), dout, inp, PV(s, l, wk),
+                               mean, rstd, s->bn_train, BT, C);
+    else
+        be->layernorm_backward(be, dinp, GV(s, l, wk), GV(s, l, bk), dout, inp, PV(s, l, wk),
+                               mean, rstd, BT, C);
+}
+
 /* Post-LN: a = LN1(x + attn(x)), x' = LN2(a + mlp(a)). */
 static void *forward_post(tstack *s, const void *x)
 {
@@ -342,15 +444,13 @@ static void *forward_post(tstack *s, const void *x)
         be->matmul_forward(be, s->scratch, a->atty, PV(s, l, P_PROJW), PV(s, l, P_PROJB), BT, C,
                            C);
         model_dropout(s->m, s->scratch, (size_t)BT * C, DROPOUT_SITE_BLOCK(l, 0));
-        be->residual_layernorm_forward(be, a->res2, a->ln1, a->ln1_mean, a->ln1_rstd, in,
-                                       s->scratch, PV(s, l, P_LN1W), PV(s, l, P_LN1B), BT, C);
+        post_norm_forward(s, l, 0, a->res2, a->ln1, a->ln1_mean, a->ln1_rstd, in, s->scratch);
         be->matmul_gelu_forward(be, a->fch, a->fch_gelu, a->ln1, PV(s, l, P_FCW),
                                 PV(s, l, P_FCB), BT, C, 4 * C);
         be->matmul_forward(be, s->scratch, a->fch_gelu, PV(s, l, P_FCPROJW),
                            PV(s, l, P_FCPROJB), BT, 4 * C, C);
         model_dropout(s->m, s->scratch, (size_t)BT * C, DROPOUT_SITE_BLOCK(l, 1));
-        be->residual_layernorm_forward(be, a->res3, a->ln2, a->ln2_mean, a->ln2_rstd, a->ln1,
-                                       s->scratch, PV(s, l, P_LN2W), PV(s, l, P_LN2B), BT, C);
+        post_norm_forward(s, l, 1, a->res3, a->ln2, a->ln2_mean, a->ln2_rstd, a->ln1, s->scratch);
         in = a->ln2;
         layer_range(be, l, "forward", 0);
     }
@@ -360,6 +460,7 @@ static void *forward_post(tstack *s, const void *x)
 void *tstack_forward(tstack *s, const void *x)
 {
     s->x = x;
+    s->bn_train = s->m->training;
     return s->c.post_ln ? forward_post(s, x) : forward_pre(s, x);
 }
 
@@ -481,15 +582,13 @@ static void *backward_post(tstack *s, const void *dout)
         layer_range(be, l, "backward", 1);
         /* out = LN2(res3), res3 = ln1 + mlp(ln1) */
         be->fill(be, dres, t, 0.0, btc);
-        be->layernorm_backward(be, dres, GV(s, l, P_LN2W), GV(s, l, P_LN2B), dcur, a->res3,
-                               PV(s, l, P_LN2W), a->ln2_mean, a->ln2_rstd, BT, C);
+        post_norm_backward(s, l, 1, dres, dcur, a->res3, a->ln2_mean, a->ln2_rstd);
         be->fill(be, dln1, t, 0.0, btc);
         be->accumulate(be, dln1, dres, btc); /* the residual path */
         mlp_branch_backward(s, l, dres, a->ln1, dln1, GRAD_ADD);
         /* ln1 = LN1(res2), res2 = in + attn(in) */
         be->fill(be, dres, t, 0.0, btc);
-        be->layernorm_backward(be, dres, GV(s, l, P_LN1W), GV(s, l, P_LN1B), dln1, a->res2,
-                               PV(s, l, P_LN1W), a->ln1_mean, a->ln1_rstd, BT, C);
+        post_norm_backward(s, l, 0, dres, dln1, a->res2, a->ln1_mean, a->ln1_rstd);
         be->fill(be, din, t, 0.0, btc); /* dcur (== din below the top) is consumed */
         be->accumulate(be, din, dres, btc);
         attention_branch_backward(s, l, dres, in, din, GRAD_ADD);

@@ -46,7 +46,21 @@ typedef struct {
     int nobias;   /* 1: no bias vectors at all, in the linear layers or the
                    * layernorms (nanoGPT's bias=False): the views list the
                    * weights only, and the ops get NULL biases */
+    int norm;     /* TSTACK_NORM_LAYER, or TSTACK_NORM_BATCH (post-LN only) */
 } tstack_config;
+
+/* The norm of post-norm blocks. Layernorm normalises each token's row over its
+ * C features. Batchnorm (PatchTST's, torch.nn.BatchNorm1d over the C features)
+ * normalises each feature over every row of the batch in a training forward
+ * (model.h m->training), updating running estimates (momentum
+ * TSTACK_BN_MOMENTUM), and with those estimates in any other forward. Its
+ * parameters are named bn_1.{weight,bias}, bn_2.* in place of ln_1, ln_2, and
+ * its running statistics, model state that is not trained, are the views
+ * tstack_state_layout gives: bn_1.running_mean, bn_1.running_var, then bn_2's,
+ * per block [C]. */
+#define TSTACK_NORM_LAYER 0
+#define TSTACK_NORM_BATCH 1
+#define TSTACK_BN_MOMENTUM 0.1f
 
 /* Appends the stack's views to v (room for tstack_nviews) at *n, from
  * buffer offset *off: L blocks named "<block_prefix>.N.<leaf>" (e.g. "h"),
@@ -55,6 +69,15 @@ typedef struct {
 void tstack_layout(const tstack_config *c, const char *block_prefix, const char *final_ln,
                    param_view *v, int *n, size_t *off);
 int tstack_nviews(const tstack_config *c);
+/* The stack's state views (batchnorm's running statistics; none for
+ * layernorm): tstack_nstate_views of them, appended to v at *n from state
+ * buffer offset *off, "<block_prefix>.N.bn_K.running_{mean,var}" [C]. */
+int tstack_nstate_views(const tstack_config *c);
+void tstack_state_layout(const tstack_config *c, const char *block_prefix, param_view *v,
+                         int *n, size_t *off);
+/* Their initial values in a host buffer laid out by tstack_state_layout
+ * (torch's: running mean 0, running variance 1). */
+void tstack_state_init(const tstack_config *c, const param_view *views, float *host);
 /* Initialisation of the stack's views in a host buffer (GPT-2's: N(0, 0.02),
  * residual projections N(0, 0.02/sqrt(2L)), zero biases, unit LN gains),
  * drawing from r in view order. */
@@ -63,8 +86,12 @@ void tstack_init(const tstack_config *c, const param_view *views, float *host, r
 typedef struct tstack tstack;
 
 /* The stack of model m whose first view is m->views[first_view] (laid out
- * by tstack_layout). Resolves parameter and gradient addresses once. */
-tstack *tstack_create(model *m, const tstack_config *c, int first_view, char *err);
+ * by tstack_layout) and whose first state view is m->state_views[first_state]
+ * (laid out by tstack_state_layout; any index when it has none). Resolves
+ * parameter, gradient and state addresses once, and sets the running
+ * statistics to their initial values. */
+tstack *tstack_create(model *m, const tstack_config *c, int first_view, int first_state,
+                      char *err);
 void tstack_destroy(tstack *s);
 /* Plans the activations for B x T (frees an earlier plan); honours
  * m->recompute (layernorm and GELU outputs recomputed in backward) and

@@ -55,17 +55,17 @@ double tsgpt_unbin(int bin, int bins)
 }
 
 static const family_field tsgpt_fields[] = {
-    { "channels", "channels", "series channels (numeric CSV columns)", 1, 4096, 0 },
-    { "lookback", "lookback", "input steps per channel", 1, 1 << 14, 0 },
-    { "horizon", "horizon", "steps forecast", 1, 1 << 14, 0 },
-    { "bins", "bins", "quantisation bins (the token vocabulary)", 2, 1 << 16, 0 },
-    { "samples", "samples", "sample paths per forecast", 1, 1000, 0 },
-    { "L", "layers", "transformer blocks", 1, 256, 0 },
-    { "NH", "heads", "attention heads", 1, 256, 0 },
-    { "C", "width", "model width", 1, 1 << 14, 0 },
+    { "channels", "channels", "series channels (numeric CSV columns)", 1, 4096, 0, NULL },
+    { "lookback", "lookback", "input steps per channel", 1, 1 << 14, 0, NULL },
+    { "horizon", "horizon", "steps forecast", 1, 1 << 14, 0, NULL },
+    { "bins", "bins", "quantisation bins (the token vocabulary)", 2, 1 << 16, 0, NULL },
+    { "samples", "samples", "sample paths per forecast", 1, 1000, 0, NULL },
+    { "L", "layers", "transformer blocks", 1, 256, 0, NULL },
+    { "NH", "heads", "attention heads", 1, 256, 0, NULL },
+    { "C", "width", "model width", 1, 1 << 14, 0, NULL },
     /* optional: checkpoints from before the switch have biases */
     { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
-      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL, NULL },
 };
 
 static const char *const tsgpt_preset_names = "tsgpt-etth1 tsgpt-tiny";
@@ -682,7 +682,7 @@ static model *tsgpt_create(backend *be, const int *v, char *err)
     if (model_alloc(m, err))
         goto fail;
     tstack_config tc = stack_of(c);
-    s->stack = tstack_create(m, &tc, TSG_STACK_FIRST, err);
+    s->stack = tstack_create(m, &tc, TSG_STACK_FIRST, 0, err);
     if (!s->stack)
         goto fail;
     s->wte = buf_at(m->params, m->views[0].offset, be->act);

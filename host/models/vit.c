@@ -28,16 +28,16 @@
 #define NFIELDS 8
 
 static const family_field vit_fields[NFIELDS] = {
-    { "image", "image-size", "image height and width in pixels", 1, 4096, 0 },
-    { "channels", "channels", "image channels (1 grey, 3 RGB)", 1, 64, 0 },
-    { "patch", "patch", "patch side P in pixels (divides the image size)", 1, 4096, 0 },
-    { "classes", "classes", "classes the head scores", 2, 1 << 20, 0 },
-    { "L", "layers", "transformer blocks", 1, 1024, 0 },
-    { "NH", "heads", "attention heads", 1, 1024, 0 },
-    { "C", "width", "model width (embedding size)", 1, 65536, 0 },
+    { "image", "image-size", "image height and width in pixels", 1, 4096, 0, NULL },
+    { "channels", "channels", "image channels (1 grey, 3 RGB)", 1, 64, 0, NULL },
+    { "patch", "patch", "patch side P in pixels (divides the image size)", 1, 4096, 0, NULL },
+    { "classes", "classes", "classes the head scores", 2, 1 << 20, 0, NULL },
+    { "L", "layers", "transformer blocks", 1, 1024, 0, NULL },
+    { "NH", "heads", "attention heads", 1, 1024, 0, NULL },
+    { "C", "width", "model width (embedding size)", 1, 65536, 0, NULL },
     /* optional: checkpoints from before the switch have biases */
     { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
-      0, 1, FIELD_SWITCH | FIELD_OPTIONAL },
+      0, 1, FIELD_SWITCH | FIELD_OPTIONAL, NULL },
 };
 
 static const struct {
@@ -467,7 +467,7 @@ static model *vit_create(backend *be, const int *v, char *err)
     }
     if (model_alloc(m, err))
         goto fail;
-    s->stack = tstack_create(m, &sc, vidx(c, V_STACK), err);
+    s->stack = tstack_create(m, &sc, vidx(c, V_STACK), 0, err);
     if (!s->stack)
         goto fail;
     int head = m->nviews - (c->nobias ? 1 : 2);

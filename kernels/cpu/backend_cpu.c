@@ -1253,6 +1253,7 @@ backend *CPU_CREATE(int threads, char *err)
     be->sumsq = cpu_sumsq;
     be->adamw = cpu_adamw;
     CPU_SEQ_INSTALL(be, team); /* ops_seq.c */
+    CPU_NORM_INSTALL(be, team); /* ops_norm.c */
 #ifdef CPU_REAL_DOUBLE
     { void cpu_decode_install_f64(backend *); cpu_decode_install_f64(be); } /* ops_decode.c */
 #else

@@ -19,10 +19,16 @@ typedef int (*cpu_team_fn)(const backend *be, double work);
 void cpu_seq_install_f32(backend *be, cpu_team_fn team);
 void cpu_seq_install_f64(backend *be, cpu_team_fn team);
 
+/* ops_norm.c: batchnorm (forward, with the residual add, backward) into be. */
+void cpu_norm_install_f32(backend *be, cpu_team_fn team);
+void cpu_norm_install_f64(backend *be, cpu_team_fn team);
+
 #ifdef CPU_REAL_DOUBLE
 #define CPU_SEQ_INSTALL cpu_seq_install_f64
+#define CPU_NORM_INSTALL cpu_norm_install_f64
 #else
 #define CPU_SEQ_INSTALL cpu_seq_install_f32
+#define CPU_NORM_INSTALL cpu_norm_install_f32
 #endif
 
 #endif
