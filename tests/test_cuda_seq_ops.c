@@ -1,6 +1,6 @@
 /* test_cuda_seq_ops.c: backend parity for the ops shared by the model
  * families other than GPT-2 (kernels/cuda/seq.cu): embedding,
- * sequence_embed, rows_select, tanh, regression_loss and dropout of the CUDA backend
+ * sequence_embed, rows_select, tanh, regression_loss, dropout and batchnorm of the CUDA backend
  * against the CPU backend's fp64 build, in both CUDA modes: fp32 to 1e-5 relative L2,
  * bf16 to 1e-2 (the losses, fp32 statistics, to 1e-5 in both).
  *
@@ -465,6 +465,121 @@ START_TEST(test_dropout)
 }
 END_TEST
 
+/* batchnorm (batchnorm.cu): forward in training (batch statistics, the
+ * running estimates updated) and evaluation (running statistics; mean and
+ * rstd not asked for in one case), plain and with the residual add, then
+ * the backward from the GPU's own saved statistics, against the fp64 CPU
+ * oracle run on the same inputs. Shapes: several row chunks (N > 256), more
+ * than one block of 32 columns with a ragged edge, a few rows, no bias. The
+ * oracle normalises the residual sum as the mode's type stores it; the
+ * statistics (fp32) to 1e-5 in both modes. */
+static void bn_parity(backend *r, backend *g, dtype act, int N, int C, int train, int fused, int nobias,
+                      int no_stats)
+{
+    char name[96];
+    snprintf(name, sizeof name, "batchnorm N%d C%d %s%s%s%s", N, C, train ? "train" : "eval",
+             fused ? " residual" : "", nobias ? " no bias" : "", no_stats ? " no mean/rstd" : "");
+    size_t n = (size_t)N * C;
+    double *x = xmalloc(n * sizeof *x), *a = rnd(n, 1, act), *b = rnd(n, 1, act);
+    double *w = rnd((size_t)C, 0.5, act), *bias = rnd((size_t)C, 0.5, act);
+    double *rm = xmalloc((size_t)C * sizeof *rm), *rv = xmalloc((size_t)C * sizeof *rv);
+    double *dy = rnd(n, 1, act), *px = rnd(n, 0.25, act), *pw = rnd((size_t)C, 0.25, act),
+           *pb = rnd((size_t)C, 0.25, act);
+    for (int j = 0; j < C; j++) { /* columns with their own offset and scale */
+        double off = 3 * nrand(), sc = 0.3 + 2 * urand();
+        for (int i = 0; i < N; i++) {
+            size_t k = (size_t)i * C + j;
+            a[k] = in_type(off + sc * a[k], act);
+            x[k] = fused ? in_type(a[k] + b[k], act) : a[k]; /* the oracle's input: the stored sum */
+        }
+        w[j] = in_type(1 + w[j], act);
+        rm[j] = (float)(off + 0.3 * nrand());
+        rv[j] = (float)(sc * sc * (0.5 + urand()));
+    }
+    double *want = xmalloc(6 * n * sizeof *want), *got = xmalloc(6 * n * sizeof *got);
+    /* [0, n): out; [n, 2n): dx; then per column: mean, rstd, rm, rv, dw, db */
+    for (int k = 0; k < 2; k++) {
+        backend *be = k ? g : r;
+        dtype t = k ? act : DT_F64, st = be->stat;
+        double *o = k ? got : want, *cols = o + 2 * n;
+        void *dm = no_stats && k ? NULL : poisoned(be, st, (size_t)C);
+        void *ds = no_stats && k ? NULL : poisoned(be, st, (size_t)C);
+        void *drm = up(be, st, rm, (size_t)C), *drv = up(be, st, rv, (size_t)C);
+        void *dw_ = up(be, t, w, (size_t)C), *db_ = nobias ? NULL : up(be, t, bias, (size_t)C);
+        void *y = poisoned(be, t, n), *res = NULL, *in;
+        if (fused && k) {
+            void *da = up(be, t, a, n), *dbb = up(be, t, b, n);
+            res = poisoned(be, t, n);
+            be->residual_batchnorm_forward(be, res, y, dm, ds, drm, drv, da, dbb, dw_, db_, 0.1f, train, N,
+                                           C);
+            be->free(be, da);
+            be->free(be, dbb);
+            in = res;
+        } else {
+            in = up(be, t, x, n);
+            be->batchnorm_forward(be, y, dm, ds, drm, drv, in, dw_, db_, 0.1f, train, N, C);
+        }
+        if (fused && k) { /* the stored residual stream is a + b in the mode's type */
+            double *rs = xmalloc(n * sizeof *rs);
+            be->download(be, rs, DT_F64, res, t, n);
+            for (size_t i = 0; i < n; i++)
+                rs[i] -= in_type(x[i], act);
+            for (size_t i = 0; i < n; i++)
+                ck_assert_msg(rs[i] == 0, "%s: res_out[%zu] is not a + b", name, i);
+            free(rs);
+        }
+        take(be, y, t, NULL, n, o);
+        take(be, drm, st, NULL, (size_t)C, cols + 2 * C);
+        take(be, drv, st, NULL, (size_t)C, cols + 3 * C);
+        void *gx = up(be, t, px, n), *gw = up(be, t, pw, (size_t)C);
+        void *gb = nobias ? NULL : up(be, t, pb, (size_t)C), *ddy = up(be, t, dy, n);
+        if (!no_stats || !k) {
+            be->batchnorm_backward(be, gx, gw, gb, ddy, in, dw_, dm, ds, train, N, C);
+            take(be, dm, st, NULL, (size_t)C, cols);
+            take(be, ds, st, NULL, (size_t)C, cols + C);
+        }
+        take(be, gx, t, px, n, o + n);
+        take(be, gw, t, pw, (size_t)C, cols + 4 * C);
+        if (gb)
+            take(be, gb, t, pb, (size_t)C, cols + 5 * C);
+        be->free(be, ddy);
+        be->free(be, in);
+        be->free(be, dw_);
+        if (db_)
+            be->free(be, db_);
+    }
+    double tl = tol(act), ts = TOL_F32;
+    double *wc = want + 2 * n, *gc = got + 2 * n;
+    expect_close(name, "out", act, got, want, n, tl);
+    expect_close(name, "running_mean", act, gc + 2 * C, wc + 2 * C, (size_t)C, ts);
+    expect_close(name, "running_var", act, gc + 3 * C, wc + 3 * C, (size_t)C, ts);
+    if (!no_stats) {
+        expect_close(name, "mean", act, gc, wc, (size_t)C, ts);
+        expect_close(name, "rstd", act, gc + C, wc + C, (size_t)C, ts);
+        expect_close(name, "dx", act, got + n, want + n, n, tl);
+        expect_close(name, "dweight", act, gc + 4 * C, wc + 4 * C, (size_t)C, tl);
+        if (!nobias)
+            expect_close(name, "dbias", act, gc + 5 * C, wc + 5 * C, (size_t)C, tl);
+    }
+    free(x), free(a), free(b), free(w), free(bias), free(rm), free(rv);
+    free(dy), free(px), free(pw), free(pb), free(want), free(got);
+}
+
+START_TEST(test_batchnorm)
+{
+    dtype act = mode(_i);
+    seed("batchnorm", _i);
+    backend *r = oracle(), *g = gpu(act);
+    static const int shapes[][2] = { { 300, 16 }, { 37, 70 }, { 600, 5 }, { 9, 8 } }; /* N C */
+    for (int s = 0; s < 4; s++)
+        for (int train = 1; train >= 0; train--)
+            for (int fused = 0; fused < 2; fused++)
+                bn_parity(r, g, act, shapes[s][0], shapes[s][1], train, fused, s == 2, !train && s == 1);
+    r->destroy(r);
+    g->destroy(g);
+}
+END_TEST
+
 static Suite *seq_suite(void)
 {
     Suite *s = suite_create("cuda_seq_ops");
@@ -477,6 +592,7 @@ static Suite *seq_suite(void)
     tcase_add_loop_test(tc, test_tanh, 0, 2);
     tcase_add_loop_test(tc, test_regression_loss, 0, 2);
     tcase_add_loop_test(tc, test_dropout, 0, 2);
+    tcase_add_loop_test(tc, test_batchnorm, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

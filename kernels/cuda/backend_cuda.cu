@@ -84,7 +84,7 @@ void *cuda_scratch_try(cuda_backend *cb, int slot, size_t bytes)
 }
 
 /* The scratch every op needs at the model's largest shapes: attention over
- * [B, T, C] with NH heads, column sums (bias and layernorm gradients) of
+ * [B, T, C] with NH heads, column sums (bias, layernorm and batchnorm gradients) of
  * [B*T, 4C] (the widest biased matmul, the MLP's c_fc) and the encoder's
  * buckets. V is unused: the classifier needs no scratch. Fills want[slot]
  * (SCR_COUNT entries; the slots reserved only at the first step, the sumsq
@@ -93,10 +93,13 @@ static void plan_scratch(backend *be, int B, int T, int C, int NH, size_t *want)
 {
 	size_t BT = (size_t)B * T;
 	size_t col = cuda_colsum_scratch_bytes((int)BT, 4 * C), ln = cuda_layernorm_scratch_bytes((int)BT, C);
+	size_t bn = cuda_batchnorm_scratch_bytes((int)BT, C);
 	for (int i = 0; i < SCR_COUNT; i++)
 		want[i] = 0;
 	want[SCR_ATT] = cuda_attention_scratch_bytes(dtype_size(be->act), B, T, C, NH);
 	want[SCR_COLSUM] = col > ln ? col : ln;
+	if (bn > want[SCR_COLSUM])
+		want[SCR_COLSUM] = bn;
 	want[SCR_ENC] = cuda_encoder_scratch_bytes((int)BT);
 }
 
@@ -565,6 +568,9 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->layernorm_forward = cuda_layernorm_forward;
 	be->layernorm_backward = cuda_layernorm_backward;
 	be->residual_layernorm_forward = cuda_residual_layernorm_forward;
+	be->batchnorm_forward = cuda_batchnorm_forward;
+	be->residual_batchnorm_forward = cuda_residual_batchnorm_forward;
+	be->batchnorm_backward = cuda_batchnorm_backward;
 	be->matmul_forward = cuda_matmul_forward;
 	be->matmul_backward = cuda_matmul_backward;
 	be->matmul_gelu_forward = cuda_matmul_gelu_forward;

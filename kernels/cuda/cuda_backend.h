@@ -67,7 +67,8 @@ struct nvtx_scope {
  * training nothing allocates. */
 enum {
 	SCR_ATT,	/* attention backward: D_i = dO_i . O_i, fp32 [B, NH, T] */
-	SCR_COLSUM,	/* per-row-chunk partial column sums (dbias, layernorm dw/db); BGRADB's dbias vector */
+	SCR_COLSUM,	/* per-row-chunk partial column sums (dbias, layernorm dw/db, batchnorm's
+			 * statistics and gradients); BGRADB's dbias vector */
 	SCR_ENC,	/* encoder backward: positions sorted by token, buckets */
 	SCR_NORM,	/* sumsq partial sums */
 	SCR_ADAMW,	/* AdamW segment table */
@@ -121,6 +122,7 @@ void *cuda_scratch_try(cuda_backend *cb, int slot, size_t bytes);
 /* Scratch each op needs at a shape (bytes), for the plan entry to reserve. */
 size_t cuda_attention_scratch_bytes(size_t es, int B, int T, int C, int NH);
 size_t cuda_layernorm_scratch_bytes(int N, int C);
+size_t cuda_batchnorm_scratch_bytes(int N, int C);
 size_t cuda_colsum_scratch_bytes(int N, int C);
 static inline size_t cuda_encoder_scratch_bytes(int BT) { return (size_t)BT * 4 * sizeof(int32_t); }
 /* The host int32 copy of the device buffer `dev` holding at least n ids, or NULL. */
@@ -304,6 +306,16 @@ void cuda_encoder_backward(backend *be, void *dwte, void *dwpe, const void *dout
 			   const int32_t *tok, int B, int T, int C);
 /* dtable[ids[n],:] += dout[n,:] (ids >= 0), the bucketed sum of encoder_backward */
 void cuda_embedding_backward(backend *be, void *dtable, const void *dout, const int32_t *ids, int N, int C);
+/* batchnorm.cu */
+void cuda_batchnorm_forward(backend *be, void *out, void *mean, void *rstd, void *running_mean,
+			    void *running_var, const void *inp, const void *weight, const void *bias, float momentum,
+			    int train, int N, int C);
+void cuda_residual_batchnorm_forward(backend *be, void *res_out, void *out, void *mean, void *rstd,
+				     void *running_mean, void *running_var, const void *a, const void *b,
+				     const void *weight, const void *bias, float momentum, int train, int N, int C);
+void cuda_batchnorm_backward(backend *be, void *dinp, void *dweight, void *dbias, const void *dout,
+			     const void *inp, const void *weight, const void *mean, const void *rstd, int train, int N,
+			     int C);
 /* layernorm.cu */
 void cuda_layernorm_forward(backend *be, void *out, void *mean, void *rstd, const void *inp,
 			    const void *weight, const void *bias, int N, int C);

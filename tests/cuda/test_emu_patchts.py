@@ -3,7 +3,7 @@
 steps on a small CSV and must match the CPU backend within design.md's
 tolerances (fp32 losses 1e-5 relative, bf16 1e-2); the checkpoint the CUDA
 run wrote evaluates alike (loss, mse, mae) on both; patchts also with
---loss huber and --loss mae.
+--loss huber and --loss mae, and with --norm batch.
 
 ANATOMY_BIN and ANATOMY_EMU_BIN pick the binaries (default build/anatomy and
 build/anatomy-emu)."""
@@ -23,6 +23,9 @@ PATCHTS_POST = PATCHTS + ["--post-ln", 1]      # PatchTST's block order
 # the other regression losses (the loss op's kinds, in each row's RevIN units)
 PATCHTS_HUBER = PATCHTS_POST + ["--loss", "huber", "--huber-delta", "0.5"]
 PATCHTS_MAE = PATCHTS + ["--loss", "mae"]
+# PatchTST's BatchNorm in the post-LN blocks (batchnorm.cu; evaluation with
+# the running statistics the CUDA run saved)
+PATCHTS_BN = PATCHTS_POST + ["--norm", "batch", "--dropout", "0.1"]
 TSGPT = ["--model", "tsgpt", "--preset", "tsgpt-tiny", "--channels", 2, "--samples", 3]
 
 
@@ -61,6 +64,8 @@ def csv(tmp_path):
                                                  (PATCHTS_POST, "fp32", 1e-5),
                                                  (PATCHTS_HUBER, "fp32", 1e-5),
                                                  (PATCHTS_MAE, "bf16", 1e-2),
+                                                 (PATCHTS_BN, "fp32", 1e-5),
+                                                 (PATCHTS_BN, "bf16", 1e-2),
                                                  (TSGPT, "fp32", 1e-5)])
 def test_train_matches_cpu(csv, tmp_path, model, precision, tol):
     args = ["train", *model, "--data", csv, "--batch", 4, "--steps", 4, "--lr", "3e-3",
