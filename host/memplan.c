@@ -126,7 +126,8 @@ int mem_plan_compute(const model_config *cfg, backend *be, const mem_shape *s, m
         size_t per = (n + (size_t)s->world - 1) / (size_t)s->world;
         state = per < n ? per : n;
     }
-    out->params = n * dtype_size(be->act);
+    /* the model's state that is not trained (running statistics) sits with the parameters */
+    out->params = n * dtype_size(be->act) + m->nstate * dtype_size(be->stat);
     out->grads = n * dtype_size(be->act);
     out->master = be->act != be->opt ? state * dtype_size(be->opt) : 0;
     out->moments = 2 * state * dtype_size(be->opt);

@@ -54,7 +54,8 @@ int model_alloc(model *m, char *err)
     m->m = alloc_counted(be, opt, &m->used_moments);
     m->v = alloc_counted(be, opt, &m->used_moments);
     m->master = be->act != be->opt ? alloc_counted(be, opt, &m->used_master) : NULL;
-    m->state = m->nstate ? be->alloc(be, m->nstate * dtype_size(be->stat)) : NULL;
+    m->state = m->nstate ? alloc_counted(be, m->nstate * dtype_size(be->stat), &m->used_params)
+                         : NULL;
     if (!m->params || !m->grads || !m->m || !m->v || (be->act != be->opt && !m->master) ||
         (m->nstate && !m->state)) {
         double gib = (2.0 * act + 3.0 * opt) / (1 << 30);

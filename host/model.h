@@ -69,7 +69,8 @@ struct model {
     size_t nstate;
     void *state;
     /* Device bytes each buffer took as the backend's memory report saw them
-     * (be->mem_info; all 0 without it): the memory plan's check. */
+     * (be->mem_info; all 0 without it): the memory plan's check. The state
+     * counts with the parameters. */
     size_t used_params, used_grads, used_master, used_moments;
     int B, T;               /* planned micro-batch (0 before plan) */
     int recompute;          /* set before plan: keep no per-layer copy of activations that
