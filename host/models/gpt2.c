@@ -62,7 +62,8 @@ int gpt2_check_config(const gpt2_config *c, char *err)
 
 static tstack_config stack_config(const gpt2_config *c)
 {
-    return (tstack_config){ c->L, c->NH, c->C, 1, 0, c->nobias };
+    return (tstack_config){ .L = c->L, .NH = c->NH, .C = c->C, .causal = 1, .post_ln = 0,
+                            .nobias = c->nobias };
 }
 
 size_t gpt2_layout(const gpt2_config *c, param_view **views, int *nviews)
