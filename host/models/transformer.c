@@ -14,8 +14,9 @@
 enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_PROJW, P_PROJB, P_LN2W, P_LN2B, P_FCW, P_FCB,
        P_FCPROJW, P_FCPROJB };
 
-/* The leaf names of the two norms' views in batchnorm stacks (in place of ln_1,
- * ln_2), each norm's parameters then its running statistics. */
+/* The two norms of a batchnorm stack's block, named in place of ln_1 and ln_2:
+ * bn_K.weight and bn_K.bias among the parameters, bn_K.running_mean and
+ * bn_K.running_var in the model's state (PyTorch's BatchNorm1d names). */
 static const char *const bn_name[2] = { "bn_1", "bn_2" };
 
 static const struct { const char *leaf; int ndim, rows, cols; } block_views[] = {

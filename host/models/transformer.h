@@ -8,8 +8,8 @@
  *       a = LN1(x + proj(attn(qkv(x))));   x' = LN2(a + fc2(gelu(fc1(a))))
  *       out = x_L
  * with causal or bidirectional attention over NH heads of width C/NH and an
- * MLP of width 4C. Each residual add is fused with the layernorm that reads
- * it (residual_layernorm_forward). In training with dropout (model.h), each
+ * MLP of width 4C. Each residual add is fused with the norm that reads it
+ * (residual_layernorm_forward, residual_batchnorm_forward). In training with dropout (model.h), each
  * branch's output, proj(...) and fc2(...), is dropped before its residual
  * add (GPT-2's and BERT's residual dropout, sites DROPOUT_SITE_BLOCK(l, 0|1));
  * attention probabilities are not dropped: the fused attention never forms
@@ -21,7 +21,8 @@
  * ln_2.{weight,bias}, mlp.c_fc.{weight [4C,C], bias},
  * mlp.c_proj.{weight [C,4C], bias} (matmul weights [out, in]); in post-LN
  * blocks ln_1 and ln_2 are the layernorms after the attention and after the
- * MLP. A pre-LN stack ends with one more layernorm, named by the caller.
+ * MLP, or, with norm TSTACK_NORM_BATCH, the batchnorms bn_1 and bn_2 (below).
+ * A pre-LN stack ends with one more layernorm, named by the caller.
  * Without biases (nobias) every *.bias view is left out, the order of the
  * others unchanged. */
 #ifndef ANATOMY_TRANSFORMER_H
