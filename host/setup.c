@@ -553,12 +553,16 @@ model *setup_model_from(backend *be, const model_source *src, const model_config
     model_config cfg = *cfg_in;
     model *m;
 
-    if (src->init) { /* eval, sample and train all refuse NaN weights */
-        param_view *views = NULL;
-        int nviews = 0;
-        cfg.family->layout(cfg.v, &views, &nviews);
+    if (src->init) { /* eval, sample and train all refuse NaN weights (or running statistics) */
+        param_view *views = NULL, *sviews = NULL;
+        int nviews = 0, nsviews = 0;
+        size_t total = cfg.family->layout(cfg.v, &views, &nviews);
+        family_state_layout(cfg.family, cfg.v, &sviews, &nsviews);
         int bad = views && finite_check_params(src->init, views, nviews, params, err);
+        bad = bad || (sviews && finite_check_params(src->init, sviews, nsviews, params + total,
+                                                    err));
         free(views);
+        free(sviews);
         if (bad)
             cli_die("%s", err);
     }

@@ -149,3 +149,21 @@ def test_etth1_recipe_norm(tmp_path, env_norm, want):
     assert f", norm {want}," in q.stdout.splitlines()[0], q.stdout
     got = args.read_text().split()
     assert got[got.index("--norm") + 1] == want, got
+
+
+def test_nan_running_statistics_refused(run, tmp_path):
+    """As NaN weights are: the first tensor holding one, named, before anything runs."""
+    path = good_csv(tmp_path / "good.csv", rows=400, seed=4)
+    rc, _, err = run("train", *BN, "--data", path, "--steps", 1, "--batch", 8,
+                     "--out", tmp_path / "r")
+    assert rc == 0, err
+    ck = tmp_path / "r" / "step_000001.safetensors"
+    t = load_file(str(ck))
+    with safe_open(str(ck), "np") as f:
+        meta = f.metadata()
+    t["h.0.bn_2.running_var"][3] = np.nan
+    bad = tmp_path / "nan.safetensors"
+    save_file(t, str(bad), metadata={k: v for k, v in meta.items() if k != "crc32c"})
+    rc, _, err = run("eval", "--init", bad, "--data", path, "--split", "val")
+    line = one_error(rc, err)
+    assert "nan.safetensors" in line and "h.0.bn_2.running_var" in line, line
