@@ -25,7 +25,8 @@
  *  2. finalise: one thread per column merges the chunks in chunk order, and
  *     writes the statistics (and the running estimates), or dg, db and the
  *     two coefficients dx needs.
- *  3. an elementwise pass over [N, C]: y, or dx.
+ *  3. an elementwise pass over [N, C]: y, or dx (16-byte vectors when the
+ *     rows hold whole ones).
  * The chunks depend on N alone, every sum has a fixed order: the same bits
  * on every run. Accumulation in fp32 whatever T. */
 #include "cuda_backend.h"
@@ -135,19 +136,30 @@ __global__ void bn_stats_final_kernel(float *mean, float *rstd, float *rmean, fl
 	rstd[c] = 1.0f / sqrtf(v + BN_EPS);
 }
 
-/* y = (x - mean) rstd g + b over [N, C], one element per thread. */
-template <class T>
+/* y = (x - mean) rstd g + b over [N, C], V elements of one row per thread
+ * (16-byte accesses when V > 1: C % V == 0 and every pointer aligned). */
+template <class T, int V>
 __global__ void bn_apply_kernel(T *out, const T *inp, const float *mean, const float *rstd, const T *w,
 				const T *b, int N, int C)
 {
-	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
 	if (i >= (size_t)N * C)
 		return;
 	int c = (int)(i % (size_t)C);
-	float y = (to_f(inp[i]) - mean[c]) * rstd[c] * to_f(w[c]);
-	if (b)
-		y += to_f(b[c]);
-	out[i] = from_f<T>(y);
+	float x[V], g[V], bb[V];
+	load_f<T, V>(x, inp + i);
+	load_f<T, V>(g, w + c);
+	if (b) {
+		load_f<T, V>(bb, b + c);
+	} else {
+UNROLL
+		for (int k = 0; k < V; k++)
+			bb[k] = 0.0f;
+	}
+UNROLL
+	for (int k = 0; k < V; k++)
+		x[k] = (x[k] - mean[c + k]) * rstd[c + k] * g[k] + bb[k];
+	store_f<T, V>(out + i, x);
 }
 
 /* Backward partials: sum dy and sum dy xhat of each column over the chunk. */
@@ -204,18 +216,36 @@ __global__ void bn_grad_final_kernel(float *coef, T *dw, T *db, const float *par
 	coef[C + c] = train ? g / (float)N : 0.0f;
 }
 
-/* dx += rstd g (dy - coef_a - xhat coef_g), one element per thread. */
-template <class T>
+/* dx += rstd g (dy - coef_a - xhat coef_g), V elements of one row per thread
+ * (as bn_apply_kernel). */
+template <class T, int V>
 __global__ void bn_dx_kernel(T *dinp, const T *dout, const T *inp, const T *w, const float *mean,
 			     const float *rstd, const float *coef, int N, int C)
 {
-	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
 	if (i >= (size_t)N * C)
 		return;
 	int c = (int)(i % (size_t)C);
-	float s = rstd[c], xh = (to_f(inp[i]) - mean[c]) * s;
-	float d = s * to_f(w[c]) * (to_f(dout[i]) - coef[c] - xh * coef[C + c]);
-	dinp[i] = from_f<T>(to_f(dinp[i]) + d);
+	float dx[V], dy[V], x[V], g[V];
+	load_f<T, V>(dx, dinp + i);
+	load_f<T, V>(dy, dout + i);
+	load_f<T, V>(x, inp + i);
+	load_f<T, V>(g, w + c);
+UNROLL
+	for (int k = 0; k < V; k++) {
+		float s = rstd[c + k], xh = (x[k] - mean[c + k]) * s;
+		dx[k] += s * g[k] * (dy[k] - coef[c + k] - xh * coef[C + c + k]);
+	}
+	store_f<T, V>(dinp + i, dx);
+}
+
+/* Elements per thread of the elementwise passes: a 16-byte vector of T when
+ * rows hold whole vectors and every pointer is aligned, else 1. */
+template <class T> static inline int bn_vec(int C, const void *a, const void *b, const void *c, const void *d,
+					    const void *e)
+{
+	int v = vec_of<T>::n;
+	return C % v == 0 && aligned16(a) && aligned16(b) && aligned16(c) && aligned16(d) && aligned16(e) ? v : 1;
 }
 
 /* ---- host side ---- */
@@ -243,8 +273,13 @@ static void bn_forward_t(cuda_backend *cb, void *out, float *mean, float *rstd, 
 	CUDA_LAUNCH(cdiv((size_t)C, 128), 128, 0, cb->stream, bn_stats_final_kernel)(
 		mean, rstd, rmean, rvar, part, chunks, rows, N, C, momentum, train);
 	LAUNCH_CHECK();
-	CUDA_LAUNCH(cdiv((size_t)N * C, BN_EW_THREADS), BN_EW_THREADS, 0, cb->stream, bn_apply_kernel<T>)(
-		(T *)out, x, mean, rstd, (const T *)w, (const T *)b, N, C);
+	constexpr int VV = vec_of<T>::n;
+	if (bn_vec<T>(C, out, x, w, b, NULL) > 1)
+		CUDA_LAUNCH(cdiv((size_t)N * C, (size_t)VV * BN_EW_THREADS), BN_EW_THREADS, 0, cb->stream,
+			    bn_apply_kernel<T, VV>)((T *)out, x, mean, rstd, (const T *)w, (const T *)b, N, C);
+	else
+		CUDA_LAUNCH(cdiv((size_t)N * C, BN_EW_THREADS), BN_EW_THREADS, 0, cb->stream, bn_apply_kernel<T, 1>)(
+			(T *)out, x, mean, rstd, (const T *)w, (const T *)b, N, C);
 	LAUNCH_CHECK();
 }
 
@@ -300,8 +335,14 @@ static void bn_backward_t(cuda_backend *cb, void *dinp, void *dw, void *db, cons
 	LAUNCH_CHECK();
 	if (!dinp)
 		return;
-	CUDA_LAUNCH(cdiv((size_t)N * C, BN_EW_THREADS), BN_EW_THREADS, 0, cb->stream, bn_dx_kernel<T>)(
-		(T *)dinp, (const T *)dout, (const T *)inp, (const T *)w, mean, rstd, coef, N, C);
+	constexpr int VV = vec_of<T>::n;
+	if (bn_vec<T>(C, dinp, dout, inp, w, NULL) > 1)
+		CUDA_LAUNCH(cdiv((size_t)N * C, (size_t)VV * BN_EW_THREADS), BN_EW_THREADS, 0, cb->stream,
+			    bn_dx_kernel<T, VV>)((T *)dinp, (const T *)dout, (const T *)inp, (const T *)w, mean, rstd,
+						 coef, N, C);
+	else
+		CUDA_LAUNCH(cdiv((size_t)N * C, BN_EW_THREADS), BN_EW_THREADS, 0, cb->stream, bn_dx_kernel<T, 1>)(
+			(T *)dinp, (const T *)dout, (const T *)inp, (const T *)w, mean, rstd, coef, N, C);
 	LAUNCH_CHECK();
 }
 
