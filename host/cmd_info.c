@@ -189,6 +189,18 @@ int cmd_info(int argc, char **argv)
             printf("%-40s %-14s %12zu %12zu %s\n", v[i].name, shape, v[i].offset, v[i].count,
                    v[i].decay ? "yes" : "no");
         }
+        /* the state that is not trained (running statistics): its own buffer */
+        param_view *sv = NULL;
+        int nsv = 0;
+        family_state_layout(cfg.family, cfg.v, &sv, &nsv);
+        if (nsv)
+            printf("\n%-40s %-14s %12s %12s\n", "state (not trained)", "shape", "offset", "count");
+        for (int i = 0; i < nsv; i++) {
+            char shape[32];
+            snprintf(shape, sizeof shape, "[%d]", sv[i].shape[0]);
+            printf("%-40s %-14s %12zu %12zu\n", sv[i].name, shape, sv[i].offset, sv[i].count);
+        }
+        free(sv);
     }
     (void)total;
     free(v);

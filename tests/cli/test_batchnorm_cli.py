@@ -167,3 +167,14 @@ def test_nan_running_statistics_refused(run, tmp_path):
     rc, _, err = run("eval", "--init", bad, "--data", path, "--split", "val")
     line = one_error(rc, err)
     assert "nan.safetensors" in line and "h.0.bn_2.running_var" in line, line
+
+
+def test_info_lists_the_state(run):
+    rc, out, err = run("info", *BN, "--views")
+    assert rc == 0, err
+    assert "post-norm (batchnorm) blocks" in out and "--post-ln 1 --norm batch" in out, out
+    state = out.split("state (not trained)")[1].split()
+    assert "h.0.bn_1.running_mean" in state and "h.0.bn_2.running_var" in state, out
+    assert "h.0.bn_1.weight" in out and "h.0.ln_1.weight" not in out, out
+    rc, out, err = run("info", "--model", "patchts", "--preset", "patchts-tiny", "--views")
+    assert rc == 0 and "state (not trained)" not in out and "--norm layer" in out, out
