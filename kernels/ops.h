@@ -185,7 +185,7 @@ struct backend {
                                        const void *bias, float momentum, int train, int N,
                                        int C);
     /* From the forward's saved mean, rstd: xhat = (x - mean_c) rstd_c;
-     * dg[c] += sum_i dy xhat;  db[c] += sum_i dy (db may be NULL);
+     * dg[c] += sum_i dy xhat;  db[c] += sum_i dy (dinp and db may be NULL: not wanted);
      *  train = 1 (through the batch statistics):
      *    dx += rstd_c g[c] (dy - mean_i(dy) - xhat mean_i(dy xhat)), means over the N rows;
      *  train = 0 (the statistics were constants):  dx += rstd_c g[c] dy. */
