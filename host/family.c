@@ -88,6 +88,41 @@ int family_field_index(const model_family *fam, const char *key)
     return -1;
 }
 
+const char *family_field_names(const model_family *fam, int i)
+{
+    return fam->field_names ? fam->field_names[i] : NULL;
+}
+
+int family_name_value(const char *names, int lo, const char *name)
+{
+    size_t len = strlen(name);
+    int v = lo;
+    for (const char *p = names; *p; v++) {
+        size_t n = strcspn(p, " ");
+        if (n == len && len && strncmp(p, name, n) == 0)
+            return v;
+        p += n;
+        p += strspn(p, " ");
+    }
+    return lo - 1;
+}
+
+const char *family_value_name(const char *names, int lo, int v, char *buf, size_t n)
+{
+    const char *p = names;
+    for (int k = lo; p && *p; k++) {
+        size_t len = strcspn(p, " ");
+        if (k == v) {
+            snprintf(buf, n, "%.*s", (int)len, p);
+            return buf;
+        }
+        p += len;
+        p += strspn(p, " ");
+    }
+    snprintf(buf, n, "%d", v);
+    return buf;
+}
+
 int family_check(const model_config *c, char *err)
 {
     const model_family *f = c->family;

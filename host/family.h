@@ -55,6 +55,11 @@ struct model_family {
                            * when asked (data_spec.random_rows, --rows random) */
     const family_field *fields;
     int nfields;
+    /* NULL, or per field (in the fields' order) NULL or the names of the
+     * values lo, lo+1, ..., hi, space-separated ("cls mean"): such a field's
+     * option takes a name (--pool mean), and settings and checkpoint metadata
+     * show the name; a field without names is a number. */
+    const char *const *field_names;
     /* Fills v from a preset name; -1 with err ("--preset: ...") if unknown. */
     int (*preset)(const char *name, int *v, char *err);
     /* Validates v beyond the per-field ranges; err names the field. */
@@ -86,6 +91,14 @@ const model_family *family_find(const char *name);
 const model_family *family_of_preset(const char *preset);
 /* The field index of key in fam, or -1. */
 int family_field_index(const model_family *fam, const char *key);
+/* The value names of field i ("cls mean"), or NULL: a number. */
+const char *family_field_names(const model_family *fam, int i);
+/* The value a name stands for among names (lo for the first), or lo - 1 if
+ * it is not one of them. */
+int family_name_value(const char *names, int lo, const char *name);
+/* Writes the name of value v among names (lo for the first) into buf of
+ * size n; the number if v has no name. Returns buf. */
+const char *family_value_name(const char *names, int lo, int v, char *buf, size_t n);
 /* Range checks of every field, then fam->check. err names the field. */
 int family_check(const model_config *c, char *err);
 /* Space-separated list of every family's presets, for error messages. */

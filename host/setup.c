@@ -142,8 +142,10 @@ static int is_switch(const family_field *fd)
     return (fd->flags & FIELD_SWITCH) != 0;
 }
 
-/* The distinct field options of all families, in first-seen order. */
+/* The distinct field options of all families, in first-seen order, with
+ * their value names (NULL: the option takes a number). */
 static const family_field *opt_fields[64];
+static const char *opt_names[64];
 static int nopt;
 
 static void collect_options(void)
@@ -160,8 +162,10 @@ static void collect_options(void)
                 continue;
             for (int j = 0; j < nopt; j++)
                 seen |= strcmp(opt_fields[j]->option, fd->option) == 0;
-            if (!seen && nopt < (int)(sizeof opt_fields / sizeof opt_fields[0]))
+            if (!seen && nopt < (int)(sizeof opt_fields / sizeof opt_fields[0])) {
+                opt_names[nopt] = family_field_names(f, k);
                 opt_fields[nopt++] = fd;
+            }
         }
     }
 }
@@ -218,8 +222,16 @@ int setup_take_option(model_source *src, int c, const char *arg)
         cli_die("--%s: too many model options", fd->option);
     snprintf(name, sizeof name, "--%s", fd->option);
     /* the range is the family's to check, once the family is known */
-    src->set_val[src->nset] =
-        is_switch(fd) ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    if (opt_names[c - SETUP_OPT_BASE]) {
+        const char *names = opt_names[c - SETUP_OPT_BASE];
+        int v = family_name_value(names, fd->lo, arg);
+        if (v < fd->lo)
+            cli_die("%s: '%s' is not one of: %s", name, arg, names);
+        src->set_val[src->nset] = v;
+    } else {
+        src->set_val[src->nset] =
+            is_switch(fd) ? 1 : (int)cli_int(name, arg, -2147483647LL, 2147483647LL);
+    }
     src->set_opt[src->nset++] = fd->option;
     return 1;
 }
@@ -238,11 +250,17 @@ void setup_print_model_help(FILE *out)
     while ((f = family_next(&i)))
         fprintf(out, "      %-8s %s; presets: %s\n", f->name, f->summary, f->presets);
     for (int k = 0; k < nopt; k++) {
-        char left[40];
+        char left[40] = { 0 }; /* zeros: the names are appended one character at a time */
         const char *opt = opt_fields[k]->option;
         const char *helps[32];
         int nh = 0;
-        snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
+        if (opt_names[k]) { /* --pool cls|mean */
+            snprintf(left, sizeof left, "--%s ", opt);
+            for (const char *p = opt_names[k]; *p && strlen(left) + 1 < sizeof left; p++)
+                left[strlen(left)] = *p == ' ' ? '|' : *p;
+        } else {
+            snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
+        }
         /* an option several families share: each meaning once, after the
          * families it is theirs in ("gpt2, bert, vit: attention heads") */
         i = 0;
@@ -287,6 +305,11 @@ void setup_print_settings(const model_config *c, FILE *out)
         if (is_switch(fd)) {
             if (c->v[i])
                 fprintf(out, " --%s", fd->option);
+        } else if (family_field_names(f, i)) {
+            char name[64];
+            fprintf(out, " --%s %s", fd->option,
+                    family_value_name(family_field_names(f, i), fd->lo, c->v[i], name,
+                                      sizeof name));
         } else {
             fprintf(out, " --%s %d", fd->option, c->v[i]);
         }
@@ -306,9 +329,17 @@ model_config setup_config_of(const model *m)
 
 void setup_meta_put_config(ckpt_meta *md, const model_config *c)
 {
+    char name[64];
     ckpt_meta_set(md, "family", "%s", c->family->name);
-    for (int i = 0; i < c->family->nfields; i++)
-        ckpt_meta_set(md, c->family->fields[i].key, "%d", c->v[i]);
+    for (int i = 0; i < c->family->nfields; i++) {
+        const char *names = family_field_names(c->family, i);
+        if (names) /* "pool": "mean" */
+            ckpt_meta_set(md, c->family->fields[i].key, "%s",
+                          family_value_name(names, c->family->fields[i].lo, c->v[i], name,
+                                            sizeof name));
+        else
+            ckpt_meta_set(md, c->family->fields[i].key, "%d", c->v[i]);
+    }
 }
 
 static int meta_int(const ckpt_meta *md, const char *path, const char *key, int *out, char *err)
@@ -336,10 +367,16 @@ int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *c
                     fam ? fam : "(none)");
     for (int i = 0; i < c->family->nfields; i++) {
         const family_field *fd = &c->family->fields[i];
-        if ((fd->flags & FIELD_OPTIONAL) && !ckpt_meta_get(md, fd->key))
+        const char *names = family_field_names(c->family, i), *s = ckpt_meta_get(md, fd->key);
+        if ((fd->flags & FIELD_OPTIONAL) && !s) {
             c->v[i] = fd->lo;
-        else if (meta_int(md, path, fd->key, &c->v[i], err))
+        } else if (names && s) {
+            if ((c->v[i] = family_name_value(names, fd->lo, s)) < fd->lo)
+                return errf(err, "%s: metadata '%s' = '%s' is not one of: %s", path, fd->key, s,
+                            names);
+        } else if (meta_int(md, path, fd->key, &c->v[i], err)) {
             return -1;
+        }
     }
     if (family_check(c, why))
         return errf(err, "%s: %s", path, why);

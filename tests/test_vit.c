@@ -28,7 +28,7 @@ static uint64_t base_seed;
 #define SEED(k) (base_seed + (uint64_t)(k))
 
 /* image 8, 2 channels, patch 4 (4 patches of 32 values), 5 classes, L2 NH2 C8 */
-static const vit_config tiny = { 8, 2, 4, 5, 2, 2, 8, 0 };
+static const vit_config tiny = { 8, 2, 4, 5, 2, 2, 8, 0, VIT_POOL_CLS };
 
 static double rel_l2(const double *a, const double *b, size_t n)
 {
@@ -74,7 +74,7 @@ static model *make(backend *be, const vit_config *c)
 
 START_TEST(test_patchify)
 {
-    vit_config c = { 12, 3, 4, 10, 1, 1, 4, 0 };
+    vit_config c = { 12, 3, 4, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     int B = 2, P = 4, H = 12, G = 3, D = 3 * 16, N = 9;
     size_t img = 3 * 12 * 12;
     float *x = malloc(B * img * sizeof *x), *out = malloc((size_t)B * N * D * sizeof *out);
@@ -193,7 +193,7 @@ static void init_params(const vit_config *c, model *m, float *pf, uint64_t seed)
 START_TEST(test_fp32_matches_fp64)
 {
     char err[ERRBUF];
-    vit_config c = { 16, 3, 4, 10, 2, 4, 32, 0 };
+    vit_config c = { 16, 3, 4, 10, 2, 4, 32, 0, VIT_POOL_CLS };
     backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
     model *m64 = make(b64, &c), *m32 = make(b32, &c);
     int B = 5;
@@ -279,7 +279,7 @@ END_TEST
 START_TEST(test_overfit_one_batch)
 {
     char err[ERRBUF];
-    vit_config c = { 8, 1, 4, 10, 2, 2, 32, 0 };
+    vit_config c = { 8, 1, 4, 10, 2, 2, 32, 0, VIT_POOL_CLS };
     backend *be = backend_cpu_create(0, err);
     model *m = make(be, &c);
     int B = 16;
@@ -682,7 +682,7 @@ static int match_augmented(const float *x, const uint8_t *pix, int n, int ch, in
 
 START_TEST(test_source_idx)
 {
-    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0 };
+    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     int n = 23, B = 4;
     uint8_t pix[23 * 36], lab[23];
     make_tmpdir();
@@ -757,7 +757,7 @@ START_TEST(test_source_idx)
     /* wrong geometry, too few images */
     model fake;
     memset(&fake, 0, sizeof fake);
-    vit_config big = { 8, 1, 4, 10, 1, 1, 4, 0 };
+    vit_config big = { 8, 1, 4, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     memcpy(fake.config, &big, sizeof big);
     data_spec spec = { .path = tmpdir, .B = 4, .world = 1, .split = SPLIT_TRAIN };
     ck_assert_ptr_null(vit_family.open_data(&fake, &spec, err));
@@ -776,7 +776,7 @@ END_TEST
  * augment with pad 0 and no flip turns CIFAR's default off. */
 START_TEST(test_source_augment_options)
 {
-    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0 };
+    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     int n = 9, B = 3;
     uint8_t pix[9 * 36], lab[9];
     char err[ERRBUF];
@@ -818,7 +818,7 @@ START_TEST(test_source_augment_options)
     s->close(s);
     remove_tmpdir();
     /* CIFAR with augment on, pad 0, no flip: the images as they are */
-    vit_config cc = { 32, 3, 8, 10, 1, 1, 4, 0 };
+    vit_config cc = { 32, 3, 8, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     uint8_t *cp = malloc(4 * 3072), cl[4];
     memcpy(fake.config, &cc, sizeof cc);
     make_tmpdir();
@@ -846,7 +846,7 @@ END_TEST
  * the same micro-batch index draws the same augmentation. */
 START_TEST(test_source_cifar_augment)
 {
-    vit_config c = { 32, 3, 8, 10, 1, 1, 4, 0 };
+    vit_config c = { 32, 3, 8, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     uint8_t *pix = malloc(8 * 3072), lab[8];
     char err[ERRBUF];
     make_tmpdir();
