@@ -119,9 +119,10 @@ START_TEST(test_gradcheck_fp64)
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
-    vit_config nb = tiny; /* 3: without biases (--no-bias) */
+    vit_config nb = tiny, mean = tiny; /* 3: without biases (--no-bias) */
     nb.nobias = 1;
-    model *m = make(be, _i == 3 ? &nb : &tiny);
+    mean.pool = VIT_POOL_MEAN;          /* 5: the head on the patch rows' mean (--pool mean) */
+    model *m = make(be, _i == 3 ? &nb : _i == 5 ? &mean : &tiny);
     int B = 3;
     ck_assert_int_eq(m->plan(m, B, 0, err), 0);
     ck_assert_int_eq(m->T, 5);
@@ -143,6 +144,14 @@ START_TEST(test_gradcheck_fp64)
         m->dropout_seed = SEED(23);
         ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "dropout 0.3 leaves the loss at %.9f", plain);
+    }
+    if (_i == 5) { /* the same parameters as [CLS] pooling, another function of them */
+        model *cls = make(be, &tiny);
+        ck_assert_int_eq(cls->plan(cls, B, 0, err), 0);
+        ck_assert_uint_eq(cls->nparams, n);
+        double lc = loss_grad(cls, p, &b, NULL), lm = loss_grad(m, p, &b, NULL);
+        ck_assert_msg(fabs(lc - lm) > 1e-6, "mean pooling gives [CLS] pooling's loss %.9f", lc);
+        cls->destroy(cls);
     }
     if (_i == 4) { /* label smoothing (the gradient term added to dlogits) */
         double plain = loss_grad(m, p, &b, NULL);
@@ -889,7 +898,8 @@ static Suite *vit_suite(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_patchify);
-    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 5); /* 2: dropout; 3: no bias; 4: label smoothing */
+    /* 2: dropout; 3: no bias; 4: label smoothing; 5: mean pooling */
+    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 6);
     tcase_add_test(tm, test_fp32_matches_fp64);
     tcase_add_test(tm, test_grads_accumulate);
     tcase_add_test(tm, test_overfit_one_batch);
