@@ -10,11 +10,13 @@
 # 89.15% with crop-pad 2 and dropout 0.1); validation on the test
 # images every epoch, then `anatomy eval` top-1 accuracy of the last
 # checkpoint on all 10,000 test images. One line per epoch in OUT/train.log.
+# POOL=mean puts the class head on the mean of the patch rows instead of
+# [CLS] (--pool).
 #
 # usage: bench/vit_fmnist_recipe.sh [ANATOMY_BIN] [EPOCHS] [OUT_DIR]
 # Environment (defaults in brackets): SEED [1], THREADS [1], DEVICE [cpu],
 # LR [2e-3], WD [0.05], DROPOUT [0], CROP_PAD [0], FLIP [1], SMOOTH [0.1], BATCH [128],
-# PRESET [vit-mnist-p4], FMNIST_DIR [/usr/share/datasets/fashion-mnist].
+# PRESET [vit-mnist-p4], POOL [cls] (or mean), FMNIST_DIR [/usr/share/datasets/fashion-mnist].
 set -eu
 BIN=${1:-build/anatomy}
 EPOCHS=${2:-30}
@@ -31,10 +33,12 @@ FLIP=${FLIP:-1}
 SMOOTH=${SMOOTH:-0.1}
 BATCH=${BATCH:-128}
 PRESET=${PRESET:-vit-mnist-p4}
+POOL=${POOL:-cls}
 for v in EPOCHS SEED THREADS CROP_PAD FLIP BATCH; do
     eval "x=\$$v"
     case $x in ''|*[!0-9]*) echo "vit_fmnist_recipe.sh: $v must be a number, got '$x'" >&2; exit 2 ;; esac
 done
+case $POOL in cls|mean) ;; *) echo "vit_fmnist_recipe.sh: POOL must be cls or mean, got '$POOL'" >&2; exit 2 ;; esac
 [ -d "$D" ] || {
     echo "vit_fmnist_recipe.sh: $D not found (apt-get install dataset-fashion-mnist, or set FMNIST_DIR)" >&2
     exit 2; }
@@ -42,9 +46,9 @@ SPE=$((60000 / BATCH))       # steps per epoch
 STEPS=$((EPOCHS * SPE))
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=passive
-echo "vit-fmnist recipe: $PRESET, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, crop-pad $CROP_PAD, flip $FLIP, label smoothing $SMOOTH, dropout $DROPOUT, seed $SEED -> $OUT"
+echo "vit-fmnist recipe: $PRESET, pool $POOL, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, crop-pad $CROP_PAD, flip $FLIP, label smoothing $SMOOTH, dropout $DROPOUT, seed $SEED -> $OUT"
 start=$(date +%s)
-"$BIN" train --model vit --preset "$PRESET" --data "$D" --val-data "$D" \
+"$BIN" train --model vit --preset "$PRESET" --pool "$POOL" --data "$D" --val-data "$D" \
     --batch "$BATCH" --steps "$STEPS" --lr "$LR" --warmup "$SPE" --schedule cosine --lr-min-frac 0 \
     --weight-decay "$WD" --dropout "$DROPOUT" --crop-pad "$CROP_PAD" --flip "$FLIP" --label-smoothing "$SMOOTH" --shuffle \
     --seed "$SEED" --val-every "$SPE" --val-batches 100 --ckpt-every "$SPE" \

@@ -130,15 +130,25 @@ int family_choice_index(const family_field *fd, const char *name)
     return -1;
 }
 
+const char *family_choice_list(const family_field *fd, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s", fd->choices ? fd->choices : "");
+    for (char *p = buf; *p; p++)
+        if (*p == ' ')
+            *p = '|';
+    return buf;
+}
+
 int family_check(const model_config *c, char *err)
 {
     const model_family *f = c->family;
     for (int i = 0; i < f->nfields; i++) {
         const family_field *fd = &f->fields[i];
-        char name[32];
+        char name[32], list[128];
         if (fd->choices && !family_choice_name(fd, c->v[i], name, sizeof name))
-            return errf(err, "--%s: value %d is not one of '%s'", fd->option ? fd->option
-                        : fd->key, c->v[i], fd->choices);
+            return errf(err, "%s%s: %d is not the index of one of %s", fd->option ? "--" : "",
+                        fd->option ? fd->option : fd->key, c->v[i],
+                        family_choice_list(fd, list, sizeof list));
         if (c->v[i] < fd->lo || c->v[i] > fd->hi)
             return errf(err, "%s%s: %d is out of range [%d, %d] (%s)",
                         fd->option ? "--" : "", fd->option ? fd->option : fd->key, c->v[i],

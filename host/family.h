@@ -30,7 +30,9 @@ typedef struct {
     int flags;          /* FIELD_SWITCH | FIELD_OPTIONAL, or 0 */
     const char *choices; /* NULL: the option takes a number; else its value is a
                           * name of this space-separated list ("layer batch"),
-                          * the field holding its index */
+                          * the field holding its index (lo 0, hi the count - 1):
+                          * the option, --help, the settings line and the
+                          * checkpoint metadata all use the name */
 } family_field;
 
 /* family_field.flags */
@@ -99,10 +101,13 @@ int family_field_index(const model_family *fam, const char *key);
  * family has none; views malloc'd, may be NULL for the caller). */
 size_t family_state_layout(const model_family *fam, const int *v, param_view **views,
                            int *nviews);
-/* The name of value `value` of a field with choices, or NULL when out of
- * range; family_choice_index: the index of name, or -1. */
+/* A field with choices (family_field.choices): the name of value `value`
+ * into buf of size n, or NULL when out of range; family_choice_index: the
+ * index of name, or -1; family_choice_list: the choices as --help, the
+ * settings and the errors show them ("layer|batch") into buf. */
 const char *family_choice_name(const family_field *fd, int value, char *buf, size_t n);
 int family_choice_index(const family_field *fd, const char *name);
+const char *family_choice_list(const family_field *fd, char *buf, size_t n);
 /* Range checks of every field, then fam->check. err names the field. */
 int family_check(const model_config *c, char *err);
 /* Space-separated list of every family's presets, for error messages. */

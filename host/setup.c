@@ -220,14 +220,10 @@ int setup_take_option(model_source *src, int c, const char *arg)
     /* the range is the family's to check, once the family is known */
     if (fd->choices) { /* a name; its index is the value */
         int k = family_choice_index(fd, arg);
-        if (k < 0) {
-            char list[128];
-            snprintf(list, sizeof list, "%s", fd->choices);
-            for (char *p = list; *p; p++)
-                if (*p == ' ')
-                    *p = '|';
-            cli_die("%s: '%s' is not one of %s", name, arg, list);
-        }
+        char list[128];
+        if (k < 0)
+            cli_die("%s: '%s' is not one of %s", name, arg,
+                    family_choice_list(fd, list, sizeof list));
         src->set_val[src->nset] = k;
     } else {
         src->set_val[src->nset] =
@@ -255,11 +251,10 @@ void setup_print_model_help(FILE *out)
         const char *opt = opt_fields[k]->option;
         const char *helps[32];
         int nh = 0;
-        if (opt_fields[k]->choices) {
-            snprintf(left, sizeof left, "--%s %s", opt, opt_fields[k]->choices);
-            for (char *p = left + strlen(opt) + 3; *p; p++)
-                if (*p == ' ')
-                    *p = '|';
+        if (opt_fields[k]->choices) { /* --norm layer|batch */
+            char list[128];
+            snprintf(left, sizeof left, "--%s %s", opt,
+                     family_choice_list(opt_fields[k], list, sizeof list));
         } else {
             snprintf(left, sizeof left, "--%s%s", opt, is_switch(opt_fields[k]) ? "" : " N");
         }
@@ -329,9 +324,15 @@ model_config setup_config_of(const model *m)
 
 void setup_meta_put_config(ckpt_meta *md, const model_config *c)
 {
+    char name[64];
     ckpt_meta_set(md, "family", "%s", c->family->name);
-    for (int i = 0; i < c->family->nfields; i++)
-        ckpt_meta_set(md, c->family->fields[i].key, "%d", c->v[i]);
+    for (int i = 0; i < c->family->nfields; i++) {
+        const family_field *fd = &c->family->fields[i];
+        if (fd->choices && family_choice_name(fd, c->v[i], name, sizeof name))
+            ckpt_meta_set(md, fd->key, "%s", name); /* "norm": "batch", "pool": "mean" */
+        else
+            ckpt_meta_set(md, fd->key, "%d", c->v[i]);
+    }
 }
 
 static int meta_int(const ckpt_meta *md, const char *path, const char *key, int *out, char *err)
@@ -359,10 +360,17 @@ int setup_meta_get_config(const ckpt_meta *md, const char *path, model_config *c
                     fam ? fam : "(none)");
     for (int i = 0; i < c->family->nfields; i++) {
         const family_field *fd = &c->family->fields[i];
-        if ((fd->flags & FIELD_OPTIONAL) && !ckpt_meta_get(md, fd->key))
+        const char *s = ckpt_meta_get(md, fd->key);
+        char list[128];
+        if ((fd->flags & FIELD_OPTIONAL) && !s) {
             c->v[i] = fd->lo;
-        else if (meta_int(md, path, fd->key, &c->v[i], err))
+        } else if (fd->choices && s) { /* "norm": "batch" */
+            if ((c->v[i] = family_choice_index(fd, s)) < 0)
+                return errf(err, "%s: metadata '%s' = '%s' is not one of %s", path, fd->key, s,
+                            family_choice_list(fd, list, sizeof list));
+        } else if (meta_int(md, path, fd->key, &c->v[i], err)) {
             return -1;
+        }
     }
     if (family_check(c, why))
         return errf(err, "%s: %s", path, why);

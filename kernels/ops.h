@@ -303,11 +303,14 @@ struct backend {
     void (*sequence_embed_backward)(backend *be, void *dx, void *dfirst, void *dpos,
                                     const void *dout, int B, int T, int C);
 
-    /* row select: out[b,:] = x[b,t,:] for one position t of every sequence.
-     * out: [B,C]; x: [B,T,C]. ([CLS] pooling.) Backward: dx[b,t,:] += dout[b,:]. */
-    void (*rows_select_forward)(backend *be, void *out, const void *x, int B, int T, int C, int t);
-    void (*rows_select_backward)(backend *be, void *dx, const void *dout, int B, int T, int C,
-                                 int t);
+    /* row mean over a range: out[b,:] = (1/n) sum_{i<n} x[b,t+i,:], rows t..t+n-1 of every
+     * sequence (0 <= t, n >= 1, t + n <= T). out: [B,C]; x: [B,T,C]. Saves nothing.
+     * n = 1 selects one row exactly ([CLS] pooling); ViT's mean pooling takes the
+     * patch rows 1..N. Backward: dx[b,t+i,:] += dout[b,:] / n. */
+    void (*rows_mean_forward)(backend *be, void *out, const void *x, int B, int T, int C, int t,
+                              int n);
+    void (*rows_mean_backward)(backend *be, void *dx, const void *dout, int B, int T, int C,
+                               int t, int n);
 
     /* tanh: y = tanh(x), [N].  Backward: dx += dy * (1 - y^2) (from the output y). */
     void (*tanh_forward)(backend *be, void *out, const void *inp, size_t N);

@@ -1,6 +1,6 @@
 /* test_cuda_seq_ops.c: backend parity for the ops shared by the model
  * families other than GPT-2 (kernels/cuda/seq.cu): embedding,
- * sequence_embed, rows_select, tanh, regression_loss, dropout and batchnorm of the CUDA backend
+ * sequence_embed, rows_mean, tanh, regression_loss, dropout and batchnorm of the CUDA backend
  * against the CPU backend's fp64 build, in both CUDA modes: fp32 to 1e-5 relative L2,
  * bf16 to 1e-2 (the losses, fp32 statistics, to 1e-5 in both).
  *
@@ -11,6 +11,7 @@
  * compared. Shapes cover the 16-byte vector path (C a multiple of 8) and the
  * scalar one (odd C, a row wider than a block), ids with repeats and
  * negatives, more positions than a block scans at once, t = 0 and t = T-1,
+ * rows_mean over one row (exact: a copy) and over ranges up to every row,
  * sequence_embed with and without a first row and without dx, each regression
  * loss (squared, absolute, Huber) with and without row units, with dpred
  * aliasing pred and without dpred. Dropout: the same elements dropped as on
@@ -55,6 +56,7 @@ typedef struct {
     char name[96];
     int op;
     int B, T, C, N, rows, t, first, acc, alias, no_dpred;
+    int span; /* rows_mean's n */
     float scale, delta;
     int kind;
     int32_t *ids;
@@ -110,11 +112,13 @@ static sq_case seq_case(int B, int T, int C, int maxT, int first, int no_dx, dty
     return c;
 }
 
-static sq_case rows_case(int B, int T, int C, int tsel, dtype t)
+static sq_case rows_case(int B, int T, int C, int tsel, int span, dtype t)
 {
-    sq_case c = { .op = OP_ROWS, .B = B, .T = T, .C = C, .t = tsel };
-    snprintf(c.name, sizeof c.name, "rows_select B%d T%d C%d t%d", B, T, C, tsel);
+    sq_case c = { .op = OP_ROWS, .B = B, .T = T, .C = C, .t = tsel, .span = span };
+    snprintf(c.name, sizeof c.name, "rows_mean B%d T%d C%d t%d n%d", B, T, C, tsel, span);
     add_input(&c, (size_t)B * T * C, t, 1);
+    free(c.pre[0]); /* the op adds dout / n: priors a quarter of that */
+    c.pre[0] = rnd((size_t)B * T * C, 0.25 / span, t);
     set_out(&c, (size_t)B * C, t);
     return c;
 }
@@ -191,8 +195,8 @@ static void run(backend *be, const sq_case *c, double *out, double **g)
         break;
     case OP_ROWS:
         o = poisoned(be, a, c->nout);
-        be->rows_select_forward(be, o, in[0], c->B, c->T, c->C, c->t);
-        be->rows_select_backward(be, gr[0], dout, c->B, c->T, c->C, c->t);
+        be->rows_mean_forward(be, o, in[0], c->B, c->T, c->C, c->t, c->span);
+        be->rows_mean_backward(be, gr[0], dout, c->B, c->T, c->C, c->t, c->span);
         break;
     case OP_TANH:
         o = poisoned(be, a, c->nout);
@@ -248,6 +252,8 @@ static void parity(sq_case *c, backend *r, backend *g, dtype act)
         run(b ? g : r, c, out[b], gr[b]);
     }
     double ftol = c->op == OP_LOSS ? TOL_F32 : tol(act); /* the losses: fp32 stat */
+    if (c->op == OP_ROWS && c->span == 1)
+        ftol = 0; /* one row is a copy of inputs the mode's type holds exactly */
     expect_close(c->name, c->op == OP_LOSS ? "losses" : "forward", act, out[1], out[0], c->nout, ftol);
     for (int k = 0; k < c->nin; k++) {
         if (has_g[k]) {
@@ -366,19 +372,30 @@ START_TEST(test_sequence_embed)
 }
 END_TEST
 
-START_TEST(test_rows_select)
+/* n = 1 at the first row, the last and one between; then ranges: every row,
+ * all but the first (ViT's patch rows), a random one. C: the vector path,
+ * the scalar one, a row wider than a block. */
+START_TEST(test_rows_mean)
 {
     dtype act = mode(_i);
     backend *r = oracle(), *g = gpu(act);
-    seed("rows_select", _i);
-    static const int Cs[] = { 32, 20, 9 };
-    for (int j = 0; j < 3; j++) {
+    seed("rows_mean", _i);
+    static const int Cs[] = { 32, 20, 9, 264 };
+    for (int j = 0; j < 4; j++) {
         int T = 5 + irand(4), ts[3] = { 0, T - 1, 1 + irand(T - 2) };
         for (int q = 0; q < 3; q++) {
-            sq_case c = rows_case(3, T, Cs[j], ts[q], act);
+            sq_case c = rows_case(3, T, Cs[j], ts[q], 1, act);
+            parity(&c, r, g, act);
+        }
+        int t = irand(T - 1);
+        int ranges[3][2] = { { 0, T }, { 1, T - 1 }, { t, 2 + irand(T - t - 1) } };
+        for (int q = 0; q < 3; q++) {
+            sq_case c = rows_case(3, T, Cs[j], ranges[q][0], ranges[q][1], act);
             parity(&c, r, g, act);
         }
     }
+    sq_case c = rows_case(2, 50, 64, 1, 49, act); /* vit-mnist-p4's 49 patch rows */
+    parity(&c, r, g, act);
     r->destroy(r);
     g->destroy(g);
 }
@@ -588,7 +605,7 @@ static Suite *seq_suite(void)
     tcase_add_loop_test(tc, test_embedding, 0, 2);
     tcase_add_test(tc, test_embedding_backward_linear);
     tcase_add_loop_test(tc, test_sequence_embed, 0, 2);
-    tcase_add_loop_test(tc, test_rows_select, 0, 2);
+    tcase_add_loop_test(tc, test_rows_mean, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);
     tcase_add_loop_test(tc, test_regression_loss, 0, 2);
     tcase_add_loop_test(tc, test_dropout, 0, 2);

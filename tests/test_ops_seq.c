@@ -1,5 +1,5 @@
 /* test_ops_seq.c: the first rung of the test ladder for the ops shared by the
- * model families other than GPT-2 (embedding, sequence_embed, rows_select,
+ * model families other than GPT-2 (embedding, sequence_embed, rows_mean,
  * tanh, regression_loss, dropout): each forward against a plain double reference, each backward
  * against central differences in double precision (the fp64 build of the CPU
  * backend), the fp32 build against the fp64 one, and run-to-run / thread-count
@@ -130,6 +130,7 @@ typedef struct {
     const char *name;
     int op;
     int B, T, C, N, rows, maxT, t, first, acc, alias;
+    int span; /* rows_mean's n: rows t..t+span-1 */
     float scale, delta;
     int kind;      /* regression_loss's */
     int32_t *ids;
@@ -192,9 +193,10 @@ static sq_case seq_case(int B, int T, int C, int maxT, int first, int no_dx)
     return c;
 }
 
-static sq_case rows_case(int B, int T, int C, int t)
+static sq_case rows_case(int B, int T, int C, int t, int span)
 {
-    sq_case c = { .name = "rows_select", .op = OP_ROWS, .B = B, .T = T, .C = C, .t = t };
+    sq_case c = { .name = span == 1 ? "rows_mean n=1" : "rows_mean", .op = OP_ROWS, .B = B,
+                  .T = T, .C = C, .t = t, .span = span };
     add_input(&c, (size_t)B * T * C, 1, 1);
     set_out(&c, (size_t)B * C);
     return c;
@@ -273,10 +275,10 @@ static void run(backend *be, sq_case *c, double *out, double **g)
         break;
     case OP_ROWS:
         o = poisoned(be, a, c->nout);
-        be->rows_select_forward(be, o, in[0], c->B, c->T, c->C, c->t);
+        be->rows_mean_forward(be, o, in[0], c->B, c->T, c->C, c->t, c->span);
         take(be, o, a, NULL, c->nout, out);
         if (g)
-            be->rows_select_backward(be, gr[0], dout, c->B, c->T, c->C, c->t);
+            be->rows_mean_backward(be, gr[0], dout, c->B, c->T, c->C, c->t, c->span);
         break;
     case OP_TANH:
         o = poisoned(be, a, c->nout);
@@ -345,8 +347,12 @@ static void ref_forward(const sq_case *c, double *out)
         break;
     case OP_ROWS:
         for (int b = 0; b < c->B; b++)
-            for (int j = 0; j < c->C; j++)
-                out[(size_t)b * c->C + j] = c->in[0][((size_t)b * c->T + c->t) * c->C + j];
+            for (int j = 0; j < c->C; j++) {
+                double s = 0;
+                for (int i = 0; i < c->span; i++)
+                    s += c->in[0][((size_t)b * c->T + c->t + i) * c->C + j];
+                out[(size_t)b * c->C + j] = s / c->span;
+            }
         break;
     case OP_TANH:
         for (int n = 0; n < c->N; n++)
@@ -389,7 +395,8 @@ static void gradcheck(sq_case *c, size_t maxidx)
         g[k] = xmalloc(c->len[k] * sizeof(double));
     run(be, c, out, g);
     ref_forward(c, ref);
-    expect_close(c->name, "fp64 forward vs reference", out, ref, c->nout, 1e-12);
+    expect_close(c->name, "fp64 forward vs reference", out, ref, c->nout,
+                 c->op == OP_ROWS && c->span == 1 ? 0.0 : 1e-12);
     int checked = 0;
     for (int k = 0; k < c->nin; k++) {
         if (!c->pre[k])
@@ -431,7 +438,9 @@ static void parity(sq_case *c)
             g[b][k] = xmalloc(c->len[k] * sizeof(double));
         run(be[b], c, out[b], g[b]);
     }
-    expect_close(c->name, "fp32 forward vs fp64", out[0], out[1], c->nout, F32_TOL);
+    /* one row is a copy: the float inputs come through both builds exactly */
+    expect_close(c->name, "fp32 forward vs fp64", out[0], out[1], c->nout,
+                 c->op == OP_ROWS && c->span == 1 ? 0.0 : F32_TOL);
     for (int k = 0; k < c->nin; k++) {
         if (c->pre[k]) {
             char what[64];
@@ -482,15 +491,25 @@ START_TEST(test_sequence_embed)
 }
 END_TEST
 
-START_TEST(test_rows_select)
+/* n = 1 (a select: the first row, the last, one between), then means over
+ * ranges: every row, all but the first (ViT's patch rows), and a random one. */
+START_TEST(test_rows_mean)
 {
-    seed("rows_select", _i);
+    seed("rows_mean", _i);
     int T = 6;
     int ts[3] = { 0, T - 1, 1 + irand(T - 2) };
     for (int j = 0; j < 3; j++) {
-        sq_case c = rows_case(4, T, 9, ts[j]);
+        sq_case c = rows_case(4, T, 9, ts[j], 1);
         check_case(&c, 500, _i);
     }
+    int t = irand(T - 1);
+    int ranges[3][2] = { { 0, T }, { 1, T - 1 }, { t, 2 + irand(T - t - 1) } };
+    for (int j = 0; j < 3; j++) {
+        sq_case c = rows_case(3, T, 11, ranges[j][0], ranges[j][1]);
+        check_case(&c, 500, _i);
+    }
+    sq_case c = rows_case(2, 50, 16, 1, 49); /* vit-mnist's 49 patch rows */
+    check_case(&c, 400, _i);
 }
 END_TEST
 
@@ -709,7 +728,7 @@ static Suite *seq_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_embedding, 0, 2);
     tcase_add_loop_test(tc, test_sequence_embed, 0, 2);
-    tcase_add_loop_test(tc, test_rows_select, 0, 2);
+    tcase_add_loop_test(tc, test_rows_mean, 0, 2);
     tcase_add_loop_test(tc, test_tanh, 0, 2);
     tcase_add_loop_test(tc, test_regression_loss, 0, 2);
     tcase_add_loop_test(tc, test_regression_loss_points, 0, 2);

@@ -28,7 +28,7 @@ static uint64_t base_seed;
 #define SEED(k) (base_seed + (uint64_t)(k))
 
 /* image 8, 2 channels, patch 4 (4 patches of 32 values), 5 classes, L2 NH2 C8 */
-static const vit_config tiny = { 8, 2, 4, 5, 2, 2, 8, 0 };
+static const vit_config tiny = { 8, 2, 4, 5, 2, 2, 8, 0, VIT_POOL_CLS };
 
 static double rel_l2(const double *a, const double *b, size_t n)
 {
@@ -74,7 +74,7 @@ static model *make(backend *be, const vit_config *c)
 
 START_TEST(test_patchify)
 {
-    vit_config c = { 12, 3, 4, 10, 1, 1, 4, 0 };
+    vit_config c = { 12, 3, 4, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     int B = 2, P = 4, H = 12, G = 3, D = 3 * 16, N = 9;
     size_t img = 3 * 12 * 12;
     float *x = malloc(B * img * sizeof *x), *out = malloc((size_t)B * N * D * sizeof *out);
@@ -119,9 +119,10 @@ START_TEST(test_gradcheck_fp64)
     char err[ERRBUF];
     backend *be = backend_cpu64_create(1, err);
     ck_assert_msg(be != NULL, "%s", err);
-    vit_config nb = tiny; /* 3: without biases (--no-bias) */
+    vit_config nb = tiny, mean = tiny; /* 3: without biases (--no-bias) */
     nb.nobias = 1;
-    model *m = make(be, _i == 3 ? &nb : &tiny);
+    mean.pool = VIT_POOL_MEAN;          /* 5: the head on the patch rows' mean (--pool mean) */
+    model *m = make(be, _i == 3 ? &nb : _i == 5 ? &mean : &tiny);
     int B = 3;
     ck_assert_int_eq(m->plan(m, B, 0, err), 0);
     ck_assert_int_eq(m->T, 5);
@@ -143,6 +144,14 @@ START_TEST(test_gradcheck_fp64)
         m->dropout_seed = SEED(23);
         ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "dropout 0.3 leaves the loss at %.9f", plain);
+    }
+    if (_i == 5) { /* the same parameters as [CLS] pooling, another function of them */
+        model *cls = make(be, &tiny);
+        ck_assert_int_eq(cls->plan(cls, B, 0, err), 0);
+        ck_assert_uint_eq(cls->nparams, n);
+        double lc = loss_grad(cls, p, &b, NULL), lm = loss_grad(m, p, &b, NULL);
+        ck_assert_msg(fabs(lc - lm) > 1e-6, "mean pooling gives [CLS] pooling's loss %.9f", lc);
+        cls->destroy(cls);
     }
     if (_i == 4) { /* label smoothing (the gradient term added to dlogits) */
         double plain = loss_grad(m, p, &b, NULL);
@@ -193,7 +202,7 @@ static void init_params(const vit_config *c, model *m, float *pf, uint64_t seed)
 START_TEST(test_fp32_matches_fp64)
 {
     char err[ERRBUF];
-    vit_config c = { 16, 3, 4, 10, 2, 4, 32, 0 };
+    vit_config c = { 16, 3, 4, 10, 2, 4, 32, 0, VIT_POOL_CLS };
     backend *b64 = backend_cpu64_create(0, err), *b32 = backend_cpu_create(0, err);
     model *m64 = make(b64, &c), *m32 = make(b32, &c);
     int B = 5;
@@ -279,7 +288,7 @@ END_TEST
 START_TEST(test_overfit_one_batch)
 {
     char err[ERRBUF];
-    vit_config c = { 8, 1, 4, 10, 2, 2, 32, 0 };
+    vit_config c = { 8, 1, 4, 10, 2, 2, 32, 0, VIT_POOL_CLS };
     backend *be = backend_cpu_create(0, err);
     model *m = make(be, &c);
     int B = 16;
@@ -682,7 +691,7 @@ static int match_augmented(const float *x, const uint8_t *pix, int n, int ch, in
 
 START_TEST(test_source_idx)
 {
-    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0 };
+    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     int n = 23, B = 4;
     uint8_t pix[23 * 36], lab[23];
     make_tmpdir();
@@ -757,7 +766,7 @@ START_TEST(test_source_idx)
     /* wrong geometry, too few images */
     model fake;
     memset(&fake, 0, sizeof fake);
-    vit_config big = { 8, 1, 4, 10, 1, 1, 4, 0 };
+    vit_config big = { 8, 1, 4, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     memcpy(fake.config, &big, sizeof big);
     data_spec spec = { .path = tmpdir, .B = 4, .world = 1, .split = SPLIT_TRAIN };
     ck_assert_ptr_null(vit_family.open_data(&fake, &spec, err));
@@ -776,7 +785,7 @@ END_TEST
  * augment with pad 0 and no flip turns CIFAR's default off. */
 START_TEST(test_source_augment_options)
 {
-    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0 };
+    vit_config c = { 6, 1, 3, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     int n = 9, B = 3;
     uint8_t pix[9 * 36], lab[9];
     char err[ERRBUF];
@@ -818,7 +827,7 @@ START_TEST(test_source_augment_options)
     s->close(s);
     remove_tmpdir();
     /* CIFAR with augment on, pad 0, no flip: the images as they are */
-    vit_config cc = { 32, 3, 8, 10, 1, 1, 4, 0 };
+    vit_config cc = { 32, 3, 8, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     uint8_t *cp = malloc(4 * 3072), cl[4];
     memcpy(fake.config, &cc, sizeof cc);
     make_tmpdir();
@@ -846,7 +855,7 @@ END_TEST
  * the same micro-batch index draws the same augmentation. */
 START_TEST(test_source_cifar_augment)
 {
-    vit_config c = { 32, 3, 8, 10, 1, 1, 4, 0 };
+    vit_config c = { 32, 3, 8, 10, 1, 1, 4, 0, VIT_POOL_CLS };
     uint8_t *pix = malloc(8 * 3072), lab[8];
     char err[ERRBUF];
     make_tmpdir();
@@ -889,7 +898,8 @@ static Suite *vit_suite(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, test_patchify);
-    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 5); /* 2: dropout; 3: no bias; 4: label smoothing */
+    /* 2: dropout; 3: no bias; 4: label smoothing; 5: mean pooling */
+    tcase_add_loop_test(tm, test_gradcheck_fp64, 0, 6);
     tcase_add_test(tm, test_fp32_matches_fp64);
     tcase_add_test(tm, test_grads_accumulate);
     tcase_add_test(tm, test_overfit_one_batch);

@@ -415,7 +415,7 @@ static double bert_forward(model *m, const model_batch *b, float grad_scale)
                           C);
     be->matmul_forward(be, s->logits, s->tln, p->wte, p->obias, BT, C, s->Vp);
     if (c->nsp) {
-        be->rows_select_forward(be, s->cls, s->h, B, T, C, 0);
+        be->rows_mean_forward(be, s->cls, s->h, B, T, C, 0, 1);
         be->matmul_forward(be, s->ppre, s->cls, p->poolw, p->poolb, B, C, C);
         be->tanh_forward(be, s->pooled, s->ppre, (size_t)B * C);
         be->matmul_forward(be, s->nlogits, s->pooled, p->nspw, p->nspb, B, C, 2);
@@ -481,7 +481,7 @@ static void bert_backward(model *m)
         be->tanh_backward(be, s->dppre, s->pooled, s->dpooled, bc);
         be->matmul_backward(be, s->dcls, g->poolw, g->poolb, s->dppre, s->cls, p->poolw, B, C,
                             C, GRAD_SET);
-        be->rows_select_backward(be, s->dh, s->dcls, B, T, C, 0);
+        be->rows_mean_backward(be, s->dh, s->dcls, B, T, C, 0, 1);
     }
     model_views_ready(m, s->first_head, m->nviews - 1); /* heads (but the tied decoder) */
     void *dx0 = tstack_backward(s->stack, s->dh);

@@ -4,7 +4,8 @@
  *   e = patches @ W_pe^T + b_pe                  [B*N, C]        (one matmul)
  *   x0[b] = ([CLS]; e[b,0..N-1]) + pos           [B, N+1, C]     (sequence_embed)
  *   h = LN_f(blocks(x0))                         pre-LN, bidirectional (tstack)
- *   logits = h[:,0,:] @ W_head^T + b_head        [B, classes]    ([CLS] only)
+ *   pooled = h[:,0,:], or mean_{n=1..N} h[:,n,:]  [B, C]        (rows_mean: --pool)
+ *   logits = pooled @ W_head^T + b_head          [B, classes]
  *   loss = cross-entropy(softmax(logits), label)
  *
  * The patch embedding is the Conv2d(kernel = stride = P) of the reference
@@ -25,7 +26,7 @@
 
 /* ---- config ---- */
 
-#define NFIELDS 8
+#define NFIELDS 9
 
 static const family_field vit_fields[NFIELDS] = {
     { "image", "image-size", "image height and width in pixels", 1, 4096, 0, NULL },
@@ -34,10 +35,14 @@ static const family_field vit_fields[NFIELDS] = {
     { "classes", "classes", "classes the head scores", 2, 1 << 20, 0, NULL },
     { "L", "layers", "transformer blocks", 1, 1024, 0, NULL },
     { "NH", "heads", "attention heads", 1, 1024, 0, NULL },
-    { "C", "width", "model width (embedding size)", 1, 65536, 0, NULL },
+    { "C", "width", "model width", 1, 65536, 0, NULL },
     /* optional: checkpoints from before the switch have biases */
     { "nobias", "no-bias", "no biases in linear layers and layernorms (nanoGPT's bias=False)",
       0, 1, FIELD_SWITCH | FIELD_OPTIONAL, NULL },
+    /* optional: checkpoints from before the choice pool [CLS] */
+    { "pool", "pool", "what the class head reads: cls (the [CLS] row) or mean (the mean of "
+      "the patch rows, global average pooling)",
+      VIT_POOL_CLS, VIT_POOL_MEAN, FIELD_OPTIONAL, "cls mean" },
 };
 
 static const struct {
@@ -45,20 +50,20 @@ static const struct {
     vit_config c;
 } vit_preset_table[] = {
     /* ViT-Ti/16, ViT-S/16, ViT-B/16 on ImageNet-sized inputs */
-    { "vit-tiny", { 224, 3, 16, 1000, 12, 3, 192, 0 } },
-    { "vit-small", { 224, 3, 16, 1000, 12, 6, 384, 0 } },
-    { "vit-base", { 224, 3, 16, 1000, 12, 12, 768, 0 } },
+    { "vit-tiny", { 224, 3, 16, 1000, 12, 3, 192, 0, VIT_POOL_CLS } },
+    { "vit-small", { 224, 3, 16, 1000, 12, 6, 384, 0, VIT_POOL_CLS } },
+    { "vit-base", { 224, 3, 16, 1000, 12, 12, 768, 0, VIT_POOL_CLS } },
     /* 28 x 28 grey (MNIST, Fashion-MNIST): 7 x 7 patches of 4 x 4, 50 positions */
-    { "vit-mnist", { 28, 1, 4, 10, 6, 4, 128, 0 } },
+    { "vit-mnist", { 28, 1, 4, 10, 6, 4, 128, 0, VIT_POOL_CLS } },
     /* the same, 16 patches of 7 x 7: a third of the positions, for CPU runs
      * (bench/vit_fashion_mnist.sh), and a tiny one for tests */
-    { "vit-mnist-p7", { 28, 1, 7, 10, 6, 4, 64, 0 } },
+    { "vit-mnist-p7", { 28, 1, 7, 10, 6, 4, 64, 0, VIT_POOL_CLS } },
     /* vit-mnist-p7's width on vit-mnist's 4 x 4 patches: three times the
      * positions for the recipe that goes past 92% (bench/vit_fmnist_recipe.sh) */
-    { "vit-mnist-p4", { 28, 1, 4, 10, 6, 4, 64, 0 } },
-    { "vit-mnist-tiny", { 28, 1, 7, 10, 2, 2, 32, 0 } },
+    { "vit-mnist-p4", { 28, 1, 4, 10, 6, 4, 64, 0, VIT_POOL_CLS } },
+    { "vit-mnist-tiny", { 28, 1, 7, 10, 2, 2, 32, 0, VIT_POOL_CLS } },
     /* 32 x 32 RGB (CIFAR-10): 8 x 8 patches of 4 x 4, 65 positions */
-    { "vit-cifar", { 32, 3, 4, 10, 6, 6, 192, 0 } },
+    { "vit-cifar", { 32, 3, 4, 10, 6, 6, 192, 0, VIT_POOL_CLS } },
 };
 
 #define NPRESETS ((int)(sizeof vit_preset_table / sizeof vit_preset_table[0]))
@@ -194,6 +199,7 @@ typedef struct {
     vit_config cfg;
     tstack *stack;
     int N, T, D; /* patches, positions (N+1), patch length */
+    int pool_first, pool_rows; /* the rows the head reads: [CLS] (0, 1) or the patches (1, N) */
     void *pe_w, *pe_b, *cls, *pos, *head_w, *head_b;       /* params */
     void *dpe_w, *dpe_b, *dcls, *dpos, *dhead_w, *dhead_b; /* grads */
     /* planned per B */
@@ -337,7 +343,7 @@ static double vit_forward(model *m, const model_batch *b, float grad_scale)
     be->sequence_embed_forward(be, s->x0, s->emb, s->cls, s->pos, B, s->T, C);
     model_dropout(m, s->x0, (size_t)B * s->T * C, DROPOUT_SITE_EMBED);
     void *h = tstack_forward(s->stack, s->x0);
-    be->rows_select_forward(be, s->pooled, h, B, s->T, C, 0);
+    be->rows_mean_forward(be, s->pooled, h, B, s->T, C, s->pool_first, s->pool_rows);
     be->matmul_forward(be, s->logits, s->pooled, s->head_w, s->head_b, B, C, K);
     s->have_grad = 0;
     if (!b->targets) {
@@ -379,7 +385,7 @@ static void vit_backward(model *m)
                         s->head_w, B, C, K, GRAD_SET);
     model_views_ready(m, m->nviews - (s->cfg.nobias ? 1 : 2), m->nviews - 1); /* head */
     be->fill(be, s->dout, t, 0.0, (size_t)B * s->T * C);
-    be->rows_select_backward(be, s->dout, s->dpooled, B, s->T, C, 0);
+    be->rows_mean_backward(be, s->dout, s->dpooled, B, s->T, C, s->pool_first, s->pool_rows);
     void *dx0 = tstack_backward(s->stack, s->dout); /* reports the stack's views */
     model_dropout(m, dx0, (size_t)B * s->T * C, DROPOUT_SITE_EMBED);
     be->fill(be, s->demb, t, 0.0, (size_t)BN * C);
@@ -447,6 +453,8 @@ static model *vit_create(backend *be, const int *v, char *err)
     s->N = vit_patches(c);
     s->T = s->N + 1;
     s->D = vit_patch_dim(c);
+    s->pool_first = c->pool == VIT_POOL_MEAN ? 1 : 0;
+    s->pool_rows = c->pool == VIT_POOL_MEAN ? s->N : 1;
     m->maxT = s->T;
     m->plan = vit_plan;
     m->forward = vit_forward;
@@ -496,7 +504,11 @@ static void vit_describe(const int *v, FILE *out)
     fprintf(out, "context: %d positions, [CLS] + %d x %d patches of %d x %d x %d = %d values, "
                  "all seen at once (bidirectional attention)\n",
             vit_patches(c) + 1, G, G, c->patch, c->patch, c->channels, vit_patch_dim(c));
-    fprintf(out, "output: %d class scores from the [CLS] position\n", c->classes);
+    if (c->pool == VIT_POOL_MEAN)
+        fprintf(out, "output: %d class scores from the mean of the %d patch positions "
+                     "(--pool mean)\n", c->classes, vit_patches(c));
+    else
+        fprintf(out, "output: %d class scores from the [CLS] position\n", c->classes);
     fprintf(out, "data: --data an IDX images file (*images-idx3*, MNIST/Fashion-MNIST, .gz "
                  "too), a CIFAR-10 .bin batch, or a directory of the standard files "
                  "(training split: train-*/data_batch_*; val and test: t10k-*/test_batch)\n");

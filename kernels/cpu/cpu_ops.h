@@ -14,7 +14,7 @@
  * share it without seeing the backend's private struct. */
 typedef int (*cpu_team_fn)(const backend *be, double work);
 
-/* ops_seq.c: embedding, sequence_embed, rows_select, tanh, regression_loss (forward and
+/* ops_seq.c: embedding, sequence_embed, rows_mean, tanh, regression_loss (forward and
  * backward) into be. */
 void cpu_seq_install_f32(backend *be, cpu_team_fn team);
 void cpu_seq_install_f64(backend *be, cpu_team_fn team);

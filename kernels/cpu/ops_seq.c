@@ -1,7 +1,8 @@
 /* ops_seq.c: the CPU backend's ops shared by the model families other than
  * GPT-2 (ops.h, "ops shared by the other model families"): embedding lookup,
- * sequence embedding (a first row such as ViT's [CLS], plus positions), row
- * selection ([CLS] pooling), tanh, the regression losses (squared, absolute, Huber) and dropout.
+ * sequence embedding (a first row such as ViT's [CLS], plus positions), the
+ * mean of a range of rows ([CLS] or mean pooling), tanh, the regression losses
+ * (squared, absolute, Huber) and dropout.
  *
  * Compiled twice like backend_cpu.c: `real` is float, or double with
  * -DCPU_REAL_DOUBLE (the gradient checks' oracle); the install function has
@@ -154,29 +155,48 @@ static void cpu_sequence_embed_backward(backend *be, void *dx_, void *dfirst_, v
     }
 }
 
-/* ---- row select ---------------------------------------------------------- */
+/* ---- row mean ----------------------------------------------------------- */
 
-static void cpu_rows_select_forward(backend *be, void *out_, const void *x_, int B, int T, int C, int t)
+/* The first row starts the sum and 1/n scales it, so n = 1 copies x exactly
+ * (-0.0 included); the rows are added in order, one output row per thread. */
+static void cpu_rows_mean_forward(backend *be, void *out_, const void *x_, int B, int T, int C,
+                                  int t, int n)
 {
     real *out = out_;
     const real *x = x_;
-#pragma omp parallel for schedule(static) num_threads(team(be, (double)B * C))
-    for (int b = 0; b < B; b++)
-        memcpy(out + (size_t)b * C, x + ((size_t)b * T + t) * C, (size_t)C * sizeof(real));
+    const real inv = (real)1 / (real)n;
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)B * n * C))
+    for (int b = 0; b < B; b++) {
+        real *o = out + (size_t)b * C;
+        const real *xb = x + ((size_t)b * T + t) * C;
+        memcpy(o, xb, (size_t)C * sizeof(real));
+        for (int i = 1; i < n; i++) {
+            const real *r = xb + (size_t)i * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++)
+                o[c] += r[c];
+        }
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            o[c] *= inv;
+    }
 }
 
-static void cpu_rows_select_backward(backend *be, void *dx_, const void *dout_, int B, int T, int C,
-                                     int t)
+static void cpu_rows_mean_backward(backend *be, void *dx_, const void *dout_, int B, int T, int C,
+                                   int t, int n)
 {
     real *dx = dx_;
     const real *dout = dout_;
-#pragma omp parallel for schedule(static) num_threads(team(be, (double)B * C))
+    const real inv = (real)1 / (real)n;
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)B * n * C))
     for (int b = 0; b < B; b++) {
-        real *d = dx + ((size_t)b * T + t) * C;
         const real *g = dout + (size_t)b * C;
+        for (int i = 0; i < n; i++) {
+            real *d = dx + ((size_t)b * T + t + i) * C;
 #pragma omp simd
-        for (int c = 0; c < C; c++)
-            d[c] += g[c];
+            for (int c = 0; c < C; c++)
+                d[c] += g[c] * inv;
+        }
     }
 }
 
@@ -275,8 +295,8 @@ void CPU_SEQ_INSTALL(backend *be, cpu_team_fn team_fn)
     be->embedding_backward = cpu_embedding_backward;
     be->sequence_embed_forward = cpu_sequence_embed_forward;
     be->sequence_embed_backward = cpu_sequence_embed_backward;
-    be->rows_select_forward = cpu_rows_select_forward;
-    be->rows_select_backward = cpu_rows_select_backward;
+    be->rows_mean_forward = cpu_rows_mean_forward;
+    be->rows_mean_backward = cpu_rows_mean_backward;
     be->tanh_forward = cpu_tanh_forward;
     be->tanh_backward = cpu_tanh_backward;
     be->dropout_forward = cpu_dropout_forward;

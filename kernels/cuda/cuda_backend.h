@@ -361,7 +361,7 @@ void cuda_adamw(backend *be, void *params, void *master, const void *grads, void
 /* decode.cu */
 void cuda_attention_decode(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
 			   int maxlen, const void *prefix, int prefix_rows, int prefix_len, int C, int NH);
-/* seq.cu: puts embedding, sequence_embed, rows_select, tanh, regression_loss and dropout into be. */
+/* seq.cu: puts embedding, sequence_embed, rows_mean, tanh, regression_loss and dropout into be. */
 void cuda_seq_install(backend *be);
 /* rnn.cu: puts rnn_work_bytes, rnn_forward and rnn_backward (cuDNN) into be. */
 void cuda_rnn_install(backend *be);

@@ -5,7 +5,7 @@
  *                   dtable[ids[n],:] += dout[n,:]
  *   sequence_embed: out[b,t,:] = x[b,t-k,:] + pos[t,:] (t >= k), first + pos[0] (t < k)
  *                   dx += dout rows;  dfirst, dpos += sums over b
- *   rows_select:    out[b,:] = x[b,t,:];  dx[b,t,:] += dout[b,:]
+ *   rows_mean:      out[b,:] = (1/n) sum_{i<n} x[b,t+i,:];  dx[b,t+i,:] += dout[b,:] / n
  *   tanh:           y = tanh(x);  dx += dy (1 - y^2)
  *   regression_loss: losses[n] = sum_c l(pred - target) (squared, absolute or Huber,
  *                   in the row's units);  dpred = scale l'(pred - target)
@@ -210,10 +210,15 @@ static void cuda_sequence_embed_backward(backend *be, void *dx, void *dfirst, vo
 	SEQ_DISPATCH(be, vec, sequence_embed_backward_launch, cb, dx, dfirst, dpos, dout, B, T, C);
 }
 
-/* ---- row select ---- */
+/* ---- row mean ---- */
 
+/* One thread per V columns of one sequence b: it walks the n rows in order,
+ * so each output (forward) or each dx element (backward) has one writer and
+ * the sum is made in the same order as the CPU's. The first row starts the
+ * sum and inv = 1/n scales it, so n = 1 copies the row exactly. */
 template <class T, int V>
-__global__ void rows_select_kernel(T *out, const T *x, int B, int T_, int C, int t, int backward)
+__global__ void rows_mean_kernel(T *out, const T *x, int B, int T_, int C, int t, int n, float inv,
+				 int backward)
 {
 	size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
 	if (i >= (size_t)B * C)
@@ -222,48 +227,70 @@ __global__ void rows_select_kernel(T *out, const T *x, int B, int T_, int C, int
 	float v[V], d[V];
 	if (!backward) {
 		load_f<T, V>(v, x + j);
+		for (int r = 1; r < n; r++) {
+			load_f<T, V>(d, x + j + (size_t)r * C);
+UNROLL
+			for (int k = 0; k < V; k++)
+				v[k] += d[k];
+		}
+UNROLL
+		for (int k = 0; k < V; k++)
+			v[k] *= inv;
 		store_f<T, V>(out + i, v);
 		return;
 	}
 	/* backward: out is dx [B,T,C], x is dout [B,C] */
 	load_f<T, V>(v, x + i);
-	load_f<T, V>(d, out + j);
 UNROLL
 	for (int k = 0; k < V; k++)
-		d[k] += v[k];
-	store_f<T, V>(out + j, d);
+		v[k] *= inv;
+	for (int r = 0; r < n; r++) {
+		T *row = out + j + (size_t)r * C;
+		load_f<T, V>(d, row);
+UNROLL
+		for (int k = 0; k < V; k++)
+			d[k] += v[k];
+		store_f<T, V>(row, d);
+	}
 }
 
 template <class T, int V>
-static void rows_select_launch(cuda_backend *cb, void *out, const void *x, int B, int T_, int C, int t,
-			       int backward)
+static void rows_mean_launch(cuda_backend *cb, void *out, const void *x, int B, int T_, int C, int t,
+			     int n, int backward)
 {
-	size_t n = (size_t)B * C / V;
-	CUDA_LAUNCH(cdiv(n, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, rows_select_kernel<T, V>)(
-		(T *)out, (const T *)x, B, T_, C, t, backward);
+	size_t threads = (size_t)B * C / V;
+	CUDA_LAUNCH(cdiv(threads, SEQ_THREADS), SEQ_THREADS, 0, cb->stream, rows_mean_kernel<T, V>)(
+		(T *)out, (const T *)x, B, T_, C, t, n, 1.0f / (float)n, backward);
 	LAUNCH_CHECK();
 }
 
-static void cuda_rows_select_forward(backend *be, void *out, const void *x, int B, int T, int C, int t)
+static void rows_mean_check(int T, int t, int n)
 {
-	NVTX_RANGE("rows_select_forward");
-	if (B <= 0 || C <= 0)
-		return;
-	if (t < 0 || t >= T)
-		cuda_die(__FILE__, __LINE__, "rows_select: t = %d outside [0, T = %d)", t, T);
-	int vec = seq_vec(be, C, out, x, NULL, NULL);
-	SEQ_DISPATCH(be, vec, rows_select_launch, cuda_of(be), out, x, B, T, C, t, 0);
+	if (t < 0 || n < 1 || (long long)t + n > T)
+		cuda_die(__FILE__, __LINE__, "rows_mean: rows [%d, %d + %d) outside [0, T = %d)", t, t,
+			 n, T);
 }
 
-static void cuda_rows_select_backward(backend *be, void *dx, const void *dout, int B, int T, int C, int t)
+static void cuda_rows_mean_forward(backend *be, void *out, const void *x, int B, int T, int C, int t,
+				   int n)
 {
-	NVTX_RANGE("rows_select_backward");
+	NVTX_RANGE("rows_mean_forward");
 	if (B <= 0 || C <= 0)
 		return;
-	if (t < 0 || t >= T)
-		cuda_die(__FILE__, __LINE__, "rows_select: t = %d outside [0, T = %d)", t, T);
+	rows_mean_check(T, t, n);
+	int vec = seq_vec(be, C, out, x, NULL, NULL);
+	SEQ_DISPATCH(be, vec, rows_mean_launch, cuda_of(be), out, x, B, T, C, t, n, 0);
+}
+
+static void cuda_rows_mean_backward(backend *be, void *dx, const void *dout, int B, int T, int C, int t,
+				    int n)
+{
+	NVTX_RANGE("rows_mean_backward");
+	if (B <= 0 || C <= 0)
+		return;
+	rows_mean_check(T, t, n);
 	int vec = seq_vec(be, C, dx, dout, NULL, NULL);
-	SEQ_DISPATCH(be, vec, rows_select_launch, cuda_of(be), dx, dout, B, T, C, t, 1);
+	SEQ_DISPATCH(be, vec, rows_mean_launch, cuda_of(be), dx, dout, B, T, C, t, n, 1);
 }
 
 /* ---- tanh ---- */
@@ -436,8 +463,8 @@ void cuda_seq_install(backend *be)
 	be->embedding_backward = cuda_embedding_backward;
 	be->sequence_embed_forward = cuda_sequence_embed_forward;
 	be->sequence_embed_backward = cuda_sequence_embed_backward;
-	be->rows_select_forward = cuda_rows_select_forward;
-	be->rows_select_backward = cuda_rows_select_backward;
+	be->rows_mean_forward = cuda_rows_mean_forward;
+	be->rows_mean_backward = cuda_rows_mean_backward;
 	be->tanh_forward = cuda_tanh_forward;
 	be->tanh_backward = cuda_tanh_backward;
 	be->regression_loss = cuda_regression_loss;

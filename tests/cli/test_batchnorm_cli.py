@@ -35,7 +35,7 @@ def test_running_statistics_saved_and_resumed_bit_for_bit(run, tmp_path):
         assert np.all(np.isfinite(t3[name])) and np.any(t3[name] != start), (name, t3[name])
     assert "h.0.bn_1.weight" in t3 and "h.0.ln_1.weight" not in t3, sorted(t3)
     with safe_open(str(ck3), "np") as f:
-        assert f.metadata()["norm"] == "1", f.metadata()
+        assert f.metadata()["norm"] == "batch", f.metadata()
     rc, out, err = run("train", "--resume", ck3, *common, "--steps", 6, "--out", tmp_path / "c")
     assert rc == 0, err
     assert steps.findall(out) == steps.findall(full)[3:], (out, full)
@@ -103,13 +103,20 @@ def test_checkpoint_without_norm_key_is_layernorm(run, tmp_path):
     ck = sorted((tmp_path / "r").glob("step_*.safetensors"))[-1]
     with safe_open(str(ck), "np") as f:
         meta = f.metadata()
-    assert meta["norm"] == "0", meta
+    assert meta["norm"] == "layer", meta
     old = tmp_path / "old.safetensors"
     save_file(load_file(str(ck)), str(old), metadata={k: v for k, v in meta.items()
                                                         if k != "norm"})
     a = run("eval", "--init", ck, "--data", path, "--split", "test")
     b = run("eval", "--init", old, "--data", path, "--split", "test")
     assert a[0] == 0 and a == b, (a, b)
+    rc, out, err = run("info", "--init", old)
+    assert rc == 0 and "--post-ln 1 --norm layer" in out, out
+    bad = tmp_path / "bad.safetensors"  # the metadata holds the name; anything else is refused
+    save_file(load_file(str(ck)), str(bad), metadata=dict(meta, norm="group"))
+    rc, _, err = run("eval", "--init", bad, "--data", path, "--split", "test")
+    line = one_error(rc, err)
+    assert str(bad) in line and "metadata 'norm' = 'group' is not one of layer|batch" in line, line
 
 
 @pytest.mark.parametrize("opts, want", [
@@ -167,6 +174,12 @@ def test_nan_running_statistics_refused(run, tmp_path):
     rc, _, err = run("eval", "--init", bad, "--data", path, "--split", "val")
     line = one_error(rc, err)
     assert "nan.safetensors" in line and "h.0.bn_2.running_var" in line, line
+
+
+def test_norm_in_help(run):
+    rc, out, err = run("train", "--help")
+    assert any(l.split()[:3] == ["--norm", "layer|batch", "patchts:"]
+               for l in (out + err).splitlines()), out + err
 
 
 def test_info_lists_the_state(run):

@@ -174,6 +174,45 @@ def test_augmentation_options(run, tmp_path):
         expect_error(run, ["train", *GREY, *TRAIN, "--data", img, opt, bad], opt, "out of range")
 
 
+def test_pool_option(run, tmp_path):
+    """--pool mean trains, is saved in the checkpoint and shown by info and
+    the settings line; a checkpoint without the key (from before --pool)
+    reads as cls; a bad value gets one line naming --pool."""
+    import json
+    import struct
+    from safetensors.torch import load_file, save_file
+    img = pair(tmp_path)
+    rc, out, err = run("train", *GREY, *TRAIN, "--data", img, "--pool", "mean",
+                       "--out", tmp_path / "run")
+    assert rc == 0, err
+    ck = tmp_path / "run" / "step_000001.safetensors"
+    with open(ck, "rb") as f:
+        meta = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]
+    assert meta["pool"] == "mean", meta
+    rc, out, err = run("info", "--init", ck)
+    assert rc == 0, err
+    assert "--pool mean" in out and "mean of the 16 patch positions" in out, out
+    del meta["pool"]  # as written before --pool
+    save_file(load_file(str(ck)), str(tmp_path / "old.safetensors"), metadata=meta)
+    rc, out, err = run("info", "--init", tmp_path / "old.safetensors")
+    assert rc == 0, err
+    assert "--pool cls" in out and "from the [CLS] position" in out, out
+    rc, out, err = run("train", "--help")
+    assert any(l.split()[:3] == ["--pool", "cls|mean", "vit:"]
+               for l in (out + err).splitlines()), out + err
+    assert any(l.split()[:3] == ["--width", "N", "gpt2,"] and "vit," in l
+               for l in (out + err).splitlines()), out + err
+    expect_error(run, ["train", *GREY, *TRAIN, "--data", img, "--pool", "max"], "--pool",
+                 "'max' is not one of cls|mean")
+    meta["pool"] = "max"
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(ck)), str(bad), metadata=meta)
+    expect_error(run, ["info", "--init", bad], str(bad),
+                 "metadata 'pool' = 'max' is not one of cls|mean")
+    expect_error(run, ["train", "--model", "gpt2", *TRAIN, "--data", img, "--pool", "mean"],
+                 "--pool", "no such setting")
+
+
 def test_vit_recipe_options(tmp_path):
     """bench/vit_fmnist_recipe.sh hands its recipe to the trainer: the patch-4
     preset, flips (crops and dropout off), warmup of one epoch then cosine to zero; the
@@ -187,7 +226,7 @@ def test_vit_recipe_options(tmp_path):
     stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
     stub.chmod(0o755)
     env = dict(os.environ, FMNIST_DIR=str(tmp_path))
-    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT"):
+    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL"):
         env.pop(k, None)
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
                        cwd=repo, env=env, capture_output=True, text=True, timeout=60)
@@ -195,7 +234,7 @@ def test_vit_recipe_options(tmp_path):
     got = args.read_text().split()
     opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
     assert opt["--preset"] == "vit-mnist-p4" and opt["--crop-pad"] == "0" and opt["--flip"] == "1"
-    assert opt["--dropout"] == "0"
+    assert opt["--dropout"] == "0" and opt["--pool"] == "cls"
     assert opt["--schedule"] == "cosine" and opt["--lr-min-frac"] == "0"
     assert opt["--label-smoothing"] == "0.1"
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
@@ -204,6 +243,14 @@ def test_vit_recipe_options(tmp_path):
                        text=True, timeout=60)
     got = args.read_text().split()
     assert got[got.index("--crop-pad") + 1] == "4" and got[got.index("--seed") + 1] == "7"
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
+                       cwd=repo, env=dict(env, POOL="mean"), capture_output=True, text=True,
+                       timeout=60)
+    got = args.read_text().split()
+    assert got[got.index("--pool") + 1] == "mean"
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
+                       env=dict(env, POOL="max"), capture_output=True, text=True, timeout=60)
+    assert q.returncode == 2 and "POOL" in q.stderr, q.stderr
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "many"], cwd=repo, env=env,
                        capture_output=True, text=True, timeout=60)
     assert q.returncode == 2 and "EPOCHS" in q.stderr, q.stderr

@@ -95,7 +95,7 @@ def test_shape_options_every_family(run):
     # every transformer family drops every bias vector, and counts fewer parameters
     for preset in ["d2", "bert-tiny", "vit-mnist-tiny", "patchts-tiny", "tsgpt-tiny"]:
         out = ok(run("info", "--preset", preset, "--no-bias", "--views"))
-        assert settings(out).endswith("--no-bias"), preset
+        assert "--no-bias" in settings(out).split(), preset
         assert not re.search(r"^\S*bias\s", out, re.M), out
         assert params(out) < params(ok(run("info", "--preset", preset))), preset
     for preset in ["d2", "bert-tiny", "vit-mnist-tiny", "patchts-tiny", "tsgpt-tiny"]:

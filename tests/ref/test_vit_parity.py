@@ -14,6 +14,11 @@ h.N.attn.c_attn (rows q, k, v) <-> query/key/value, c_proj <-> attention.output.
 ln_1/ln_2 <-> layernorm_before/after, mlp.c_fc/c_proj <-> intermediate/output.dense,
 ln_f <-> vit.layernorm, head <-> classifier.
 
+--pool mean (the head on the mean of the patch rows, positions 1..N, of the
+final layernorm's output) has no transformers class: its reference is
+transformers' ViT encoder (ViTModel, whose output is after that layernorm)
+with the same classifier on that mean, and PyTorch's cross-entropy.
+
 Weights, images and labels are fresh on every run from a seed printed in every
 failure message; ANATOMY_TEST_SEED=N replays one.
 """
@@ -85,9 +90,12 @@ def random_weights(cfg, gen):
     return w
 
 
-def write_checkpoint(path, cfg, w):
+def write_checkpoint(path, cfg, w, pool=None):
+    """pool None: no "pool" key, as checkpoints from before --pool (read as cls)."""
     meta = {"format": "anatomy-ckpt", "version": "1", "family": "vit"}
     meta.update({k: str(v) for k, v in cfg.items()})
+    if pool is not None:
+        meta["pool"] = pool
     save_file(w, str(path), metadata=meta)
 
 
@@ -187,16 +195,25 @@ def hf_grads(cfg, m):
     return out
 
 
+def hf_logits(m, x, pool):
+    """Class scores of images x: transformers' own head on [CLS] (cls), or its
+    classifier on the mean of the patch rows of the encoder's output (mean)."""
+    if pool == "cls":
+        return m(pixel_values=x).logits
+    h = m.vit(pixel_values=x).last_hidden_state
+    return m.classifier(h[:, 1:, :].mean(1))
+
+
 def pixels(images):
     """Our sources' scaling, in fp32 as they compute it: x/127.5 - 1."""
     return torch.from_numpy(images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1))
 
 
-def check_parity(anatomy, tmp_path, cfg, data_path, images, labels, seed):
+def check_parity(anatomy, tmp_path, cfg, data_path, images, labels, seed, pool):
     gen = torch.Generator().manual_seed(seed)
     w = random_weights(cfg, gen)
     ck = tmp_path / "ours.safetensors"
-    write_checkpoint(ck, cfg, w)
+    write_checkpoint(ck, cfg, w, None if pool == "cls" else pool)
     grads_path = tmp_path / "grads.safetensors"
     out = anatomy("eval", "--init", ck, "--data", data_path, "--split", "test", "--batch", B,
                   "--batches", 1, "--device", "cpu", "--grads", grads_path)
@@ -206,12 +223,13 @@ def check_parity(anatomy, tmp_path, cfg, data_path, images, labels, seed):
     m = hf_model(cfg, w)
     x = pixels(images[:B]).double()
     y = torch.from_numpy(labels[:B].astype(np.int64))
-    res = m(pixel_values=x, labels=y)
-    res.loss.backward()
+    logits = hf_logits(m, x, pool)
+    ref_loss = torch.nn.functional.cross_entropy(logits, y)
+    ref_loss.backward()
     theirs = hf_grads(cfg, m)
 
-    msg = f"(ANATOMY_TEST_SEED={SEED})"
-    ref = res.loss.item()
+    msg = f"(pool {pool}, ANATOMY_TEST_SEED={SEED})"
+    ref = ref_loss.item()
     assert abs(loss - ref) / abs(ref) < RTOL, f"loss {loss} vs HF {ref} {msg}"
     assert set(ours) == set(theirs), f"grads file views {sorted(ours)} {msg}"
     worst = max((rel_l2(ours[n].flatten(), theirs[n].flatten()), n) for n in theirs)
@@ -219,7 +237,7 @@ def check_parity(anatomy, tmp_path, cfg, data_path, images, labels, seed):
           f"{worst[0]:.1e} {msg}")
     assert worst[0] < RTOL, f"gradient of {worst[1]}: rel L2 {worst[0]:.2e} {msg}"
     # the metric eval prints: top-1 of HF's logits on the same batch
-    acc = float((res.logits.argmax(-1) == y).double().mean())
+    acc = float((logits.argmax(-1) == y).double().mean())
     line = [l for l in out.splitlines() if l.startswith("accuracy ")]
     assert line and abs(float(line[0].split()[1]) - acc) < 1e-6, f"{out} vs {acc} {msg}"
     # the whole set in batches of B, the last one partial: the mean over every
@@ -230,14 +248,16 @@ def check_parity(anatomy, tmp_path, cfg, data_path, images, labels, seed):
     out = anatomy("eval", "--init", ck, "--data", data_path, "--split", "test", "--batch", B,
                   "--batches", (n + B - 1) // B, "--device", "cpu")
     with torch.no_grad():
-        ref = m(pixel_values=pixels(images).double(),
-                labels=torch.from_numpy(labels.astype(np.int64))).loss.item()
+        ref = torch.nn.functional.cross_entropy(
+            hf_logits(m, pixels(images).double(), pool),
+            torch.from_numpy(labels.astype(np.int64))).item()
     loss = parse_eval_loss(out)
     assert abs(loss - ref) / abs(ref) < RTOL, f"whole-set loss {loss} vs HF {ref} {msg}"
 
 
+@pytest.mark.parametrize("pool", ["cls", "mean"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_vit_matches_hf(anatomy, tmp_path, name):
+def test_vit_matches_hf(anatomy, tmp_path, name, pool):
     cfg = CONFIGS[name]
     rng = np.random.default_rng(SEED + len(name))
     n = B + 3
@@ -248,7 +268,7 @@ def test_vit_matches_hf(anatomy, tmp_path, name):
         path = write_idx(tmp_path, images, labels)
     else:
         path = write_cifar(tmp_path / "test_batch.bin", images, labels)
-    check_parity(anatomy, tmp_path, cfg, path, images, labels, SEED + len(name))
+    check_parity(anatomy, tmp_path, cfg, path, images, labels, SEED + len(name), pool)
 
 
 def test_label_smoothing_matches_torch(anatomy, tmp_path):
