@@ -919,7 +919,8 @@ START_TEST(test_tsgpt_learns)
     random_series_batch(x, y, B, ch, c->lookback, c->horizon, -1);
     model_batch b = { .x = x, .y = y };
     double first = 0, loss = 0;
-    for (int step = 1; step <= 150; step++) {
+    /* 300 steps: at 150 a few seeds in a hundred still sit just above 0.3 */
+    for (int step = 1; step <= 300; step++) {
         model_zero_grad(m);
         loss = m->forward(m, &b, 1.0f);
         if (step == 1)
@@ -928,7 +929,7 @@ START_TEST(test_tsgpt_learns)
         adamw_params hp = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, step, 1.0f, 0, 0 };
         be->adamw(be, m->params, m->master, m->grads, m->m, m->v, m->segs, m->nsegs, &hp);
     }
-    ck_assert_msg(loss < 0.3 * first, "loss %g after 150 steps (first %g)", loss, first);
+    ck_assert_msg(loss < 0.3 * first, "loss %g after 300 steps (first %g)", loss, first);
     free(p);
     m->destroy(m);
     be->destroy(be);
