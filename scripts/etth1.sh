@@ -2,7 +2,8 @@
 # etth1.sh HORIZON: the standard ETTh1 long-horizon forecasting protocol, end
 # to end. Trains patchts (PatchTST-style: post-LN blocks, look-back 336,
 # patches of 16 with stride 8) on the 12 training months, keeps a checkpoint
-# per epoch, picks the one with the lowest mse on the 4 validation months,
+# per epoch, picks the one with the lowest mse on the 4 validation months
+# (or, with AVERAGE=K, takes the mean of the last K epochs' weights),
 # evaluates it on the 4 test months and ends with the line
 # `test mse <value> mae <value>` (mean squared and absolute error over every
 # test window, in the training split's normalised units, as the papers report
@@ -28,6 +29,11 @@
 #   NORM [layer] the post-LN blocks' norm: layer, or batch (PatchTST's
 #                BatchNorm1d: batch statistics in training, running ones for
 #                validation and test; the trainer's --norm)
+#   AVERAGE [0]  0: test the epoch checkpoint with the best validation mse;
+#                K > 0: test the element-wise mean of the last K epochs'
+#                weights (and running statistics), written by `anatomy export`
+#                to OUT/average_last_K.safetensors; its validation mse is
+#                printed after every epoch's
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
 #                (same data order and schedule: the trainer's --resume)
@@ -67,6 +73,16 @@ esac
 case $LOOKBACK in
     ''|*[!0-9]*) echo "etth1.sh: LOOKBACK must be a number, got '$LOOKBACK'" >&2; exit 2 ;;
 esac
+AVERAGE=${AVERAGE:-0}
+case $AVERAGE in
+    ''|*[!0-9]*) echo "etth1.sh: AVERAGE must be a number of epochs (0: the best one), got '$AVERAGE'" >&2
+                 exit 2 ;;
+esac
+AVERAGE=$((AVERAGE + 0))    # 02 -> 2: the file name and the count
+if [ "$AVERAGE" -gt "$EPOCHS" ]; then
+    echo "etth1.sh: AVERAGE=$AVERAGE is more than the $EPOCHS epochs (EPOCHS) there will be" >&2
+    exit 2
+fi
 
 [ -x "$BIN" ] || { echo "etth1.sh: $BIN is missing: run 'make' first" >&2; exit 2; }
 [ -f "$ETTH1" ] || {
@@ -96,6 +112,13 @@ fi
     $LOSS_OPTS $EXTRA \
     > "$LOG"
 tail -n 2 "$LOG"
+if [ "$AVERAGE" -gt 0 ]; then
+    n=$(find "$OUT" -maxdepth 1 -name 'step_*.safetensors' | wc -l)
+    if [ "$n" -lt "$AVERAGE" ]; then
+        echo "etth1.sh: AVERAGE=$AVERAGE but $OUT has $n epoch checkpoints" >&2
+        exit 1
+    fi
+fi
 
 # figures LABEL FILE: "LABEL mse <value> mae <value>" from an eval report;
 # fails when either is missing.
@@ -117,6 +140,20 @@ for ck in "$OUT"/step_*.safetensors; do
 done
 [ -n "$best" ] || { echo "etth1.sh: no checkpoint in $OUT" >&2; exit 1; }
 echo "best: $(basename "$best") (val mse $bestmse)"
+
+# AVERAGE=K: the mean of the last K epoch checkpoints (step_NNNNNN sorts by
+# step) is the model tested instead.
+if [ "$AVERAGE" -gt 0 ]; then
+    set -- "$OUT"/step_*.safetensors
+    shift $(($# - AVERAGE))
+    best=$OUT/average_last_$AVERAGE.safetensors
+    first=$1
+    for last; do :; done    # the last of "$@"
+    "$BIN" export --format ckpt --out "$best" --init "$@" > /dev/null
+    mse=$("$BIN" eval --init "$best" --data "$ETTH1" --split val --batch "$BATCH" |
+          awk '$1 == "mse" { print $2 }')
+    echo "average of the last $AVERAGE: $(basename "$first") to $(basename "$last") (val mse $mse) -> $(basename "$best")"
+fi
 
 "$BIN" eval --init "$best" --data "$ETTH1" --split test --batch "$BATCH" > "$OUT/test.txt"
 cat "$OUT/test.txt"

@@ -315,6 +315,89 @@ def test_etth1_recipe_end_to_end(binary, tmp_path):
         assert q.returncode == 2 and var in q.stderr and bad in q.stderr, q.stderr
 
 
+def test_etth1_recipe_average(binary, tmp_path):
+    """AVERAGE=2: the recipe still validates every epoch and names the best,
+    then tests the mean of the last two epoch checkpoints (--norm batch: the
+    running statistics are averaged too): the file it writes
+    is the one `anatomy export` makes of them, and both test lines are
+    `anatomy eval` of that mean."""
+    import os
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    csv = os.path.join(repo, "..", "shared", "data", "ett", "ETTh1.csv")
+    assert os.path.isfile(csv), f"{csv} is missing (shared/data/ett)"
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, ANATOMY_BIN=binary, ETTH1=csv, PRESET="patchts-tiny",
+               LOOKBACK="48", EPOCHS="2", BATCH="512", OUT=str(run_dir), DROPOUT="0.1",
+               NORM="batch", AVERAGE="2", EXTRA="--threads 2 --post-ln 1")
+    p = subprocess.run(["sh", "scripts/etth1.sh", "24"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + p.stdout[-2000:]
+    out = p.stdout.splitlines()
+    cks = sorted(run_dir.glob("step_*.safetensors"))
+    assert len(cks) == 2, cks
+    vals = [l for l in out if l.startswith("val mse ")]
+    assert len(vals) == 2 and len([l for l in out if l.startswith("best: ")]) == 1, out
+    avg = [re.fullmatch(r"average of the last 2: (\S+) to (\S+) \(val mse (\S+)\) -> "
+                        r"average_last_2\.safetensors", l) for l in out]
+    avg = [m for m in avg if m]
+    assert len(avg) == 1 and avg[0].group(1, 2) == (cks[0].name, cks[1].name), out
+
+    def env_run(*args):
+        q = subprocess.run([binary, *map(str, args)], capture_output=True, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=300)
+        assert q.returncode == 0, q.stderr
+        return q.stdout
+
+    def figures(report):
+        got = dict(l.split()[:2] for l in report.splitlines() if l.split()[:1] in (["mse"], ["mae"]))
+        return got["mse"], got["mae"]
+
+    mine = tmp_path / "mine.safetensors"
+    env_run("export", "--format", "ckpt", "--out", mine, "--init", cks[0], "--init", cks[1])
+    assert mine.read_bytes() == (run_dir / "average_last_2.safetensors").read_bytes()
+    val = figures(env_run("eval", "--init", mine, "--data", csv, "--split", "val", "--batch", 512))
+    assert avg[0].group(3) == val[0], (avg[0].group(3), val)
+    test = figures(env_run("eval", "--init", mine, "--data", csv, "--split", "test",
+                           "--batch", 512))
+    assert out[-1] == f"test mse {test[0]} mae {test[1]}", (out[-1], test)
+    ntest = 2880 - 24 + 1
+    drop = figures(env_run("eval", "--init", mine, "--data", csv, "--split", "test",
+                           "--batch", 128, "--batches", ntest // 128))
+    assert (f"test (first {ntest // 128 * 128} windows, as PatchTST evaluates) mse {drop[0]} "
+            f"mae {drop[1]}") in out, out
+    # the best epoch alone scores differently: the line is the average's
+    best = figures(env_run("eval", "--init", cks[[float(v.split()[2]) for v in vals].index(
+        min(float(v.split()[2]) for v in vals))], "--data", csv, "--split", "test",
+        "--batch", 512))
+    assert best != test, (best, test)
+
+
+@pytest.mark.parametrize("average,status,words", [
+    ("two", 2, ["AVERAGE", "'two'"]), ("-1", 2, ["AVERAGE", "'-1'"]),
+    ("3", 2, ["AVERAGE=3", "2 epochs"]), ("2", 1, ["AVERAGE=2", "has 0 epoch checkpoints"])])
+def test_etth1_recipe_average_errors(tmp_path, average, status, words):
+    """A bad AVERAGE, or more than EPOCHS, stops the recipe before training
+    (status 2); fewer epoch checkpoints than AVERAGE after training (here a
+    stand-in trainer that writes none) is status 1. One line each."""
+    import os
+    import subprocess
+    repo, _, args, csv = _recipe_stub(tmp_path)
+    stub = tmp_path / "trains.sh"  # succeeds without writing a checkpoint
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, ANATOMY_BIN=str(stub), ETTH1=str(csv), OUT=str(tmp_path / "run"),
+               EPOCHS="2", AVERAGE=average)
+    q = subprocess.run(["sh", "scripts/etth1.sh", "96"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=60)
+    lines = q.stderr.splitlines()
+    assert q.returncode == status and len(lines) == 1, q.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert args.exists() == (status == 1)
+    assert not (tmp_path / "run" / f"average_last_{average}.safetensors").exists()
+
+
 def _recipe_stub(tmp_path):
     """The repository, a stand-in trainer that writes its arguments to
     args.txt and fails with status 3, that file, and a one-column CSV."""
