@@ -78,7 +78,8 @@ case $AVERAGE in
     ''|*[!0-9]*) echo "etth1.sh: AVERAGE must be a number of epochs (0: the best one), got '$AVERAGE'" >&2
                  exit 2 ;;
 esac
-AVERAGE=$((AVERAGE + 0))    # 02 -> 2: the file name and the count
+AVERAGE=${AVERAGE#"${AVERAGE%%[!0]*}"}    # 02 -> 2 (not octal in $((...)))
+AVERAGE=${AVERAGE:-0}
 if [ "$AVERAGE" -gt "$EPOCHS" ]; then
     echo "etth1.sh: AVERAGE=$AVERAGE is more than the $EPOCHS epochs (EPOCHS) there will be" >&2
     exit 2

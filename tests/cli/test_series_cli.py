@@ -375,7 +375,7 @@ def test_etth1_recipe_average(binary, tmp_path):
 
 @pytest.mark.parametrize("average,status,words", [
     ("two", 2, ["AVERAGE", "'two'"]), ("-1", 2, ["AVERAGE", "'-1'"]),
-    ("3", 2, ["AVERAGE=3", "2 epochs"]), ("2", 1, ["AVERAGE=2", "has 0 epoch checkpoints"])])
+    ("3", 2, ["AVERAGE=3", "2 epochs"]), ("08", 2, ["AVERAGE=8 ", "2 epochs"]), ("2", 1, ["AVERAGE=2", "has 0 epoch checkpoints"])])
 def test_etth1_recipe_average_errors(tmp_path, average, status, words):
     """A bad AVERAGE, or more than EPOCHS, stops the recipe before training
     (status 2); fewer epoch checkpoints than AVERAGE after training (here a
