@@ -62,7 +62,8 @@ def test_average_with_running_statistics(run, tmp_path):
     optimizer moments are not carried; eval reads the result."""
     csv, cks = patchts_run(run, tmp_path)
     avg = tmp_path / "avg.safetensors"
-    out = ok(run("export", "--format", "ckpt", "--out", avg, *[a for c in cks for a in ("--init", c)]))
+    out = ok(run("export", "--format", "ckpt", "--out", avg,
+                 *[a for c in cks for a in ("--init", c)]))
     assert out.strip() == f"wrote {avg}"
     got = load_file(str(avg))
     one = tmp_path / "one.safetensors"
