@@ -13,7 +13,7 @@ static const struct {
     { "train", cmd_train, "train a model (from a preset, initial weights or a checkpoint)" },
     { "eval", cmd_eval, "mean loss of a model on token shards" },
     { "sample", cmd_sample, "generate text from a model" },
-    { "export", cmd_export, "write a model, or the mean of several, as a HF directory or checkpoint" },
+    { "export", cmd_export, "write a model or a mean of models (HF directory or checkpoint)" },
     { "info", cmd_info, "print a model's configuration and parameter count" },
     { "prep", cmd_prep, "turn text into token shards" },
     { "tokenize", cmd_tokenize, "text to token ids, or ids back to text" },
