@@ -34,6 +34,8 @@
 #                weights (and running statistics), written by `anatomy export`
 #                to OUT/average_last_K.safetensors; its validation mse is
 #                printed after every epoch's
+#   The best horizon-96 setting measured (bench/RESULTS.md, five seeds: test
+#   mse 0.3646 over PatchTST's windows): NORM=batch BATCH=128 AVERAGE=10
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
 #                (same data order and schedule: the trainer's --resume)
