@@ -18,25 +18,6 @@
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
 
-/* One stream per test: the run's seed (printed by main), the test's name
- * and its variant. */
-static uint64_t seed_base;
-
-static void seed(const char *name, int variant)
-{
-    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
-    for (const char *p = name; *p; p++)
-        h = h * 131 + (unsigned char)*p;
-    rng_seed(&test_rng, h);
-}
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
 /* The nearest bf16 value (ties to even), written here independently of the
  * backends' own conversions. */
 static double bf16_round(double x)

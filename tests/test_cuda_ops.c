@@ -1551,10 +1551,7 @@ static Suite *cuda_suite(void)
 
 int main(void)
 {
-    const char *e = getenv("ANATOMY_TEST_SEED");
-    seed_base = e ? strtoull(e, NULL, 0) : (uint64_t)time(NULL);
-    printf("test_cuda_ops: ANATOMY_TEST_SEED=%llu\n", (unsigned long long)seed_base);
-    fflush(stdout);
+    test_seed_init("test_cuda_ops");
     SRunner *sr = srunner_create(cuda_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -616,12 +616,7 @@ static Suite *seq_suite(void)
 
 int main(void)
 {
-    const char *e = getenv("ANATOMY_TEST_SEED");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    seed_base = e ? strtoull(e, NULL, 0) : (uint64_t)ts.tv_sec * 1000003u + (uint64_t)ts.tv_nsec;
-    printf("test_cuda_seq_ops: ANATOMY_TEST_SEED=%llu\n", (unsigned long long)seed_base);
-    fflush(stdout);
+    test_seed_init("test_cuda_seq_ops");
     SRunner *sr = srunner_create(seq_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

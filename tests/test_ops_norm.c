@@ -32,23 +32,6 @@
 #define REF_TOL 1e-12 /* relative L2, fp64 backend vs the reference here */
 #define MOMENTUM 0.1f
 
-static uint64_t seed_base;
-
-static void seed(const char *name, int variant)
-{
-    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
-    for (const char *p = name; *p; p++)
-        h = h * 131 + (unsigned char)*p;
-    rng_seed(&test_rng, h);
-}
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
 static double rel_l2(const double *a, const double *ref, size_t n)
 {
     double num = 0, den = 0;
@@ -404,12 +387,7 @@ static Suite *norm_suite(void)
 
 int main(void)
 {
-    const char *e = getenv("ANATOMY_TEST_SEED");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    seed_base = e ? strtoull(e, NULL, 0) : (uint64_t)ts.tv_sec * 1000003u + (uint64_t)ts.tv_nsec;
-    printf("test_ops_norm: ANATOMY_TEST_SEED=%llu\n", (unsigned long long)seed_base);
-    fflush(stdout);
+    test_seed_init("test_ops_norm");
     SRunner *sr = srunner_create(norm_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

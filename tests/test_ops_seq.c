@@ -27,24 +27,6 @@
 #define GRAD_TOL 1e-6 /* relative L2, analytical vs central difference, fp64 */
 #define F32_TOL 1e-5  /* relative L2, fp32 backend vs fp64 backend */
 
-static uint64_t seed_base;
-
-/* One stream per test and variant, derived from the printed base seed. */
-static void seed(const char *name, int variant)
-{
-    uint64_t h = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)variant;
-    for (const char *p = name; *p; p++)
-        h = h * 131 + (unsigned char)*p;
-    rng_seed(&test_rng, h);
-}
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
 /* n normal values times scale, rounded to float so that both CPU builds see
  * the same numbers. */
 static double *rnd(size_t n, double scale)
@@ -740,12 +722,7 @@ static Suite *seq_suite(void)
 
 int main(void)
 {
-    const char *e = getenv("ANATOMY_TEST_SEED");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    seed_base = e ? strtoull(e, NULL, 0) : (uint64_t)ts.tv_sec * 1000003u + (uint64_t)ts.tv_nsec;
-    printf("test_ops_seq: ANATOMY_TEST_SEED=%llu\n", (unsigned long long)seed_base);
-    fflush(stdout);
+    test_seed_init("test_ops_seq");
     SRunner *sr = srunner_create(seq_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
