@@ -70,15 +70,10 @@ def block(x, p, pre, bns):
 
 def forward(p, bns, x, y):
     """mse of the de-normalised forecast: RevIN, patches, embedding, blocks, head."""
-    Lb, P, S = CFG["lookback"], CFG["patch"], CFG["stride"]
-    x = torch.from_numpy(x).double()
-    y = torch.from_numpy(y).double()
     n, ch, _ = x.shape
-    xr = x.reshape(n * ch, Lb)
-    mu = xr.mean(-1, keepdim=True)
-    sd = torch.sqrt(((xr - mu) ** 2).mean(-1, keepdim=True) + 1e-5)
-    xn = torch.cat([(xr - mu) / sd, ((xr - mu) / sd)[:, -1:].expand(-1, S)], 1)
-    z = pp.linear(xn.unfold(1, P, S), p, "patch_embed") + p["pos_embed"]
+    y = torch.from_numpy(y).double()
+    mu, sd, patches = pp.revin_patches(x, CFG)
+    z = pp.linear(patches, p, "patch_embed") + p["pos_embed"]
     for l in range(CFG["L"]):
         z = block(z, p, f"h.{l}.", bns)
     f = pp.linear(z.reshape(n * ch, -1), p, "head")

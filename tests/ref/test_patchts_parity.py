@@ -159,13 +159,12 @@ def row_unit_loss(f, t, sd, loss, delta):
     return (per * sd ** 2).mean()
 
 
-def patchts_ref(p, x, y, cfg, loss="mse", delta=1.0):
-    """Loss, forecast: RevIN, patches (end padded by `stride` copies of the last
-    value), patch embedding + positions, encoder, flatten + head, de-normalise,
-    then the training loss of the forecast."""
-    Lb, P, S, L, NH = cfg["lookback"], cfg["patch"], cfg["stride"], cfg["L"], cfg["NH"]
+def revin_patches(x, cfg):
+    """RevIN and patching of a batch x [n, ch, lookback] (numpy): the rows'
+    mean and deviation [n*ch, 1] and their normalised patches [n*ch, NP, P]
+    (end padded by `stride` copies of the last value when cfg["pad"])."""
+    Lb, P, S = cfg["lookback"], cfg["patch"], cfg["stride"]
     x = torch.from_numpy(x).double()
-    y = torch.from_numpy(y).double()
     n, ch, _ = x.shape
     xr = x.reshape(n * ch, Lb)
     mu = xr.mean(-1, keepdim=True)
@@ -173,7 +172,17 @@ def patchts_ref(p, x, y, cfg, loss="mse", delta=1.0):
     xn = (xr - mu) / sd
     if cfg["pad"]:
         xn = torch.cat([xn, xn[:, -1:].expand(-1, S)], 1)
-    patches = xn.unfold(1, P, S)                       # [rows, NP, P]
+    return mu, sd, xn.unfold(1, P, S)
+
+
+def patchts_ref(p, x, y, cfg, loss="mse", delta=1.0):
+    """Loss, forecast: RevIN, patches (end padded by `stride` copies of the last
+    value), patch embedding + positions, encoder, flatten + head, de-normalise,
+    then the training loss of the forecast."""
+    L, NH = cfg["L"], cfg["NH"]
+    n, ch, _ = x.shape
+    y = torch.from_numpy(y).double()
+    mu, sd, patches = revin_patches(x, cfg)            # patches [rows, NP, P]
     e = linear(patches, p, "patch_embed") + p["pos_embed"]
     z = stack(e, p, L, NH, causal=False, post_ln=cfg["post_ln"])
     f = linear(z.reshape(n * ch, -1), p, "head")       # [rows, H]
