@@ -16,7 +16,8 @@
 # usage: bench/vit_fmnist_recipe.sh [ANATOMY_BIN] [EPOCHS] [OUT_DIR]
 # Environment (defaults in brackets): SEED [1], THREADS [1], DEVICE [cpu],
 # LR [2e-3], WD [0.05], DROPOUT [0], CROP_PAD [0], FLIP [1], SMOOTH [0.1], BATCH [128],
-# PRESET [vit-mnist-p4], POOL [cls] (or mean), FMNIST_DIR [/usr/share/datasets/fashion-mnist].
+# PRESET [vit-mnist-p4], POOL [cls] (or mean), WIDTH, LAYERS, HEADS [the preset's],
+# FMNIST_DIR [/usr/share/datasets/fashion-mnist].
 set -eu
 BIN=${1:-build/anatomy}
 EPOCHS=${2:-30}
@@ -34,9 +35,19 @@ SMOOTH=${SMOOTH:-0.1}
 BATCH=${BATCH:-128}
 PRESET=${PRESET:-vit-mnist-p4}
 POOL=${POOL:-cls}
+WIDTH=${WIDTH:-}
+LAYERS=${LAYERS:-}
+HEADS=${HEADS:-}
 for v in EPOCHS SEED THREADS CROP_PAD FLIP BATCH; do
     eval "x=\$$v"
     case $x in ''|*[!0-9]*) echo "vit_fmnist_recipe.sh: $v must be a number, got '$x'" >&2; exit 2 ;; esac
+done
+SHAPE=""
+for v in WIDTH LAYERS HEADS; do
+    eval "x=\$$v"
+    [ -z "$x" ] && continue
+    case $x in *[!0-9]*) echo "vit_fmnist_recipe.sh: $v must be a number, got '$x'" >&2; exit 2 ;; esac
+    SHAPE="$SHAPE --$(echo $v | tr 'A-Z' 'a-z') $x"
 done
 case $POOL in cls|mean) ;; *) echo "vit_fmnist_recipe.sh: POOL must be cls or mean, got '$POOL'" >&2; exit 2 ;; esac
 [ -d "$D" ] || {
@@ -46,9 +57,9 @@ SPE=$((60000 / BATCH))       # steps per epoch
 STEPS=$((EPOCHS * SPE))
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=passive
-echo "vit-fmnist recipe: $PRESET, pool $POOL, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, crop-pad $CROP_PAD, flip $FLIP, label smoothing $SMOOTH, dropout $DROPOUT, seed $SEED -> $OUT"
+echo "vit-fmnist recipe: $PRESET$SHAPE, pool $POOL, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, crop-pad $CROP_PAD, flip $FLIP, label smoothing $SMOOTH, dropout $DROPOUT, seed $SEED -> $OUT"
 start=$(date +%s)
-"$BIN" train --model vit --preset "$PRESET" --pool "$POOL" --data "$D" --val-data "$D" \
+"$BIN" train --model vit --preset "$PRESET"$SHAPE --pool "$POOL" --data "$D" --val-data "$D" \
     --batch "$BATCH" --steps "$STEPS" --lr "$LR" --warmup "$SPE" --schedule cosine --lr-min-frac 0 \
     --weight-decay "$WD" --dropout "$DROPOUT" --crop-pad "$CROP_PAD" --flip "$FLIP" --label-smoothing "$SMOOTH" --shuffle \
     --seed "$SEED" --val-every "$SPE" --val-batches 100 --ckpt-every "$SPE" \

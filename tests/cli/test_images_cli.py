@@ -218,7 +218,7 @@ def test_vit_recipe_options(tmp_path):
     preset, flips (crops and dropout off), warmup of one epoch then cosine to zero; the
     environment overrides it; a bad number stops it with status 2. A
     stand-in binary records the arguments and fails, which stops the recipe
-    right after the trainer."""
+    right after the trainer. WIDTH, LAYERS and HEADS reshape the preset."""
     import os
     import subprocess
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -226,7 +226,8 @@ def test_vit_recipe_options(tmp_path):
     stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
     stub.chmod(0o755)
     env = dict(os.environ, FMNIST_DIR=str(tmp_path))
-    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL"):
+    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL",
+              "WIDTH", "LAYERS", "HEADS"):
         env.pop(k, None)
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
                        cwd=repo, env=env, capture_output=True, text=True, timeout=60)
@@ -238,6 +239,7 @@ def test_vit_recipe_options(tmp_path):
     assert opt["--schedule"] == "cosine" and opt["--lr-min-frac"] == "0"
     assert opt["--label-smoothing"] == "0.1"
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
+    assert "--width" not in got and "--layers" not in got and "--heads" not in got
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
                        cwd=repo, env=dict(env, CROP_PAD="4", SEED="7"), capture_output=True,
                        text=True, timeout=60)
@@ -248,6 +250,15 @@ def test_vit_recipe_options(tmp_path):
                        timeout=60)
     got = args.read_text().split()
     assert got[got.index("--pool") + 1] == "mean"
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
+                       cwd=repo, env=dict(env, WIDTH="128", HEADS="8"), capture_output=True,
+                       text=True, timeout=60)
+    got = args.read_text().split()
+    assert got[got.index("--width") + 1] == "128" and got[got.index("--heads") + 1] == "8"
+    assert "--layers" not in got
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
+                       env=dict(env, LAYERS="six"), capture_output=True, text=True, timeout=60)
+    assert q.returncode == 2 and "LAYERS" in q.stderr, q.stderr
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
                        env=dict(env, POOL="max"), capture_output=True, text=True, timeout=60)
     assert q.returncode == 2 and "POOL" in q.stderr, q.stderr
