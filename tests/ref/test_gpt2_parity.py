@@ -39,7 +39,11 @@ B, T, STEPS, LR = 4, 32, 10, 3e-3                # training
 #                                 worst 2.5e-4 on the chaotic seed
 #   parameters and moments after  median 1e-5, heavy tail to 2.3e-4: elements
 #   10 steps (per-tensor rel L2)  with near-zero gradients, whose Adam step
-#                                 direction is set by fp32 rounding
+#                                 direction is set by fp32 rounding; since,
+#                                 one seed in some hundreds of CI runs went
+#                                 further (1231503139, "plain": 1.5e-3 and
+#                                 9.4e-4 on two builds, every tensor 3e-4 to
+#                                 1e-3, its losses 1.9e-6 off: a chaotic seed)
 # Optimizer bugs planted in a stand-in trainer were all caught: decay on 1-D
 # tensors, beta2 0.999, eps 1e-6, no clipping each move the 10-step losses by
 # 2e-5..1e-4 and some tensor by 2e-3..6e-2; summed instead of averaged
@@ -48,7 +52,12 @@ B, T, STEPS, LR = 4, 32, 10, 3e-3                # training
 EVAL_RTOL = 1e-5
 TRAIN_RTOL = 1e-5
 NORM_RTOL = 1e-3     # plus 6e-5 absolute for the 4-decimal print
-PARAM_RTOL = 1e-3
+# 3e-3 leaves room above that seed; the optimizer bugs above are caught by the
+# losses at 1e-5, and what only the checkpoint can show (a missing, stale or
+# swapped tensor, moments of the wrong step) is off by far more: moments one
+# step stale are off by at least 27% (m) and 4.7% (v) in every tensor (the
+# fp64 reference after 9 steps against 10, seeds 3 and 1231503139).
+PARAM_RTOL = 3e-3
 SAME_RTOL = 1e-6     # two anatomy evals of the same fp32 weights
 
 
