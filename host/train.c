@@ -284,6 +284,13 @@ static int sync_params(model *m, const train_opts *o, char *err)
     return rc;
 }
 
+/* The seed of the stochastic rounding of bf16 params (adamw_params.seed);
+ * the backend mixes in the step. */
+static uint32_t rounding_seed(const train_opts *o)
+{
+    return (uint32_t)(o->seed ^ (o->seed >> 32));
+}
+
 static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
 {
     ckpt_meta_set(md, "step", "%d", st->step);
@@ -686,7 +693,16 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     /* the parameters first, while every rank holds the whole master copy;
      * then the optimizer state shrinks to this rank's shard before the
      * activations take their memory */
-    if (sync_params(m, o, err) || zero_init(&z, m, o, err))
+    if (sync_params(m, o, err))
+        goto done;
+    if (st->step > 0 && m->master && be->params_from_master) {
+        /* the act-typed params as the checkpoint's step left them (bf16: its
+         * stochastic rounding of the master weights, where loading rounded
+         * to nearest), so that a resumed run continues bit for bit */
+        adamw_params hp = { .step = st->step, .seed = rounding_seed(o), .state_offset = 0 };
+        be->params_from_master(be, m->params, m->master, m->segs, m->nsegs, &hp);
+    }
+    if (zero_init(&z, m, o, err))
         goto done;
     size_t in_use = mem_in_use(be), held = workspace_held(be);
     if (m->plan(m, B, T, err))
@@ -827,10 +843,9 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             if (coef < 1.0)
                 gscale = (float)coef;
         }
-        /* seed: stochastic rounding of bf16 params; the backend mixes in the step */
         adamw_params hp = { (float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                            (float)o->weight_decay, step + 1, gscale,
-                            (uint32_t)(o->seed ^ (o->seed >> 32)), m->state_lo };
+                            (float)o->weight_decay, step + 1, gscale, rounding_seed(o),
+                            m->state_lo };
         if (z.on) { /* this rank's shard, then everyone's parameters to everyone */
             train_range(be, "optimizer", 1);
             be->adamw(be, m->params, m->master, m->grads, m->m, m->v, z.segs, z.nsegs, &hp);

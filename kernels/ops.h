@@ -392,6 +392,13 @@ struct backend {
      * m, v, master: opt, indexed from hp->state_offset (ZeRO: shard-sized). */
     void (*adamw)(backend *be, void *params, void *master, const void *grads, void *m, void *v,
                   const param_segment *segs, int nsegs, const adamw_params *hp);
+    /* Optional (NULL: the backend keeps no master weights): params (act) set
+     * from master (opt) in each segment exactly as adamw's step hp->step left
+     * them (bf16: the same stochastic rounding, bits from hp->seed, step and
+     * index; master indexed from hp->state_offset); nothing with master NULL.
+     * A resumed run starts from it, so that it continues bit for bit. */
+    void (*params_from_master)(backend *be, void *params, const void *master,
+                               const param_segment *segs, int nsegs, const adamw_params *hp);
 };
 
 /* Backends. Each returns NULL and fills err (ERRBUF bytes) when unavailable. */

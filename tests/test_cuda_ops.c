@@ -1319,6 +1319,79 @@ START_TEST(test_adamw_rounding)
 }
 END_TEST
 
+/* params_from_master, a resumed run's start: after some AdamW steps the
+ * params are overwritten, and the op must rebuild them from the master
+ * weights bit for bit as the last step left them (its stochastic rounding),
+ * inside the segments only, from a ZeRO shard's master too; without master
+ * weights (fp32) it leaves the params alone. */
+START_TEST(test_params_from_master)
+{
+    dtype act = mode(_i);
+    backend *g = gpu(act);
+    seed("params_from_master", _i);
+    const size_t n = 5000, lo = 1200;
+    const param_segment segs[] = { { 0, 700, 1 }, { 750, 1200, 0 }, { 2000, 2900, 1 } };
+    const param_segment cut[] = { { lo, 750, 0 }, { 2000, 2900, 1 } }; /* from lo on */
+    ck_assert_ptr_nonnull(g->params_from_master);
+    double *w0 = rnd(n, 1, DT_F32), *zero = xmalloc(n * 8), *want = xmalloc(n * 8);
+    double *got = xmalloc(n * 8), *w = xmalloc(n * 8);
+    for (size_t i = 0; i < n; i++)
+        zero[i] = 0;
+    int master = act != g->opt;
+    void *gp = up(g, act, w0, n), *gw = master ? up(g, g->opt, w0, n) : NULL;
+    void *gm = up(g, g->opt, zero, n), *gv = up(g, g->opt, zero, n);
+    uint32_t sd = (uint32_t)rnext();
+    int steps = 1 + irand(4);
+    for (int step = 1; step <= steps; step++) {
+        double *gr = rnd(n, 0.1, act);
+        adamw_params hp = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 1.0f, sd, 0 };
+        void *gg = up(g, act, gr, n);
+        g->adamw(g, gp, gw, gg, gm, gv, segs, 3, &hp);
+        g->free(g, gg);
+        free(gr);
+    }
+    g->download(g, want, DT_F64, gp, act, n);
+    if (master)
+        g->download(g, w, DT_F64, gw, g->opt, n);
+    adamw_params hp = { .step = steps, .seed = sd };
+    for (int shard = 0; shard < 2; shard++) {
+        g->fill(g, gp, act, -3.0, n);
+        if (!shard) {
+            g->params_from_master(g, gp, gw, segs, 3, &hp);
+        } else { /* the master of elements [lo, n) only */
+            void *sw = master ? up(g, g->opt, w + lo, n - lo) : NULL;
+            hp.state_offset = lo;
+            g->params_from_master(g, gp, sw, cut, 2, &hp);
+            if (sw)
+                g->free(g, sw);
+        }
+        g->download(g, got, DT_F64, gp, act, n);
+        for (size_t i = 0; i < n; i++) {
+            int in = (i < 700 || (i >= 750 && i < 1950) || (i >= 2000 && i < 4900)) && (!shard || i >= lo);
+            double exp = master && in ? want[i] : -3.0;
+            ck_assert_msg(got[i] == exp, "params_from_master (shard %d) params[%zu] = %.9g, want %.9g", shard,
+                          i, got[i], exp);
+        }
+    }
+    /* another step's rounding is another: the step is in the bits */
+    if (master) {
+        hp = (adamw_params){ .step = steps + 1, .seed = sd };
+        g->params_from_master(g, gp, gw, segs, 3, &hp);
+        g->download(g, got, DT_F64, gp, act, n);
+        size_t differ = 0;
+        for (size_t i = 0; i < n; i++)
+            differ += got[i] != want[i];
+        ck_assert_msg(differ > n / 10, "the rounding of step %d equals step %d's in all but %zu", steps + 1,
+                      steps, differ);
+    }
+    g->free(g, gp), g->free(g, gm), g->free(g, gv);
+    if (gw)
+        g->free(g, gw);
+    free(w0), free(zero), free(want), free(got), free(w);
+    g->destroy(g);
+}
+END_TEST
+
 /* ---- plan: scratch reserved before the first step ---- */
 
 /* The plan entry reserves scratch for real shapes and refuses impossible
@@ -1540,6 +1613,7 @@ static Suite *cuda_suite(void)
     tcase_add_loop_test(ops, test_sumsq, 0, 2);
     tcase_add_loop_test(ops, test_adamw, 0, 2);
     tcase_add_loop_test(ops, test_adamw_rounding, 0, 2);
+    tcase_add_loop_test(ops, test_params_from_master, 0, 2);
     tcase_add_loop_test(ops, test_plan, 0, 2);
     tcase_add_loop_test(model, test_gpt2, 0, 2);
     tcase_add_loop_test(ops, test_ranges, 0, 2);

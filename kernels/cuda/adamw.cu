@@ -65,12 +65,9 @@ template <> __device__ __forceinline__ __nv_bfloat16 adamw_round<__nv_bfloat16>(
 	return __float2bfloat16_rz(__uint_as_float(__float_as_uint(w) + (r & 0xffffu)));
 }
 
-template <class T>
-__global__ void adamw_kernel(T *params, float *master, const T *grads, float *m, float *v,
-			     const adamw_seg *segs, int nsegs, adamw_consts on, adamw_consts off,
-			     unsigned seed, unsigned long long so)
+/* The segment block b lies in: binary search over the first blocks. */
+static __device__ __forceinline__ adamw_seg adamw_block_seg(const adamw_seg *segs, int nsegs, unsigned b)
 {
-	unsigned b = blockIdx.x;
 	int lo = 0, hi = nsegs - 1;
 	while (lo < hi) {
 		int mid = (lo + hi + 1) >> 1;
@@ -79,7 +76,16 @@ __global__ void adamw_kernel(T *params, float *master, const T *grads, float *m,
 		else
 			hi = mid - 1;
 	}
-	const adamw_seg s = segs[lo];
+	return segs[lo];
+}
+
+template <class T>
+__global__ void adamw_kernel(T *params, float *master, const T *grads, float *m, float *v,
+			     const adamw_seg *segs, int nsegs, adamw_consts on, adamw_consts off,
+			     unsigned seed, unsigned long long so)
+{
+	unsigned b = blockIdx.x;
+	const adamw_seg s = adamw_block_seg(segs, nsegs, b);
 	const adamw_consts k = s.decay ? on : off;
 	size_t start = (size_t)(b - s.first_block) * ADAMW_EPB;
 	for (int e = threadIdx.x; e < ADAMW_EPB; e += blockDim.x) {
@@ -97,6 +103,22 @@ __global__ void adamw_kernel(T *params, float *master, const T *grads, float *m,
 		if (master)
 			master[q] = w;
 		params[i] = master ? adamw_round<T>(w, adamw_hash(seed, i)) : from_f<T>(w);
+	}
+}
+
+/* params_from_master's kernel: adamw_kernel's last line alone. */
+template <class T>
+__global__ void params_round_kernel(T *params, const float *master, const adamw_seg *segs, int nsegs,
+				    unsigned seed, unsigned long long so)
+{
+	const adamw_seg s = adamw_block_seg(segs, nsegs, blockIdx.x);
+	size_t start = (size_t)(blockIdx.x - s.first_block) * ADAMW_EPB;
+	for (int e = threadIdx.x; e < ADAMW_EPB; e += blockDim.x) {
+		size_t j = start + e;
+		if (j >= s.count)
+			break;
+		size_t i = s.offset + j;
+		params[i] = adamw_round<T>(master[i - so], adamw_hash(seed, i));
 	}
 }
 
@@ -141,6 +163,14 @@ static unsigned adamw_table(cuda_backend *cb, const param_segment *segs, int nse
 	return (unsigned)blocks;
 }
 
+/* The rounding bits' seed of step hp->step: the step goes into the bits too,
+ * so a caller that leaves seed at 0 still gets fresh rounding every step. */
+static unsigned adamw_seed(const adamw_params *hp)
+{
+	int t = hp->step < 1 ? 1 : hp->step;
+	return hp->seed * 0x27d4eb2fu ^ (unsigned)t * 0x165667b1u;
+}
+
 void cuda_adamw(backend *be, void *params, void *master, const void *grads, void *m, void *v,
 		const param_segment *segs, int nsegs, const adamw_params *hp)
 {
@@ -159,9 +189,7 @@ void cuda_adamw(backend *be, void *params, void *master, const void *grads, void
 	unsigned blocks = adamw_table(cb, segs, nsegs, &table, &n);
 	if (!blocks)
 		return;
-	/* the step goes into the bits too, so a caller that leaves seed at 0
-	 * still gets fresh rounding every step */
-	unsigned seed = hp->seed * 0x27d4eb2fu ^ (unsigned)t * 0x165667b1u;
+	unsigned seed = adamw_seed(hp);
 	if (be->act == DT_BF16)
 		CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, adamw_kernel<__nv_bfloat16>)(
 			(__nv_bfloat16 *)params, (float *)master, (const __nv_bfloat16 *)grads, (float *)m, (float *)v,
@@ -170,5 +198,22 @@ void cuda_adamw(backend *be, void *params, void *master, const void *grads, void
 		CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, adamw_kernel<float>)(
 			(float *)params, (float *)master, (const float *)grads, (float *)m, (float *)v, table, n, on,
 			off, seed, hp->state_offset);
+	LAUNCH_CHECK();
+}
+
+void cuda_params_from_master(backend *be, void *params, const void *master, const param_segment *segs,
+			     int nsegs, const adamw_params *hp)
+{
+	NVTX_RANGE("params_from_master");
+	cuda_backend *cb = cuda_of(be);
+	if (nsegs <= 0 || !master || be->act != DT_BF16)
+		return;	/* without master weights the params are the weights */
+	adamw_seg *table;
+	int n;
+	unsigned blocks = adamw_table(cb, segs, nsegs, &table, &n);
+	if (!blocks)
+		return;
+	CUDA_LAUNCH(blocks, ADAMW_THREADS, 0, cb->stream, params_round_kernel<__nv_bfloat16>)(
+		(__nv_bfloat16 *)params, (const float *)master, table, n, adamw_seed(hp), hp->state_offset);
 	LAUNCH_CHECK();
 }

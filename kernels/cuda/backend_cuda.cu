@@ -584,6 +584,7 @@ extern "C" backend *backend_cuda_create(int device, dtype act, char *err)
 	be->crossentropy = cuda_crossentropy;
 	be->sumsq = cuda_sumsq;
 	be->adamw = cuda_adamw;
+	be->params_from_master = cuda_params_from_master;
 	be->attention_decode = cuda_attention_decode;
 	cuda_seq_install(be);
 	cuda_rnn_install(be);

@@ -358,6 +358,8 @@ double cuda_sumsq(backend *be, const void *grads, size_t n);
 /* adamw.cu */
 void cuda_adamw(backend *be, void *params, void *master, const void *grads, void *m, void *v,
 		const param_segment *segs, int nsegs, const adamw_params *hp);
+void cuda_params_from_master(backend *be, void *params, const void *master, const param_segment *segs,
+			     int nsegs, const adamw_params *hp);
 /* decode.cu */
 void cuda_attention_decode(backend *be, void *out, void *kv, const void *qkv, int B, int pos,
 			   int maxlen, const void *prefix, int prefix_rows, int prefix_len, int C, int NH);

@@ -181,6 +181,26 @@ def test_nccl_bf16_zero_shards_state_on_device(launch_emu, reference, tmp_path):
     assert zm == (pm // 4 + 1) // 2 * 4 and zv == 2 * ((pv // 8 + 1) // 2 * 4), (pm, zm, pv, zv)
 
 
+def test_nccl_bf16_zero_resume_is_exact(launch_emu, reference, tmp_path):
+    """bf16 under ZeRO stage 1 on 2 emulated ranks resumes bit for bit: 4
+    steps equal 2, save, resume, 2 more, in the losses and every tensor of
+    the last checkpoint. Each rank rounds its bf16 params from the whole
+    master copy as step 2 did, before its state shrinks to its shard."""
+    d = reference["dir"]
+    opts = RUN[1:] + ["--data", d / "t_train_*.bin", "--total-batch", "64", "--steps", "4",
+                      "--seed", seed(), "--device", "cuda", "--precision", "bf16", "--zero", "1"]
+    ok(launch_emu(2, "train", *MODEL, *opts, "--ckpt-every", "2", "--out", tmp_path / "full"))
+    ok(launch_emu(2, "train", "--resume", tmp_path / "full" / "step_000002.safetensors", *opts,
+                  "--out", tmp_path / "res"))
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "res")
+    assert sorted(b) == [3, 4] and all(a[s] == b[s] for s in b), (a, b)
+    ta = load_file(str(tmp_path / "full" / "step_000004.safetensors"))
+    tb = load_file(str(tmp_path / "res" / "step_000004.safetensors"))
+    assert sorted(ta) == sorted(tb)
+    for k in ta:
+        assert np.array_equal(ta[k], tb[k]), k
+
+
 def test_nccl_forced_on_one_process_is_exact(emu, reference, tmp_path):
     """ANATOMY_DIST_NCCL=1 at world 1 sends the loss and the gradients through
     NCCL (what scripts/gpu-check.sh does on a real GPU): nothing changes, bit
