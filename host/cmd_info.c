@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "memplan.h"
 #include "setup.h"
+#include "train.h"
 
 static const char usage[] =
     "usage: anatomy info [(--preset NAME | --model NAME | --init PATH) [model options] [--views]\n"
@@ -16,9 +17,11 @@ static const char usage[] =
     "                     [--zero 1] [--recompute] [--memory-limit BYTES]]]\n"
     "\n"
     "Prints the model's family, configuration, the context it sees, and its parameter\n"
-    "count (padding excluded); then the BLAS of the CPU backend: library, version, the\n"
-    "kernel it chose for this CPU, threads (OMP_NUM_THREADS, else all cores), and the\n"
-    "file it was loaded from. With no model, only the BLAS.\n"
+    "count (padding excluded); for a training checkpoint (or run directory) its step,\n"
+    "batch layout, seed and the last training and validation losses; then the BLAS of\n"
+    "the CPU backend: library, version, the kernel it chose for this CPU, threads\n"
+    "(OMP_NUM_THREADS, else all cores), and the file it was loaded from. With no model,\n"
+    "only the BLAS.\n"
     "  --views   also list every parameter tensor with its shape and offset\n"
     "memory plan (with --batch): the device memory each rank of `anatomy train` with\n"
     "these options will allocate, by category (parameters, gradients, master weights,\n"
@@ -42,17 +45,67 @@ static void print_blas(void)
     printf("%-12s %s\n", "blas library", blas_library_path());
 }
 
+/* n with thousands separators, in buf. */
+static const char *grouped(double n, char *buf, size_t size)
+{
+    char digits[32];
+    int len = snprintf(digits, sizeof digits, "%.0f", n), j = 0;
+    for (int i = 0; i < len && (size_t)j + 2 < size; i++) {
+        if (i && digits[i - 1] != '-' && (len - i) % 3 == 0)
+            buf[j++] = ',';
+        buf[j++] = digits[i];
+    }
+    buf[j] = 0;
+    return buf;
+}
+
 static void print_count(const char *label, size_t n)
 {
-    char digits[32], out[48];
-    int len = snprintf(digits, sizeof digits, "%zu", n), j = 0;
-    for (int i = 0; i < len; i++) {
-        if (i && (len - i) % 3 == 0)
-            out[j++] = ',';
-        out[j++] = digits[i];
+    char out[48];
+    printf("%-12s %s\n", label, grouped((double)n, out, sizeof out));
+}
+
+/* Where a training checkpoint's run stood when it was saved (its metadata):
+ * the step, the batch layout and seed, the last training and validation
+ * losses. Nothing for sources that are not training checkpoints. */
+static void print_training(const ckpt_meta *md, const char *path)
+{
+    const char *keys[] = { "step", "steps", "total_batch", "batch", "seq", "world", "seed" };
+    double v[7], loss, val, vstep;
+    char err[ERRBUF], a[32], b[32], c[32], d[32];
+    if (!ckpt_meta_get(md, "step"))
+        return;
+    for (int i = 0; i < 7; i++)
+        if (!ckpt_meta_get(md, keys[i]))
+            v[i] = -1;
+        else if (train_meta_double(md, path, keys[i], &v[i], err))
+            cli_die("%s", err);
+    printf("%-12s step %s", "trained", grouped(v[0], a, sizeof a));
+    if (v[1] > 0)
+        printf(" of %s", grouped(v[1], a, sizeof a));
+    if (v[2] > 0 && v[3] > 0 && v[4] > 0 && v[5] > 0)
+        printf(", %s tokens a step (batch %s x seq %s x %s rank%s)", grouped(v[2], a, sizeof a),
+               grouped(v[3], b, sizeof b), grouped(v[4], c, sizeof c), grouped(v[5], d, sizeof d),
+               v[5] > 1 ? "s" : "");
+    if (v[6] >= 0)
+        printf(", seed %s", ckpt_meta_get(md, "seed"));
+    printf("\n");
+    if (!ckpt_meta_get(md, "loss")) {
+        printf("%-12s not recorded (a checkpoint from before they were)\n", "losses");
+        return;
     }
-    out[j] = 0;
-    printf("%-12s %s\n", label, out);
+    if (train_meta_double(md, path, "loss", &loss, err))
+        cli_die("%s", err);
+    printf("%-12s training %.6f at step %s", "losses", loss, grouped(v[0], a, sizeof a));
+    if (ckpt_meta_get(md, "val_step")) {
+        if (train_meta_double(md, path, "val_loss", &val, err) ||
+            train_meta_double(md, path, "val_step", &vstep, err))
+            cli_die("%s", err);
+        printf(", validation %.6f at step %s", val, grouped(vstep, a, sizeof a));
+    } else {
+        printf(", no validation yet");
+    }
+    printf("\n");
 }
 
 /* The memory plan of `train` with these options (memplan.h), on the backend
@@ -167,7 +220,8 @@ int cmd_info(int argc, char **argv)
     if (src.init && src.nset)
         cli_die("--%s: only with --preset or --model (other sources carry their config)",
                 src.set_opt[0]);
-    if (src.init ? setup_load(&src, &cfg, &params, NULL, err)
+    ckpt_meta md = { 0 };
+    if (src.init ? setup_load(&src, &cfg, &params, &md, err)
                  : setup_preset_config(&src, &cfg, err))
         cli_die("%s", err);
     if (src.init)
@@ -177,6 +231,8 @@ int cmd_info(int argc, char **argv)
     cfg.family->describe(cfg.v, stdout);
     setup_print_settings(&cfg, stdout);
     print_count("parameters", cfg.family->real_params(cfg.v));
+    print_training(&md, src.init);
+    ckpt_meta_free(&md);
     print_blas();
     if (views) {
         printf("\n%-40s %-14s %12s %12s %s\n", "tensor", "shape", "offset", "count", "decay");

@@ -311,6 +311,12 @@ static void put_state(ckpt_meta *md, const train_opts *o, const train_state *st)
     ckpt_meta_set(md, "random_rows", "%d", o->random_rows);
     if (o->tokenizer_kind)
         ckpt_meta_set(md, "tokenizer", "%s", o->tokenizer_kind);
+    ckpt_meta_set(md, "steps", "%d", o->steps);
+    ckpt_meta_set(md, "loss", "%.17g", st->loss);
+    if (st->val_step > 0) {
+        ckpt_meta_set(md, "val_loss", "%.17g", st->val_loss);
+        ckpt_meta_set(md, "val_step", "%d", st->val_step);
+    }
 }
 
 /* Every rank's shard [lo, hi) of the host array a [n] (the ranks' parts of
@@ -392,10 +398,23 @@ static int meta_u64(const ckpt_meta *md, const char *path, const char *key, uint
     return 0;
 }
 
+int train_meta_double(const ckpt_meta *md, const char *path, const char *key, double *v, char *err)
+{
+    const char *s = ckpt_meta_get(md, key);
+    char *end;
+    if (!s)
+        return errf(err, "%s: no '%s' in its metadata", path, key);
+    errno = 0;
+    *v = strtod(s, &end);
+    if (end == s || *end || errno)
+        return errf(err, "%s: metadata '%s' = '%s' is not a number", path, key, s);
+    return 0;
+}
+
 int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *st, char *err)
 {
     size_t n = m->nparams;
-    uint64_t step, pos;
+    uint64_t step, pos, vstep = 0;
     const char *r = ckpt_meta_get(md, "rng");
     float *p, *mm, *vv, *sv = NULL;
     int has = 0, rc;
@@ -415,6 +434,12 @@ int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *
                     (unsigned long long)step);
     st->step = (int)step;
     st->data_pos = pos;
+    /* the last validation, kept until the next one (absent in older checkpoints) */
+    if (ckpt_meta_get(md, "val_step") &&
+        (meta_u64(md, path, "val_step", &vstep, err) ||
+         train_meta_double(md, path, "val_loss", &st->val_loss, err)))
+        return -1;
+    st->val_step = vstep <= step ? (int)vstep : 0;
     p = malloc(n * sizeof *p);
     mm = malloc(n * sizeof *mm);
     vv = malloc(n * sizeof *vv);
@@ -864,6 +889,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
         be->sync(be);
         double ms = now_ms() - t0;
         st->step++;
+        st->loss = loss;
         if (step > 0 || o->steps == 1) { /* the first step warms caches */
             t_total += ms;
             t_comm += tc;
@@ -894,6 +920,8 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
             double vl = val_loss(m, o, vld, nval, sums, counts, err);
             if (isnan(vl))
                 goto done;
+            st->val_loss = vl;
+            st->val_step = st->step;
             if (o->rank == 0) {
                 /* the figures first, as before; what they were averaged over last */
                 printf("val   %5d/%d | loss %.6f", st->step, o->steps, vl);

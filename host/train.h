@@ -65,6 +65,10 @@ typedef struct {
     float *carried;
     size_t carried_n;
     int carried_world;
+    /* Where the run stands, for `anatomy info`: the last step's training loss
+     * and the last validation loss with its step (val_step 0: none yet). */
+    double loss, val_loss;
+    int val_step;
 } train_state;
 
 /* Learning rate at 0-based step `step`. */
@@ -96,6 +100,10 @@ int train_save(model *m, const train_opts *o, const train_state *st, const char 
  * parameters were loaded when the model was built). */
 int train_restore(model *m, const char *path, const ckpt_meta *md, train_state *st,
                   char *err);
+/* Metadata value `key` of the checkpoint at path as a number; -1 with err
+ * naming the file and key when it is missing or not a number. */
+int train_meta_double(const ckpt_meta *md, const char *path, const char *key, double *v,
+                      char *err);
 
 /* Sampling from a generative model: buffers allocated once, so that
  * generating inside the training loop allocates nothing. With the model's

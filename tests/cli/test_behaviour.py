@@ -41,6 +41,45 @@ def test_info_gpt2_small(run):
     assert re.search(r"^parameters\s+124,439,808$", out, re.M), out
 
 
+def test_info_tells_where_a_run_stands(run, shard, tmp_path):
+    """`info --init` of a training checkpoint prints its step of the planned
+    total, the batch layout, the seed, and the last training and validation
+    losses as the run printed them; a resumed run's checkpoint saved before
+    its next validation keeps the last one; a checkpoint without the losses
+    (written before they were saved) says so; a malformed figure is one line."""
+    common = ["--data", shard, "--batch", "2", "--seq", "32", "--seed", "11"]
+    out = ok(run("train", *TINY, *common, "--val-data", shard, "--val-every", "4",
+                 "--val-batches", "2", "--steps", "6", "--ckpt-every", "5",
+                 "--out", tmp_path / "r"))
+    step = {int(m[0]): m[2] for m in STEP.findall(out)}
+    val = dict(re.findall(r"^val\s+(\d+)/\d+ \| loss (\S+)", out, re.M))
+    info = ok(run("info", "--init", tmp_path / "r"))
+    assert re.search(r"^trained\s+step 6 of 6, 64 tokens a step \(batch 2 x seq 32 x 1 rank\), "
+                     r"seed 11$", info, re.M), info
+    assert re.search(rf"^losses\s+training {step[6]} at step 6, validation {val['6']} at step 6$",
+                     info, re.M), info
+    ck5 = tmp_path / "r" / "step_000005.safetensors"
+    info = ok(run("info", "--init", ck5))
+    assert re.search(rf"^losses\s+training {step[5]} at step 5, validation {val['4']} at step 4$",
+                     info, re.M), info
+    ok(run("train", "--resume", ck5, *common, "--steps", "6", "--out", tmp_path / "res"))
+    info = ok(run("info", "--init", tmp_path / "res"))
+    assert re.search(rf"^losses\s+training {step[6]} at step 6, validation {val['4']} at step 4$",
+                     info, re.M), info
+    t = load_file(str(ck5))
+    from safetensors import safe_open
+    with safe_open(str(ck5), "np") as f:
+        meta = f.metadata()
+    old = {k: v for k, v in meta.items() if k not in ("loss", "val_loss", "val_step", "steps",
+                                                       "crc32c")}
+    save_file(t, str(tmp_path / "old.safetensors"), metadata=old)
+    info = ok(run("info", "--init", tmp_path / "old.safetensors"))
+    assert re.search(r"^trained\s+step 5, 64 tokens", info, re.M), info
+    assert re.search(r"^losses\s+not recorded", info, re.M), info
+    save_file(t, str(tmp_path / "bad.safetensors"), metadata=dict(old, loss="nan?"))
+    fails(run("info", "--init", tmp_path / "bad.safetensors"), "bad.safetensors", "'loss'")
+
+
 def _same_checkpoints(a, b):
     a, b = load_file(str(a)), load_file(str(b))
     assert a.keys() == b.keys()
