@@ -126,6 +126,10 @@ int cmd_export(int argc, char **argv)
     /* paths after the options are more sources: `--init run/step_*.safetensors` */
     while (optind < argc)
         inits[ninit++] = argv[optind++];
+    /* a run directory is its latest checkpoint, which errors then name */
+    for (int i = 0; i < ninit; i++)
+        if (!(inits[i] = setup_latest_checkpoint(inits[i], err)))
+            cli_die("--init%s", err);
     if (!ninit)
         cli_die("--init: required (the model to export)");
     if (!out)
@@ -160,6 +164,8 @@ int cmd_export(int argc, char **argv)
     }
     printf("wrote %s\n", out);
     free(params);
+    for (int i = 0; i < ninit; i++)
+        free((char *)inits[i]);
     free(inits);
     return 0;
 }

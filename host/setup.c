@@ -67,6 +67,16 @@ backend *setup_backend(const char *device, int threads, const char *precision)
     return be;
 }
 
+/* A directory with config.json is a Hugging Face model; one without is a run
+ * directory, whose latest checkpoint is meant. */
+static int is_run_dir(const char *path)
+{
+    char cfg[4200];
+    struct stat st;
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode) && stat(cfg, &st) != 0;
+}
+
 char *setup_latest_checkpoint(const char *path, char *err)
 {
     DIR *d = opendir(path);
@@ -82,6 +92,8 @@ char *setup_latest_checkpoint(const char *path, char *err)
             strcpy(best, e->d_name);
     }
     closedir(d);
+    if (!*best && !is_run_dir(path)) /* a Hugging Face directory names itself */
+        return strdup(path);
     if (!*best) {
         errf(err, ": %s: no step_NNNNNN.safetensors checkpoint in this directory", path);
         return NULL;
@@ -94,15 +106,6 @@ char *setup_latest_checkpoint(const char *path, char *err)
     return out;
 }
 
-/* A directory with config.json is a Hugging Face model; one without is a run
- * directory, whose latest checkpoint is meant. */
-static int is_run_dir(const char *path)
-{
-    char cfg[4200];
-    struct stat st;
-    snprintf(cfg, sizeof cfg, "%s/config.json", path);
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode) && stat(cfg, &st) != 0;
-}
 
 int setup_source_kind(const char *path, source_kind *kind, char *err)
 {

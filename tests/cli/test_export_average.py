@@ -128,9 +128,9 @@ def test_one_input_is_the_plain_export(run, tmp_path):
 
 
 def test_average_errors(run, tmp_path):
-    """Another config (width), another family, a missing file and --format hf
-    on patchts: one line naming the file and the problem, status 1, nothing
-    written."""
+    """Another config (width), another family, a missing file, a directory
+    without checkpoints and --format hf on patchts: one line naming the file
+    (a run directory's checkpoint) and the problem, status 1, nothing written."""
     _, narrow = gpt2_run(run, tmp_path, "narrow", 32, 1)
     _, wide = gpt2_run(run, tmp_path, "wide", 64, 1)
     _, series = patchts_run(run, tmp_path)
@@ -141,6 +141,10 @@ def test_average_errors(run, tmp_path):
         ([series[0], narrow[0]], "ckpt", [f"--init {narrow[0]}:", "gpt2", "patchts"]),
         ([narrow[0], tmp_path / "missing.safetensors"], "ckpt", ["missing.safetensors"]),
         ([series[0], series[1]], "hf", ["--format hf", "patchts"]),
+        # a run directory is its latest checkpoint, which the error names
+        ([narrow[0], tmp_path / "wide"], "ckpt",
+         [f"--init {wide[0]}:", "'C' (--width) is 64, but 32"]),
+        ([narrow[0], tmp_path], "ckpt", [f"--init: {tmp_path}: no step_NNNNNN"]),
     ]
     for inits, fmt, words in cases:
         rc, _, err = run("export", "--format", fmt, "--out", out,
