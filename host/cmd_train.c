@@ -506,8 +506,11 @@ int cmd_train(int argc, char **argv)
     o.dist = dd;
     o.rank = dd->rank;
     o.world = dd->world;
-    if (o.rank == 0 && strcmp(be->name, "cpu") == 0) /* which kernel the matmuls run on */
+    if (o.rank == 0 && strncmp(be->name, "cpu", 3) == 0) /* which kernel the matmuls run on */
         printf("blas: %s\n", blas_describe(threads, (char[256]){ 0 }, 256));
+    if (o.rank == 0 && strcmp(be->name, "cpu-bf16") == 0)
+        printf("matmul: the linear layers in bf16 on AMX tiles (fp32 sums); attention's "
+               "products, recurrent steps, weights and optimizer in fp32\n");
     model_config cfg;
     float *params;
     if (setup_load(&src, &cfg, &params, &md, err))

@@ -29,9 +29,6 @@ static backend *setup_auto(int threads, const char *precision)
         if (be)
             return be;
     }
-    if (precision && strcmp(precision, "bf16") == 0)
-        cli_die("--precision bf16: no CUDA device is available and the CPU backend computes in "
-                "fp32 only");
     return setup_backend("cpu", threads, precision);
 }
 
@@ -51,9 +48,10 @@ backend *setup_backend(const char *device, int threads, const char *precision)
     else
         cli_die("--precision: unknown precision '%s' (expected bf16 or fp32)", precision);
     if (strcmp(device, "cpu") == 0) {
-        if (act != DT_F32)
-            cli_die("--precision %s: the CPU backend computes in fp32 only", precision);
-        be = backend_cpu_create(threads, err);
+        be = act == DT_BF16 ? backend_cpu_bf16_create(threads, err)
+                            : backend_cpu_create(threads, err);
+        if (!be && act == DT_BF16)
+            cli_die("--precision bf16 --device cpu: %s (--precision fp32 runs anywhere)", err);
     } else if (strcmp(device, "cuda") == 0) {
         if (!backend_cuda_create)
             cli_die("--device cuda: this build has no CUDA backend (built without nvcc); "

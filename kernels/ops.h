@@ -404,6 +404,9 @@ struct backend {
 /* Backends. Each returns NULL and fills err (ERRBUF bytes) when unavailable. */
 backend *backend_cpu_create(int threads, char *err);
 backend *backend_cpu64_create(int threads, char *err); /* fp64 oracle for the gradient checks */
+/* The CPU backend with bf16 matmuls on AMX tiles, "cpu-bf16" (backend_cpu.c);
+ * NULL with err on a CPU without AMX-BF16. */
+backend *backend_cpu_bf16_create(int threads, char *err);
 /* The CPU backend's BLAS (kernels/cpu/blas_info.c), as this process loaded it.
  * blas_describe: one line naming the library, its version, the kernel it chose
  * for this CPU and the threads (threads <= 0: OpenMP's default), in buf.

@@ -43,6 +43,7 @@
 
 #include "../ops.h"
 #include "cpu_ops.h"
+#include "gemm_amx.h"
 
 #ifdef CPU_REAL_DOUBLE
 typedef double real;
@@ -66,6 +67,9 @@ typedef struct {
     int threads; /* <= 0: OpenMP's default at each call */
     real *att_buf; /* attention's score blocks, ATT_ROWS x T x 2 per thread */
     size_t att_cap; /* reals in att_buf */
+    int amx; /* the matmuls in bf16 on AMX tiles (backend_cpu_bf16_create) */
+    char *amx_buf; /* their packing scratch, one slice per part of a gemm */
+    size_t amx_cap; /* bytes in amx_buf */
 } cpu_backend;
 
 static int nthreads(const backend *be)
@@ -330,6 +334,7 @@ static void cpu_sync(backend *be) { (void)be; }
 static void cpu_destroy(backend *be)
 {
     free(((cpu_backend *)be)->att_buf);
+    free(((cpu_backend *)be)->amx_buf);
     free(be);
 }
 
@@ -505,6 +510,24 @@ static void cpu_layernorm_backward(backend *be, void *dinp_, void *dweight_, voi
  * spinning against each other cost more than the matmuls on a small
  * machine; and each element is still summed by one call in a fixed order.
  * Shapes OpenBLAS would reject (a zero dimension) do nothing. */
+#ifndef CPU_REAL_DOUBLE
+/* The AMX matmuls' scratch: `parts` slices of `per` bytes, grown on first
+ * use of a larger shape; NULL when out of memory (the BLAS runs instead). */
+static char *amx_scratch(cpu_backend *cb, int parts, size_t per)
+{
+    size_t need = per * (size_t)parts;
+    if (need > cb->amx_cap) {
+        char *p = aligned_alloc(64, (need + 63) / 64 * 64);
+        if (!p)
+            return NULL;
+        free(cb->amx_buf);
+        cb->amx_buf = p;
+        cb->amx_cap = need;
+    }
+    return cb->amx_buf;
+}
+#endif
+
 static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A, int lda,
                  const real *B, int ldb, real beta, real *Cm, int ldc)
 {
@@ -517,6 +540,15 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
         parts = 1; /* too small to be worth waking the threads */
     if ((size_t)parts > units)
         parts = (int)units;
+#ifndef CPU_REAL_DOUBLE
+    cpu_backend *cb = (cpu_backend *)be;
+    char *scratch = NULL;
+    size_t per = 0;
+    if (cb->amx) {
+        per = (amx_gemm_scratch(M, N, K) + 63) / 64 * 64;
+        scratch = amx_scratch(cb, parts, per);
+    }
+#endif
 #pragma omp parallel for schedule(static) num_threads(parts)
     for (int p = 0; p < parts; p++) {
         size_t lo, hi;
@@ -534,6 +566,13 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
             Bb = tb ? B + (size_t)a * ldb : B + a;
             Cb = Cm + a;
         }
+#ifndef CPU_REAL_DOUBLE
+        if (scratch) {
+            amx_gemm(ta, tb, split_m ? b - a : M, split_m ? N : b - a, K, Ab, lda, Bb, ldb, beta, Cb,
+                     ldc, scratch + per * (size_t)p);
+            continue;
+        }
+#endif
         GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
              split_m ? b - a : M, split_m ? N : b - a, K, 1, Ab, lda, Bb, ldb, beta, Cb, ldc);
     }
@@ -1262,3 +1301,26 @@ backend *CPU_CREATE(int threads, char *err)
     { void cpu_rnn_install(backend *, cpu_team_fn, dtype); cpu_rnn_install(be, team, REAL_DT); } /* ops_rnn.c */
     return be;
 }
+
+#ifndef CPU_REAL_DOUBLE
+/* The fp32 backend with its matmul ops (the linear layers, through gemm)
+ * in bf16 on AMX tiles: inputs rounded to bf16, products summed in fp32,
+ * as PyTorch's bf16 autocast does on the CPU. Everything else (attention's
+ * products, the recurrent steps, every other op, the weights, gradients and
+ * AdamW) stays fp32. NULL with err where the CPU or kernel has no AMX-BF16. */
+backend *backend_cpu_bf16_create(int threads, char *err)
+{
+    char why[200];
+    if (amx_enable(why, sizeof why)) {
+        if (err)
+            snprintf(err, 256, "bf16 matmuls on the CPU need AMX-BF16: %s", why);
+        return NULL;
+    }
+    backend *be = backend_cpu_create(threads, err);
+    if (!be)
+        return NULL;
+    ((cpu_backend *)be)->amx = 1;
+    be->name = "cpu-bf16";
+    return be;
+}
+#endif

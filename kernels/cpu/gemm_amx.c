@@ -1,0 +1,309 @@
+/* gemm_amx.c: C = beta C + op(A) op(B) on AMX tiles, bf16 inputs, fp32 sums.
+ *
+ * TDPBF16PS multiplies a 16 x 32 bf16 tile of A by a 32 x 16 bf16 tile of B
+ * into a 16 x 16 fp32 tile of C: C[m][n] += A[m][2p] B[2p][n] + A[m][2p+1]
+ * B[2p+1][n] over the 16 pairs p. Both operands are therefore packed as
+ * 16 x 16 arrays of 32-bit pairs (the even k in the low half): A's tile
+ * [m][p], B's tile [p][n] ("VNNI" order). The packing also rounds fp32 to
+ * bf16 and pads M, N and K with zeros to whole tiles, so the loop below
+ * never looks at an edge.
+ *
+ * Blocking: 32 x 32 of C at a time in tiles 0-3, from two A tiles (4, 5:
+ * rows 0-15 and 16-31) and two B tiles (6, 7: columns 0-15 and 16-31), four
+ * products per two loads of each. op(B) is packed a panel of columns at a
+ * time (about 1 MiB of bf16, to stay in L2), then op(A) 32 rows at a time,
+ * each reused across the panel's columns.
+ * A 32 x 32 block of C leaves through a staging tile buffer, which is where
+ * beta and the edges are applied.
+ *
+ * Every C element is one fixed sequence of tile products over K, whatever
+ * rows or columns share its call: results do not depend on how callers
+ * split M or N between threads. */
+/* One object: the fp64 compile of kernels/cpu (CPU_REAL_DOUBLE) leaves it empty. */
+#ifndef CPU_REAL_DOUBLE
+#include "gemm_amx.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define AMX_BUILD 1
+#endif
+
+#define TILE 16            /* rows of every tile; pairs per A row, columns per B row */
+#define KC 32              /* k per tile (16 pairs) */
+#define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
+
+static int padded_k(int K) { return ALIGN_UP(K, KC); }
+static int padded_n(int N) { return ALIGN_UP(N, 2 * TILE); }
+
+/* Columns of op(B) packed at a time: a panel of about PANEL_BYTES of bf16,
+ * which stays in the core's L2 while every row of A goes by. */
+#define PANEL_BYTES (1 << 20)
+
+static int panel_cols(int N, int K)
+{
+    int nc = (int)(PANEL_BYTES / ((size_t)padded_k(K) * 2)) / (2 * TILE) * (2 * TILE);
+    nc = nc < 2 * TILE ? 2 * TILE : nc;
+    return nc < padded_n(N) ? nc : padded_n(N);
+}
+
+size_t amx_gemm_scratch(int M, int N, int K)
+{
+    (void)M;
+    size_t kp = (size_t)padded_k(K), nc = (size_t)panel_cols(N, K);
+    /* a packed panel of B, 32 packed rows of A, the 32 x 32 fp32 staging block */
+    return ALIGN_UP(kp * nc * 2, 64) + ALIGN_UP(2 * TILE * kp * 2, 64) + 2 * TILE * 2 * TILE * 4;
+}
+
+#ifdef AMX_BUILD
+
+/* fp32 -> bf16 bits, rounded to nearest even (NaN stays NaN: the quiet bit
+ * survives the carry) */
+static inline uint32_t bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+static inline uint32_t pair(float even, float odd) { return bf16(even) | bf16(odd) << 16; }
+
+#define VEC __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+/* 32 floats in order as 16 pairs (bf16 of x[2p] low, x[2p+1] high). */
+static inline VEC __m512i pairs_in_order(const float *x)
+{
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+}
+
+/* 16 pairs (e[i], o[i]): two rows interleaved. */
+static inline VEC __m512i pairs_of_rows(const float *e, const float *o)
+{
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(o), _mm512_loadu_ps(e));
+    return _mm512_permutexvar_epi16(idx, v);
+}
+
+/* Rows [r0, r0 + 32) of op(A) (M x K) into dst[32][kp / 2] pairs, zeros past
+ * M and K. */
+static VEC void pack_a(uint32_t *dst, int ta, const float *A, int lda, int r0, int M, int K, int kp)
+{
+    int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, w = kp / 2, full = K / 2;
+    memset(dst, 0, (size_t)2 * TILE * w * sizeof *dst);
+    if (!ta) {
+        for (int r = 0; r < rows; r++) {
+            const float *a = A + (size_t)(r0 + r) * lda;
+            uint32_t *d = dst + (size_t)r * w;
+            int p = 0;
+            for (; p + TILE <= full; p += TILE)
+                _mm512_storeu_si512(d + p, pairs_in_order(a + 2 * p));
+            for (; p < full; p++)
+                d[p] = pair(a[2 * p], a[2 * p + 1]);
+            if (K & 1)
+                d[full] = pair(a[K - 1], 0.0f);
+        }
+        return;
+    }
+    /* A^T is stored: pair p of every row comes from two stored rows; 16 pairs
+     * of 32 rows are made in order, then turned into the rows' order */
+    uint32_t t[TILE][2 * TILE];
+    for (int p0 = 0; p0 < (K + 1) / 2; p0 += TILE) {
+        int np = (K + 1) / 2 - p0 < TILE ? (K + 1) / 2 - p0 : TILE;
+        for (int q = 0; q < np; q++) {
+            int p = p0 + q;
+            const float *e = A + (size_t)(2 * p) * lda + r0, *o = e + lda;
+            if (2 * p + 1 < K && rows == 2 * TILE) {
+                _mm512_storeu_si512(t[q], pairs_of_rows(e, o));
+                _mm512_storeu_si512(t[q] + TILE, pairs_of_rows(e + TILE, o + TILE));
+            } else {
+                for (int r = 0; r < rows; r++)
+                    t[q][r] = pair(e[r], 2 * p + 1 < K ? o[r] : 0.0f);
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            for (int q = 0; q < np; q++)
+                dst[(size_t)r * w + p0 + q] = t[q][r];
+    }
+}
+
+/* All of op(B) (K x N) into tiles: tile (j, c) (columns 16j.., k 32c..) at
+ * dst + (j * nk + c) * 256 pairs, [p][n]; zeros past K and N. */
+static VEC void pack_b(uint32_t *dst, int tb, const float *B, int ldb, int N, int K, int kp, int np)
+{
+    int nk = kp / KC, full = K / 2;
+    memset(dst, 0, (size_t)kp / 2 * np * sizeof *dst);
+    /* pair p, column n: tile (n / 16, p / 16), row p % 16, column n % 16 */
+#define AT(p, n) (dst + ((size_t)((n) / TILE) * nk + (p) / TILE) * TILE * TILE + ((p) % TILE) * TILE + (n) % TILE)
+    if (tb) { /* B^T stored: column n of op(B) is a stored row */
+        for (int n = 0; n < N; n++) {
+            const float *b = B + (size_t)n * ldb;
+            for (int p = 0; p < full; p++)
+                *AT(p, n) = pair(b[2 * p], b[2 * p + 1]);
+            if (K & 1)
+                *AT(full, n) = pair(b[K - 1], 0.0f);
+        }
+        return;
+    }
+    for (int p = 0; p < (K + 1) / 2; p++) { /* two stored rows make a row of pairs */
+        const float *e = B + (size_t)(2 * p) * ldb, *o = e + ldb;
+        int n = 0;
+        if (2 * p + 1 < K)
+            for (; n + TILE <= N; n += TILE)
+                _mm512_storeu_si512(AT(p, n), pairs_of_rows(e + n, o + n));
+        for (; n < N; n++)
+            *AT(p, n) = pair(e[n], 2 * p + 1 < K ? o[n] : 0.0f);
+    }
+#undef AT
+}
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int amx_enable(char *why, size_t n)
+{
+    static int state; /* 0: not asked yet, 1: usable, -1: not */
+    static char reason[160];
+    unsigned a, b, c, d;
+    if (!state) {
+        const char *off = getenv("ANATOMY_NO_AMX");
+        if (off && *off && strcmp(off, "0") != 0) {
+            snprintf(reason, sizeof reason, "ANATOMY_NO_AMX is set");
+            state = -1;
+        } else if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) ||
+                   !(d & (1u << 24))) {
+            snprintf(reason, sizeof reason, "this CPU has no AMX-BF16 (Intel Sapphire Rapids or later)");
+            state = -1;
+        } else if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) {
+            snprintf(reason, sizeof reason, "the kernel refused the AMX tile registers "
+                                            "(arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)");
+            state = -1;
+        } else {
+            state = 1;
+        }
+    }
+    if (state < 0 && why)
+        snprintf(why, n, "%s", reason);
+    return state > 0 ? 0 : -1;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* C rows [r0, r0 + 32) and columns [c0, c0 + 32) from the staging block S. */
+static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M, int N, float beta)
+{
+    int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, cols = N - c0 < 2 * TILE ? N - c0 : 2 * TILE;
+    for (int r = 0; r < rows; r++) {
+        float *c = C + (size_t)(r0 + r) * ldc + c0;
+        const float *s = S + r * 2 * TILE;
+        if (beta == 0.0f)
+            for (int j = 0; j < cols; j++)
+                c[j] = s[j];
+        else if (beta == 1.0f)
+            for (int j = 0; j < cols; j++)
+                c[j] += s[j];
+        else
+            for (int j = 0; j < cols; j++)
+                c[j] = beta * c[j] + s[j];
+    }
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M, int N, int K,
+                                                             const float *A, int lda, const float *B,
+                                                             int ldb, float beta, float *C, int ldc,
+                                                             void *scratch)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) { /* an empty sum */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    int kp = padded_k(K), nc = panel_cols(N, K), nk = kp / KC, w = kp / 2;
+    uint32_t *bp = scratch;
+    uint32_t *ap = (uint32_t *)((char *)scratch + ALIGN_UP((size_t)kp * nc * 2, 64));
+    float *stage = (float *)((char *)ap + ALIGN_UP((size_t)2 * TILE * kp * 2, 64));
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = TILE;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    const size_t astride = (size_t)w * 4, tile_pairs = TILE * TILE;
+    for (int c0 = 0; c0 < N; c0 += nc) { /* a panel of columns */
+        int cols = N - c0 < nc ? N - c0 : nc, np = padded_n(cols);
+        pack_b(bp, tb, tb ? B + (size_t)c0 * ldb : B + c0, ldb, cols, K, kp, np);
+        for (int r0 = 0; r0 < M; r0 += 2 * TILE) {
+            pack_a(ap, ta, A, lda, r0, M, K, kp);
+            for (int j = 0; j < np / TILE; j += 2) {
+                const uint32_t *b0 = bp + (size_t)j * nk * tile_pairs, *b1 = b0 + (size_t)nk * tile_pairs;
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int c = 0; c < nk; c++) {
+                    _tile_loadd(4, ap + (size_t)c * TILE, astride);
+                    _tile_loadd(5, ap + (size_t)TILE * w + (size_t)c * TILE, astride);
+                    _tile_loadd(6, b0 + (size_t)c * tile_pairs, 64);
+                    _tile_loadd(7, b1 + (size_t)c * tile_pairs, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                int col = c0 + j * TILE;
+                if (beta == 0.0f && r0 + 2 * TILE <= M && col + 2 * TILE <= N) {
+                    /* a whole block that replaces C: straight in (the same bits) */
+                    float *cp = C + (size_t)r0 * ldc + col;
+                    size_t cs = (size_t)ldc * 4;
+                    _tile_stored(0, cp, cs);
+                    _tile_stored(1, cp + TILE, cs);
+                    _tile_stored(2, cp + (size_t)TILE * ldc, cs);
+                    _tile_stored(3, cp + (size_t)TILE * ldc + TILE, cs);
+                    continue;
+                }
+                _tile_stored(0, stage, 2 * TILE * 4);
+                _tile_stored(1, stage + TILE, 2 * TILE * 4);
+                _tile_stored(2, stage + TILE * 2 * TILE, 2 * TILE * 4);
+                _tile_stored(3, stage + TILE * 2 * TILE + TILE, 2 * TILE * 4);
+                write_back(C, ldc, stage, r0, col, M, N, beta);
+            }
+        }
+    }
+    _tile_release();
+}
+
+#else /* not x86-64 Linux */
+
+int amx_enable(char *why, size_t n)
+{
+    if (why)
+        snprintf(why, n, "AMX tiles exist on x86-64 Linux only");
+    return -1;
+}
+
+void amx_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc, void *scratch)
+{
+    (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb;
+    (void)beta, (void)C, (void)ldc, (void)scratch;
+}
+
+#endif
+
+#endif /* CPU_REAL_DOUBLE */

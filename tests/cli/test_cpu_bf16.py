@@ -1,0 +1,111 @@
+"""--precision bf16 on the CPU: the linear layers' matmuls in bf16 on AMX
+tiles (fp32 sums), everything else in fp32. Trains within design.md's bf16
+tolerance of the fp32 run (1e-2 on the losses), says what it does at start,
+gives the same bits on 1 and 2 threads, resumes bit for bit, and refuses
+with one line where the CPU has no AMX-BF16 (ANATOMY_NO_AMX stands in for
+such a CPU). ViT and patchts run through it too."""
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+STEP = re.compile(r"^step\s+\d+/\d+ \| loss (\S+) \| norm (\S+)", re.M)
+TINY = ["--preset", "d2", "--vocab-size", "256", "--max-seq", "64"]
+
+
+def ok(res):
+    rc, out, err = res
+    assert rc == 0, f"exit {rc}\nstderr: {err}\nstdout: {out[-2000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def amx(binary, tmp_path_factory):
+    """Whether this CPU runs bf16 matmuls; the reason when it does not."""
+    p = subprocess.run([binary, "info", "--preset", "d2", "--batch", "1", "--device", "cpu",
+                        "--precision", "bf16"], capture_output=True, text=True, timeout=60)
+    return p.returncode == 0, p.stderr.strip()
+
+
+def needs_amx(amx):
+    if not amx[0]:
+        pytest.skip(f"no AMX-BF16 on this CPU: {amx[1]}")
+
+
+def losses(out):
+    return [float(m[0]) for m in STEP.findall(out)]
+
+
+def test_bf16_trains_within_tolerance_of_fp32(run, shard, tmp_path, amx):
+    needs_amx(amx)
+    args = ["train", *TINY, "--data", shard, "--batch", "4", "--seq", "64", "--steps", "10",
+            "--lr", "3e-3", "--seed", "3", "--device", "cpu"]
+    f = ok(run(*args, "--precision", "fp32"))
+    b = ok(run(*args, "--precision", "bf16", "--out", tmp_path / "b"))
+    assert re.search(r"^matmul: the linear layers in bf16 on AMX tiles", b, re.M), b
+    assert "cpu-bf16" in b and "matmul:" not in f
+    lf, lb = np.array(losses(f)), np.array(losses(b))
+    assert len(lf) == len(lb) == 10
+    rel = np.abs(lb - lf) / np.abs(lf)
+    # bf16 inputs differ from fp32 ones, so the curves must differ, by little
+    assert 0 < rel.max() < 1e-2, (lf, lb)
+    # the checkpoint holds fp32 weights and evaluates on the fp32 backend
+    ev = ok(run("eval", "--init", tmp_path / "b", "--data", shard, "--batch", "4", "--seq", "64",
+                "--batches", "2", "--device", "cpu"))
+    assert float(ev.split()[1]) > 0
+
+
+def test_bf16_threads_and_resume_are_exact(run, shard, tmp_path, amx):
+    """The bf16 matmuls split rows or columns between threads without
+    changing a bit; 8 steps equal 4, save, resume, 4 more."""
+    needs_amx(amx)
+    common = ["--data", shard, "--batch", "4", "--seq", "64", "--lr", "3e-3", "--seed", "5",
+              "--schedule", "constant", "--steps", "8", "--device", "cpu", "--precision", "bf16"]
+    one = ok(run("train", *TINY, *common, "--threads", "1"))
+    two = ok(run("train", *TINY, *common, "--threads", "2", "--ckpt-every", "4",
+                 "--out", tmp_path / "full"))
+    assert STEP.findall(one) == STEP.findall(two)
+    res = ok(run("train", "--resume", tmp_path / "full" / "step_000004.safetensors", *common,
+                 "--threads", "2", "--out", tmp_path / "res"))
+    assert STEP.findall(res) == STEP.findall(two)[4:]
+    a = load_file(str(tmp_path / "full" / "step_000008.safetensors"))
+    b = load_file(str(tmp_path / "res" / "step_000008.safetensors"))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_bf16_vit(run, tmp_path, amx):
+    """A ViT on random IDX images: the patch embedding, blocks and head in
+    bf16, losses within 1e-2 of fp32's."""
+    needs_amx(amx)
+    from test_images_cli import pair
+    d = pair(tmp_path, n=64)
+    args = ["train", "--model", "vit", "--preset", "vit-mnist-tiny", "--data", d, "--batch", "16",
+            "--steps", "6",
+            "--lr", "1e-3", "--seed", "2", "--device", "cpu"]
+    lf = np.array(losses(ok(run(*args, "--precision", "fp32"))))
+    lb = np.array(losses(ok(run(*args, "--precision", "bf16"))))
+    assert len(lf) == len(lb) == 6
+    assert np.abs(lb - lf).max() / np.abs(lf).max() < 1e-2, (lf, lb)
+
+
+def test_bf16_without_amx_is_one_line(binary, shard):
+    """Where the CPU has no AMX-BF16 (ANATOMY_NO_AMX set), --precision bf16
+    on the CPU stops before anything runs, naming the option and the reason;
+    fp32 still runs."""
+    env = dict(os.environ, ANATOMY_NO_AMX="1", OMP_NUM_THREADS="2")
+    args = [binary, "train", *TINY, "--data", str(shard), "--batch", "2", "--seq", "16",
+            "--steps", "1", "--device", "cpu"]
+    p = subprocess.run(args + ["--precision", "bf16"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("anatomy: error: --precision bf16 --device cpu:"), lines
+    assert "AMX-BF16" in lines[0] and "ANATOMY_NO_AMX" in lines[0], lines
+    assert "step" not in p.stdout
+    p = subprocess.run(args + ["--precision", "fp32"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr

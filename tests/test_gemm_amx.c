@@ -1,0 +1,219 @@
+/* test_gemm_amx.c: the AMX bf16 matmul (kernels/cpu/gemm_amx.c) against a
+ * double-precision product of the same bf16-rounded inputs, and the CPU
+ * backend that runs its linear layers on it (backend_cpu_bf16_create)
+ * against the fp32 backend. On a CPU without AMX-BF16 (or with
+ * ANATOMY_NO_AMX set) the suite checks that both refuse with a reason, and
+ * says that the products were not run. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../kernels/cpu/gemm_amx.h"
+#include "../kernels/ops.h"
+#include "testrand.h"
+
+static int have_amx;
+
+/* x rounded to bf16, to nearest even (what the kernel feeds the tiles) */
+static double bf16_round(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static float *randm(size_t n, double scale)
+{
+    float *x = xmalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(scale * nrand());
+    return x;
+}
+
+static void *scratch_for(int M, int N, int K)
+{
+    size_t n = (amx_gemm_scratch(M, N, K) + 63) / 64 * 64;
+    void *p = aligned_alloc(64, n);
+    ck_assert_ptr_nonnull(p);
+    memset(p, 0xff, n); /* NaN bytes: the kernel must not read what it did not write */
+    return p;
+}
+
+/* C = beta C + op(A) op(B) for one random shape and layout: every element
+ * within the fp32 summation bound of the exact product of the rounded
+ * inputs; further from the unrounded product (the rounding happened); with
+ * leading dimensions wider than the matrices, whose gaps stay untouched. */
+static void check_shape(int ta, int tb, int M, int N, int K, float beta)
+{
+    int lda = (ta ? M : K) + irand(3), ldb = (tb ? K : N) + irand(3), ldc = N + irand(3);
+    float *A = randm((size_t)(ta ? K : M) * lda, 1.0), *B = randm((size_t)(tb ? N : K) * ldb, 1.0);
+    float *C = randm((size_t)M * ldc, 1.0), *C0 = xmalloc((size_t)M * ldc * sizeof *C0);
+    memcpy(C0, C, (size_t)M * ldc * sizeof *C);
+    void *scr = scratch_for(M, N, K);
+    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, scr);
+    double worst = 0, unrounded = 0;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < ldc; j++) {
+            size_t at = (size_t)i * ldc + j;
+            if (j >= N) {
+                ck_assert_msg(memcmp(&C[at], &C0[at], sizeof *C) == 0,
+                              "C[%d][%d] beside the matrix (ldc %d) was written", i, j, ldc);
+                continue;
+            }
+            double s = 0, sa = 0, exact = 0;
+            for (int k = 0; k < K; k++) {
+                float a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                s += bf16_round(a) * bf16_round(b);
+                sa += fabs(bf16_round(a) * bf16_round(b));
+                exact += (double)a * b;
+            }
+            double base = beta == 0.0f ? 0.0 : (double)beta * C0[at];
+            double want = base + s, bound = (K + 2) * ldexp(1.0, -24) * (sa + fabs(base)) + 1e-30;
+            double e = fabs(C[at] - want) / bound;
+            ck_assert_msg(e <= 1.0,
+                          "ta %d tb %d %dx%dx%d beta %g: C[%d][%d] = %.9g, want %.9g (%.2f of the fp32 bound)",
+                          ta, tb, M, N, K, beta, i, j, C[at], want, e);
+            worst = e > worst ? e : worst;
+            unrounded = fmax(unrounded, fabs(C[at] - base - exact) / (sa + 1e-30));
+        }
+    }
+    /* bf16 keeps 8 bits: products of rounded inputs stray by ~2^-9 of their size */
+    if (K >= 8)
+        ck_assert_msg(unrounded > 1e-5, "ta %d tb %d %dx%dx%d: within %.2g of the unrounded product: were "
+                      "the inputs rounded to bf16?", ta, tb, M, N, K, unrounded);
+    free(A), free(B), free(C), free(C0), free(scr);
+}
+
+START_TEST(test_amx_gemm_shapes)
+{
+    seed("amx_gemm_shapes", _i);
+    if (!have_amx)
+        return;
+    int ta = _i & 1, tb = _i >> 1 & 1;
+    /* edges of every kind: 1, under a tile, tile and a bit, odd K */
+    const int small[][3] = { { 1, 1, 1 }, { 1, 17, 3 }, { 33, 1, 65 }, { 16, 16, 32 }, { 31, 33, 31 },
+                             { 47, 70, 100 }, { 64, 64, 64 } };
+    for (size_t s = 0; s < sizeof small / sizeof small[0]; s++)
+        check_shape(ta, tb, small[s][0], small[s][1], small[s][2], 0.0f);
+    check_shape(ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 1.0f);
+    check_shape(ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 0.5f);
+    /* K of 1000 makes panels of 512 columns: three of them here */
+    check_shape(ta, tb, 40, 1100, 1000, irand(2) ? 1.0f : 0.0f);
+}
+END_TEST
+
+/* Splitting M or N between calls (as the backend's threads do) gives the
+ * same bits as one call, for beta 0 and 1. */
+START_TEST(test_amx_gemm_split_is_exact)
+{
+    seed("amx_gemm_split", _i);
+    if (!have_amx)
+        return;
+    int ta = irand(2), tb = irand(2), M = 64 + irand(100), N = 64 + irand(100), K = 1 + irand(300);
+    float beta = (float)(_i & 1);
+    int lda = ta ? M : K, ldb = tb ? K : N;
+    float *A = randm((size_t)M * K, 1.0), *B = randm((size_t)K * N, 1.0), *C = randm((size_t)M * N, 1.0);
+    float *one = xmalloc((size_t)M * N * sizeof *one), *two = xmalloc((size_t)M * N * sizeof *two);
+    memcpy(one, C, (size_t)M * N * sizeof *C);
+    memcpy(two, C, (size_t)M * N * sizeof *C);
+    void *scr = scratch_for(M, N, K);
+    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, one, N, scr);
+    int cut = 1 + irand((_i >> 1 ? M : N) - 1);
+    if (_i >> 1) { /* rows [0, cut) and [cut, M) */
+        amx_gemm(ta, tb, cut, N, K, A, lda, B, ldb, beta, two, N, scr);
+        amx_gemm(ta, tb, M - cut, N, K, ta ? A + cut : A + (size_t)cut * lda, lda, B, ldb, beta,
+                 two + (size_t)cut * N, N, scr);
+    } else { /* columns [0, cut) and [cut, N) */
+        amx_gemm(ta, tb, M, cut, K, A, lda, B, ldb, beta, two, N, scr);
+        amx_gemm(ta, tb, M, N - cut, K, A, lda, tb ? B + (size_t)cut * ldb : B + cut, ldb, beta,
+                 two + cut, N, scr);
+    }
+    ck_assert_msg(memcmp(one, two, (size_t)M * N * sizeof *one) == 0,
+                  "split at %s %d of %dx%dx%d (ta %d tb %d beta %g) changed bits", _i >> 1 ? "row" : "column",
+                  cut, M, N, K, ta, tb, beta);
+    free(A), free(B), free(C), free(one), free(two), free(scr);
+}
+END_TEST
+
+/* The backend: matmul forward and backward of cpu-bf16 against cpu (fp32)
+ * within bf16's error (inputs rounded to 8 bits: about 2^-9 of the terms'
+ * size, shrinking as sqrt(K) for random signs), bit-identical with 1 and 2
+ * threads; without AMX the constructor refuses with the reason. */
+START_TEST(test_backend_bf16_matmuls)
+{
+    seed("backend_bf16", 0);
+    char err[256] = "";
+    backend *hb = backend_cpu_bf16_create(2, err);
+    if (!have_amx) {
+        ck_assert_msg(hb == NULL && strstr(err, "AMX-BF16"), "without AMX: backend %p, err '%s'",
+                      (void *)hb, err);
+        return;
+    }
+    ck_assert_msg(hb != NULL, "cpu-bf16: %s", err);
+    backend *h1 = backend_cpu_bf16_create(1, err), *f = backend_cpu_create(2, err);
+    ck_assert_ptr_nonnull(h1);
+    ck_assert_str_eq(hb->name, "cpu-bf16");
+    const int N = 300, IC = 96, OC = 160;
+    float *x = randm((size_t)N * IC, 1.0), *w = randm((size_t)OC * IC, 0.1), *b = randm(OC, 0.1);
+    float *dy = randm((size_t)N * OC, 1.0);
+    float *out[3], *dx[3], *dw[3], *db[3];
+    backend *bes[3] = { f, hb, h1 };
+    for (int k = 0; k < 3; k++) {
+        out[k] = xmalloc((size_t)N * OC * 4), dx[k] = xmalloc((size_t)N * IC * 4);
+        dw[k] = xmalloc((size_t)OC * IC * 4), db[k] = xmalloc((size_t)OC * 4);
+        memset(dx[k], 0, (size_t)N * IC * 4), memset(dw[k], 0, (size_t)OC * IC * 4);
+        memset(db[k], 0, (size_t)OC * 4);
+        bes[k]->matmul_forward(bes[k], out[k], x, w, b, N, IC, OC);
+        bes[k]->matmul_backward(bes[k], dx[k], dw[k], db[k], dy, x, w, N, IC, OC, GRAD_ADD);
+    }
+    struct { const char *name; float **v; size_t n; } t[] = {
+        { "out", out, (size_t)N * OC }, { "dinp", dx, (size_t)N * IC }, { "dweight", dw, (size_t)OC * IC },
+    };
+    for (int q = 0; q < 3; q++) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < t[q].n; i++) {
+            num += ((double)t[q].v[1][i] - t[q].v[0][i]) * ((double)t[q].v[1][i] - t[q].v[0][i]);
+            den += (double)t[q].v[0][i] * t[q].v[0][i];
+        }
+        double rel = sqrt(num / den);
+        ck_assert_msg(rel < 1e-2 && rel > 1e-5, "%s: bf16 matmuls %.3g (rel L2) from fp32's", t[q].name, rel);
+        ck_assert_msg(memcmp(t[q].v[1], t[q].v[2], t[q].n * 4) == 0, "%s: 2 threads differ from 1", t[q].name);
+    }
+    ck_assert_msg(memcmp(db[0], db[1], OC * 4) == 0, "dbias is a plain fp32 sum: it must not change");
+    for (int k = 0; k < 3; k++) {
+        free(out[k]), free(dx[k]), free(dw[k]), free(db[k]);
+        bes[k]->destroy(bes[k]);
+    }
+    free(x), free(w), free(b), free(dy);
+}
+END_TEST
+
+static Suite *amx_suite(void)
+{
+    Suite *s = suite_create("gemm_amx");
+    TCase *tc = tcase_create("amx");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_amx_gemm_shapes, 0, 4);
+    tcase_add_loop_test(tc, test_amx_gemm_split_is_exact, 0, 4);
+    tcase_add_test(tc, test_backend_bf16_matmuls);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    char why[200] = "";
+    test_seed_init("test_gemm_amx");
+    have_amx = amx_enable(why, sizeof why) == 0;
+    if (!have_amx)
+        printf("test_gemm_amx: no AMX here (%s): the products are not run; the refusals are checked\n",
+               why);
+    SRunner *sr = srunner_create(amx_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
