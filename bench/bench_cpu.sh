@@ -23,6 +23,10 @@
 #   OURS_TORCH=0 leave out bench/torch_gpt2_step.py
 #   ANCHORS=DIR  llm.c's folder (default ../shared/anchors/llm.c); none: skip it
 #   PYTHON       interpreter with torch, numpy, tiktoken (default python3)
+#   PRECISION=bf16  anatomy --precision bf16 (its linear layers' matmuls in
+#                bf16 on AMX tiles) and bench/torch_gpt2_step.py --autocast bf16
+#                (matmuls and attention in bf16); llm.c's trainer stays fp32 (it
+#                autocasts on CUDA only); default fp32 for all
 set -e
 bin=${1:-build/anatomy}
 steps=${STEPS:-6}
@@ -32,6 +36,12 @@ shapes=${SHAPES:-4x64 8x256}
 ours_torch=${OURS_TORCH:-1}
 rounds=${ROUNDS:-2}
 py=${PYTHON:-python3}
+precision=${PRECISION:-fp32}
+case $precision in
+fp32) autocast=none ;;
+bf16) autocast=bf16 ;;
+*) echo "bench_cpu.sh: PRECISION must be fp32 or bf16, got '$precision'" >&2; exit 2 ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 llmc=${ANCHORS:-}
 if [ -z "$llmc" ]; then
@@ -87,7 +97,8 @@ for s in $shapes; do
         tag="$s.$round"
         echo "== $preset, B $B, T $T, round $round/$rounds: anatomy ..."
         OMP_NUM_THREADS=$threads "$bin" train --preset "$preset" --data "$tmp/tokens.bin" \
-            --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" --out "$tmp/run$tag" \
+            --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" --device cpu \
+            --precision "$precision" --out "$tmp/run$tag" \
             >"$tmp/ours$tag.txt" 2>&1 || {
             echo "bench_cpu.sh: anatomy train failed:" >&2
             tail -5 "$tmp/ours$tag.txt" >&2
@@ -116,7 +127,8 @@ for s in $shapes; do
         else
             echo "== $preset, B $B, T $T, round $round/$rounds: bench/torch_gpt2_step.py ..."
             t=$(OMP_NUM_THREADS=$threads $py "$here/torch_gpt2_step.py" --data "$tmp/tokens.bin" \
-                --preset "$preset" --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" 2>&1 |
+                --preset "$preset" --batch "$B" --seq "$T" --steps "$steps" --threads "$threads" \
+                --autocast "$autocast" 2>&1 |
                 sed -n 's/^pytorch  *\([0-9.]*\) .*/\1/p')
             torch=$(best "$torch" "${t:-failed}")
         fi
@@ -126,10 +138,13 @@ for s in $shapes; do
 done
 
 echo
-echo "GPT-2 $preset (V 50257), fp32, forward + backward + AdamW, $threads threads each," \
+echo "GPT-2 $preset (V 50257), $precision, forward + backward + AdamW, $threads threads each," \
      "median ms/step of steps 3..$steps," \
      "the lower of $rounds rounds"
 echo "anatomy's BLAS: $blas"
+[ "$precision" = bf16 ] && echo "bf16: anatomy's linear layers on AMX tiles (attention fp32);" \
+    "PyTorch (ours) under torch.autocast bf16 (matmuls and attention; oneDNN); llm.c's" \
+    "trainer in fp32 (it autocasts on CUDA only)"
 echo "torch $($py -c 'import torch; print(torch.__version__, "BLAS:", "MKL" if torch.backends.mkl.is_available() else "?", "oneDNN:", torch.backends.mkldnn.is_available())' 2>/dev/null)"
 printf '%-9s %12s %18s %18s %12s %12s\n' "B x T" "anatomy ms" "llm.c PyTorch ms" "PyTorch(ours) ms" "x llm.c-py" "x ours-py"
 printf '%s' "$results" | while read -r B T ours rest; do

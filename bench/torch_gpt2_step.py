@@ -1,7 +1,8 @@
 """torch_gpt2_step.py: the PyTorch side of bench/bench_cpu.sh.
 
 Times training steps (forward + backward + AdamW) of a GPT-2 written here in
-plain PyTorch, fp32, on the CPU, the way a PyTorch user would write it
+plain PyTorch, fp32 (or with --autocast bf16, the forward under
+torch.autocast's bf16), on the CPU, the way a PyTorch user would write it
 (nn.Linear, F.layer_norm, F.scaled_dot_product_attention, F.gelu tanh,
 F.cross_entropy, torch.optim.AdamW with fused=False), and prints the median
 step time. With --ours-log it also reads anatomy's log.jsonl and prints both
@@ -103,7 +104,8 @@ def torch_bench(args):
         buf = tokens[s:s + B * T + 1]
         x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
         opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -144,6 +146,9 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="bf16: the forward under torch.autocast('cpu', bfloat16) (its matmuls and "
+                         "attention in bf16; weights, gradients and AdamW fp32)")
     args = ap.parse_args()
 
     if args.write_shard:
@@ -154,7 +159,8 @@ def main():
     tok = args.batch * args.seq
     ours = ours_from_log(args.ours_log) if args.ours_log else None
     t_ms, losses = torch_bench(args)
-    print(f"GPT-2 {args.preset} (V {args.vocab}), B {args.batch}, T {args.seq}, fp32, "
+    prec = "bf16 autocast" if args.autocast == "bf16" else "fp32"
+    print(f"GPT-2 {args.preset} (V {args.vocab}), B {args.batch}, T {args.seq}, {prec}, "
           f"{args.threads} threads, median of steps {WARMUP + 1}..{args.steps}")
     print(f"{'':10s} {'ms/step':>10s} {'tokens/s':>10s}")
     if ours:
