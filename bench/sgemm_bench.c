@@ -12,13 +12,20 @@
  * Row-major, alpha 1, beta 1 (the backend's ops accumulate). Shapes: d12's
  * forward matmuls (C = A B^T, weights [N, K]), the logits' backward
  * (dX = dY W: NN, dW = dY^T X: TN) at BT = 256 (B 4, T 64) and 2048 (B 8,
- * T 256). Best of REPS timed calls after a warm-up. */
+ * T 256). Best of REPS timed calls after a warm-up.
+ *
+ * LIBRARY "amx" times the CPU backend's own bf16 matmul instead
+ * (kernels/cpu/gemm_amx.c: inputs rounded to bf16, fp32 sums, on AMX tiles;
+ * --precision bf16), split the same way; it has no threads of its own, so
+ * its lib column is one thread. */
 #include <dlfcn.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "../kernels/cpu/gemm_amx.h"
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 }; /* CBLAS's enum values */
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
@@ -28,6 +35,29 @@ typedef char *(*corename_fn)(void);
 
 static sgemm_fn sgemm;
 static set_threads_fn set_threads;
+
+/* "amx": amx_gemm behind cblas_sgemm's signature, alpha 1 only, with each
+ * thread's scratch grown on demand (a thread touches only its own). */
+static void *amx_bufs[1024];
+static size_t amx_caps[1024];
+
+static void amx_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    (void)order, (void)alpha;
+    int t = omp_get_thread_num();
+    size_t need = (amx_gemm_scratch(M, N, K) + 63) / 64 * 64;
+    if (need > amx_caps[t]) {
+        free(amx_bufs[t]);
+        amx_bufs[t] = aligned_alloc(64, need);
+        amx_caps[t] = amx_bufs[t] ? need : 0;
+        if (!amx_bufs[t]) {
+            fprintf(stderr, "sgemm_bench: out of memory\n");
+            exit(1);
+        }
+    }
+    amx_gemm(ta == TRANS, tb == TRANS, M, N, K, A, lda, B, ldb, beta, C, ldc, amx_bufs[t]);
+}
 
 static double now(void)
 {
@@ -81,23 +111,35 @@ int main(int argc, char **argv)
     const char *prefix = argc > 2 ? argv[2] : "";
     int threads = argc > 3 ? atoi(argv[3]) : omp_get_max_threads();
     int reps = getenv("REPS") ? atoi(getenv("REPS")) : 3;
-    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
+    if (strcmp(argv[1], "amx") == 0) {
+        char why[200];
+        if (amx_enable(why, sizeof why)) {
+            fprintf(stderr, "sgemm_bench: amx: %s\n", why);
+            return 1;
+        }
+        sgemm = amx_sgemm;
+        printf("library amx: the CPU backend's bf16 matmul on AMX tiles (fp32 sums)\n");
+    }
+    void *h = sgemm ? NULL : dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!sgemm && !h) {
         fprintf(stderr, "sgemm_bench: %s\n", dlerror());
         return 1;
     }
-    sgemm = (sgemm_fn)sym(h, prefix, "cblas_sgemm");
+    if (h)
+        sgemm = (sgemm_fn)sym(h, prefix, "cblas_sgemm");
     if (!sgemm) {
         fprintf(stderr, "sgemm_bench: %s: no %scblas_sgemm\n", argv[1], prefix);
         return 1;
     }
     /* OpenBLAS, else BLIS */
-    set_threads = (set_threads_fn)sym(h, prefix, "openblas_set_num_threads");
-    if (!set_threads)
+    set_threads = h ? (set_threads_fn)sym(h, prefix, "openblas_set_num_threads") : NULL;
+    if (h && !set_threads)
         set_threads = (set_threads_fn)sym(h, prefix, "bli_thread_set_num_threads");
-    corename_fn core = (corename_fn)sym(h, prefix, "openblas_get_corename");
-    corename_fn config = (corename_fn)sym(h, prefix, "openblas_get_config");
-    if (!core) { /* BLIS: bli_arch_string(bli_arch_query_id()) */
+    corename_fn core = h ? (corename_fn)sym(h, prefix, "openblas_get_corename") : NULL;
+    corename_fn config = h ? (corename_fn)sym(h, prefix, "openblas_get_config") : NULL;
+    if (!h) {
+        /* amx: named above */
+    } else if (!core) { /* BLIS: bli_arch_string(bli_arch_query_id()) */
         int (*qid)(void) = (int (*)(void))sym(h, prefix, "bli_arch_query_id");
         const char *(*astr)(int) = (const char *(*)(int))sym(h, prefix, "bli_arch_string");
         const char *(*ver)(void) = (const char *(*)(void))sym(h, prefix, "bli_info_get_version_str");

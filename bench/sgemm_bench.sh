@@ -6,7 +6,8 @@
 #   Debian's libopenblas as it loads, and forced to its Prescott kernel (what
 #     0.3.21 falls back to on a CPU it does not know, e.g. family 6 model 207)
 #   BLIS (Debian's libblis4-openmp, if installed)
-#   PyTorch's CPU matmul (torch.mm, its own threads)
+#   anatomy's own bf16 matmul on AMX tiles (--precision bf16 on the CPU)
+#   PyTorch's CPU matmul (torch.mm, its own threads), fp32 and bf16
 #
 # usage: sh bench/sgemm_bench.sh [build/sgemm_bench]   (make bench-sgemm)
 #   THREADS=N (default: all cores), REPS=N timed calls per shape (default 3)
@@ -41,6 +42,7 @@ if [ -n "$blis" ]; then
 else
     echo "== BLIS: not installed (apt-get install libblis4-openmp)"
 fi
+run "anatomy's bf16 matmul on AMX tiles (--precision bf16 on the CPU; lib column: 1 thread)" amx ""
 echo "== PyTorch torch.mm ($threads threads; lib column only)"
 $py - "$threads" <<'EOF' || echo "   (failed)"
 import sys, time, torch
@@ -51,20 +53,23 @@ shapes = [("qkv      x W^T", 0, 1, None, 2304, 768), ("attproj  x W^T", 0, 1, No
           ("logits   x W^T", 0, 1, None, 50304, 768), ("dlogits  dY W", 0, 0, None, 768, 50304),
           ("dwte     dY^T X", 1, 0, 50304, 768, None)]
 print(f"{'BT':6s} {'matmul':16s} {'M':>6s} {'N':>6s} {'K':>6s} {'split GF/s':>12s} {'lib GF/s':>12s}")
-for bt in (256, 2048):
-    for what, ta, tb, m, n, k in shapes:
-        M, N, K = m or bt, n, k or bt
-        A = torch.rand(K, M) if ta else torch.rand(M, K)
-        B = torch.rand(N, K) if tb else torch.rand(K, N)
-        C = torch.zeros(M, N)
-        best = 1e30
-        for r in range(4):
-            t0 = time.perf_counter()
-            C.addmm_(A.t() if ta else A, B.t() if tb else B)
-            t = time.perf_counter() - t0
-            if r:
-                best = min(best, t)
-        print(f"{bt:<6d} {what:16s} {M:6d} {N:6d} {K:6d} {'-':>12s} {2 * M * N * K / best * 1e-9:12.1f}")
+for dt in (torch.float32, torch.bfloat16):
+    if dt == torch.bfloat16:
+        print("== PyTorch torch.mm in bf16 (oneDNN; AMX where the CPU has it; lib column only)")
+    for bt in (256, 2048):
+        for what, ta, tb, m, n, k in shapes:
+            M, N, K = m or bt, n, k or bt
+            A = (torch.rand(K, M) if ta else torch.rand(M, K)).to(dt)
+            B = (torch.rand(N, K) if tb else torch.rand(K, N)).to(dt)
+            C = torch.zeros(M, N, dtype=dt)
+            best = 1e30
+            for r in range(4):
+                t0 = time.perf_counter()
+                C.addmm_(A.t() if ta else A, B.t() if tb else B)
+                t = time.perf_counter() - t0
+                if r:
+                    best = min(best, t)
+            print(f"{bt:<6d} {what:16s} {M:6d} {N:6d} {K:6d} {'-':>12s} {2 * M * N * K / best * 1e-9:12.1f}")
 EOF
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')" \
      "(family $(grep -m1 '^cpu family' /proc/cpuinfo | sed 's/.*: //') model $(grep -m1 '^model[[:space:]]' /proc/cpuinfo | sed 's/.*: //')), $threads threads," \
