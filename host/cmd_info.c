@@ -31,6 +31,7 @@ static const char usage[] =
     "  --seq T              sequence length (default: the model's context, at most 1024)\n"
     "  --device D           cpu or cuda (default: cuda when this build has it, else cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
+    "                       (bf16 on cpu: the linear layers' matmuls on AMX tiles)\n"
     "  --world W            data-parallel ranks (default 1)\n"
     "  --zero 1             ZeRO stage 1: moments and master weights are 1/W per rank\n"
     "  --recompute          layernorm and GELU outputs recomputed in backward\n"

@@ -96,6 +96,7 @@ static const char usage[] =
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
     "  --device D           cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
+    "                       (bf16 on cpu: the linear layers' matmuls on AMX tiles)\n"
     "  --threads N          CPU threads (default: all cores, shared evenly by the ranks\n"
     "                       on a node when the launcher says how many there are)\n"
     "multi-process (data parallel; launched by mpirun, srun or torchrun-style variables):\n"
