@@ -65,10 +65,10 @@ typedef float real;
 typedef struct {
     backend be; /* first, so a backend * is a cpu_backend * */
     int threads; /* <= 0: OpenMP's default at each call */
-    real *att_buf; /* attention's score blocks, ATT_ROWS x T x 2 per thread */
-    size_t att_cap; /* reals in att_buf */
+    void *att_buf; /* attention's score blocks, ATT_ROWS x T x 2 reals per thread */
+    size_t att_cap; /* bytes in att_buf */
     int amx; /* the matmuls in bf16 on AMX tiles (backend_cpu_bf16_create) */
-    char *amx_buf; /* their packing scratch, one slice per part of a gemm */
+    void *amx_buf; /* their packing scratch, one slice per part of a gemm */
     size_t amx_cap; /* bytes in amx_buf */
 } cpu_backend;
 
@@ -338,6 +338,21 @@ static void cpu_destroy(backend *be)
     free(be);
 }
 
+/* *buf, grown (ALIGN-aligned) when a call needs more than its *cap bytes;
+ * NULL when out of memory, the old buffer kept. */
+static void *scratch_at_least(void **buf, size_t *cap, size_t bytes)
+{
+    if (bytes > *cap) {
+        void *p = aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
+        if (!p)
+            return NULL;
+        free(*buf);
+        *buf = p;
+        *cap = bytes;
+    }
+    return *buf;
+}
+
 /* ---- encoder ------------------------------------------------------------- */
 
 /* Token ids must lie in [0, Vp); a negative id (never a row of wte) adds
@@ -510,24 +525,6 @@ static void cpu_layernorm_backward(backend *be, void *dinp_, void *dweight_, voi
  * spinning against each other cost more than the matmuls on a small
  * machine; and each element is still summed by one call in a fixed order.
  * Shapes OpenBLAS would reject (a zero dimension) do nothing. */
-#ifndef CPU_REAL_DOUBLE
-/* The AMX matmuls' scratch: `parts` slices of `per` bytes, grown on first
- * use of a larger shape; NULL when out of memory (the BLAS runs instead). */
-static char *amx_scratch(cpu_backend *cb, int parts, size_t per)
-{
-    size_t need = per * (size_t)parts;
-    if (need > cb->amx_cap) {
-        char *p = aligned_alloc(64, (need + 63) / 64 * 64);
-        if (!p)
-            return NULL;
-        free(cb->amx_buf);
-        cb->amx_buf = p;
-        cb->amx_cap = need;
-    }
-    return cb->amx_buf;
-}
-#endif
-
 static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A, int lda,
                  const real *B, int ldb, real beta, real *Cm, int ldc)
 {
@@ -544,9 +541,9 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
     cpu_backend *cb = (cpu_backend *)be;
     char *scratch = NULL;
     size_t per = 0;
-    if (cb->amx) {
-        per = (amx_gemm_scratch(M, N, K) + 63) / 64 * 64;
-        scratch = amx_scratch(cb, parts, per);
+    if (cb->amx) { /* one slice per part; NULL (out of memory): the BLAS instead */
+        per = (amx_gemm_scratch(M, N, K) + ALIGN - 1) / ALIGN * ALIGN;
+        scratch = scratch_at_least(&cb->amx_buf, &cb->amx_cap, per * (size_t)parts);
     }
 #endif
 #pragma omp parallel for schedule(static) num_threads(parts)
@@ -836,17 +833,7 @@ static void att_block_forward(real *out, real *lse, const real *q, const real *k
 static real *att_scratch(backend *be, int threads, size_t per)
 {
     cpu_backend *cb = (cpu_backend *)be;
-    size_t need = per * (size_t)threads;
-    if (need > cb->att_cap) {
-        size_t bytes = (need * sizeof(real) + ALIGN - 1) / ALIGN * ALIGN;
-        real *p = aligned_alloc(ALIGN, bytes);
-        if (!p)
-            return NULL;
-        free(cb->att_buf);
-        cb->att_buf = p;
-        cb->att_cap = need;
-    }
-    return cb->att_buf;
+    return scratch_at_least(&cb->att_buf, &cb->att_cap, per * (size_t)threads * sizeof(real));
 }
 
 /* One (b, h): q, k, v point at the head's columns of row 0 and advance by

@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from test_behaviour import TINY, ok
+
 STEP = re.compile(r"^step\s+\d+/\d+ \| loss (\S+) \| norm (\S+)", re.M)
-TINY = ["--preset", "d2", "--vocab-size", "256", "--max-seq", "64"]
-
-
-def ok(res):
-    rc, out, err = res
-    assert rc == 0, f"exit {rc}\nstderr: {err}\nstdout: {out[-2000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")
