@@ -227,7 +227,7 @@ def test_vit_recipe_options(tmp_path):
     stub.chmod(0o755)
     env = dict(os.environ, FMNIST_DIR=str(tmp_path))
     for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL",
-              "WIDTH", "LAYERS", "HEADS"):
+              "WIDTH", "LAYERS", "HEADS", "PRECISION"):
         env.pop(k, None)
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
                        cwd=repo, env=env, capture_output=True, text=True, timeout=60)
@@ -240,6 +240,7 @@ def test_vit_recipe_options(tmp_path):
     assert opt["--label-smoothing"] == "0.1"
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
     assert "--width" not in got and "--layers" not in got and "--heads" not in got
+    assert opt["--precision"] == "fp32"
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
                        cwd=repo, env=dict(env, CROP_PAD="4", SEED="7"), capture_output=True,
                        text=True, timeout=60)
@@ -255,6 +256,14 @@ def test_vit_recipe_options(tmp_path):
                        text=True, timeout=60)
     got = args.read_text().split()
     assert got[got.index("--width") + 1] == "128" and got[got.index("--heads") + 1] == "8"
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
+                       cwd=repo, env=dict(env, PRECISION="bf16"), capture_output=True, text=True,
+                       timeout=60)
+    got = args.read_text().split()
+    assert got[got.index("--precision") + 1] == "bf16"
+    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
+                       env=dict(env, PRECISION="fp16"), capture_output=True, text=True, timeout=60)
+    assert q.returncode == 2 and "PRECISION" in q.stderr, q.stderr
     assert "--layers" not in got
     q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
                        env=dict(env, LAYERS="six"), capture_output=True, text=True, timeout=60)
