@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "../data/errbuf.h"
+#include "../kernels/cpu/gemm_amx.h"
 #include "cli.h"
 #include "memplan.h"
 #include "setup.h"
@@ -20,8 +21,8 @@ static const char usage[] =
     "count (padding excluded); for a training checkpoint (or run directory) its step,\n"
     "batch layout, seed and the last training and validation losses; then the BLAS of\n"
     "the CPU backend: library, version, the kernel it chose for this CPU, threads\n"
-    "(OMP_NUM_THREADS, else all cores), and the file it was loaded from. With no model,\n"
-    "only the BLAS.\n"
+    "(OMP_NUM_THREADS, else all cores), the file it was loaded from, and whether this\n"
+    "CPU has AMX-BF16 for --precision bf16. With no model, only the BLAS.\n"
     "  --views   also list every parameter tensor with its shape and offset\n"
     "memory plan (with --batch): the device memory each rank of `anatomy train` with\n"
     "these options will allocate, by category (parameters, gradients, master weights,\n"
@@ -44,6 +45,10 @@ static void print_blas(void)
     char buf[256];
     printf("%-12s %s\n", "blas", blas_describe(0, buf, sizeof buf));
     printf("%-12s %s\n", "blas library", blas_library_path());
+    if (amx_enable(buf, sizeof buf) == 0)
+        printf("%-12s AMX-BF16 tiles (--device cpu --precision bf16)\n", "bf16 matmul");
+    else
+        printf("%-12s none: %s (--precision bf16 is CUDA's only)\n", "bf16 matmul", buf);
 }
 
 /* n with thousands separators, in buf. */

@@ -55,6 +55,10 @@ def test_info_names_blas_version_kernel_threads(clean):
     assert int(threads) == 2, out  # OMP_NUM_THREADS
     assert build in ("scipy-openblas32", "libopenblas"), out
     assert re.search(r"^blas library\s+/\S+", out, re.M), out
+    # whether --precision bf16 runs on this CPU, and why not when it does not
+    assert re.search(r"^bf16 matmul\s+(AMX-BF16 tiles|none: )", out, re.M), out
+    rc, off, err = clean("info", ANATOMY_NO_AMX="1")
+    assert re.search(r"^bf16 matmul\s+none: ANATOMY_NO_AMX is set", off, re.M), off
     # with a model too, after its parameter count
     rc, out, err = clean("info", "--preset", "d2")
     assert rc == 0 and BLAS.search(out), out
