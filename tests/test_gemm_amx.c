@@ -102,6 +102,8 @@ START_TEST(test_amx_gemm_shapes)
     check_shape(ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 0.5f);
     /* K of 1000 makes panels of 512 columns: three of them here */
     check_shape(ta, tb, 40, 1100, 1000, irand(2) ? 1.0f : 0.0f);
+    /* K past 2048 is summed in blocks, C accumulating between them */
+    check_shape(ta, tb, 35, 40, 2049 + irand(3000), irand(2) ? 1.0f : 0.0f);
 }
 END_TEST
 

@@ -10,8 +10,9 @@
  *
  * Blocking: 32 x 32 of C at a time in tiles 0-3, from two A tiles (4, 5:
  * rows 0-15 and 16-31) and two B tiles (6, 7: columns 0-15 and 16-31), four
- * products per two loads of each. op(B) is packed a panel of columns at a
- * time (about 1 MiB of bf16, to stay in L2), then op(A) 32 rows at a time,
+ * products per two loads of each. K goes in blocks of up to 2048, C
+ * accumulating between them; in each, op(B) is packed a panel of columns at
+ * a time (about 1 MiB of bf16, to stay in L2), then op(A) 32 rows at a time,
  * each reused across the panel's columns.
  * A 32 x 32 block of C leaves through a staging tile buffer, which is where
  * beta and the edges are applied.
@@ -40,7 +41,12 @@
 #define KC 32              /* k per tile (16 pairs) */
 #define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
 
-static int padded_k(int K) { return ALIGN_UP(K, KC); }
+/* K is summed in blocks of at most KBLOCK (C accumulates between them), so
+ * that a packed panel of B keeps a useful number of columns in L2 however
+ * long K is (the logits' backward has K = V = 50,304). */
+#define KBLOCK 2048
+
+static int padded_k(int K) { return ALIGN_UP(K < KBLOCK ? K : KBLOCK, KC); }
 static int padded_n(int N) { return ALIGN_UP(N, 2 * TILE); }
 
 /* Columns of op(B) packed at a time: a panel of about PANEL_BYTES of bf16,
@@ -219,31 +225,17 @@ static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M,
     }
 }
 
-__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M, int N, int K,
-                                                             const float *A, int lda, const float *B,
-                                                             int ldb, float beta, float *C, int ldc,
-                                                             void *scratch)
+/* amx_gemm for K <= KBLOCK, the tiles configured. */
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int tb, int M, int N,
+                                                                      int K, const float *A, int lda,
+                                                                      const float *B, int ldb,
+                                                                      float beta, float *C, int ldc,
+                                                                      void *scratch)
 {
-    if (M <= 0 || N <= 0)
-        return;
-    if (K <= 0) { /* an empty sum */
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++)
-                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
-        return;
-    }
     int kp = padded_k(K), nc = panel_cols(N, K), nk = kp / KC, w = kp / 2;
     uint32_t *bp = scratch;
     uint32_t *ap = (uint32_t *)((char *)scratch + ALIGN_UP((size_t)kp * nc * 2, 64));
     float *stage = (float *)((char *)ap + ALIGN_UP((size_t)2 * TILE * kp * 2, 64));
-    tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = TILE;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
     const size_t astride = (size_t)w * 4, tile_pairs = TILE * TILE;
     for (int c0 = 0; c0 < N; c0 += nc) { /* a panel of columns */
         int cols = N - c0 < nc ? N - c0 : nc, np = padded_n(cols);
@@ -285,6 +277,33 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M
             }
         }
     }
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M, int N, int K,
+                                                             const float *A, int lda, const float *B,
+                                                             int ldb, float beta, float *C, int ldc,
+                                                             void *scratch)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) { /* an empty sum */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = TILE;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    for (int k0 = 0; k0 < K; k0 += KBLOCK) /* then C holds the sum so far: beta 1 */
+        amx_kblock(ta, tb, M, N, K - k0 < KBLOCK ? K - k0 : KBLOCK,
+                   ta ? A + (size_t)k0 * lda : A + k0, lda, tb ? B + k0 : B + (size_t)k0 * ldb, ldb,
+                   k0 ? 1.0f : beta, C, ldc, scratch);
     _tile_release();
 }
 
