@@ -229,10 +229,16 @@ def test_vit_recipe_options(tmp_path):
     for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL",
               "WIDTH", "LAYERS", "HEADS", "PRECISION"):
         env.pop(k, None)
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
-                       cwd=repo, env=env, capture_output=True, text=True, timeout=60)
-    assert q.returncode != 0
-    got = args.read_text().split()
+    def recipe(epochs="3", **extra):
+        """The script's status and stderr, and the arguments it gave the trainer."""
+        args.write_text("")
+        q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), epochs,
+                            str(tmp_path / "o")], cwd=repo, env=dict(env, **extra),
+                           capture_output=True, text=True, timeout=60)
+        return q.returncode, q.stderr, args.read_text().split()
+
+    rc, _, got = recipe()
+    assert rc != 0
     opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
     assert opt["--preset"] == "vit-mnist-p4" and opt["--crop-pad"] == "0" and opt["--flip"] == "1"
     assert opt["--dropout"] == "0" and opt["--pool"] == "cls"
@@ -241,36 +247,17 @@ def test_vit_recipe_options(tmp_path):
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
     assert "--width" not in got and "--layers" not in got and "--heads" not in got
     assert opt["--precision"] == "fp32"
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
-                       cwd=repo, env=dict(env, CROP_PAD="4", SEED="7"), capture_output=True,
-                       text=True, timeout=60)
-    got = args.read_text().split()
-    assert got[got.index("--crop-pad") + 1] == "4" and got[got.index("--seed") + 1] == "7"
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
-                       cwd=repo, env=dict(env, POOL="mean"), capture_output=True, text=True,
-                       timeout=60)
-    got = args.read_text().split()
-    assert got[got.index("--pool") + 1] == "mean"
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
-                       cwd=repo, env=dict(env, WIDTH="128", HEADS="8"), capture_output=True,
-                       text=True, timeout=60)
-    got = args.read_text().split()
-    assert got[got.index("--width") + 1] == "128" and got[got.index("--heads") + 1] == "8"
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3", str(tmp_path / "o")],
-                       cwd=repo, env=dict(env, PRECISION="bf16"), capture_output=True, text=True,
-                       timeout=60)
-    got = args.read_text().split()
-    assert got[got.index("--precision") + 1] == "bf16"
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
-                       env=dict(env, PRECISION="fp16"), capture_output=True, text=True, timeout=60)
-    assert q.returncode == 2 and "PRECISION" in q.stderr, q.stderr
-    assert "--layers" not in got
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
-                       env=dict(env, LAYERS="six"), capture_output=True, text=True, timeout=60)
-    assert q.returncode == 2 and "LAYERS" in q.stderr, q.stderr
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "3"], cwd=repo,
-                       env=dict(env, POOL="max"), capture_output=True, text=True, timeout=60)
-    assert q.returncode == 2 and "POOL" in q.stderr, q.stderr
-    q = subprocess.run(["sh", "bench/vit_fmnist_recipe.sh", str(stub), "many"], cwd=repo, env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert q.returncode == 2 and "EPOCHS" in q.stderr, q.stderr
+    for extra, want in (({"CROP_PAD": "4", "SEED": "7"}, {"--crop-pad": "4", "--seed": "7"}),
+                        ({"POOL": "mean"}, {"--pool": "mean"}),
+                        ({"WIDTH": "128", "HEADS": "8"}, {"--width": "128", "--heads": "8"}),
+                        ({"PRECISION": "bf16"}, {"--precision": "bf16"})):
+        rc, _, got = recipe(**extra)
+        for k, v in want.items():
+            assert got[got.index(k) + 1] == v, (extra, got)
+        assert "--layers" not in got, (extra, got)
+    for epochs, extra, name in (("3", {"PRECISION": "fp16"}, "PRECISION"),
+                                ("3", {"LAYERS": "six"}, "LAYERS"),
+                                ("3", {"POOL": "max"}, "POOL"),
+                                ("many", {}, "EPOCHS")):
+        rc, err, got = recipe(epochs, **extra)
+        assert rc == 2 and name in err and not got, (extra, err)
