@@ -78,6 +78,11 @@ def test_info_tells_where_a_run_stands(run, shard, tmp_path):
     assert re.search(r"^losses\s+not recorded", info, re.M), info
     save_file(t, str(tmp_path / "bad.safetensors"), metadata=dict(old, loss="nan?"))
     fails(run("info", "--init", tmp_path / "bad.safetensors"), "bad.safetensors", "'loss'")
+    # a resume reads the last validation back: a malformed one stops it in one line
+    save_file(t, str(tmp_path / "badval.safetensors"),
+              metadata=dict(meta, val_step="four"))
+    fails(run("train", "--resume", tmp_path / "badval.safetensors", *common, "--steps", "6"),
+          "badval.safetensors", "'val_step'")
 
 
 def _same_checkpoints(a, b):
