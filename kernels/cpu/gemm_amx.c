@@ -98,12 +98,42 @@ static inline VEC __m512i pairs_of_rows(const float *e, const float *o)
     return _mm512_permutexvar_epi16(idx, v);
 }
 
+/* The 16 x 16 matrix of 32-bit words in v[0..15] (v[i] its row i) transposed
+ * in place: pairs within 128-bit lanes, then quads, then the lanes. */
+static inline VEC void transpose16(__m512i v[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* v[i + j], lane L: rows i..i+3 of column 4L + j */
+        v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512i s0 = _mm512_shuffle_i32x4(v[j], v[4 + j], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512i s1 = _mm512_shuffle_i32x4(v[j], v[4 + j], _MM_SHUFFLE(3, 1, 3, 1));
+        __m512i s2 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512i s3 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], _MM_SHUFFLE(3, 1, 3, 1));
+        t[j] = _mm512_shuffle_i32x4(s0, s2, _MM_SHUFFLE(2, 0, 2, 0));
+        t[8 + j] = _mm512_shuffle_i32x4(s0, s2, _MM_SHUFFLE(3, 1, 3, 1));
+        t[4 + j] = _mm512_shuffle_i32x4(s1, s3, _MM_SHUFFLE(2, 0, 2, 0));
+        t[12 + j] = _mm512_shuffle_i32x4(s1, s3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    for (int i = 0; i < 16; i++)
+        v[i] = t[i];
+}
+
 /* Rows [r0, r0 + 32) of op(A) (M x K) into dst[32][kp / 2] pairs, zeros past
  * M and K. */
 static VEC void pack_a(uint32_t *dst, int ta, const float *A, int lda, int r0, int M, int K, int kp)
 {
     int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, w = kp / 2, full = K / 2;
-    memset(dst, 0, (size_t)2 * TILE * w * sizeof *dst);
+    if (rows < 2 * TILE || K < kp) /* else every word is written below */
+        memset(dst, 0, (size_t)2 * TILE * w * sizeof *dst);
     if (!ta) {
         for (int r = 0; r < rows; r++) {
             const float *a = A + (size_t)(r0 + r) * lda;
@@ -118,25 +148,30 @@ static VEC void pack_a(uint32_t *dst, int ta, const float *A, int lda, int r0, i
         }
         return;
     }
-    /* A^T is stored: pair p of every row comes from two stored rows; 16 pairs
-     * of 32 rows are made in order, then turned into the rows' order */
-    uint32_t t[TILE][2 * TILE];
-    for (int p0 = 0; p0 < (K + 1) / 2; p0 += TILE) {
-        int np = (K + 1) / 2 - p0 < TILE ? (K + 1) / 2 - p0 : TILE;
-        for (int q = 0; q < np; q++) {
-            int p = p0 + q;
-            const float *e = A + (size_t)(2 * p) * lda + r0, *o = e + lda;
-            if (2 * p + 1 < K && rows == 2 * TILE) {
-                _mm512_storeu_si512(t[q], pairs_of_rows(e, o));
-                _mm512_storeu_si512(t[q] + TILE, pairs_of_rows(e + TILE, o + TILE));
-            } else {
-                for (int r = 0; r < rows; r++)
-                    t[q][r] = pair(e[r], 2 * p + 1 < K ? o[r] : 0.0f);
+    /* A^T is stored: pair p of every row comes from two stored rows. 16 pairs
+     * of 32 rows are made in order (pairs_of_rows), then turned into the
+     * rows' order: two 16 x 16 transposes when the block is whole, else one
+     * word at a time */
+    int p0 = 0;
+    if (rows == 2 * TILE)
+        for (; p0 + TILE <= full; p0 += TILE) {
+            __m512i lo[TILE], hi[TILE];
+            for (int q = 0; q < TILE; q++) {
+                const float *e = A + (size_t)(2 * (p0 + q)) * lda + r0, *o = e + lda;
+                lo[q] = pairs_of_rows(e, o);
+                hi[q] = pairs_of_rows(e + TILE, o + TILE);
+            }
+            transpose16(lo);
+            transpose16(hi);
+            for (int r = 0; r < TILE; r++) {
+                _mm512_storeu_si512(dst + (size_t)r * w + p0, lo[r]);
+                _mm512_storeu_si512(dst + (size_t)(TILE + r) * w + p0, hi[r]);
             }
         }
+    for (int p = p0; p < (K + 1) / 2; p++) {
+        const float *e = A + (size_t)(2 * p) * lda + r0, *o = e + lda;
         for (int r = 0; r < rows; r++)
-            for (int q = 0; q < np; q++)
-                dst[(size_t)r * w + p0 + q] = t[q][r];
+            dst[(size_t)r * w + p] = pair(e[r], 2 * p + 1 < K ? o[r] : 0.0f);
     }
 }
 
@@ -145,7 +180,8 @@ static VEC void pack_a(uint32_t *dst, int ta, const float *A, int lda, int r0, i
 static VEC void pack_b(uint32_t *dst, int tb, const float *B, int ldb, int N, int K, int kp, int np)
 {
     int nk = kp / KC, full = K / 2;
-    memset(dst, 0, (size_t)kp / 2 * np * sizeof *dst);
+    if (N < np || K < kp) /* else every word is written below */
+        memset(dst, 0, (size_t)kp / 2 * np * sizeof *dst);
     /* pair p, column n: tile (n / 16, p / 16), row p % 16, column n % 16 */
 #define AT(p, n) (dst + ((size_t)((n) / TILE) * nk + (p) / TILE) * TILE * TILE + ((p) % TILE) * TILE + (n) % TILE)
     if (tb) { /* B^T stored: column n of op(B) is a stored row */
