@@ -295,6 +295,11 @@ int cmd_eval(int argc, char **argv)
            batches * B * T, B, T);
     for (int k = 0; m->metrics && k < m->nmetrics; k++)
         printf("%s %.6f\n", m->metric_names[k], counts[k] ? sums[k] / counts[k] : 0.0);
+    /* last, so that the figures keep their lines: what produced them (a bf16
+     * backend's accuracy is not fp32's) */
+    printf("evaluated %s (%zu parameters) on %s, %s activations%s, split %s\n", m->family,
+           m->nparams_real, be->name, dtype_name(be->act),
+           strcmp(be->name, "cpu-bf16") == 0 ? ", linear layers' matmuls in bf16" : "", split);
     bs->close(bs);
     m->destroy(m);
     be->destroy(be);

@@ -247,7 +247,8 @@ def test_sample_and_eval_run(run, shard, tmp_path):
     ck = _ckpt(run, shard, tmp_path)
     out = ok(run("eval", "--init", ck, "--data", shard, "--batch", "2", "--seq", "16",
                  "--batches", "3"))
-    assert re.fullmatch(r"loss \d+\.\d{6}\naveraged over 3 batches, 96 tokens \(2 x 16 each\)\n",
+    assert re.fullmatch(r"loss \d+\.\d{6}\naveraged over 3 batches, 96 tokens \(2 x 16 each\)\n"
+                        r"evaluated gpt2 \(\d+ parameters\) on cpu, fp32 activations, split test\n",
                         out), out
     assert abs(float(out.split()[1]) - np.log(256)) < 0.5
     # bytes as tokens: the sample is raw bytes, not necessarily UTF-8

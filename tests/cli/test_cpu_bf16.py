@@ -48,9 +48,13 @@ def test_bf16_trains_within_tolerance_of_fp32(run, shard, tmp_path, amx):
     # bf16 inputs differ from fp32 ones, so the curves must differ, by little
     assert 0 < rel.max() < 1e-2, (lf, lb)
     # the checkpoint holds fp32 weights and evaluates on the fp32 backend
-    ev = ok(run("eval", "--init", tmp_path / "b", "--data", shard, "--batch", "4", "--seq", "64",
-                "--batches", "2", "--device", "cpu"))
-    assert float(ev.split()[1]) > 0
+    ev = [ok(run("eval", "--init", tmp_path / "b", "--data", shard, "--batch", "4", "--seq", "64",
+                 "--batches", "2", "--device", "cpu", "--precision", p)) for p in ("fp32", "bf16")]
+    for out in ev:
+        assert float(out.split()[1]) > 0
+    # the last line says what produced the figures
+    assert ev[0].splitlines()[-1].startswith("evaluated gpt2 (") and " on cpu, fp32 " in ev[0], ev[0]
+    assert " on cpu-bf16, fp32 activations, linear layers' matmuls in bf16, split test" in ev[1], ev[1]
 
 
 def test_bf16_threads_and_resume_are_exact(run, shard, tmp_path, amx):
