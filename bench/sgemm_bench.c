@@ -56,7 +56,8 @@ static void amx_sgemm(int order, int ta, int tb, int M, int N, int K, float alph
             exit(1);
         }
     }
-    amx_gemm(ta == TRANS, tb == TRANS, M, N, K, A, lda, B, ldb, beta, C, ldc, amx_bufs[t]);
+    amx_gemm(ta == TRANS, tb == TRANS, M, N, K, A, lda, B, ldb, beta, C, ldc, amx_bufs[t], NULL,
+             NULL);
 }
 
 static double now(void)

@@ -41,10 +41,31 @@ static void *scratch_for(int M, int N, int K)
     return p;
 }
 
-/* C = beta C + op(A) op(B) for one random shape and layout: every element
- * within the fp32 summation bound of the exact product of the rounded
- * inputs; further from the unrounded product (the rounding happened); with
- * leading dimensions wider than the matrices, whose gaps stay untouched. */
+/* The epilogue under test: c = 2c + 1, each element's visits counted, and
+ * the row and column it is told checked against the pointer it is given. */
+typedef struct {
+    float *C;
+    int ldc, N;
+    unsigned char *seen;
+} epilogue_check;
+
+static void twice_plus_one(void *ctx, float *c, int row, int col, int n)
+{
+    epilogue_check *e = ctx;
+    ck_assert_msg(c == e->C + (size_t)row * e->ldc + col && n >= 1 && col + n <= e->N,
+                  "epilogue told row %d col %d n %d for C + %td", row, col, n, c - e->C);
+    for (int j = 0; j < n; j++) {
+        c[j] = 2 * c[j] + 1;
+        e->seen[(size_t)row * e->N + col + j]++;
+    }
+}
+
+/* C = 2 (beta C + op(A) op(B)) + 1 for one random shape and layout, the
+ * "2 x + 1" by the epilogue: every element within the fp32 summation bound
+ * of the exact product of the rounded inputs; further from the unrounded
+ * product (the rounding happened); with leading dimensions wider than the
+ * matrices, whose gaps stay untouched; the epilogue once per element, after
+ * the whole sum (K blocks included). */
 static void check_shape(int ta, int tb, int M, int N, int K, float beta)
 {
     int lda = (ta ? M : K) + irand(3), ldb = (tb ? K : N) + irand(3), ldc = N + irand(3);
@@ -52,7 +73,8 @@ static void check_shape(int ta, int tb, int M, int N, int K, float beta)
     float *C = randm((size_t)M * ldc, 1.0), *C0 = xmalloc((size_t)M * ldc * sizeof *C0);
     memcpy(C0, C, (size_t)M * ldc * sizeof *C);
     void *scr = scratch_for(M, N, K);
-    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, scr);
+    epilogue_check ec = { C, ldc, N, calloc((size_t)M * N, 1) };
+    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, scr, twice_plus_one, &ec);
     double worst = 0, unrounded = 0;
     for (int i = 0; i < M; i++) {
         for (int j = 0; j < ldc; j++) {
@@ -70,21 +92,25 @@ static void check_shape(int ta, int tb, int M, int N, int K, float beta)
                 sa += fabs(bf16_round(a) * bf16_round(b));
                 exact += (double)a * b;
             }
+            ck_assert_msg(ec.seen[(size_t)i * N + j] == 1, "ta %d tb %d %dx%dx%d: the epilogue "
+                          "ran %d times on C[%d][%d]", ta, tb, M, N, K, ec.seen[(size_t)i * N + j], i, j);
             double base = beta == 0.0f ? 0.0 : (double)beta * C0[at];
-            double want = base + s, bound = (K + 2) * ldexp(1.0, -24) * (sa + fabs(base)) + 1e-30;
+            double want = 2 * (base + s) + 1;
+            double bound = 2 * (K + 2) * ldexp(1.0, -24) * (sa + fabs(base)) +
+                           ldexp(1.0, -23) * (fabs(want) + 1);
             double e = fabs(C[at] - want) / bound;
             ck_assert_msg(e <= 1.0,
                           "ta %d tb %d %dx%dx%d beta %g: C[%d][%d] = %.9g, want %.9g (%.2f of the fp32 bound)",
                           ta, tb, M, N, K, beta, i, j, C[at], want, e);
             worst = e > worst ? e : worst;
-            unrounded = fmax(unrounded, fabs(C[at] - base - exact) / (sa + 1e-30));
+            unrounded = fmax(unrounded, fabs((C[at] - 1) / 2 - base - exact) / (sa + 1e-30));
         }
     }
     /* bf16 keeps 8 bits: products of rounded inputs stray by ~2^-9 of their size */
     if (K >= 8)
         ck_assert_msg(unrounded > 1e-5, "ta %d tb %d %dx%dx%d: within %.2g of the unrounded product: were "
                       "the inputs rounded to bf16?", ta, tb, M, N, K, unrounded);
-    free(A), free(B), free(C), free(C0), free(scr);
+    free(A), free(B), free(C), free(C0), free(scr), free(ec.seen);
 }
 
 START_TEST(test_amx_gemm_shapes)
@@ -94,7 +120,7 @@ START_TEST(test_amx_gemm_shapes)
         return;
     int ta = _i & 1, tb = _i >> 1 & 1;
     /* edges of every kind: 1, under a tile, tile and a bit, odd K */
-    const int small[][3] = { { 1, 1, 1 }, { 1, 17, 3 }, { 33, 1, 65 }, { 16, 16, 32 }, { 31, 33, 31 },
+    const int small[][3] = { { 3, 5, 0 }, { 1, 1, 1 }, { 1, 17, 3 }, { 33, 1, 65 }, { 16, 16, 32 }, { 31, 33, 31 },
                              { 47, 70, 100 }, { 64, 64, 64 } };
     for (size_t s = 0; s < sizeof small / sizeof small[0]; s++)
         check_shape(ta, tb, small[s][0], small[s][1], small[s][2], 0.0f);
@@ -122,16 +148,16 @@ START_TEST(test_amx_gemm_split_is_exact)
     memcpy(one, C, (size_t)M * N * sizeof *C);
     memcpy(two, C, (size_t)M * N * sizeof *C);
     void *scr = scratch_for(M, N, K);
-    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, one, N, scr);
+    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, one, N, scr, NULL, NULL);
     int cut = 1 + irand((_i >> 1 ? M : N) - 1);
     if (_i >> 1) { /* rows [0, cut) and [cut, M) */
-        amx_gemm(ta, tb, cut, N, K, A, lda, B, ldb, beta, two, N, scr);
+        amx_gemm(ta, tb, cut, N, K, A, lda, B, ldb, beta, two, N, scr, NULL, NULL);
         amx_gemm(ta, tb, M - cut, N, K, ta ? A + cut : A + (size_t)cut * lda, lda, B, ldb, beta,
-                 two + (size_t)cut * N, N, scr);
+                 two + (size_t)cut * N, N, scr, NULL, NULL);
     } else { /* columns [0, cut) and [cut, N) */
-        amx_gemm(ta, tb, M, cut, K, A, lda, B, ldb, beta, two, N, scr);
+        amx_gemm(ta, tb, M, cut, K, A, lda, B, ldb, beta, two, N, scr, NULL, NULL);
         amx_gemm(ta, tb, M, N - cut, K, A, lda, tb ? B + (size_t)cut * ldb : B + cut, ldb, beta,
-                 two + cut, N, scr);
+                 two + cut, N, scr, NULL, NULL);
     }
     ck_assert_msg(memcmp(one, two, (size_t)M * N * sizeof *one) == 0,
                   "split at %s %d of %dx%dx%d (ta %d tb %d beta %g) changed bits", _i >> 1 ? "row" : "column",
@@ -193,6 +219,54 @@ START_TEST(test_backend_bf16_matmuls)
 }
 END_TEST
 
+/* The fused GELU ops run GELU (forward) and GELU' (backward) in the
+ * product's epilogue: on the fp32 (BLAS) and bf16 (AMX) backends, 1 and 2
+ * threads, with and without bias, they equal the unfused ops bit for bit:
+ * pre = matmul_forward, out = gelu_forward(pre), dpre = gelu_backward of
+ * matmul_backward's dinp. */
+START_TEST(test_fused_gelu_is_the_unfused_ops)
+{
+    seed("fused_gelu", _i);
+    char err[256] = "";
+    backend *bes[4] = { backend_cpu_create(1, err), backend_cpu_create(2, err), NULL, NULL };
+    if (have_amx)
+        bes[2] = backend_cpu_bf16_create(1, err), bes[3] = backend_cpu_bf16_create(2, err);
+    const int N = 100 + irand(200), IC = 1 + irand(100), OC = 1 + irand(200);
+    float *x = randm((size_t)N * IC, 1.0), *w = randm((size_t)OC * IC, 0.3), *b = randm(OC, 0.3);
+    float *dy = randm((size_t)N * OC, 1.0), *bias = _i ? b : NULL;
+    size_t no = (size_t)N * OC, ni = (size_t)N * IC;
+    float *pre = xmalloc(no * 4), *out = xmalloc(no * 4), *pre1 = xmalloc(no * 4),
+          *out1 = xmalloc(no * 4), *dpre = xmalloc(ni * 4), *dpre1 = xmalloc(ni * 4);
+    float *dw = xmalloc((size_t)OC * IC * 4), *db = xmalloc((size_t)OC * 4);
+    for (int k = 0; k < 4; k++) {
+        backend *be = bes[k];
+        if (!be)
+            continue;
+        be->matmul_gelu_forward(be, pre, out, x, w, bias, N, IC, OC);
+        be->matmul_forward(be, pre1, x, w, bias, N, IC, OC);
+        be->gelu_forward(be, out1, pre1, no);
+        ck_assert_msg(memcmp(pre, pre1, no * 4) == 0, "%s, %d: pre differs from matmul_forward's",
+                      be->name, k);
+        ck_assert_msg(memcmp(out, out1, no * 4) == 0, "%s, %d: out differs from gelu_forward's",
+                      be->name, k);
+        /* dpre [N, IC] = dout [N, OC] @ w [OC, IC] times gelu'(pre), with
+         * x standing in for both the input and pre [N, IC] */
+        memset(dw, 0, (size_t)OC * IC * 4), memset(db, 0, (size_t)OC * 4);
+        be->matmul_gelu_backward(be, dpre, dw, db, dy, x, x, w, N, IC, OC);
+        memset(dpre1, 0, ni * 4);
+        float *d = xmalloc(ni * 4);
+        be->matmul_backward(be, d, NULL, NULL, dy, x, w, N, IC, OC, GRAD_SET);
+        be->gelu_backward(be, dpre1, x, d, ni);
+        ck_assert_msg(memcmp(dpre, dpre1, ni * 4) == 0, "%s, %d: dpre differs from the unfused ops'",
+                      be->name, k);
+        free(d);
+        be->destroy(be);
+    }
+    free(x), free(w), free(b), free(dy), free(pre), free(out), free(pre1), free(out1), free(dpre);
+    free(dpre1), free(dw), free(db);
+}
+END_TEST
+
 static Suite *amx_suite(void)
 {
     Suite *s = suite_create("gemm_amx");
@@ -201,6 +275,7 @@ static Suite *amx_suite(void)
     tcase_add_loop_test(tc, test_amx_gemm_shapes, 0, 4);
     tcase_add_loop_test(tc, test_amx_gemm_split_is_exact, 0, 4);
     tcase_add_test(tc, test_backend_bf16_matmuls);
+    tcase_add_loop_test(tc, test_fused_gelu_is_the_unfused_ops, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -525,11 +525,84 @@ static void cpu_layernorm_backward(backend *be, void *dinp_, void *dweight_, voi
  * spinning against each other cost more than the matmuls on a small
  * machine; and each element is still summed by one call in a fixed order.
  * Shapes OpenBLAS would reject (a zero dimension) do nothing. */
-static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A, int lda,
-                 const real *B, int ldb, real beta, real *Cm, int ldc)
+#define GELU_K ((real)0.7978845608028654) /* sqrt(2/pi) */
+#define GELU_A ((real)0.044715)
+
+/* GELU, tanh form (GPT-2's), and its derivative. */
+static inline real gelu_r(real x)
 {
-    if (M <= 0 || N <= 0 || K <= 0)
+    real u = GELU_K * (x + GELU_A * x * x * x);
+    return (real)0.5 * x * (1 + tanh_r(u));
+}
+
+static inline real gelu_grad_r(real x)
+{
+    real x2 = x * x;
+    real t = tanh_r(GELU_K * (x + GELU_A * x2 * x));
+    real du = GELU_K * (1 + 3 * GELU_A * x2);
+    return (real)0.5 * (1 + t) + (real)0.5 * x * (1 - t * t) * du;
+}
+
+/* What gemm() does to each finished piece of a row of C while it is still in
+ * cache: add the bias by column; then either write out = GELU(C) beside C
+ * (C keeps the pre-activation, which the backward reads) or scale C by
+ * GELU'(pre). The fused ops' definitions in one pass over memory, not three:
+ * at the ViT's widths these elementwise passes cost as much as the products. */
+typedef struct {
+    const real *bias;     /* [N], or NULL */
+    real *gelu_out;       /* laid out as C (row stride ldc), or NULL */
+    const real *gelu_pre; /* laid out as C, or NULL */
+} epilogue;
+
+/* One thread's block of C: the epilogue and where the block starts. */
+typedef struct {
+    const epilogue *e;
+    size_t row0, col0, ldc;
+} epilogue_block;
+
+/* amx_epilogue's signature: c is C[row][col .. col + n) of the block. */
+static void epilogue_apply(void *ctx, real *c, int row, int col, int n)
+{
+    const epilogue_block *at = ctx;
+    const epilogue *e = at->e;
+    size_t j0 = at->col0 + (size_t)col, off = (at->row0 + (size_t)row) * at->ldc + j0;
+    if (e->bias) {
+        const real *b = e->bias + j0;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            c[j] += b[j];
+    }
+    if (e->gelu_out) {
+        real *o = e->gelu_out + off;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            o[j] = gelu_r(c[j]);
+    }
+    if (e->gelu_pre) {
+        const real *x = e->gelu_pre + off;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            c[j] *= gelu_grad_r(x[j]);
+    }
+}
+
+/* C = beta C + op(A) op(B), then the epilogue e (NULL: none) on every
+ * element, the rows or columns split between the threads. */
+static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A, int lda,
+                 const real *B, int ldb, real beta, real *Cm, int ldc, const epilogue *e)
+{
+    if (M <= 0 || N <= 0)
         return;
+    if (K <= 0) { /* an empty sum, which BLAS would not touch */
+        for (int i = 0; i < M; i++) {
+            real *c = Cm + (size_t)i * ldc;
+            for (int j = 0; j < N; j++)
+                c[j] = beta == 0 ? 0 : beta * c[j];
+            if (e)
+                epilogue_apply(&(epilogue_block){ e, 0, 0, (size_t)ldc }, c, i, 0, N);
+        }
+        return;
+    }
     int split_m = M >= N, dim = split_m ? M : N;
     size_t units = ((size_t)dim + GEMM_UNIT - 1) / GEMM_UNIT;
     int parts = nthreads(be);
@@ -556,6 +629,8 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
             continue;
         const real *Ab = A, *Bb = B;
         real *Cb;
+        int rows = split_m ? b - a : M, cols = split_m ? N : b - a;
+        epilogue_block at = { e, split_m ? (size_t)a : 0, split_m ? 0 : (size_t)a, (size_t)ldc };
         if (split_m) {
             Ab = ta ? A + a : A + (size_t)a * lda;
             Cb = Cm + (size_t)a * ldc;
@@ -564,14 +639,16 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
             Cb = Cm + a;
         }
 #ifndef CPU_REAL_DOUBLE
-        if (scratch) {
-            amx_gemm(ta, tb, split_m ? b - a : M, split_m ? N : b - a, K, Ab, lda, Bb, ldb, beta, Cb,
-                     ldc, scratch + per * (size_t)p);
+        if (scratch) { /* the epilogue block by block, as each is finished */
+            amx_gemm(ta, tb, rows, cols, K, Ab, lda, Bb, ldb, beta, Cb, ldc,
+                     scratch + per * (size_t)p, e ? epilogue_apply : NULL, &at);
             continue;
         }
 #endif
-        GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-             split_m ? b - a : M, split_m ? N : b - a, K, 1, Ab, lda, Bb, ldb, beta, Cb, ldc);
+        GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, rows,
+             cols, K, 1, Ab, lda, Bb, ldb, beta, Cb, ldc);
+        for (int r = 0; e && r < rows; r++) /* BLAS has no epilogue: after its product */
+            epilogue_apply(&at, Cb + (size_t)r * ldc, r, 0, cols);
     }
 }
 
@@ -580,17 +657,8 @@ static void cpu_matmul_forward(backend *be, void *out_, const void *inp, const v
 {
     real *out = out_;
     const real *bias = bias_;
-    if (N <= 0 || OC <= 0)
-        return;
-#pragma omp parallel for schedule(static) num_threads(team(be, (double)N * OC))
-    for (int n = 0; n < N; n++) {
-        real *o = out + (size_t)n * OC;
-        if (bias)
-            memcpy(o, bias, (size_t)OC * sizeof(real));
-        else
-            memset(o, 0, (size_t)OC * sizeof(real));
-    }
-    gemm(be, 0, 1, N, OC, IC, inp, IC, weight, IC, 1, out, OC);
+    gemm(be, 0, 1, N, OC, IC, inp, IC, weight, IC, 0, out, OC,
+         bias ? &(epilogue){ .bias = bias } : NULL);
 }
 
 static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *dbias_,
@@ -601,9 +669,10 @@ static void cpu_matmul_backward(backend *be, void *dinp, void *dweight, void *db
     real *dbias = dbias_;
     /* beta 0: BLAS then writes dinp without reading it (garbage stays out) */
     if (dinp)
-        gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, dinp_mode == GRAD_SET ? 0 : 1, dinp, IC);
+        gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, dinp_mode == GRAD_SET ? 0 : 1, dinp, IC,
+             NULL);
     if (dweight)
-        gemm(be, 1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC);
+        gemm(be, 1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC, NULL);
     if (!dbias || N <= 0)
         return;
     int nblocks = (OC + COL_BLOCK - 1) / COL_BLOCK;
@@ -1020,26 +1089,22 @@ static void cpu_attention_backward(backend *be, void *dqkv_, const void *dout_,
 
 /* ---- elementwise --------------------------------------------------------- */
 
-#define GELU_K ((real)0.7978845608028654) /* sqrt(2/pi) */
-#define GELU_A ((real)0.044715)
-
 static void cpu_gelu_forward(backend *be, void *out_, const void *inp_, size_t N)
 {
     real *y = out_;
     const real *x = inp_;
 #pragma omp parallel for simd schedule(static) num_threads(team(be, (double)N))
-    for (size_t i = 0; i < N; i++) {
-        real u = GELU_K * (x[i] + GELU_A * x[i] * x[i] * x[i]);
-        y[i] = (real)0.5 * x[i] * (1 + tanh_r(u));
-    }
+    for (size_t i = 0; i < N; i++)
+        y[i] = gelu_r(x[i]);
 }
 
-/* The fused op of ops.h as its definition: the matmul, then GELU of its output. */
+/* The fused op of ops.h: the matmul, then GELU of its output, GELU in the
+ * product's epilogue. */
 static void cpu_matmul_gelu_forward(backend *be, void *pre, void *out, const void *inp,
                                     const void *weight, const void *bias, int N, int IC, int OC)
 {
-    cpu_matmul_forward(be, pre, inp, weight, bias, N, IC, OC);
-    cpu_gelu_forward(be, out, pre, (size_t)N * OC);
+    gemm(be, 0, 1, N, OC, IC, inp, IC, weight, IC, 0, pre, OC,
+         &(epilogue){ .bias = bias, .gelu_out = out });
 }
 
 static void cpu_gelu_backward(backend *be, void *dinp_, const void *inp_, const void *dout_,
@@ -1048,37 +1113,21 @@ static void cpu_gelu_backward(backend *be, void *dinp_, const void *inp_, const 
     real *dx = dinp_;
     const real *x = inp_, *dy = dout_;
 #pragma omp parallel for simd schedule(static) num_threads(team(be, (double)N))
-    for (size_t i = 0; i < N; i++) {
-        real xi = x[i], x2 = xi * xi;
-        real t = tanh_r(GELU_K * (xi + GELU_A * x2 * xi));
-        real du = GELU_K * (1 + 3 * GELU_A * x2);
-        dx[i] += dy[i] * ((real)0.5 * (1 + t) + (real)0.5 * xi * (1 - t * t) * du);
-    }
+    for (size_t i = 0; i < N; i++)
+        dx[i] += dy[i] * gelu_grad_r(x[i]);
 }
 
-/* The fused op of ops.h as its definition: dpre = dout @ weight, then times
- * gelu'(pre) in place; the parameter gradients as matmul_backward's. */
-static void cpu_matmul_gelu_backward(backend *be, void *dpre_, void *dweight, void *dbias,
-                                     const void *dout, const void *inp, const void *pre_,
+/* The fused op of ops.h: dpre = dout @ weight, times gelu'(pre) in the
+ * product's epilogue; the parameter gradients as matmul_backward's. */
+static void cpu_matmul_gelu_backward(backend *be, void *dpre, void *dweight, void *dbias,
+                                     const void *dout, const void *inp, const void *pre,
                                      const void *weight, int N, int IC, int OC)
 {
-    real *dp = dpre_;
-    const real *x = pre_;
-    size_t n = (size_t)N * IC;
     if (N <= 0 || IC <= 0)
         return;
-    if (OC <= 0) { /* an empty product: dpre = 0 */
-        memset(dp, 0, n * sizeof(real));
-        return;
-    }
-    gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, 0, dp, IC);
-#pragma omp parallel for simd schedule(static) num_threads(team(be, (double)n))
-    for (size_t i = 0; i < n; i++) {
-        real xi = x[i], x2 = xi * xi;
-        real t = tanh_r(GELU_K * (xi + GELU_A * x2 * xi));
-        real du = GELU_K * (1 + 3 * GELU_A * x2);
-        dp[i] *= (real)0.5 * (1 + t) + (real)0.5 * xi * (1 - t * t) * du;
-    }
+    /* OC 0 is an empty product: dpre = 0 */
+    gemm(be, 0, 0, N, IC, OC, dout, OC, weight, IC, 0, dpre, IC,
+         &(epilogue){ .gelu_pre = pre });
     cpu_matmul_backward(be, NULL, dweight, dbias, dout, inp, weight, N, IC, OC, GRAD_ADD);
 }
 

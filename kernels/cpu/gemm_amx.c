@@ -46,7 +46,8 @@
  * long K is (the logits' backward has K = V = 50,304). */
 #define KBLOCK 2048
 
-static int padded_k(int K) { return ALIGN_UP(K < KBLOCK ? K : KBLOCK, KC); }
+/* (one tile's K at least: an empty sum still sizes its panels) */
+static int padded_k(int K) { return ALIGN_UP(K < 1 ? 1 : K < KBLOCK ? K : KBLOCK, KC); }
 static int padded_n(int N) { return ALIGN_UP(N, 2 * TILE); }
 
 /* Columns of op(B) packed at a time: a panel of about PANEL_BYTES of bf16,
@@ -261,12 +262,24 @@ static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M,
     }
 }
 
-/* amx_gemm for K <= KBLOCK, the tiles configured. */
+/* The epilogue on C's rows [r0, r0 + 32) and columns [c0, c0 + 32). */
+static void finish(amx_epilogue epilogue, void *ctx, float *C, int ldc, int r0, int c0, int M,
+                   int N)
+{
+    int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, cols = N - c0 < 2 * TILE ? N - c0 : 2 * TILE;
+    for (int r = 0; r < rows; r++)
+        epilogue(ctx, C + (size_t)(r0 + r) * ldc + c0, r0 + r, c0, cols);
+}
+
+/* amx_gemm for K <= KBLOCK, the tiles configured; the epilogue (NULL: none)
+ * on each block of C as it is finished. */
 __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int tb, int M, int N,
                                                                       int K, const float *A, int lda,
                                                                       const float *B, int ldb,
                                                                       float beta, float *C, int ldc,
-                                                                      void *scratch)
+                                                                      void *scratch,
+                                                                      amx_epilogue epilogue,
+                                                                      void *ctx)
 {
     int kp = padded_k(K), nc = panel_cols(N, K), nk = kp / KC, w = kp / 2;
     uint32_t *bp = scratch;
@@ -303,13 +316,15 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int 
                     _tile_stored(1, cp + TILE, cs);
                     _tile_stored(2, cp + (size_t)TILE * ldc, cs);
                     _tile_stored(3, cp + (size_t)TILE * ldc + TILE, cs);
-                    continue;
+                } else {
+                    _tile_stored(0, stage, 2 * TILE * 4);
+                    _tile_stored(1, stage + TILE, 2 * TILE * 4);
+                    _tile_stored(2, stage + TILE * 2 * TILE, 2 * TILE * 4);
+                    _tile_stored(3, stage + TILE * 2 * TILE + TILE, 2 * TILE * 4);
+                    write_back(C, ldc, stage, r0, col, M, N, beta);
                 }
-                _tile_stored(0, stage, 2 * TILE * 4);
-                _tile_stored(1, stage + TILE, 2 * TILE * 4);
-                _tile_stored(2, stage + TILE * 2 * TILE, 2 * TILE * 4);
-                _tile_stored(3, stage + TILE * 2 * TILE + TILE, 2 * TILE * 4);
-                write_back(C, ldc, stage, r0, col, M, N, beta);
+                if (epilogue)
+                    finish(epilogue, ctx, C, ldc, r0, col, M, N);
             }
         }
     }
@@ -318,14 +333,18 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int 
 __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M, int N, int K,
                                                              const float *A, int lda, const float *B,
                                                              int ldb, float beta, float *C, int ldc,
-                                                             void *scratch)
+                                                             void *scratch, amx_epilogue epilogue,
+                                                             void *ctx)
 {
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) { /* an empty sum */
-        for (int i = 0; i < M; i++)
+        for (int i = 0; i < M; i++) {
             for (int j = 0; j < N; j++)
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+            if (epilogue)
+                epilogue(ctx, C + (size_t)i * ldc, i, 0, N);
+        }
         return;
     }
     tile_config cfg;
@@ -339,7 +358,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M
     for (int k0 = 0; k0 < K; k0 += KBLOCK) /* then C holds the sum so far: beta 1 */
         amx_kblock(ta, tb, M, N, K - k0 < KBLOCK ? K - k0 : KBLOCK,
                    ta ? A + (size_t)k0 * lda : A + k0, lda, tb ? B + k0 : B + (size_t)k0 * ldb, ldb,
-                   k0 ? 1.0f : beta, C, ldc, scratch);
+                   k0 ? 1.0f : beta, C, ldc, scratch, k0 + KBLOCK >= K ? epilogue : NULL, ctx);
     _tile_release();
 }
 
@@ -353,10 +372,10 @@ int amx_enable(char *why, size_t n)
 }
 
 void amx_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-              float beta, float *C, int ldc, void *scratch)
+              float beta, float *C, int ldc, void *scratch, amx_epilogue epilogue, void *ctx)
 {
     (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb;
-    (void)beta, (void)C, (void)ldc, (void)scratch;
+    (void)beta, (void)C, (void)ldc, (void)scratch, (void)epilogue, (void)ctx;
 }
 
 #endif

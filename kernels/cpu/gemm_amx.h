@@ -17,13 +17,21 @@ int amx_enable(char *why, size_t n);
 /* Bytes of scratch amx_gemm needs for these sizes. */
 size_t amx_gemm_scratch(int M, int N, int K);
 
+/* Called once on each finished piece of a row of C (the whole sum and beta
+ * applied), while it is still in cache: c is C[row][col .. col + n), row and
+ * col counted from the call's C. What the caller fuses into the product
+ * (a bias, an activation) without another pass over memory. */
+typedef void (*amx_epilogue)(void *ctx, float *c, int row, int col, int n);
+
 /* C[M,N] = beta C + op(A)[M,K] op(B)[K,N], row-major as cblas_sgemm with
  * alpha 1: op(A) = A (A[i*lda + k]) or, with ta, A^T (A[k*lda + i]); B
  * likewise with tb. A and B are rounded to bf16 (to nearest even) and the
- * products summed in fp32; beta 0 does not read C. One thread; scratch:
+ * products summed in fp32; beta 0 does not read C. Then epilogue (unless
+ * NULL) on every element once, with ctx. One thread; scratch:
  * amx_gemm_scratch(M, N, K) bytes, 64-byte aligned. The result is the same
  * for any split of M or N into calls, so threads give identical bits. */
 void amx_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
-              int ldb, float beta, float *C, int ldc, void *scratch);
+              int ldb, float beta, float *C, int ldc, void *scratch, amx_epilogue epilogue,
+              void *ctx);
 
 #endif
