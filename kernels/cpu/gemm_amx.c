@@ -262,17 +262,10 @@ static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M,
     }
 }
 
-/* The epilogue on C's rows [r0, r0 + 32) and columns [c0, c0 + 32). */
-static void finish(amx_epilogue epilogue, void *ctx, float *C, int ldc, int r0, int c0, int M,
-                   int N)
-{
-    int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, cols = N - c0 < 2 * TILE ? N - c0 : 2 * TILE;
-    for (int r = 0; r < rows; r++)
-        epilogue(ctx, C + (size_t)(r0 + r) * ldc + c0, r0 + r, c0, cols);
-}
-
 /* amx_gemm for K <= KBLOCK, the tiles configured; the epilogue (NULL: none)
- * on each block of C as it is finished. */
+ * on each 32 rows of a panel's columns once they are finished: long rows
+ * (what the epilogue reads beside C streams in) still in L2, and the tile
+ * stores long done (a load right behind TILESTORED waits for it). */
 __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int tb, int M, int N,
                                                                       int K, const float *A, int lda,
                                                                       const float *B, int ldb,
@@ -323,9 +316,9 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int 
                     _tile_stored(3, stage + TILE * 2 * TILE + TILE, 2 * TILE * 4);
                     write_back(C, ldc, stage, r0, col, M, N, beta);
                 }
-                if (epilogue)
-                    finish(epilogue, ctx, C, ldc, r0, col, M, N);
             }
+            for (int r = r0; epilogue && r < r0 + 2 * TILE && r < M; r++)
+                epilogue(ctx, C + (size_t)r * ldc + c0, r, c0, cols);
         }
     }
 }
