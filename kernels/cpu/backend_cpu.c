@@ -543,6 +543,71 @@ static inline real gelu_grad_r(real x)
     return (real)0.5 * (1 + t) + (real)0.5 * x * (1 - t * t) * du;
 }
 
+/* GCC vectorises for AVX-512 CPUs in 256-bit halves by default. GELU
+ * in full 512-bit vectors (the spans below) took the ViT width-128 bf16 step from
+ * 378-394 to 346-353 ms (one thread). Elsewhere the default. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define WIDE_VECTORS __attribute__((target("prefer-vector-width=512")))
+#else
+#define WIDE_VECTORS
+#endif
+
+/* y = GELU(x) over n elements; d *= GELU'(x), or with dy, d += dy GELU'(x).
+ * The ops and gemm()'s epilogue share these, and every element goes through
+ * the one loop body below, GELU_LANES at a time (the last few padded): a
+ * compiler's scalar remainder loop may contract a * b + c into FMAs
+ * differently from its vector loop, and where an element falls in a span
+ * (thread splits, panels) would then change its bits. So a fused op equals
+ * the unfused ones, and any thread count gives the same result. */
+#define GELU_LANES 16
+
+WIDE_VECTORS static void gelu_span(real *y, const real *x, size_t n)
+{
+    for (size_t i = 0; i < n; i += GELU_LANES) {
+        size_t m = n - i < GELU_LANES ? n - i : GELU_LANES;
+        real xb[GELU_LANES] = { 0 }, yb[GELU_LANES];
+        const real *xs = x + i;
+        real *ys = y + i;
+        if (m < GELU_LANES) {
+            memcpy(xb, xs, m * sizeof *xb);
+            xs = xb, ys = yb;
+        }
+#pragma omp simd
+        for (int j = 0; j < GELU_LANES; j++)
+            ys[j] = gelu_r(xs[j]);
+        if (m < GELU_LANES)
+            memcpy(y + i, yb, m * sizeof *yb);
+    }
+}
+
+WIDE_VECTORS static void gelu_grad_span(real *d, const real *dy, const real *x, size_t n)
+{
+    for (size_t i = 0; i < n; i += GELU_LANES) {
+        size_t m = n - i < GELU_LANES ? n - i : GELU_LANES;
+        real db[GELU_LANES] = { 0 }, yb[GELU_LANES] = { 0 }, xb[GELU_LANES] = { 0 };
+        real *ds = d + i;
+        const real *ys = dy ? dy + i : NULL, *xs = x + i;
+        if (m < GELU_LANES) {
+            memcpy(db, ds, m * sizeof *db);
+            memcpy(xb, xs, m * sizeof *xb);
+            if (dy)
+                memcpy(yb, ys, m * sizeof *yb);
+            ds = db, xs = xb, ys = dy ? yb : NULL;
+        }
+        if (ys) {
+#pragma omp simd
+            for (int j = 0; j < GELU_LANES; j++)
+                ds[j] += ys[j] * gelu_grad_r(xs[j]);
+        } else {
+#pragma omp simd
+            for (int j = 0; j < GELU_LANES; j++)
+                ds[j] *= gelu_grad_r(xs[j]);
+        }
+        if (m < GELU_LANES)
+            memcpy(d + i, db, m * sizeof *db);
+    }
+}
+
 /* What gemm() does to each finished piece of a row of C while it is still in
  * cache: add the bias by column; then either write out = GELU(C) beside C
  * (C keeps the pre-activation, which the backward reads) or scale C by
@@ -560,17 +625,8 @@ typedef struct {
     size_t row0, col0, ldc;
 } epilogue_block;
 
-/* GCC vectorises for AVX-512 CPUs in 256-bit halves by default. GELU's
- * epilogue in full 512-bit vectors took the ViT width-128 bf16 step from
- * 378-394 to 346-353 ms (one thread). Elsewhere the default. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
-#define WIDE_VECTORS __attribute__((target("prefer-vector-width=512")))
-#else
-#define WIDE_VECTORS
-#endif
-
 /* amx_epilogue's signature: c is C[row][col .. col + n) of the block. */
-WIDE_VECTORS static void epilogue_apply(void *ctx, real *c, int row, int col, int n)
+static void epilogue_apply(void *ctx, real *c, int row, int col, int n)
 {
     const epilogue_block *at = ctx;
     const epilogue *e = at->e;
@@ -581,18 +637,10 @@ WIDE_VECTORS static void epilogue_apply(void *ctx, real *c, int row, int col, in
         for (int j = 0; j < n; j++)
             c[j] += b[j];
     }
-    if (e->gelu_out) {
-        real *o = e->gelu_out + off;
-#pragma omp simd
-        for (int j = 0; j < n; j++)
-            o[j] = gelu_r(c[j]);
-    }
-    if (e->gelu_pre) {
-        const real *x = e->gelu_pre + off;
-#pragma omp simd
-        for (int j = 0; j < n; j++)
-            c[j] *= gelu_grad_r(x[j]);
-    }
+    if (e->gelu_out)
+        gelu_span(e->gelu_out + off, c, (size_t)n);
+    if (e->gelu_pre)
+        gelu_grad_span(c, NULL, e->gelu_pre + off, (size_t)n);
 }
 
 /* C = beta C + op(A) op(B), then the epilogue e (NULL: none) on every
@@ -1098,13 +1146,15 @@ static void cpu_attention_backward(backend *be, void *dqkv_, const void *dout_,
 
 /* ---- elementwise --------------------------------------------------------- */
 
+#define SPAN 4096 /* elements of an elementwise op per call of its span */
+
 static void cpu_gelu_forward(backend *be, void *out_, const void *inp_, size_t N)
 {
     real *y = out_;
     const real *x = inp_;
-#pragma omp parallel for simd schedule(static) num_threads(team(be, (double)N))
-    for (size_t i = 0; i < N; i++)
-        y[i] = gelu_r(x[i]);
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)N))
+    for (size_t i = 0; i < N; i += SPAN)
+        gelu_span(y + i, x + i, N - i < SPAN ? N - i : SPAN);
 }
 
 /* The fused op of ops.h: the matmul, then GELU of its output, GELU in the
@@ -1121,9 +1171,9 @@ static void cpu_gelu_backward(backend *be, void *dinp_, const void *inp_, const 
 {
     real *dx = dinp_;
     const real *x = inp_, *dy = dout_;
-#pragma omp parallel for simd schedule(static) num_threads(team(be, (double)N))
-    for (size_t i = 0; i < N; i++)
-        dx[i] += dy[i] * gelu_grad_r(x[i]);
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)N))
+    for (size_t i = 0; i < N; i += SPAN)
+        gelu_grad_span(dx + i, dy + i, x + i, N - i < SPAN ? N - i : SPAN);
 }
 
 /* The fused op of ops.h: dpre = dout @ weight, times gelu'(pre) in the
