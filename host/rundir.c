@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,14 +94,19 @@ static int take_lock(rundir *rd, char *err)
 
 /* ---- what is in the directory ---- */
 
-/* step_NNNNNN.safetensors: its step, else -1. */
-static int ckpt_step(const char *name)
+int rundir_ckpt_step(const char *name)
 {
-    int step, end = 0;
-    if (sscanf(name, "step_%d.safetensors%n", &step, &end) == 1 && end && !name[end] &&
-        strlen(name) == 23)
-        return step;
-    return -1;
+    const char *d = name + 5;
+    size_t n = 0;
+    long long step = 0;
+    if (strncmp(name, "step_", 5) != 0)
+        return -1;
+    while (d[n] >= '0' && d[n] <= '9' && n < 10)
+        step = step * 10 + (d[n++] - '0');
+    /* rundir_ckpt_path's %06d: six digits, or more without a leading zero */
+    if (n < 6 || (n > 6 && d[0] == '0') || strcmp(d + n, ".safetensors") != 0 || step > INT_MAX)
+        return -1;
+    return (int)step;
 }
 
 /* <anything>.tmp.PID.K (st_atomic_open's names): PID, else 0. */
@@ -141,7 +147,7 @@ static int scan_dir(rundir *rd, int after, int overwrite, char *err)
             free(p);
             continue;
         }
-        int s = ckpt_step(e->d_name);
+        int s = rundir_ckpt_step(e->d_name);
         if (s < 0 || s <= after)
             continue;
         if (overwrite) {

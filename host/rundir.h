@@ -33,6 +33,10 @@ typedef struct {
 int rundir_mkdir_p(const char *dir, char *err);
 /* <out>/step_NNNNNN.safetensors, the name of step's checkpoint. */
 void rundir_ckpt_path(const char *out, int step, char *path, size_t cap);
+/* The step a checkpoint's file name (no directory) says, else -1: six
+ * digits, or more from step 1,000,000 on, so that "latest" is the largest
+ * number, never the last name in text order. */
+int rundir_ckpt_step(const char *name);
 
 /* Takes the run directory for a run at step `step` (0: a fresh run), before
  * anything in it changes:

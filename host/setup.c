@@ -15,6 +15,7 @@
 #include "../data/fsutil.h"
 #include "cli.h"
 #include "finite.h"
+#include "rundir.h"
 
 /* The default device: the CUDA backend when this build has it and it starts
  * (a usable GPU, or the emulator in anatomy-emu), else the CPU, in the
@@ -80,14 +81,16 @@ char *setup_latest_checkpoint(const char *path, char *err)
     DIR *d = opendir(path);
     struct dirent *e;
     char best[256] = "";
+    int best_step = -1;
     char *out;
     if (!d)
         return strdup(path);
     while ((e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, "step_", 5) == 0 && n > 17 && n < sizeof best &&
-            strcmp(e->d_name + n - 12, ".safetensors") == 0 && strcmp(e->d_name, best) > 0)
+        int s = rundir_ckpt_step(e->d_name);
+        if (s > best_step && strlen(e->d_name) < sizeof best) {
+            best_step = s;
             strcpy(best, e->d_name);
+        }
     }
     closedir(d);
     if (!*best && !is_run_dir(path)) /* a Hugging Face directory names itself */

@@ -85,6 +85,23 @@ def test_info_tells_where_a_run_stands(run, shard, tmp_path):
           "badval.safetensors", "'val_step'")
 
 
+def test_latest_checkpoint_is_the_largest_step(run, shard, tmp_path):
+    """A run directory means its checkpoint of the largest step, by number:
+    from step 1,000,000 on the names have seven digits and sort before
+    step_999999 as text. A name that is not rundir's (a leading zero on more
+    than six digits, a missing digit) is no checkpoint."""
+    import shutil
+    d = tmp_path / "r"
+    ok(run("train", *TINY, "--data", shard, "--batch", "2", "--seq", "16", "--steps", "3",
+           "--ckpt-every", "1", "--out", d))
+    (d / "step_000001.safetensors").rename(d / "step_1000000.safetensors")
+    (d / "step_000002.safetensors").rename(d / "step_999999.safetensors")
+    shutil.copy(d / "step_000003.safetensors", d / "step_01000001.safetensors")
+    (d / "step_000003.safetensors").rename(d / "step_00003.safetensors")
+    info = ok(run("info", "--init", d))
+    assert re.search(r"^trained\s+step 1 of 3,", info, re.M), info
+
+
 def _same_checkpoints(a, b):
     a, b = load_file(str(a)), load_file(str(b))
     assert a.keys() == b.keys()
