@@ -1343,6 +1343,29 @@ static void cpu_adamw(backend *be, void *params_, void *master_, const void *gra
     }
 }
 
+/* ---- what the backend holds for itself ------------------------------------ */
+
+/* ops.h's workspace_bytes: attention's score blocks (2 ATT_ROWS T reals a
+ * thread) and, on cpu-bf16, the AMX packing scratch (at most a 1 MiB panel
+ * of B, 32 rows of A over 2,048 of K and the staging block a thread, which
+ * amx_gemm_scratch reaches at K 2,048 and N 256 or more). Both grow on first
+ * use; for the plan's shapes, the most they reach; B 0: what they hold. */
+static size_t cpu_workspace_bytes(backend *be, int B, int T, int C, int NH, int V)
+{
+    cpu_backend *cb = (cpu_backend *)be;
+    (void)C, (void)NH, (void)V;
+    if (B <= 0)
+        return cb->att_cap + cb->amx_cap;
+    size_t threads = (size_t)nthreads(be);
+    size_t att = T > 0 ? 2 * (size_t)ATT_ROWS * (size_t)T * threads * sizeof(real) : 0;
+    size_t amx = 0;
+#ifndef CPU_REAL_DOUBLE
+    if (cb->amx)
+        amx = (amx_gemm_scratch(1, 1 << 20, 1 << 20) + ALIGN - 1) / ALIGN * ALIGN * threads;
+#endif
+    return att + amx;
+}
+
 /* ---- constructor --------------------------------------------------------- */
 
 backend *CPU_CREATE(int threads, char *err)
@@ -1368,6 +1391,7 @@ backend *CPU_CREATE(int threads, char *err)
     be->fill = cpu_fill;
     be->sync = cpu_sync;
     be->destroy = cpu_destroy;
+    be->workspace_bytes = cpu_workspace_bytes;
     be->encoder_forward = cpu_encoder_forward;
     be->encoder_backward = cpu_encoder_backward;
     be->layernorm_forward = cpu_layernorm_forward;

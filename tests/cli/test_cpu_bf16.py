@@ -91,6 +91,18 @@ def test_bf16_vit(run, tmp_path, amx):
     assert np.abs(lb - lf).max() / np.abs(lf).max() < 1e-2, (lf, lb)
 
 
+def test_bf16_memory_plan_counts_the_packing_scratch(run, amx):
+    """cpu-bf16's plan adds the AMX kernel's packing scratch to the workspace:
+    a 1 MiB panel of B, 32 rows of A over 2,048 of K and a staging block, for
+    the one thread info plans with."""
+    needs_amx(amx)
+    args = ["info", "--preset", "d2", "--batch", "2", "--seq", "64", "--device", "cpu"]
+    ws = [int(re.search(r"^  workspace\s+(\d+) B", ok(run(*args, "--precision", p)), re.M)[1])
+          for p in ("fp32", "bf16")]
+    assert ws[0] == 2 * 64 * 64 * 4, ws
+    assert ws[1] - ws[0] == 2 ** 20 + 32 * 2048 * 2 + 32 * 32 * 4, ws
+
+
 def test_bf16_without_amx_is_one_line(binary, shard):
     """Where the CPU has no AMX-BF16 (ANATOMY_NO_AMX set), --precision bf16
     on the CPU stops before anything runs, naming the option and the reason;
