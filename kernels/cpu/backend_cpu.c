@@ -518,13 +518,6 @@ static void cpu_layernorm_backward(backend *be, void *dinp_, void *dweight_, voi
 
 #define GEMM_UNIT 16 /* block edges at multiples of this many rows/columns */
 
-/* Cm[M,N] = op(A) op(B) + beta Cm, row-major; ta/tb select transposes.
- * OpenBLAS runs single-threaded (see the constructor): the OpenMP threads
- * split the larger of M and N into contiguous blocks and each makes one
- * call on its block. One thread pool for the whole backend, since two pools
- * spinning against each other cost more than the matmuls on a small
- * machine; and each element is still summed by one call in a fixed order.
- * Shapes OpenBLAS would reject (a zero dimension) do nothing. */
 #define GELU_K ((real)0.7978845608028654) /* sqrt(2/pi) */
 #define GELU_A ((real)0.044715)
 
@@ -543,9 +536,9 @@ static inline real gelu_grad_r(real x)
     return (real)0.5 * (1 + t) + (real)0.5 * x * (1 - t * t) * du;
 }
 
-/* GCC vectorises for AVX-512 CPUs in 256-bit halves by default. GELU
- * in full 512-bit vectors (the spans below) took the ViT width-128 bf16 step from
- * 378-394 to 346-353 ms (one thread). Elsewhere the default. */
+/* GCC vectorises for AVX-512 CPUs in 256-bit halves by default. GELU in
+ * full 512-bit vectors (the spans below) took the ViT width-128 bf16 step
+ * from 378-394 to 346-353 ms (one thread). Elsewhere the default. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
 #define WIDE_VECTORS __attribute__((target("prefer-vector-width=512")))
 #else
@@ -643,8 +636,14 @@ static void epilogue_apply(void *ctx, real *c, int row, int col, int n)
         gelu_grad_span(c, NULL, e->gelu_pre + off, (size_t)n);
 }
 
-/* C = beta C + op(A) op(B), then the epilogue e (NULL: none) on every
- * element, the rows or columns split between the threads. */
+/* Cm[M,N] = op(A) op(B) + beta Cm, row-major; ta/tb select transposes;
+ * then the epilogue e (NULL: none) on every element. OpenBLAS (or, on
+ * cpu-bf16, amx_gemm) runs single-threaded (see the constructor): the
+ * OpenMP threads split the larger of M and N into contiguous blocks and
+ * each makes one call on its block. One thread pool for the whole backend,
+ * since two pools spinning against each other cost more than the matmuls
+ * on a small machine; and each element is still summed by one call in a
+ * fixed order. M or N zero does nothing; K zero is beta Cm, then e. */
 static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A, int lda,
                  const real *B, int ldb, real beta, real *Cm, int ldc, const epilogue *e)
 {
@@ -696,7 +695,7 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
             Cb = Cm + a;
         }
 #ifndef CPU_REAL_DOUBLE
-        if (scratch) { /* the epilogue block by block, as each is finished */
+        if (scratch) { /* the epilogue on each 32 rows as they are finished */
             amx_gemm(ta, tb, rows, cols, K, Ab, lda, Bb, ldb, beta, Cb, ldc,
                      scratch + per * (size_t)p, e ? epilogue_apply : NULL, &at);
             continue;
