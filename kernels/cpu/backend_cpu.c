@@ -558,10 +558,11 @@ WIDE_VECTORS static void gelu_span(real *y, const real *x, size_t n)
 {
     for (size_t i = 0; i < n; i += GELU_LANES) {
         size_t m = n - i < GELU_LANES ? n - i : GELU_LANES;
-        real xb[GELU_LANES] = { 0 }, yb[GELU_LANES];
+        real xb[GELU_LANES], yb[GELU_LANES];
         const real *xs = x + i;
         real *ys = y + i;
-        if (m < GELU_LANES) {
+        if (m < GELU_LANES) { /* the tail, padded with zeros */
+            memset(xb, 0, sizeof xb);
             memcpy(xb, xs, m * sizeof *xb);
             xs = xb, ys = yb;
         }
@@ -577,10 +578,11 @@ WIDE_VECTORS static void gelu_grad_span(real *d, const real *dy, const real *x, 
 {
     for (size_t i = 0; i < n; i += GELU_LANES) {
         size_t m = n - i < GELU_LANES ? n - i : GELU_LANES;
-        real db[GELU_LANES] = { 0 }, yb[GELU_LANES] = { 0 }, xb[GELU_LANES] = { 0 };
+        real db[GELU_LANES], yb[GELU_LANES], xb[GELU_LANES];
         real *ds = d + i;
         const real *ys = dy ? dy + i : NULL, *xs = x + i;
-        if (m < GELU_LANES) {
+        if (m < GELU_LANES) { /* the tail, padded with zeros */
+            memset(db, 0, sizeof db), memset(yb, 0, sizeof yb), memset(xb, 0, sizeof xb);
             memcpy(db, ds, m * sizeof *db);
             memcpy(xb, xs, m * sizeof *xb);
             if (dy)
