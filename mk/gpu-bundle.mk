@@ -13,6 +13,8 @@
 #              emulator's digests of the same tests with the same seed
 #       py/    the PyTorch references; data/ tinyshakespeare's GPT-2 tokens;
 #              run.sh; BUILD_INFO (commit, date)
+#   build/gpu-fmnist/  Fashion-MNIST's four files, beside the bundle: only the
+#              ViT call (run.sh --vit) carries them (30 MiB)
 #   build/gpu/run.sh       on the GPU machine: every figure of one lease, in
 #                          one results file under $OUT (scripts/gpu_run.sh)
 #   build/gpu/run.sh --rehearse   here: the same script end to end, with the
@@ -31,6 +33,8 @@ GPU_SUBMAKE  := $(MAKE) --no-print-directory BUILD=$(GPU_OBJ) DIST_MPI=0 \
 	OPT="-O3 -march=x86-64-v3 -fPIC" CUDA_XCOMPILER=-Wall,-Wextra,-fPIC \
 	CUDA_ARCHS="-gencode arch=compute_90,code=sm_90"
 GPU_BUNDLE_SEED := 12345
+GPU_FMNIST   := $(BUILD)/gpu-fmnist
+FMNIST_DIR   ?= /usr/share/datasets/fashion-mnist
 LLMC_SRC     := $(SHARED)/anchors/llm.c
 LLMC_FRONTEND := $(SHARED)/anchors/cudnn-frontend
 
@@ -98,6 +102,9 @@ gpu-bundle: $(BUILD)/anatomy gpt2-vocab
 	@# tinyshakespeare as GPT-2 tokens, for the second call's loss-curve parity (the device has no network)
 	ANATOMY=$(BUILD)/anatomy sh data/recipes/tinyshakespeare.sh $(GPU_BUNDLE)/data >/dev/null
 	cp scripts/gpu_run.sh $(GPU_BUNDLE)/run.sh && chmod +x $(GPU_BUNDLE)/run.sh
+	@rm -rf $(GPU_FMNIST) && mkdir -p $(GPU_FMNIST)
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then cp $(FMNIST_DIR)/*-ubyte.gz $(GPU_FMNIST)/; \
+	else echo "gpu-bundle: $(FMNIST_DIR): no Fashion-MNIST (make deps installs it): run.sh --vit will say so"; fi
 	@printf 'commit %s\nbuilt %s on %s\nnvcc %s\n' "$$(git rev-parse --short HEAD 2>/dev/null || echo '?')$$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')" \
 		"$$(date -u +%FT%TZ)" "$$(hostname)" "$$($(CUDA_NVCC) --version | sed -n 's/.*release //p')" > $(GPU_BUNDLE)/BUILD_INFO
 	@echo "gpu-bundle: $(GPU_BUNDLE) $$(du -sh $(GPU_BUNDLE) | cut -f1): run build/gpu/run.sh on the GPU machine (carry build/gpu)"

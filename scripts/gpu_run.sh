@@ -9,11 +9,18 @@
 #                                (ANATOMY_ATTN_BWD=split), the NCCL path,
 #                                racecheck on the attention kernels, the
 #                                loss-curve parity with PyTorch (500 steps)
-#   build/gpu/run.sh --rehearse  on a machine without a GPU: the same steps,
-#                                the same library lookup, timeouts and results
-#                                file, with the device emulator's builds
-#                                (build/anatomy-emu, ...) and tiny shapes
-#                                standing in; `make test` runs it
+#   build/gpu/run.sh --vit       a call of its own (carrying build/gpu-fmnist
+#                                too): the Fashion-MNIST ViT recipe
+#                                (bench/vit_fmnist_recipe.sh, width 128, bf16,
+#                                crops) on the GPU for 3 seeds side by side,
+#                                VIT_EPOCHS (50) epochs each; test top-1 per
+#                                seed, their mean and spread, and the curve
+#   build/gpu/run.sh --rehearse [--vit]   on a machine without a GPU: the same
+#                                steps, the same library lookup, timeouts and
+#                                results file, with the device emulator's
+#                                builds (build/anatomy-emu, ...), tiny shapes
+#                                and (--vit) 64 of the images standing in;
+#                                `make test` runs both
 #
 # Steps of the first call, in order of value (each with its own time limit,
 # a failing or timed-out step never stops the later ones, and the whole call
@@ -38,18 +45,29 @@
 #
 # Environment: BUDGET=seconds; LIMIT_<step>=seconds (dashes as underscores)
 # overrides one step's limit; B, STEPS: the GPT-2 timing's micro-batch (16)
-# and steps (20).
+# and steps (20); for --vit: VIT_EPOCHS (50), VIT_SEEDS ("1 2 3"),
+# VIT_PRECISION (bf16), FMNIST_DIR (build/gpu-fmnist).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-mode=first
-case "${1:-}" in
---rehearse) mode=rehearse ;;
---second) mode=second ;;
---call) mode=$GPU_RUN_MODE ;; # internal: one step's function, under `timeout` (below)
-"") ;;
-*) echo "run.sh: error: $1: unknown option (--rehearse, --second)" >&2; exit 2 ;;
-esac
+# call: which call's steps (first, second, vit); rehearse 1: the emulator
+# stands in; mode names the two in the results (first, rehearse, vit, ...)
+call=first rehearse=0
+if [ "${1:-}" = --call ]; then # internal: one step's function, under `timeout` (below)
+    call=$GPU_RUN_CALL rehearse=$GPU_RUN_REHEARSE
+else
+    for a in "$@"; do
+        case $a in
+        --rehearse) rehearse=1 ;;
+        --second | --vit) call=${a#--} ;;
+        *) echo "run.sh: error: $a: unknown option (--rehearse, --second, --vit)" >&2; exit 2 ;;
+        esac
+    done
+    [ $call = second ] && [ $rehearse = 1 ] && {
+        echo "run.sh: error: --rehearse --second: the second call needs a GPU (NCCL, compute-sanitizer)" >&2; exit 2; }
+fi
+mode=$call
+[ $rehearse = 1 ] && mode=$([ $call = first ] && echo rehearse || echo "$call-rehearse")
 OUT=${OUT:-$here/out}
 results=$OUT/results.txt
 if [ "${1:-}" != --call ]; then
@@ -57,7 +75,7 @@ if [ "${1:-}" != --call ]; then
     : >"$results"
     GPU_RUN_WORK=$(mktemp -d "${TMPDIR:-/tmp}/anatomy-gpu.XXXXXX")
     trap 'rm -rf "$GPU_RUN_WORK"' EXIT
-    export GPU_RUN_MODE=$mode GPU_RUN_WORK
+    export GPU_RUN_CALL=$call GPU_RUN_REHEARSE=$rehearse GPU_RUN_WORK
 fi
 work=$GPU_RUN_WORK
 start=$(date +%s)
@@ -107,7 +125,7 @@ step() {
 }
 
 # ---- what runs: the bundle's native binaries, or the emulated ones ----
-if [ $mode = rehearse ]; then
+if [ $rehearse = 1 ]; then
     bld=${ANATOMY_BUILD:-$repo/build}
     ANATOMY=$bld/anatomy-emu
     PARITY=$bld/tests/test_cuda_ops
@@ -122,6 +140,8 @@ if [ $mode = rehearse ]; then
     ATT_ARGS="--bh 2 --T 64 --hs 64 --iters 1"
     SDPA_ARGS="--device cpu --backends math --bh 2 --T 64 --hs 64 --iters 1"
     OPS_ARGS="--N 64 --C 64 --V 500 --params 4096 --iters 1"
+    # the ViT recipe at width 16, one block, on 64 training and 32 test images
+    VIT_SHAPE="WIDTH=16 LAYERS=1 HEADS=2 BATCH=16" VIT_EPOCHS=${VIT_EPOCHS:-2}
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0}
 else
     ANATOMY=$here/bin/anatomy-cuda
@@ -136,14 +156,17 @@ else
     ATT_ARGS="--bh 192 --T 1024 4096 --hs 64 128 --iters 10"
     SDPA_ARGS="--bh 192 --T 1024 4096 --hs 64 128 --iters 10"
     OPS_ARGS="--iters 20"
+    VIT_SHAPE="WIDTH=128 BATCH=128" VIT_EPOCHS=${VIT_EPOCHS:-50}
 fi
+VIT_DATA=${FMNIST_DIR:-$repo/build/gpu-fmnist}
+VIT_SEEDS=${VIT_SEEDS:-1 2 3}
 LLMC=$here/bin/llmc_train_gpt2cu
 
 # ---- the libraries: the bundle's, then CUDA's from the toolkit or from pip ----
 if [ "${1:-}" != --call ]; then
     [ -f "$here/BUILD_INFO" ] && say "bundle: $(tr '\n' ';' <"$here/BUILD_INFO")"
     say "run.sh $mode: $(date -u +%FT%TZ), budget $budget s, results in $results"
-    [ $mode = rehearse ] && say "REHEARSAL on $(hostname): the device emulator stands in for the GPU; no figure here is a GPU measurement"
+    [ $rehearse = 1 ] && say "REHEARSAL on $(hostname): the device emulator stands in for the GPU; no figure here is a GPU measurement"
     libdir=$work/lib
     mkdir -p "$libdir"
     [ -f "$here/lib.tar.xz" ] && tar -C "$libdir" -xJf "$here/lib.tar.xz"
@@ -228,7 +251,7 @@ parity() {
 }
 
 memcheck() {
-    if [ $mode = rehearse ]; then
+    if [ $rehearse = 1 ]; then
         echo "rehearsal: no compute-sanitizer; the emulator's own race and bounds checks stand in"
         CK_FORK=no CK_RUN_CASE=ops ANATOMY_TEST_SEED=12345 "$PARITY"
     elif command -v compute-sanitizer >/dev/null 2>&1; then
@@ -256,11 +279,45 @@ gpt2_anatomy() {
         --lr 6e-4 --warmup 0 --device cuda --precision $prec --out "$work/run-anatomy"
 }
 gpt2_llmc() {
-    [ $mode = rehearse ] && echo "rehearsal: llm.c runs only on a GPU; its failure here shows that later steps still run"
+    [ $rehearse = 1 ] && echo "rehearsal: llm.c runs only on a GPU; its failure here shows that later steps still run"
     (cd "$work" && "$LLMC" -i "$work/tok_train_*.bin" -j "$work/tok_val_*.bin" -e d12 -b $B -t $T -d $((B * T)) \
         -x $STEPS -v 1000000 -s 1000000 -h 0 -l 6e-4)
 }
 gpt2_torch() { $py "$here/py/torch_gpt2_gpu.py" --data "$work/tok_train_000000.bin" --batch $B --seq $T --steps $STEPS $TORCH_DEV "$@"; }
+
+# ---- the Fashion-MNIST ViT recipe, VIT_SEEDS side by side on the one GPU ----
+# (a step is a few small kernels: three processes keep the GPU busier than one)
+vit_recipe() {
+    local s rc=0 pids="" data=$VIT_DATA
+    if [ $rehearse = 1 ]; then # the first 64 training and 32 test images, in the same layout
+        data=$work/fmnist-tiny
+        $py - "${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}" "$data" <<'PY' || return 1
+import gzip, os, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+for split, n in (("train", 64), ("t10k", 32)):
+    for kind, magic, head, size in (("images-idx3", 0x803, 16, 784), ("labels-idx1", 0x801, 8, 1)):
+        raw = gzip.open(f"{src}/{split}-{kind}-ubyte.gz").read()
+        dims = struct.pack(">II", 28, 28) if kind.startswith("images") else b""
+        with gzip.open(f"{dst}/{split}-{kind}-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", magic, n) + dims + raw[head:head + n * size])
+PY
+    fi
+    [ -f "$data/train-images-idx3-ubyte.gz" ] || {
+        echo "$data: no Fashion-MNIST here (make gpu-bundle copies it to build/gpu-fmnist; carry that too)"
+        return 1; }
+    for s in $VIT_SEEDS; do
+        env $VIT_SHAPE SEED=$s DEVICE=cuda THREADS=1 PRECISION=${VIT_PRECISION:-bf16} CROP_PAD=2 FMNIST_DIR="$data" \
+            sh "$repo/bench/vit_fmnist_recipe.sh" "$ANATOMY" "$VIT_EPOCHS" "$work/vit-s$s" >"$work/vit-s$s.out" 2>&1 &
+        pids="$pids $!"
+    done
+    for s in $pids; do wait "$s" || rc=1; done
+    for s in $VIT_SEEDS; do
+        echo "-- seed $s"
+        grep -v '^val' "$work/vit-s$s.out" | tail -6
+    done
+    return $rc
+}
 
 if [ "${1:-}" = --call ]; then
     shift
@@ -269,7 +326,7 @@ if [ "${1:-}" = --call ]; then
 fi
 
 step env 30 env_check
-if [ $mode != second ]; then
+if [ $call = first ]; then
     step kernels 45 kernel_tests
     step parity 150 parity
     step memcheck 90 memcheck
@@ -281,12 +338,14 @@ if [ $mode != second ]; then
     step attention-ours 50 "$BENCH_ATT" $ATT_ARGS
     step attention-sdpa 50 $py "$here/py/torch_sdpa.py" $SDPA_ARGS
     step ops 40 "$BENCH_OPS" $OPS_ARGS
-    if [ $mode = rehearse ] || [ $((deadline - $(date +%s))) -gt 120 ]; then
+    if [ $rehearse = 1 ] || [ $((deadline - $(date +%s))) -gt 120 ]; then
         step gpt2-torch-compile 110 gpt2_torch --compile 1
     else
         say "== gpt2-torch-compile: left for the second call (under 120 s left)"
     fi
-else
+elif [ $call = vit ]; then
+    step vit 500 vit_recipe
+elif [ $call = second ]; then
     # the two-kernel attention backward beside the fused default (first call)
     step attention-split 40 env ANATOMY_ATTN_BWD=split "$BENCH_ATT" $ATT_ARGS
     step nccl 90 env ALLREDUCE_BENCH="$ALLREDUCE" sh "$repo/bench/bench_allreduce.sh" "$ANATOMY"
@@ -331,7 +390,28 @@ summary() {
     echo "memory-bound ops (GB/s; the copy ceiling is ${copy:-?} TB/s):"
     grep '^ours ' "$L/ops.log" 2>/dev/null | sed 's/^/  /'
 }
-if [ $mode != second ]; then
+# ---- the ViT call's summary: each seed's curve and test figure, then their mean ----
+vit_summary() {
+    local s f acc
+    echo "Fashion-MNIST ViT ($VIT_SHAPE, crop-pad 2, flips, label smoothing 0.1, cosine), $VIT_EPOCHS epochs, seeds $VIT_SEEDS side by side on one device:"
+    for s in $VIT_SEEDS; do
+        f=$work/vit-s$s
+        acc=$(sed -n 's/^accuracy //p' "$f/test.txt" 2>/dev/null)
+        printf '  seed %s: test top-1 %s, median step %s ms, %s; validation by epoch: %s\n' "$s" \
+            "$([ -n "$acc" ] && awk -v a="$acc" 'BEGIN { printf "%.2f%%", 100 * a }' || echo '? (no eval)')" \
+            "$(awk '/^step +[0-9]+\// { for (i = 1; i < NF; i++) if ($(i+1) == "ms") print $i }' "$f/train.log" 2>/dev/null |
+                sort -g | awk '{ v[NR] = $1 } END { printf "%s", NR ? v[int((NR + 1) / 2)] : "?" }')" \
+            "$(sed -n 's/^train wall time: //p' "$work/vit-s$s.out" 2>/dev/null | cut -d' ' -f1-2)" \
+            "$(awk '/^val / { printf "%s%.2f", n++ ? " " : "", 100 * $8 }' "$f/train.log" 2>/dev/null)"
+    done
+    for s in $VIT_SEEDS; do sed -n 's/^accuracy //p' "$work/vit-s$s/test.txt" 2>/dev/null; done |
+        awk '{ a[NR] = 100 * $1; m += a[NR] } END { if (NR < 2) exit; m /= NR; for (i = 1; i <= NR; i++) v += (a[i] - m) ^ 2
+            printf "  mean test top-1 %.2f%%, sample standard deviation %.2f, over %d seeds\n", m, sqrt(v / (NR - 1)), NR }'
+}
+if [ $call = vit ]; then
+    say "== summary"
+    vit_summary 2>&1 | tee -a "$results"
+elif [ $call = first ]; then
     say "== summary"
     summary 2>&1 | tee -a "$results"
 fi

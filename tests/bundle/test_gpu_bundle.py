@@ -9,7 +9,9 @@ gpu-bundle) first, then runs these tests:
   - build/gpu/run.sh --rehearse runs every step end to end with the emulator
     standing in for the device: verdicts in order, figures in the summary, a
     failing step (llm.c, which needs a GPU) and a timed-out step do not stop
-    the later ones, and a spent budget skips what is left.
+    the later ones, and a spent budget skips what is left;
+  - build/gpu/run.sh --rehearse --vit trains the ViT recipe for three seeds
+    side by side on the emulator (64 images) and sums up their test top-1.
 Without nvcc the native tests skip, saying so.
 """
 import os
@@ -146,3 +148,33 @@ def test_a_spent_budget_skips_the_rest(tmp_path):
 def test_unknown_option_is_refused():
     r = run(["bash", os.path.join(ROOT, "scripts", "gpu_run.sh"), "--fast"])
     assert r.returncode == 2 and "--fast: unknown option" in r.stderr
+    r = run(["bash", os.path.join(ROOT, "scripts", "gpu_run.sh"), "--rehearse", "--second"])
+    assert r.returncode == 2 and "the second call needs a GPU" in r.stderr
+
+
+@needs_nvcc
+def test_bundle_carries_fashion_mnist_beside_it():
+    d = os.path.join(BUILD, "gpu-fmnist")
+    names = sorted(os.listdir(d))
+    assert names == sorted(f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")), names
+
+
+@needs_nvcc
+def test_vit_rehearsal_trains_three_seeds_and_sums_up(tmp_path):
+    r = run([os.path.join(BUNDLE, "run.sh"), "--rehearse", "--vit"], env={"OUT": str(tmp_path)})
+    text = open(tmp_path / "results.txt").read()
+    assert r.returncode == 0, text[-2000:]
+    assert verdicts(text) == [("env", "ok"), ("vit", "ok")], text[-2000:]
+    summary = text[text.index("== summary"):]
+    seeds = re.findall(r"^  seed (\d): test top-1 ([0-9.]+)%, median step [0-9.]+ ms, \d+ s; "
+                       r"validation by epoch: ([0-9.]+) ([0-9.]+)$", summary, re.M)
+    assert [s for s, *_ in seeds] == ["1", "2", "3"], summary
+    # the last epoch's validation is the whole test set, as the eval of its checkpoint
+    assert all(abs(float(acc) - float(last)) < 0.006 for _, acc, _, last in seeds), seeds
+    accs = [float(a) for _, a, _, _ in seeds]
+    assert len(set(accs)) > 1 or len({e for _, _, e, _ in seeds}) > 1, "three seeds, one run?"
+    mean = sum(accs) / 3
+    sd = (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5
+    m = re.search(r"^  mean test top-1 ([0-9.]+)%, sample standard deviation ([0-9.]+), over 3 seeds$", summary, re.M)
+    assert m and abs(float(m.group(1)) - mean) < 0.02 and abs(float(m.group(2)) - sd) < 0.02, summary
+    assert re.search(r"^run\.sh vit-rehearse: \d+ s; every step passed$", text, re.M), text[-400:]

@@ -225,7 +225,19 @@ def test_vit_recipe_options(tmp_path):
     stub, args = tmp_path / "stub.sh", tmp_path / "args.txt"
     stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\nexit 3\n")
     stub.chmod(0o755)
-    env = dict(os.environ, FMNIST_DIR=str(tmp_path))
+    import gzip
+    import struct
+
+    def idx_dir(name, ntrain, ntest):
+        """A directory of IDX image files holding only their headers: the recipe
+        reads the counts there, the stand-in trainer reads nothing."""
+        d = tmp_path / name
+        d.mkdir()
+        with gzip.open(d / "train-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, ntrain, 28, 28))
+        (d / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, ntest, 28, 28))
+        return str(d)
+    env = dict(os.environ, FMNIST_DIR=idx_dir("fmnist", 60000, 10000))
     for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL",
               "WIDTH", "LAYERS", "HEADS", "PRECISION"):
         env.pop(k, None)
@@ -255,6 +267,28 @@ def test_vit_recipe_options(tmp_path):
         for k, v in want.items():
             assert got[got.index(k) + 1] == v, (extra, got)
         assert "--layers" not in got, (extra, got)
+    # RESUME=1 goes on from the run in OUT: --resume instead of the model's options, the log appended to
+    rc, err, got = recipe(RESUME="1")
+    assert rc == 2 and "RESUME=1: no checkpoint" in err and not got, err
+    (tmp_path / "o").mkdir(exist_ok=True)
+    (tmp_path / "o" / "step_000468.safetensors").write_bytes(b"")
+    (tmp_path / "o" / "train.log").write_text("step 1/1404 before the stop\n")
+    rc, _, got = recipe(RESUME="1")
+    assert got[got.index("--resume") + 1] == str(tmp_path / "o"), got
+    assert "--model" not in got and "--preset" not in got and "--pool" not in got, got
+    assert "--seed" in got and got[got.index("--steps") + 1] == str(3 * (60000 // 128)), got
+    assert (tmp_path / "o" / "train.log").read_text().startswith("step 1/1404 before the stop"), "log overwritten"
+    rc, err, got = recipe(RESUME="yes")
+    assert rc == 2 and "RESUME" in err and not got, err
+    # the steps per epoch and the test batches follow the counts in the files' headers
+    rc, _, got = recipe("2", FMNIST_DIR=idx_dir("small", 1000, 40), BATCH="64")
+    opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
+    assert opt["--warmup"] == opt["--val-every"] == str(1000 // 64) and opt["--steps"] == str(2 * (1000 // 64))
+    for data, name in ((idx_dir("none", 0, 0), "train-images-idx3-ubyte"), (str(tmp_path / "empty"), "not found"),
+                       (idx_dir("few", 100, 10), "BATCH 128 is more than the 100 training images")):
+        os.makedirs(data, exist_ok=True)
+        rc, err, got = recipe("1", FMNIST_DIR=data)
+        assert rc == 2 and name in err and len(err.strip().splitlines()) == 1 and not got, (data, err)
     for epochs, extra, name in (("3", {"PRECISION": "fp16"}, "PRECISION"),
                                 ("3", {"LAYERS": "six"}, "LAYERS"),
                                 ("3", {"POOL": "max"}, "POOL"),
