@@ -38,7 +38,9 @@
 #   mse 0.3646 over PatchTST's windows): NORM=batch BATCH=128 AVERAGE=10
 #   SEED [2021]  EXTRA: more `anatomy train` options (e.g. "--device cpu")
 #   RESUME=1     continue an interrupted run in OUT from its latest checkpoint
-#                (same data order and schedule: the trainer's --resume)
+#                (same data order and schedule: the trainer's --resume), its
+#                log appended to OUT/train.log; with no checkpoint in OUT yet,
+#                start it (so a requeued job can always pass RESUME=1)
 # Runs on the GPU when the binary has one (the trainer's default device).
 set -eu
 
@@ -102,18 +104,18 @@ echo "etth1: horizon $H, look-back $LOOKBACK, $PRESET, $EPOCHS epochs of $SPE st
 mkdir -p "$OUT"
 if [ "${RESUME:-0}" = 1 ] && ls "$OUT"/step_*.safetensors > /dev/null 2>&1; then
     MODEL="--resume $OUT"    # the checkpoint carries the model's config
-    LOG=$OUT/train-resumed.log
 else
     MODEL="--model patchts --preset $PRESET --horizon $H --lookback $LOOKBACK --norm $NORM"
-    LOG=$OUT/train.log
+    : > "$OUT/train.log"     # a new run's log starts empty; a resumed one's goes on
 fi
+LOG=$OUT/train.log
 # shellcheck disable=SC2086
 "$BIN" train $MODEL \
     --data "$ETTH1" --batch "$BATCH" --shuffle --steps "$STEPS" --lr "$LR" \
     --warmup "$WARMUP" --schedule cosine --lr-min-frac 0.01 --weight-decay "$WD" \
     --grad-clip 1.0 --dropout "$DROPOUT" --seed "$SEED" --ckpt-every "$SPE" --out "$OUT" \
     $LOSS_OPTS $EXTRA \
-    > "$LOG"
+    >> "$LOG"
 tail -n 2 "$LOG"
 if [ "$AVERAGE" -gt 0 ]; then
     n=$(find "$OUT" -maxdepth 1 -name 'step_*.safetensors' | wc -l)

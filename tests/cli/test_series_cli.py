@@ -502,3 +502,33 @@ def test_tsgpt_recipe_end_to_end(binary, tmp_path):
     q = subprocess.run(["sh", "bench/tsgpt_etth1.sh"], cwd=repo, env=dict(env, STEPS="many"),
                        capture_output=True, text=True, timeout=60)
     assert q.returncode == 2 and "STEPS" in q.stderr and "many" in q.stderr, q.stderr
+
+
+def test_etth1_recipe_resume(tmp_path):
+    """RESUME=1 goes on from the latest checkpoint in OUT (--resume OUT in place
+    of the model's options) and appends to OUT/train.log; with no checkpoint
+    there yet it starts the run, its log new. A stand-in binary records the
+    trainer's arguments and prints one line, then fails."""
+    import os
+    import subprocess
+    repo, stub, args, csv = _recipe_stub(tmp_path)
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {args}\necho 'step from the stand-in'\nexit 3\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, ANATOMY_BIN=str(stub), ETTH1=str(csv), OUT=str(out), RESUME="1")
+
+    def recipe():
+        q = subprocess.run(["sh", "scripts/etth1.sh", "96"], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert q.returncode != 0, q.stdout
+        return args.read_text().split(), (out / "train.log").read_text()
+
+    got, log = recipe()
+    assert "--model" in got and "--resume" not in got, got
+    assert log == "step from the stand-in\n", log
+    (out / "step_000100.safetensors").write_bytes(b"")
+    got, log = recipe()
+    assert got[got.index("--resume") + 1] == str(out) and "--model" not in got and "--preset" not in got, got
+    assert log == "step from the stand-in\n" * 2, log
+    env["RESUME"] = "0"
+    got, log = recipe()
+    assert "--model" in got and log == "step from the stand-in\n", (got, log)
