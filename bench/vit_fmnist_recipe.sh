@@ -18,7 +18,8 @@
 #
 # usage: bench/vit_fmnist_recipe.sh [ANATOMY_BIN] [EPOCHS] [OUT_DIR]
 # Environment (defaults in brackets): SEED [1], THREADS [1], DEVICE [cpu],
-# LR [2e-3], WD [0.05], DROPOUT [0], CROP_PAD [0], FLIP [1], SMOOTH [0.1], BATCH [128],
+# LR [2e-3], WD [0.05], DROPOUT [0], CROP_PAD [0], FLIP [1], ERASE [0: the
+# probability of random erasing, --erase], SMOOTH [0.1], BATCH [128],
 # PRESET [vit-mnist-p4], POOL [cls] (or mean), WIDTH, LAYERS, HEADS [the preset's],
 # RESUME [0; 1: go on with the run in OUT_DIR from its latest checkpoint, as
 # stopped by a signal or a time limit, with the same environment and EPOCHS,
@@ -37,6 +38,7 @@ LR=${LR:-2e-3}
 WD=${WD:-0.05}
 DROPOUT=${DROPOUT:-0}
 CROP_PAD=${CROP_PAD:-0}
+ERASE=${ERASE:-0}
 FLIP=${FLIP:-1}
 SMOOTH=${SMOOTH:-0.1}
 BATCH=${BATCH:-128}
@@ -88,13 +90,14 @@ EVAL_BATCHES=$(((NTEST + EVAL_BATCH - 1) / EVAL_BATCH))
 ls "$OUT"/step_*.safetensors >/dev/null 2>&1 || RESUME=0
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=passive
-echo "vit-fmnist recipe: $PRESET$SHAPE, $PRECISION, pool $POOL, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, crop-pad $CROP_PAD, flip $FLIP, label smoothing $SMOOTH, dropout $DROPOUT, seed $SEED -> $OUT"
+echo "vit-fmnist recipe: $PRESET$SHAPE, $PRECISION, pool $POOL, $EPOCHS epochs of $SPE steps (batch $BATCH), lr $LR, crop-pad $CROP_PAD, flip $FLIP, erase $ERASE, label smoothing $SMOOTH, dropout $DROPOUT, seed $SEED -> $OUT"
 # train MODEL-OPTIONS...: the recipe's run, MODEL-OPTIONS saying what it starts from
 train() {
     "$BIN" train "$@" --data "$D" --val-data "$D" \
         --batch "$BATCH" --steps "$STEPS" --lr "$LR" --warmup "$SPE" --schedule cosine --lr-min-frac 0 \
-        --weight-decay "$WD" --dropout "$DROPOUT" --crop-pad "$CROP_PAD" --flip "$FLIP" --label-smoothing "$SMOOTH" \
-        --shuffle --seed "$SEED" --val-every "$SPE" --val-batches 100 --ckpt-every "$SPE" \
+        --weight-decay "$WD" --dropout "$DROPOUT" --crop-pad "$CROP_PAD" --flip "$FLIP" --erase "$ERASE" \
+        --label-smoothing "$SMOOTH" --shuffle --seed "$SEED" \
+        --val-every "$SPE" --val-batches 100 --ckpt-every "$SPE" \
         --device "$DEVICE" --precision "$PRECISION" --threads "$THREADS" --out "$OUT"
 }
 start=$(date +%s)

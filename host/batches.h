@@ -39,6 +39,9 @@ typedef struct {
                          * 1: crop_pad and flip below instead (images) */
     int crop_pad;       /* random crops of the image padded by this many pixels */
     int flip;           /* 1: horizontal flips with probability 1/2 */
+    double erase;       /* images, SPLIT_TRAIN: the probability that an image has
+                         * one random rectangle set to the pixel scale's middle
+                         * (random erasing); on top of either augmentation */
 } data_spec;
 
 typedef struct batch_source batch_source;

@@ -41,6 +41,10 @@ static const char usage[] =
     "                       default augmentation (CIFAR: 4 and flips; grey images: none)\n"
     "  --flip 0|1           vit: mirror training images with probability 1/2 (see\n"
     "                       --crop-pad; the one not given is then off)\n"
+    "  --erase P            vit: with probability P (0-1, default 0) a training image,\n"
+    "                       after its crop and flip, has one random rectangle of 2-33%\n"
+    "                       of its area, aspect 0.3-3.3, set to 0, the middle of the\n"
+    "                       pixel scale (random erasing, as torchvision's RandomErasing)\n"
     "  --rows R             how a micro-batch's B rows are cut from the token stream\n"
     "                       (gpt2, ffnn): contiguous (default) takes B*T consecutive\n"
     "                       tokens, in stream order or --shuffle's chunk order, so an\n"
@@ -128,7 +132,7 @@ enum {
     O_TOTAL, O_SHUFFLE, O_STEPS, O_LR, O_WARMUP, O_SCHED, O_LRMIN, O_WD, O_CLIP, O_DROPOUT, O_SEED,
     O_OUT, O_CKPT, O_VALEVERY, O_VALB, O_SAMPLE, O_SAMPLETOK, O_TOK, O_DEVICE, O_PRECISION, O_THREADS,
     O_DTIMEOUT, O_DINFO, O_DINIT, O_HS, O_HSEVERY, O_HSLIMIT, O_ZERO, O_RECOMPUTE, O_BETA1,
-    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT, O_CROPPAD, O_FLIP, O_SMOOTH,
+    O_BETA2, O_EPS, O_HELP, O_OVERWRITE, O_ROWS, O_MEMLIMIT, O_CROPPAD, O_FLIP, O_ERASE, O_SMOOTH,
     O_LOSS, O_HUBER
 };
 
@@ -157,7 +161,7 @@ static const struct option base_opts[] = {
     { "hellaswag-limit", 1, 0, O_HSLIMIT },
     { "zero", 1, 0, O_ZERO },           { "recompute", 0, 0, O_RECOMPUTE },
     { "rows", 1, 0, O_ROWS },           { "memory-limit", 1, 0, O_MEMLIMIT },
-    { "crop-pad", 1, 0, O_CROPPAD },    { "flip", 1, 0, O_FLIP },
+    { "crop-pad", 1, 0, O_CROPPAD },    { "flip", 1, 0, O_FLIP },      { "erase", 1, 0, O_ERASE },
     { "label-smoothing", 1, 0, O_SMOOTH },
     { "loss", 1, 0, O_LOSS },           { "huber-delta", 1, 0, O_HUBER },
     { "help", 0, 0, O_HELP },           { "overwrite", 0, 0, O_OVERWRITE },
@@ -417,6 +421,7 @@ int cmd_train(int argc, char **argv)
         case O_BETA2: o.beta2 = cli_float("--beta2", optarg, 0, 0.999999); adamw_given[1] = 1; break;
         case O_EPS: o.eps = cli_float("--eps", optarg, 1e-30, 0.5); adamw_given[2] = 1; break;
         case O_DROPOUT: o.dropout = cli_float("--dropout", optarg, 0, 0.9); break;
+        case O_ERASE: o.erase = cli_float("--erase", optarg, 0, 1); break;
         case O_SMOOTH: o.label_smoothing = cli_float("--label-smoothing", optarg, 0, 0.99); break;
         case O_LOSS:
             if ((o.loss_kind = model_loss_kind(optarg)) < 0)

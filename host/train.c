@@ -756,7 +756,7 @@ int train_run(model *m, const train_opts *o, train_state *st, char *err)
     }
     {
         data_spec ds = { o->data, B, T, o->rank, o->world, o->shuffle, o->seed, SPLIT_TRAIN,
-                         o->random_rows, o->augment, o->crop_pad, o->flip };
+                         o->random_rows, o->augment, o->crop_pad, o->flip, o->erase };
         ld = m->fam->open_data(m, &ds, err);
         if (!ld)
             goto done;

@@ -38,6 +38,7 @@ typedef struct {
     int shuffle;
     int random_rows;        /* --rows random: each row at its own random offset */
     int augment, crop_pad, flip; /* --crop-pad, --flip (data_spec's; augment 0: defaults) */
+    double erase;           /* --erase: data_spec's erase */
     int rank, world;        /* from dist (0 and 1 when dist is NULL) */
     dist *dist;             /* the communicator; NULL: one process */
     int zero;               /* 1: ZeRO stage 1 (sharded AdamW state) when world > 1 */

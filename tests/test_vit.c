@@ -850,6 +850,105 @@ START_TEST(test_source_augment_options)
 }
 END_TEST
 
+/* --erase P (data_spec.erase): with P = 1 every training row is its image
+ * (shuffled, no crop or flip here) but for one rectangle of zeros, 1 to 7
+ * pixels a side on 8 x 8 images, of 2-33% of the area give or take the
+ * rounding of its sides, at more than one place and shape; P = 0 leaves the
+ * batches exactly as without the option; P = 1/2 erases some rows and not
+ * others; validation rows are never erased. */
+START_TEST(test_source_random_erasing)
+{
+    vit_config c = { 8, 1, 4, 10, 1, 1, 4, 0, VIT_POOL_CLS };
+    enum { n = 12, B = 4, HW = 64 };
+    uint8_t pix[n * HW], lab[n];
+    char err[ERRBUF];
+    model fake;
+    memset(&fake, 0, sizeof fake);
+    memcpy(fake.config, &c, sizeof c);
+    make_tmpdir();
+    write_idx_images(tpath("train-images-idx3-ubyte"), 0x803, n, 8, 8, 0, 0, pix, SEED(130));
+    write_idx_labels(tpath("train-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(131));
+    write_idx_images(tpath("t10k-images-idx3-ubyte"), 0x803, n, 8, 8, 0, 0, pix, SEED(130));
+    write_idx_labels(tpath("t10k-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(131));
+    data_spec spec = { .path = tmpdir, .B = B, .world = 1, .shuffle = 1, .seed = SEED(132),
+                       .split = SPLIT_TRAIN, .augment = 1, .erase = 1 };
+    batch_source *s = vit_family.open_data(&fake, &spec, err);
+    ck_assert_msg(s != NULL, "%s", err);
+    int shapes = 0, places = 0, last_h = -1, last_y = -1;
+    for (int j = 0; j < 15; j++) {
+        ck_assert_int_eq(s->next(s, err), 0);
+        for (int i = 0; i < B; i++) {
+            const float *x = s->batch.x + i * HW;
+            int k = -1, y0 = 8, y1 = -1, x0 = 8, x1 = -1, zeros = 0;
+            for (int q = 0; q < n && k < 0; q++) { /* the image: every pixel not erased equal */
+                int ok = 1;
+                for (int p = 0; p < HW && ok; p++)
+                    ok = x[p] == 0.0f || fabsf(x[p] - (pix[q * HW + p] / 127.5f - 1.0f)) < 1e-6f;
+                k = ok ? q : -1;
+            }
+            ck_assert_msg(k >= 0, "row %d of batch %d is no image with a rectangle erased", i, j);
+            ck_assert_int_eq(s->batch.targets[i], lab[k]);
+            for (int p = 0; p < HW; p++)
+                if (x[p] == 0.0f) { /* (127.5 is no pixel value: a zero is erased) */
+                    zeros++;
+                    y0 = p / 8 < y0 ? p / 8 : y0, y1 = p / 8 > y1 ? p / 8 : y1;
+                    x0 = p % 8 < x0 ? p % 8 : x0, x1 = p % 8 > x1 ? p % 8 : x1;
+                }
+            int h = y1 - y0 + 1, w = x1 - x0 + 1;
+            ck_assert_msg(zeros > 0 && zeros == h * w, "row %d of batch %d: %d zeros in a %d x %d box",
+                          i, j, zeros, h, w);
+            ck_assert(h >= 1 && h <= 7 && w >= 1 && w <= 7 && zeros <= 0.33 * HW * 1.6);
+            shapes += last_h >= 0 && h != last_h, places += last_y >= 0 && y0 != last_y;
+            last_h = h, last_y = y0;
+        }
+    }
+    ck_assert_msg(shapes > 0 && places > 0, "shapes %d places %d", shapes, places);
+    s->close(s);
+    /* erasing on draws after the crop and flip: their draws, and so the rows, unchanged */
+    spec.erase = 0;
+    spec.crop_pad = 1, spec.flip = 1;
+    float plain[B * HW];
+    batch_source *a = vit_family.open_data(&fake, &spec, err);
+    ck_assert_msg(a != NULL, "%s", err);
+    data_spec with = spec;
+    with.erase = 1e-300; /* on, yet (almost) never drawn: the crop and flip draws unchanged */
+    batch_source *b = vit_family.open_data(&fake, &with, err);
+    ck_assert_msg(b != NULL, "%s", err);
+    for (int j = 0; j < 5; j++) {
+        ck_assert_int_eq(a->next(a, err), 0);
+        ck_assert_int_eq(b->next(b, err), 0);
+        memcpy(plain, a->batch.x, sizeof plain);
+        ck_assert_mem_eq(plain, b->batch.x, sizeof plain);
+    }
+    a->close(a);
+    b->close(b);
+    /* P = 1/2: some rows erased, some not; validation never */
+    spec.erase = 0.5, spec.crop_pad = 0, spec.flip = 0;
+    s = vit_family.open_data(&fake, &spec, err);
+    ck_assert_msg(s != NULL, "%s", err);
+    int erased = 0;
+    for (int j = 0; j < 15; j++) {
+        ck_assert_int_eq(s->next(s, err), 0);
+        for (int i = 0; i < B; i++) {
+            int z = 0;
+            for (int p = 0; p < HW; p++)
+                z += s->batch.x[i * HW + p] == 0.0f;
+            erased += z > 0;
+        }
+    }
+    ck_assert_msg(erased > 10 && erased < 50, "%d of 60 rows erased at P = 1/2", erased);
+    s->close(s);
+    spec.split = SPLIT_VAL, spec.erase = 1;
+    s = vit_family.open_data(&fake, &spec, err);
+    ck_assert_msg(s != NULL, "%s", err);
+    ck_assert_int_eq(s->next(s, err), 0);
+    for (int q = 0; q < B * HW; q++)
+        ck_assert(fabsf(s->batch.x[q] - (pix[q] / 127.5f - 1.0f)) < 1e-6f);
+    s->close(s);
+    remove_tmpdir();
+}
+END_TEST
+
 /* CIFAR training batches are augmented: each row is its image shifted by at
  * most 4 pixels (black where it came from the padding) and maybe mirrored;
  * the same micro-batch index draws the same augmentation. */
@@ -914,6 +1013,7 @@ static Suite *vit_suite(void)
     tcase_add_test(tf, test_source_idx);
     tcase_add_test(tf, test_source_cifar_augment);
     tcase_add_test(tf, test_source_augment_options);
+    tcase_add_test(tf, test_source_random_erasing);
     suite_add_tcase(s, tf);
     return s;
 }

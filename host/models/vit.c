@@ -530,7 +530,8 @@ static void vit_describe(const int *v, FILE *out)
  * across the coarse patch grid, which the model must first learn to ignore.
  * --crop-pad N and --flip 0|1 (data_spec.augment) replace these defaults for
  * either kind, e.g. for the recipes that find shifts and flips worth it on
- * Fashion-MNIST with finer patches (bench/vit_fmnist_recipe.sh).
+ * Fashion-MNIST with finer patches (bench/vit_fmnist_recipe.sh). --erase P
+ * adds random erasing (erase_rect below) on top of either.
  * Val and test: the images in file order, ceil(n/B) micro-batches, the last
  * one's missing rows padded with ignored targets (-1), so a pass counts every
  * image exactly once. Pixels are scaled to [-1, 1] (x/255 - 0.5) / 0.5, the
@@ -545,6 +546,7 @@ typedef struct {
     image_set set;
     int B, rank, world, train, shuffle, augment;
     int pad, flip;                 /* augmentation: crop padding, flips */
+    double erase;                  /* probability of random erasing (--erase) */
     uint64_t seed, pos, epoch_len; /* epoch_len in global micro-batches */
     int *perm;
     int64_t perm_epoch;
@@ -593,6 +595,32 @@ static void put_image(const image_source *s, const uint8_t *px, int dy, int dx, 
             }
 }
 
+/* Random erasing (--erase; Zhong et al. 2017, as torchvision's RandomErasing
+ * with its defaults): up to 10 tries to draw a rectangle of 2-33% of the
+ * image's area with aspect (height / width) log-uniform in [0.3, 3.3] that
+ * fits inside it; the first that fits is set to 0, the middle of the pixel
+ * scale, in every channel. Draws come from the row's own generator after its
+ * crop and flip, so P = 0 draws nothing and leaves every run as it was. */
+static void erase_rect(const image_source *s, rng_state *r, float *out)
+{
+    int ch = s->set.channels, H = s->set.height, W = s->set.width;
+    if (rng_uniform(r) >= s->erase)
+        return;
+    for (int attempt = 0; attempt < 10; attempt++) {
+        double area = (0.02 + rng_uniform(r) * (0.33 - 0.02)) * H * W;
+        double aspect = exp(log(0.3) + rng_uniform(r) * (log(1 / 0.3) - log(0.3)));
+        int h = (int)lround(sqrt(area * aspect)), w = (int)lround(sqrt(area / aspect));
+        if (h < 1 || w < 1 || h >= H || w >= W)
+            continue;
+        int y0 = (int)rng_below(r, (uint64_t)(H - h + 1)), x0 = (int)rng_below(r, (uint64_t)(W - w + 1));
+        for (int k = 0; k < ch; k++)
+            for (int y = y0; y < y0 + h; y++)
+                for (int x = x0; x < x0 + w; x++)
+                    out[((size_t)k * H + y) * W + x] = 0.0f;
+        return;
+    }
+}
+
 static int source_next(batch_source *bs, char *err)
 {
     image_source *s = (image_source *)bs;
@@ -612,14 +640,16 @@ static int source_next(batch_source *bs, char *err)
         }
         int idx = s->train ? s->perm[k] : (int)k;
         int dy = s->pad, dx = s->pad, flip = 0;
-        if (s->augment) {
-            rng_state r;
+        rng_state r;
+        if (s->augment || s->erase > 0) {
             rng_seed(&r, mix(mix(s->seed, g), (uint64_t)i + 1));
             dy = (int)rng_below(&r, 2 * (uint64_t)s->pad + 1);
             dx = (int)rng_below(&r, 2 * (uint64_t)s->pad + 1);
             flip = s->flip && rng_below(&r, 2);
         }
         put_image(s, s->set.pixels + (size_t)idx * s->img, dy, dx, flip, out);
+        if (s->erase > 0)
+            erase_rect(s, &r, out);
         s->targets[i] = s->set.labels[idx];
     }
     s->pos++;
@@ -691,6 +721,7 @@ static batch_source *vit_open_data(const model *m, const data_spec *spec, char *
         s->flip = s->train && s->set.channels == 3;
     }
     s->augment = s->pad > 0 || s->flip;
+    s->erase = s->train ? spec->erase : 0;
     s->img = (size_t)s->set.channels * s->set.height * s->set.width;
     if (s->B < 1) {
         errf(err, "--batch: must be positive (got %d)", s->B);

@@ -163,13 +163,13 @@ def test_bad_files_eval(run, tmp_path):
 
 
 def test_augmentation_options(run, tmp_path):
-    """--crop-pad, --flip and --label-smoothing train a ViT on grey images;
-    out-of-range values get one line naming the option."""
+    """--crop-pad, --flip, --erase and --label-smoothing train a ViT on grey
+    images; out-of-range values get one line naming the option."""
     img = pair(tmp_path)
     rc, out, err = run("train", *GREY, *TRAIN, "--data", img, "--crop-pad", 2, "--flip", 1,
-                       "--label-smoothing", 0.1, "--out", tmp_path / "run")
+                       "--erase", 0.25, "--label-smoothing", 0.1, "--out", tmp_path / "run")
     assert rc == 0, err
-    for opt, bad in (("--crop-pad", 17), ("--crop-pad", -1), ("--flip", 2),
+    for opt, bad in (("--crop-pad", 17), ("--crop-pad", -1), ("--flip", 2), ("--erase", 1.5), ("--erase", -0.1),
                      ("--label-smoothing", 1), ("--label-smoothing", -0.1)):
         expect_error(run, ["train", *GREY, *TRAIN, "--data", img, opt, bad], opt, "out of range")
 
@@ -238,7 +238,7 @@ def test_vit_recipe_options(tmp_path):
         (d / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, ntest, 28, 28))
         return str(d)
     env = dict(os.environ, FMNIST_DIR=idx_dir("fmnist", 60000, 10000))
-    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL",
+    for k in ("SEED", "LR", "CROP_PAD", "FLIP", "ERASE", "SMOOTH", "BATCH", "PRESET", "DROPOUT", "POOL",
               "WIDTH", "LAYERS", "HEADS", "PRECISION"):
         env.pop(k, None)
     def recipe(epochs="3", **extra):
@@ -253,7 +253,7 @@ def test_vit_recipe_options(tmp_path):
     assert rc != 0
     opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
     assert opt["--preset"] == "vit-mnist-p4" and opt["--crop-pad"] == "0" and opt["--flip"] == "1"
-    assert opt["--dropout"] == "0" and opt["--pool"] == "cls"
+    assert opt["--dropout"] == "0" and opt["--pool"] == "cls" and opt["--erase"] == "0"
     assert opt["--schedule"] == "cosine" and opt["--lr-min-frac"] == "0"
     assert opt["--label-smoothing"] == "0.1"
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
@@ -261,6 +261,7 @@ def test_vit_recipe_options(tmp_path):
     assert opt["--precision"] == "fp32"
     for extra, want in (({"CROP_PAD": "4", "SEED": "7"}, {"--crop-pad": "4", "--seed": "7"}),
                         ({"POOL": "mean"}, {"--pool": "mean"}),
+                        ({"ERASE": "0.25"}, {"--erase": "0.25"}),
                         ({"WIDTH": "128", "HEADS": "8"}, {"--width": "128", "--heads": "8"}),
                         ({"PRECISION": "bf16"}, {"--precision": "bf16"})):
         rc, _, got = recipe(**extra)
