@@ -779,6 +779,18 @@ START_TEST(test_source_idx)
 }
 END_TEST
 
+/* A new tmpdir holding n grey side x side images with labels as the
+ * standard files of both splits (the same images in each): pix and lab get
+ * them; seed and seed + 1 draw them. */
+static void write_grey_dir(int n, int side, uint8_t *pix, uint8_t *lab, uint64_t seed)
+{
+    make_tmpdir();
+    write_idx_images(tpath("train-images-idx3-ubyte"), 0x803, n, side, side, 0, 0, pix, seed);
+    write_idx_labels(tpath("train-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, seed + 1);
+    write_idx_images(tpath("t10k-images-idx3-ubyte"), 0x803, n, side, side, 0, 0, pix, seed);
+    write_idx_labels(tpath("t10k-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, seed + 1);
+}
+
 /* --crop-pad and --flip (data_spec.augment) on grey images, which have no
  * default augmentation: each training row is its image shifted by at most
  * the padding and maybe mirrored, both seen; validation rows untouched; and
@@ -792,11 +804,7 @@ START_TEST(test_source_augment_options)
     model fake;
     memset(&fake, 0, sizeof fake);
     memcpy(fake.config, &c, sizeof c);
-    make_tmpdir();
-    write_idx_images(tpath("train-images-idx3-ubyte"), 0x803, n, 6, 6, 0, 0, pix, SEED(120));
-    write_idx_labels(tpath("train-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(121));
-    write_idx_images(tpath("t10k-images-idx3-ubyte"), 0x803, n, 6, 6, 0, 0, pix, SEED(120));
-    write_idx_labels(tpath("t10k-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(121));
+    write_grey_dir(n, 6, pix, lab, SEED(120));
     data_spec spec = { .path = tmpdir, .B = B, .world = 1, .shuffle = 1, .seed = SEED(122),
                        .split = SPLIT_TRAIN, .augment = 1, .crop_pad = 2, .flip = 1 };
     batch_source *s = vit_family.open_data(&fake, &spec, err);
@@ -865,11 +873,7 @@ START_TEST(test_source_random_erasing)
     model fake;
     memset(&fake, 0, sizeof fake);
     memcpy(fake.config, &c, sizeof c);
-    make_tmpdir();
-    write_idx_images(tpath("train-images-idx3-ubyte"), 0x803, n, 8, 8, 0, 0, pix, SEED(130));
-    write_idx_labels(tpath("train-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(131));
-    write_idx_images(tpath("t10k-images-idx3-ubyte"), 0x803, n, 8, 8, 0, 0, pix, SEED(130));
-    write_idx_labels(tpath("t10k-labels-idx1-ubyte"), 0x801, n, 10, 0, lab, SEED(131));
+    write_grey_dir(n, 8, pix, lab, SEED(130));
     data_spec spec = { .path = tmpdir, .B = B, .world = 1, .shuffle = 1, .seed = SEED(132),
                        .split = SPLIT_TRAIN, .augment = 1, .erase = 1 };
     batch_source *s = vit_family.open_data(&fake, &spec, err);
