@@ -178,3 +178,17 @@ def test_vit_rehearsal_trains_three_seeds_and_sums_up(tmp_path):
     m = re.search(r"^  mean test top-1 ([0-9.]+)%, sample standard deviation ([0-9.]+), over 3 seeds$", summary, re.M)
     assert m and abs(float(m.group(1)) - mean) < 0.02 and abs(float(m.group(2)) - sd) < 0.02, summary
     assert re.search(r"^run\.sh vit-rehearse: \d+ s; every step passed$", text, re.M), text[-400:]
+
+
+@needs_nvcc
+def test_vit_call_without_the_data_says_so(tmp_path):
+    # the --vit call with no Fashion-MNIST carried: its step fails in one line naming
+    # the folder and what to carry, and the call fails
+    empty = tmp_path / "none"
+    empty.mkdir()
+    r = run([os.path.join(BUNDLE, "run.sh"), "--vit"], env={"OUT": str(tmp_path), "FMNIST_DIR": str(empty)})
+    text = open(tmp_path / "results.txt").read()
+    assert r.returncode == 1
+    assert dict(verdicts(text))["vit"] == "FAILED", text[-1000:]
+    assert re.search(rf"^== vit: FAILED \(exit 1, \d+ s\): {re.escape(str(empty))}: no Fashion-MNIST here "
+                     r"\(make gpu-bundle copies it to build/gpu-fmnist; carry that too\)$", text, re.M), text[-1000:]
