@@ -392,21 +392,13 @@ summary() {
 }
 # ---- the ViT call's summary: each seed's curve and test figure, then their mean ----
 vit_summary() {
-    local s f acc
+    local s dirs=()
     echo "Fashion-MNIST ViT ($VIT_SHAPE, crop-pad 2, flips, label smoothing 0.1, cosine), $VIT_EPOCHS epochs, seeds $VIT_SEEDS side by side on one device:"
     for s in $VIT_SEEDS; do
-        f=$work/vit-s$s
-        acc=$(sed -n 's/^accuracy //p' "$f/test.txt" 2>/dev/null)
-        printf '  seed %s: test top-1 %s, median step %s ms, %s; validation by epoch: %s\n' "$s" \
-            "$([ -n "$acc" ] && awk -v a="$acc" 'BEGIN { printf "%.2f%%", 100 * a }' || echo '? (no eval)')" \
-            "$(awk '/^step +[0-9]+\// { for (i = 1; i < NF; i++) if ($(i+1) == "ms") print $i }' "$f/train.log" 2>/dev/null |
-                sort -g | awk '{ v[NR] = $1 } END { printf "%s", NR ? v[int((NR + 1) / 2)] : "?" }')" \
-            "$(sed -n 's/^train wall time: //p' "$work/vit-s$s.out" 2>/dev/null | cut -d' ' -f1-2)" \
-            "$(awk '/^val / { printf "%s%.2f", n++ ? " " : "", 100 * $8 }' "$f/train.log" 2>/dev/null)"
+        if [ -f "$work/vit-s$s/train.log" ]; then dirs+=("$work/vit-s$s")
+        else echo "  vit-s$s: did not train (its output: $work/vit-s$s.out)"; fi
     done
-    for s in $VIT_SEEDS; do sed -n 's/^accuracy //p' "$work/vit-s$s/test.txt" 2>/dev/null; done |
-        awk '{ a[NR] = 100 * $1; m += a[NR] } END { if (NR < 2) exit; m /= NR; for (i = 1; i <= NR; i++) v += (a[i] - m) ^ 2
-            printf "  mean test top-1 %.2f%%, sample standard deviation %.2f, over %d seeds\n", m, sqrt(v / (NR - 1)), NR }'
+    [ ${#dirs[@]} -eq 0 ] || sh "$repo/bench/vit_fmnist_summary.sh" "${dirs[@]}"
 }
 if [ $call = vit ]; then
     say "== summary"

@@ -166,7 +166,7 @@ def test_vit_rehearsal_trains_three_seeds_and_sums_up(tmp_path):
     assert r.returncode == 0, text[-2000:]
     assert verdicts(text) == [("env", "ok"), ("vit", "ok")], text[-2000:]
     summary = text[text.index("== summary"):]
-    seeds = re.findall(r"^  seed (\d): test top-1 ([0-9.]+)%, median step [0-9.]+ ms, \d+ s; "
+    seeds = re.findall(r"^  vit-s(\d): test top-1 ([0-9.]+)%, loss [0-9.]+; median step [0-9.]+ ms, \d+ s in \d+ steps; "
                        r"validation by epoch: ([0-9.]+) ([0-9.]+)$", summary, re.M)
     assert [s for s, *_ in seeds] == ["1", "2", "3"], summary
     # the last epoch's validation is the whole test set, as the eval of its checkpoint
@@ -175,7 +175,7 @@ def test_vit_rehearsal_trains_three_seeds_and_sums_up(tmp_path):
     assert len(set(accs)) > 1 or len({e for _, _, e, _ in seeds}) > 1, "three seeds, one run?"
     mean = sum(accs) / 3
     sd = (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5
-    m = re.search(r"^  mean test top-1 ([0-9.]+)%, sample standard deviation ([0-9.]+), over 3 seeds$", summary, re.M)
+    m = re.search(r"^  mean test top-1 ([0-9.]+)%, sample standard deviation ([0-9.]+), over 3 runs$", summary, re.M)
     assert m and abs(float(m.group(1)) - mean) < 0.02 and abs(float(m.group(2)) - sd) < 0.02, summary
     assert re.search(r"^run\.sh vit-rehearse: \d+ s; every step passed$", text, re.M), text[-400:]
 

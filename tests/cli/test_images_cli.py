@@ -297,3 +297,72 @@ def test_vit_recipe_options(tmp_path):
                                 ("many", {}, "EPOCHS")):
         rc, err, got = recipe(epochs, **extra)
         assert rc == 2 and name in err and not got, (extra, err)
+
+
+def test_vit_recipe_summary(tmp_path):
+    """bench/vit_fmnist_summary.sh over recipe runs: each run's test top-1 and
+    loss, the median and the sum of its step times, its validation curve;
+    then the mean and sample standard deviation of the evaluated runs,
+    checked against Python's statistics on fresh random figures. A run with
+    no eval yet is listed with '?' and left out of the mean; a directory
+    that is no run stops it with one line and status 2."""
+    import os
+    import re
+    import statistics
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    rng = np.random.default_rng()
+
+    def fake_run(name, nsteps, epochs, evaluated=True):
+        """A run directory as the recipe leaves it: the trainer's step and val
+        lines (two parts, as a resumed run's log) and `anatomy eval`'s test.txt."""
+        d = tmp_path / name
+        d.mkdir()
+        ms = np.round(rng.uniform(150, 450, nsteps), 1)
+        val = np.round(rng.uniform(0.6, 0.95, epochs), 6)
+        per = nsteps // epochs
+        lines = ["blas: OpenBLAS, 1 thread", "training vit: 1199882 parameters"]
+        for k in range(nsteps):
+            if k == nsteps // 2:
+                lines += [f"stopped by SIGTERM at step {k}; resume with --resume {d}", "training vit: resumed"]
+            lines.append(f"step {k + 1:5d}/{nsteps} | loss 0.5 | norm 1.0 | lr 1e-03 | {ms[k]:.1f} ms | 20000 tok/s | eta 1m")
+            if (k + 1) % per == 0:
+                lines.append(f"val   {k + 1:5d}/{nsteps} | loss 0.3 | accuracy {val[(k + 1) // per - 1]:.6f} "
+                             "| 79 batches, 505600 tokens")
+        (d / "train.log").write_text("\n".join(lines) + "\n")
+        acc = float(np.round(rng.uniform(0.88, 0.94), 6))
+        if evaluated:
+            (d / "test.txt").write_text(f"loss 0.2852\naveraged over 100 batches\naccuracy {acc:.6f}\nevaluated vit\n")
+        return str(d), ms, val, acc
+
+    def summary(*dirs):
+        q = subprocess.run(["sh", "bench/vit_fmnist_summary.sh", *dirs], cwd=repo, capture_output=True,
+                           text=True, timeout=60)
+        return q.returncode, q.stdout, q.stderr
+
+    runs = [fake_run("s1", 40, 4), fake_run("s2", 41, 4), fake_run("s3", 30, 3), fake_run("s4", 20, 2, False)]
+    rc, out, err = summary(*(d for d, *_ in runs))
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 5, out
+    for (d, ms, val, acc), line in zip(runs, lines):
+        m = re.fullmatch(r"  (\S+): test top-1 (.+); median step ([0-9.]+) ms, (\d+) s in (\d+) steps; "
+                         r"validation by epoch: (.+)", line)
+        assert m and m.group(1) == os.path.basename(d), line
+        assert float(m.group(3)) == pytest.approx(statistics.median(ms), abs=0.051), (line, statistics.median(ms))
+        assert int(m.group(4)) == round(ms.sum() / 1000) and int(m.group(5)) == len(ms), line
+        assert [float(v) for v in m.group(6).split()] == pytest.approx(100 * val, abs=0.0051), line
+        want = "? (no eval)" if d.endswith("s4") else f"{100 * acc:.2f}%, loss 0.2852"
+        assert m.group(2) == want, line
+    accs = [100 * acc for *_, acc in runs[:3]]
+    m = re.fullmatch(r"  mean test top-1 ([0-9.]+)%, sample standard deviation ([0-9.]+), over 3 runs", lines[4])
+    assert m, lines[4]
+    assert float(m.group(1)) == pytest.approx(statistics.mean(accs), abs=0.0051)
+    assert float(m.group(2)) == pytest.approx(statistics.stdev(accs), abs=0.0051)
+    # one evaluated run: its line, no mean
+    rc, out, _ = summary(runs[0][0], runs[3][0])
+    assert rc == 0 and len(out.splitlines()) == 2 and "mean" not in out, out
+    for args, words in (([runs[0][0], str(tmp_path / "nowhere")], str(tmp_path / "nowhere") + ": no train.log"),
+                        ([], "usage")):
+        rc, out, err = summary(*args)
+        assert rc == 2 and words in err and len(err.strip().splitlines()) == 1 and not out, (args, err)
