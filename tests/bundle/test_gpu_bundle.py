@@ -192,3 +192,8 @@ def test_vit_call_without_the_data_says_so(tmp_path):
     assert dict(verdicts(text))["vit"] == "FAILED", text[-1000:]
     assert re.search(rf"^== vit: FAILED \(exit 1, \d+ s\): {re.escape(str(empty))}: no Fashion-MNIST here "
                      r"\(make gpu-bundle copies it to build/gpu-fmnist; carry that too\)$", text, re.M), text[-1000:]
+    # the summary names each seed that did not train, and has no mean
+    summary = text[text.index("== summary"):]
+    assert all(re.search(rf"^  vit-s{s}: did not train \(its output: .*/vit-s{s}\.out\)$", summary, re.M)
+               for s in (1, 2, 3)), summary
+    assert "mean test top-1" not in summary, summary
