@@ -40,11 +40,16 @@ LDLIBS += $(BLAS_LIBS)
 # sets its flags after this file is read, so they are added per target.
 $(BUILD)/cuda-emu/kernels/cuda/matmul.o: CUDA_EMU_FLAGS += $(BLAS_CFLAGS)
 
-# The objects that include the BLAS headers follow a change of library.
-$(BUILD)/.blas-$(BLAS_NAME):
-	@mkdir -p $(BUILD) && rm -f $(BUILD)/.blas-* && touch $@
+# The objects that include the BLAS headers follow a change of library (a
+# build made before `make deps` installed the wheel is rebuilt with it): the
+# stamp holds the library's name and is rewritten only when that changes, as
+# mk/dist.mk's (a stamp with no prerequisite would be an intermediate file
+# under the Makefile's .SECONDARY, never made when missing).
+$(BUILD)/.blas: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(BLAS_NAME)' | cmp -s - $@ 2>/dev/null || echo '$(BLAS_NAME)' > $@
 $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard kernels/cpu/*.c)) \
-$(patsubst %.c,$(BUILD)/obj/%.f64.o,$(wildcard kernels/cpu/*.c)): $(BUILD)/.blas-$(BLAS_NAME)
+$(patsubst %.c,$(BUILD)/obj/%.f64.o,$(wildcard kernels/cpu/*.c)): $(BUILD)/.blas
 
 .PHONY: blas-info bench-sgemm
 blas-info:
