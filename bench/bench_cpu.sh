@@ -24,7 +24,7 @@
 #   ANCHORS=DIR  llm.c's folder (default ../shared/anchors/llm.c); none: skip it
 #   PYTHON       interpreter with torch, numpy, tiktoken (default python3)
 #   PRECISION=bf16  anatomy --precision bf16 (its linear layers' matmuls in
-#                bf16 on AMX tiles) and bench/torch_gpt2_step.py --autocast bf16
+#                bf16, on AMX or AVX512-BF16) and bench/torch_gpt2_step.py --autocast bf16
 #                (matmuls and attention in bf16); llm.c's trainer stays fp32 (it
 #                autocasts on CUDA only); default fp32 for all
 set -e
@@ -142,7 +142,7 @@ echo "GPT-2 $preset (V 50257), $precision, forward + backward + AdamW, $threads 
      "median ms/step of steps 3..$steps," \
      "the lower of $rounds rounds"
 echo "anatomy's BLAS: $blas"
-[ "$precision" = bf16 ] && echo "bf16: anatomy's linear layers on AMX tiles (attention fp32);" \
+[ "$precision" = bf16 ] && echo "bf16: anatomy's linear layers in bf16 (AMX or AVX512-BF16; attention fp32);" \
     "PyTorch (ours) under torch.autocast bf16 (matmuls and attention; oneDNN); llm.c's" \
     "trainer in fp32 (it autocasts on CUDA only)"
 echo "torch $($py -c 'import torch; print(torch.__version__, "BLAS:", "MKL" if torch.backends.mkl.is_available() else "?", "oneDNN:", torch.backends.mkldnn.is_available())' 2>/dev/null)"

@@ -14,10 +14,11 @@
  * (dX = dY W: NN, dW = dY^T X: TN) at BT = 256 (B 4, T 64) and 2048 (B 8,
  * T 256). Best of REPS timed calls after a warm-up.
  *
- * LIBRARY "amx" times the CPU backend's own bf16 matmul instead
- * (kernels/cpu/gemm_amx.c: inputs rounded to bf16, fp32 sums, on AMX tiles;
- * --precision bf16), split the same way; it has no threads of its own, so
- * its lib column is one thread. */
+ * LIBRARY "bf16" times the CPU backend's own bf16 matmul instead
+ * (kernels/cpu/gemm_bf16.c: inputs rounded to bf16, fp32 sums, on the kernel
+ * it picks for this CPU, AMX tiles or AVX512-BF16 vectors; --precision bf16;
+ * ANATOMY_NO_AMX=1 times the vector kernel on a CPU with AMX), split the
+ * same way; it has no threads of its own, so its lib column is one thread. */
 #include <dlfcn.h>
 #include <omp.h>
 #include <stdio.h>
@@ -25,7 +26,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../kernels/cpu/gemm_amx.h"
+#include "../kernels/cpu/gemm_bf16.h"
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 }; /* CBLAS's enum values */
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
@@ -36,28 +37,29 @@ typedef char *(*corename_fn)(void);
 static sgemm_fn sgemm;
 static set_threads_fn set_threads;
 
-/* "amx": amx_gemm behind cblas_sgemm's signature, alpha 1 only, with each
+/* "bf16": bf16_gemm behind cblas_sgemm's signature, alpha 1 only, with each
  * thread's scratch grown on demand (a thread touches only its own). */
-static void *amx_bufs[1024];
-static size_t amx_caps[1024];
+static bf16_kernel kernel;
+static void *bf16_bufs[1024];
+static size_t bf16_caps[1024];
 
-static void amx_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+static void bf16_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A,
                       int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     (void)order, (void)alpha;
     int t = omp_get_thread_num();
-    size_t need = (amx_gemm_scratch(M, N, K) + 63) / 64 * 64;
-    if (need > amx_caps[t]) {
-        free(amx_bufs[t]);
-        amx_bufs[t] = aligned_alloc(64, need);
-        amx_caps[t] = amx_bufs[t] ? need : 0;
-        if (!amx_bufs[t]) {
+    size_t need = (bf16_gemm_scratch(M, N, K) + 63) / 64 * 64;
+    if (need > bf16_caps[t]) {
+        free(bf16_bufs[t]);
+        bf16_bufs[t] = aligned_alloc(64, need);
+        bf16_caps[t] = bf16_bufs[t] ? need : 0;
+        if (!bf16_bufs[t]) {
             fprintf(stderr, "sgemm_bench: out of memory\n");
             exit(1);
         }
     }
-    amx_gemm(ta == TRANS, tb == TRANS, M, N, K, A, lda, B, ldb, beta, C, ldc, amx_bufs[t], NULL,
-             NULL);
+    bf16_gemm(kernel, ta == TRANS, tb == TRANS, M, N, K, A, lda, B, ldb, beta, C, ldc, bf16_bufs[t],
+              NULL, NULL);
 }
 
 static double now(void)
@@ -112,14 +114,16 @@ int main(int argc, char **argv)
     const char *prefix = argc > 2 ? argv[2] : "";
     int threads = argc > 3 ? atoi(argv[3]) : omp_get_max_threads();
     int reps = getenv("REPS") ? atoi(getenv("REPS")) : 3;
-    if (strcmp(argv[1], "amx") == 0) {
-        char why[200];
-        if (amx_enable(why, sizeof why)) {
-            fprintf(stderr, "sgemm_bench: amx: %s\n", why);
+    if (strcmp(argv[1], "bf16") == 0) {
+        char why[402];
+        kernel = bf16_gemm_pick(why, sizeof why);
+        if (kernel == BF16_NONE) {
+            fprintf(stderr, "sgemm_bench: bf16: %s\n", why);
             return 1;
         }
-        sgemm = amx_sgemm;
-        printf("library amx: the CPU backend's bf16 matmul on AMX tiles (fp32 sums)\n");
+        sgemm = bf16_sgemm;
+        printf("library bf16: the CPU backend's bf16 matmul on %s (fp32 sums)\n",
+               bf16_kernel_name(kernel));
     }
     void *h = sgemm ? NULL : dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     if (!sgemm && !h) {
@@ -139,7 +143,7 @@ int main(int argc, char **argv)
     corename_fn core = h ? (corename_fn)sym(h, prefix, "openblas_get_corename") : NULL;
     corename_fn config = h ? (corename_fn)sym(h, prefix, "openblas_get_config") : NULL;
     if (!h) {
-        /* amx: named above */
+        /* bf16: named above */
     } else if (!core) { /* BLIS: bli_arch_string(bli_arch_query_id()) */
         int (*qid)(void) = (int (*)(void))sym(h, prefix, "bli_arch_query_id");
         const char *(*astr)(int) = (const char *(*)(int))sym(h, prefix, "bli_arch_string");

@@ -6,7 +6,8 @@
 #   Debian's libopenblas as it loads, and forced to its Prescott kernel (what
 #     0.3.21 falls back to on a CPU it does not know, e.g. family 6 model 207)
 #   BLIS (Debian's libblis4-openmp, if installed)
-#   anatomy's own bf16 matmul on AMX tiles (--precision bf16 on the CPU)
+#   anatomy's own bf16 matmul on the kernel it picks (AMX tiles or AVX512-BF16
+#   vectors; --precision bf16 on the CPU)
 #   PyTorch's CPU matmul (torch.mm, its own threads), fp32 and bf16
 #
 # usage: sh bench/sgemm_bench.sh [build/sgemm_bench]   (make bench-sgemm)
@@ -42,7 +43,7 @@ if [ -n "$blis" ]; then
 else
     echo "== BLIS: not installed (apt-get install libblis4-openmp)"
 fi
-run "anatomy's bf16 matmul on AMX tiles (--precision bf16 on the CPU; lib column: 1 thread)" amx ""
+run "anatomy's bf16 matmul, the kernel it picks (--precision bf16 on the CPU; lib column: 1 thread)" bf16 ""
 echo "== PyTorch torch.mm ($threads threads; lib column only)"
 $py - "$threads" <<'EOF' || echo "   (failed)"
 import sys, time, torch

@@ -24,7 +24,7 @@
 # RESUME [0; 1: go on with the run in OUT_DIR from its latest checkpoint, as
 # stopped by a signal or a time limit, with the same environment and EPOCHS,
 # its log appended to; with no checkpoint there yet, start it],
-# PRECISION [fp32; bf16: on the CPU the linear layers on AMX tiles, on cuda
+# PRECISION [fp32; bf16: on the CPU the linear layers in bf16 (AMX or AVX512-BF16), on cuda
 # the bf16 path], FMNIST_DIR [/usr/share/datasets/fashion-mnist].
 set -eu
 BIN=${1:-build/anatomy}

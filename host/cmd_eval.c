@@ -51,7 +51,7 @@ static const char usage[] =
     "  --seed S        with --preset: initialisation seed (default 1337)\n"
     "  --device D      cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P   fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
-    "                  (bf16 on cpu: the linear layers' matmuls on AMX tiles)\n"
+    "                  (bf16 on cpu: the linear layers' matmuls on AMX or AVX512-BF16)\n"
     "  --threads N     CPU threads (default: all cores)\n"
     "  --config FILE   read options from 'key = value' lines\n"
     "  --help          this text\n";

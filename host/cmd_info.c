@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "../data/errbuf.h"
-#include "../kernels/cpu/gemm_amx.h"
+#include "../kernels/cpu/gemm_bf16.h"
 #include "cli.h"
 #include "memplan.h"
 #include "setup.h"
@@ -22,7 +22,8 @@ static const char usage[] =
     "batch layout, seed and the last training and validation losses; then the BLAS of\n"
     "the CPU backend: library, version, the kernel it chose for this CPU, threads\n"
     "(OMP_NUM_THREADS, else all cores), the file it was loaded from, and whether this\n"
-    "CPU has AMX-BF16 for --precision bf16. With no model, only the BLAS.\n"
+    "CPU has a bf16 matmul kernel (AMX-BF16 or AVX512-BF16) for\n"
+    "--precision bf16 on the CPU. With no model, only the BLAS.\n"
     "  --views   also list every parameter tensor with its shape and offset\n"
     "memory plan (with --batch): the device memory each rank of `anatomy train` with\n"
     "these options will allocate, by category (parameters, gradients, master weights,\n"
@@ -32,7 +33,7 @@ static const char usage[] =
     "  --seq T              sequence length (default: the model's context, at most 1024)\n"
     "  --device D           cpu or cuda (default: cuda when this build has it, else cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
-    "                       (bf16 on cpu: the linear layers' matmuls on AMX tiles)\n"
+    "                       (bf16 on cpu: the linear layers' matmuls on AMX or AVX512-BF16)\n"
     "  --world W            data-parallel ranks (default 1)\n"
     "  --zero 1             ZeRO stage 1: moments and master weights are 1/W per rank\n"
     "  --recompute          layernorm and GELU outputs recomputed in backward\n"
@@ -45,8 +46,9 @@ static void print_blas(void)
     char buf[256];
     printf("%-12s %s\n", "blas", blas_describe(0, buf, sizeof buf));
     printf("%-12s %s\n", "blas library", blas_library_path());
-    if (amx_enable(buf, sizeof buf) == 0)
-        printf("%-12s AMX-BF16 tiles (--device cpu --precision bf16)\n", "bf16 matmul");
+    bf16_kernel k = bf16_gemm_pick(buf, sizeof buf);
+    if (k != BF16_NONE)
+        printf("%-12s %s (--device cpu --precision bf16)\n", "bf16 matmul", bf16_kernel_name(k));
     else
         printf("%-12s none: %s (--precision bf16 is CUDA's only)\n", "bf16 matmul", buf);
 }

@@ -26,7 +26,7 @@ static const char usage[] =
     "  --vocab DIR        GPT-2 vocabulary folder (encoder.json + vocab.bpe)\n"
     "  --device D         cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P      fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
-    "                     (bf16 on cpu: the linear layers' matmuls on AMX tiles)\n"
+    "                     (bf16 on cpu: the linear layers' matmuls on AMX or AVX512-BF16)\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --ids              print the generated token ids (one line) instead of text\n"
     "  --help             this text\n";

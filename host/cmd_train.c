@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "../data/errbuf.h"
+#include "../kernels/cpu/gemm_bf16.h"
 #include "cli.h"
 #include "memplan.h"
 #include "rundir.h"
@@ -100,7 +101,7 @@ static const char usage[] =
     "  --tokenizer KIND     bytes or gpt2, to print samples as text (default: by vocabulary)\n"
     "  --device D           cpu or cuda (default: cuda when a GPU is present, else cpu)\n"
     "  --precision P        fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)\n"
-    "                       (bf16 on cpu: the linear layers' matmuls on AMX tiles)\n"
+    "                       (bf16 on cpu: the linear layers' matmuls on AMX or AVX512-BF16)\n"
     "  --threads N          CPU threads (default: all cores, shared evenly by the ranks\n"
     "                       on a node when the launcher says how many there are)\n"
     "multi-process (data parallel; launched by mpirun, srun or torchrun-style variables):\n"
@@ -515,8 +516,9 @@ int cmd_train(int argc, char **argv)
     if (o.rank == 0 && strncmp(be->name, "cpu", 3) == 0) /* which kernel the matmuls run on */
         printf("blas: %s\n", blas_describe(threads, (char[256]){ 0 }, 256));
     if (o.rank == 0 && strcmp(be->name, "cpu-bf16") == 0)
-        printf("matmul: the linear layers in bf16 on AMX tiles (fp32 sums); attention's "
-               "products, recurrent steps, weights and optimizer in fp32\n");
+        printf("matmul: the linear layers in bf16 on %s (fp32 sums); attention's "
+               "products, recurrent steps, weights and optimizer in fp32\n",
+               bf16_kernel_name(bf16_gemm_pick(NULL, 0)));
     model_config cfg;
     float *params;
     if (setup_load(&src, &cfg, &params, &md, err))

@@ -57,9 +57,9 @@ blas-info:
 	@echo "  CFLAGS: $(BLAS_CFLAGS)"
 	@echo "  LIBS:   $(BLAS_LIBS)"
 
-$(BUILD)/sgemm_bench: bench/sgemm_bench.c kernels/cpu/gemm_amx.c kernels/cpu/gemm_amx.h
+$(BUILD)/sgemm_bench: bench/sgemm_bench.c kernels/cpu/gemm_bf16.c kernels/cpu/gemm_bf16.h
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fopenmp -Wall -Wextra bench/sgemm_bench.c kernels/cpu/gemm_amx.c -o $@ -ldl
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fopenmp -Wall -Wextra bench/sgemm_bench.c kernels/cpu/gemm_bf16.c -o $@ -ldl
 
 bench-sgemm: $(BUILD)/sgemm_bench
 	sh bench/sgemm_bench.sh $(BUILD)/sgemm_bench

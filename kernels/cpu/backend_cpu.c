@@ -43,7 +43,7 @@
 
 #include "../ops.h"
 #include "cpu_ops.h"
-#include "gemm_amx.h"
+#include "gemm_bf16.h"
 
 #ifdef CPU_REAL_DOUBLE
 typedef double real;
@@ -67,9 +67,9 @@ typedef struct {
     int threads; /* <= 0: OpenMP's default at each call */
     void *att_buf; /* attention's score blocks, ATT_ROWS x T x 2 reals per thread */
     size_t att_cap; /* bytes in att_buf */
-    int amx; /* the matmuls in bf16 on AMX tiles (backend_cpu_bf16_create) */
-    void *amx_buf; /* their packing scratch, one slice per part of a gemm */
-    size_t amx_cap; /* bytes in amx_buf */
+    bf16_kernel bf16; /* the matmuls in bf16 on this kernel (backend_cpu_bf16_create); 0: BLAS */
+    void *bf16_buf; /* their packing scratch, one slice per part of a gemm */
+    size_t bf16_cap; /* bytes in bf16_buf */
 } cpu_backend;
 
 static int nthreads(const backend *be)
@@ -334,7 +334,7 @@ static void cpu_sync(backend *be) { (void)be; }
 static void cpu_destroy(backend *be)
 {
     free(((cpu_backend *)be)->att_buf);
-    free(((cpu_backend *)be)->amx_buf);
+    free(((cpu_backend *)be)->bf16_buf);
     free(be);
 }
 
@@ -620,7 +620,7 @@ typedef struct {
     size_t row0, col0, ldc;
 } epilogue_block;
 
-/* amx_epilogue's signature: c is C[row][col .. col + n) of the block. */
+/* bf16_epilogue's signature: c is C[row][col .. col + n) of the block. */
 static void epilogue_apply(void *ctx, real *c, int row, int col, int n)
 {
     const epilogue_block *at = ctx;
@@ -640,7 +640,7 @@ static void epilogue_apply(void *ctx, real *c, int row, int col, int n)
 
 /* Cm[M,N] = op(A) op(B) + beta Cm, row-major; ta/tb select transposes;
  * then the epilogue e (NULL: none) on every element. OpenBLAS (or, on
- * cpu-bf16, amx_gemm) runs single-threaded (see the constructor): the
+ * cpu-bf16, bf16_gemm) runs single-threaded (see the constructor): the
  * OpenMP threads split the larger of M and N into contiguous blocks and
  * each makes one call on its block. One thread pool for the whole backend,
  * since two pools spinning against each other cost more than the matmuls
@@ -672,9 +672,9 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
     cpu_backend *cb = (cpu_backend *)be;
     char *scratch = NULL;
     size_t per = 0;
-    if (cb->amx) { /* one slice per part; NULL (out of memory): the BLAS instead */
-        per = (amx_gemm_scratch(M, N, K) + ALIGN - 1) / ALIGN * ALIGN;
-        scratch = scratch_at_least(&cb->amx_buf, &cb->amx_cap, per * (size_t)parts);
+    if (cb->bf16) { /* one slice per part; NULL (out of memory): the BLAS instead */
+        per = (bf16_gemm_scratch(M, N, K) + ALIGN - 1) / ALIGN * ALIGN;
+        scratch = scratch_at_least(&cb->bf16_buf, &cb->bf16_cap, per * (size_t)parts);
     }
 #endif
 #pragma omp parallel for schedule(static) num_threads(parts)
@@ -698,7 +698,7 @@ static void gemm(backend *be, int ta, int tb, int M, int N, int K, const real *A
         }
 #ifndef CPU_REAL_DOUBLE
         if (scratch) { /* the epilogue on each 32 rows as they are finished */
-            amx_gemm(ta, tb, rows, cols, K, Ab, lda, Bb, ldb, beta, Cb, ldc,
+            bf16_gemm(cb->bf16, ta, tb, rows, cols, K, Ab, lda, Bb, ldb, beta, Cb, ldc,
                      scratch + per * (size_t)p, e ? epilogue_apply : NULL, &at);
             continue;
         }
@@ -1347,24 +1347,24 @@ static void cpu_adamw(backend *be, void *params_, void *master_, const void *gra
 /* ---- what the backend holds for itself ------------------------------------ */
 
 /* ops.h's workspace_bytes: attention's score blocks (2 ATT_ROWS T reals a
- * thread) and, on cpu-bf16, the AMX packing scratch (at most a 1 MiB panel
+ * thread) and, on cpu-bf16, the bf16 kernels' packing scratch (at most a 1 MiB panel
  * of B, 32 rows of A over 2,048 of K and the staging block a thread, which
- * amx_gemm_scratch reaches at K 2,048 and N 256 or more). Both grow on first
+ * bf16_gemm_scratch reaches at K 2,048 and N 256 or more). Both grow on first
  * use; for the plan's shapes, the most they reach; B 0: what they hold. */
 static size_t cpu_workspace_bytes(backend *be, int B, int T, int C, int NH, int V)
 {
     cpu_backend *cb = (cpu_backend *)be;
     (void)C, (void)NH, (void)V;
     if (B <= 0)
-        return cb->att_cap + cb->amx_cap;
+        return cb->att_cap + cb->bf16_cap;
     size_t threads = (size_t)nthreads(be);
     size_t att = T > 0 ? 2 * (size_t)ATT_ROWS * (size_t)T * threads * sizeof(real) : 0;
-    size_t amx = 0;
+    size_t packing = 0;
 #ifndef CPU_REAL_DOUBLE
-    if (cb->amx)
-        amx = (amx_gemm_scratch(1, 1 << 20, 1 << 20) + ALIGN - 1) / ALIGN * ALIGN * threads;
+    if (cb->bf16)
+        packing = (bf16_gemm_scratch(1, 1 << 20, 1 << 20) + ALIGN - 1) / ALIGN * ALIGN * threads;
 #endif
-    return att + amx;
+    return att + packing;
 }
 
 /* ---- constructor --------------------------------------------------------- */
@@ -1424,22 +1424,24 @@ backend *CPU_CREATE(int threads, char *err)
 
 #ifndef CPU_REAL_DOUBLE
 /* The fp32 backend with its matmul ops (the linear layers, through gemm)
- * in bf16 on AMX tiles: inputs rounded to bf16, products summed in fp32,
- * as PyTorch's bf16 autocast does on the CPU. Everything else (attention's
+ * in bf16 on the CPU's bf16 kernel (gemm_bf16.h: AMX tiles, else
+ * AVX512-BF16 vectors): inputs rounded to bf16, products summed in fp32, as
+ * PyTorch's bf16 autocast does on the CPU. Everything else (attention's
  * products, the recurrent steps, every other op, the weights, gradients and
- * AdamW) stays fp32. NULL with err where the CPU or kernel has no AMX-BF16. */
+ * AdamW) stays fp32. NULL with err where the CPU has neither kernel. */
 backend *backend_cpu_bf16_create(int threads, char *err)
 {
-    char why[200];
-    if (amx_enable(why, sizeof why)) {
+    char why[402];
+    bf16_kernel k = bf16_gemm_pick(why, sizeof why);
+    if (k == BF16_NONE) {
         if (err)
-            snprintf(err, 256, "bf16 matmuls on the CPU need AMX-BF16: %s", why);
+            snprintf(err, 256, "bf16 matmuls on the CPU need AMX-BF16 or AVX512-BF16: %.190s", why);
         return NULL;
     }
     backend *be = backend_cpu_create(threads, err);
     if (!be)
         return NULL;
-    ((cpu_backend *)be)->amx = 1;
+    ((cpu_backend *)be)->bf16 = k;
     be->name = "cpu-bf16";
     return be;
 }

@@ -56,9 +56,14 @@ def test_info_names_blas_version_kernel_threads(clean):
     assert build in ("scipy-openblas32", "libopenblas"), out
     assert re.search(r"^blas library\s+/\S+", out, re.M), out
     # whether --precision bf16 runs on this CPU, and why not when it does not
-    assert re.search(r"^bf16 matmul\s+(AMX-BF16 tiles|none: )", out, re.M), out
-    rc, off, err = clean("info", ANATOMY_NO_AMX="1")
-    assert re.search(r"^bf16 matmul\s+none: ANATOMY_NO_AMX is set", off, re.M), off
+    assert re.search(r"^bf16 matmul\s+(AMX-BF16 tiles|AVX512-BF16 vectors|none: )", out, re.M), out
+    # the AVX512-BF16 flag in /proc/cpuinfo means that kernel at least
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if re.search(r"\bavx512_bf16\b", flags):
+        assert re.search(r"^bf16 matmul\s+(AMX-BF16 tiles|AVX512-BF16 vectors) ", out, re.M), out
+    rc, off, err = clean("info", ANATOMY_NO_AMX="1", ANATOMY_NO_AVX512BF16="1")
+    assert re.search(r"^bf16 matmul\s+none: ANATOMY_NO_AMX is set; ANATOMY_NO_AVX512BF16 is set",
+                     off, re.M), off
     # with a model too, after its parameter count
     rc, out, err = clean("info", "--preset", "d2")
     assert rc == 0 and BLAS.search(out), out

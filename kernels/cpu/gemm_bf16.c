@@ -1,28 +1,36 @@
-/* gemm_amx.c: C = beta C + op(A) op(B) on AMX tiles, bf16 inputs, fp32 sums.
+/* gemm_bf16.c: C = beta C + op(A) op(B) with bf16 inputs and fp32 sums, on
+ * AMX tiles or AVX512-BF16 vectors (gemm_bf16.h says which CPUs have which).
  *
- * TDPBF16PS multiplies a 16 x 32 bf16 tile of A by a 32 x 16 bf16 tile of B
- * into a 16 x 16 fp32 tile of C: C[m][n] += A[m][2p] B[2p][n] + A[m][2p+1]
- * B[2p+1][n] over the 16 pairs p. Both operands are therefore packed as
- * 16 x 16 arrays of 32-bit pairs (the even k in the low half): A's tile
- * [m][p], B's tile [p][n] ("VNNI" order). The packing also rounds fp32 to
- * bf16 and pads M, N and K with zeros to whole tiles, so the loop below
- * never looks at an edge.
+ * Both kernels multiply pairs: TDPBF16PS (a 16 x 32 bf16 tile of A by a
+ * 32 x 16 tile of B into a 16 x 16 fp32 tile of C) and VDPBF16PS (16 pairs
+ * of A by 16 of B into 16 fp32 sums) add A[m][2p] B[2p][n] + A[m][2p+1]
+ * B[2p+1][n] for pair p. Both operands are therefore packed as arrays of
+ * 32-bit pairs (the even k in the low half): A as rows of pairs [m][p], B as
+ * 16 x 16 tiles [p][n] ("VNNI" order), and the tiles of one 16-column strip
+ * one after another along K, so that the strip is also a plain [p][16] array
+ * for the vector kernel. The packing also rounds fp32 to bf16 and pads M, N
+ * and K with zeros to whole tiles, so no kernel looks at an edge.
  *
- * Blocking: 32 x 32 of C at a time in tiles 0-3, from two A tiles (4, 5:
- * rows 0-15 and 16-31) and two B tiles (6, 7: columns 0-15 and 16-31), four
- * products per two loads of each. K goes in blocks of up to 2048, C
- * accumulating between them; in each, op(B) is packed a panel of columns at
- * a time (about 1 MiB of bf16, to stay in L2), then op(A) 32 rows at a time,
- * each reused across the panel's columns.
- * A 32 x 32 block of C leaves through a staging tile buffer, which is where
- * beta and the edges are applied.
+ * Blocking, shared: K goes in blocks of up to 2048, C accumulating between
+ * them; in each, op(B) is packed a panel of columns at a time (about 1 MiB
+ * of bf16, to stay in L2), then op(A) 32 rows at a time, each reused across
+ * the panel's columns; C is made 32 x 32 at a time:
+ *   AMX: in tiles 0-3, from two A tiles (4, 5: rows 0-15 and 16-31) and two
+ *        B tiles (6, 7: columns 0-15 and 16-31), four products per two loads
+ *        of each;
+ *   AVX512-BF16: 8 rows at a time in 16 zmm sums (8 rows x 2 strips), each
+ *        pair of A broadcast to the 16 lanes and multiplied with a row of
+ *        pairs of both strips: 16 VDPBF16PS per 2 loads and 8 broadcasts.
+ * A 32 x 32 block of C that replaces C whole goes straight there; any other
+ * leaves through a staging buffer, which is where beta and the edges are
+ * applied.
  *
- * Every C element is one fixed sequence of tile products over K, whatever
- * rows or columns share its call: results do not depend on how callers
- * split M or N between threads. */
+ * Every C element is one fixed sequence of products over K, whatever rows or
+ * columns share its call: results do not depend on how callers split M or N
+ * between threads. */
 /* One object: the fp64 compile of kernels/cpu (CPU_REAL_DOUBLE) leaves it empty. */
 #ifndef CPU_REAL_DOUBLE
-#include "gemm_amx.h"
+#include "gemm_bf16.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -34,7 +42,7 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#define AMX_BUILD 1
+#define X86_BUILD 1
 #endif
 
 #define TILE 16            /* rows of every tile; pairs per A row, columns per B row */
@@ -61,7 +69,7 @@ static int panel_cols(int N, int K)
     return nc < padded_n(N) ? nc : padded_n(N);
 }
 
-size_t amx_gemm_scratch(int M, int N, int K)
+size_t bf16_gemm_scratch(int M, int N, int K)
 {
     (void)M;
     size_t kp = (size_t)padded_k(K), nc = (size_t)panel_cols(N, K);
@@ -69,7 +77,7 @@ size_t amx_gemm_scratch(int M, int N, int K)
     return ALIGN_UP(kp * nc * 2, 64) + ALIGN_UP(2 * TILE * kp * 2, 64) + 2 * TILE * 2 * TILE * 4;
 }
 
-#ifdef AMX_BUILD
+#ifdef X86_BUILD
 
 /* fp32 -> bf16 bits, rounded to nearest even (NaN stays NaN: the quiet bit
  * survives the carry) */
@@ -210,38 +218,138 @@ static VEC void pack_b(uint32_t *dst, int tb, const float *B, int ldb, int N, in
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-int amx_enable(char *why, size_t n)
+/* set to something other than 0 */
+static int env_set(const char *name)
 {
-    static int state; /* 0: not asked yet, 1: usable, -1: not */
-    static char reason[160];
-    unsigned a, b, c, d;
-    if (!state) {
-        const char *off = getenv("ANATOMY_NO_AMX");
-        if (off && *off && strcmp(off, "0") != 0) {
-            snprintf(reason, sizeof reason, "ANATOMY_NO_AMX is set");
-            state = -1;
-        } else if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) ||
-                   !(d & (1u << 24))) {
-            snprintf(reason, sizeof reason, "this CPU has no AMX-BF16 (Intel Sapphire Rapids or later)");
-            state = -1;
-        } else if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) {
-            snprintf(reason, sizeof reason, "the kernel refused the AMX tile registers "
-                                            "(arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)");
-            state = -1;
-        } else {
-            state = 1;
-        }
-    }
-    if (state < 0 && why)
-        snprintf(why, n, "%s", reason);
-    return state > 0 ? 0 : -1;
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
 }
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
+int bf16_kernel_usable(bf16_kernel k, char *why, size_t n)
+{
+    static int amx_state; /* 0: not asked yet, 1: granted, -1: not */
+    static char amx_reason[160];
+    unsigned a, b, c, d;
+    const char *no = NULL;
+    __builtin_cpu_init();
+    /* the packing converts with AVX512-BF16 whichever kernel multiplies */
+    if (k != BF16_AMX && k != BF16_AVX512)
+        no = "no such kernel";
+    else if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512bf16"))
+        no = k == BF16_AMX ? "this CPU has no AMX-BF16 (Intel Sapphire Rapids or later)"
+                           : "this CPU has no AVX512-BF16 (AMD Zen 4, Intel Cooper Lake or later)";
+    else if (k == BF16_AMX) {
+        if (!amx_state) {
+            if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) {
+                snprintf(amx_reason, sizeof amx_reason,
+                         "this CPU has no AMX-BF16 (Intel Sapphire Rapids or later)");
+                amx_state = -1;
+            } else if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) {
+                snprintf(amx_reason, sizeof amx_reason,
+                         "the kernel refused the AMX tile registers "
+                         "(arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)");
+                amx_state = -1;
+            } else {
+                amx_state = 1;
+            }
+        }
+        no = amx_state > 0 ? NULL : amx_reason;
+    }
+    if (no && why)
+        snprintf(why, n, "%s", no);
+    return no ? -1 : 0;
+}
+
+bf16_kernel bf16_gemm_pick(char *why, size_t n)
+{
+    static int picked = -1; /* -1: not yet, else a bf16_kernel */
+    static char reason[402];
+    if (picked < 0) {
+        char amx[200], vec[200];
+        if (env_set("ANATOMY_NO_AMX"))
+            snprintf(amx, sizeof amx, "ANATOMY_NO_AMX is set");
+        else if (bf16_kernel_usable(BF16_AMX, amx, sizeof amx) == 0)
+            picked = BF16_AMX;
+        if (picked < 0) {
+            if (env_set("ANATOMY_NO_AVX512BF16"))
+                snprintf(vec, sizeof vec, "ANATOMY_NO_AVX512BF16 is set");
+            else if (bf16_kernel_usable(BF16_AVX512, vec, sizeof vec) == 0)
+                picked = BF16_AVX512;
+        }
+        if (picked < 0) { /* both reasons: what each kernel lacks */
+            snprintf(reason, sizeof reason, "%.199s; %.199s", amx, vec);
+            picked = BF16_NONE;
+        }
+    }
+    if (picked == BF16_NONE && why)
+        snprintf(why, n, "%s", reason);
+    return (bf16_kernel)picked;
+}
+
+/* One 32 x 32 block of C, the sum over the packed pairs: A's 32 rows of w
+ * pairs (ap), B's two 16-column strips (b0, b1: [w][16] pairs each), pairs
+ * of them not all zero padding; into dst, ldd floats a row. */
+typedef void (*block_fn)(const uint32_t *ap, int w, const uint32_t *b0, const uint32_t *b1,
+                         int pairs, float *dst, size_t ldd);
+
+/* AMX: the tiles configured by bf16_gemm. Tile c of a strip is its pairs
+ * [16c, 16c + 16): 256 words on. */
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_block(const uint32_t *ap, int w,
+                                                                     const uint32_t *b0,
+                                                                     const uint32_t *b1, int pairs,
+                                                                     float *dst, size_t ldd)
+{
+    const size_t astride = (size_t)w * 4, tile_pairs = TILE * TILE, ds = ldd * 4;
+    (void)pairs; /* whole tiles, the padding's zeros included */
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int c = 0; c < w / TILE; c++) {
+        _tile_loadd(4, ap + (size_t)c * TILE, astride);
+        _tile_loadd(5, ap + (size_t)TILE * w + (size_t)c * TILE, astride);
+        _tile_loadd(6, b0 + (size_t)c * tile_pairs, 64);
+        _tile_loadd(7, b1 + (size_t)c * tile_pairs, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, dst, ds);
+    _tile_stored(1, dst + TILE, ds);
+    _tile_stored(2, dst + (size_t)TILE * ldd, ds);
+    _tile_stored(3, dst + (size_t)TILE * ldd + TILE, ds);
+}
+
+/* AVX512-BF16: 8 rows of the block, 16 sums in registers. Pairs past
+ * `pairs` are padding (zeros) and skipped: +0 leaves every sum as it is. */
+static VEC void vec_rows8(const uint32_t *a, int w, const uint32_t *b0, const uint32_t *b1, int pairs,
+                          float *dst, size_t ldd)
+{
+    __m512 s[8][2];
+    for (int r = 0; r < 8; r++)
+        s[r][0] = s[r][1] = _mm512_setzero_ps();
+    for (int p = 0; p < pairs; p++) {
+        __m512bh x0 = (__m512bh)_mm512_load_si512(b0 + (size_t)p * TILE);
+        __m512bh x1 = (__m512bh)_mm512_load_si512(b1 + (size_t)p * TILE);
+        for (int r = 0; r < 8; r++) {
+            __m512bh y = (__m512bh)_mm512_set1_epi32((int)a[(size_t)r * w + p]);
+            s[r][0] = _mm512_dpbf16_ps(s[r][0], y, x0);
+            s[r][1] = _mm512_dpbf16_ps(s[r][1], y, x1);
+        }
+    }
+    for (int r = 0; r < 8; r++) {
+        _mm512_storeu_ps(dst + (size_t)r * ldd, s[r][0]);
+        _mm512_storeu_ps(dst + (size_t)r * ldd + TILE, s[r][1]);
+    }
+}
+
+static VEC void vec_block(const uint32_t *ap, int w, const uint32_t *b0, const uint32_t *b1, int pairs,
+                          float *dst, size_t ldd)
+{
+    for (int r = 0; r < 2 * TILE; r += 8)
+        vec_rows8(ap + (size_t)r * w, w, b0, b1, pairs, dst + (size_t)r * ldd, ldd);
+}
 
 /* C rows [r0, r0 + 32) and columns [c0, c0 + 32) from the staging block S. */
 static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M, int N, float beta)
@@ -262,23 +370,20 @@ static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M,
     }
 }
 
-/* amx_gemm for K <= KBLOCK, the tiles configured; the epilogue (NULL: none)
- * on each 32 rows of a panel's columns once they are finished: long rows
- * (what the epilogue reads beside C streams in) still in L2, and the tile
- * stores long done (a load right behind TILESTORED waits for it). */
-__attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int tb, int M, int N,
-                                                                      int K, const float *A, int lda,
-                                                                      const float *B, int ldb,
-                                                                      float beta, float *C, int ldc,
-                                                                      void *scratch,
-                                                                      amx_epilogue epilogue,
-                                                                      void *ctx)
+/* bf16_gemm for K <= KBLOCK, each block by `block`; the epilogue (NULL:
+ * none) on each 32 rows of a panel's columns once they are finished: long
+ * rows (what the epilogue reads beside C streams in) still in L2, and the
+ * blocks' stores long done (on AMX a load right behind TILESTORED waits for
+ * it). */
+static VEC void kblock(block_fn block, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc, void *scratch,
+                       bf16_epilogue epilogue, void *ctx)
 {
-    int kp = padded_k(K), nc = panel_cols(N, K), nk = kp / KC, w = kp / 2;
+    int kp = padded_k(K), nc = panel_cols(N, K), nk = kp / KC, w = kp / 2, pairs = (K + 1) / 2;
     uint32_t *bp = scratch;
     uint32_t *ap = (uint32_t *)((char *)scratch + ALIGN_UP((size_t)kp * nc * 2, 64));
     float *stage = (float *)((char *)ap + ALIGN_UP((size_t)2 * TILE * kp * 2, 64));
-    const size_t astride = (size_t)w * 4, tile_pairs = TILE * TILE;
+    const size_t tile_pairs = TILE * TILE;
     for (int c0 = 0; c0 < N; c0 += nc) { /* a panel of columns */
         int cols = N - c0 < nc ? N - c0 : nc, np = padded_n(cols);
         pack_b(bp, tb, tb ? B + (size_t)c0 * ldb : B + c0, ldb, cols, K, kp, np);
@@ -286,34 +391,12 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int 
             pack_a(ap, ta, A, lda, r0, M, K, kp);
             for (int j = 0; j < np / TILE; j += 2) {
                 const uint32_t *b0 = bp + (size_t)j * nk * tile_pairs, *b1 = b0 + (size_t)nk * tile_pairs;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
-                for (int c = 0; c < nk; c++) {
-                    _tile_loadd(4, ap + (size_t)c * TILE, astride);
-                    _tile_loadd(5, ap + (size_t)TILE * w + (size_t)c * TILE, astride);
-                    _tile_loadd(6, b0 + (size_t)c * tile_pairs, 64);
-                    _tile_loadd(7, b1 + (size_t)c * tile_pairs, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
                 int col = c0 + j * TILE;
                 if (beta == 0.0f && r0 + 2 * TILE <= M && col + 2 * TILE <= N) {
                     /* a whole block that replaces C: straight in (the same bits) */
-                    float *cp = C + (size_t)r0 * ldc + col;
-                    size_t cs = (size_t)ldc * 4;
-                    _tile_stored(0, cp, cs);
-                    _tile_stored(1, cp + TILE, cs);
-                    _tile_stored(2, cp + (size_t)TILE * ldc, cs);
-                    _tile_stored(3, cp + (size_t)TILE * ldc + TILE, cs);
+                    block(ap, w, b0, b1, pairs, C + (size_t)r0 * ldc + col, (size_t)ldc);
                 } else {
-                    _tile_stored(0, stage, 2 * TILE * 4);
-                    _tile_stored(1, stage + TILE, 2 * TILE * 4);
-                    _tile_stored(2, stage + TILE * 2 * TILE, 2 * TILE * 4);
-                    _tile_stored(3, stage + TILE * 2 * TILE + TILE, 2 * TILE * 4);
+                    block(ap, w, b0, b1, pairs, stage, 2 * TILE);
                     write_back(C, ldc, stage, r0, col, M, N, beta);
                 }
             }
@@ -323,11 +406,29 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_kblock(int ta, int 
     }
 }
 
-__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M, int N, int K,
-                                                             const float *A, int lda, const float *B,
-                                                             int ldb, float beta, float *C, int ldc,
-                                                             void *scratch, amx_epilogue epilogue,
-                                                             void *ctx)
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+__attribute__((target("amx-tile"))) static void amx_configure(void)
+{
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = TILE;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile"))) static void amx_release(void) { _tile_release(); }
+
+void bf16_gemm(bf16_kernel k, int ta, int tb, int M, int N, int K, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc, void *scratch,
+               bf16_epilogue epilogue, void *ctx)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -340,37 +441,45 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm(int ta, int tb, int M
         }
         return;
     }
-    tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = TILE;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
+    if (k == BF16_AMX)
+        amx_configure();
     for (int k0 = 0; k0 < K; k0 += KBLOCK) /* then C holds the sum so far: beta 1 */
-        amx_kblock(ta, tb, M, N, K - k0 < KBLOCK ? K - k0 : KBLOCK,
-                   ta ? A + (size_t)k0 * lda : A + k0, lda, tb ? B + k0 : B + (size_t)k0 * ldb, ldb,
-                   k0 ? 1.0f : beta, C, ldc, scratch, k0 + KBLOCK >= K ? epilogue : NULL, ctx);
-    _tile_release();
+        kblock(k == BF16_AMX ? amx_block : vec_block, ta, tb, M, N, K - k0 < KBLOCK ? K - k0 : KBLOCK,
+               ta ? A + (size_t)k0 * lda : A + k0, lda, tb ? B + k0 : B + (size_t)k0 * ldb, ldb,
+               k0 ? 1.0f : beta, C, ldc, scratch, k0 + KBLOCK >= K ? epilogue : NULL, ctx);
+    if (k == BF16_AMX)
+        amx_release();
 }
 
 #else /* not x86-64 Linux */
 
-int amx_enable(char *why, size_t n)
+int bf16_kernel_usable(bf16_kernel k, char *why, size_t n)
 {
+    (void)k;
     if (why)
-        snprintf(why, n, "AMX tiles exist on x86-64 Linux only");
+        snprintf(why, n, "the bf16 matmul kernels (AMX, AVX512-BF16) exist on x86-64 Linux only");
     return -1;
 }
 
-void amx_gemm(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-              float beta, float *C, int ldc, void *scratch, amx_epilogue epilogue, void *ctx)
+bf16_kernel bf16_gemm_pick(char *why, size_t n)
 {
-    (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb;
+    bf16_kernel_usable(BF16_AMX, why, n);
+    return BF16_NONE;
+}
+
+void bf16_gemm(bf16_kernel k, int ta, int tb, int M, int N, int K, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc, void *scratch,
+               bf16_epilogue epilogue, void *ctx)
+{
+    (void)k, (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb;
     (void)beta, (void)C, (void)ldc, (void)scratch, (void)epilogue, (void)ctx;
 }
 
 #endif
+
+const char *bf16_kernel_name(bf16_kernel k)
+{
+    return k == BF16_AMX ? "AMX-BF16 tiles" : k == BF16_AVX512 ? "AVX512-BF16 vectors" : "none";
+}
 
 #endif /* CPU_REAL_DOUBLE */

@@ -1,18 +1,22 @@
-/* test_gemm_amx.c: the AMX bf16 matmul (kernels/cpu/gemm_amx.c) against a
+/* test_gemm_bf16.c: the bf16 matmul (kernels/cpu/gemm_bf16.c), each of its
+ * kernels this CPU has (AMX tiles, AVX512-BF16 vectors), against a
  * double-precision product of the same bf16-rounded inputs, and the CPU
- * backend that runs its linear layers on it (backend_cpu_bf16_create)
- * against the fp32 backend. On a CPU without AMX-BF16 (or with
- * ANATOMY_NO_AMX set) the suite checks that both refuse with a reason, and
- * says that the products were not run. */
+ * backend that runs its linear layers on the kernel it picks
+ * (backend_cpu_bf16_create) against the fp32 backend. On a CPU with neither
+ * kernel (or with ANATOMY_NO_AMX and ANATOMY_NO_AVX512BF16 set) the suite
+ * checks that the backend refuses with a reason, and says which products
+ * were not run. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "../kernels/cpu/gemm_amx.h"
+#include "../kernels/cpu/gemm_bf16.h"
 #include "../kernels/ops.h"
 #include "testrand.h"
 
-static int have_amx;
+static int have_bf16; /* the backend's pick is a kernel */
+static int usable[3]; /* by bf16_kernel: the kernels this CPU runs */
+static const bf16_kernel kernels[] = { BF16_AMX, BF16_AVX512 };
 
 /* x rounded to bf16, to nearest even (what the kernel feeds the tiles) */
 static double bf16_round(float x)
@@ -34,7 +38,7 @@ static float *randm(size_t n, double scale)
 
 static void *scratch_for(int M, int N, int K)
 {
-    size_t n = (amx_gemm_scratch(M, N, K) + 63) / 64 * 64;
+    size_t n = (bf16_gemm_scratch(M, N, K) + 63) / 64 * 64;
     void *p = aligned_alloc(64, n);
     ck_assert_ptr_nonnull(p);
     memset(p, 0xff, n); /* NaN bytes: the kernel must not read what it did not write */
@@ -66,7 +70,7 @@ static void twice_plus_one(void *ctx, float *c, int row, int col, int n)
  * product (the rounding happened); with leading dimensions wider than the
  * matrices, whose gaps stay untouched; the epilogue once per element, after
  * the whole sum (K blocks included). */
-static void check_shape(int ta, int tb, int M, int N, int K, float beta)
+static void check_shape(bf16_kernel kn, int ta, int tb, int M, int N, int K, float beta)
 {
     int lda = (ta ? M : K) + irand(3), ldb = (tb ? K : N) + irand(3), ldc = N + irand(3);
     float *A = randm((size_t)(ta ? K : M) * lda, 1.0), *B = randm((size_t)(tb ? N : K) * ldb, 1.0);
@@ -74,7 +78,7 @@ static void check_shape(int ta, int tb, int M, int N, int K, float beta)
     memcpy(C0, C, (size_t)M * ldc * sizeof *C);
     void *scr = scratch_for(M, N, K);
     epilogue_check ec = { C, ldc, N, calloc((size_t)M * N, 1) };
-    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, scr, twice_plus_one, &ec);
+    bf16_gemm(kn, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, scr, twice_plus_one, &ec);
     double worst = 0, unrounded = 0;
     for (int i = 0; i < M; i++) {
         for (int j = 0; j < ldc; j++) {
@@ -92,76 +96,82 @@ static void check_shape(int ta, int tb, int M, int N, int K, float beta)
                 sa += fabs(bf16_round(a) * bf16_round(b));
                 exact += (double)a * b;
             }
-            ck_assert_msg(ec.seen[(size_t)i * N + j] == 1, "ta %d tb %d %dx%dx%d: the epilogue "
-                          "ran %d times on C[%d][%d]", ta, tb, M, N, K, ec.seen[(size_t)i * N + j], i, j);
+            ck_assert_msg(ec.seen[(size_t)i * N + j] == 1, "%s, ta %d tb %d %dx%dx%d: the epilogue "
+                          "ran %d times on C[%d][%d]", bf16_kernel_name(kn), ta, tb, M, N, K,
+                          ec.seen[(size_t)i * N + j], i, j);
             double base = beta == 0.0f ? 0.0 : (double)beta * C0[at];
             double want = 2 * (base + s) + 1;
             double bound = 2 * (K + 2) * ldexp(1.0, -24) * (sa + fabs(base)) +
                            ldexp(1.0, -23) * (fabs(want) + 1);
             double e = fabs(C[at] - want) / bound;
             ck_assert_msg(e <= 1.0,
-                          "ta %d tb %d %dx%dx%d beta %g: C[%d][%d] = %.9g, want %.9g (%.2f of the fp32 bound)",
-                          ta, tb, M, N, K, beta, i, j, C[at], want, e);
+                          "%s, ta %d tb %d %dx%dx%d beta %g: C[%d][%d] = %.9g, want %.9g (%.2f of the "
+                          "fp32 bound)", bf16_kernel_name(kn), ta, tb, M, N, K, beta, i, j, C[at], want, e);
             worst = e > worst ? e : worst;
             unrounded = fmax(unrounded, fabs((C[at] - 1) / 2 - base - exact) / (sa + 1e-30));
         }
     }
     /* bf16 keeps 8 bits: products of rounded inputs stray by ~2^-9 of their size */
     if (K >= 8)
-        ck_assert_msg(unrounded > 1e-5, "ta %d tb %d %dx%dx%d: within %.2g of the unrounded product: were "
-                      "the inputs rounded to bf16?", ta, tb, M, N, K, unrounded);
+        ck_assert_msg(unrounded > 1e-5, "%s, ta %d tb %d %dx%dx%d: within %.2g of the unrounded product: "
+                      "were the inputs rounded to bf16?", bf16_kernel_name(kn), ta, tb, M, N, K, unrounded);
     free(A), free(B), free(C), free(C0), free(scr), free(ec.seen);
 }
 
-START_TEST(test_amx_gemm_shapes)
+START_TEST(test_bf16_gemm_shapes)
 {
-    seed("amx_gemm_shapes", _i);
-    if (!have_amx)
-        return;
     int ta = _i & 1, tb = _i >> 1 & 1;
-    /* edges of every kind: 1, under a tile, tile and a bit, odd K */
-    const int small[][3] = { { 3, 5, 0 }, { 1, 1, 1 }, { 1, 17, 3 }, { 33, 1, 65 }, { 16, 16, 32 }, { 31, 33, 31 },
-                             { 47, 70, 100 }, { 64, 64, 64 } };
-    for (size_t s = 0; s < sizeof small / sizeof small[0]; s++)
-        check_shape(ta, tb, small[s][0], small[s][1], small[s][2], 0.0f);
-    check_shape(ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 1.0f);
-    check_shape(ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 0.5f);
-    /* K of 1000 makes panels of 512 columns: three of them here */
-    check_shape(ta, tb, 40, 1100, 1000, irand(2) ? 1.0f : 0.0f);
-    /* K past 2048 is summed in blocks, C accumulating between them */
-    check_shape(ta, tb, 35, 40, 2049 + irand(3000), irand(2) ? 1.0f : 0.0f);
+    for (size_t q = 0; q < sizeof kernels / sizeof kernels[0]; q++) {
+        bf16_kernel kn = kernels[q];
+        seed(kn == BF16_AMX ? "bf16_gemm_shapes_amx" : "bf16_gemm_shapes_avx512", _i);
+        if (!usable[kn])
+            continue;
+        /* edges of every kind: 1, under a tile, tile and a bit, odd K */
+        const int small[][3] = { { 3, 5, 0 }, { 1, 1, 1 }, { 1, 17, 3 }, { 33, 1, 65 }, { 16, 16, 32 },
+                                 { 31, 33, 31 }, { 47, 70, 100 }, { 64, 64, 64 } };
+        for (size_t s = 0; s < sizeof small / sizeof small[0]; s++)
+            check_shape(kn, ta, tb, small[s][0], small[s][1], small[s][2], 0.0f);
+        check_shape(kn, ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 1.0f);
+        check_shape(kn, ta, tb, 1 + irand(80), 1 + irand(80), 1 + irand(200), 0.5f);
+        /* K of 1000 makes panels of 512 columns: three of them here */
+        check_shape(kn, ta, tb, 40, 1100, 1000, irand(2) ? 1.0f : 0.0f);
+        /* K past 2048 is summed in blocks, C accumulating between them */
+        check_shape(kn, ta, tb, 35, 40, 2049 + irand(3000), irand(2) ? 1.0f : 0.0f);
+    }
 }
 END_TEST
 
 /* Splitting M or N between calls (as the backend's threads do) gives the
  * same bits as one call, for beta 0 and 1. */
-START_TEST(test_amx_gemm_split_is_exact)
+START_TEST(test_bf16_gemm_split_is_exact)
 {
-    seed("amx_gemm_split", _i);
-    if (!have_amx)
+    bf16_kernel kn = kernels[_i >> 2];
+    seed(kn == BF16_AMX ? "bf16_gemm_split_amx" : "bf16_gemm_split_avx512", _i & 3);
+    if (!usable[kn])
         return;
     int ta = irand(2), tb = irand(2), M = 64 + irand(100), N = 64 + irand(100), K = 1 + irand(300);
     float beta = (float)(_i & 1);
+    int by_rows = _i >> 1 & 1;
     int lda = ta ? M : K, ldb = tb ? K : N;
     float *A = randm((size_t)M * K, 1.0), *B = randm((size_t)K * N, 1.0), *C = randm((size_t)M * N, 1.0);
     float *one = xmalloc((size_t)M * N * sizeof *one), *two = xmalloc((size_t)M * N * sizeof *two);
     memcpy(one, C, (size_t)M * N * sizeof *C);
     memcpy(two, C, (size_t)M * N * sizeof *C);
     void *scr = scratch_for(M, N, K);
-    amx_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, one, N, scr, NULL, NULL);
-    int cut = 1 + irand((_i >> 1 ? M : N) - 1);
-    if (_i >> 1) { /* rows [0, cut) and [cut, M) */
-        amx_gemm(ta, tb, cut, N, K, A, lda, B, ldb, beta, two, N, scr, NULL, NULL);
-        amx_gemm(ta, tb, M - cut, N, K, ta ? A + cut : A + (size_t)cut * lda, lda, B, ldb, beta,
+    bf16_gemm(kn, ta, tb, M, N, K, A, lda, B, ldb, beta, one, N, scr, NULL, NULL);
+    int cut = 1 + irand((by_rows ? M : N) - 1);
+    if (by_rows) { /* rows [0, cut) and [cut, M) */
+        bf16_gemm(kn, ta, tb, cut, N, K, A, lda, B, ldb, beta, two, N, scr, NULL, NULL);
+        bf16_gemm(kn, ta, tb, M - cut, N, K, ta ? A + cut : A + (size_t)cut * lda, lda, B, ldb, beta,
                  two + (size_t)cut * N, N, scr, NULL, NULL);
     } else { /* columns [0, cut) and [cut, N) */
-        amx_gemm(ta, tb, M, cut, K, A, lda, B, ldb, beta, two, N, scr, NULL, NULL);
-        amx_gemm(ta, tb, M, N - cut, K, A, lda, tb ? B + (size_t)cut * ldb : B + cut, ldb, beta,
+        bf16_gemm(kn, ta, tb, M, cut, K, A, lda, B, ldb, beta, two, N, scr, NULL, NULL);
+        bf16_gemm(kn, ta, tb, M, N - cut, K, A, lda, tb ? B + (size_t)cut * ldb : B + cut, ldb, beta,
                  two + cut, N, scr, NULL, NULL);
     }
     ck_assert_msg(memcmp(one, two, (size_t)M * N * sizeof *one) == 0,
-                  "split at %s %d of %dx%dx%d (ta %d tb %d beta %g) changed bits", _i >> 1 ? "row" : "column",
-                  cut, M, N, K, ta, tb, beta);
+                  "%s: split at %s %d of %dx%dx%d (ta %d tb %d beta %g) changed bits", bf16_kernel_name(kn),
+                  by_rows ? "row" : "column", cut, M, N, K, ta, tb, beta);
     free(A), free(B), free(C), free(one), free(two), free(scr);
 }
 END_TEST
@@ -169,15 +179,15 @@ END_TEST
 /* The backend: matmul forward and backward of cpu-bf16 against cpu (fp32)
  * within bf16's error (inputs rounded to 8 bits: about 2^-9 of the terms'
  * size, shrinking as sqrt(K) for random signs), bit-identical with 1 and 2
- * threads; without AMX the constructor refuses with the reason. */
+ * threads; without a bf16 kernel the constructor refuses with the reason. */
 START_TEST(test_backend_bf16_matmuls)
 {
     seed("backend_bf16", 0);
     char err[256] = "";
     backend *hb = backend_cpu_bf16_create(2, err);
-    if (!have_amx) {
-        ck_assert_msg(hb == NULL && strstr(err, "AMX-BF16"), "without AMX: backend %p, err '%s'",
-                      (void *)hb, err);
+    if (!have_bf16) {
+        ck_assert_msg(hb == NULL && strstr(err, "AMX-BF16 or AVX512-BF16"),
+                      "without a bf16 kernel: backend %p, err '%s'", (void *)hb, err);
         return;
     }
     ck_assert_msg(hb != NULL, "cpu-bf16: %s", err);
@@ -220,7 +230,7 @@ START_TEST(test_backend_bf16_matmuls)
 END_TEST
 
 /* The fused GELU ops run GELU (forward) and GELU' (backward) in the
- * product's epilogue: on the fp32 (BLAS) and bf16 (AMX) backends, 1 and 2
+ * product's epilogue: on the fp32 (BLAS) and bf16 backends, 1 and 2
  * threads, with and without bias, they equal the unfused ops bit for bit:
  * pre = matmul_forward, out = gelu_forward(pre), dpre = gelu_backward of
  * matmul_backward's dinp; and on bf16, 2 threads equal 1 (rows or columns
@@ -230,7 +240,7 @@ START_TEST(test_fused_gelu_is_the_unfused_ops)
     seed("fused_gelu", _i);
     char err[256] = "";
     backend *bes[4] = { backend_cpu_create(1, err), backend_cpu_create(2, err), NULL, NULL };
-    if (have_amx)
+    if (have_bf16)
         bes[2] = backend_cpu_bf16_create(1, err), bes[3] = backend_cpu_bf16_create(2, err);
     /* N under OC half the time: the threads then split the columns */
     const int N = 50 + irand(200), IC = 1 + irand(100), OC = 1 + irand(300);
@@ -279,13 +289,13 @@ START_TEST(test_fused_gelu_is_the_unfused_ops)
 }
 END_TEST
 
-static Suite *amx_suite(void)
+static Suite *bf16_suite(void)
 {
-    Suite *s = suite_create("gemm_amx");
-    TCase *tc = tcase_create("amx");
+    Suite *s = suite_create("gemm_bf16");
+    TCase *tc = tcase_create("bf16");
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_amx_gemm_shapes, 0, 4);
-    tcase_add_loop_test(tc, test_amx_gemm_split_is_exact, 0, 4);
+    tcase_add_loop_test(tc, test_bf16_gemm_shapes, 0, 4);
+    tcase_add_loop_test(tc, test_bf16_gemm_split_is_exact, 0, 8);
     tcase_add_test(tc, test_backend_bf16_matmuls);
     tcase_add_loop_test(tc, test_fused_gelu_is_the_unfused_ops, 0, 2);
     suite_add_tcase(s, tc);
@@ -294,13 +304,18 @@ static Suite *amx_suite(void)
 
 int main(void)
 {
-    char why[200] = "";
-    test_seed_init("test_gemm_amx");
-    have_amx = amx_enable(why, sizeof why) == 0;
-    if (!have_amx)
-        printf("test_gemm_amx: no AMX here (%s): the products are not run; the refusals are checked\n",
-               why);
-    SRunner *sr = srunner_create(amx_suite());
+    char why[402] = "";
+    test_seed_init("test_gemm_bf16");
+    for (size_t q = 0; q < sizeof kernels / sizeof kernels[0]; q++) {
+        usable[kernels[q]] = bf16_kernel_usable(kernels[q], why, sizeof why) == 0;
+        if (!usable[kernels[q]])
+            printf("test_gemm_bf16: %s not run: %s\n", bf16_kernel_name(kernels[q]), why);
+    }
+    bf16_kernel k = bf16_gemm_pick(why, sizeof why);
+    have_bf16 = k != BF16_NONE;
+    printf("test_gemm_bf16: the backend's kernel: %s%s%s\n", bf16_kernel_name(k), have_bf16 ? "" : ": ",
+           have_bf16 ? "" : why);
+    SRunner *sr = srunner_create(bf16_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
