@@ -321,23 +321,28 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_block(const uint32_
     _tile_stored(3, dst + (size_t)TILE * ldd + TILE, ds);
 }
 
-/* AVX512-BF16: 8 rows of the block, 16 sums in registers. Pairs past
- * `pairs` are padding (zeros) and skipped: +0 leaves every sum as it is. */
+/* AVX512-BF16: 8 rows of the block, 16 sums in registers (the loops over
+ * rows unrolled whatever the -O level: rolled, the sums live in memory and
+ * the kernel runs at under half its rate). Pairs past `pairs` are padding
+ * (zeros) and skipped: +0 leaves every sum as it is. */
 static VEC void vec_rows8(const uint32_t *a, int w, const uint32_t *b0, const uint32_t *b1, int pairs,
                           float *dst, size_t ldd)
 {
     __m512 s[8][2];
+#pragma GCC unroll 8
     for (int r = 0; r < 8; r++)
         s[r][0] = s[r][1] = _mm512_setzero_ps();
     for (int p = 0; p < pairs; p++) {
         __m512bh x0 = (__m512bh)_mm512_load_si512(b0 + (size_t)p * TILE);
         __m512bh x1 = (__m512bh)_mm512_load_si512(b1 + (size_t)p * TILE);
+#pragma GCC unroll 8
         for (int r = 0; r < 8; r++) {
             __m512bh y = (__m512bh)_mm512_set1_epi32((int)a[(size_t)r * w + p]);
             s[r][0] = _mm512_dpbf16_ps(s[r][0], y, x0);
             s[r][1] = _mm512_dpbf16_ps(s[r][1], y, x1);
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < 8; r++) {
         _mm512_storeu_ps(dst + (size_t)r * ldd, s[r][0]);
         _mm512_storeu_ps(dst + (size_t)r * ldd + TILE, s[r][1]);
