@@ -96,7 +96,7 @@ def test_bf16_vit(run, tmp_path, amx):
 
 
 def test_bf16_memory_plan_counts_the_packing_scratch(run, amx):
-    """cpu-bf16's plan adds the AMX kernel's packing scratch to the workspace:
+    """cpu-bf16's plan adds the bf16 kernels' packing scratch to the workspace:
     a 1 MiB panel of B, 32 rows of A over 2,048 of K and a staging block, for
     the one thread info plans with."""
     needs_amx(amx)
