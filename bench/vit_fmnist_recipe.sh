@@ -84,6 +84,7 @@ done
     echo "vit_fmnist_recipe.sh: BATCH $BATCH is more than the $NTRAIN training images in $D" >&2; exit 2; }
 SPE=$((NTRAIN / BATCH))      # steps per epoch (60,000 / 128 = 468 for Fashion-MNIST)
 STEPS=$((EPOCHS * SPE))
+VAL_BATCHES=$(((NTEST + BATCH - 1) / BATCH)) # every test image each epoch, whatever BATCH
 EVAL_BATCH=$((NTEST < 100 ? NTEST : 100))
 EVAL_BATCHES=$(((NTEST + EVAL_BATCH - 1) / EVAL_BATCH))
 # RESUME=1 with a checkpoint in OUT: go on from it (so a requeued job can always pass RESUME=1)
@@ -97,7 +98,7 @@ train() {
         --batch "$BATCH" --steps "$STEPS" --lr "$LR" --warmup "$SPE" --schedule cosine --lr-min-frac 0 \
         --weight-decay "$WD" --dropout "$DROPOUT" --crop-pad "$CROP_PAD" --flip "$FLIP" --erase "$ERASE" \
         --label-smoothing "$SMOOTH" --shuffle --seed "$SEED" \
-        --val-every "$SPE" --val-batches 100 --ckpt-every "$SPE" \
+        --val-every "$SPE" --val-batches "$VAL_BATCHES" --ckpt-every "$SPE" \
         --device "$DEVICE" --precision "$PRECISION" --threads "$THREADS" --out "$OUT"
 }
 start=$(date +%s)

@@ -257,6 +257,7 @@ def test_vit_recipe_options(tmp_path):
     assert opt["--schedule"] == "cosine" and opt["--lr-min-frac"] == "0"
     assert opt["--label-smoothing"] == "0.1"
     assert opt["--warmup"] == str(60000 // 128) and opt["--steps"] == str(3 * (60000 // 128))
+    assert opt["--val-batches"] == str(-(-10000 // 128))  # every test image each epoch
     assert "--width" not in got and "--layers" not in got and "--heads" not in got
     assert opt["--precision"] == "fp32"
     for extra, want in (({"CROP_PAD": "4", "SEED": "7"}, {"--crop-pad": "4", "--seed": "7"}),
@@ -286,6 +287,9 @@ def test_vit_recipe_options(tmp_path):
     rc, _, got = recipe("2", FMNIST_DIR=idx_dir("small", 1000, 40), BATCH="64")
     opt = {got[i]: got[i + 1] for i in range(len(got) - 1) if got[i].startswith("--")}
     assert opt["--warmup"] == opt["--val-every"] == str(1000 // 64) and opt["--steps"] == str(2 * (1000 // 64))
+    assert opt["--val-batches"] == "1", opt  # 40 test images in one batch of 64
+    rc, _, got = recipe("2", BATCH="64")
+    assert got[got.index("--val-batches") + 1] == str(-(-10000 // 64)), got
     for data, name in ((idx_dir("none", 0, 0), "train-images-idx3-ubyte"), (str(tmp_path / "empty"), "not found"),
                        (idx_dir("few", 100, 10), "BATCH 128 is more than the 100 training images")):
         os.makedirs(data, exist_ok=True)
