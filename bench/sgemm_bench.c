@@ -12,7 +12,9 @@
  * Row-major, alpha 1, beta 1 (the backend's ops accumulate). Shapes: d12's
  * forward matmuls (C = A B^T, weights [N, K]), the logits' backward
  * (dX = dY W: NN, dW = dY^T X: TN) at BT = 256 (B 4, T 64) and 2048 (B 8,
- * T 256). Best of REPS timed calls after a warm-up.
+ * T 256); with SHAPES=vit instead the twelve products of a block of the
+ * Fashion-MNIST ViT recipe (width 128, BT = 6,400). Best of REPS timed calls
+ * after a warm-up; the last line sums the shapes' best times.
  *
  * LIBRARY "bf16" times the CPU backend's own bf16 matmul instead
  * (kernels/cpu/gemm_bf16.c: inputs rounded to bf16, fp32 sums, on the kernel
@@ -154,9 +156,10 @@ int main(int argc, char **argv)
         printf("library %s: %s, kernel %s\n", argv[1], config ? config() : "?", core());
     }
 
-    static const int BT[] = { 256, 2048 };
-    struct { const char *what; int ta, tb, m, n, k; } shapes[] = {
-        /* m, n, k with BT substituted where -1 */
+    typedef struct { const char *what; int ta, tb, m, n, k; } shape;
+    /* m, n, k with BT substituted where -1 */
+    static const int d12_bt[] = { 256, 2048, 0 };
+    static const shape d12[] = {
         { "qkv      x W^T", 0, 1, -1, 2304, 768 },
         { "attproj  x W^T", 0, 1, -1, 768, 768 },
         { "fc       x W^T", 0, 1, -1, 3072, 768 },
@@ -164,7 +167,34 @@ int main(int argc, char **argv)
         { "logits   x W^T", 0, 1, -1, 50304, 768 },
         { "dlogits  dY W", 0, 0, -1, 768, 50304 },
         { "dwte     dY^T X", 1, 0, 50304, 768, -1 },
+        { NULL, 0, 0, 0, 0, 0 },
     };
+    /* SHAPES=vit: a block of the Fashion-MNIST ViT recipe (vit-mnist-p4
+     * --width 128, batch 128 x 50 tokens), its products forward and back */
+    static const int vit_bt[] = { 6400, 0 };
+    static const shape vit[] = {
+        { "qkv      x W^T", 0, 1, -1, 384, 128 },
+        { "attproj  x W^T", 0, 1, -1, 128, 128 },
+        { "fc       x W^T", 0, 1, -1, 512, 128 },
+        { "fcproj   x W^T", 0, 1, -1, 128, 512 },
+        { "dqkv     dY W", 0, 0, -1, 128, 384 },
+        { "dattproj dY W", 0, 0, -1, 128, 128 },
+        { "dfc      dY W", 0, 0, -1, 128, 512 },
+        { "dfcproj  dY W", 0, 0, -1, 512, 128 },
+        { "dWqkv    dY^T X", 1, 0, 384, 128, -1 },
+        { "dWattprj dY^T X", 1, 0, 128, 128, -1 },
+        { "dWfc     dY^T X", 1, 0, 512, 128, -1 },
+        { "dWfcproj dY^T X", 1, 0, 128, 512, -1 },
+        { NULL, 0, 0, 0, 0, 0 },
+    };
+    const char *set = getenv("SHAPES") ? getenv("SHAPES") : "d12";
+    int is_vit = strcmp(set, "vit") == 0;
+    if (!is_vit && strcmp(set, "d12") != 0) {
+        fprintf(stderr, "sgemm_bench: SHAPES must be d12 or vit, got '%s'\n", set);
+        return 2;
+    }
+    const int *BT = is_vit ? vit_bt : d12_bt;
+    const shape *shapes = is_vit ? vit : d12;
     { /* warm-up, untimed: the threads' first BLAS calls set up their buffers */
         int M = 512, N = 2304, K = 768;
         float *A = calloc((size_t)M * K, 4), *B = calloc((size_t)N * K, 4), *C = calloc((size_t)M * N, 4);
@@ -180,8 +210,9 @@ int main(int argc, char **argv)
     }
     printf("%-6s %-16s %6s %6s %6s %12s %12s\n", "BT", "matmul", "M", "N", "K", "split GF/s",
            "lib GF/s");
-    for (size_t b = 0; b < sizeof BT / sizeof *BT; b++) {
-        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+    double total[2] = { 0, 0 }; /* seconds, summed over the shapes */
+    for (size_t b = 0; BT[b]; b++) {
+        for (size_t s = 0; shapes[s].what; s++) {
             int M = shapes[s].m < 0 ? BT[b] : shapes[s].m, N = shapes[s].n;
             int K = shapes[s].k < 0 ? BT[b] : shapes[s].k, ta = shapes[s].ta, tb = shapes[s].tb;
             size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
@@ -210,11 +241,13 @@ int main(int argc, char **argv)
             }
             printf("%-6d %-16s %6d %6d %6d %12.1f %12.1f\n", BT[b], shapes[s].what, M, N, K,
                    flops / best[0] * 1e-9, flops / best[1] * 1e-9);
+            total[0] += best[0], total[1] += best[1];
             fflush(stdout);
             free(A);
             free(B);
             free(C);
         }
     }
+    printf("all shapes: split %.2f ms, lib %.2f ms\n", total[0] * 1e3, total[1] * 1e3);
     return 0;
 }

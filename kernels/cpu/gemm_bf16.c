@@ -21,9 +21,12 @@
  *   AVX512-BF16: 8 rows at a time in 16 zmm sums (8 rows x 2 strips), each
  *        pair of A broadcast to the 16 lanes and multiplied with a row of
  *        pairs of both strips: 16 VDPBF16PS per 2 loads and 8 broadcasts.
- * A 32 x 32 block of C that replaces C whole goes straight there; any other
- * leaves through a staging buffer, which is where beta and the edges are
- * applied.
+ * Each element's sum starts from beta C (from 0 when beta is 0: C is then
+ * never read) and adds the products in K's order. A whole 32 x 32 block of C
+ * is summed in place (scaled by beta first unless beta is 0 or 1); a block at
+ * the edge of C goes through a staging block loaded with beta C, so both
+ * add the same terms in the same order. (A gradient that accumulates, beta
+ * 1, thus costs no extra pass over C.)
  *
  * Every C element is one fixed sequence of products over K, whatever rows or
  * columns share its call: results do not depend on how callers split M or N
@@ -194,13 +197,33 @@ static VEC void pack_b(uint32_t *dst, int tb, const float *B, int ldb, int N, in
     /* pair p, column n: tile (n / 16, p / 16), row p % 16, column n % 16 */
 #define AT(p, n) (dst + ((size_t)((n) / TILE) * nk + (p) / TILE) * TILE * TILE + ((p) % TILE) * TILE + (n) % TILE)
     if (tb) { /* B^T stored: column n of op(B) is a stored row */
-        for (int n = 0; n < N; n++) {
+        int n0 = 0;
+        /* 16 columns x 16 pairs: each stored row's pairs in order, then one
+         * 16 x 16 transpose makes the tile's rows (pair-major) */
+        for (; n0 + TILE <= N; n0 += TILE) {
+            int p0 = 0;
+            for (; p0 + TILE <= full; p0 += TILE) {
+                __m512i v[TILE];
+                for (int q = 0; q < TILE; q++)
+                    v[q] = pairs_in_order(B + (size_t)(n0 + q) * ldb + 2 * p0);
+                transpose16(v);
+                for (int i = 0; i < TILE; i++)
+                    _mm512_store_si512(AT(p0 + i, n0), v[i]);
+            }
+            for (int n = n0; n < n0 + TILE; n++) {
+                const float *b = B + (size_t)n * ldb;
+                for (int p = p0; p < full; p++)
+                    *AT(p, n) = pair(b[2 * p], b[2 * p + 1]);
+            }
+        }
+        for (int n = n0; n < N; n++) {
             const float *b = B + (size_t)n * ldb;
             for (int p = 0; p < full; p++)
                 *AT(p, n) = pair(b[2 * p], b[2 * p + 1]);
-            if (K & 1)
-                *AT(full, n) = pair(b[K - 1], 0.0f);
         }
+        if (K & 1)
+            for (int n = 0; n < N; n++)
+                *AT(full, n) = pair(B[(size_t)n * ldb + K - 1], 0.0f);
         return;
     }
     for (int p = 0; p < (K + 1) / 2; p++) { /* two stored rows make a row of pairs */
@@ -289,22 +312,32 @@ bf16_kernel bf16_gemm_pick(char *why, size_t n)
 /* One 32 x 32 block of C, the sum over the packed pairs: A's 32 rows of w
  * pairs (ap), B's two 16-column strips (b0, b1: [w][16] pairs each), pairs
  * of them not all zero padding; into dst, ldd floats a row. */
+/* A 32 x 32 block of C into dst (rows ldd apart): the products added to
+ * what dst holds (add 1) or to zero (add 0: dst only written). */
 typedef void (*block_fn)(const uint32_t *ap, int w, const uint32_t *b0, const uint32_t *b1,
-                         int pairs, float *dst, size_t ldd);
+                         int pairs, float *dst, size_t ldd, int add);
 
 /* AMX: the tiles configured by bf16_gemm. Tile c of a strip is its pairs
  * [16c, 16c + 16): 256 words on. */
 __attribute__((target("amx-tile,amx-bf16"))) static void amx_block(const uint32_t *ap, int w,
                                                                      const uint32_t *b0,
                                                                      const uint32_t *b1, int pairs,
-                                                                     float *dst, size_t ldd)
+                                                                     float *dst, size_t ldd,
+                                                                     int add)
 {
     const size_t astride = (size_t)w * 4, tile_pairs = TILE * TILE, ds = ldd * 4;
     (void)pairs; /* whole tiles, the padding's zeros included */
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    if (add) {
+        _tile_loadd(0, dst, ds);
+        _tile_loadd(1, dst + TILE, ds);
+        _tile_loadd(2, dst + (size_t)TILE * ldd, ds);
+        _tile_loadd(3, dst + (size_t)TILE * ldd + TILE, ds);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
     for (int c = 0; c < w / TILE; c++) {
         _tile_loadd(4, ap + (size_t)c * TILE, astride);
         _tile_loadd(5, ap + (size_t)TILE * w + (size_t)c * TILE, astride);
@@ -326,12 +359,14 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_block(const uint32_
  * the kernel runs at under half its rate). Pairs past `pairs` are padding
  * (zeros) and skipped: +0 leaves every sum as it is. */
 static VEC void vec_rows8(const uint32_t *a, int w, const uint32_t *b0, const uint32_t *b1, int pairs,
-                          float *dst, size_t ldd)
+                          float *dst, size_t ldd, int add)
 {
     __m512 s[8][2];
 #pragma GCC unroll 8
-    for (int r = 0; r < 8; r++)
-        s[r][0] = s[r][1] = _mm512_setzero_ps();
+    for (int r = 0; r < 8; r++) {
+        s[r][0] = add ? _mm512_loadu_ps(dst + (size_t)r * ldd) : _mm512_setzero_ps();
+        s[r][1] = add ? _mm512_loadu_ps(dst + (size_t)r * ldd + TILE) : _mm512_setzero_ps();
+    }
     for (int p = 0; p < pairs; p++) {
         __m512bh x0 = (__m512bh)_mm512_load_si512(b0 + (size_t)p * TILE);
         __m512bh x1 = (__m512bh)_mm512_load_si512(b1 + (size_t)p * TILE);
@@ -350,29 +385,28 @@ static VEC void vec_rows8(const uint32_t *a, int w, const uint32_t *b0, const ui
 }
 
 static VEC void vec_block(const uint32_t *ap, int w, const uint32_t *b0, const uint32_t *b1, int pairs,
-                          float *dst, size_t ldd)
+                          float *dst, size_t ldd, int add)
 {
     for (int r = 0; r < 2 * TILE; r += 8)
-        vec_rows8(ap + (size_t)r * w, w, b0, b1, pairs, dst + (size_t)r * ldd, ldd);
+        vec_rows8(ap + (size_t)r * w, w, b0, b1, pairs, dst + (size_t)r * ldd, ldd, add);
 }
 
-/* C rows [r0, r0 + 32) and columns [c0, c0 + 32) from the staging block S. */
-static void write_back(float *C, int ldc, const float *S, int r0, int c0, int M, int N, float beta)
+/* The 32 x 32 block of C at (r0, c0) and the staging block S (32 wide):
+ * S = beta C (zeros past C's edges), or C = S. */
+static void stage_in(float *S, const float *C, int ldc, int r0, int c0, int M, int N, float beta)
 {
     int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, cols = N - c0 < 2 * TILE ? N - c0 : 2 * TILE;
-    for (int r = 0; r < rows; r++) {
-        float *c = C + (size_t)(r0 + r) * ldc + c0;
-        const float *s = S + r * 2 * TILE;
-        if (beta == 0.0f)
-            for (int j = 0; j < cols; j++)
-                c[j] = s[j];
-        else if (beta == 1.0f)
-            for (int j = 0; j < cols; j++)
-                c[j] += s[j];
-        else
-            for (int j = 0; j < cols; j++)
-                c[j] = beta * c[j] + s[j];
-    }
+    memset(S, 0, (size_t)2 * TILE * 2 * TILE * sizeof *S);
+    for (int r = 0; beta != 0.0f && r < rows; r++)
+        for (int j = 0; j < cols; j++)
+            S[r * 2 * TILE + j] = beta * C[(size_t)(r0 + r) * ldc + c0 + j];
+}
+
+static void stage_out(float *C, int ldc, const float *S, int r0, int c0, int M, int N)
+{
+    int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, cols = N - c0 < 2 * TILE ? N - c0 : 2 * TILE;
+    for (int r = 0; r < rows; r++)
+        memcpy(C + (size_t)(r0 + r) * ldc + c0, S + r * 2 * TILE, (size_t)cols * sizeof *C);
 }
 
 /* bf16_gemm for K <= KBLOCK, each block by `block`; the epilogue (NULL:
@@ -397,12 +431,16 @@ static VEC void kblock(block_fn block, int ta, int tb, int M, int N, int K, cons
             for (int j = 0; j < np / TILE; j += 2) {
                 const uint32_t *b0 = bp + (size_t)j * nk * tile_pairs, *b1 = b0 + (size_t)nk * tile_pairs;
                 int col = c0 + j * TILE;
-                if (beta == 0.0f && r0 + 2 * TILE <= M && col + 2 * TILE <= N) {
-                    /* a whole block that replaces C: straight in (the same bits) */
-                    block(ap, w, b0, b1, pairs, C + (size_t)r0 * ldc + col, (size_t)ldc);
+                if (r0 + 2 * TILE <= M && col + 2 * TILE <= N) { /* a whole block: in place */
+                    float *c = C + (size_t)r0 * ldc + col;
+                    for (int r = 0; beta != 0.0f && beta != 1.0f && r < 2 * TILE; r++)
+                        for (int i = 0; i < 2 * TILE; i++)
+                            c[(size_t)r * ldc + i] *= beta;
+                    block(ap, w, b0, b1, pairs, c, (size_t)ldc, beta != 0.0f);
                 } else {
-                    block(ap, w, b0, b1, pairs, stage, 2 * TILE);
-                    write_back(C, ldc, stage, r0, col, M, N, beta);
+                    stage_in(stage, C, ldc, r0, col, M, N, beta);
+                    block(ap, w, b0, b1, pairs, stage, 2 * TILE, 1);
+                    stage_out(C, ldc, stage, r0, col, M, N);
                 }
             }
             for (int r = r0; epilogue && r < r0 + 2 * TILE && r < M; r++)
