@@ -370,3 +370,44 @@ def test_vit_recipe_summary(tmp_path):
                         ([], "usage")):
         rc, out, err = summary(*args)
         assert rc == 2 and words in err and len(err.strip().splitlines()) == 1 and not out, (args, err)
+
+
+def test_vit_step_bench(run, binary, tmp_path):
+    """bench/vit_step_cpu.sh times anatomy's ViT step beside
+    bench/torch_vit_step.py's PyTorch model, which must be the same model:
+    its parameter count equals the trainer's for the same shapes. A tiny run
+    prints a row of numbers and a ratio; a bad option stops the script with
+    one line naming it and status 2."""
+    import os
+    import re
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    d = tmp_path / "fmnist"
+    d.mkdir()
+    pair(d, "train", n=16)
+    pair(d, "t10k", n=16)
+    for width, layers, heads in ((16, 1, 2), (24, 2, 3)):
+        rc, out, err = run("train", "--model", "vit", "--preset", "vit-mnist-p4", "--width", width,
+                           "--layers", layers, "--heads", heads, "--data", d, "--batch", "4",
+                           "--steps", "1", "--device", "cpu", "--out", tmp_path / f"o{width}")
+        assert rc == 0, err
+        ours = int(re.search(r"training vit: (\d+) parameters", out + err).group(1))
+        q = subprocess.run([sys.executable, "bench/torch_vit_step.py", "--count-params", "--width",
+                            str(width), "--layers", str(layers), "--heads", str(heads)],
+                           cwd=repo, capture_output=True, text=True, timeout=120)
+        assert q.returncode == 0 and int(q.stdout) == ours, (width, ours, q.stdout, q.stderr)
+    env = dict(os.environ, FMNIST_DIR=str(d), WIDTH="16", LAYERS="1", HEADS="2", BATCH="8",
+               STEPS="3", ROUNDS="1", THREADS="1", PRECISIONS="fp32", PYTHON=sys.executable)
+
+    def bench(**extra):
+        q = subprocess.run(["sh", "bench/vit_step_cpu.sh", binary], cwd=repo,
+                           env=dict(env, **extra), capture_output=True, text=True, timeout=300)
+        return q.returncode, q.stdout, q.stderr
+    rc, out, err = bench()
+    assert rc == 0, err
+    assert re.search(r"^fp32 +[0-9.]+ +[0-9.]+ +[0-9.]+x$", out, re.M), out
+    for extra, name in (({"THREADS": "two"}, "THREADS"), ({"PRECISIONS": "fp16"}, "PRECISIONS"),
+                        ({"STEPS": "0"}, "STEPS"), ({"FMNIST_DIR": str(tmp_path / "none")}, "not found")):
+        rc, out, err = bench(**extra)
+        assert rc != 0 and name in err and len(err.strip().splitlines()) == 1, (extra, err)
