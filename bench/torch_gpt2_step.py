@@ -29,9 +29,12 @@ WARMUP = 2  # steps left out of the median on both sides
 
 
 class Block(nn.Module):
-    def __init__(self, C, NH):
+    """A pre-LN transformer block; causal attention unless told (the ViT of
+    bench/torch_vit_step.py uses it with causal=False)."""
+
+    def __init__(self, C, NH, causal=True):
         super().__init__()
-        self.NH = NH
+        self.NH, self.causal = NH, causal
         self.ln_1, self.ln_2 = nn.LayerNorm(C, eps=1e-5), nn.LayerNorm(C, eps=1e-5)
         self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
         self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
@@ -40,7 +43,7 @@ class Block(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.NH, C // self.NH).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
