@@ -135,6 +135,15 @@ def ours_from_log(path):
     return statistics.median(r["ms"] for r in kept), len(recs)
 
 
+def add_step_options(ap):
+    """The options every PyTorch step timer here shares (bench/torch_vit_step.py too)."""
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="bf16: the forward under torch.autocast('cpu', bfloat16) (its matmuls and "
+                         "attention in bf16; weights, gradients and AdamW fp32)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write-shard", metavar="FILE")
@@ -147,11 +156,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
-                    help="bf16: the forward under torch.autocast('cpu', bfloat16) (its matmuls and "
-                         "attention in bf16; weights, gradients and AdamW fp32)")
+    add_step_options(ap)
     args = ap.parse_args()
 
     if args.write_shard:

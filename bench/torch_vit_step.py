@@ -16,7 +16,6 @@ Prints the median step time of steps 3.. and the first loss.
     python3 bench/torch_vit_step.py --count-params [--width W --layers L]
 """
 import argparse
-import os
 import statistics
 import time
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch_gpt2_step import Block  # the same block, here without the causal mask
+from torch_gpt2_step import Block, add_step_options  # the block here without the causal mask
 
 WARMUP = 2  # steps left out of the median (as bench/vit_step_cpu.sh does for anatomy's)
 IMAGE, PATCH, CLASSES = 28, 4, 10
@@ -101,11 +100,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--crop-pad", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
-                    help="bf16: the forward under torch.autocast('cpu', bfloat16) (matmuls and "
-                         "attention in bf16; weights, gradients and AdamW fp32)")
+    add_step_options(ap)
     ap.add_argument("--count-params", action="store_true",
                     help="print the model's parameter count and exit")
     args = ap.parse_args()
