@@ -87,34 +87,48 @@ def read_shard(path):
     return np.fromfile(path, dtype="<u2", offset=1024, count=int(hdr[2])).astype(np.int64)
 
 
-def torch_bench(args):
-    """Median ms of steps WARMUP.. of a PyTorch training step."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cfg = PRESETS[args.preset]
-    model = GPT2(args.vocab, args.maxT, **cfg)
+def adamw(model, lr, weight_decay, betas):
+    """torch.optim.AdamW (fused=False) with weight decay on the matrices only."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     nodecay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": nodecay, "weight_decay": 0.0}],
-                            lr=3e-4, betas=(0.9, 0.95), eps=1e-8, fused=False)
-    tokens = torch.from_numpy(read_shard(args.data))
-    B, T = args.batch, args.seq
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": nodecay, "weight_decay": 0.0}],
+                             lr=lr, betas=betas, eps=1e-8, fused=False)
+
+
+def timed_steps(model, opt, steps, autocast, loss_at):
+    """Median ms of steps WARMUP.. of a training step (loss_at(step): the
+    batch and the forward to the loss, under bf16 autocast if asked;
+    backward, gradient-norm clip at 1, the optimizer), and the losses."""
     times, losses = [], []
-    for step in range(args.steps):
+    for step in range(steps):
         t0 = time.perf_counter()
-        s = (step * B * T) % (len(tokens) - B * T - 1)
-        buf = tokens[s:s + B * T + 1]
-        x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
-            loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+            loss = loss_at(step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times[WARMUP:] or times), losses
+
+
+def torch_bench(args):
+    """Median ms of steps WARMUP.. of a PyTorch training step."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = PRESETS[args.preset]
+    model = GPT2(args.vocab, args.maxT, **cfg)
+    opt = adamw(model, 3e-4, 0.1, (0.9, 0.95))
+    tokens = torch.from_numpy(read_shard(args.data))
+    B, T = args.batch, args.seq
+
+    def loss_at(step):
+        s = (step * B * T) % (len(tokens) - B * T - 1)
+        buf = tokens[s:s + B * T + 1]
+        return model(buf[:-1].view(B, T), buf[1:].view(B, T))
+    return timed_steps(model, opt, args.steps, args.autocast, loss_at)
 
 
 def ours_from_log(path):

@@ -16,16 +16,14 @@ Prints the median step time of steps 3.. and the first loss.
     python3 bench/torch_vit_step.py --count-params [--width W --layers L]
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch_gpt2_step import Block, add_step_options  # the block here without the causal mask
+# the block (here without the causal mask), the optimizer and the timed step loop
+from torch_gpt2_step import Block, add_step_options, adamw, timed_steps
 
-WARMUP = 2  # steps left out of the median (as bench/vit_step_cpu.sh does for anatomy's)
 IMAGE, PATCH, CLASSES = 28, 4, 10
 
 
@@ -68,28 +66,15 @@ def bench(args):
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = ViT(args.width, args.layers, args.heads)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    nodecay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                             {"params": nodecay, "weight_decay": 0.0}],
-                            lr=2e-3, betas=(0.9, 0.999), eps=1e-8, fused=False)
+    opt = adamw(model, 2e-3, 0.05, (0.9, 0.999))
     images = torch.rand(args.batch * 4, IMAGE, IMAGE, generator=gen)
     labels = torch.randint(0, CLASSES, (args.batch * 4,), generator=gen)
-    times, losses = [], []
-    for step in range(args.steps):
-        t0 = time.perf_counter()
+
+    def loss_at(step):
         s = (step % 4) * args.batch
         x = augment(images[s:s + args.batch], args.crop_pad, gen)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels[s:s + args.batch], label_smoothing=0.1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times[WARMUP:] or times), losses
+        return F.cross_entropy(model(x).float(), labels[s:s + args.batch], label_smoothing=0.1)
+    return timed_steps(model, opt, args.steps, args.autocast, loss_at)
 
 
 def main():
