@@ -22,6 +22,7 @@
 #include "../data/rng.h"
 #include "../data/shard.h"
 #include "../host/models/bert.h"
+#include "gradcheck.h"
 
 static uint64_t base_seed;
 #define SEED(k) (base_seed + (uint64_t)(k))
@@ -85,19 +86,6 @@ static double rel_l2(const double *a, const double *b, size_t n)
     return sqrt(num / (den > 0 ? den : 1e-300));
 }
 
-static double loss_grad(model *m, const double *p, const model_batch *b, double *grad)
-{
-    backend *be = m->be;
-    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
-    model_zero_grad(m);
-    double loss = m->forward(m, b, grad ? 1.0f : 0.0f);
-    if (grad) {
-        m->backward(m);
-        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
-    }
-    return loss;
-}
-
 static model *make(backend *be, bert_config c)
 {
     char err[ERRBUF];
@@ -137,30 +125,22 @@ START_TEST(test_gradcheck_fp64)
     random_params(p, n, SEED(11 + nsp));
     random_batch(&rb, B, T, c.V, nsp, SEED(13 + nsp));
     if (_i == 2) {
-        double plain = loss_grad(m, p, &rb.b, NULL);
+        double plain = model_loss_grad(m, p, &rb.b, NULL);
         m->dropout = 0.3f;
         m->dropout_seed = SEED(15);
-        ck_assert_msg(fabs(loss_grad(m, p, &rb.b, NULL) - plain) > 1e-6,
+        ck_assert_msg(fabs(model_loss_grad(m, p, &rb.b, NULL) - plain) > 1e-6,
                       "dropout 0.3 leaves the loss at %.9f", plain);
     }
     ready_log rl = { n, 0, 0, 0 };
     m->grads_ready = on_ready;
     m->grads_ready_ctx = &rl;
-    loss_grad(m, p, &rb.b, g);
+    model_loss_grad(m, p, &rb.b, g);
     m->grads_ready = NULL;
     ck_assert_msg(rl.bad == 0 && rl.next_end == 0 && rl.covered == n,
                   "grads_ready: %d calls, %d out of order, %zu of %zu covered", rl.calls, rl.bad,
                   rl.covered, n);
     const double h = 1e-5;
-    for (size_t i = 0; i < n; i++) {
-        double keep = p[i];
-        p[i] = keep + h;
-        double lp = loss_grad(m, p, &rb.b, NULL);
-        p[i] = keep - h;
-        double lm = loss_grad(m, p, &rb.b, NULL);
-        p[i] = keep;
-        fd[i] = (lp - lm) / (2 * h);
-    }
+    model_fd_gradient(fd, m, p, &rb.b, h);
     double e = rel_l2(g, fd, n);
     ck_assert_msg(e < 1e-7, "nsp=%d: gradient vs finite differences: rel L2 %g", nsp, e);
     /* every view that should learn gets a gradient */
@@ -186,7 +166,7 @@ START_TEST(test_gradcheck_fp64)
             ck_assert(g[ob->offset + i] == 0.0);
     }
     /* backward accumulates: a second pass doubles the gradient */
-    loss_grad(m, p, &rb.b, fd);
+    model_loss_grad(m, p, &rb.b, fd);
     m->forward(m, &rb.b, 1.0f);
     m->backward(m);
     be->download(be, fd, DT_F64, m->grads, be->act, n);
@@ -492,7 +472,7 @@ START_TEST(test_source_seek)
     memset(&fake, 0, sizeof fake);
     fake.fam = &bert_family;
     memcpy(fake.config, &c, sizeof c);
-    data_spec ds = { pattern, B, T, 0, 1, 1, SEED(72), SPLIT_TRAIN, 0, 0, 0, 0 };
+    data_spec ds = { pattern, B, T, 0, 1, 1, SEED(72), SPLIT_TRAIN, 0, 0, 0, 0, 0 };
     batch_source *a = bert_family.open_data(&fake, &ds, err), *b;
     ck_assert_msg(a != NULL, "%s", err);
     b = bert_family.open_data(&fake, &ds, err);

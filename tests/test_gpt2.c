@@ -14,6 +14,7 @@
 #include "../data/rng.h"
 #include "../host/models/gpt2.h"
 #include "../host/train.h"
+#include "gradcheck.h"
 
 static const gpt2_config tiny = { .V = 37, .maxT = 8, .L = 2, .NH = 2, .C = 8 };
 /* nanoGPT's bias=False: no bias vector anywhere (linear layers, layernorms) */
@@ -57,19 +58,11 @@ static double rel_l2(const double *a, const double *b, size_t n)
     return sqrt(num / (den > 0 ? den : 1e-300));
 }
 
-/* Loss and analytic gradient at params p (fp64 backend). */
+/* Loss and analytic gradient at params p (fp64 backend) on tokens in, targets tg. */
 static double loss_grad(model *m, const double *p, const int32_t *in, const int32_t *tg,
                         double *grad)
 {
-    backend *be = m->be;
-    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
-    model_zero_grad(m);
-    double loss = m->forward(m, &(model_batch){ .tokens = in, .targets = tg }, grad ? 1.0f : 0.0f);
-    if (grad) {
-        m->backward(m);
-        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
-    }
-    return loss;
+    return model_loss_grad(m, p, &(model_batch){ .tokens = in, .targets = tg }, grad);
 }
 
 START_TEST(test_model_gradcheck_fp64)
@@ -102,15 +95,7 @@ START_TEST(test_model_gradcheck_fp64)
     }
     loss_grad(m, p, in, tg, g);
     const double h = 1e-5;
-    for (size_t i = 0; i < n; i++) {
-        double keep = p[i];
-        p[i] = keep + h;
-        double lp = loss_grad(m, p, in, tg, NULL);
-        p[i] = keep - h;
-        double lm = loss_grad(m, p, in, tg, NULL);
-        p[i] = keep;
-        fd[i] = (lp - lm) / (2 * h);
-    }
+    model_fd_gradient(fd, m, p, &(model_batch){ .tokens = in, .targets = tg }, h);
     double e = rel_l2(g, fd, n);
     ck_assert_msg(e < 1e-7, "model gradient vs finite differences: rel L2 %g", e);
     /* padded vocabulary rows (V..Vp) get exactly zero gradient */

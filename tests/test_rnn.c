@@ -26,7 +26,7 @@
 #include "../host/models/ffnn.h"
 #include "../host/models/rnn.h"
 #include "../kernels/ops.h"
-
+#include "gradcheck.h"
 
 static uint64_t base_seed;
 #define SEED(k) (base_seed + (uint64_t)(k))
@@ -197,6 +197,14 @@ static double op_run(backend *be, const op_case *c, double **grads, double **pre
     return obj;
 }
 
+/* fd_gradient's view of op_run: the objective at the case's inputs as they stand */
+typedef struct { backend *be; const op_case *c; } op_at;
+static double op_loss_at(void *ctx)
+{
+    op_at *a = ctx;
+    return op_run(a->be, a->c, NULL, NULL, NULL, NULL, NULL);
+}
+
 static const char *in_names[NIN] = { "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh" };
 
 /* loop index: bit 0 = LSTM, bit 1 = no reset mask */
@@ -222,16 +230,9 @@ START_TEST(test_op_gradcheck)
         if (k == IN_C0 && cell != RNN_CELL_LSTM)
             continue;
         double *fd = malloc(c.n[k] * sizeof *fd), *an = malloc(c.n[k] * sizeof *an);
-        for (size_t i = 0; i < c.n[k]; i++) {
-            double keep = c.in[k][i];
-            c.in[k][i] = keep + h;
-            double lp = op_run(be, &c, NULL, NULL, NULL, NULL, NULL);
-            c.in[k][i] = keep - h;
-            double lm = op_run(be, &c, NULL, NULL, NULL, NULL, NULL);
-            c.in[k][i] = keep;
-            fd[i] = (lp - lm) / (2 * h);
+        fd_gradient(fd, c.in[k], c.n[k], h, op_loss_at, &(op_at){ be, &c });
+        for (size_t i = 0; i < c.n[k]; i++)
             an[i] = got[k][i] - pre[k][i]; /* what backward added */
-        }
         double e = rel_l2(an, fd, c.n[k]);
         ck_assert_msg(e < 1e-6, "%s d%s vs finite differences: rel L2 %g",
                       cell == RNN_CELL_LSTM ? "lstm" : "elman", in_names[k], e);
@@ -344,7 +345,6 @@ START_TEST(test_op_state_chains)
 }
 END_TEST
 
-
 /* ---- the models ------------------------------------------------------------ */
 
 static const ffnn_config tiny_ffnn = { .V = 11, .n = 3, .C = 4, .H = 5, .direct = 1 };
@@ -380,19 +380,6 @@ static void random_tokens(int32_t *in, int32_t *tg, int n, int V, int eot)
     tg[0] = 1;
 }
 
-static double model_loss_grad(model *m, const double *p, const model_batch *b, double *grad)
-{
-    backend *be = m->be;
-    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
-    model_zero_grad(m);
-    double loss = m->forward(m, b, grad ? 1.0f : 0.0f);
-    if (grad) {
-        m->backward(m);
-        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
-    }
-    return loss;
-}
-
 /* every parameter's gradient against central differences, fp64; the batch
  * resets every row (the carried state is the op test's) and holds
  * end-of-text tokens, where the recurrent models reset inside the rows.
@@ -421,15 +408,7 @@ START_TEST(test_model_gradcheck)
     }
     model_loss_grad(m, p, &b, g);
     const double h = 1e-5;
-    for (size_t i = 0; i < n; i++) {
-        double keep = p[i];
-        p[i] = keep + h;
-        double lp = model_loss_grad(m, p, &b, NULL);
-        p[i] = keep - h;
-        double lm = model_loss_grad(m, p, &b, NULL);
-        p[i] = keep;
-        fd[i] = (lp - lm) / (2 * h);
-    }
+    model_fd_gradient(fd, m, p, &b, h);
     double e = rel_l2(g, fd, n);
     ck_assert_msg(e < 1e-7, "%s%s gradient vs finite differences: rel L2 %g", fam_of(k)->name,
                   _i >= 3 ? " with dropout" : "", e);
@@ -664,7 +643,7 @@ START_TEST(test_stream_source)
     uint64_t K = (N - 1) / T / ((uint64_t)B * world);
     batch_source *src[2];
     for (int r = 0; r < world; r++) {
-        data_spec ds = { path, B, T, r, world, 1, 5, SPLIT_TRAIN, 0, 0, 0, 0 };
+        data_spec ds = { path, B, T, r, world, 1, 5, SPLIT_TRAIN, 0, 0, 0, 0, 0 };
         src[r] = rnn_family.open_data(m, &ds, err);
         ck_assert_msg(src[r] != NULL, "%s", err);
         ck_assert_uint_eq(src[r]->epoch_batches(src[r]), K);
@@ -697,7 +676,7 @@ START_TEST(test_stream_source)
     ck_assert_int_eq(src[0]->batch.resets[0], 0);
     for (int r = 0; r < world; r++)
         src[r]->close(src[r]);
-    data_spec big = { path, 100, 50, 0, 1, 0, 0, SPLIT_VAL, 0, 0, 0, 0 };
+    data_spec big = { path, 100, 50, 0, 1, 0, 0, SPLIT_VAL, 0, 0, 0, 0, 0 };
     ck_assert_ptr_null(rnn_family.open_data(m, &big, err));
     ck_assert_ptr_nonnull(strstr(err, "too few"));
     ck_assert_ptr_nonnull(strstr(err, path));

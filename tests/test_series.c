@@ -21,6 +21,7 @@
 #include "../data/series.h"
 #include "../host/models/patchts.h"
 #include "../host/models/transformer.h"
+#include "gradcheck.h"
 #include "testrand.h"
 
 static uint64_t base_seed;
@@ -425,19 +426,6 @@ static void random_series_batch(float *x, float *y, int B, int ch, int Lb, int H
         }
 }
 
-static double loss_grad(model *m, const double *p, const model_batch *b, double *grad)
-{
-    backend *be = m->be;
-    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
-    model_zero_grad(m);
-    double loss = m->forward(m, b, grad ? 1.0f : 0.0f);
-    if (grad) {
-        m->backward(m);
-        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
-    }
-    return loss;
-}
-
 /* dropout: the model's drop probability during the check (0: none);
  * loss_kind, delta: the model's regression loss (patchts; LOSS_MSE for
  * tsgpt, which has none); training: m->training during the check (batchnorm:
@@ -463,17 +451,17 @@ static void gradcheck_mode(const model_family *fam, const int *cfg, int ch, int 
     model_batch b = { .x = x, .y = y };
     if (!training && m->nstate) { /* running statistics that are not torch's initial ones */
         m->training = 1;
-        loss_grad(m, p, &b, NULL);
+        model_loss_grad(m, p, &b, NULL);
     }
     m->training = training;
     if (dropout > 0) { /* a fixed mask: still a smooth function */
-        double plain = loss_grad(m, p, &b, NULL);
+        double plain = model_loss_grad(m, p, &b, NULL);
         m->dropout = dropout;
         m->dropout_seed = rnext();
-        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+        ck_assert_msg(fabs(model_loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "%s: dropout %g leaves the loss at %.9f", fam->name, dropout, plain);
     }
-    double loss = loss_grad(m, p, &b, g);
+    double loss = model_loss_grad(m, p, &b, g);
     if (loss_kind != LOSS_MSE) { /* the loss of the data's errors, which metrics give */
         double sums[4] = { 0 }, counts[4] = { 0 };
         m->metrics(m, &b, sums, counts);
@@ -488,20 +476,11 @@ static void gradcheck_mode(const model_family *fam, const int *cfg, int ch, int 
                           "huber %.9g, mse/2 %.9g, linear %.9g", loss, mse / 2,
                           delta * (mae - delta / 2));
     }
-    /* central differences err by h^2 f'''(x) / 6: at 1e-5 a batchnorm case
-     * (seed 1796575543180362, statistics of 3 rows) reached 1.16e-7, and the
-     * error scaled as h^2 (1.1e-6 at 3e-5); at 2e-6 it is 25x smaller, while
-     * rounding (1e-16 |loss| / h) stays near 1e-10 */
-    const double h = 2e-6;
-    for (size_t i = 0; i < n; i++) {
-        double keep = p[i];
-        p[i] = keep + h;
-        double lp = loss_grad(m, p, &b, NULL);
-        p[i] = keep - h;
-        double lm = loss_grad(m, p, &b, NULL);
-        p[i] = keep;
-        fd[i] = (lp - lm) / (2 * h);
-    }
+    /* extrapolated (gradcheck.h): a plain central difference at 1e-5 erred by
+     * 1.16e-7 on a batchnorm case (seed 1796575543180362, statistics of 3
+     * rows), scaling as h^2 */
+    const double h = 1e-5;
+    model_fd_gradient(fd, m, p, &b, h);
     double e = rel_l2(g, fd, n);
     ck_assert_msg(e < tol, "%s gradient vs finite differences: rel L2 %g", fam->name, e);
     /* every view gets some gradient (none silently unconnected) */
@@ -516,10 +495,10 @@ static void gradcheck_mode(const model_family *fam, const int *cfg, int ch, int 
     /* padding rows (evaluation only: a training batch has none, and its
      * batch statistics would see them): changing their x changes nothing */
     m->training = 0;
-    double l0 = loss_grad(m, p, &b, NULL);
+    double l0 = model_loss_grad(m, p, &b, NULL);
     for (int i = 0; i < ch * Lb; i++)
         x[(size_t)(B - 1) * ch * Lb + i] += (float)nrand();
-    ck_assert_double_eq(loss_grad(m, p, &b, NULL), l0);
+    ck_assert_double_eq(model_loss_grad(m, p, &b, NULL), l0);
     free(p);
     free(g);
     free(fd);

@@ -21,6 +21,7 @@
 #include "../data/images.h"
 #include "../data/rng.h"
 #include "../host/models/vit.h"
+#include "gradcheck.h"
 
 /* Fresh inputs every run: every seed is offset by this one, printed at
  * start; ANATOMY_TEST_SEED replays a run. */
@@ -100,20 +101,6 @@ START_TEST(test_patchify)
 }
 END_TEST
 
-/* Loss (and gradient when grad != NULL) at parameters p on the fp64 backend. */
-static double loss_grad(model *m, const double *p, const model_batch *b, double *grad)
-{
-    backend *be = m->be;
-    be->upload(be, m->params, be->act, p, DT_F64, m->nparams);
-    model_zero_grad(m);
-    double loss = m->forward(m, b, grad ? 1.0f : 0.0f);
-    if (grad) {
-        m->backward(m);
-        be->download(be, grad, DT_F64, m->grads, be->act, m->nparams);
-    }
-    return loss;
-}
-
 START_TEST(test_gradcheck_fp64)
 {
     char err[ERRBUF];
@@ -139,37 +126,29 @@ START_TEST(test_gradcheck_fp64)
     random_images(x, tg, &tiny, B, SEED(20 + _i), _i == 1);
     model_batch b = { .x = x, .targets = tg };
     if (_i == 2) { /* with dropout: a fixed mask, so still a smooth function */
-        double plain = loss_grad(m, p, &b, NULL);
+        double plain = model_loss_grad(m, p, &b, NULL);
         m->dropout = 0.3f;
         m->dropout_seed = SEED(23);
-        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+        ck_assert_msg(fabs(model_loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "dropout 0.3 leaves the loss at %.9f", plain);
     }
     if (_i == 5) { /* the same parameters as [CLS] pooling, another function of them */
         model *cls = make(be, &tiny);
         ck_assert_int_eq(cls->plan(cls, B, 0, err), 0);
         ck_assert_uint_eq(cls->nparams, n);
-        double lc = loss_grad(cls, p, &b, NULL), lm = loss_grad(m, p, &b, NULL);
+        double lc = model_loss_grad(cls, p, &b, NULL), lm = model_loss_grad(m, p, &b, NULL);
         ck_assert_msg(fabs(lc - lm) > 1e-6, "mean pooling gives [CLS] pooling's loss %.9f", lc);
         cls->destroy(cls);
     }
     if (_i == 4) { /* label smoothing (the gradient term added to dlogits) */
-        double plain = loss_grad(m, p, &b, NULL);
+        double plain = model_loss_grad(m, p, &b, NULL);
         m->label_smoothing = 0.2f;
-        ck_assert_msg(fabs(loss_grad(m, p, &b, NULL) - plain) > 1e-6,
+        ck_assert_msg(fabs(model_loss_grad(m, p, &b, NULL) - plain) > 1e-6,
                       "label smoothing 0.2 leaves the loss at %.9f", plain);
     }
-    loss_grad(m, p, &b, g);
+    model_loss_grad(m, p, &b, g);
     const double h = 1e-5;
-    for (size_t i = 0; i < n; i++) {
-        double keep = p[i];
-        p[i] = keep + h;
-        double lp = loss_grad(m, p, &b, NULL);
-        p[i] = keep - h;
-        double lm = loss_grad(m, p, &b, NULL);
-        p[i] = keep;
-        fd[i] = (lp - lm) / (2 * h);
-    }
+    model_fd_gradient(fd, m, p, &b, h);
     double e = rel_l2(g, fd, n);
     ck_assert_msg(e < 1e-7, "ViT gradient vs finite differences: rel L2 %g", e);
     /* and view by view, so a small view cannot hide in the total */
@@ -268,7 +247,7 @@ START_TEST(test_grads_accumulate)
         p[i] = 0.3 * rng_normal(&r);
     random_images(x, tg, &tiny, 4, SEED(42), 1);
     model_batch b = { .x = x, .targets = tg };
-    loss_grad(m, p, &b, g1);
+    model_loss_grad(m, p, &b, g1);
     m->forward(m, &b, 1.0f);
     m->backward(m);
     be->download(be, g2, DT_F64, m->grads, be->act, n);
