@@ -19,23 +19,32 @@
 /* The loss at the current x (x holds every coordinate, one of them moved). */
 typedef double (*fd_loss)(void *ctx);
 
-/* fd[i] = dL/dx[i], for i < n, by the extrapolated central difference with
- * step h; x[i] is put back after its turn. */
-static inline void fd_gradient(double *fd, double *x, size_t n, double h, fd_loss loss, void *ctx)
+/* fd[s] = dL/dx[i] for the m coordinates i = idx[s] (idx NULL: i = s), by
+ * the extrapolated central difference with step h; each x[i] is put back
+ * after its turn. */
+static inline void fd_gradient_at(double *fd, double *x, const size_t *idx, size_t m, double h,
+                                  fd_loss loss, void *ctx)
 {
-    for (size_t i = 0; i < n; i++) {
+    for (size_t s = 0; s < m; s++) {
+        size_t i = idx ? idx[s] : s;
         double keep = x[i], d[2];
         for (int k = 0; k < 2; k++) { /* D(h), then D(h / 2) */
-            double s = k ? h / 2 : h;
-            x[i] = keep + s;
+            double step = k ? h / 2 : h;
+            x[i] = keep + step;
             double lp = loss(ctx);
-            x[i] = keep - s;
+            x[i] = keep - step;
             double lm = loss(ctx);
-            d[k] = (lp - lm) / (2 * s);
+            d[k] = (lp - lm) / (2 * step);
         }
         x[i] = keep;
-        fd[i] = (4 * d[1] - d[0]) / 3;
+        fd[s] = (4 * d[1] - d[0]) / 3;
     }
+}
+
+/* ... for every coordinate i < n */
+static inline void fd_gradient(double *fd, double *x, size_t n, double h, fd_loss loss, void *ctx)
+{
+    fd_gradient_at(fd, x, NULL, n, h, loss, ctx);
 }
 
 /* A model's loss at parameters p (uploaded from fp64) on batch b, and with
