@@ -63,7 +63,7 @@ loss=$(sed -n 's/^step.*| loss \([0-9.]*\) |.*/\1/p' "$tmp/ours.txt" | tail -1)
 tps=$(awk -v b="$B" -v ms="$ms" 'BEGIN { printf "%.0f", b * 1024 / ms * 1000 }')
 # model FLOPs per token: 6N + 12 L C T (GPT-2 124M: L 12, C 768)
 fpt=$(awk -v n="$nparams" 'BEGIN { printf "%.0f", 6 * n + 12 * 12 * 768 * 1024 }')
-mfu() { awk -v t="$1" -v f="$fpt" -v p="$peak" 'BEGIN { if (t == "" || p == "") print "?"; else printf "%.1f%%", 100 * t * f / (p * 1e12) }'; }
+mfu() { awk -v t="$1" -v f="$fpt" -v p="$peak" 'BEGIN { if (t == "" || p + 0 <= 0) print "?"; else printf "%.1f%%", 100 * t * f / (p * 1e12) }'; }
 echo "anatomy: B=$B ${ms} ms/step, $tps tokens/s, MFU $(mfu "$tps"), final loss $loss"
 
 # 3. PyTorch, same shape and batch

@@ -186,8 +186,10 @@ def main():
 
         tflops, tbps = ceilings(torch, args.device)
         print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
-        print(f"peak_bf16_tflops: {tflops:.1f}")
-        print(f"copy_tbps: {tbps:.2f}")
+        # four significant digits: a CPU's ceilings (the bundle's rehearsal)
+        # are hundredths of a TFLOP/s, which ".1f" printed as 0.0
+        print(f"peak_bf16_tflops: {tflops:.4g}")
+        print(f"copy_tbps: {tbps:.4g}")
     elif args.data:
         train(args)
     else:

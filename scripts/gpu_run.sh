@@ -375,7 +375,7 @@ summary() {
     echo "GPT-2 B $B T $T bf16 ($MODEL), median step after 3 warm-up steps; MFU = tok/s x ${fpt} FLOP/token (124M's 6N + 12LCT) / measured peak:"
     row() { # name ms tok/s
         local mfu="?"
-        [ -n "$3" ] && [ -n "$peak" ] && mfu=$(awk -v t="$3" -v f="$fpt" -v p="$peak" 'BEGIN { printf "%.1f%%", 100 * t * f / (p * 1e12) }')
+        [ -n "$3" ] && [ -n "$peak" ] && mfu=$(awk -v t="$3" -v f="$fpt" -v p="$peak" 'BEGIN { if (p + 0 > 0) printf "%.1f%%", 100 * t * f / (p * 1e12); else print "?" }')
         printf '  %-28s %10s ms/step %10s tok/s  MFU %s\n' "$1" "${2:-?}" "${3:-?}" "$mfu"
     }
     tok() { [ -n "$1" ] && awk -v m="$1" -v n=$((B * T)) 'BEGIN { printf "%.0f", n / m * 1e3 }'; }
