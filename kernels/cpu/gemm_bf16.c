@@ -311,9 +311,8 @@ bf16_kernel bf16_gemm_pick(char *why, size_t n)
 
 /* One 32 x 32 block of C, the sum over the packed pairs: A's 32 rows of w
  * pairs (ap), B's two 16-column strips (b0, b1: [w][16] pairs each), pairs
- * of them not all zero padding; into dst, ldd floats a row. */
-/* A 32 x 32 block of C into dst (rows ldd apart): the products added to
- * what dst holds (add 1) or to zero (add 0: dst only written). */
+ * of them not all zero padding; into dst, ldd floats a row, the products
+ * added to what dst holds (add 1) or to zero (add 0: dst only written). */
 typedef void (*block_fn)(const uint32_t *ap, int w, const uint32_t *b0, const uint32_t *b1,
                          int pairs, float *dst, size_t ldd, int add);
 
@@ -391,8 +390,8 @@ static VEC void vec_block(const uint32_t *ap, int w, const uint32_t *b0, const u
         vec_rows8(ap + (size_t)r * w, w, b0, b1, pairs, dst + (size_t)r * ldd, ldd, add);
 }
 
-/* The 32 x 32 block of C at (r0, c0) and the staging block S (32 wide):
- * S = beta C (zeros past C's edges), or C = S. */
+/* The staging block S (32 x 32) for the block of C at (r0, c0): S = beta C
+ * there, zeros past C's edges; then stage_out copies C's part of S back. */
 static void stage_in(float *S, const float *C, int ldc, int r0, int c0, int M, int N, float beta)
 {
     int rows = M - r0 < 2 * TILE ? M - r0 : 2 * TILE, cols = N - c0 < 2 * TILE ? N - c0 : 2 * TILE;
