@@ -111,3 +111,28 @@ def test_fallback_is_reported(clean):
     m = BLAS.search(out)
     assert m and m.group(3).lower() in PRE_AVX2, out
     assert "WARNING, generic fallback" in out, out
+
+
+def test_sgemm_bench_shape_sets(tmp_path):
+    """bench/sgemm_bench.c, built as mk/blas.mk builds it: SHAPES=vit times
+    the ViT block's twelve products and sums them; a SHAPES it does not know
+    stops it with one line naming SHAPES and status 2. Timed on the bf16
+    kernel where this CPU has one (else its refusal is the line)."""
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    exe = tmp_path / "sgemm_bench"
+    subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-D_GNU_SOURCE", "-O2", "-fopenmp",
+                    "bench/sgemm_bench.c", "kernels/cpu/gemm_bf16.c", "-o", str(exe), "-ldl"],
+                   cwd=repo, check=True, timeout=120)
+    env = dict(os.environ, SHAPES="d13")
+    q = subprocess.run([str(exe), "bf16", "", "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert q.returncode == 2 and "SHAPES" in q.stderr and len(q.stderr.strip().splitlines()) == 1, q.stderr
+    q = subprocess.run([str(exe), "bf16", "", "1"], env=dict(os.environ, SHAPES="vit", REPS="1"),
+                       capture_output=True, text=True, timeout=300)
+    if q.returncode != 0:
+        assert "bf16:" in q.stderr and len(q.stderr.strip().splitlines()) == 1, q.stderr
+        pytest.skip(f"no bf16 kernel here: {q.stderr.strip()}")
+    rows = re.findall(r"^6400 +\S+ +.*? +(\d+) +(\d+) +(\d+) +[0-9.]+ +[0-9.]+$", q.stdout, re.M)
+    assert len(rows) == 12, q.stdout
+    assert ("6400", "384", "128") in rows and ("128", "512", "6400") in rows, rows
+    assert re.search(r"^all shapes: split [0-9.]+ ms, lib [0-9.]+ ms$", q.stdout, re.M), q.stdout
