@@ -955,6 +955,55 @@ static void att_block_forward(real *out, real *lse, const real *q, const real *k
 
 #define ATT_ROWS 64
 
+/* Small T: one task per sequence, whose rows (q, k, v forward; with out,
+ * dout, dq, dk, dv backward: 8 T C reals) fit this many bytes, first copied
+ * in order into contiguous [T][hs] rows per head, the products made there,
+ * then copied (added, backward) back. In place, at the ViT's T 50 and hs 32,
+ * a head's rows are 128 bytes 1.5 KB apart in a qkv that lives in L3, and
+ * the products' packing stalls on them (bench/NOTES.md, "attention at small
+ * T"). */
+#define ATT_GATHER_BYTES (512 * 1024)
+
+static int att_gathers(int T, int C)
+{
+    return 8 * (size_t)T * C * sizeof(real) <= ATT_GATHER_BYTES;
+}
+
+/* Reals of scratch a thread needs: the score block(s), then the gathered rows. */
+static size_t att_scratch_reals(int T, int C, int backward)
+{
+    size_t blocks = (backward ? 2 : 1) * (size_t)ATT_ROWS * T;
+    return blocks + (att_gathers(T, C) ? (backward ? 8 : 4) * (size_t)T * C : 0);
+}
+
+/* g[j][t][0..hs) = row t's part j (parts of hs, nparts of them, the row
+ * being nparts hs long): a batch's rows read in order into one block of
+ * contiguous rows per head. */
+static void heads_split(real *g, const real *rows, int T, int nparts, int hs)
+{
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < nparts; j++)
+            memcpy(g + ((size_t)j * T + t) * hs, rows + ((size_t)t * nparts + j) * hs,
+                   hs * sizeof(real));
+}
+
+/* heads_split's inverse, written or (add) added into the rows. */
+static void heads_join(real *rows, const real *g, int T, int nparts, int hs, int add)
+{
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < nparts; j++) {
+            real *d = rows + ((size_t)t * nparts + j) * hs;
+            const real *x = g + ((size_t)j * T + t) * hs;
+            if (!add) {
+                memcpy(d, x, hs * sizeof(real));
+                continue;
+            }
+#pragma omp simd
+            for (int c = 0; c < hs; c++)
+                d[c] += x[c];
+        }
+}
+
 /* The calling backend's scratch for `threads` threads of `per` reals each,
  * grown on first use of a longer T; NULL when out of memory. */
 static real *att_scratch(backend *be, int threads, size_t per)
@@ -976,6 +1025,7 @@ static void att_head_forward_blas(real *out, real *lse, const real *q, const rea
         for (int r = 0; r < rows; r++) {
             real *s = S + (size_t)r * kend, m = -INFINITY, l = 0;
             int n = causal ? i0 + r + 1 : T;
+#pragma omp simd reduction(max : m) /* exact in any order */
             for (int t = 0; t < n; t++)
                 m = s[t] > m ? s[t] : m;
 #pragma omp simd reduction(+ : l)
@@ -1036,9 +1086,28 @@ static void cpu_attention_forward(backend *be, void *out_, void *lse_, const voi
     int hs = C / NH, nblk = (T + QB - 1) / QB;
     size_t C3 = 3 * (size_t)C;
     real scale = (real)(1 / sqrt((double)hs));
-    size_t per = (size_t)ATT_ROWS * T;
+    int gather = att_gathers(T, C);
+    size_t per = att_scratch_reals(T, C, 0);
     int nt = nthreads(be);
     real *buf = B > 0 && T > 0 ? att_scratch(be, nt, per) : NULL;
+    if (buf && gather) {
+        size_t tc = (size_t)T * C;
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)B * NH * T * T * hs))
+        for (int b = 0; b < B; b++) {
+            real *S = buf + per * omp_get_thread_num(), *g = S + (size_t)ATT_ROWS * T;
+            real *go = g + 3 * tc;
+            /* g: [3][NH][T][hs] from the batch's rows [T][3][NH][hs], read in order */
+            heads_split(g, qkv + (size_t)b * T * C3, T, 3 * NH, hs);
+            for (int h = 0; h < NH; h++) {
+                size_t ho = (size_t)h * T * hs;
+                att_head_forward_blas(go + ho, lse + ((size_t)b * NH + h) * T, g + ho,
+                                      g + tc + ho, g + 2 * tc + ho, hs, hs, T, hs, scale,
+                                      causal, S);
+            }
+            heads_join(out + (size_t)b * tc, go, T, NH, hs, 0);
+        }
+        return;
+    }
     if (buf) {
         int heads = B * NH;
 #pragma omp parallel for schedule(static) num_threads(team(be, (double)heads * T * T * hs))
@@ -1119,8 +1188,30 @@ static void cpu_attention_backward(backend *be, void *dqkv_, const void *dout_,
     size_t C3 = 3 * (size_t)C;
     real scale = (real)(1 / sqrt((double)hs));
     int heads = B * NH;
-    size_t per = 2 * (size_t)ATT_ROWS * T;
+    int gather = att_gathers(T, C);
+    size_t per = att_scratch_reals(T, C, 1);
     real *buf = B > 0 && T > 0 ? att_scratch(be, nthreads(be), per) : NULL;
+    if (buf && gather) {
+        size_t tc = (size_t)T * C;
+#pragma omp parallel for schedule(static) num_threads(team(be, (double)heads * T * T * hs))
+        for (int b = 0; b < B; b++) {
+            real *P = buf + per * omp_get_thread_num(), *dP = P + (size_t)ATT_ROWS * T;
+            real *g = dP + (size_t)ATT_ROWS * T, *gd = g + 3 * tc, *go = gd + 3 * tc;
+            heads_split(g, qkv + (size_t)b * T * C3, T, 3 * NH, hs);
+            heads_split(go, dout + (size_t)b * tc, T, NH, hs);
+            heads_split(go + tc, out + (size_t)b * tc, T, NH, hs);
+            memset(gd, 0, 3 * tc * sizeof(real));
+            for (int h = 0; h < NH; h++) {
+                size_t ho = (size_t)h * T * hs;
+                att_head_backward_blas(gd + ho, gd + tc + ho, gd + 2 * tc + ho, g + ho,
+                                       g + tc + ho, g + 2 * tc + ho, go + ho, go + tc + ho,
+                                       lse + ((size_t)b * NH + h) * T, hs, hs, T, hs, scale,
+                                       causal, P, dP);
+            }
+            heads_join(dqkv + (size_t)b * T * C3, gd, T, 3 * NH, hs, 1);
+        }
+        return;
+    }
     if (buf) {
 #pragma omp parallel for schedule(static) num_threads(team(be, (double)heads * T * T * hs))
         for (int bh = 0; bh < heads; bh++) {
@@ -1131,7 +1222,7 @@ static void cpu_attention_backward(backend *be, void *dqkv_, const void *dout_,
             att_head_backward_blas(dqkv + qo, dqkv + qo + C, dqkv + qo + 2 * (size_t)C, qkv + qo,
                                    qkv + qo + C, qkv + qo + 2 * (size_t)C, dout + oo, out + oo,
                                    lse + (size_t)bh * T, C3, (size_t)C, T, hs, scale, causal, P,
-                                   P + per / 2);
+                                   P + (size_t)ATT_ROWS * T);
         }
         return;
     }
@@ -1346,19 +1437,20 @@ static void cpu_adamw(backend *be, void *params_, void *master_, const void *gra
 
 /* ---- what the backend holds for itself ------------------------------------ */
 
-/* ops.h's workspace_bytes: attention's score blocks (2 ATT_ROWS T reals a
- * thread) and, on cpu-bf16, the bf16 kernels' packing scratch (at most a 1 MiB panel
- * of B, 32 rows of A over 2,048 of K and the staging block a thread, which
- * bf16_gemm_scratch reaches at K 2,048 and N 256 or more). Both grow on first
- * use; for the plan's shapes, the most they reach; B 0: what they hold. */
+/* ops.h's workspace_bytes: attention's score blocks and, at small T, its
+ * copied rows (att_scratch_reals a thread) and, on cpu-bf16, the bf16
+ * kernels' packing scratch (at most a 1 MiB panel of B, 32 rows of A over
+ * 2,048 of K and the staging block a thread, which bf16_gemm_scratch
+ * reaches at K 2,048 and N 256 or more). Both grow on first use; for the
+ * plan's shapes, the most they reach; B 0: what they hold. */
 static size_t cpu_workspace_bytes(backend *be, int B, int T, int C, int NH, int V)
 {
     cpu_backend *cb = (cpu_backend *)be;
-    (void)C, (void)NH, (void)V;
+    (void)NH, (void)V;
     if (B <= 0)
         return cb->att_cap + cb->bf16_cap;
     size_t threads = (size_t)nthreads(be);
-    size_t att = T > 0 ? 2 * (size_t)ATT_ROWS * (size_t)T * threads * sizeof(real) : 0;
+    size_t att = T > 0 ? att_scratch_reals(T, C, 1) * threads * sizeof(real) : 0;
     size_t packing = 0;
 #ifndef CPU_REAL_DOUBLE
     if (cb->bf16)
