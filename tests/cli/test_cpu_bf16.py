@@ -98,12 +98,14 @@ def test_bf16_vit(run, tmp_path, amx):
 def test_bf16_memory_plan_counts_the_packing_scratch(run, amx):
     """cpu-bf16's plan adds the bf16 kernels' packing scratch to the workspace:
     a 1 MiB panel of B, 32 rows of A over 2,048 of K and a staging block, for
-    the one thread info plans with."""
+    the one thread info plans with. fp32's is attention's alone: two blocks
+    of 64 score rows, and at d2's T 64, C 128 a sequence's 8 T C rows copied
+    per head (kernels/cpu/backend_cpu.c, att_scratch_reals)."""
     needs_amx(amx)
     args = ["info", "--preset", "d2", "--batch", "2", "--seq", "64", "--device", "cpu"]
     ws = [int(re.search(r"^  workspace\s+(\d+) B", ok(run(*args, "--precision", p)), re.M)[1])
           for p in ("fp32", "bf16")]
-    assert ws[0] == 2 * 64 * 64 * 4, ws
+    assert ws[0] == (2 * 64 * 64 + 8 * 64 * 128) * 4, ws
     assert ws[1] - ws[0] == 2 ** 20 + 32 * 2048 * 2 + 32 * 32 * 4, ws
 
 

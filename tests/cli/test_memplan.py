@@ -26,6 +26,11 @@ def test_info_prints_the_plan(run):
     # the CPU backend's own scratch, for the one thread info plans with: attention's
     # score blocks, 2 x 64 query rows x T floats
     assert p["workspace"] == 2 * 64 * 256 * 4
+    # and, where a sequence's q, k, v, out, dout and their gradients (8 T C floats)
+    # fit 512 KiB, those rows copied per head: d2 (C 128) up to T 128, not at 129
+    for T, copied in ((64, True), (128, True), (129, False)):
+        w = info_plan(ok(run("info", "--preset", "d2", "--batch", "2", "--seq", T)))["workspace"]
+        assert w == (2 * 64 * T + (8 * T * 128 if copied else 0)) * 4, (T, w)
     r = info_plan(ok(run(*base, "--recompute")))
     assert r["activations"] < p["activations"]
     assert {c: r[c] for c in CATS[:4]} == {c: p[c] for c in CATS[:4]}
