@@ -11,6 +11,8 @@
  * numbers; set ANATOMY_TEST_SEED to vary them.
  */
 #include <check.h>
+#include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1646,6 +1648,85 @@ static void same_bits(op_case *c, int across_threads)
     free(r1), free(r2);
 }
 
+/* ---- attention where its scratch cannot be had ----
+ * aligned_alloc (the backend's allocator for tensors and scratch) is
+ * interposed: while alloc_fails is set it fails as a machine out of memory
+ * would, and counts the tries. The attention ops then run their tiled code,
+ * which needs only the stack; its results must be the scratch paths'. */
+static int alloc_fails, alloc_refused;
+
+void *aligned_alloc(size_t alignment, size_t size)
+{
+    static void *(*real)(size_t, size_t);
+    if (alloc_fails) {
+        alloc_refused++;
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "aligned_alloc");
+    return real(alignment, size);
+}
+
+/* out, lse and dqkv (added to a random prefill) of one forward and backward
+ * on a fresh backend, its allocations failing during the two ops (starve) */
+static void att_run(int fp64, const op_case *c, int starve, double *out, double *lse,
+                    double *dqkv)
+{
+    backend *be = mk(fp64, 2);
+    size_t nl = (size_t)c->B * c->NH * c->T;
+    double *g0;
+    void *qkv = dup_to(be, be->act, c->in[0], c->len[0]);
+    void *o = poisoned(be, be->act, c->nout), *l = poisoned(be, be->stat, nl);
+    void *dq = prefilled(be, c->len[0], &g0), *dout = dup_to(be, be->act, c->R, c->nout);
+    alloc_fails = starve, alloc_refused = 0;
+    be->attention_forward(be, o, l, qkv, c->B, c->T, c->C, c->NH, c->causal);
+    be->attention_backward(be, dq, dout, qkv, o, l, c->B, c->T, c->C, c->NH, c->causal);
+    alloc_fails = 0;
+    ck_assert_msg(!starve || alloc_refused > 0, "the ops asked for no scratch: no fallback ran");
+    get(be, out, o, be->act, c->nout);
+    get(be, lse, l, be->stat, nl);
+    double *g = added(be, dq, g0, c->len[0]);
+    memcpy(dqkv, g, c->len[0] * sizeof(double));
+    free(g);
+    be->free(be, qkv), be->free(be, o), be->free(be, l), be->free(be, dout);
+    be->destroy(be);
+}
+
+START_TEST(test_attention_without_scratch)
+{
+    seed(108);
+    /* one key tile, hs 32 as the ViT's, and three key tiles */
+    static const int shapes[][4] = { { 2, 9, 12, 3 }, { 3, 50, 128, 4 }, { 1, 131, 8, 2 } };
+    for (int fp64 = 0; fp64 < 2; fp64++)
+        for (int k = 0; k < 3; k++)
+            for (int causal = 0; causal < 2; causal++) {
+                const int *sh = shapes[k];
+                op_case c = att_case(sh[0], sh[1], sh[2], sh[3], causal);
+                size_t nl = (size_t)sh[0] * sh[3] * sh[1];
+                double *r[6];
+                for (int i = 0; i < 6; i++) {
+                    r[i] = malloc((i % 3 == 0 ? c.nout : i % 3 == 1 ? nl : c.len[0]) * sizeof(double));
+                    ck_assert_ptr_nonnull(r[i]);
+                }
+                att_run(fp64, &c, 0, r[0], r[1], r[2]);
+                att_run(fp64, &c, 1, r[3], r[4], r[5]);
+                double tol = fp64 ? 1e-12 : F32_TOL;
+                static const char *what[3] = { "out", "lse", "dqkv" };
+                size_t len[3] = { c.nout, nl, c.len[0] };
+                for (int i = 0; i < 3; i++) {
+                    double e = rel_l2(r[3 + i], r[i], len[i]);
+                    report(fp64 ? "no scratch 64" : "no scratch 32", c.name, i, e);
+                    ck_assert_msg(e < tol, "%s B %d T %d C %d NH %d (%s): %s without scratch: rel L2 %.3g",
+                                  c.name, sh[0], sh[1], sh[2], sh[3], fp64 ? "fp64" : "fp32", what[i], e);
+                }
+                for (int i = 0; i < 6; i++)
+                    free(r[i]);
+                free_case(&c);
+            }
+}
+END_TEST
+
 START_TEST(test_determinism)
 {
     seed(701);
@@ -1701,6 +1782,7 @@ static Suite *ops_suite(void)
     tcase_add_test(r, test_sumsq);
     tcase_add_test(r, test_memory);
     tcase_add_test(r, test_determinism);
+    tcase_add_test(r, test_attention_without_scratch);
     suite_add_tcase(s, r);
     return s;
 }
