@@ -12,6 +12,7 @@
 
 #include "../kernels/cpu/gemm_bf16.h"
 #include "../kernels/ops.h"
+#include "alloc_fault.h"
 #include "testrand.h"
 
 static int have_bf16; /* the backend's pick is a kernel */
@@ -229,6 +230,46 @@ START_TEST(test_backend_bf16_matmuls)
 }
 END_TEST
 
+/* cpu-bf16 whose packing scratch cannot be had (the allocator failing
+ * during the ops, alloc_fault.h) makes its products on the fp32 BLAS: the
+ * fp32 backend's bits, epilogues (bias, GELU) included. */
+START_TEST(test_backend_bf16_without_scratch)
+{
+    seed("bf16_no_scratch", 0);
+    char err[256] = "";
+    if (!have_bf16)
+        return;
+    backend *hb = backend_cpu_bf16_create(2, err), *f = backend_cpu_create(2, err);
+    ck_assert_msg(hb && f, "%s", err);
+    const int N = 200, IC = 96, OC = 130;
+    size_t no = (size_t)N * OC, ni = (size_t)N * IC, nw = (size_t)OC * IC;
+    float *x = randm(ni, 1.0), *w = randm(nw, 0.1), *b = randm(OC, 0.1), *dy = randm(no, 1.0);
+    float *r[2][5];
+    backend *bes[2] = { f, hb };
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 5; i++)
+            r[k][i] = xmalloc((i == 2 ? ni : i == 3 ? nw : no) * 4);
+        memset(r[k][2], 0, ni * 4), memset(r[k][3], 0, nw * 4);
+        alloc_fails = k, alloc_refused = 0;
+        bes[k]->matmul_gelu_forward(bes[k], r[k][0], r[k][1], x, w, b, N, IC, OC);
+        bes[k]->matmul_backward(bes[k], r[k][2], r[k][3], NULL, dy, x, w, N, IC, OC, GRAD_ADD);
+        bes[k]->matmul_forward(bes[k], r[k][4], x, w, NULL, N, IC, OC);
+        alloc_fails = 0;
+        ck_assert_msg(!k || alloc_refused > 0, "cpu-bf16 asked for no scratch: no fallback ran");
+    }
+    static const char *what[5] = { "pre", "gelu", "dinp", "dweight", "out (no bias)" };
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(memcmp(r[0][i], r[1][i], (i == 2 ? ni : i == 3 ? nw : no) * 4) == 0,
+                      "%s: cpu-bf16 without scratch differs from the fp32 backend", what[i]);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 5; i++)
+            free(r[k][i]);
+        bes[k]->destroy(bes[k]);
+    }
+    free(x), free(w), free(b), free(dy);
+}
+END_TEST
+
 /* The fused GELU ops run GELU (forward) and GELU' (backward) in the
  * product's epilogue: on the fp32 (BLAS) and bf16 backends, 1 and 2
  * threads, with and without bias, they equal the unfused ops bit for bit:
@@ -297,6 +338,7 @@ static Suite *bf16_suite(void)
     tcase_add_loop_test(tc, test_bf16_gemm_shapes, 0, 4);
     tcase_add_loop_test(tc, test_bf16_gemm_split_is_exact, 0, 8);
     tcase_add_test(tc, test_backend_bf16_matmuls);
+    tcase_add_test(tc, test_backend_bf16_without_scratch);
     tcase_add_loop_test(tc, test_fused_gelu_is_the_unfused_ops, 0, 2);
     suite_add_tcase(s, tc);
     return s;

@@ -11,8 +11,6 @@
  * numbers; set ANATOMY_TEST_SEED to vary them.
  */
 #include <check.h>
-#include <dlfcn.h>
-#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +18,7 @@
 #include <string.h>
 
 #include "../kernels/ops.h"
+#include "alloc_fault.h"
 #include "gradcheck.h"
 
 #define FD_H 1e-6
@@ -1649,24 +1648,9 @@ static void same_bits(op_case *c, int across_threads)
 }
 
 /* ---- attention where its scratch cannot be had ----
- * aligned_alloc (the backend's allocator for tensors and scratch) is
- * interposed: while alloc_fails is set it fails as a machine out of memory
- * would, and counts the tries. The attention ops then run their tiled code,
- * which needs only the stack; its results must be the scratch paths'. */
-static int alloc_fails, alloc_refused;
-
-void *aligned_alloc(size_t alignment, size_t size)
-{
-    static void *(*real)(size_t, size_t);
-    if (alloc_fails) {
-        alloc_refused++;
-        errno = ENOMEM;
-        return NULL;
-    }
-    if (!real)
-        *(void **)&real = dlsym(RTLD_NEXT, "aligned_alloc");
-    return real(alignment, size);
-}
+ * With the allocator failing (alloc_fault.h) the attention ops run their
+ * tiled code, which needs only the stack; its results must be the scratch
+ * paths'. */
 
 /* out, lse and dqkv (added to a random prefill) of one forward and backward
  * on a fresh backend, its allocations failing during the two ops (starve) */
