@@ -977,8 +977,9 @@ static size_t att_scratch_reals(int T, int C, int backward)
 }
 
 /* g[j][t][0..hs) = row t's part j (parts of hs, nparts of them, the row
- * being nparts hs long): a batch's rows read in order into one block of
- * contiguous rows per head. */
+ * being nparts hs long): one sequence's T rows read in order into one block
+ * of T contiguous rows per part, so each head's products see plain [T][hs]
+ * matrices. */
 static void heads_split(real *g, const real *rows, int T, int nparts, int hs)
 {
     for (int t = 0; t < T; t++)
